@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# dm-cbt: changed-block tracking for device-mapper.
+#
+#   make deps     install build tools and the test kernels (root)
+#   make          module for every test kernel (and the running one), userspace, selftests
+#   make check    unit tests on the host, then the kselftests in a VM per test kernel
+#   make demo     the main job end to end in a VM
+#   make lint     checkpatch --strict and sparse on kernel/
+#   make bench    benchmarks
+#   make install  module for the running kernel, cbtctl, libcbt (or use dkms.conf)
+
+KERNELS ?= 6.1 6.12 sid
+VM := tools/testing/vm
+SELFTESTS := tools/testing/selftests/cbt
+CACHE ?= $(CURDIR)/.cache
+LINUX_SRC := $(CACHE)/linux-src
+HOST_KDIR := /lib/modules/$(shell uname -r)/build
+DESTDIR ?=
+PREFIX ?= /usr/local
+
+# Where the running kernel has headers, build for it too.
+ifneq ($(wildcard $(HOST_KDIR)/Makefile),)
+MODULE_TARGETS := $(KERNELS) host
+else
+MODULE_TARGETS := $(KERNELS)
+endif
+
+.PHONY: all deps modules userspace selftests check unit vmcheck demo lint bench \
+	install dkms-install clean
+
+all: modules userspace selftests
+
+deps:
+	$(VM)/deps
+
+modules:
+	$(VM)/build-module $(MODULE_TARGETS)
+
+userspace:
+	$(MAKE) -C userspace
+
+selftests: userspace
+	$(MAKE) -C $(SELFTESTS) KSFT_DIR=$(LINUX_SRC)/tools/testing/selftests
+
+unit:
+	$(MAKE) -C userspace check
+
+# The kselftests on every test kernel; each kernel's TAP log is kept in build/.
+vmcheck: modules selftests
+	$(VM)/check-kernels $(KERNELS)
+
+check: unit vmcheck
+
+demo: modules userspace
+	$(VM)/vmrun -k $(firstword $(KERNELS)) -- tools/demo.sh
+
+lint:
+	perl $(LINUX_SRC)/scripts/checkpatch.pl --strict --no-tree --terse --show-types \
+		--ignore SPDX_LICENSE_TAG,FILE_PATH_CHANGES \
+		-f kernel/*.c kernel/*.h include/uapi/linux/*.h
+	$(VM)/build-module --lint $(firstword $(KERNELS)) 2>&1 | tee build/sparse.log
+	@if grep -E 'warning|error' build/sparse.log; then \
+		echo "lint: sparse reported the lines above"; exit 1; fi
+
+bench: modules userspace
+	$(VM)/vmrun -k $(firstword $(KERNELS)) --timeout 1200 -- tools/bench/run.sh
+
+install:
+	$(MAKE) -C $(HOST_KDIR) M=$(CURDIR) modules
+	$(MAKE) -C $(HOST_KDIR) M=$(CURDIR) modules_install
+	depmod -a
+	$(MAKE) -C userspace install DESTDIR=$(DESTDIR) PREFIX=$(PREFIX)
+
+clean:
+	rm -rf build
+	$(MAKE) -C userspace clean
+	$(MAKE) -C $(SELFTESTS) clean

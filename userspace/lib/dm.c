@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: LGPL-2.1
+/*
+ * The dm ioctls libcbt needs, one function per call, through libdevmapper.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <libdevmapper.h>
+
+#include <linux/dm-cbt.h>
+#include "libcbt.h"
+
+/* libdevmapper's own messages are kept for the error text, not printed. */
+static __thread char dm_last_error[256];
+
+static void dm_log_quiet(int level, const char *file, int line, int dm_errno,
+			 const char *fmt, ...)
+{
+	va_list ap;
+
+	(void)file;
+	(void)line;
+	(void)dm_errno;
+	if (level > 3)	/* keep errors (_LOG_ERR) only */
+		return;
+	va_start(ap, fmt);
+	vsnprintf(dm_last_error, sizeof(dm_last_error), fmt, ap);
+	va_end(ap);
+}
+
+static struct dm_task *dm_task_for(int type, const char *dev)
+{
+	struct dm_task *dmt;
+
+	dm_log_with_errno_init(dm_log_quiet);
+	dm_last_error[0] = '\0';
+	dmt = dm_task_create(type);
+	if (!dmt)
+		return NULL;
+	if (!dm_task_set_name(dmt, cbt_dm_name(dev))) {
+		dm_task_destroy(dmt);
+		return NULL;
+	}
+	return dmt;
+}
+
+/* errno of a failed dm_task_run, with libdevmapper's words when it had any. */
+static int dm_task_fail(struct dm_task *dmt, struct cbt_err *e, const char *what,
+			const char *dev)
+{
+	int err = dmt ? dm_task_get_errno(dmt) : ENOMEM;
+
+	if (!err)
+		err = EIO;
+	if (dm_last_error[0])
+		return cbt_fail(e, err, "%s: %s (%s)", cbt_dm_name(dev), what, dm_last_error);
+	return cbt_fail(e, err, "%s: %s", cbt_dm_name(dev), what);
+}
+
+const char *cbt_dm_name(const char *dev)
+{
+	static const char prefix[] = "/dev/mapper/";
+
+	if (!strncmp(dev, prefix, sizeof(prefix) - 1))
+		return dev + sizeof(prefix) - 1;
+	return dev;
+}
+
+int cbt_dm_status(const char *dev, struct cbt_dm_status *st, struct cbt_err *e)
+{
+	struct dm_task *dmt;
+	struct dm_info info;
+	uint64_t start, length;
+	char *type = NULL, *params = NULL;
+	void *next;
+	int r;
+
+	dmt = dm_task_for(DM_DEVICE_STATUS, dev);
+	if (!dmt || !dm_task_run(dmt)) {
+		r = dm_task_fail(dmt, e, "status ioctl failed", dev);
+		goto out;
+	}
+	if (!dm_task_get_info(dmt, &info) || !info.exists) {
+		r = cbt_fail(e, ENODEV, "%s: no such device-mapper device", cbt_dm_name(dev));
+		goto out;
+	}
+	next = dm_get_next_target(dmt, NULL, &start, &length, &type, &params);
+	if (!type || strcmp(type, DM_CBT_TARGET_NAME) || next) {
+		r = cbt_fail(e, EINVAL, "%s: not a single '%s' target (table has '%s')",
+			     cbt_dm_name(dev), DM_CBT_TARGET_NAME, type ? type : "nothing");
+		goto out;
+	}
+	st->length = length << 9;
+	st->params = strdup(params ? params : "");
+	r = st->params ? 0 : cbt_fail(e, ENOMEM, "%s: status", cbt_dm_name(dev));
+out:
+	if (dmt)
+		dm_task_destroy(dmt);
+	return r;
+}
+
+int cbt_dm_message(const char *dev, const char *message, char **answer,
+		   struct cbt_err *e)
+{
+	struct dm_task *dmt;
+	const char *resp;
+	int r = 0;
+
+	if (answer)
+		*answer = NULL;
+	dmt = dm_task_for(DM_DEVICE_TARGET_MSG, dev);
+	if (!dmt || !dm_task_set_sector(dmt, 0) || !dm_task_set_message(dmt, message) ||
+	    !dm_task_run(dmt)) {
+		r = dm_task_fail(dmt, e, "message refused", dev);
+		if (e && e->errnum == EINVAL)
+			cbt_fail(e, EINVAL, "%s: message '%s' refused (the kernel log says why)",
+				 cbt_dm_name(dev), message);
+		goto out;
+	}
+	resp = dm_task_get_message_response(dmt);
+	if (answer && resp && *resp) {
+		*answer = strdup(resp);
+		if (!*answer)
+			r = cbt_fail(e, ENOMEM, "%s: message answer", cbt_dm_name(dev));
+	}
+out:
+	if (dmt)
+		dm_task_destroy(dmt);
+	return r;
+}

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: LGPL-2.1 */
+/*
+ * libcbt: the controller side of dm-cbt. Functions return 0 or a negative
+ * errno and describe failures in a struct cbt_err; they never print.
+ */
+#ifndef LIBCBT_H
+#define LIBCBT_H
+
+#include <stdint.h>
+
+struct cbt_err {
+	int errnum;		/* positive errno of the failure */
+	char msg[512];		/* what failed, naming the device/file/offset */
+};
+
+/* Records a failure; returns -errnum so callers can "return cbt_fail(...)". */
+int cbt_fail(struct cbt_err *e, int errnum, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/*
+ * Parses a byte count: digits with an optional K, M, G or T suffix (powers
+ * of 1024, an optional trailing "iB" or "B" accepted). Rejects empty input,
+ * junk and overflow with -EINVAL / -ERANGE.
+ */
+int cbt_parse_size(const char *s, uint64_t *bytes);
+
+/* The dm name of DEV: "/dev/mapper/NAME" or "NAME". */
+const char *cbt_dm_name(const char *dev);
+
+/* The single cbt target of a dm device, from the status ioctl. */
+struct cbt_dm_status {
+	uint64_t length;	/* bytes */
+	char *params;		/* the INFO status line; free() it */
+};
+
+int cbt_dm_status(const char *dev, struct cbt_dm_status *st, struct cbt_err *e);
+
+/*
+ * Sends MESSAGE to the cbt target of DEV. *answer (may be NULL) receives
+ * the target's response, or NULL when it gave none; free() it.
+ */
+int cbt_dm_message(const char *dev, const char *message, char **answer,
+		   struct cbt_err *e);
+
+#endif /* LIBCBT_H */
