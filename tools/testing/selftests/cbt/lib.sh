@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: GPL-2.0
+# Helpers for the dm-cbt shell selftests: kselftest exit codes, TAP subtest
+# lines, loop and dm devices that are removed on exit whatever happens.
+
+KSFT_PASS=0
+KSFT_FAIL=1
+KSFT_SKIP=4
+
+cbt_selftest_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cbt_top=$(cd "$cbt_selftest_dir/../../../.." && pwd)
+_nr_tests=0
+_nr_failed=0
+_nr_planned=0
+_dm_devs=()
+_loop_devs=()
+_tmp_dirs=()
+
+# plan N: the TAP plan line for this program's N subtests.
+plan() {
+	_nr_planned=$1
+	echo "TAP version 13"
+	echo "1..$1"
+}
+
+skip_all() {
+	echo "1..0 # SKIP $*"
+	exit $KSFT_SKIP
+}
+
+require_root() {
+	[ "$(id -u)" = 0 ] || skip_all "must run as root"
+}
+
+# require_tools TOOL...: skip the whole program when a tool is missing.
+require_tools() {
+	local t
+	for t in "$@"; do
+		command -v "$t" >/dev/null 2>&1 || skip_all "$t is not installed"
+	done
+}
+
+# Every dm device, loop device and directory made here goes on exit.
+_cleanup() {
+	local i
+	for ((i = ${#_dm_devs[@]} - 1; i >= 0; i--)); do
+		dmsetup remove --retry "${_dm_devs[i]}" >/dev/null 2>&1
+	done
+	for i in "${_loop_devs[@]}"; do
+		losetup -d "$i" 2>/dev/null
+	done
+	for i in "${_tmp_dirs[@]}"; do
+		rm -rf "$i"
+	done
+}
+trap _cleanup EXIT
+
+# make_tmpdir VAR: a scratch directory in VAR.
+make_tmpdir() {
+	local d
+	d=$(mktemp -d "${TMPDIR:-/tmp}/cbt-test.XXXXXX") || return 1
+	_tmp_dirs+=("$d")
+	printf -v "$1" '%s' "$d"
+}
+
+# make_loop VAR FILE: attaches FILE (direct I/O) and puts its loop device in VAR.
+make_loop() {
+	local dev
+	dev=$(losetup --find --show "$2") || return 1
+	_loop_devs+=("$dev")
+	printf -v "$1" '%s' "$dev"
+}
+
+# dm_create NAME TABLE: creates a dm device that is removed on exit.
+dm_create() {
+	dmsetup create "$1" --table "$2" || return 1
+	_dm_devs+=("$1")
+}
+
+# A unique dm name per test program and call.
+dm_name() {
+	echo "cbt-test-$$-$1"
+}
+
+# run_test NAME FUNCTION: one TAP subtest; the function fails by returning non-zero.
+run_test() {
+	local name=$1 rc
+	shift
+	_nr_tests=$((_nr_tests + 1))
+	( set -e; "$@" )
+	rc=$?
+	if [ $rc = 0 ]; then
+		echo "ok $_nr_tests $name"
+	elif [ $rc = $KSFT_SKIP ]; then
+		echo "ok $_nr_tests $name # SKIP"
+	else
+		echo "not ok $_nr_tests $name"
+		_nr_failed=$((_nr_failed + 1))
+	fi
+}
+
+# fail MESSAGE: reports why a subtest failed and fails it.
+fail() {
+	echo "# FAIL: $*" >&2
+	return 1
+}
+
+# expect_eq WHAT ACTUAL EXPECTED
+expect_eq() {
+	[ "$2" = "$3" ] || fail "$1: got '$2', expected '$3'"
+}
+
+# finish: the program's exit status from its subtests.
+finish() {
+	if [ "$_nr_tests" != "$_nr_planned" ]; then
+		echo "# planned $_nr_planned subtests, ran $_nr_tests" >&2
+		exit $KSFT_FAIL
+	fi
+	[ "$_nr_failed" = 0 ] && exit $KSFT_PASS
+	exit $KSFT_FAIL
+}

@@ -1,0 +1,45 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Runs the dm-cbt selftests listed in build/selftests/tests.list (built by
+# `make selftests`) as TAP, each under the timeout from `settings`. A test
+# that skips counts as a failure unless it skipped for a missing tool.
+# CBT_TEST_FILTER (a grep -E pattern) selects tests by name.
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../../../.." && pwd)
+list=$top/build/selftests/tests.list
+timeout=$(sed -n 's/^timeout=//p' "$here/settings")
+kernel=${CBT_KERNEL:-$(uname -r)}
+
+[ -f "$list" ] || { echo "run_tests.sh: $list is missing: run 'make selftests'" >&2; exit 1; }
+mapfile -t tests < <(grep -E "${CBT_TEST_FILTER:-.}" "$list")
+
+echo "TAP version 13"
+echo "1..${#tests[@]}"
+passed=0 failed=0 skipped=0 n=0
+for t in "${tests[@]}"; do
+	n=$((n + 1))
+	name=$(basename "$t")
+	echo "# selftests: cbt: $name"
+	start=$(date +%s)
+	out=$(mktemp)
+	timeout -k 10 "$timeout" "$t" 2>&1 | tee "$out" | sed 's/^/# /'
+	rc=${PIPESTATUS[0]}
+	secs=$(($(date +%s) - start))
+	if [ "$rc" = 0 ]; then
+		echo "ok $n selftests: cbt: $name # ${secs}s"
+		passed=$((passed + 1))
+	elif [ "$rc" = 4 ] && grep -q "not installed" "$out"; then
+		echo "ok $n selftests: cbt: $name # SKIP a tool is missing"
+		skipped=$((skipped + 1))
+	elif [ "$rc" = 124 ]; then
+		echo "not ok $n selftests: cbt: $name # TIMEOUT ${timeout}s"
+		failed=$((failed + 1))
+	else
+		echo "not ok $n selftests: cbt: $name # exit=$rc"
+		failed=$((failed + 1))
+	fi
+	rm -f "$out"
+done
+echo "cbt-selftests-$kernel: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]

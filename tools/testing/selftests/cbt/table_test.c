@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The cbt table line: good lines load, every malformed one is refused with
+ * the reason in the kernel log and leaves no device behind.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kselftest_harness.h"
+#include "cbt_util.h"
+
+#define DEV_SECTORS 131072	/* 64 MiB */
+
+FIXTURE(table)
+{
+	char dir[64];
+	char loop[32];
+	char name[64];
+	int loopfd;
+};
+
+FIXTURE_SETUP(table)
+{
+	char file[96];
+
+	if (geteuid())
+		SKIP(return, "must run as root");
+	snprintf(self->dir, sizeof(self->dir), "/tmp/cbt-table.XXXXXX");
+	ASSERT_NE(NULL, mkdtemp(self->dir));
+	snprintf(file, sizeof(file), "%s/backing", self->dir);
+	ASSERT_EQ(0, loop_create(file, DEV_SECTORS * 512ULL, self->loop,
+				 sizeof(self->loop), &self->loopfd));
+	snprintf(self->name, sizeof(self->name), "cbt-table-%d", getpid());
+}
+
+FIXTURE_TEARDOWN(table)
+{
+	char file[96];
+
+	if (dm_exists(self->name))
+		dm_remove(self->name);
+	loop_destroy(self->loopfd);
+	snprintf(file, sizeof(file), "%s/backing", self->dir);
+	unlink(file);
+	rmdir(self->dir);
+}
+
+/* Loads PARAMS (with %s replaced by the loop device); 0 or -errno, log in LOG. */
+static int load(struct _test_data_table *self, uint64_t len, const char *fmt,
+		char *log, size_t loglen)
+{
+	char params[256];
+	int mark, r;
+
+	snprintf(params, sizeof(params), fmt, self->loop);
+	log[0] = '\0';
+	mark = kmsg_mark();
+	r = dm_create_one(self->name, len, "cbt", params);
+	kmsg_since(mark, log, loglen);
+	return r;
+}
+
+struct bad_line {
+	const char *params;
+	uint64_t len;
+	const char *reason;	/* what the kernel log must say */
+};
+
+TEST_F(table, good_lines_load)
+{
+	static const char *const good[] = { "%s", "%s 0" };
+	char log[4096], line[256], want[256];
+	size_t i;
+
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		ASSERT_EQ(0, load(self, DEV_SECTORS, good[i], log, sizeof(log)))
+			TH_LOG("'%s' refused: %s", good[i], log);
+		ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
+		EXPECT_STREQ("0", line);
+		ASSERT_EQ(0, dm_status_line(self->name, 1, line, sizeof(line)));
+		/* The table names the device by major:minor. */
+		EXPECT_EQ(NULL, strchr(line, ' ')) TH_LOG("table line '%s'", line);
+		snprintf(want, sizeof(want), "%s", line);
+		EXPECT_NE(NULL, strchr(want, ':'));
+		ASSERT_EQ(0, dm_remove(self->name));
+	}
+}
+
+TEST_F(table, smaller_length_loads)
+{
+	char log[4096];
+
+	ASSERT_EQ(0, load(self, DEV_SECTORS - 8, "%s", log, sizeof(log))) TH_LOG("%s", log);
+}
+
+TEST_F(table, bad_lines_refused)
+{
+	static const struct bad_line bad[] = {
+		{ "", DEV_SECTORS, "Missing device path" },
+		{ "/dev/cbt-no-such-device", DEV_SECTORS, "Device lookup failed" },
+		{ "%s 1 foo", DEV_SECTORS, "Invalid number of feature arguments" },
+		{ "%s x", DEV_SECTORS, "Invalid number of feature arguments" },
+		{ "%s -1", DEV_SECTORS, "Invalid number of feature arguments" },
+		{ "%s 0 extra", DEV_SECTORS, "Too many arguments" },
+		{ "%s 0 0", DEV_SECTORS, "Too many arguments" },
+		{ "%s", DEV_SECTORS + 1, "too small for target" },
+	};
+	char log[8192];
+	size_t i;
+	int r;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		r = load(self, bad[i].len, bad[i].params, log, sizeof(log));
+		EXPECT_NE(0, r) TH_LOG("'%s' (%llu sectors) was accepted", bad[i].params,
+				       (unsigned long long)bad[i].len);
+		EXPECT_NE(NULL, strstr(log, bad[i].reason))
+			TH_LOG("'%s': kernel log lacks '%s': %s", bad[i].params,
+			       bad[i].reason, log);
+		EXPECT_FALSE(dm_exists(self->name)) TH_LOG("'%s' left a device", bad[i].params);
+		if (dm_exists(self->name))
+			dm_remove(self->name);
+	}
+}
+
+TEST_F(table, unknown_message_refused)
+{
+	char log[4096];
+
+	ASSERT_EQ(0, load(self, DEV_SECTORS, "%s", log, sizeof(log)));
+	log[0] = '\0';
+	{
+		int mark = kmsg_mark();
+
+		EXPECT_NE(0, dm_message(self->name, "no-such-message", NULL, 0));
+		kmsg_since(mark, log, sizeof(log));
+	}
+	EXPECT_NE(NULL, strstr(log, "no-such-message")) TH_LOG("kernel log: %s", log);
+}
+
+TEST_HARNESS_MAIN
