@@ -67,6 +67,7 @@ bench: modules userspace
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --timeout 1200 -- tools/bench/run.sh
 
 install:
+	sh kernel/gen-compat.sh $(HOST_KDIR) >kernel/compat-gen.h
 	$(MAKE) -C $(HOST_KDIR) M=$(CURDIR) modules
 	$(MAKE) -C $(HOST_KDIR) M=$(CURDIR) modules_install
 	depmod -a
