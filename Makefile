@@ -59,6 +59,7 @@ lint:
 	perl $(LINUX_SRC)/scripts/checkpatch.pl --strict --no-tree --terse --show-types \
 		--ignore SPDX_LICENSE_TAG,FILE_PATH_CHANGES \
 		-f kernel/*.c kernel/*.h include/uapi/linux/*.h
+	@mkdir -p build
 	$(VM)/build-module --lint $(firstword $(KERNELS)) 2>&1 | tee build/sparse.log
 	@if grep -E 'warning|error' build/sparse.log; then \
 		echo "lint: sparse reported the lines above"; exit 1; fi
