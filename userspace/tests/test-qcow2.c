@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -679,6 +681,47 @@ static void test_bad_inputs(void)
 		"future.qcow2");
 }
 
+/*
+ * A write error (here EFBIG from RLIMIT_FSIZE, standing in for ENOSPC)
+ * is reported with the file, the offset and the errno text.
+ */
+static void test_write_error(void)
+{
+	struct rlimit lim = { 4 * MiB, 4 * MiB };
+	pid_t pid;
+	int st = -1;
+
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		struct qcow2_image *img;
+		uint8_t *buf = malloc(MiB);
+		uint64_t off;
+		int r = 0;
+
+		signal(SIGXFSZ, SIG_IGN);
+		if (!buf || setrlimit(RLIMIT_FSIZE, &lim) ||
+		    qcow2_create(in_dir("full.err.qcow2"), 64 * MiB, 65536, NULL,
+				 NULL, &img, &err))
+			_exit(10);
+		memset(buf, 1, MiB);
+		for (off = 0; !r && off < 64 * MiB; off += MiB)
+			r = qcow2_write(img, off, buf, MiB, &err);
+		if (r != -EFBIG || !strstr(err.msg, "full.err.qcow2") ||
+		    !strstr(err.msg, "offset") ||
+		    !strstr(err.msg, strerror(EFBIG))) {
+			fprintf(stderr, "write error: %d \"%s\"\n", r, err.msg);
+			_exit(11);
+		}
+		qcow2_abort(img, true);
+		free(buf);
+		_exit(0);
+	}
+	CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	CHECK(access(in_dir("full.err.qcow2"), F_OK) != 0);
+}
+
 /* ---- fuzz -------------------------------------------------------------- */
 
 static uint64_t rng_state;
@@ -816,6 +859,7 @@ int main(void)
 	test_existing();
 	test_sparse_huge();
 	test_bad_inputs();
+	test_write_error();
 	for (i = 1; i <= 8; i++)
 		fuzz(i);
 
