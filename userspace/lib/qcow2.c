@@ -107,6 +107,14 @@ struct qcow2_image {
 	bool header_dirty;
 	char *backing_file, *backing_format;	/* created images only */
 
+	/*
+	 * References to drop once the metadata that stops using the clusters
+	 * is on disk (old refcount tables, replaced compressed clusters): an
+	 * interrupted flush then leaks clusters rather than freeing used ones.
+	 */
+	uint64_t *unref;
+	size_t nr_unref, unref_cap;
+
 	size_t cache_bytes, cache_limit;
 	uint8_t *bounce;		/* one cluster */
 };
@@ -235,6 +243,9 @@ static int set_refcount(struct qcow2_image *img, uint64_t cluster,
 
 static int grow_refcount_table(struct qcow2_image *img, uint64_t min_index,
 			       struct cbt_err *e);
+
+static int defer_unref(struct qcow2_image *img, uint64_t cluster,
+		       struct cbt_err *e);
 
 /*
  * The refcount block for refcount table index I, loaded or (ALLOC) made
@@ -405,14 +416,55 @@ static int grow_refcount_table(struct qcow2_image *img, uint64_t min_index,
 			return r;
 	}
 	for (k = 0; k < old_clusters; k++) {
-		r = set_refcount(img, (old_offset >> img->cluster_bits) + k, 0, e);
+		r = defer_unref(img, (old_offset >> img->cluster_bits) + k, e);
 		if (r)
 			return r;
 	}
 	return 0;
 }
 
-/* Drops the references a compressed L2 entry holds on its host clusters. */
+/* Queues one reference to CLUSTER to be dropped at the next flush. */
+static int defer_unref(struct qcow2_image *img, uint64_t cluster,
+		       struct cbt_err *e)
+{
+	if (img->nr_unref == img->unref_cap) {
+		size_t cap = img->unref_cap ? img->unref_cap * 2 : 64;
+		uint64_t *p = realloc(img->unref, cap * sizeof(*p));
+
+		if (!p)
+			return cbt_fail(e, ENOMEM, "%s: refcount updates", img->path);
+		img->unref = p;
+		img->unref_cap = cap;
+	}
+	img->unref[img->nr_unref++] = cluster;
+	return 0;
+}
+
+static int apply_unref(struct qcow2_image *img, struct cbt_err *e)
+{
+	uint64_t rc;
+	size_t k;
+	int r;
+
+	for (k = 0; k < img->nr_unref; k++) {
+		r = get_refcount(img, img->unref[k], &rc, e);
+		if (r)
+			return r;
+		if (rc == 0)
+			return cbt_fail(e, EUCLEAN, "%s: cluster at offset %llu to be freed has refcount 0",
+					img->path, (unsigned long long)(img->unref[k] << img->cluster_bits));
+		r = set_refcount(img, img->unref[k], rc - 1, e);
+		if (r)
+			return r;
+	}
+	img->nr_unref = 0;
+	return 0;
+}
+
+/*
+ * Drops the references a compressed L2 entry holds on its host clusters
+ * (qcow2.txt, "Compressed Clusters Descriptor": x = 62 - (cluster_bits - 8)).
+ */
 static int release_compressed(struct qcow2_image *img, uint64_t l2_entry,
 			      struct cbt_err *e)
 {
@@ -422,17 +474,10 @@ static int release_compressed(struct qcow2_image *img, uint64_t l2_entry,
 	uint64_t start = host & ~511ULL;
 	uint64_t c, first = start >> img->cluster_bits;
 	uint64_t last = (start + nb_sectors * 512 - 1) >> img->cluster_bits;
-	uint64_t rc;
 	int r;
 
 	for (c = first; c <= last; c++) {
-		r = get_refcount(img, c, &rc, e);
-		if (r)
-			return r;
-		if (rc == 0)
-			return cbt_fail(e, EUCLEAN, "%s: compressed cluster at offset %llu has refcount 0",
-					img->path, (unsigned long long)(c << img->cluster_bits));
-		r = set_refcount(img, c, rc - 1, e);
+		r = defer_unref(img, c, e);
 		if (r)
 			return r;
 	}
@@ -550,18 +595,11 @@ static int write_header(struct qcow2_image *img, struct cbt_err *e)
 	return pwrite_all(img, h, img->cluster_size, 0, e);
 }
 
-int qcow2_flush(struct qcow2_image *img, struct cbt_err *e)
+static int write_refblocks(struct qcow2_image *img, struct cbt_err *e)
 {
-	uint64_t i, n;
-	uint8_t *buf;
+	uint64_t i;
 	int r;
 
-	/*
-	 * Refcounts first, then the mappings that use the clusters they
-	 * count, then the header. (Crash consistency is not a goal; see
-	 * qcow2.h. The order only keeps a cut-short flush leaking rather
-	 * than referencing free clusters, as far as it goes.)
-	 */
 	for (i = 0; i < img->refcount_table_entries; i++) {
 		struct meta *m = &img->refblock_cache[i];
 
@@ -573,6 +611,24 @@ int qcow2_flush(struct qcow2_image *img, struct cbt_err *e)
 			return r;
 		m->dirty = false;
 	}
+	return 0;
+}
+
+int qcow2_flush(struct qcow2_image *img, struct cbt_err *e)
+{
+	uint64_t i, n;
+	uint8_t *buf;
+	int r;
+
+	/*
+	 * Refcounts of new clusters first, then the mappings that use them,
+	 * then the header; references dropped come last. Cut short at any
+	 * point (with the writes reaching the disk in order), this leaves
+	 * clusters leaked, never in use with too low a refcount.
+	 */
+	r = write_refblocks(img, e);
+	if (r)
+		return r;
 	if (img->refcount_table_dirty) {
 		n = (uint64_t)img->refcount_table_clusters << img->cluster_bits;
 		buf = malloc(n);
@@ -617,7 +673,12 @@ int qcow2_flush(struct qcow2_image *img, struct cbt_err *e)
 			return r;
 		img->header_dirty = false;
 	}
-	return 0;
+	if (img->nr_unref) {
+		r = apply_unref(img, e);
+		if (!r)
+			r = write_refblocks(img, e);
+	}
+	return r;
 }
 
 static void drop_cache(struct qcow2_image *img)
@@ -682,6 +743,7 @@ static void image_free(struct qcow2_image *img)
 	free(img->refblock_cache);
 	free(img->l1_table);
 	free(img->refcount_table);
+	free(img->unref);
 	free(img->backing_file);
 	free(img->backing_format);
 	free(img->bounce);

@@ -12,7 +12,11 @@
  * written out with pwrite when the cache grows past its limit and at
  * qcow2_close(). Data is written straight to the file.
  *
- * Until qcow2_close() returns 0 the file is not a consistent image: an
+ * Metadata is written in an order (new refcounts, then L2/L1 tables, then
+ * the header, then dropped references) that leaves the file a valid image
+ * after each qcow2_flush(): what was written since is simply not there yet
+ * (a program aborted with qcow2_abort() leaves such a file). There are no
+ * fsync barriers between those steps, though, so after a system crash an
  * interrupted backup must be discarded (or, for a target opened with
  * qcow2_open_existing(), checked with "qemu-img check -r all").
  *

@@ -722,6 +722,57 @@ static void test_write_error(void)
 	CHECK(access(in_dir("full.err.qcow2"), F_OK) != 0);
 }
 
+/*
+ * qcow2_flush() leaves a consistent image: a run aborted after it reads
+ * like the flushed state and has at worst leaked clusters.
+ */
+static void test_flush_abort(void)
+{
+	const uint64_t size = 8 * MiB;
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(MiB);
+	int st;
+
+	raw = raw_create(in_dir("ab.raw"), size);
+	CHECK(run("qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 '%s' %llu",
+		  in_dir("ab.qcow2"), (unsigned long long)size) == 0);
+	OK(qcow2_open_existing(in_dir("ab.qcow2"), &img, &err));
+	if (!img)
+		goto out;
+	pattern(buf, MiB, 0, 21);
+	OK(both_write(img, &raw, 0, buf, MiB));
+	OK(both_write(img, &raw, 4 * MiB, buf, MiB));
+	OK(qcow2_flush(img, &err));
+	raw_close(&raw);
+	/* More (the refcount table moves again), then give up. */
+	pattern(buf, MiB, 0, 22);
+	OK(qcow2_write(img, MiB, buf, MiB, &err));
+	OK(qcow2_write(img, 6 * MiB, buf, MiB, &err));
+	OK(qcow2_write_zeroes(img, 0, 64 * KiB, &err));
+	qcow2_abort(img, true);		/* not created: stays */
+	st = run("qemu-img check '%s'", in_dir("ab.qcow2"));
+	CHECK(ok_run(__LINE__, "qemu-img check after abort", 0, st == 3 ? 0 : st));
+	COMPARE_RAW(in_dir("ab.qcow2"), in_dir("ab.raw"));
+
+	/* A created image aborted after a flush: same. */
+	raw = raw_create(in_dir("ab.raw"), size);
+	OK(qcow2_create(in_dir("ab2.qcow2"), size, 512, NULL, NULL, &img, &err));
+	if (!img)
+		goto out;
+	pattern(buf, MiB, 0, 23);
+	OK(both_write(img, &raw, 2 * MiB, buf, MiB));
+	OK(qcow2_flush(img, &err));
+	raw_close(&raw);
+	OK(qcow2_write(img, 3 * MiB, buf, MiB, &err));
+	qcow2_abort(img, false);
+	st = run("qemu-img check '%s'", in_dir("ab2.qcow2"));
+	CHECK(ok_run(__LINE__, "qemu-img check after abort", 0, st == 3 ? 0 : st));
+	COMPARE_RAW(in_dir("ab2.qcow2"), in_dir("ab.raw"));
+out:
+	free(buf);
+}
+
 /* ---- fuzz -------------------------------------------------------------- */
 
 static uint64_t rng_state;
@@ -860,6 +911,7 @@ int main(void)
 	test_sparse_huge();
 	test_bad_inputs();
 	test_write_error();
+	test_flush_abort();
 	for (i = 1; i <= 8; i++)
 		fuzz(i);
 
