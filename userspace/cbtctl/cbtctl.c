@@ -3,50 +3,64 @@
  * cbtctl: the dm-cbt controller. Subcommands come from commands[] below.
  * Exit status: 0 success, 1 an operation failed, 2 usage error.
  */
-#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "libcbt.h"
-
-#define EXIT_FAIL 1
-#define EXIT_USAGE 2
-
-struct command {
-	const char *name;
-	int (*fn)(int argc, char **argv);
-	const char *usage;
-	const char *help;
-};
+#include "cbtctl.h"
 
 static int cmd_help(int argc, char **argv);
 
-static int cmd_status(int argc, char **argv)
-{
-	struct cbt_dm_status st;
-	struct cbt_err e = { 0 };
-
-	if (argc != 2) {
-		fprintf(stderr, "usage: cbtctl status DEV\n");
-		return EXIT_USAGE;
-	}
-	if (cbt_dm_status(argv[1], &st, &e)) {
-		fprintf(stderr, "cbtctl: %s\n", e.msg);
-		return EXIT_FAIL;
-	}
-	printf("device: %s\nsize: %llu\nstatus: %s\n", cbt_dm_name(argv[1]),
-	       (unsigned long long)st.length, st.params);
-	free(st.params);
-	return 0;
-}
-
 static const struct command commands[] = {
-	{ "status", cmd_status, "status DEV", "show the cbt target's state" },
+	{ "bitmap", cmd_bitmap, "bitmap add|remove|clear|enable|disable|merge DEV ...",
+	  "manage the dirty bitmaps of a cbt device" },
+	{ "status", cmd_status, "status DEV [--json]", "show a cbt device and its bitmaps" },
+	{ "backup", cmd_backup, "backup --sync=full|incremental [OPTIONS] JOB...",
+	  "back up cbt devices into qcow2 images, all or nothing" },
 	{ "help", cmd_help, "help", "list the commands" },
 };
 
 #define NR_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+int report(const struct cbt_err *e)
+{
+	fprintf(stderr, "cbtctl: %s\n", e->msg);
+	return EXIT_FAIL;
+}
+
+int usage_error(const char *usage, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "cbtctl: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nusage: cbtctl %s\n", usage);
+	return EXIT_USAGE;
+}
+
+int is_help(const char *arg)
+{
+	return !strcmp(arg, "-h") || !strcmp(arg, "--help");
+}
+
+void json_string(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char c = *s;
+
+		if (c == '"' || c == '\\')
+			fprintf(f, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(f, "\\u%04x", c);
+		else
+			fputc(c, f);
+	}
+	fputc('"', f);
+}
 
 static int cmd_help(int argc, char **argv)
 {
@@ -56,7 +70,8 @@ static int cmd_help(int argc, char **argv)
 	(void)argv;
 	printf("usage: cbtctl COMMAND [ARGS...]\n\ncommands:\n");
 	for (i = 0; i < NR_COMMANDS; i++)
-		printf("  %-28s %s\n", commands[i].usage, commands[i].help);
+		printf("  %-52s %s\n", commands[i].usage, commands[i].help);
+	printf("\n'cbtctl COMMAND --help' describes one command; see cbtctl(8).\n");
 	return 0;
 }
 
@@ -64,7 +79,7 @@ int main(int argc, char **argv)
 {
 	size_t i;
 
-	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+	if (argc < 2 || is_help(argv[1])) {
 		cmd_help(0, NULL);
 		return argc < 2 ? EXIT_USAGE : 0;
 	}

@@ -130,3 +130,54 @@ out:
 		dm_task_destroy(dmt);
 	return r;
 }
+
+int cbt_dm_devno(const char *dev, uint32_t *major, uint32_t *minor, struct cbt_err *e)
+{
+	struct dm_task *dmt;
+	struct dm_info info;
+	int r = 0;
+
+	dmt = dm_task_for(DM_DEVICE_INFO, dev);
+	if (!dmt || !dm_task_run(dmt)) {
+		r = dm_task_fail(dmt, e, "info ioctl failed", dev);
+		goto out;
+	}
+	if (!dm_task_get_info(dmt, &info) || !info.exists) {
+		r = cbt_fail(e, ENODEV, "%s: no such device-mapper device", cbt_dm_name(dev));
+		goto out;
+	}
+	*major = info.major;
+	*minor = info.minor;
+out:
+	if (dmt)
+		dm_task_destroy(dmt);
+	return r;
+}
+
+static int dm_simple(int type, const char *what, const char *dev, struct cbt_err *e)
+{
+	struct dm_task *dmt;
+	uint32_t cookie = 0;
+	int r = 0;
+
+	dmt = dm_task_for(type, dev);
+	/* No udev rules are involved: nodes are not touched by suspend/resume. */
+	if (!dmt || (type == DM_DEVICE_RESUME && !dm_task_set_cookie(dmt, &cookie, 0)) ||
+	    !dm_task_run(dmt))
+		r = dm_task_fail(dmt, e, what, dev);
+	if (type == DM_DEVICE_RESUME && cookie)
+		dm_udev_wait(cookie);
+	if (dmt)
+		dm_task_destroy(dmt);
+	return r;
+}
+
+int cbt_dm_suspend(const char *dev, struct cbt_err *e)
+{
+	return dm_simple(DM_DEVICE_SUSPEND, "suspend failed", dev, e);
+}
+
+int cbt_dm_resume(const char *dev, struct cbt_err *e)
+{
+	return dm_simple(DM_DEVICE_RESUME, "resume failed", dev, e);
+}

@@ -42,4 +42,11 @@ int cbt_dm_status(const char *dev, struct cbt_dm_status *st, struct cbt_err *e);
 int cbt_dm_message(const char *dev, const char *message, char **answer,
 		   struct cbt_err *e);
 
+/* The dm device number of DEV. */
+int cbt_dm_devno(const char *dev, uint32_t *major, uint32_t *minor, struct cbt_err *e);
+
+/* Suspends (flushing in-flight I/O) or resumes DEV. */
+int cbt_dm_suspend(const char *dev, struct cbt_err *e);
+int cbt_dm_resume(const char *dev, struct cbt_err *e);
+
 #endif /* LIBCBT_H */

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: GPL-2.0
+/* cbtctl backup --sync=full|incremental [OPTIONS] JOB... */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cbtctl.h"
+#include "backup.h"
+
+#define BACKUP_USAGE \
+	"backup --sync=full|incremental [--bitmap=NAME]... [--on-source-error=report|retry]\n" \
+	"              [--retries=N] [--json] JOB...\n" \
+	"  JOB: DEV=TARGET[,backing=FILE][,mode=create|existing][,cluster-size=SIZE]"
+
+static struct cbt_backup *running_backup;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	if (running_backup)
+		running_backup->cancel = 1;
+}
+
+static void show_progress(struct cbt_backup *b, void *arg)
+{
+	uint64_t done = 0, total = 0;
+	unsigned int i, width = 30, filled;
+	int *shown = arg;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		done += __atomic_load_n(&b->jobs[i].bytes_done, __ATOMIC_RELAXED);
+		total += b->jobs[i].dirty_bytes;
+	}
+	filled = total ? (unsigned int)(done * width / total) : width;
+	fprintf(stderr, "\r[%-*.*s] %3u%% %llu/%llu MiB", width, filled,
+		"##############################", total ? (unsigned int)(done * 100 / total) : 100,
+		(unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
+	*shown = 1;
+}
+
+static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *e)
+{
+	unsigned int i;
+
+	printf("{\"status\": \"%s\", ", r ? "failed" : "completed");
+	printf("\"error\": ");
+	if (r)
+		json_string(stdout, e->msg);
+	else
+		printf("null");
+	printf(", \"jobs\": [");
+	for (i = 0; i < b->nr_jobs; i++) {
+		const struct cbt_backup_job *j = &b->jobs[i];
+
+		printf("%s{\"device\": ", i ? ", " : "");
+		json_string(stdout, j->spec.device);
+		printf(", \"target\": ");
+		json_string(stdout, j->spec.target);
+		printf(", \"dirty_bytes\": %llu, \"bytes_written\": %llu, \"status\": \"%s\", "
+		       "\"target_unusable\": %s, \"error\": ",
+		       (unsigned long long)j->dirty_bytes, (unsigned long long)j->bytes_written,
+		       cbt_job_status_name(j->status), j->target_unusable ? "true" : "false");
+		if (j->status == CBT_JOB_COMPLETED)
+			printf("null");
+		else
+			json_string(stdout, j->err.msg[0] ? j->err.msg : "not run");
+		printf("}");
+	}
+	printf("]}\n");
+}
+
+static void print_text(const struct cbt_backup *b, int r, const struct cbt_err *e)
+{
+	unsigned int i;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		const struct cbt_backup_job *j = &b->jobs[i];
+
+		fprintf(r ? stderr : stdout, "%s -> %s: %s, %llu dirty bytes, %llu bytes written",
+			j->spec.device, j->spec.target, cbt_job_status_name(j->status),
+			(unsigned long long)j->dirty_bytes, (unsigned long long)j->bytes_written);
+		if (j->status != CBT_JOB_COMPLETED && j->err.msg[0])
+			fprintf(stderr, " (%s)", j->err.msg);
+		if (j->target_unusable)
+			fprintf(stderr, "; %s is not a usable image now", j->spec.target);
+		fprintf(r ? stderr : stdout, "\n");
+	}
+	if (r)
+		fprintf(stderr, "cbtctl: backup failed: %s; every bitmap was restored\n", e->msg);
+}
+
+int cmd_backup(int argc, char **argv)
+{
+	struct cbt_backup b = { .sync = -1, .retry_delay_ms = 200 };
+	struct sigaction sa = { .sa_handler = on_signal };
+	struct cbt_err e = { 0 };
+	int json = 0, retry = 0, shown = 0, i, r, status;
+	uint64_t n;
+
+	b.jobs = calloc(argc, sizeof(*b.jobs));
+	b.bitmaps = calloc(argc, sizeof(*b.bitmaps));
+	if (!b.jobs || !b.bitmaps) {
+		fprintf(stderr, "cbtctl: out of memory\n");
+		return EXIT_FAIL;
+	}
+	b.retries = 3;
+	status = EXIT_USAGE;
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (is_help(a)) {
+			printf("usage: cbtctl %s\n", BACKUP_USAGE);
+			status = 0;
+			goto out;
+		} else if (!strcmp(a, "--sync=full")) {
+			b.sync = CBT_SYNC_FULL;
+		} else if (!strcmp(a, "--sync=incremental")) {
+			b.sync = CBT_SYNC_INCREMENTAL;
+		} else if (!strncmp(a, "--bitmap=", 9) && a[9]) {
+			b.bitmaps[b.nr_bitmaps++] = a + 9;
+		} else if (!strcmp(a, "--on-source-error=report")) {
+			retry = 0;
+		} else if (!strcmp(a, "--on-source-error=retry")) {
+			retry = 1;
+		} else if (!strncmp(a, "--retries=", 10)) {
+			char *end;
+
+			errno = 0;
+			n = strtoull(a + 10, &end, 10);
+			if (errno || end == a + 10 || *end || a[10] == '-' || n > 1000) {
+				usage_error(BACKUP_USAGE, "bad --retries '%s'", a + 10);
+				goto out;
+			}
+			b.retries = n;
+		} else if (!strcmp(a, "--json")) {
+			json = 1;
+		} else if (a[0] == '-') {
+			usage_error(BACKUP_USAGE, "unknown or malformed option '%s'", a);
+			goto out;
+		} else {
+			if (cbt_job_parse(a, &b.jobs[b.nr_jobs].spec, &e)) {
+				usage_error(BACKUP_USAGE, "%s", e.msg);
+				goto out;
+			}
+			b.nr_jobs++;
+		}
+	}
+	if ((int)b.sync < 0) {
+		usage_error(BACKUP_USAGE, "--sync=full or --sync=incremental is required");
+		goto out;
+	}
+	if (!b.nr_jobs) {
+		usage_error(BACKUP_USAGE, "no JOB given");
+		goto out;
+	}
+	if (b.sync == CBT_SYNC_INCREMENTAL && !b.nr_bitmaps) {
+		usage_error(BACKUP_USAGE, "an incremental backup needs --bitmap=NAME");
+		goto out;
+	}
+	if (!retry)
+		b.retries = 0;
+	if (isatty(STDERR_FILENO)) {
+		b.progress = show_progress;
+		b.progress_arg = &shown;
+	}
+	running_backup = &b;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	r = cbt_backup_run(&b, &e);
+	running_backup = NULL;
+	if (shown)
+		fprintf(stderr, "\n");
+	if (json)
+		print_json(&b, r, &e);
+	else
+		print_text(&b, r, &e);
+	status = r ? EXIT_FAIL : 0;
+out:
+	for (i = 0; i < (int)b.nr_jobs; i++)
+		cbt_job_free(&b.jobs[i].spec);
+	free(b.jobs);
+	free(b.bitmaps);
+	return status;
+}

@@ -1,0 +1,534 @@
+// SPDX-License-Identifier: LGPL-2.1
+/*
+ * The backup transaction: prepare every job, freeze every bitmap at one
+ * instant, copy concurrently, then commit everything or undo everything.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+
+#include "backup.h"
+#include "bitmap.h"
+#include "copy.h"
+#include "qcow2.h"
+
+struct cbt_backup_job_priv {
+	struct cbt_backup *b;
+	struct cbt_backup_job *job;
+	char *dm_dev;			/* /dev/mapper/NAME */
+	char *tmp_path;			/* mode=create: where the image is written */
+	int fd;
+	struct qcow2_image *img;
+	struct cbt_extent_list extents;
+	bool *frozen;			/* per bitmap: frozen by this run */
+	pthread_t thread;
+	bool running;
+};
+
+const char *cbt_job_status_name(enum cbt_job_status s)
+{
+	switch (s) {
+	case CBT_JOB_COMPLETED:
+		return "completed";
+	case CBT_JOB_FAILED:
+		return "failed";
+	case CBT_JOB_CANCELLED:
+		return "cancelled";
+	default:
+		return "pending";
+	}
+}
+
+/*
+ * The freeze token names this process and its start time, so that a later
+ * run can tell a live owner from a dead one.
+ */
+static void make_token(struct cbt_backup *b)
+{
+	unsigned long long start = 0;
+	char buf[1024], *p;
+	FILE *f;
+	int i;
+
+	f = fopen("/proc/self/stat", "r");
+	if (f) {
+		if (fgets(buf, sizeof(buf), f)) {
+			p = strrchr(buf, ')');
+			/* starttime is field 22; p points at the end of field 2. */
+			for (i = 2; p && i < 21; i++)
+				p = strchr(p + 1, ' ');
+			if (p)
+				start = strtoull(p + 1, NULL, 10);
+		}
+		fclose(f);
+	}
+	snprintf(b->token, sizeof(b->token), "cbtctl.%d.%llu", (int)getpid(), start);
+}
+
+static int job_fail(struct cbt_backup_job *job, const struct cbt_err *err)
+{
+	if (job->status == CBT_JOB_PENDING || job->status == CBT_JOB_COMPLETED) {
+		job->status = CBT_JOB_FAILED;
+		job->err = *err;
+	}
+	return -err->errnum;
+}
+
+/* mode=create: a temporary name beside the target, renamed on success. */
+static int temp_path_for(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+{
+	char *dup1 = strdup(job->spec.target), *dup2 = strdup(job->spec.target);
+	int r = 0;
+
+	if (!dup1 || !dup2 ||
+	    asprintf(&job->priv->tmp_path, "%s/.%s.%s.tmp", dirname(dup1), basename(dup2),
+		     b->token) < 0) {
+		job->priv->tmp_path = NULL;
+		r = cbt_fail(e, ENOMEM, "%s: temporary name", job->spec.target);
+	}
+	free(dup1);
+	free(dup2);
+	return r;
+}
+
+/* Checks one job and opens its source and image; touches no bitmap. */
+static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	struct cbt_dm_status st;
+	struct cbt_bitmap_info info;
+	struct stat sb;
+	unsigned int i;
+	int r;
+
+	r = cbt_dm_status(job->spec.device, &st, e);
+	if (r)
+		return r;
+	free(st.params);
+	if (asprintf(&p->dm_dev, "/dev/mapper/%s", cbt_dm_name(job->spec.device)) < 0) {
+		p->dm_dev = NULL;
+		return cbt_fail(e, ENOMEM, "%s", job->spec.device);
+	}
+	for (i = 0; i < b->nr_bitmaps; i++) {
+		r = cbt_bitmap_get(job->spec.device, b->bitmaps[i], &info, e);
+		if (r)
+			return r;
+		if (info.busy)
+			return cbt_fail(e, EBUSY, "%s: bitmap '%s' is busy (frozen by %s)",
+					cbt_dm_name(job->spec.device), info.name,
+					info.token[0] ? info.token : "another backup");
+	}
+	r = cbt_open_source(p->dm_dev, &p->fd, &job->size, e);
+	if (r)
+		return r;
+	if (job->size != st.length)
+		return cbt_fail(e, EIO, "%s: size %llu differs from its table (%llu)", p->dm_dev,
+				(unsigned long long)job->size, (unsigned long long)st.length);
+
+	if (job->spec.mode == CBT_MODE_EXISTING) {
+		r = qcow2_open_existing(job->spec.target, &p->img, e);
+		if (!r)
+			r = qcow2_require_size(p->img, job->size, e);
+		return r;
+	}
+	if (!lstat(job->spec.target, &sb))
+		return cbt_fail(e, EEXIST, "%s: target exists (use mode=existing to write into it)",
+				job->spec.target);
+	if (errno != ENOENT)
+		return cbt_fail(e, errno, "%s: cannot check the target", job->spec.target);
+	r = temp_path_for(b, job, e);
+	if (r)
+		return r;
+	return qcow2_create(p->tmp_path, job->size,
+			    job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE,
+			    job->spec.backing, job->spec.backing ? "qcow2" : NULL, &p->img, e);
+}
+
+static int cmp_jobs_by_device(const void *x, const void *y)
+{
+	const struct cbt_backup_job *const *a = x, *const *c = y;
+
+	return strcmp(cbt_dm_name((*a)->spec.device), cbt_dm_name((*c)->spec.device));
+}
+
+/* Aborts every bitmap this run froze; the frozen bits go back into the live ones. */
+static void abort_bitmaps(struct cbt_backup *b)
+{
+	struct cbt_err ignored;
+	unsigned int i, j;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job_priv *p = b->jobs[i].priv;
+
+		for (j = 0; j < b->nr_bitmaps; j++) {
+			if (!p->frozen[j])
+				continue;
+			if (!cbt_bitmap_msg(b->jobs[i].spec.device, &ignored, "bitmap abort %s %s",
+					    b->bitmaps[j], b->token))
+				p->frozen[j] = false;
+		}
+	}
+}
+
+/*
+ * The backup instant: suspend every device (in name order, so that two
+ * transactions cannot deadlock), freeze every bitmap, resume every device.
+ * Signals wait until the devices are running again.
+ */
+static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
+{
+	struct cbt_backup_job **order;
+	sigset_t all, old;
+	unsigned int i, j, suspended = 0;
+	struct cbt_err err2;
+	int r = 0;
+
+	order = calloc(b->nr_jobs, sizeof(*order));
+	if (!order)
+		return cbt_fail(e, ENOMEM, "freeze");
+	for (i = 0; i < b->nr_jobs; i++)
+		order[i] = &b->jobs[i];
+	qsort(order, b->nr_jobs, sizeof(*order), cmp_jobs_by_device);
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	for (i = 0; i < b->nr_jobs && !r; i++) {
+		r = cbt_dm_suspend(order[i]->spec.device, e);
+		if (!r)
+			suspended++;
+	}
+	for (i = 0; i < b->nr_jobs && !r; i++) {
+		for (j = 0; j < b->nr_bitmaps && !r; j++) {
+			r = cbt_bitmap_msg(order[i]->spec.device, e, "bitmap freeze %s %s",
+					   b->bitmaps[j], b->token);
+			if (!r)
+				order[i]->priv->frozen[j] = true;
+		}
+	}
+	if (r)
+		abort_bitmaps(b);
+	for (i = suspended; i-- > 0;) {
+		if (cbt_dm_resume(order[i]->spec.device, &err2) && !r)
+			r = cbt_fail(e, err2.errnum, "%s", err2.msg);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	free(order);
+	return r;
+}
+
+/* What each job copies: the whole device, or the union of its frozen bitmaps. */
+static int collect_extents(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	struct cbt_extent_list one = { 0 };
+	unsigned int j;
+	int r = 0;
+
+	if (b->sync == CBT_SYNC_FULL) {
+		if (cbt_extents_add(&p->extents, 0, job->size))
+			return cbt_fail(e, ENOMEM, "%s: extents", job->spec.device);
+	} else {
+		for (j = 0; j < b->nr_bitmaps && !r; j++) {
+			r = cbt_bitmap_extents(job->spec.device, b->bitmaps[j], true, &one, e);
+			if (!r && cbt_extents_union(&p->extents, &one))
+				r = cbt_fail(e, ENOMEM, "%s: extents", job->spec.device);
+			cbt_extents_free(&one);
+		}
+	}
+	job->dirty_bytes = cbt_extents_bytes(&p->extents);
+	return r;
+}
+
+static void copy_progress(void *arg, uint64_t done)
+{
+	struct cbt_backup_job *job = arg;
+
+	__atomic_store_n(&job->bytes_done, done, __ATOMIC_RELAXED);
+}
+
+static void *copy_thread(void *arg)
+{
+	struct cbt_backup_job *job = arg;
+	struct cbt_backup_job_priv *p = job->priv;
+	struct cbt_backup *b = p->b;
+	struct cbt_copy c = {
+		.device = p->dm_dev,
+		.fd = p->fd,
+		.size = job->size,
+		.img = p->img,
+		.zero_clusters = b->sync == CBT_SYNC_INCREMENTAL,
+		.retries = b->retries,
+		.retry_delay_ms = b->retry_delay_ms,
+		.cancel = &b->cancel,
+		.progress = copy_progress,
+		.progress_arg = job,
+	};
+	struct cbt_err err = { 0 };
+	int r;
+
+	r = cbt_copy_extents(&c, p->extents.v, p->extents.n, &err);
+	job->bytes_written = c.bytes_written;
+	if (r == -ECANCELED && b->cancel) {
+		job->status = CBT_JOB_CANCELLED;
+		job->err = err;
+	} else if (r) {
+		job_fail(job, &err);
+		b->cancel = 1;	/* the others stop promptly */
+	} else {
+		job->status = CBT_JOB_COMPLETED;
+	}
+	return NULL;
+}
+
+static int run_copies(struct cbt_backup *b)
+{
+	struct timespec tick = { 0, 100 * 1000 * 1000 };
+	unsigned int i, running;
+	int r;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		r = pthread_create(&b->jobs[i].priv->thread, NULL, copy_thread, &b->jobs[i]);
+		if (r) {
+			struct cbt_err err;
+
+			cbt_fail(&err, r, "%s: cannot start the copy", b->jobs[i].spec.device);
+			job_fail(&b->jobs[i], &err);
+			b->cancel = 1;
+			break;
+		}
+		b->jobs[i].priv->running = true;
+	}
+	do {
+		running = 0;
+		for (i = 0; i < b->nr_jobs; i++)
+			if (b->jobs[i].priv->running && b->jobs[i].status == CBT_JOB_PENDING)
+				running++;
+		if (b->progress)
+			b->progress(b, b->progress_arg);
+		if (running)
+			nanosleep(&tick, NULL);
+	} while (running);
+	for (i = 0; i < b->nr_jobs; i++)
+		if (b->jobs[i].priv->running)
+			pthread_join(b->jobs[i].priv->thread, NULL);
+	for (i = 0; i < b->nr_jobs; i++)
+		if (b->jobs[i].status != CBT_JOB_COMPLETED)
+			return -1;
+	return 0;
+}
+
+/* Jobs that never ran because another failed first count as cancelled. */
+static void mark_cancelled(struct cbt_backup *b)
+{
+	unsigned int i;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job *job = &b->jobs[i];
+
+		/* A job that finished copying is not done until all are: cancelled too. */
+		if (job->status == CBT_JOB_PENDING || job->status == CBT_JOB_COMPLETED) {
+			job->status = CBT_JOB_CANCELLED;
+			cbt_fail(&job->err, ECANCELED, "%s: cancelled because another job failed",
+				 job->spec.device);
+		}
+	}
+}
+
+static int fsync_dir_of(const char *path)
+{
+	char *dup = strdup(path);
+	int fd, r = 0;
+
+	if (!dup)
+		return -ENOMEM;
+	fd = open(dirname(dup), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dup);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd))
+		r = -errno;
+	close(fd);
+	return r;
+}
+
+/* Closes every image (synced); then moves each mode=create image into place. */
+static int finish_images(struct cbt_backup *b, struct cbt_err *e)
+{
+	unsigned int i, renamed;
+	int r = 0;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job *job = &b->jobs[i];
+		struct cbt_err err = { 0 };
+
+		if (qcow2_close(job->priv->img, true, &err)) {
+			job_fail(job, &err);
+			if (!r)
+				r = cbt_fail(e, err.errnum, "%s", err.msg);
+		}
+		job->priv->img = NULL;
+	}
+	if (r)
+		return r;
+	for (renamed = 0; renamed < b->nr_jobs; renamed++) {
+		struct cbt_backup_job *job = &b->jobs[renamed];
+
+		if (!job->priv->tmp_path)
+			continue;
+		/* RENAME_NOREPLACE: never clobber a file that appeared meanwhile. */
+		if (syscall(SYS_renameat2, AT_FDCWD, job->priv->tmp_path, AT_FDCWD,
+			    job->spec.target, 1 /* RENAME_NOREPLACE */)) {
+			r = cbt_fail(e, errno, "%s: cannot move the finished image into place",
+				     job->spec.target);
+			job_fail(job, e);
+			break;
+		}
+		free(job->priv->tmp_path);
+		job->priv->tmp_path = NULL;
+		fsync_dir_of(job->spec.target);
+	}
+	if (!r)
+		return 0;
+	/* All or nothing: take back what was already moved. */
+	for (i = 0; i < renamed; i++)
+		if (b->jobs[i].spec.mode == CBT_MODE_CREATE)
+			unlink(b->jobs[i].spec.target);
+	return r;
+}
+
+/* Undoes the images of a failed run. */
+static void discard_images(struct cbt_backup *b)
+{
+	unsigned int i;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job_priv *p = b->jobs[i].priv;
+
+		if (p->img) {
+			qcow2_abort(p->img, false);
+			p->img = NULL;
+			if (b->jobs[i].spec.mode == CBT_MODE_EXISTING && p->running)
+				b->jobs[i].target_unusable = true;
+		}
+		if (p->tmp_path) {
+			unlink(p->tmp_path);
+			free(p->tmp_path);
+			p->tmp_path = NULL;
+		}
+	}
+}
+
+static void commit_bitmaps(struct cbt_backup *b, struct cbt_err *e)
+{
+	unsigned int i, j;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job_priv *p = b->jobs[i].priv;
+
+		for (j = 0; j < b->nr_bitmaps; j++) {
+			if (!p->frozen[j])
+				continue;
+			if (!cbt_bitmap_msg(b->jobs[i].spec.device, e, "bitmap commit %s %s",
+					    b->bitmaps[j], b->token))
+				p->frozen[j] = false;
+		}
+	}
+	/* A commit that failed leaves extra bits: abort merges them back, losing nothing. */
+	abort_bitmaps(b);
+}
+
+static void free_privs(struct cbt_backup *b)
+{
+	unsigned int i;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job_priv *p = b->jobs[i].priv;
+
+		if (!p)
+			continue;
+		if (p->fd >= 0)
+			close(p->fd);
+		cbt_extents_free(&p->extents);
+		free(p->frozen);
+		free(p->dm_dev);
+		free(p->tmp_path);
+		free(p);
+		b->jobs[i].priv = NULL;
+	}
+}
+
+int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
+{
+	unsigned int i, j;
+	int r = 0;
+
+	if (!b->nr_jobs)
+		return cbt_fail(e, EINVAL, "no backup jobs");
+	if (b->sync == CBT_SYNC_INCREMENTAL && !b->nr_bitmaps)
+		return cbt_fail(e, EINVAL, "an incremental backup needs --bitmap");
+	for (i = 0; i < b->nr_jobs; i++)
+		for (j = 0; j < i; j++)
+			if (!strcmp(cbt_dm_name(b->jobs[i].spec.device),
+				    cbt_dm_name(b->jobs[j].spec.device)) ||
+			    !strcmp(b->jobs[i].spec.target, b->jobs[j].spec.target))
+				return cbt_fail(e, EINVAL, "jobs %u and %u share a device or a target",
+						j + 1, i + 1);
+	if (!b->token[0])
+		make_token(b);
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job_priv *p = calloc(1, sizeof(*p));
+
+		b->jobs[i].priv = p;
+		b->jobs[i].status = CBT_JOB_PENDING;
+		if (!p || !(p->frozen = calloc(b->nr_bitmaps + 1, sizeof(bool)))) {
+			r = cbt_fail(e, ENOMEM, "backup");
+			goto out;
+		}
+		p->b = b;
+		p->job = &b->jobs[i];
+		p->fd = -1;
+	}
+	for (i = 0; i < b->nr_jobs && !r; i++)
+		if (prepare_job(b, &b->jobs[i], e))
+			r = job_fail(&b->jobs[i], e);
+	if (!r && b->nr_bitmaps)
+		r = freeze_all(b, e);
+	for (i = 0; i < b->nr_jobs && !r; i++)
+		if (collect_extents(b, &b->jobs[i], e))
+			r = job_fail(&b->jobs[i], e);
+	if (!r && b->cancel)
+		r = cbt_fail(e, ECANCELED, "backup cancelled");
+	if (!r && run_copies(b)) {
+		for (i = 0; i < b->nr_jobs; i++)
+			if (b->jobs[i].status == CBT_JOB_FAILED)
+				break;
+		if (i < b->nr_jobs)
+			r = cbt_fail(e, b->jobs[i].err.errnum, "%s", b->jobs[i].err.msg);
+		else
+			r = cbt_fail(e, ECANCELED, "backup cancelled");
+	}
+	if (!r)
+		r = finish_images(b, e);
+out:
+	if (r) {
+		mark_cancelled(b);
+		discard_images(b);
+		abort_bitmaps(b);
+	} else {
+		struct cbt_err cerr = { 0 };
+
+		commit_bitmaps(b, &cerr);
+	}
+	free_privs(b);
+	return r;
+}

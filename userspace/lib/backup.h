@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: LGPL-2.1 */
+/*
+ * Backups of cbt devices into qcow2 images: one transaction over one or
+ * more jobs. Every device is suspended (in name order), every named bitmap
+ * frozen, every device resumed: that is the backup instant. The jobs then
+ * copy concurrently; when all have completed and their images are synced
+ * and in place, the bitmaps are committed. If any job fails, the others are
+ * cancelled, every bitmap is aborted (its frozen bits merged back) and no
+ * image made under mode=create is left behind.
+ */
+#ifndef CBT_BACKUP_H
+#define CBT_BACKUP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "libcbt.h"
+#include "job.h"
+
+enum cbt_sync {
+	CBT_SYNC_FULL,
+	CBT_SYNC_INCREMENTAL,
+};
+
+enum cbt_job_status {
+	CBT_JOB_PENDING,
+	CBT_JOB_COMPLETED,
+	CBT_JOB_FAILED,
+	CBT_JOB_CANCELLED,
+};
+
+struct cbt_backup_job {
+	struct cbt_job_spec spec;
+	/* Filled in by the run. */
+	uint64_t size;			/* device bytes */
+	uint64_t dirty_bytes;		/* what the job had to copy */
+	uint64_t bytes_written;		/* data written to the image */
+	uint64_t bytes_done;		/* progress, device bytes walked */
+	enum cbt_job_status status;
+	bool target_unusable;		/* mode=existing image left half-written */
+	struct cbt_err err;
+	struct cbt_backup_job_priv *priv;
+};
+
+struct cbt_backup {
+	enum cbt_sync sync;
+	const char **bitmaps;
+	unsigned int nr_bitmaps;
+	unsigned int retries;		/* extra reads after a source error (0: report) */
+	unsigned int retry_delay_ms;
+	struct cbt_backup_job *jobs;
+	unsigned int nr_jobs;
+	volatile int cancel;		/* set (e.g. by a signal handler) to cancel */
+	/* Called about ten times a second while jobs copy. */
+	void (*progress)(struct cbt_backup *b, void *arg);
+	void *progress_arg;
+	char token[64];			/* the freeze token of this run */
+};
+
+/*
+ * Runs the transaction. Returns 0 when every job completed; otherwise a
+ * negative errno, with *e describing the first failure and each job's
+ * status and error filled in.
+ */
+int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e);
+
+const char *cbt_job_status_name(enum cbt_job_status s);
+
+#endif /* CBT_BACKUP_H */

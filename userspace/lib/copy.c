@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: LGPL-2.1
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <linux/fs.h>
+
+#include "copy.h"
+
+/* Bytes read per request: large enough to stream, a multiple of any cluster size. */
+#define COPY_BUFFER (4u << 20)
+#define COPY_ALIGN 4096
+
+int cbt_open_source(const char *path, int *fd, uint64_t *size, struct cbt_err *e)
+{
+	struct stat st;
+
+	*fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (*fd < 0 && errno == EINVAL)	/* e.g. tmpfs files */
+		*fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (*fd < 0)
+		return cbt_fail(e, errno, "%s: cannot open for reading", path);
+	if (fstat(*fd, &st))
+		goto fail;
+	if (S_ISBLK(st.st_mode)) {
+		if (ioctl(*fd, BLKGETSIZE64, size))
+			goto fail;
+	} else {
+		*size = st.st_size;
+	}
+	return 0;
+fail:
+	cbt_fail(e, errno, "%s: cannot find its size", path);
+	close(*fd);
+	*fd = -1;
+	return -e->errnum;
+}
+
+static void sleep_ms(unsigned int ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+/* Reads exactly LEN bytes at OFF, retrying failed reads as configured. */
+static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
+		       struct cbt_err *e)
+{
+	unsigned int attempt = 0;
+	size_t done;
+	ssize_t n;
+
+	for (;;) {
+		for (done = 0; done < len; done += n) {
+			n = pread(c->fd, (char *)buf + done, len - done, off + done);
+			if (n < 0 && errno == EINTR) {
+				n = 0;
+				continue;
+			}
+			if (n <= 0)
+				break;
+		}
+		if (done == len) {
+			c->bytes_read += len;
+			return 0;
+		}
+		if (n == 0) {
+			return cbt_fail(e, EIO, "%s: short read at offset %llu (device ended?)",
+					c->device, (unsigned long long)(off + done));
+		}
+		if (attempt >= c->retries || (c->cancel && *c->cancel))
+			return cbt_fail(e, errno, "%s: read of %zu bytes at offset %llu failed%s",
+					c->device, len - done,
+					(unsigned long long)(off + done),
+					attempt ? " after retries" : "");
+		attempt++;
+		c->read_retries++;
+		sleep_ms(c->retry_delay_ms);
+	}
+}
+
+/* Hands one buffer of whole clusters at OFF to the image, run by run. */
+static int write_clusters(struct cbt_copy *c, const char *buf, size_t len, uint64_t off,
+			  uint32_t cluster, struct cbt_err *e)
+{
+	size_t i = 0, j, step;
+	bool zero;
+	int r;
+
+	while (i < len) {
+		step = len - i < cluster ? len - i : cluster;
+		zero = qcow2_is_zero(buf + i, step);
+		for (j = i + step; j < len; j += step) {
+			step = len - j < cluster ? len - j : cluster;
+			if (qcow2_is_zero(buf + j, step) != zero)
+				break;
+		}
+		if (!zero) {
+			r = qcow2_write(c->img, off + i, buf + i, j - i, e);
+			c->bytes_written += j - i;
+		} else if (c->zero_clusters) {
+			r = qcow2_write_zeroes(c->img, off + i, j - i, e);
+		} else {
+			r = 0;
+		}
+		if (r)
+			return r;
+		i = j;
+	}
+	return 0;
+}
+
+int cbt_copy_extents(struct cbt_copy *c, const struct cbt_extent *extents,
+		     size_t nr_extents, struct cbt_err *e)
+{
+	uint32_t cluster = qcow2_cluster_size(c->img);
+	uint64_t pos = 0, start, end, done = 0;
+	size_t i, len, bufsize;
+	void *buf;
+	int r = 0;
+
+	bufsize = cluster > COPY_BUFFER ? cluster : COPY_BUFFER;
+	if (posix_memalign(&buf, COPY_ALIGN, bufsize))
+		return cbt_fail(e, ENOMEM, "%s: copy buffer", c->device);
+
+	for (i = 0; i < nr_extents && !r; i++) {
+		start = extents[i].offset / cluster * cluster;
+		if (start < pos)
+			start = pos;	/* already copied with the previous extent's cluster */
+		end = extents[i].offset + extents[i].length;
+		end = (end + cluster - 1) / cluster * cluster;
+		if (end > c->size)
+			end = c->size;
+		while (start < end) {
+			if (c->cancel && *c->cancel) {
+				r = cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu", c->device,
+					     (unsigned long long)start);
+				break;
+			}
+			len = end - start < bufsize ? end - start : bufsize;
+			r = read_source(c, buf, len, start, e);
+			if (!r)
+				r = write_clusters(c, buf, len, start, cluster, e);
+			if (r)
+				break;
+			start += len;
+			done += len;
+			if (c->progress)
+				c->progress(c->progress_arg, done);
+		}
+		pos = end;
+	}
+	free(buf);
+	return r;
+}
