@@ -838,7 +838,7 @@ static void fuzz(uint32_t seed)
 	if (rnd(2))
 		qcow2_set_cache_limit(img, rnd(8) * cs);
 
-	for (i = 0; i < 300 && img; i++) {
+	for (i = 0; i < (cs >= MiB ? 150 : 300) && img; i++) {
 		uint64_t c = rnd(clusters), n = 1 + rnd(cs >= MiB ? 2 : 8), off, len;
 		int op = (int)rnd(10), r;
 
