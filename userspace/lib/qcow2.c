@@ -1,0 +1,1391 @@
+// SPDX-License-Identifier: LGPL-2.1
+/*
+ * qcow2 version-3 image writer. See qcow2.h, and QEMU's
+ * docs/interop/qcow2.txt for every field named here.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qcow2.h"
+
+/* Header field offsets (qcow2.txt, "Header"). */
+#define HDR_MAGIC			0
+#define HDR_VERSION			4
+#define HDR_BACKING_FILE_OFFSET		8
+#define HDR_BACKING_FILE_SIZE		16
+#define HDR_CLUSTER_BITS		20
+#define HDR_SIZE			24
+#define HDR_CRYPT_METHOD		32
+#define HDR_L1_SIZE			36
+#define HDR_L1_TABLE_OFFSET		40
+#define HDR_REFCOUNT_TABLE_OFFSET	48
+#define HDR_REFCOUNT_TABLE_CLUSTERS	56
+#define HDR_NB_SNAPSHOTS		60
+#define HDR_SNAPSHOTS_OFFSET		64
+#define HDR_INCOMPATIBLE_FEATURES	72
+#define HDR_COMPATIBLE_FEATURES		80
+#define HDR_AUTOCLEAR_FEATURES		88
+#define HDR_REFCOUNT_ORDER		96
+#define HDR_HEADER_LENGTH		100
+#define HDR_V3_LENGTH			104
+
+#define QCOW_MAGIC			0x514649fbu	/* "QFI\xfb" */
+
+#define INCOMPAT_DIRTY			(1ULL << 0)
+#define INCOMPAT_CORRUPT		(1ULL << 1)
+#define INCOMPAT_DATA_FILE		(1ULL << 2)
+#define INCOMPAT_COMPRESSION		(1ULL << 3)
+#define INCOMPAT_EXTL2			(1ULL << 4)
+
+/* Header extension types. */
+#define EXT_END				0x00000000u
+#define EXT_BACKING_FORMAT		0xe2792acau
+#define EXT_FEATURE_TABLE		0x6803f857u
+#define EXT_BITMAPS			0x23852875u
+#define EXT_CRYPTO			0x0537be77u
+#define EXT_DATA_FILE			0x44415441u
+
+/* L1 and L2 entries. */
+#define L1E_OFFSET_MASK			0x00fffffffffffe00ULL
+#define L2E_OFFSET_MASK			0x00fffffffffffe00ULL
+#define OFLAG_COPIED			(1ULL << 63)	/* refcount is exactly 1 */
+#define OFLAG_COMPRESSED		(1ULL << 62)
+#define OFLAG_ZERO			(1ULL << 0)	/* reads as zeros */
+#define REFT_OFFSET_MASK		0xfffffffffffffe00ULL
+
+#define MAX_BACKING_FILE_SIZE		1023
+#define MAX_L1_BYTES			(32u << 20)	/* qemu's limit */
+#define MAX_REFTABLE_BYTES		(8u << 20)	/* qemu's limit */
+#define MAX_HOST_OFFSET			(1ULL << 56)
+#define DEFAULT_CACHE_LIMIT		(32u << 20)
+
+/* One cached metadata cluster (an L2 table or a refcount block), on-disk
+ * (big-endian) contents. */
+struct meta {
+	uint8_t *buf;
+	bool dirty;
+};
+
+struct qcow2_image {
+	int fd;
+	char *path;
+	bool created;		/* made by qcow2_create: we own cluster 0 */
+	bool has_backing;
+
+	uint32_t cluster_bits;
+	uint64_t cluster_size;
+	uint64_t size;		/* virtual disk size */
+
+	/* Cluster mapping. */
+	uint64_t l2_entries;
+	uint32_t l1_size;
+	uint64_t l1_table_offset;
+	uint64_t *l1_table;		/* host byte order */
+	uint32_t l1_dirty_lo, l1_dirty_hi;	/* [lo, hi) to write */
+	struct meta *l2_cache;		/* l1_size slots */
+
+	/* Host cluster management. */
+	uint32_t refcount_order;
+	uint32_t refcount_block_bits;	/* log2(refcount_block_entries) */
+	uint64_t refcount_table_offset;
+	uint32_t refcount_table_clusters;
+	uint64_t refcount_table_entries;
+	uint64_t *refcount_table;	/* host byte order */
+	bool refcount_table_dirty;
+	struct meta *refblock_cache;	/* refcount_table_entries slots */
+	uint64_t next_free;		/* first cluster never allocated */
+
+	/* Header bits we may rewrite. */
+	uint64_t autoclear_features;
+	bool header_dirty;
+	char *backing_file, *backing_format;	/* created images only */
+
+	/*
+	 * References to drop once the metadata that stops using the clusters
+	 * is on disk (old refcount tables, replaced compressed clusters): an
+	 * interrupted flush then leaks clusters rather than freeing used ones.
+	 */
+	uint64_t *unref;
+	size_t nr_unref, unref_cap;
+
+	size_t cache_bytes, cache_limit;
+	uint8_t *bounce;		/* one cluster */
+};
+
+static uint32_t get_be32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return be32toh(v);
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, 8);
+	return be64toh(v);
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+	v = htobe32(v);
+	memcpy(p, &v, 4);
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	v = htobe64(v);
+	memcpy(p, &v, 8);
+}
+
+static uint64_t div_round_up(uint64_t a, uint64_t b)
+{
+	return a / b + (a % b != 0);
+}
+
+/* ---- file I/O ---------------------------------------------------------- */
+
+static int pwrite_all(struct qcow2_image *img, const void *buf, size_t len,
+		      uint64_t off, struct cbt_err *e)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = pwrite(img->fd, p, len, (off_t)off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return cbt_fail(e, errno, "%s: write of %zu bytes at offset %llu",
+					img->path, len, (unsigned long long)off);
+		}
+		if (n == 0)
+			return cbt_fail(e, EIO, "%s: write of %zu bytes at offset %llu made no progress",
+					img->path, len, (unsigned long long)off);
+		p += n;
+		len -= n;
+		off += n;
+	}
+	return 0;
+}
+
+static int pread_all(struct qcow2_image *img, void *buf, size_t len,
+		     uint64_t off, struct cbt_err *e)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = pread(img->fd, p, len, (off_t)off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return cbt_fail(e, errno, "%s: read of %zu bytes at offset %llu",
+					img->path, len, (unsigned long long)off);
+		}
+		if (n == 0)
+			return cbt_fail(e, EINVAL, "%s: metadata at offset %llu lies beyond the end of the file (truncated image?)",
+					img->path, (unsigned long long)off);
+		p += n;
+		len -= n;
+		off += n;
+	}
+	return 0;
+}
+
+/* ---- refcounts --------------------------------------------------------- */
+
+static uint64_t refblock_get(const struct qcow2_image *img, const uint8_t *blk,
+			     uint64_t i)
+{
+	uint32_t bits = 1u << img->refcount_order;
+
+	switch (bits) {
+	case 64: return get_be64(blk + i * 8);
+	case 32: return get_be32(blk + i * 4);
+	case 16: return (uint64_t)blk[i * 2] << 8 | blk[i * 2 + 1];
+	case 8:  return blk[i];
+	default: /* 1, 2, 4 bits: entry 0 in the least significant bits */
+		return (blk[i * bits / 8] >> (i * bits % 8)) & ((1u << bits) - 1);
+	}
+}
+
+static void refblock_set(const struct qcow2_image *img, uint8_t *blk,
+			 uint64_t i, uint64_t v)
+{
+	uint32_t bits = 1u << img->refcount_order;
+	uint32_t mask, shift;
+
+	switch (bits) {
+	case 64: put_be64(blk + i * 8, v); return;
+	case 32: put_be32(blk + i * 4, (uint32_t)v); return;
+	case 16: blk[i * 2] = (uint8_t)(v >> 8); blk[i * 2 + 1] = (uint8_t)v; return;
+	case 8:  blk[i] = (uint8_t)v; return;
+	default:
+		mask = (1u << bits) - 1;
+		shift = i * bits % 8;
+		blk[i * bits / 8] = (uint8_t)((blk[i * bits / 8] & ~(mask << shift)) |
+					      ((v & mask) << shift));
+	}
+}
+
+static int set_refcount(struct qcow2_image *img, uint64_t cluster,
+			uint64_t value, struct cbt_err *e);
+
+static int grow_refcount_table(struct qcow2_image *img, uint64_t min_index,
+			       struct cbt_err *e);
+
+static int defer_unref(struct qcow2_image *img, uint64_t cluster,
+		       struct cbt_err *e);
+
+/*
+ * The refcount block for refcount table index I, loaded or (ALLOC) made
+ * up; *blk is NULL when it does not exist and !ALLOC.
+ */
+static int get_refblock(struct qcow2_image *img, uint64_t i, bool alloc,
+			uint8_t **blk, struct cbt_err *e)
+{
+	uint64_t off, b;
+	uint8_t *buf;
+	int r;
+
+	*blk = NULL;
+	if (i >= img->refcount_table_entries) {
+		if (!alloc)
+			return 0;
+		r = grow_refcount_table(img, i, e);
+		if (r)
+			return r;
+	}
+	if (img->refblock_cache[i].buf) {
+		*blk = img->refblock_cache[i].buf;
+		return 0;
+	}
+	off = img->refcount_table[i] & REFT_OFFSET_MASK;
+	if (!off && !alloc)
+		return 0;
+	buf = calloc(1, img->cluster_size);
+	if (!buf)
+		return cbt_fail(e, ENOMEM, "%s: refcount block", img->path);
+	if (off) {
+		r = pread_all(img, buf, img->cluster_size, off, e);
+		if (r) {
+			free(buf);
+			return r;
+		}
+		img->refblock_cache[i].buf = buf;
+		img->refblock_cache[i].dirty = false;
+		img->cache_bytes += img->cluster_size;
+		*blk = buf;
+		return 0;
+	}
+
+	/*
+	 * A new refcount block takes the next free cluster, and is installed
+	 * before its own refcount is set: that refcount lives either in this
+	 * very block or in the next one (a block covers at least 256
+	 * clusters), so the recursion ends after one more step at most.
+	 */
+	b = img->next_free++;
+	img->refcount_table[i] = b << img->cluster_bits;
+	img->refcount_table_dirty = true;
+	img->refblock_cache[i].buf = buf;
+	img->refblock_cache[i].dirty = true;
+	img->cache_bytes += img->cluster_size;
+	r = set_refcount(img, b, 1, e);
+	if (r)
+		return r;
+	*blk = img->refblock_cache[i].buf;
+	return 0;
+}
+
+static int get_refcount(struct qcow2_image *img, uint64_t cluster,
+			uint64_t *value, struct cbt_err *e)
+{
+	uint64_t i = cluster >> img->refcount_block_bits;
+	uint8_t *blk;
+	int r;
+
+	r = get_refblock(img, i, false, &blk, e);
+	if (r)
+		return r;
+	*value = blk ? refblock_get(img, blk, cluster & ((1ULL << img->refcount_block_bits) - 1)) : 0;
+	return 0;
+}
+
+static int set_refcount(struct qcow2_image *img, uint64_t cluster,
+			uint64_t value, struct cbt_err *e)
+{
+	uint64_t i = cluster >> img->refcount_block_bits;
+	uint8_t *blk;
+	int r;
+
+	r = get_refblock(img, i, true, &blk, e);
+	if (r)
+		return r;
+	refblock_set(img, blk, cluster & ((1ULL << img->refcount_block_bits) - 1), value);
+	img->refblock_cache[i].dirty = true;
+	return 0;
+}
+
+/* N contiguous new clusters with refcount 1; *first is the first index. */
+static int alloc_clusters(struct qcow2_image *img, uint64_t n, uint64_t *first,
+			  struct cbt_err *e)
+{
+	uint64_t start = img->next_free, k;
+	int r;
+
+	if ((start + n) > (MAX_HOST_OFFSET >> img->cluster_bits))
+		return cbt_fail(e, EFBIG, "%s: image file would grow beyond 64 PiB",
+				img->path);
+	img->next_free += n;
+	/* Refcount blocks made for these go after them: the run stays whole. */
+	for (k = 0; k < n; k++) {
+		r = set_refcount(img, start + k, 1, e);
+		if (r)
+			return r;
+	}
+	*first = start;
+	return 0;
+}
+
+/*
+ * Moves the refcount table to new, bigger, contiguous clusters at the end
+ * of the file so that it has an entry MIN_INDEX, and frees the old ones.
+ * The new table is made large enough to also cover its own clusters and
+ * the refcount blocks that describe them, so setting those refcounts
+ * never needs another move.
+ */
+static int grow_refcount_table(struct qcow2_image *img, uint64_t min_index,
+			       struct cbt_err *e)
+{
+	uint64_t old_offset = img->refcount_table_offset;
+	uint32_t old_clusters = img->refcount_table_clusters;
+	uint64_t clusters = old_clusters ? (uint64_t)old_clusters * 2 : 1;
+	uint64_t entries, first, k, *table;
+	struct meta *cache;
+	int r;
+
+	for (;;) {
+		entries = clusters << (img->cluster_bits - 3);
+		if (entries > min_index &&
+		    (entries << img->refcount_block_bits) >=
+		    img->next_free + 2 * clusters + 8)
+			break;
+		clusters *= 2;
+	}
+	if (clusters << img->cluster_bits > MAX_REFTABLE_BYTES)
+		return cbt_fail(e, EFBIG, "%s: refcount table would exceed %u bytes",
+				img->path, MAX_REFTABLE_BYTES);
+
+	table = realloc(img->refcount_table, entries * sizeof(*table));
+	if (!table)
+		return cbt_fail(e, ENOMEM, "%s: refcount table", img->path);
+	img->refcount_table = table;
+	cache = realloc(img->refblock_cache, entries * sizeof(*cache));
+	if (!cache)
+		return cbt_fail(e, ENOMEM, "%s: refcount table", img->path);
+	img->refblock_cache = cache;
+	memset(table + img->refcount_table_entries, 0,
+	       (entries - img->refcount_table_entries) * sizeof(*table));
+	memset(cache + img->refcount_table_entries, 0,
+	       (entries - img->refcount_table_entries) * sizeof(*cache));
+	img->refcount_table_entries = entries;
+
+	first = img->next_free;
+	if (first + clusters > (MAX_HOST_OFFSET >> img->cluster_bits))
+		return cbt_fail(e, EFBIG, "%s: image file would grow beyond 64 PiB",
+				img->path);
+	img->next_free += clusters;
+	img->refcount_table_offset = first << img->cluster_bits;
+	img->refcount_table_clusters = (uint32_t)clusters;
+	img->refcount_table_dirty = true;
+	img->header_dirty = true;
+	for (k = 0; k < clusters; k++) {
+		r = set_refcount(img, first + k, 1, e);
+		if (r)
+			return r;
+	}
+	for (k = 0; k < old_clusters; k++) {
+		r = defer_unref(img, (old_offset >> img->cluster_bits) + k, e);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/* Queues one reference to CLUSTER to be dropped at the next flush. */
+static int defer_unref(struct qcow2_image *img, uint64_t cluster,
+		       struct cbt_err *e)
+{
+	if (img->nr_unref == img->unref_cap) {
+		size_t cap = img->unref_cap ? img->unref_cap * 2 : 64;
+		uint64_t *p = realloc(img->unref, cap * sizeof(*p));
+
+		if (!p)
+			return cbt_fail(e, ENOMEM, "%s: refcount updates", img->path);
+		img->unref = p;
+		img->unref_cap = cap;
+	}
+	img->unref[img->nr_unref++] = cluster;
+	return 0;
+}
+
+static int apply_unref(struct qcow2_image *img, struct cbt_err *e)
+{
+	uint64_t rc;
+	size_t k;
+	int r;
+
+	for (k = 0; k < img->nr_unref; k++) {
+		r = get_refcount(img, img->unref[k], &rc, e);
+		if (r)
+			return r;
+		if (rc == 0)
+			return cbt_fail(e, EUCLEAN, "%s: cluster at offset %llu to be freed has refcount 0",
+					img->path, (unsigned long long)(img->unref[k] << img->cluster_bits));
+		r = set_refcount(img, img->unref[k], rc - 1, e);
+		if (r)
+			return r;
+	}
+	img->nr_unref = 0;
+	return 0;
+}
+
+/*
+ * Drops the references a compressed L2 entry holds on its host clusters
+ * (qcow2.txt, "Compressed Clusters Descriptor": x = 62 - (cluster_bits - 8)).
+ */
+static int release_compressed(struct qcow2_image *img, uint64_t l2_entry,
+			      struct cbt_err *e)
+{
+	uint32_t x = 62 - (img->cluster_bits - 8);
+	uint64_t host = l2_entry & ((1ULL << x) - 1);
+	uint64_t nb_sectors = ((l2_entry >> x) & ((1ULL << (img->cluster_bits - 8)) - 1)) + 1;
+	uint64_t start = host & ~511ULL;
+	uint64_t c, first = start >> img->cluster_bits;
+	uint64_t last = (start + nb_sectors * 512 - 1) >> img->cluster_bits;
+	int r;
+
+	for (c = first; c <= last; c++) {
+		r = defer_unref(img, c, e);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/* ---- cluster mapping --------------------------------------------------- */
+
+/* The L2 table for L1 index I, loaded or (ALLOC) made; NULL if none. */
+static int get_l2(struct qcow2_image *img, uint64_t i, bool alloc,
+		  uint8_t **l2, struct cbt_err *e)
+{
+	uint64_t l1e = img->l1_table[i];
+	uint64_t off = l1e & L1E_OFFSET_MASK, c = 0;
+	uint8_t *buf;
+	int r;
+
+	*l2 = img->l2_cache[i].buf;
+	if (*l2)
+		return 0;
+	if (!off && !alloc)
+		return 0;
+	if (off && !(l1e & OFLAG_COPIED))
+		return cbt_fail(e, ENOTSUP, "%s: L2 table at offset %llu is shared (refcount is not 1)",
+				img->path, (unsigned long long)off);
+	buf = calloc(1, img->cluster_size);
+	if (!buf)
+		return cbt_fail(e, ENOMEM, "%s: L2 table", img->path);
+	if (off) {
+		r = pread_all(img, buf, img->cluster_size, off, e);
+		if (r) {
+			free(buf);
+			return r;
+		}
+		img->l2_cache[i].dirty = false;
+	} else {
+		r = alloc_clusters(img, 1, &c, e);
+		if (r) {
+			free(buf);
+			return r;
+		}
+		img->l1_table[i] = (c << img->cluster_bits) | OFLAG_COPIED;
+		if (img->l1_dirty_lo >= img->l1_dirty_hi) {
+			img->l1_dirty_lo = (uint32_t)i;
+			img->l1_dirty_hi = (uint32_t)i + 1;
+		} else {
+			if (i < img->l1_dirty_lo)
+				img->l1_dirty_lo = (uint32_t)i;
+			if (i >= img->l1_dirty_hi)
+				img->l1_dirty_hi = (uint32_t)i + 1;
+		}
+		img->l2_cache[i].dirty = true;
+	}
+	img->l2_cache[i].buf = buf;
+	img->cache_bytes += img->cluster_size;
+	*l2 = buf;
+	return 0;
+}
+
+/* ---- metadata write-out ------------------------------------------------ */
+
+static int write_header(struct qcow2_image *img, struct cbt_err *e)
+{
+	uint8_t *h = img->bounce;
+	uint8_t f[12];
+	size_t pos, n;
+	int r;
+
+	if (!img->created) {
+		/* Rewrite only the fields we own; extensions stay as they are. */
+		put_be64(f, img->refcount_table_offset);
+		put_be32(f + 8, img->refcount_table_clusters);
+		r = pwrite_all(img, f, 12, HDR_REFCOUNT_TABLE_OFFSET, e);
+		if (r)
+			return r;
+		put_be64(f, img->autoclear_features);
+		return pwrite_all(img, f, 8, HDR_AUTOCLEAR_FEATURES, e);
+	}
+
+	memset(h, 0, img->cluster_size);
+	put_be32(h + HDR_MAGIC, QCOW_MAGIC);
+	put_be32(h + HDR_VERSION, 3);
+	put_be32(h + HDR_CLUSTER_BITS, img->cluster_bits);
+	put_be64(h + HDR_SIZE, img->size);
+	put_be32(h + HDR_CRYPT_METHOD, 0);
+	put_be32(h + HDR_L1_SIZE, img->l1_size);
+	put_be64(h + HDR_L1_TABLE_OFFSET, img->l1_table_offset);
+	put_be64(h + HDR_REFCOUNT_TABLE_OFFSET, img->refcount_table_offset);
+	put_be32(h + HDR_REFCOUNT_TABLE_CLUSTERS, img->refcount_table_clusters);
+	put_be32(h + HDR_NB_SNAPSHOTS, 0);
+	put_be64(h + HDR_SNAPSHOTS_OFFSET, 0);
+	put_be64(h + HDR_INCOMPATIBLE_FEATURES, 0);
+	put_be64(h + HDR_COMPATIBLE_FEATURES, 0);
+	put_be64(h + HDR_AUTOCLEAR_FEATURES, 0);
+	put_be32(h + HDR_REFCOUNT_ORDER, img->refcount_order);
+	put_be32(h + HDR_HEADER_LENGTH, HDR_V3_LENGTH);
+	pos = HDR_V3_LENGTH;
+	if (img->backing_format) {
+		n = strlen(img->backing_format);
+		put_be32(h + pos, EXT_BACKING_FORMAT);
+		put_be32(h + pos + 4, (uint32_t)n);
+		memcpy(h + pos + 8, img->backing_format, n);
+		pos += 8 + (n + 7) / 8 * 8;
+	}
+	put_be32(h + pos, EXT_END);	/* end of the extension area */
+	put_be32(h + pos + 4, 0);
+	pos += 8;
+	if (img->backing_file) {
+		/* After the extensions, in the rest of the first cluster. */
+		n = strlen(img->backing_file);
+		memcpy(h + pos, img->backing_file, n);
+		put_be64(h + HDR_BACKING_FILE_OFFSET, pos);
+		put_be32(h + HDR_BACKING_FILE_SIZE, (uint32_t)n);
+	}
+	return pwrite_all(img, h, img->cluster_size, 0, e);
+}
+
+static int write_refblocks(struct qcow2_image *img, struct cbt_err *e)
+{
+	uint64_t i;
+	int r;
+
+	for (i = 0; i < img->refcount_table_entries; i++) {
+		struct meta *m = &img->refblock_cache[i];
+
+		if (!m->buf || !m->dirty)
+			continue;
+		r = pwrite_all(img, m->buf, img->cluster_size,
+			       img->refcount_table[i] & REFT_OFFSET_MASK, e);
+		if (r)
+			return r;
+		m->dirty = false;
+	}
+	return 0;
+}
+
+int qcow2_flush(struct qcow2_image *img, struct cbt_err *e)
+{
+	uint64_t i, n;
+	uint8_t *buf;
+	int r;
+
+	/*
+	 * Refcounts of new clusters first, then the mappings that use them,
+	 * then the header; references dropped come last. Cut short at any
+	 * point (with the writes reaching the disk in order), this leaves
+	 * clusters leaked, never in use with too low a refcount.
+	 */
+	r = write_refblocks(img, e);
+	if (r)
+		return r;
+	if (img->refcount_table_dirty) {
+		n = (uint64_t)img->refcount_table_clusters << img->cluster_bits;
+		buf = malloc(n);
+		if (!buf)
+			return cbt_fail(e, ENOMEM, "%s: refcount table", img->path);
+		for (i = 0; i < img->refcount_table_entries; i++)
+			put_be64(buf + i * 8, img->refcount_table[i]);
+		r = pwrite_all(img, buf, n, img->refcount_table_offset, e);
+		free(buf);
+		if (r)
+			return r;
+		img->refcount_table_dirty = false;
+	}
+	for (i = 0; i < img->l1_size; i++) {
+		struct meta *m = &img->l2_cache[i];
+
+		if (!m->buf || !m->dirty)
+			continue;
+		r = pwrite_all(img, m->buf, img->cluster_size,
+			       img->l1_table[i] & L1E_OFFSET_MASK, e);
+		if (r)
+			return r;
+		m->dirty = false;
+	}
+	if (img->l1_dirty_lo < img->l1_dirty_hi) {
+		n = (uint64_t)(img->l1_dirty_hi - img->l1_dirty_lo) * 8;
+		buf = malloc(n);
+		if (!buf)
+			return cbt_fail(e, ENOMEM, "%s: L1 table", img->path);
+		for (i = img->l1_dirty_lo; i < img->l1_dirty_hi; i++)
+			put_be64(buf + (i - img->l1_dirty_lo) * 8, img->l1_table[i]);
+		r = pwrite_all(img, buf, n,
+			       img->l1_table_offset + (uint64_t)img->l1_dirty_lo * 8, e);
+		free(buf);
+		if (r)
+			return r;
+		img->l1_dirty_lo = img->l1_dirty_hi = 0;
+	}
+	if (img->header_dirty) {
+		r = write_header(img, e);
+		if (r)
+			return r;
+		img->header_dirty = false;
+	}
+	if (img->nr_unref) {
+		r = apply_unref(img, e);
+		if (!r)
+			r = write_refblocks(img, e);
+	}
+	return r;
+}
+
+static void drop_cache(struct qcow2_image *img)
+{
+	uint64_t i;
+
+	for (i = 0; img->l2_cache && i < img->l1_size; i++) {
+		free(img->l2_cache[i].buf);
+		img->l2_cache[i].buf = NULL;
+	}
+	for (i = 0; img->refblock_cache && i < img->refcount_table_entries; i++) {
+		free(img->refblock_cache[i].buf);
+		img->refblock_cache[i].buf = NULL;
+	}
+	img->cache_bytes = 0;
+}
+
+/* Called between operations, when no table pointer is held. */
+static int trim_cache(struct qcow2_image *img, struct cbt_err *e)
+{
+	int r;
+
+	if (img->cache_bytes <= img->cache_limit)
+		return 0;
+	r = qcow2_flush(img, e);
+	if (r)
+		return r;
+	drop_cache(img);
+	return 0;
+}
+
+/* ---- setup ------------------------------------------------------------- */
+
+static struct qcow2_image *image_new(const char *path, uint32_t cluster_bits)
+{
+	struct qcow2_image *img = calloc(1, sizeof(*img));
+
+	if (!img)
+		return NULL;
+	img->fd = -1;
+	img->path = strdup(path);
+	img->cluster_bits = cluster_bits;
+	img->cluster_size = 1ULL << cluster_bits;
+	img->l2_entries = img->cluster_size / 8;
+	img->bounce = malloc(img->cluster_size);
+	img->cache_limit = DEFAULT_CACHE_LIMIT;
+	if (!img->path || !img->bounce) {
+		free(img->path);
+		free(img->bounce);
+		free(img);
+		return NULL;
+	}
+	return img;
+}
+
+static void image_free(struct qcow2_image *img)
+{
+	drop_cache(img);
+	if (img->fd >= 0)
+		close(img->fd);
+	free(img->l2_cache);
+	free(img->refblock_cache);
+	free(img->l1_table);
+	free(img->refcount_table);
+	free(img->unref);
+	free(img->backing_file);
+	free(img->backing_format);
+	free(img->bounce);
+	free(img->path);
+	free(img);
+}
+
+static void set_refcount_order(struct qcow2_image *img, uint32_t order)
+{
+	img->refcount_order = order;
+	/* refcount_block_entries = cluster_size * 8 / refcount_bits */
+	img->refcount_block_bits = img->cluster_bits + 3 - order;
+}
+
+static uint64_t l1_size_for(const struct qcow2_image *img, uint64_t size)
+{
+	return div_round_up(div_round_up(size, img->cluster_size), img->l2_entries);
+}
+
+int qcow2_create(const char *path, uint64_t virtual_size,
+		 uint32_t cluster_size, const char *backing_file,
+		 const char *backing_format, struct qcow2_image **out,
+		 struct cbt_err *e)
+{
+	struct qcow2_image *img;
+	uint64_t l1_size, l1_clusters, first = 0, ext_bytes;
+	uint32_t cluster_bits;
+	int r;
+
+	*out = NULL;
+	if (cluster_size < QCOW2_MIN_CLUSTER_SIZE ||
+	    cluster_size > QCOW2_MAX_CLUSTER_SIZE ||
+	    (cluster_size & (cluster_size - 1)))
+		return cbt_fail(e, EINVAL, "%s: cluster size %u is not a power of two from 512 to 2097152",
+				path, cluster_size);
+	cluster_bits = (uint32_t)__builtin_ctz(cluster_size);
+	if (!virtual_size || virtual_size % 512)
+		return cbt_fail(e, EINVAL, "%s: virtual size %llu is not a positive multiple of 512",
+				path, (unsigned long long)virtual_size);
+	if (backing_format && !backing_file)
+		return cbt_fail(e, EINVAL, "%s: backing format given without backing file", path);
+	if (backing_file && (!*backing_file || strlen(backing_file) > MAX_BACKING_FILE_SIZE))
+		return cbt_fail(e, EINVAL, "%s: backing file name must be 1 to %d bytes long",
+				path, MAX_BACKING_FILE_SIZE);
+	ext_bytes = HDR_V3_LENGTH + 8;
+	if (backing_format)
+		ext_bytes += 8 + (strlen(backing_format) + 7) / 8 * 8;
+	if (backing_file && ext_bytes + strlen(backing_file) > cluster_size)
+		return cbt_fail(e, ENAMETOOLONG, "%s: backing file name \"%s\" does not fit into the first %u-byte cluster",
+				path, backing_file, cluster_size);
+
+	img = image_new(path, cluster_bits);
+	if (!img)
+		return cbt_fail(e, ENOMEM, "%s", path);
+	img->created = true;
+	img->size = virtual_size;
+	set_refcount_order(img, 4);
+	l1_size = l1_size_for(img, virtual_size);
+	if (l1_size * 8 > MAX_L1_BYTES) {
+		image_free(img);
+		return cbt_fail(e, EFBIG, "%s: %llu bytes need an L1 table larger than 32 MiB with %u-byte clusters",
+				path, (unsigned long long)virtual_size, cluster_size);
+	}
+	img->l1_size = (uint32_t)l1_size;
+	img->has_backing = backing_file != NULL;
+	if ((backing_file && !(img->backing_file = strdup(backing_file))) ||
+	    (backing_format && !(img->backing_format = strdup(backing_format))) ||
+	    !(img->l1_table = calloc(l1_size ? l1_size : 1, sizeof(uint64_t))) ||
+	    !(img->l2_cache = calloc(l1_size ? l1_size : 1, sizeof(struct meta)))) {
+		image_free(img);
+		return cbt_fail(e, ENOMEM, "%s", path);
+	}
+
+	img->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (img->fd < 0) {
+		r = cbt_fail(e, errno, "%s: cannot create image", path);
+		image_free(img);
+		return r;
+	}
+
+	/* Cluster 0: the header. The refcount table comes with the first
+	 * refcount, then the L1 table. */
+	img->next_free = 1;
+	r = set_refcount(img, 0, 1, e);
+	if (!r) {
+		l1_clusters = div_round_up(l1_size * 8, img->cluster_size);
+		r = alloc_clusters(img, l1_clusters, &first, e);
+		img->l1_table_offset = first << cluster_bits;
+	}
+	if (!r) {
+		/* Write the empty L1 table now, so the whole area exists. */
+		img->l1_dirty_lo = 0;
+		img->l1_dirty_hi = img->l1_size;
+		img->header_dirty = true;
+		r = qcow2_flush(img, e);
+	}
+	if (r) {
+		unlink(path);
+		image_free(img);
+		return r;
+	}
+	*out = img;
+	return 0;
+}
+
+/* ---- opening an existing image ---------------------------------------- */
+
+static int check_extensions(struct qcow2_image *img, const uint8_t *h,
+			    uint32_t header_length, struct cbt_err *e)
+{
+	uint64_t pos = header_length;
+
+	while (pos + 8 <= img->cluster_size) {
+		uint32_t type = get_be32(h + pos);
+		uint32_t len = get_be32(h + pos + 4);
+
+		if (type == EXT_END)
+			return 0;
+		if (type == EXT_BITMAPS)
+			return cbt_fail(e, ENOTSUP, "%s: image has persistent dirty bitmaps, which this writer would not keep consistent",
+					img->path);
+		if (type == EXT_DATA_FILE)
+			return cbt_fail(e, ENOTSUP, "%s: image uses an external data file", img->path);
+		if (type == EXT_CRYPTO)
+			return cbt_fail(e, ENOTSUP, "%s: image is encrypted", img->path);
+		pos += 8 + ((uint64_t)len + 7) / 8 * 8;
+	}
+	return cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster", img->path);
+}
+
+/* First cluster past everything the refcounts say is in use. */
+static int find_next_free(struct qcow2_image *img, uint64_t file_size,
+			  struct cbt_err *e)
+{
+	uint64_t i, j, entries = 1ULL << img->refcount_block_bits, off;
+	uint64_t next = div_round_up(file_size, img->cluster_size);
+	uint8_t *blk = img->bounce;
+	int r;
+
+	for (i = 0; i < img->refcount_table_entries; i++) {
+		off = img->refcount_table[i] & REFT_OFFSET_MASK;
+		if (!off)
+			continue;
+		if (off & (img->cluster_size - 1))
+			return cbt_fail(e, EUCLEAN, "%s: refcount block offset %llu is not cluster aligned",
+					img->path, (unsigned long long)off);
+		if (next < (off >> img->cluster_bits) + 1)
+			next = (off >> img->cluster_bits) + 1;
+		r = pread_all(img, blk, img->cluster_size, off, e);
+		if (r)
+			return r;
+		for (j = entries; j > 0; j--) {
+			if (refblock_get(img, blk, j - 1)) {
+				if (next < (i << img->refcount_block_bits) + j)
+					next = (i << img->refcount_block_bits) + j;
+				break;
+			}
+		}
+	}
+	img->next_free = next;
+	return 0;
+}
+
+int qcow2_open_existing(const char *path, struct qcow2_image **out,
+			struct cbt_err *e)
+{
+	uint8_t h[HDR_V3_LENGTH];
+	uint8_t *first;
+	struct qcow2_image *img;
+	struct stat st;
+	uint32_t version, cluster_bits, header_length, refcount_order;
+	uint64_t incompat, l1_needed, i, n;
+	uint8_t *buf;
+	ssize_t got;
+	int fd, r;
+
+	*out = NULL;
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return cbt_fail(e, errno, "%s: cannot open image", path);
+	got = pread(fd, h, sizeof(h), 0);
+	if (got < 0) {
+		r = cbt_fail(e, errno, "%s: cannot read header", path);
+		close(fd);
+		return r;
+	}
+	if (got < 72 || get_be32(h + HDR_MAGIC) != QCOW_MAGIC) {
+		close(fd);
+		return cbt_fail(e, EINVAL, "%s: not a qcow2 image", path);
+	}
+	version = get_be32(h + HDR_VERSION);
+	if (version != 3) {
+		close(fd);
+		return cbt_fail(e, ENOTSUP, "%s: qcow2 version %u image; only version 3 is supported (qemu-img amend -o compat=1.1)",
+				path, version);
+	}
+	if (got < HDR_V3_LENGTH) {
+		close(fd);
+		return cbt_fail(e, EINVAL, "%s: truncated qcow2 header", path);
+	}
+	cluster_bits = get_be32(h + HDR_CLUSTER_BITS);
+	if (cluster_bits < 9 || cluster_bits > 21) {
+		close(fd);
+		return cbt_fail(e, ENOTSUP, "%s: cluster_bits %u not in 9..21", path, cluster_bits);
+	}
+	header_length = get_be32(h + HDR_HEADER_LENGTH);
+	if (header_length < HDR_V3_LENGTH || header_length % 8 ||
+	    header_length > (1u << cluster_bits)) {
+		close(fd);
+		return cbt_fail(e, EINVAL, "%s: bad header_length %u", path, header_length);
+	}
+	incompat = get_be64(h + HDR_INCOMPATIBLE_FEATURES);
+	if (incompat & INCOMPAT_EXTL2) {
+		close(fd);
+		return cbt_fail(e, ENOTSUP, "%s: image uses extended L2 entries (subclusters), which this writer does not support",
+				path);
+	}
+	if (incompat & INCOMPAT_DATA_FILE) {
+		close(fd);
+		return cbt_fail(e, ENOTSUP, "%s: image uses an external data file", path);
+	}
+	if (incompat & INCOMPAT_CORRUPT) {
+		close(fd);
+		return cbt_fail(e, EUCLEAN, "%s: image is marked corrupt", path);
+	}
+	if (incompat & INCOMPAT_DIRTY) {
+		close(fd);
+		return cbt_fail(e, EUCLEAN, "%s: image is marked dirty (refcounts may be stale); repair it with qemu-img check -r all",
+				path);
+	}
+	if (incompat & ~INCOMPAT_COMPRESSION) {
+		close(fd);
+		return cbt_fail(e, ENOTSUP, "%s: unknown incompatible features 0x%llx",
+				path, (unsigned long long)(incompat & ~INCOMPAT_COMPRESSION));
+	}
+	if (get_be32(h + HDR_CRYPT_METHOD)) {
+		close(fd);
+		return cbt_fail(e, ENOTSUP, "%s: image is encrypted", path);
+	}
+	if (get_be32(h + HDR_NB_SNAPSHOTS)) {
+		close(fd);
+		return cbt_fail(e, ENOTSUP, "%s: image has internal snapshots", path);
+	}
+	refcount_order = get_be32(h + HDR_REFCOUNT_ORDER);
+	if (refcount_order > 6) {
+		close(fd);
+		return cbt_fail(e, EINVAL, "%s: bad refcount_order %u", path, refcount_order);
+	}
+	if (fstat(fd, &st)) {
+		r = cbt_fail(e, errno, "%s: stat", path);
+		close(fd);
+		return r;
+	}
+
+	img = image_new(path, cluster_bits);
+	if (!img) {
+		close(fd);
+		return cbt_fail(e, ENOMEM, "%s", path);
+	}
+	img->fd = fd;
+	set_refcount_order(img, refcount_order);
+	img->size = get_be64(h + HDR_SIZE);
+	img->has_backing = get_be64(h + HDR_BACKING_FILE_OFFSET) != 0;
+	img->l1_size = get_be32(h + HDR_L1_SIZE);
+	img->l1_table_offset = get_be64(h + HDR_L1_TABLE_OFFSET);
+	img->refcount_table_offset = get_be64(h + HDR_REFCOUNT_TABLE_OFFSET);
+	img->refcount_table_clusters = get_be32(h + HDR_REFCOUNT_TABLE_CLUSTERS);
+	img->autoclear_features = get_be64(h + HDR_AUTOCLEAR_FEATURES);
+
+	r = 0;
+	l1_needed = l1_size_for(img, img->size);
+	if (img->l1_size < l1_needed || (uint64_t)img->l1_size * 8 > MAX_L1_BYTES)
+		r = cbt_fail(e, EINVAL, "%s: l1_size %u does not fit the virtual size %llu",
+			     path, img->l1_size, (unsigned long long)img->size);
+	else if (img->l1_table_offset % img->cluster_size ||
+		 img->refcount_table_offset % img->cluster_size ||
+		 !img->refcount_table_offset || !img->refcount_table_clusters ||
+		 ((uint64_t)img->refcount_table_clusters << cluster_bits) > MAX_REFTABLE_BYTES ||
+		 (img->l1_size && !img->l1_table_offset))
+		r = cbt_fail(e, EINVAL, "%s: bad L1 or refcount table location", path);
+	if (r)
+		goto fail;
+
+	/* Header extensions: refuse those we would have to keep in step. */
+	first = img->bounce;
+	r = pread_all(img, first, img->cluster_size, 0, e);
+	if (!r)
+		r = check_extensions(img, first, header_length, e);
+	if (r)
+		goto fail;
+
+	/* L1 table. */
+	img->l1_table = calloc(img->l1_size ? img->l1_size : 1, sizeof(uint64_t));
+	img->l2_cache = calloc(img->l1_size ? img->l1_size : 1, sizeof(struct meta));
+	if (!img->l1_table || !img->l2_cache) {
+		r = cbt_fail(e, ENOMEM, "%s: L1 table", path);
+		goto fail;
+	}
+	n = (uint64_t)img->l1_size * 8;
+	buf = malloc(n ? n : 1);
+	if (!buf) {
+		r = cbt_fail(e, ENOMEM, "%s: L1 table", path);
+		goto fail;
+	}
+	r = pread_all(img, buf, n, img->l1_table_offset, e);
+	for (i = 0; !r && i < img->l1_size; i++)
+		img->l1_table[i] = get_be64(buf + i * 8);
+	free(buf);
+	if (r)
+		goto fail;
+
+	/* Refcount table. */
+	img->refcount_table_entries = (uint64_t)img->refcount_table_clusters << (cluster_bits - 3);
+	img->refcount_table = calloc(img->refcount_table_entries, sizeof(uint64_t));
+	img->refblock_cache = calloc(img->refcount_table_entries, sizeof(struct meta));
+	n = img->refcount_table_entries * 8;
+	buf = malloc(n);
+	if (!img->refcount_table || !img->refblock_cache || !buf) {
+		free(buf);
+		r = cbt_fail(e, ENOMEM, "%s: refcount table", path);
+		goto fail;
+	}
+	r = pread_all(img, buf, n, img->refcount_table_offset, e);
+	for (i = 0; !r && i < img->refcount_table_entries; i++)
+		img->refcount_table[i] = get_be64(buf + i * 8);
+	free(buf);
+	if (!r)
+		r = find_next_free(img, (uint64_t)st.st_size, e);
+	if (r)
+		goto fail;
+
+	/* "may only write ... if it clears the respective bits first" */
+	if (img->autoclear_features) {
+		img->autoclear_features = 0;
+		img->header_dirty = true;
+	}
+	*out = img;
+	return 0;
+fail:
+	image_free(img);
+	return r;
+}
+
+/* ---- guest writes ------------------------------------------------------ */
+
+uint64_t qcow2_virtual_size(const struct qcow2_image *img)
+{
+	return img->size;
+}
+
+uint32_t qcow2_cluster_size(const struct qcow2_image *img)
+{
+	return (uint32_t)img->cluster_size;
+}
+
+int qcow2_require_size(const struct qcow2_image *img, uint64_t min_size,
+		       struct cbt_err *e)
+{
+	if (img->size < min_size)
+		return cbt_fail(e, EFBIG, "%s: virtual size %llu is smaller than the %llu bytes to back up",
+				img->path, (unsigned long long)img->size,
+				(unsigned long long)min_size);
+	return 0;
+}
+
+void qcow2_set_cache_limit(struct qcow2_image *img, size_t bytes)
+{
+	img->cache_limit = bytes;
+}
+
+bool qcow2_is_zero(const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	size_t i;
+
+	for (i = 0; i < len && i < 16; i++)
+		if (p[i])
+			return false;
+	/* The first 16 bytes are zero: compare the rest with itself, shifted. */
+	return len <= 16 || memcmp(p, p + 16, len - 16) == 0;
+}
+
+static int check_range(struct qcow2_image *img, uint64_t offset, uint64_t len,
+		       struct cbt_err *e)
+{
+	if (offset > img->size || len > img->size - offset)
+		return cbt_fail(e, EINVAL, "%s: range %llu+%llu lies beyond the virtual size %llu",
+				img->path, (unsigned long long)offset,
+				(unsigned long long)len, (unsigned long long)img->size);
+	return 0;
+}
+
+/* Data pending for one pwrite: host-contiguous whole clusters. */
+struct run {
+	const uint8_t *buf;
+	uint64_t host;
+	size_t len;
+};
+
+static int run_flush(struct qcow2_image *img, struct run *run, struct cbt_err *e)
+{
+	int r = 0;
+
+	if (run->len)
+		r = pwrite_all(img, run->buf, run->len, run->host, e);
+	run->len = 0;
+	return r;
+}
+
+/*
+ * Writes N bytes at in-cluster offset OFF of guest cluster C. WHOLE: the
+ * bytes cover the cluster's guest-visible part.
+ */
+static int write_cluster(struct qcow2_image *img, uint64_t c, uint64_t off,
+			 const uint8_t *data, size_t n, bool whole,
+			 struct run *run, struct cbt_err *e)
+{
+	uint64_t l1_index = c / img->l2_entries, l2_index = c % img->l2_entries;
+	uint64_t entry, host, hc = 0;
+	bool fresh = false, fill_zero = false;
+	uint8_t *l2;
+	int r;
+
+	r = get_l2(img, l1_index, true, &l2, e);
+	if (r)
+		return r;
+	entry = get_be64(l2 + l2_index * 8);
+	host = entry & L2E_OFFSET_MASK;
+
+	if (entry & OFLAG_COMPRESSED) {
+		if (!whole)
+			return cbt_fail(e, ENOTSUP, "%s: partial write into compressed guest cluster %llu",
+					img->path, (unsigned long long)c);
+		r = release_compressed(img, entry, e);
+		if (r)
+			return r;
+		host = 0;
+	} else if (host) {
+		if (!(entry & OFLAG_COPIED))
+			return cbt_fail(e, ENOTSUP, "%s: guest cluster %llu is shared (refcount is not 1)",
+					img->path, (unsigned long long)c);
+		/* A preallocated zero cluster: its old contents must not show. */
+		fill_zero = (entry & OFLAG_ZERO) && !whole;
+	} else if (!whole) {
+		if (img->has_backing && !(entry & OFLAG_ZERO))
+			return cbt_fail(e, ENOTSUP, "%s: partial write of unallocated guest cluster %llu would need data from the backing file",
+					img->path, (unsigned long long)c);
+		fill_zero = true;
+	}
+	if (!host) {
+		r = alloc_clusters(img, 1, &hc, e);
+		if (r)
+			return r;
+		host = hc << img->cluster_bits;
+		fresh = true;
+	}
+
+	if (n == img->cluster_size) {
+		/* The common case: queue it, merging with the previous cluster. */
+		if (run->len && (run->host + run->len != host ||
+				 run->buf + run->len != data)) {
+			r = run_flush(img, run, e);
+			if (r)
+				return r;
+		}
+		if (!run->len) {
+			run->buf = data;
+			run->host = host;
+		}
+		run->len += n;
+	} else if (fill_zero || fresh) {
+		/* Host clusters are always written whole. */
+		memset(img->bounce, 0, img->cluster_size);
+		memcpy(img->bounce + off, data, n);
+		r = pwrite_all(img, img->bounce, img->cluster_size, host, e);
+		if (r)
+			return r;
+	} else {
+		r = pwrite_all(img, data, n, host + off, e);
+		if (r)
+			return r;
+	}
+
+	/* Nothing since get_l2() drops cached tables: l2 is still valid. */
+	put_be64(l2 + l2_index * 8, host | OFLAG_COPIED);
+	img->l2_cache[l1_index].dirty = true;
+	return 0;
+}
+
+int qcow2_write(struct qcow2_image *img, uint64_t offset, const void *buf,
+		size_t len, struct cbt_err *e)
+{
+	const uint8_t *p = buf;
+	struct run run = { 0 };
+	int r;
+
+	r = check_range(img, offset, len, e);
+	if (!r)
+		r = trim_cache(img, e);
+	while (!r && len) {
+		uint64_t c = offset >> img->cluster_bits;
+		uint64_t off = offset & (img->cluster_size - 1);
+		uint64_t guest_end = (c + 1) << img->cluster_bits;
+		size_t n = img->cluster_size - off;
+
+		if (guest_end > img->size)
+			guest_end = img->size;
+		if (n > len)
+			n = len;
+		r = write_cluster(img, c, off, p, n,
+				  off == 0 && offset + n >= guest_end, &run, e);
+		p += n;
+		offset += n;
+		len -= n;
+	}
+	if (!r)
+		r = run_flush(img, &run, e);
+	return r;
+}
+
+static int zero_cluster(struct qcow2_image *img, uint64_t c, struct cbt_err *e)
+{
+	uint64_t l1_index = c / img->l2_entries, l2_index = c % img->l2_entries;
+	uint64_t entry, host;
+	uint8_t *l2;
+	int r;
+
+	r = get_l2(img, l1_index, img->has_backing, &l2, e);
+	if (r)
+		return r;
+	if (!l2)
+		return 0;	/* no L2 table and no backing file: reads zero */
+	entry = get_be64(l2 + l2_index * 8);
+	host = entry & L2E_OFFSET_MASK;
+	if (entry & OFLAG_COMPRESSED) {
+		r = release_compressed(img, entry, e);
+		if (r)
+			return r;
+		entry = OFLAG_ZERO;
+	} else if (host) {
+		if (!(entry & OFLAG_COPIED))
+			return cbt_fail(e, ENOTSUP, "%s: guest cluster %llu is shared (refcount is not 1)",
+					img->path, (unsigned long long)c);
+		/* Keep the host cluster as preallocation for later writes. */
+		entry |= OFLAG_ZERO;
+	} else if (img->has_backing) {
+		entry = OFLAG_ZERO;
+	} else {
+		return 0;	/* unallocated without backing file reads zero */
+	}
+	put_be64(l2 + l2_index * 8, entry);
+	img->l2_cache[l1_index].dirty = true;
+	return 0;
+}
+
+int qcow2_write_zeroes(struct qcow2_image *img, uint64_t offset,
+		       uint64_t len, struct cbt_err *e)
+{
+	int r;
+
+	r = check_range(img, offset, len, e);
+	if (!r)
+		r = trim_cache(img, e);
+	while (!r && len) {
+		uint64_t c = offset >> img->cluster_bits;
+		uint64_t off = offset & (img->cluster_size - 1);
+		uint64_t guest_end = (c + 1) << img->cluster_bits;
+		uint64_t n = img->cluster_size - off;
+
+		if (guest_end > img->size)
+			guest_end = img->size;
+		if (n > len)
+			n = len;
+		if (off == 0 && offset + n >= guest_end) {
+			r = zero_cluster(img, c, e);
+		} else {
+			struct run run = { 0 };
+			uint8_t *z = calloc(1, n);
+
+			if (!z)
+				return cbt_fail(e, ENOMEM, "%s", img->path);
+			r = write_cluster(img, c, off, z, n, false, &run, e);
+			if (!r)
+				r = run_flush(img, &run, e);
+			free(z);
+		}
+		offset += n;
+		len -= n;
+	}
+	return r;
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+static int sync_dir(const char *path, struct cbt_err *e)
+{
+	char *copy = strdup(path);
+	int fd, r = 0;
+
+	if (!copy)
+		return cbt_fail(e, ENOMEM, "%s", path);
+	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd))
+		r = cbt_fail(e, errno, "%s: cannot sync the directory", path);
+	if (fd >= 0)
+		close(fd);
+	free(copy);
+	return r;
+}
+
+int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e)
+{
+	uint64_t end;
+	struct stat st;
+	int r;
+
+	r = qcow2_flush(img, e);
+	if (!r) {
+		/* Every allocated cluster exists in full. */
+		end = img->next_free << img->cluster_bits;
+		if (fstat(img->fd, &st))
+			r = cbt_fail(e, errno, "%s: stat", img->path);
+		else if ((uint64_t)st.st_size < end && ftruncate(img->fd, (off_t)end))
+			r = cbt_fail(e, errno, "%s: cannot extend the file to %llu bytes",
+				     img->path, (unsigned long long)end);
+	}
+	if (!r && sync && fsync(img->fd))
+		r = cbt_fail(e, errno, "%s: fsync", img->path);
+	if (!r && close(img->fd))
+		r = cbt_fail(e, errno, "%s: close", img->path);
+	img->fd = -1;
+	if (!r && sync && img->created)
+		r = sync_dir(img->path, e);
+	image_free(img);
+	return r;
+}
+
+void qcow2_abort(struct qcow2_image *img, bool unlink_created)
+{
+	if (!img)
+		return;
+	if (unlink_created && img->created)
+		unlink(img->path);
+	image_free(img);
+}

@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: LGPL-2.1 */
+/*
+ * A qcow2 (version 3) image writer for full and incremental backups.
+ *
+ * The on-disk format is QEMU's docs/interop/qcow2.txt; names in this file
+ * and in qcow2.c follow its vocabulary (l1_table, l2_entries,
+ * refcount_order, cluster_bits, ...).
+ *
+ * The writer only appends: every cluster it allocates (data, L2 tables,
+ * refcount blocks, a grown refcount table) goes after the highest cluster
+ * already in use, and gets refcount 1. Metadata is cached in memory and
+ * written out with pwrite when the cache grows past its limit and at
+ * qcow2_close(). Data is written straight to the file.
+ *
+ * Metadata is written in an order (new refcounts, then L2/L1 tables, then
+ * the header, then dropped references) that leaves the file a valid image
+ * after each qcow2_flush(): what was written since is simply not there yet
+ * (a program aborted with qcow2_abort() leaves such a file). There are no
+ * fsync barriers between those steps, though, so after a system crash an
+ * interrupted backup must be discarded (or, for a target opened with
+ * qcow2_open_existing(), checked with "qemu-img check -r all").
+ *
+ * All functions return 0 or a negative errno and fill *e with a message
+ * naming the image file (and the file offset for I/O errors).
+ */
+#ifndef CBT_QCOW2_H
+#define CBT_QCOW2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "libcbt.h"
+
+struct qcow2_image;
+
+#define QCOW2_MIN_CLUSTER_SIZE	512u
+#define QCOW2_MAX_CLUSTER_SIZE	(2u << 20)
+
+/*
+ * Creates PATH (which must not exist; mode 0600) as an empty version-3
+ * image of VIRTUAL_SIZE bytes (a non-zero multiple of 512) with
+ * CLUSTER_SIZE-byte clusters (a power of two from 512 B to 2 MiB) and
+ * 16-bit refcounts. BACKING_FILE (or NULL) is stored as given: QEMU
+ * resolves a relative name against the directory of PATH. BACKING_FORMAT
+ * (e.g. "qcow2", or NULL) goes into the backing-format header extension.
+ */
+int qcow2_create(const char *path, uint64_t virtual_size,
+		 uint32_t cluster_size, const char *backing_file,
+		 const char *backing_format, struct qcow2_image **out,
+		 struct cbt_err *e);
+
+/*
+ * Opens an existing version-3 image (e.g. made by "qemu-img create -f
+ * qcow2") to write into it in place. Refused: version 2, encryption,
+ * internal snapshots, persistent bitmaps, external data files, extended
+ * L2 entries, dirty/corrupt images and unknown incompatible features.
+ * Existing compressed clusters are left alone unless overwritten whole.
+ */
+int qcow2_open_existing(const char *path, struct qcow2_image **out,
+			struct cbt_err *e);
+
+/* The guest-visible size in bytes. */
+uint64_t qcow2_virtual_size(const struct qcow2_image *img);
+uint32_t qcow2_cluster_size(const struct qcow2_image *img);
+
+/* -EFBIG (naming the file) when the image is smaller than MIN_SIZE bytes. */
+int qcow2_require_size(const struct qcow2_image *img, uint64_t min_size,
+		       struct cbt_err *e);
+
+/*
+ * Writes LEN bytes of guest data at guest OFFSET. Writes that cover whole
+ * clusters (the last cluster of the image counts as whole when the write
+ * reaches the end of the image) never read anything. A partial write into
+ * a cluster that is not allocated yet is filled up with zeros, which is
+ * refused with -ENOTSUP when the image has a backing file (the rest of the
+ * cluster would have to come from it).
+ */
+int qcow2_write(struct qcow2_image *img, uint64_t offset, const void *buf,
+		size_t len, struct cbt_err *e);
+
+/*
+ * Makes [OFFSET, OFFSET+LEN) read as zeros. Whole clusters get the zero
+ * flag in their L2 entry (so they do not fall through to a backing file;
+ * in an image without backing file a cluster that is not allocated
+ * already reads zero and is left alone). Partial clusters at either end
+ * are written as zero data, as by qcow2_write().
+ */
+int qcow2_write_zeroes(struct qcow2_image *img, uint64_t offset,
+		       uint64_t len, struct cbt_err *e);
+
+/* True when LEN bytes at BUF are all zero. */
+bool qcow2_is_zero(const void *buf, size_t len);
+
+/*
+ * Bytes of L2 tables and refcount blocks kept in memory before they are
+ * written out and dropped (default 32 MiB; tests set it low).
+ */
+void qcow2_set_cache_limit(struct qcow2_image *img, size_t bytes);
+
+/* Writes out the cached metadata without closing. */
+int qcow2_flush(struct qcow2_image *img, struct cbt_err *e);
+
+/*
+ * Writes out all metadata, then (SYNC) fsyncs the file (and, for an image
+ * made by qcow2_create, its directory), closes it and frees IMG, also on
+ * failure.
+ */
+int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e);
+
+/*
+ * Frees IMG without writing metadata: the file is left incomplete. With
+ * UNLINK_CREATED, a file made by qcow2_create() is removed.
+ */
+void qcow2_abort(struct qcow2_image *img, bool unlink_created);
+
+#endif /* CBT_QCOW2_H */

@@ -1,0 +1,958 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The qcow2 writer, checked against qemu-img and qemu-io: every image made
+ * here must pass "qemu-img check" and read back like a raw file built with
+ * the same writes ("qemu-img compare -f qcow2 -F raw"). Runs in a mkdtemp
+ * directory; exits 4 (skip) when qemu-img is not installed.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "qcow2.h"
+#include "unit.h"
+
+#define KiB 1024ULL
+#define MiB (1024 * KiB)
+#define GiB (1024 * MiB)
+#define TiB (1024 * GiB)
+
+static char dir[64];
+static char logpath[128];
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static const char *in_dir(const char *name)
+{
+	static char bufs[8][256];
+	static int n;
+	char *p = bufs[n++ % 8];
+
+	snprintf(p, 256, "%s/%s", dir, name);
+	return p;
+}
+
+static void show_log(void)
+{
+	char line[512];
+	FILE *f = fopen(logpath, "r");
+	int n = 0;
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f) && n++ < 20)
+		fprintf(stderr, "    | %s", line);
+	fclose(f);
+}
+
+/* Runs a shell command with output into the log; returns its exit code. */
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run(const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd) - 200, fmt, ap);
+	va_end(ap);
+	snprintf(cmd + strlen(cmd), 200, " >'%s' 2>&1", logpath);
+	st = system(cmd);
+	if (st == -1 || !WIFEXITED(st))
+		return -1;
+	return WEXITSTATUS(st);
+}
+
+/* Like run(), but a non-zero exit is reported with the command's output. */
+static bool ok_run(int line, const char *what, int want, int got)
+{
+	if (got == want)
+		return true;
+	fprintf(stderr, "test-qcow2.c:%d: %s: exit %d, expected %d\n",
+		line, what, got, want);
+	show_log();
+	return false;
+}
+
+static bool check_image(int line, const char *path)
+{
+	char what[300];
+
+	snprintf(what, sizeof(what), "qemu-img check %s", path);
+	return ok_run(line, what, 0, run("qemu-img check '%s'", path));
+}
+
+static bool compare_raw(int line, const char *img, const char *raw)
+{
+	char what[600];
+
+	snprintf(what, sizeof(what), "qemu-img compare %s %s", img, raw);
+	return ok_run(line, what, 0,
+		      run("qemu-img compare -f qcow2 -F raw '%s' '%s'", img, raw));
+}
+
+#define CHECK_IMAGE(p)		CHECK(check_image(__LINE__, p))
+#define COMPARE_RAW(i, r)	CHECK(compare_raw(__LINE__, i, r))
+
+/* Reports a failed library call with its message. */
+static bool ok(int line, int r, const struct cbt_err *e)
+{
+	if (r == 0)
+		return true;
+	fprintf(stderr, "test-qcow2.c:%d: %s (%d)\n", line, e->msg, r);
+	return false;
+}
+#define OK(call)	CHECK(ok(__LINE__, (call), &err))
+
+/* Expects a refusal with ERRNUM and a message that names NAME. */
+static bool refused(int line, int r, int errnum, const struct cbt_err *e,
+		    const char *name)
+{
+	if (r == -errnum && strstr(e->msg, name))
+		return true;
+	fprintf(stderr, "test-qcow2.c:%d: expected -%d naming %s, got %d: \"%s\"\n",
+		line, errnum, name, r, r ? e->msg : "");
+	return false;
+}
+#define REFUSED(call, errnum, name) \
+	CHECK(refused(__LINE__, (call), (errnum), &err, (name)))
+
+static struct cbt_err err;
+
+/* A raw reference image, written alongside the qcow2 one. */
+struct raw {
+	int fd;
+	const char *path;
+};
+
+static struct raw raw_create(const char *path, uint64_t size)
+{
+	struct raw r = { open(path, O_RDWR | O_CREAT | O_TRUNC, 0600), path };
+
+	if (r.fd < 0 || ftruncate(r.fd, (off_t)size)) {
+		perror(path);
+		exit(2);
+	}
+	return r;
+}
+
+static void raw_write(struct raw *r, uint64_t off, const void *buf, size_t len)
+{
+	if (pwrite(r->fd, buf, len, (off_t)off) != (ssize_t)len) {
+		perror(r->path);
+		exit(2);
+	}
+}
+
+static void raw_zero(struct raw *r, uint64_t off, uint64_t len)
+{
+	static const uint8_t z[64 * 1024];
+
+	while (len) {
+		size_t n = len < sizeof(z) ? len : sizeof(z);
+
+		raw_write(r, off, z, n);
+		off += n;
+		len -= n;
+	}
+}
+
+static void raw_close(struct raw *r)
+{
+	close(r->fd);
+	r->fd = -1;
+}
+
+/* Bytes that differ in every 8-byte word, by offset and seed. */
+static void pattern(uint8_t *buf, size_t len, uint64_t off, uint32_t seed)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		uint64_t x = (off + i) / 8 * 0x9e3779b97f4a7c15ULL + seed;
+		unsigned int b;
+
+		x ^= x >> 29;
+		if ((off + i) % 8 == 0 && len - i >= 8) {
+			x = htole64(x);
+			memcpy(buf + i, &x, 8);
+			i += 8;
+			continue;
+		}
+		for (b = (off + i) % 8; b < 8 && i < len; b++, i++)
+			buf[i] = (uint8_t)(x >> (8 * b));
+	}
+}
+
+/* Both the qcow2 image and the raw reference. */
+static int both_write(struct qcow2_image *img, struct raw *r, uint64_t off,
+		      const void *buf, size_t len)
+{
+	raw_write(r, off, buf, len);
+	return qcow2_write(img, off, buf, len, &err);
+}
+
+static int both_zero(struct qcow2_image *img, struct raw *r, uint64_t off,
+		     uint64_t len)
+{
+	raw_zero(r, off, len);
+	return qcow2_write_zeroes(img, off, len, &err);
+}
+
+/* ---- qemu-img map ------------------------------------------------------ */
+
+struct extent {
+	uint64_t start, length;
+	int depth;
+	bool zero, data;
+};
+
+static int map(const char *path, struct extent *ext, int max)
+{
+	char line[512], z[8], d[8], p[8];
+	FILE *f;
+	int n = 0;
+
+	if (run("qemu-img map --output=json '%s'", path)) {
+		fprintf(stderr, "qemu-img map %s failed\n", path);
+		show_log();
+		return -1;
+	}
+	f = fopen(logpath, "r");
+	if (!f)
+		return -1;
+	while (n < max && fgets(line, sizeof(line), f)) {
+		char *s = strchr(line, '{');
+		unsigned long long st, len;
+
+		if (!s || sscanf(s, "{ \"start\": %llu, \"length\": %llu, \"depth\": %d, \"present\": %7[a-z], \"zero\": %7[a-z], \"data\": %7[a-z]",
+				 &st, &len, &ext[n].depth, p, z, d) != 6)
+			continue;
+		ext[n].start = st;
+		ext[n].length = len;
+		ext[n].zero = !strcmp(z, "true");
+		ext[n].data = !strcmp(d, "true");
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+/*
+ * Every byte of [off, off+len) in PATH maps with data == DATA and
+ * zero == ZERO, from depth DEPTH (-1: any).
+ */
+static bool map_is(int line, const char *path, uint64_t off, uint64_t len,
+		   bool data, bool zero, int depth)
+{
+	static struct extent ext[4096];
+	int n = map(path, ext, 4096), i;
+	uint64_t covered = 0;
+
+	for (i = 0; i < n; i++) {
+		uint64_t a = ext[i].start, b = a + ext[i].length;
+
+		if (b <= off || a >= off + len)
+			continue;
+		covered += (b < off + len ? b : off + len) - (a > off ? a : off);
+		if (ext[i].data != data || ext[i].zero != zero ||
+		    (depth >= 0 && ext[i].depth != depth)) {
+			fprintf(stderr, "test-qcow2.c:%d: %s: map at %llu+%llu: data %d zero %d depth %d, expected data %d zero %d depth %d\n",
+				line, path, (unsigned long long)a,
+				(unsigned long long)ext[i].length, ext[i].data,
+				ext[i].zero, ext[i].depth, data, zero, depth);
+			return false;
+		}
+	}
+	if (covered != len) {
+		fprintf(stderr, "test-qcow2.c:%d: %s: map covers %llu of %llu bytes at %llu\n",
+			line, path, (unsigned long long)covered,
+			(unsigned long long)len, (unsigned long long)off);
+		return false;
+	}
+	return true;
+}
+#define MAP_IS(p, o, l, data, zero, depth) \
+	CHECK(map_is(__LINE__, p, o, l, data, zero, depth))
+
+/* ---- tests ------------------------------------------------------------- */
+
+/*
+ * A full backup as the controller writes it: the whole device in chunks,
+ * all-zero chunks skipped; then rewrites, zeroes and partial writes.
+ */
+static void test_cluster_size(uint32_t cs)
+{
+	const uint64_t size = 64 * MiB + 3 * 512;
+	const size_t chunk = 256 * KiB > 2 * cs ? 256 * KiB : 2 * cs;
+	char name[64], rname[64];
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(chunk);
+	uint64_t off, tail = size / cs * cs, zero_chunk = 3 * chunk;
+	int i, bad = 0;
+
+	snprintf(name, sizeof(name), "cs%u.qcow2", cs);
+	snprintf(rname, sizeof(rname), "cs%u.raw", cs);
+	raw = raw_create(in_dir(rname), size);
+	OK(qcow2_create(in_dir(name), size, cs, NULL, NULL, &img, &err));
+	if (!img)
+		goto out;
+	CHECK(qcow2_virtual_size(img) == size);
+	CHECK(qcow2_cluster_size(img) == cs);
+	if (cs == 512)
+		qcow2_set_cache_limit(img, 64 * KiB);	/* write-back churn */
+
+	for (off = 0; off < size; off += chunk) {
+		size_t n = size - off < chunk ? size - off : chunk;
+
+		if (off == zero_chunk || off % (7 * chunk) == 5 * chunk)
+			memset(buf, 0, n);
+		else
+			pattern(buf, n, off, cs);
+		if (qcow2_is_zero(buf, n)) {
+			raw_write(&raw, off, buf, n);
+			continue;
+		}
+		if (both_write(img, &raw, off, buf, n) && !bad++)
+			fprintf(stderr, "cs %u: write at %llu: %s\n", cs,
+				(unsigned long long)off, err.msg);
+	}
+	CHECK(!bad);
+
+	/* Rewrite in place: the first cluster, a run across chunks. */
+	pattern(buf, cs, 0, 1000);
+	OK(both_write(img, &raw, 0, buf, cs));
+	for (i = 0; i < 3; i++) {
+		pattern(buf, cs, 0, 2000 + i);
+		OK(both_write(img, &raw, chunk - cs + (uint64_t)i * cs, buf, cs));
+	}
+	/* The partial last cluster: whole in guest terms. */
+	pattern(buf, size - tail, tail, 3000);
+	OK(both_write(img, &raw, tail, buf, size - tail));
+	/* Zero two allocated clusters (the host clusters stay preallocated). */
+	OK(both_zero(img, &raw, 2 * chunk, 2 * (uint64_t)cs));
+	/* Unaligned writes: into allocated, and into unallocated clusters. */
+	pattern(buf, 100, 0, 4000);
+	OK(both_write(img, &raw, 2 * chunk + cs / 2 - 50, buf, 100));
+	OK(both_write(img, &raw, zero_chunk + cs / 2 - 50, buf, 100));
+	OK(both_zero(img, &raw, chunk + 7, 100));
+	OK(qcow2_close(img, true, &err));
+	raw_close(&raw);
+
+	CHECK_IMAGE(in_dir(name));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+	/* The skipped all-zero chunk stayed unallocated but for the cluster
+	 * of the unaligned write; the zeroed clusters read zero. */
+	if (chunk > cs)
+		MAP_IS(in_dir(name), zero_chunk + cs, chunk - cs, false, true, 0);
+	MAP_IS(in_dir(name), 2 * chunk + cs, cs, false, true, 0);
+	MAP_IS(in_dir(name), chunk, chunk, true, false, 0);
+	MAP_IS(in_dir(name), tail, size - tail, true, false, 0);
+out:
+	unlink(in_dir(rname));
+	unlink(in_dir(name));
+	free(buf);
+}
+
+/* full.qcow2 <- inc1.qcow2 <- inc2.qcow2, incrementals with zero clusters. */
+static void test_backing_chain(void)
+{
+	const uint64_t size = 32 * MiB, cs = 64 * KiB;
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(MiB);
+	uint64_t off;
+
+	raw = raw_create(in_dir("chain.raw"), size);
+	OK(qcow2_create(in_dir("full.qcow2"), size, cs, NULL, NULL, &img, &err));
+	if (!img)
+		goto out;
+	for (off = 0; off < size; off += MiB) {
+		pattern(buf, MiB, off, 1);
+		OK(both_write(img, &raw, off, buf, MiB));
+	}
+	OK(qcow2_close(img, true, &err));
+	CHECK_IMAGE(in_dir("full.qcow2"));
+	COMPARE_RAW(in_dir("full.qcow2"), in_dir("chain.raw"));
+
+	/* Relative backing name: QEMU looks it up next to the image. */
+	OK(qcow2_create(in_dir("inc1.qcow2"), size, cs, "full.qcow2", "qcow2",
+			&img, &err));
+	if (!img)
+		goto out;
+	pattern(buf, 3 * cs, 0, 2);
+	OK(both_write(img, &raw, 5 * cs, buf, 3 * cs));
+	OK(both_zero(img, &raw, 10 * cs, 4 * cs));	/* over backing data */
+	OK(both_zero(img, &raw, size - cs, cs));
+	pattern(buf, cs, 0, 3);
+	OK(both_write(img, &raw, 12 * cs, buf, cs));	/* data over a zero */
+	/* A partial write of an unallocated cluster would need the backing
+	 * data; a partial write of a zero cluster is fine. */
+	REFUSED(qcow2_write(img, 20 * cs + 512, buf, 512, &err), ENOTSUP, "inc1.qcow2");
+	OK(both_write(img, &raw, 11 * cs + 512, buf, 512));
+	OK(qcow2_close(img, false, &err));
+	CHECK_IMAGE(in_dir("inc1.qcow2"));
+	COMPARE_RAW(in_dir("inc1.qcow2"), in_dir("chain.raw"));
+	MAP_IS(in_dir("inc1.qcow2"), 10 * cs, cs, false, true, 0);
+	MAP_IS(in_dir("inc1.qcow2"), 11 * cs, cs, true, false, 0);
+	MAP_IS(in_dir("inc1.qcow2"), 13 * cs, cs, false, true, 0);
+	MAP_IS(in_dir("inc1.qcow2"), 5 * cs, 3 * cs, true, false, 0);
+	MAP_IS(in_dir("inc1.qcow2"), 20 * cs, 4 * cs, true, false, 1);
+	CHECK(run("qemu-img info --output=json '%s' | grep -q '\"backing-filename\": \"full.qcow2\"'",
+		  in_dir("inc1.qcow2")) == 0);
+	CHECK(run("qemu-img info --output=json '%s' | grep -q '\"backing-filename-format\": \"qcow2\"'",
+		  in_dir("inc1.qcow2")) == 0);
+
+	/* A second incremental, with another cluster size, absolute name. */
+	OK(qcow2_create(in_dir("inc2.qcow2"), size, 4 * KiB, in_dir("inc1.qcow2"),
+			"qcow2", &img, &err));
+	if (!img)
+		goto out;
+	OK(both_zero(img, &raw, 5 * cs, 8 * KiB));
+	pattern(buf, 12 * KiB, 0, 4);
+	OK(both_write(img, &raw, 10 * cs + 4 * KiB, buf, 12 * KiB));
+	OK(both_zero(img, &raw, 0, 2 * MiB));
+	OK(qcow2_close(img, true, &err));
+	raw_close(&raw);
+	CHECK_IMAGE(in_dir("inc2.qcow2"));
+	COMPARE_RAW(in_dir("inc2.qcow2"), in_dir("chain.raw"));
+	MAP_IS(in_dir("inc2.qcow2"), 0, 2 * MiB, false, true, 0);
+out:
+	free(buf);
+}
+
+/* Fills CLUSTERS-cluster runs of an image opened in place. */
+static void write_existing(const char *name, const char *rname, uint64_t size,
+			   const char *create_opts, const char *prefill)
+{
+	struct qcow2_image *img = NULL;
+	struct raw raw;
+	uint8_t *buf = malloc(MiB);
+	uint64_t cs, off;
+
+	CHECK(run("qemu-img create -q -f qcow2 %s '%s' %llu", create_opts,
+		  in_dir(name), (unsigned long long)size) == 0);
+	if (prefill)
+		CHECK(run("qemu-io -c '%s' '%s'", prefill, in_dir(name)) == 0);
+	OK(qcow2_open_existing(in_dir(name), &img, &err));
+	if (!img) {
+		free(buf);
+		return;
+	}
+	CHECK(qcow2_virtual_size(img) == size);
+	OK(qcow2_require_size(img, size, &err));
+	REFUSED(qcow2_require_size(img, size + 512, &err), EFBIG, name);
+	cs = qcow2_cluster_size(img);
+	raw = (struct raw){ open(in_dir(rname), O_RDWR), in_dir(rname) };
+	CHECK(raw.fd >= 0);
+	for (off = 0; off + MiB <= size; off += 3 * MiB) {
+		pattern(buf, MiB, off, 77);
+		OK(both_write(img, &raw, off, buf, MiB));
+	}
+	OK(both_zero(img, &raw, 2 * MiB, 2 * cs));
+	OK(both_zero(img, &raw, 0, cs));
+	OK(qcow2_close(img, true, &err));
+	raw_close(&raw);
+	CHECK_IMAGE(in_dir(name));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+	free(buf);
+}
+
+static void test_existing(void)
+{
+	const uint64_t size = 16 * MiB;
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(MiB);
+
+	/* Plain, 128 KiB clusters, data written by qemu-io beforehand. */
+	raw = raw_create(in_dir("ex.raw"), size);
+	raw_close(&raw);
+	write_existing("ex1.qcow2", "ex.raw", size, "", NULL);
+	raw = raw_create(in_dir("ex.raw"), size);
+	raw_close(&raw);
+	write_existing("ex2.qcow2", "ex.raw", size, "-o cluster_size=128k", NULL);
+	raw = raw_create(in_dir("ex.raw"), size);
+	memset(buf, 0x5a, MiB);
+	raw_write(&raw, 1 * MiB, buf, MiB);
+	raw_close(&raw);
+	write_existing("ex3.qcow2", "ex.raw", size, "-o cluster_size=128k",
+		       "write -P 0x5a 1M 1M");
+	/* Other refcount widths; 512-byte clusters, so the refcount table
+	 * (one cluster from qemu-img) has to move. */
+	raw = raw_create(in_dir("ex.raw"), size);
+	raw_close(&raw);
+	write_existing("ex4.qcow2", "ex.raw", size, "-o refcount_bits=1", NULL);
+	raw = raw_create(in_dir("ex.raw"), size);
+	raw_close(&raw);
+	write_existing("ex5.qcow2", "ex.raw", size,
+		       "-o refcount_bits=64,cluster_size=512", NULL);
+	raw = raw_create(in_dir("ex.raw"), size);
+	raw_close(&raw);
+	write_existing("ex6.qcow2", "ex.raw", size,
+		       "-o refcount_bits=16,cluster_size=512", NULL);
+
+	/* With a backing file: the chain reads like the raw reference. */
+	raw = raw_create(in_dir("exb.raw"), size);
+	memset(buf, 0x33, MiB);
+	raw_write(&raw, 0, buf, MiB);
+	raw_write(&raw, 4 * MiB, buf, MiB);
+	raw_close(&raw);
+	CHECK(run("qemu-img convert -f raw -O qcow2 '%s' '%s'", in_dir("exb.raw"),
+		  in_dir("exbase.qcow2")) == 0);
+	write_existing("ex7.qcow2", "exb.raw", size,
+		       "-b exbase.qcow2 -F qcow2 -o cluster_size=128k", NULL);
+	CHECK(run("qemu-img info --output=json '%s' | grep -q '\"backing-filename\": \"exbase.qcow2\"'",
+		  in_dir("ex7.qcow2")) == 0);
+
+	/* Compressed clusters from qemu-img convert -c: overwritten whole
+	 * and zeroed ones drop their references; the rest stays. */
+	raw = raw_create(in_dir("exc.raw"), size);
+	pattern(buf, MiB, 0, 9);
+	raw_write(&raw, 0, buf, MiB);
+	memset(buf, 0x44, MiB);
+	raw_write(&raw, 2 * MiB, buf, MiB);
+	CHECK(run("qemu-img convert -c -f raw -O qcow2 -o cluster_size=4k '%s' '%s'",
+		  in_dir("exc.raw"), in_dir("exc.qcow2")) == 0);
+	OK(qcow2_open_existing(in_dir("exc.qcow2"), &img, &err));
+	if (img) {
+		pattern(buf, 64 * KiB, 0, 10);
+		OK(both_write(img, &raw, 2 * MiB + 8 * KiB, buf, 64 * KiB));
+		OK(both_zero(img, &raw, 2 * MiB + 128 * KiB, 32 * KiB));
+		OK(both_zero(img, &raw, 0, 4 * KiB));
+		REFUSED(qcow2_write(img, 3 * MiB - 4096 + 1, buf, 1, &err),
+			ENOTSUP, "exc.qcow2");
+		OK(qcow2_close(img, false, &err));
+		CHECK_IMAGE(in_dir("exc.qcow2"));
+		COMPARE_RAW(in_dir("exc.qcow2"), in_dir("exc.raw"));
+	}
+	raw_close(&raw);
+
+	/* Our own image, reopened and written again. */
+	raw = raw_create(in_dir("own.raw"), size);
+	OK(qcow2_create(in_dir("own.qcow2"), size, 4096, NULL, NULL, &img, &err));
+	if (img) {
+		pattern(buf, MiB, 0, 11);
+		OK(both_write(img, &raw, 0, buf, MiB));
+		OK(qcow2_close(img, false, &err));
+	}
+	OK(qcow2_open_existing(in_dir("own.qcow2"), &img, &err));
+	if (img) {
+		pattern(buf, MiB, 0, 12);
+		OK(both_write(img, &raw, 512 * KiB, buf, MiB));
+		OK(both_zero(img, &raw, 0, 64 * KiB));
+		OK(qcow2_close(img, false, &err));
+	}
+	raw_close(&raw);
+	CHECK_IMAGE(in_dir("own.qcow2"));
+	COMPARE_RAW(in_dir("own.qcow2"), in_dir("own.raw"));
+	free(buf);
+}
+
+/* A huge sparse image with a few scattered writes. */
+static void test_sparse_huge(void)
+{
+	const uint64_t size = 16 * TiB, cs = 64 * KiB;
+	static const uint64_t offs[] = { 0, 5 * GiB, 513 * GiB + 64 * KiB,
+					 4 * TiB, 15 * TiB + 12345 * 65536ULL,
+					 16 * TiB - 64 * KiB };
+	struct qcow2_image *img;
+	uint8_t *buf = malloc(cs);
+	size_t i;
+
+	OK(qcow2_create(in_dir("huge.qcow2"), size, cs, NULL, NULL, &img, &err));
+	if (!img)
+		goto out;
+	for (i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+		memset(buf, 0x10 + (int)i, cs);
+		OK(qcow2_write(img, offs[i], buf, cs, &err));
+	}
+	OK(qcow2_write_zeroes(img, 7 * TiB, 10 * GiB, &err));
+	OK(qcow2_close(img, false, &err));
+	CHECK_IMAGE(in_dir("huge.qcow2"));
+	for (i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+		/* qemu-io exits 1 on "Pattern verification failed" */
+		CHECK(ok_run(__LINE__, "qemu-io read -P", 0,
+			     run("qemu-io -r -c 'read -P %d %llu %llu' '%s'",
+				 0x10 + (int)i, (unsigned long long)offs[i],
+				 (unsigned long long)cs, in_dir("huge.qcow2"))));
+		MAP_IS(in_dir("huge.qcow2"), offs[i], cs, true, false, 0);
+	}
+	MAP_IS(in_dir("huge.qcow2"), 6 * TiB, 1 * TiB, false, true, 0);
+	/* 512-byte clusters cannot address 1 TiB within qemu's L1 limit. */
+	REFUSED(qcow2_create(in_dir("big512.qcow2"), TiB, 512, NULL, NULL, &img, &err),
+		EFBIG, "big512.qcow2");
+	CHECK(access(in_dir("big512.qcow2"), F_OK) != 0);
+out:
+	unlink(in_dir("huge.qcow2"));
+	free(buf);
+}
+
+static void set_header_bit(const char *path, int byte, uint8_t bits)
+{
+	int fd = open(path, O_RDWR);
+	uint8_t b = 0;
+
+	CHECK(fd >= 0 && pread(fd, &b, 1, byte) == 1);
+	b |= bits;
+	CHECK(pwrite(fd, &b, 1, byte) == 1);
+	close(fd);
+}
+
+static void test_bad_inputs(void)
+{
+	struct qcow2_image *img = NULL;
+	uint8_t buf[4096] = { 1 };
+	char longname[1100];
+	int fd;
+
+	/* create: existing target, bad cluster sizes and virtual sizes. */
+	fd = open(in_dir("exists.qcow2"), O_CREAT | O_WRONLY, 0600);
+	close(fd);
+	REFUSED(qcow2_create(in_dir("exists.qcow2"), MiB, 65536, NULL, NULL, &img, &err),
+		EEXIST, "exists.qcow2");
+	CHECK(img == NULL);
+	REFUSED(qcow2_create(in_dir("bad.qcow2"), MiB, 1000, NULL, NULL, &img, &err),
+		EINVAL, "bad.qcow2");
+	REFUSED(qcow2_create(in_dir("bad.qcow2"), MiB, 256, NULL, NULL, &img, &err),
+		EINVAL, "bad.qcow2");
+	REFUSED(qcow2_create(in_dir("bad.qcow2"), MiB, 4u << 20, NULL, NULL, &img, &err),
+		EINVAL, "bad.qcow2");
+	REFUSED(qcow2_create(in_dir("bad.qcow2"), 0, 65536, NULL, NULL, &img, &err),
+		EINVAL, "bad.qcow2");
+	REFUSED(qcow2_create(in_dir("bad.qcow2"), MiB + 1, 65536, NULL, NULL, &img, &err),
+		EINVAL, "bad.qcow2");
+	OK(qcow2_create(in_dir("bad.qcow2"), MiB, 512, NULL, NULL, &img, &err));
+	CHECK(img != NULL);	/* and abort removes it again */
+	if (img)
+		qcow2_abort(img, true);
+	CHECK(access(in_dir("bad.qcow2"), F_OK) != 0);
+	memset(longname, 'x', 450);
+	longname[450] = 0;
+	REFUSED(qcow2_create(in_dir("bad.qcow2"), MiB, 512, longname, "qcow2", &img, &err),
+		ENAMETOOLONG, "bad.qcow2");
+	memset(longname, 'x', 1024);
+	longname[1024] = 0;
+	REFUSED(qcow2_create(in_dir("bad.qcow2"), MiB, 65536, longname, "qcow2", &img, &err),
+		EINVAL, "bad.qcow2");
+	REFUSED(qcow2_create(in_dir("bad.qcow2"), MiB, 65536, NULL, "qcow2", &img, &err),
+		EINVAL, "bad.qcow2");
+	REFUSED(qcow2_create(in_dir("nodir/x.qcow2"), MiB, 65536, NULL, NULL, &img, &err),
+		ENOENT, "nodir/x.qcow2");
+
+	/* Writes outside the image. */
+	OK(qcow2_create(in_dir("small.qcow2"), MiB, 4096, NULL, NULL, &img, &err));
+	if (img) {
+		REFUSED(qcow2_write(img, MiB - 2048, buf, 4096, &err), EINVAL, "small.qcow2");
+		REFUSED(qcow2_write_zeroes(img, MiB, 512, &err), EINVAL, "small.qcow2");
+		REFUSED(qcow2_require_size(img, 2 * MiB, &err), EFBIG, "small.qcow2");
+		OK(qcow2_close(img, false, &err));
+		CHECK_IMAGE(in_dir("small.qcow2"));
+	}
+
+	/* open_existing refusals. */
+	REFUSED(qcow2_open_existing(in_dir("missing.qcow2"), &img, &err), ENOENT,
+		"missing.qcow2");
+	REFUSED(qcow2_open_existing(in_dir("exists.qcow2"), &img, &err), EINVAL,
+		"exists.qcow2");
+	CHECK(run("qemu-img create -q -f qcow2 -o compat=0.10 '%s' 1M", in_dir("v2.qcow2")) == 0);
+	REFUSED(qcow2_open_existing(in_dir("v2.qcow2"), &img, &err), ENOTSUP, "v2.qcow2");
+	CHECK(strstr(err.msg, "version 2") != NULL);
+	CHECK(run("qemu-img create -q -f qcow2 -o extended_l2=on '%s' 1M", in_dir("l2.qcow2")) == 0);
+	REFUSED(qcow2_open_existing(in_dir("l2.qcow2"), &img, &err), ENOTSUP, "l2.qcow2");
+	CHECK(strstr(err.msg, "extended L2") != NULL);
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 1M && qemu-img snapshot -c s1 '%s'",
+		  in_dir("snap.qcow2"), in_dir("snap.qcow2")) == 0);
+	REFUSED(qcow2_open_existing(in_dir("snap.qcow2"), &img, &err), ENOTSUP, "snap.qcow2");
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 1M && qemu-img bitmap --add '%s' b0",
+		  in_dir("bitmap.qcow2"), in_dir("bitmap.qcow2")) == 0);
+	REFUSED(qcow2_open_existing(in_dir("bitmap.qcow2"), &img, &err), ENOTSUP,
+		"bitmap.qcow2");
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 1M", in_dir("dirty.qcow2")) == 0);
+	set_header_bit(in_dir("dirty.qcow2"), 79, 0x01);	/* incompatible bit 0 */
+	REFUSED(qcow2_open_existing(in_dir("dirty.qcow2"), &img, &err), EUCLEAN,
+		"dirty.qcow2");
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 1M", in_dir("future.qcow2")) == 0);
+	set_header_bit(in_dir("future.qcow2"), 79, 0x20);	/* incompatible bit 5 */
+	REFUSED(qcow2_open_existing(in_dir("future.qcow2"), &img, &err), ENOTSUP,
+		"future.qcow2");
+}
+
+/*
+ * A write error (here EFBIG from RLIMIT_FSIZE, standing in for ENOSPC)
+ * is reported with the file, the offset and the errno text.
+ */
+static void test_write_error(void)
+{
+	struct rlimit lim = { 4 * MiB, 4 * MiB };
+	pid_t pid;
+	int st = -1;
+
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		struct qcow2_image *img;
+		uint8_t *buf = malloc(MiB);
+		uint64_t off;
+		int r = 0;
+
+		signal(SIGXFSZ, SIG_IGN);
+		if (!buf || setrlimit(RLIMIT_FSIZE, &lim) ||
+		    qcow2_create(in_dir("full.err.qcow2"), 64 * MiB, 65536, NULL,
+				 NULL, &img, &err))
+			_exit(10);
+		memset(buf, 1, MiB);
+		for (off = 0; !r && off < 64 * MiB; off += MiB)
+			r = qcow2_write(img, off, buf, MiB, &err);
+		if (r != -EFBIG || !strstr(err.msg, "full.err.qcow2") ||
+		    !strstr(err.msg, "offset") ||
+		    !strstr(err.msg, strerror(EFBIG))) {
+			fprintf(stderr, "write error: %d \"%s\"\n", r, err.msg);
+			_exit(11);
+		}
+		qcow2_abort(img, true);
+		free(buf);
+		_exit(0);
+	}
+	CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	CHECK(access(in_dir("full.err.qcow2"), F_OK) != 0);
+}
+
+/*
+ * qcow2_flush() leaves a consistent image: a run aborted after it reads
+ * like the flushed state and has at worst leaked clusters.
+ */
+static void test_flush_abort(void)
+{
+	const uint64_t size = 8 * MiB;
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(MiB);
+	int st;
+
+	raw = raw_create(in_dir("ab.raw"), size);
+	CHECK(run("qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 '%s' %llu",
+		  in_dir("ab.qcow2"), (unsigned long long)size) == 0);
+	OK(qcow2_open_existing(in_dir("ab.qcow2"), &img, &err));
+	if (!img)
+		goto out;
+	pattern(buf, MiB, 0, 21);
+	OK(both_write(img, &raw, 0, buf, MiB));
+	OK(both_write(img, &raw, 4 * MiB, buf, MiB));
+	OK(qcow2_flush(img, &err));
+	raw_close(&raw);
+	/* More (the refcount table moves again), then give up. */
+	pattern(buf, MiB, 0, 22);
+	OK(qcow2_write(img, MiB, buf, MiB, &err));
+	OK(qcow2_write(img, 6 * MiB, buf, MiB, &err));
+	OK(qcow2_write_zeroes(img, 0, 64 * KiB, &err));
+	qcow2_abort(img, true);		/* not created: stays */
+	st = run("qemu-img check '%s'", in_dir("ab.qcow2"));
+	CHECK(ok_run(__LINE__, "qemu-img check after abort", 0, st == 3 ? 0 : st));
+	COMPARE_RAW(in_dir("ab.qcow2"), in_dir("ab.raw"));
+
+	/* A created image aborted after a flush: same. */
+	raw = raw_create(in_dir("ab.raw"), size);
+	OK(qcow2_create(in_dir("ab2.qcow2"), size, 512, NULL, NULL, &img, &err));
+	if (!img)
+		goto out;
+	pattern(buf, MiB, 0, 23);
+	OK(both_write(img, &raw, 2 * MiB, buf, MiB));
+	OK(qcow2_flush(img, &err));
+	raw_close(&raw);
+	OK(qcow2_write(img, 3 * MiB, buf, MiB, &err));
+	qcow2_abort(img, false);
+	st = run("qemu-img check '%s'", in_dir("ab2.qcow2"));
+	CHECK(ok_run(__LINE__, "qemu-img check after abort", 0, st == 3 ? 0 : st));
+	COMPARE_RAW(in_dir("ab2.qcow2"), in_dir("ab.raw"));
+out:
+	free(buf);
+}
+
+/* ---- fuzz -------------------------------------------------------------- */
+
+static uint64_t rng_state;
+
+static uint64_t rnd(uint64_t n)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return n ? rng_state % n : 0;
+}
+
+static void fuzz(uint32_t seed)
+{
+	static const uint32_t sizes[] = { 512, 4096, 65536, 131072, 2u << 20 };
+	uint32_t cs;
+	uint64_t size, clusters;
+	bool backing;
+	struct qcow2_image *img = NULL;
+	struct raw raw;
+	uint8_t *buf;
+	char name[64], rname[64], what[64];
+	int i, fails = 0;
+
+	rng_state = 0x2545f4914f6cdd1dULL * (seed + 1);
+	cs = sizes[rnd(5)];
+	size = (cs >= 65536 ? 24 * MiB : 4 * MiB) + rnd(64) * 512;
+	clusters = (size + cs - 1) / cs;
+	backing = seed % 2;
+	buf = malloc(8 * (size_t)cs > MiB ? 8 * (size_t)cs : MiB);
+	snprintf(name, sizeof(name), "fuzz%u.qcow2", seed);
+	snprintf(rname, sizeof(rname), "fuzz%u.raw", seed);
+
+	raw = raw_create(in_dir(rname), size);
+	if (backing) {
+		/* The base: every other MiB written, by qemu-io. */
+		uint64_t off;
+
+		CHECK(run("qemu-img create -q -f qcow2 '%s' %llu", in_dir("fbase.qcow2"),
+			  (unsigned long long)size) == 0);
+		for (off = 0; off + MiB <= size; off += 2 * MiB) {
+			memset(buf, 0x60 + (int)(off / MiB % 32), MiB);
+			raw_write(&raw, off, buf, MiB);
+			CHECK(run("qemu-io -c 'write -P %d %llu 1M' '%s'",
+				  0x60 + (int)(off / MiB % 32), (unsigned long long)off,
+				  in_dir("fbase.qcow2")) == 0);
+		}
+	}
+	unlink(in_dir(name));
+	OK(qcow2_create(in_dir(name), size, cs, backing ? "fbase.qcow2" : NULL,
+			backing ? "qcow2" : NULL, &img, &err));
+	if (!img)
+		goto out;
+	if (rnd(2))
+		qcow2_set_cache_limit(img, rnd(8) * cs);
+
+	for (i = 0; i < (cs >= MiB ? 150 : 300) && img; i++) {
+		uint64_t c = rnd(clusters), n = 1 + rnd(cs >= MiB ? 2 : 8), off, len;
+		int op = (int)rnd(10), r;
+
+		if (c + n > clusters)
+			n = clusters - c;
+		off = c * cs;
+		len = n * cs;
+		if (off + len > size)
+			len = size - off;
+		if (op < 5) {
+			pattern(buf, len, off, seed * 1000 + i);
+			r = both_write(img, &raw, off, buf, len);
+			snprintf(what, sizeof(what), "write");
+		} else if (op < 8) {
+			r = both_zero(img, &raw, off, len);
+			snprintf(what, sizeof(what), "zero");
+		} else if (op < 9 && !backing) {
+			/* unaligned, only where no backing data can show */
+			off += rnd(cs);
+			if (off >= size)
+				continue;
+			len = 1 + rnd(2 * cs);
+			if (off + len > size)
+				len = size - off;
+			pattern(buf, len, off, seed * 1000 + i);
+			r = both_write(img, &raw, off, buf, len);
+			snprintf(what, sizeof(what), "unaligned write");
+		} else {
+			/* close and go on writing in place */
+			r = qcow2_close(img, false, &err);
+			img = NULL;
+			if (!r)
+				r = qcow2_open_existing(in_dir(name), &img, &err);
+			snprintf(what, sizeof(what), "reopen");
+			if (img && rnd(2))
+				qcow2_set_cache_limit(img, rnd(4) * cs);
+		}
+		if (r && fails++ < 5)
+			fprintf(stderr, "fuzz seed %u op %d (%s %llu+%llu, cs %u): %s\n",
+				seed, i, what, (unsigned long long)off,
+				(unsigned long long)len, cs, err.msg);
+	}
+	CHECK(fails == 0);
+	printf("  fuzz seed %u: %u-byte clusters, %llu bytes%s\n", seed, cs,
+	       (unsigned long long)size, backing ? ", backing file" : "");
+	if (img)
+		OK(qcow2_close(img, false, &err));
+	raw_close(&raw);
+	CHECK_IMAGE(in_dir(name));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+out:
+	free(buf);
+	unlink(in_dir(name));
+	unlink(in_dir(rname));
+	unlink(in_dir("fbase.qcow2"));
+}
+
+/* Prints the time since the last lap, to see where the time goes. */
+static void lap(const char *what)
+{
+	static struct timespec last;
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	if (last.tv_sec)
+		printf("  %-24s %5.1f s\n", what, (double)(t.tv_sec - last.tv_sec) +
+		       (double)(t.tv_nsec - last.tv_nsec) / 1e9);
+	last = t;
+}
+
+int main(void)
+{
+	static const uint32_t sizes[] = { 512, 4096, 65536, 131072, 2u << 20 };
+	struct timespec t0, t1;
+	unsigned int i;
+
+	if (system("qemu-img --version >/dev/null 2>&1") != 0 ||
+	    system("qemu-io --version >/dev/null 2>&1") != 0) {
+		printf("test-qcow2: SKIP: qemu-img/qemu-io not installed\n");
+		return 4;
+	}
+	snprintf(dir, sizeof(dir), "/tmp/test-qcow2.XXXXXX");
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 2;
+	}
+	snprintf(logpath, sizeof(logpath), "%s/cmd.log", dir);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	lap(NULL);
+
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		test_cluster_size(sizes[i]);
+		lap("cluster size");
+	}
+	test_backing_chain();
+	lap("backing chain");
+	test_existing();
+	lap("existing targets");
+	test_sparse_huge();
+	lap("sparse 16 TiB");
+	test_bad_inputs();
+	test_write_error();
+	test_flush_abort();
+	lap("refusals, errors, abort");
+	for (i = 1; i <= 8; i++)
+		fuzz(i);
+	lap("fuzz");
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	printf("test-qcow2: %.1f s\n", (double)(t1.tv_sec - t0.tv_sec) +
+	       (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+	if (!unit_failed)
+		run("rm -rf '%s'", dir);
+	else
+		fprintf(stderr, "test-qcow2: files left in %s\n", dir);
+	return unit_done("test-qcow2");
+}
