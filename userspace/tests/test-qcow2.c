@@ -5,6 +5,7 @@
  * the same writes ("qemu-img compare -f qcow2 -F raw"). Runs in a mkdtemp
  * directory; exits 4 (skip) when qemu-img is not installed.
  */
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -176,13 +177,21 @@ static void raw_close(struct raw *r)
 /* Bytes that differ in every 8-byte word, by offset and seed. */
 static void pattern(uint8_t *buf, size_t len, uint64_t off, uint32_t seed)
 {
-	size_t i;
+	size_t i = 0;
 
-	for (i = 0; i < len; i++) {
+	while (i < len) {
 		uint64_t x = (off + i) / 8 * 0x9e3779b97f4a7c15ULL + seed;
+		unsigned int b;
 
 		x ^= x >> 29;
-		buf[i] = (uint8_t)(x >> (8 * ((off + i) % 8)));
+		if ((off + i) % 8 == 0 && len - i >= 8) {
+			x = htole64(x);
+			memcpy(buf + i, &x, 8);
+			i += 8;
+			continue;
+		}
+		for (b = (off + i) % 8; b < 8 && i < len; b++, i++)
+			buf[i] = (uint8_t)(x >> (8 * b));
 	}
 }
 
@@ -829,8 +838,8 @@ static void fuzz(uint32_t seed)
 	if (rnd(2))
 		qcow2_set_cache_limit(img, rnd(8) * cs);
 
-	for (i = 0; i < 300 && img; i++) {
-		uint64_t c = rnd(clusters), n = 1 + rnd(8), off, len;
+	for (i = 0; i < (cs >= MiB ? 150 : 300) && img; i++) {
+		uint64_t c = rnd(clusters), n = 1 + rnd(cs >= MiB ? 2 : 8), off, len;
 		int op = (int)rnd(10), r;
 
 		if (c + n > clusters)
@@ -859,7 +868,7 @@ static void fuzz(uint32_t seed)
 			snprintf(what, sizeof(what), "unaligned write");
 		} else {
 			/* close and go on writing in place */
-			r = qcow2_close(img, rnd(2), &err);
+			r = qcow2_close(img, false, &err);
 			img = NULL;
 			if (!r)
 				r = qcow2_open_existing(in_dir(name), &img, &err);
@@ -873,6 +882,8 @@ static void fuzz(uint32_t seed)
 				(unsigned long long)len, cs, err.msg);
 	}
 	CHECK(fails == 0);
+	printf("  fuzz seed %u: %u-byte clusters, %llu bytes%s\n", seed, cs,
+	       (unsigned long long)size, backing ? ", backing file" : "");
 	if (img)
 		OK(qcow2_close(img, false, &err));
 	raw_close(&raw);
@@ -883,6 +894,19 @@ out:
 	unlink(in_dir(name));
 	unlink(in_dir(rname));
 	unlink(in_dir("fbase.qcow2"));
+}
+
+/* Prints the time since the last lap, to see where the time goes. */
+static void lap(const char *what)
+{
+	static struct timespec last;
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	if (last.tv_sec)
+		printf("  %-24s %5.1f s\n", what, (double)(t.tv_sec - last.tv_sec) +
+		       (double)(t.tv_nsec - last.tv_nsec) / 1e9);
+	last = t;
 }
 
 int main(void)
@@ -903,17 +927,25 @@ int main(void)
 	}
 	snprintf(logpath, sizeof(logpath), "%s/cmd.log", dir);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	lap(NULL);
 
-	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
 		test_cluster_size(sizes[i]);
+		lap("cluster size");
+	}
 	test_backing_chain();
+	lap("backing chain");
 	test_existing();
+	lap("existing targets");
 	test_sparse_huge();
+	lap("sparse 16 TiB");
 	test_bad_inputs();
 	test_write_error();
 	test_flush_abort();
+	lap("refusals, errors, abort");
 	for (i = 1; i <= 8; i++)
 		fuzz(i);
+	lap("fuzz");
 
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	printf("test-qcow2: %.1f s\n", (double)(t1.tv_sec - t0.tv_sec) +
