@@ -1,0 +1,195 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The copy engine (cbt_copy_extents) and extent lists: a raw "device" file
+ * is copied into qcow2 images, full and incremental, for cluster sizes
+ * smaller and larger than the extents, and every chain is compared with
+ * the device by qemu-img compare and checked by qemu-img check.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "copy.h"
+#include "qcow2.h"
+#include "unit.h"
+
+#define KiB 1024ULL
+#define MiB (1024 * KiB)
+/* Not a multiple of any cluster size above 512. */
+#define DEV_SIZE (24 * MiB + 3 * 512)
+
+static char dir[64];
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+	int r;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	r = system(cmd);
+	if (r)
+		fprintf(stderr, "command failed (%d): %s\n", r, cmd);
+	return r;
+}
+
+static void fill(int fd, uint64_t off, uint64_t len, int byte)
+{
+	char *buf = malloc(len);
+
+	memset(buf, byte, len);
+	CHECK(pwrite(fd, buf, len, off) == (ssize_t)len);
+	free(buf);
+}
+
+static int copy_into(const char *image, const char *backing, uint32_t cluster,
+		     const struct cbt_extent_list *l, int incremental, uint64_t *written)
+{
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	uint64_t size;
+	struct cbt_copy c = { .device = "device" };
+	char path[128], src[128];
+	int r;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, image);
+	snprintf(src, sizeof(src), "%s/device", dir);
+	r = cbt_open_source(src, &c.fd, &size, &e);
+	CHECK(r == 0 && size == DEV_SIZE);
+	c.size = size;
+	r = qcow2_create(path, size, cluster, backing, backing ? "qcow2" : NULL, &img, &e);
+	CHECK(r == 0);
+	if (r) {
+		fprintf(stderr, "%s\n", e.msg);
+		close(c.fd);
+		return r;
+	}
+	c.img = img;
+	c.zero_clusters = incremental;
+	r = cbt_copy_extents(&c, l->v, l->n, &e);
+	if (r)
+		fprintf(stderr, "copy: %s\n", e.msg);
+	CHECK(r == 0);
+	CHECK(qcow2_close(img, true, &e) == 0);
+	close(c.fd);
+	*written = c.bytes_written;
+	return r;
+}
+
+static void test_extent_lists(void)
+{
+	struct cbt_extent_list a = { 0 }, b = { 0 };
+
+	CHECK(cbt_extents_add(&a, 0, 512) == 0);
+	CHECK(cbt_extents_add(&a, 512, 512) == 0);	/* touches: joined */
+	CHECK(cbt_extents_add(&a, 4096, 100) == 0);
+	CHECK(cbt_extents_add(&a, 4096, 0) == 0);	/* empty: ignored */
+	CHECK(a.n == 2 && a.v[0].length == 1024 && cbt_extents_bytes(&a) == 1124);
+	CHECK(cbt_extents_add(&b, 1000, 100) == 0);
+	CHECK(cbt_extents_add(&b, 4000, 200) == 0);
+	CHECK(cbt_extents_add(&b, 9000, 1) == 0);
+	CHECK(cbt_extents_union(&a, &b) == 0);
+	/* [0,1100) [4000,4200) [9000,9001) */
+	CHECK(a.n == 3);
+	CHECK(a.n == 3 && a.v[0].offset == 0 && a.v[0].length == 1100);
+	CHECK(a.n == 3 && a.v[1].offset == 4000 && a.v[1].length == 200);
+	CHECK(a.n == 3 && a.v[2].offset == 9000 && a.v[2].length == 1);
+	cbt_extents_free(&a);
+	cbt_extents_free(&b);
+}
+
+/* A full copy, then an incremental of a few changes, for one cluster size. */
+static void test_chain(uint32_t cluster)
+{
+	struct cbt_extent_list all = { 0 }, dirty = { 0 };
+	uint64_t written;
+	char full[64], inc[64];
+	int fd;
+
+	snprintf(full, sizeof(full), "full-%u.qcow2", cluster);
+	snprintf(inc, sizeof(inc), "inc-%u.qcow2", cluster);
+	sh("rm -f %s/device && truncate -s %llu %s/device", dir, DEV_SIZE, dir);
+	fd = open(strcat(strcpy((char[128]){ 0 }, dir), "/device"), O_RDWR);
+	CHECK(fd >= 0);
+	fill(fd, 0, 512, 0x49);
+	fill(fd, 16 * MiB, 256 * KiB, 0x6c);
+	fill(fd, 20 * MiB - 32 * KiB, 64 * KiB, 0x6f);
+	fill(fd, DEV_SIZE - 1024, 1024, 0x7e);	/* the partial last cluster */
+
+	cbt_extents_add(&all, 0, DEV_SIZE);
+	CHECK(copy_into(full, NULL, cluster, &all, 0, &written) == 0);
+	/* A full copy skips zero clusters. */
+	CHECK(written < 2 * MiB + 2 * cluster + 4 * cluster);
+	CHECK(sh("qemu-img check -q %s/%s", dir, full) == 0);
+	CHECK(sh("qemu-img compare -q -f qcow2 -F raw %s/%s %s/device", dir, full, dir) == 0);
+
+	/* Changes: new data (unaligned to the cluster), and data overwritten with zeros. */
+	fill(fd, 5 * MiB + 700, 3000, 0x11);
+	fill(fd, 16 * MiB, 64 * KiB, 0x00);
+	fill(fd, DEV_SIZE - 512, 512, 0x22);
+	close(fd);
+	cbt_extents_add(&dirty, 5 * MiB + 512, 4096);
+	cbt_extents_add(&dirty, 16 * MiB, 64 * KiB);
+	cbt_extents_add(&dirty, DEV_SIZE - 512, 512);
+	CHECK(copy_into(inc, full, cluster, &dirty, 1, &written) == 0);
+	CHECK(sh("qemu-img check -q %s/%s", dir, inc) == 0);
+	CHECK(sh("qemu-img compare -q -f qcow2 -F raw %s/%s %s/device", dir, inc, dir) == 0);
+	/* The zeroed chunk reads as zeros in the incremental, not the full's data. */
+	CHECK(sh("qemu-io -f qcow2 -c 'read -P 0 16M 64k' %s/%s | grep -q 'read 65536'",
+		 dir, inc) == 0);
+	cbt_extents_free(&all);
+	cbt_extents_free(&dirty);
+}
+
+static void test_read_error(void)
+{
+	struct cbt_extent_list all = { 0 };
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	struct cbt_copy c = { .device = "short-device" };
+	char path[128];
+	int r;
+
+	/* Claim a size beyond the end of the file: the read comes up short. */
+	snprintf(path, sizeof(path), "%s/device", dir);
+	CHECK(cbt_open_source(path, &c.fd, &c.size, &e) == 0);
+	snprintf(path, sizeof(path), "%s/short.qcow2", dir);
+	CHECK(qcow2_create(path, c.size + MiB, 65536, NULL, NULL, &img, &e) == 0);
+	c.size += MiB;
+	c.img = img;
+	cbt_extents_add(&all, c.size - 2 * MiB, 2 * MiB);
+	r = cbt_copy_extents(&c, all.v, all.n, &e);
+	CHECK(r == -EIO);
+	CHECK(strstr(e.msg, "short-device") && strstr(e.msg, "offset"));
+	qcow2_abort(img, true);
+	CHECK(access(path, F_OK) != 0);
+	close(c.fd);
+	cbt_extents_free(&all);
+}
+
+int main(void)
+{
+	static const uint32_t clusters[] = { 512, 64 * 1024, 128 * 1024, 2 * 1024 * 1024 };
+	size_t i;
+
+	if (system("qemu-img --version >/dev/null 2>&1")) {
+		printf("test-copy: qemu-img is not installed, skipping\n");
+		return 4;
+	}
+	snprintf(dir, sizeof(dir), "/tmp/test-copy.XXXXXX");
+	if (!mkdtemp(dir))
+		return 1;
+	test_extent_lists();
+	for (i = 0; i < sizeof(clusters) / sizeof(clusters[0]); i++)
+		test_chain(clusters[i]);
+	test_read_error();
+	sh("rm -rf %s", dir);
+	return unit_done("test-copy");
+}
