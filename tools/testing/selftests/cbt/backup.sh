@@ -1,0 +1,234 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# cbtctl backups of one device: a full backup and incrementals after the
+# QEMU incremental-backup test's writes, each chain compared with a fresh
+# full reference by qemu-img compare; granularities, cluster sizes,
+# existing targets, a resized device, usage errors and read errors.
+. "$(dirname "$0")/lib.sh"
+
+require_root
+require_tools dmsetup losetup qemu-io qemu-img cbtctl
+plan 9
+
+SIZE=$((64 << 20))
+
+# qio DEV CMD...: qemu-io writes through the device (O_DIRECT), checked.
+qio() {
+	local dev=$1 c args=() out
+	shift
+	for c in "$@"; do
+		args+=(-c "$c")
+	done
+	out=$(qemu-io -f raw -n "${args[@]}" "$dev" 2>&1) || fail "qemu-io: $out"
+	if grep -qiE 'error|failed|invalid' <<<"$out"; then
+		fail "qemu-io on $dev: $out"
+	fi
+}
+
+# setup TAG: a 64 MiB cbt device with the seed's base pattern; sets dir, dev, name.
+setup() {
+	make_tmpdir dir
+	truncate -s $SIZE "$dir/disk"
+	make_loop loop "$dir/disk"
+	name=$(dm_name "$1")
+	dm_create "$name" "0 $((SIZE / 512)) cbt $loop"
+	dev=/dev/mapper/$name
+	qio "$dev" "write -P 0x41 0 512" "write -P 0xd5 1M 32k" "write -P 0xdc 32M 124k"
+}
+
+# bitmap_field NAME FIELD: a field of the bitmap's JSON status.
+bitmap_field() {
+	cbtctl status "$dev" --json | python3 -c "
+import json, sys
+for b in json.load(sys.stdin)['bitmaps']:
+    if b['name'] == '$1':
+        print(str(b['$2']).lower())"
+}
+
+# check_chain IMAGE: the chain ending in IMAGE matches a fresh full backup.
+check_chain() {
+	local ref=$dir/ref.$RANDOM.qcow2
+	cbtctl backup --sync=full "$dev=$ref" >/dev/null || fail "reference backup failed"
+	qemu-img check -q "$1" || fail "qemu-img check $1"
+	qemu-img compare -q "$1" "$ref" || fail "$1 differs from the device"
+	qemu-img compare -q -F raw "$1" "$dev" || fail "$1 differs from the device (raw)"
+	rm -f "$ref"
+}
+
+# incremental_simple GRANULARITY COUNT: the seed's simple scenario.
+incremental_simple() {
+	local gran=$1 want=$2 dir loop name dev
+	setup "simple-$gran"
+	cbtctl bitmap add "$dev" b0 --granularity="$gran" || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null ||
+		fail "full backup failed"
+	check_chain "$dir/full.qcow2"
+	expect_eq "count after the full backup" "$(bitmap_field b0 count)" 0
+	# A hollow incremental: nothing dirty, still a valid image.
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$dev=$dir/inc0.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "hollow incremental"
+	check_chain "$dir/inc0.qcow2"
+	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
+	expect_eq "count after three writes" "$(bitmap_field b0 count)" "$want"
+	cbtctl backup --sync=incremental --bitmap=b0 --json \
+		"$dev=$dir/inc1.qcow2,backing=$dir/inc0.qcow2" >"$dir/out.json" ||
+		fail "incremental 1 failed: $(cat "$dir/out.json")"
+	expect_eq "dirty bytes copied" \
+		"$(python3 -c "import json; print(json.load(open('$dir/out.json'))['jobs'][0]['dirty_bytes'])")" "$want"
+	check_chain "$dir/inc1.qcow2"
+	qio "$dev" "write -P 0x9a 0 512" "write -P 0x55 8M 352k" "write -P 0x78 15872k 1M"
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$dev=$dir/inc2.qcow2,backing=$dir/inc1.qcow2" >/dev/null || fail "incremental 2 failed"
+	check_chain "$dir/inc2.qcow2"
+	expect_eq "count after the last incremental" "$(bitmap_field b0 count)" 0
+	# The incremental's backing file and format are recorded.
+	qemu-img info --output=json "$dir/inc2.qcow2" | grep -q '"backing-filename-format": "qcow2"' ||
+		fail "no backing format in inc2"
+}
+
+test_simple_64k() { incremental_simple 64K 458752; }
+test_small_granularity() { incremental_simple 32K 360448; }
+test_large_granularity() { incremental_simple 128K 655360; }
+
+test_larger_cluster_target() {
+	# A full backup into a 128K-cluster image made beforehand, no backing
+	# file; the incremental is rebased onto it afterwards.
+	local dir loop name dev
+	setup cluster
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	qemu-img create -q -f qcow2 -o cluster_size=128k "$dir/full.qcow2" $SIZE
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2,mode=existing" >/dev/null ||
+		fail "full backup into an existing image failed"
+	check_chain "$dir/full.qcow2"
+	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
+	qemu-img create -q -f qcow2 -o cluster_size=128k "$dir/inc.qcow2" $SIZE
+	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
+		>/dev/null || fail "incremental into an existing image failed"
+	qemu-img rebase -u -F qcow2 -b "$dir/full.qcow2" "$dir/inc.qcow2"
+	check_chain "$dir/inc.qcow2"
+}
+
+test_existing_with_backing() {
+	local dir loop name dev
+	setup existing
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2,cluster-size=512" >/dev/null ||
+		fail "full backup with 512 B clusters failed"
+	qio "$dev" "write -P 0x21 100k 3k" "write -z 1M 32k" "write -P 0x22 63M 1M"
+	qemu-img create -q -f qcow2 -b "$dir/full.qcow2" -F qcow2 "$dir/inc.qcow2"
+	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
+		>/dev/null || fail "incremental into an existing image failed"
+	check_chain "$dir/inc.qcow2"
+	# The chunk overwritten with zeros reads as zeros, not the full's 0xd5.
+	qemu-io -f qcow2 -c "read -P 0 1M 32k" "$dir/inc.qcow2" | grep -q "read 32768/32768" ||
+		fail "zeroed chunk fell through to the backing image"
+}
+
+test_resized_device() {
+	local dir loop name dev
+	setup resize
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null || fail "full"
+	truncate -s $((65 << 20)) "$dir/disk"
+	losetup -c "$loop"
+	dmsetup reload "$name" --table "0 $((65 << 11)) cbt $loop" || fail "reload"
+	dmsetup resume "$name" || fail "resume"
+	qio "$dev" "write -P 0x7f 64M 64k"
+	expect_eq "count after the write past the old end" "$(bitmap_field b0 count)" 65536
+	qemu-img create -q -f qcow2 -b "$dir/full.qcow2" -F qcow2 "$dir/inc.qcow2" 65M
+	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
+		>/dev/null || fail "incremental after the resize failed"
+	check_chain "$dir/inc.qcow2"
+}
+
+test_usage_errors() {
+	local dir loop name dev rc
+	setup usage
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	qio "$dev" "write -P 0x33 0 64k"
+	expect_eq "count" "$(bitmap_field b0 count)" 65536
+	# expect_exit CODE CMD...: the exit status, and nothing was written.
+	expect_exit() {
+		local want=$1
+		shift
+		"$@" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
+		expect_eq "exit status of '$*' ($(cat "$dir/err"))" "$rc" "$want"
+		grep -q . "$dir/err" || fail "'$*' gave no error message"
+		[ -z "$(ls "$dir" | grep -v -e '^disk$' -e '^err$' -e '^existing.qcow2$')" ] ||
+			fail "'$*' left files: $(ls "$dir")"
+	}
+	expect_exit 2 cbtctl backup "$dev=$dir/t.qcow2"
+	expect_exit 2 cbtctl backup --sync=incremental "$dev=$dir/t.qcow2"
+	expect_exit 2 cbtctl backup --sync=sometimes "$dev=$dir/t.qcow2"
+	expect_exit 2 cbtctl backup --sync=full
+	expect_exit 2 cbtctl backup --sync=full "$dev"
+	expect_exit 2 cbtctl backup --sync=full "$dev=$dir/t.qcow2,cluster-size=3000"
+	expect_exit 2 cbtctl backup --sync=full "$dev=$dir/t.qcow2,mode=sideways"
+	expect_exit 2 cbtctl backup --sync=full --retries=x "$dev=$dir/t.qcow2"
+	expect_exit 1 cbtctl backup --sync=incremental --bitmap=nosuch "$dev=$dir/t.qcow2"
+	expect_exit 1 cbtctl backup --sync=full "/dev/mapper/cbt-no-such-dev=$dir/t.qcow2"
+	expect_exit 1 cbtctl backup --sync=full "$dev=/nonexistent-dir/t.qcow2"
+	grep -q "nonexistent-dir" "$dir/err" || fail "the error does not name the target"
+	qemu-img create -q -f qcow2 "$dir/existing.qcow2" 32M
+	expect_exit 1 cbtctl backup --sync=full "$dev=$dir/existing.qcow2"
+	expect_exit 1 cbtctl backup --sync=full "$dev=$dir/existing.qcow2,mode=existing"
+	expect_eq "existing image untouched" "$(qemu-img info --output=json "$dir/existing.qcow2" |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" $((32 << 20))
+	expect_exit 2 cbtctl bitmap add "$dev" b1 --granularity=banana
+	expect_exit 1 cbtctl bitmap add "$dev" b1 --granularity=48K
+	expect_exit 1 cbtctl bitmap remove "$dev" nosuch
+	expect_exit 2 cbtctl frobnicate
+	# Nothing above changed the bitmap.
+	expect_eq "count after the errors" "$(bitmap_field b0 count)" 65536
+	expect_eq "busy after the errors" "$(bitmap_field b0 busy)" false
+}
+
+test_read_error_report() {
+	local dir loop name dev rc
+	setup readerr
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null || fail "full"
+	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
+	cbtctl inject "$dev" error event=read offset=$((16 << 20)) length=4096 errno=EIO once \
+		>/dev/null || fail "inject"
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
+	expect_eq "exit status with a read error" "$rc" 1
+	grep -q "Input/output error" "$dir/err" || fail "error text: $(cat "$dir/err")"
+	grep -q "offset" "$dir/err" || fail "the error names no offset: $(cat "$dir/err")"
+	[ ! -e "$dir/inc.qcow2" ] || fail "a failed backup left its target"
+	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
+	expect_eq "count kept after the failure" "$(bitmap_field b0 count)" 458752
+	expect_eq "not busy after the failure" "$(bitmap_field b0 busy)" false
+	# The rule fired once: the same backup now succeeds.
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "retry run failed"
+	check_chain "$dir/inc.qcow2"
+}
+
+test_read_error_retry() {
+	local dir loop name dev
+	setup retry
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null || fail "full"
+	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
+	cbtctl inject "$dev" error event=read offset=$((16 << 20)) length=4096 errno=EIO count=2 \
+		>/dev/null || fail "inject"
+	cbtctl backup --sync=incremental --bitmap=b0 --on-source-error=retry --retries=3 --json \
+		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" >"$dir/out.json" ||
+		fail "backup with retries failed: $(cat "$dir/out.json")"
+	check_chain "$dir/inc.qcow2"
+	expect_eq "count after the retried backup" "$(bitmap_field b0 count)" 0
+}
+
+run_test "incremental simple (64K granularity)" test_simple_64k
+run_test "small granularity (32K)" test_small_granularity
+run_test "large granularity (128K)" test_large_granularity
+run_test "128K-cluster targets made beforehand, rebased" test_larger_cluster_target
+run_test "existing target with backing, 512 B clusters, zeroed chunk" test_existing_with_backing
+run_test "device grown before an incremental" test_resized_device
+run_test "usage errors change nothing" test_usage_errors
+run_test "read error fails the backup, bitmap kept" test_read_error_report
+run_test "read error retried to success" test_read_error_retry
+finish
