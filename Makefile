@@ -60,7 +60,10 @@ lint:
 		--ignore SPDX_LICENSE_TAG,FILE_PATH_CHANGES \
 		-f kernel/*.c kernel/*.h include/uapi/linux/*.h
 	$(VM)/build-module --lint $(firstword $(KERNELS)) 2>&1 | tee build/sparse.log
-	@if grep -E 'warning|error' build/sparse.log; then \
+	@# -Wsparse-all also flags the kernel's own headers (skbuff.h under
+	@# net/genetlink.h on 6.1); those are not ours to fix.
+	@if grep -E 'warning|error' build/sparse.log | \
+		grep -vE '/linux-headers-[^/]+/(include|arch)/'; then \
 		echo "lint: sparse reported the lines above"; exit 1; fi
 
 bench: modules userspace

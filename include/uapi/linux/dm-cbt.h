@@ -8,4 +8,75 @@
 /* The device-mapper target name, as used in table lines. */
 #define DM_CBT_TARGET_NAME "cbt"
 
+/* Limits of the "bitmap ..." messages. */
+#define DM_CBT_NAME_MAX		63	/* bitmap name and token length */
+#define DM_CBT_MAX_BITMAPS	64	/* bitmaps per device */
+#define DM_CBT_GRANULARITY_MIN	512U
+#define DM_CBT_GRANULARITY_MAX	(1U << 30)
+#define DM_CBT_GRANULARITY_DEFAULT (64U << 10)
+
+/*
+ * Generic netlink family: bulk readout of dirty extents and events.
+ * All commands need CAP_NET_ADMIN (GENL_ADMIN_PERM).
+ */
+#define DM_CBT_GENL_NAME	"dm-cbt"
+#define DM_CBT_GENL_VERSION	1
+#define DM_CBT_GENL_MCGRP_EVENTS "events"
+
+enum dm_cbt_cmd {
+	DM_CBT_CMD_UNSPEC,
+	/*
+	 * Dump request: DEV_MAJOR, DEV_MINOR, BITMAP and optionally COPY.
+	 * Each reply message carries EXTENT nests in ascending order; one run
+	 * of dirty chunks is one extent, never split across messages.
+	 */
+	DM_CBT_CMD_GET_EXTENTS,
+	/* Multicast on the "events" group: DEV_*, EVENT, BITMAP, TOKEN. */
+	DM_CBT_CMD_EVENT,
+	__DM_CBT_CMD_MAX,
+};
+
+#define DM_CBT_CMD_MAX (__DM_CBT_CMD_MAX - 1)
+
+/* Which copy of a bitmap a dump reads. */
+enum dm_cbt_copy {
+	DM_CBT_COPY_LIVE,	/* the recording bitmap (the successor while frozen) */
+	DM_CBT_COPY_FROZEN,	/* the frozen snapshot; -ENOENT when not frozen */
+};
+
+enum dm_cbt_event {
+	DM_CBT_EVENT_FREEZE = 1,
+	DM_CBT_EVENT_COMMIT,
+	DM_CBT_EVENT_ABORT,
+	DM_CBT_EVENT_INCONSISTENT,	/* the bitmap may have missed writes */
+	DM_CBT_EVENT_ERROR_RULE,	/* an error-injection rule fired */
+};
+
+enum dm_cbt_attr {
+	DM_CBT_ATTR_UNSPEC,
+	DM_CBT_ATTR_DEV_MAJOR,		/* u32: the dm device */
+	DM_CBT_ATTR_DEV_MINOR,		/* u32 */
+	DM_CBT_ATTR_BITMAP,		/* string: bitmap name */
+	DM_CBT_ATTR_COPY,		/* u32: enum dm_cbt_copy */
+	DM_CBT_ATTR_EXTENT,		/* nest: DM_CBT_EXTENT_* */
+	DM_CBT_ATTR_EVENT,		/* u32: enum dm_cbt_event */
+	DM_CBT_ATTR_TOKEN,		/* string: freeze token */
+	DM_CBT_ATTR_GRANULARITY,	/* u32: bytes, in dump replies */
+	DM_CBT_ATTR_PAD,
+	__DM_CBT_ATTR_MAX,
+};
+
+#define DM_CBT_ATTR_MAX (__DM_CBT_ATTR_MAX - 1)
+
+/* Inside DM_CBT_ATTR_EXTENT; bytes from the start of the cbt target. */
+enum dm_cbt_extent_attr {
+	DM_CBT_EXTENT_UNSPEC,
+	DM_CBT_EXTENT_OFFSET,		/* u64 */
+	DM_CBT_EXTENT_LENGTH,		/* u64, the last one clipped to the device */
+	DM_CBT_EXTENT_PAD,
+	__DM_CBT_EXTENT_MAX,
+};
+
+#define DM_CBT_EXTENT_MAX (__DM_CBT_EXTENT_MAX - 1)
+
 #endif /* _UAPI_LINUX_DM_CBT_H */
