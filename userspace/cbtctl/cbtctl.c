@@ -41,8 +41,35 @@ static int cmd_status(int argc, char **argv)
 	return 0;
 }
 
+static int print_extent(const struct cbt_extent *ext, void *ctx)
+{
+	(void)ctx;
+	printf("%llu %llu\n", (unsigned long long)ext->offset, (unsigned long long)ext->length);
+	return 0;
+}
+
+static int cmd_extents(int argc, char **argv)
+{
+	struct cbt_err e = { 0 };
+	int frozen = 0;
+
+	if (argc == 4 && !strcmp(argv[3], "--frozen"))
+		frozen = 1;
+	else if (argc != 3) {
+		fprintf(stderr, "usage: cbtctl extents DEV BITMAP [--frozen]\n");
+		return EXIT_USAGE;
+	}
+	if (cbt_extents(argv[1], argv[2], frozen, print_extent, NULL, &e)) {
+		fprintf(stderr, "cbtctl: %s\n", e.msg);
+		return EXIT_FAIL;
+	}
+	return 0;
+}
+
 static const struct command commands[] = {
 	{ "status", cmd_status, "status DEV", "show the cbt target's state" },
+	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",
+	  "print a bitmap's dirty extents as 'offset length' in bytes" },
 	{ "help", cmd_help, "help", "list the commands" },
 };
 
