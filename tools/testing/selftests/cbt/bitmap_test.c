@@ -13,7 +13,13 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <linux/loop.h>
+#include <linux/dm-cbt.h>
+#include <netlink/netlink.h>
+#include <netlink/genl/genl.h>
+#include <netlink/genl/ctrl.h>
 
 #include "kselftest_harness.h"
 #include "cbt_util.h"
@@ -605,6 +611,72 @@ TEST_F(bitmap, one_cbt_target_per_table)
 	EXPECT_NE(NULL, strstr(log, "Only one cbt target per device")) TH_LOG("%s", log);
 	if (dm_exists(name))
 		dm_remove(name);
+}
+
+struct events {
+	char seen[16][160];	/* "event major:minor bitmap token" */
+	int n;
+};
+
+static int event_msg(struct nl_msg *nlmsg, void *arg)
+{
+	struct nlattr *tb[DM_CBT_ATTR_MAX + 1];
+	struct events *ev = arg;
+
+	if (genlmsg_parse(nlmsg_hdr(nlmsg), 0, tb, DM_CBT_ATTR_MAX, NULL) ||
+	    !tb[DM_CBT_ATTR_EVENT] || ev->n == 16)
+		return NL_OK;
+	snprintf(ev->seen[ev->n++], sizeof(ev->seen[0]), "%u %u:%u %s %s",
+		 nla_get_u32(tb[DM_CBT_ATTR_EVENT]),
+		 tb[DM_CBT_ATTR_DEV_MAJOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MAJOR]) : 0,
+		 tb[DM_CBT_ATTR_DEV_MINOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MINOR]) : 0,
+		 tb[DM_CBT_ATTR_BITMAP] ? nla_get_string(tb[DM_CBT_ATTR_BITMAP]) : "-",
+		 tb[DM_CBT_ATTR_TOKEN] ? nla_get_string(tb[DM_CBT_ATTR_TOKEN]) : "-");
+	return NL_OK;
+}
+
+TEST_F(bitmap, events_multicast)
+{
+	struct events ev = { 0 };
+	struct nl_sock *sk;
+	struct stat st;
+	char want[4][160];
+	int grp, i, r;
+
+	ASSERT_EQ(0, stat(self->dev, &st));
+	sk = nl_socket_alloc();
+	ASSERT_NE(NULL, sk);
+	ASSERT_EQ(0, genl_connect(sk));
+	grp = genl_ctrl_resolve_grp(sk, DM_CBT_GENL_NAME, DM_CBT_GENL_MCGRP_EVENTS);
+	ASSERT_LE(0, grp);
+	ASSERT_EQ(0, nl_socket_add_membership(sk, grp));
+	nl_socket_disable_seq_check(sk);
+	nl_socket_modify_cb(sk, NL_CB_VALID, NL_CB_CUSTOM, event_msg, &ev);
+	ASSERT_EQ(0, nl_socket_set_nonblocking(sk));
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t1"));
+	EXPECT_NE(0, msg(self, "bitmap commit a wrong"));
+	ASSERT_EQ(0, msg(self, "bitmap commit a t1"));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t2"));
+	ASSERT_EQ(0, msg(self, "bitmap abort a force"));
+	/* Multicasts are queued on the socket by the time the messages return. */
+	do {
+		r = nl_recvmsgs_default(sk);
+	} while (r >= 0);
+	nl_socket_free(sk);
+
+	snprintf(want[0], sizeof(want[0]), "%d %u:%u a t1", DM_CBT_EVENT_FREEZE,
+		 major(st.st_rdev), minor(st.st_rdev));
+	snprintf(want[1], sizeof(want[1]), "%d %u:%u a t1", DM_CBT_EVENT_COMMIT,
+		 major(st.st_rdev), minor(st.st_rdev));
+	snprintf(want[2], sizeof(want[2]), "%d %u:%u a t2", DM_CBT_EVENT_FREEZE,
+		 major(st.st_rdev), minor(st.st_rdev));
+	snprintf(want[3], sizeof(want[3]), "%d %u:%u a t2", DM_CBT_EVENT_ABORT,
+		 major(st.st_rdev), minor(st.st_rdev));
+	ASSERT_EQ(4, ev.n);
+	for (i = 0; i < 4; i++)
+		EXPECT_STREQ(want[i], ev.seen[i]);
 }
 
 TEST_HARNESS_MAIN
