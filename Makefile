@@ -26,7 +26,7 @@ else
 MODULE_TARGETS := $(KERNELS)
 endif
 
-.PHONY: all deps modules userspace selftests check unit vmcheck demo lint bench \
+.PHONY: all deps modules userspace selftests check unit vmcheck demo lint bench bench-bits \
 	install dkms-install clean
 
 all: modules userspace selftests
@@ -66,8 +66,16 @@ lint:
 		grep -vE '/linux-headers-[^/]+/(include|arch)/'; then \
 		echo "lint: sparse reported the lines above"; exit 1; fi
 
-bench: modules userspace
+# The bit array on the host (kernel/dm-cbt-bits.c over tools/bench/shim),
+# then fio in a VM.
+bench: bench-bits modules userspace
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --timeout 1200 -- tools/bench/run.sh
+
+bench-bits:
+	@mkdir -p build/bench
+	$(CC) -O2 -g -Wall -Wextra -Werror -Itools/bench/shim -Ikernel \
+		-o build/bench/bits-bench tools/bench/bits-bench.c kernel/dm-cbt-bits.c
+	build/bench/bits-bench
 
 install:
 	sh kernel/gen-compat.sh $(HOST_KDIR) >kernel/compat-gen.h

@@ -14,12 +14,7 @@
 #include <linux/dm-cbt.h>
 
 #include "compat.h"
-
-/* One bit per chunk; the array and its size are swapped together. */
-struct cbt_bits {
-	unsigned long nr_chunks;
-	unsigned long map[];
-};
+#include "dm-cbt-bits.h"
 
 /* struct cbt_bitmap flags */
 enum {
@@ -73,14 +68,6 @@ struct cbt_bitmap *cbt_bitmap_alloc(const char *name, unsigned int chunk_shift,
 				    sector_t len, bool recording);
 void cbt_bitmap_free(struct cbt_bitmap *bm);
 void cbt_bitmap_record(struct cbt_bitmap *bm, sector_t sector, sector_t nr_sectors);
-struct cbt_bits *cbt_bits_alloc(unsigned int chunk_shift, sector_t len);
-void cbt_bits_or(struct cbt_bits *dst, const struct cbt_bits *src);
-void cbt_bits_merge(struct cbt_bits *dst, unsigned int dst_shift,
-		    const struct cbt_bits *src, unsigned int src_shift);
-void cbt_bits_zero(struct cbt_bits *bits);
-u64 cbt_bits_count(const struct cbt_bits *bits, unsigned int chunk_shift, sector_t len);
-bool cbt_bits_next_extent(const struct cbt_bits *bits, unsigned int chunk_shift,
-			  sector_t len, unsigned long *pos, u64 *offset, u64 *length);
 struct cbt_bits *__cbt_bitmap_live(struct cbt_bitmap *bm, struct cbt_dev *cd);
 
 /* dm-cbt-dev.c: the per-device registry and what spans all bitmaps. */
