@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Host microbenchmark of the dm-cbt bit array (kernel/dm-cbt-bits.c built
- * in userspace over shim/): recording writes, freezing (a fresh zeroed
+ * in userspace over tools/kernel-shim): recording writes, freezing (a fresh zeroed
  * successor), aborting (OR back), counting and extent iteration on a
  * 16 TiB device at 64 KiB granularity (2^28 chunks, 32 MiB).
  */

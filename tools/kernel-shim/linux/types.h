@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Just enough of the kernel's headers to build kernel/dm-cbt-bits.c in
- * userspace for the host microbenchmark. Not a general shim.
+ * userspace for the host microbenchmark and unit test. Not a general shim.
  */
 #ifndef CBT_SHIM_TYPES_H
 #define CBT_SHIM_TYPES_H
