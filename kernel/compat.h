@@ -9,4 +9,16 @@
 
 #include "compat-gen.h"
 
+#include <net/genetlink.h>
+
+/* The parsed request attributes of a generic netlink dump (also in .start). */
+static inline struct nlattr **cbt_genl_dump_attrs(struct netlink_callback *cb)
+{
+#ifdef CBT_HAVE_GENL_INFO_DUMP
+	return genl_info_dump(cb)->attrs;
+#else
+	return genl_dumpit_info(cb)->attrs;
+#endif
+}
+
 #endif /* DM_CBT_COMPAT_H */

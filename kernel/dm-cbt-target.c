@@ -2,8 +2,9 @@
 /*
  * dm-cbt: changed-block tracking for device-mapper.
  *
- * The "cbt" target passes every bio through to one underlying device.
- * Later layers record the writes it sees in named dirty bitmaps.
+ * The "cbt" target passes every bio through to one underlying device and
+ * records the chunks that writes, discards and write-zeroes touch in the
+ * device's named dirty bitmaps (dm-cbt-dev.c, dm-cbt-bitmap.c).
  */
 
 #include <linux/module.h>
@@ -68,6 +69,13 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	}
 
+	cc->ti = ti;
+	r = cbt_dev_attach(cc);
+	if (r) {
+		dm_put_device(ti, cc->dev);
+		goto bad;
+	}
+
 	ti->num_flush_bios = 1;
 	ti->num_discard_bios = 1;
 	ti->num_secure_erase_bios = 1;
@@ -84,13 +92,33 @@ static void cbt_dtr(struct dm_target *ti)
 {
 	struct cbt_c *cc = ti->private;
 
+	cbt_dev_detach(cc);
 	dm_put_device(ti, cc->dev);
 	kfree(cc);
+}
+
+/* Whether BIO changes the blocks it covers. A flush alone covers none. */
+static bool cbt_bio_dirties(struct bio *bio)
+{
+	switch (bio_op(bio)) {
+	case REQ_OP_WRITE:
+	case REQ_OP_DISCARD:
+	case REQ_OP_SECURE_ERASE:
+	case REQ_OP_WRITE_ZEROES:
+		return bio_sectors(bio) != 0;
+	default:
+		return false;
+	}
 }
 
 static int cbt_map(struct dm_target *ti, struct bio *bio)
 {
 	struct cbt_c *cc = ti->private;
+
+	/* First, before anything can complete or fail the bio. */
+	if (cbt_bio_dirties(bio))
+		cbt_dev_record(cc->cdev, dm_target_offset(ti, bio->bi_iter.bi_sector),
+			       bio_sectors(bio));
 
 	bio_set_dev(bio, cc->dev->bdev);
 	if (bio_sectors(bio))
@@ -100,19 +128,39 @@ static int cbt_map(struct dm_target *ti, struct bio *bio)
 }
 
 /*
+ * A reload may change the length: the bitmaps follow it before the first
+ * bio of this table arrives. -ENOMEM leaves them as they were and the
+ * device suspended.
+ */
+static int cbt_preresume(struct dm_target *ti)
+{
+	struct cbt_c *cc = ti->private;
+	int r;
+
+	r = cbt_dev_resize(cc->cdev, ti->len);
+	if (r)
+		DMERR("cannot resize the bitmaps to %llu sectors: %d",
+		      (unsigned long long)ti->len, r);
+	return r;
+}
+
+/*
  * Status INFO line (fields are only ever appended):
- *   <#bitmaps>
+ *   <#bitmaps> <#recording> <#frozen> <#inconsistent>
  * TABLE line: the constructor arguments.
  */
 static void cbt_status(struct dm_target *ti, status_type_t type,
 		       unsigned int status_flags, char *result, unsigned int maxlen)
 {
 	struct cbt_c *cc = ti->private;
+	unsigned int nr_bitmaps, nr_recording, nr_frozen, nr_inconsistent;
 	unsigned int sz = 0;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
-		DMEMIT("%u", cc->nr_bitmaps);
+		cbt_dev_counts(cc->cdev, &nr_bitmaps, &nr_recording, &nr_frozen,
+			       &nr_inconsistent);
+		DMEMIT("%u %u %u %u", nr_bitmaps, nr_recording, nr_frozen, nr_inconsistent);
 		break;
 
 	case STATUSTYPE_TABLE:
@@ -126,9 +174,15 @@ static void cbt_status(struct dm_target *ti, status_type_t type,
 	}
 }
 
+/* Messages are dispatched by their first word. */
 static int cbt_message(struct dm_target *ti, unsigned int argc, char **argv,
 		       char *result, unsigned int maxlen)
 {
+	struct cbt_c *cc = ti->private;
+
+	if (argc && !strcmp(argv[0], "bitmap"))
+		return cbt_bitmap_message(cc->cdev, argc - 1, argv + 1, result, maxlen);
+
 	DMERR("unrecognised message '%s'", argc ? argv[0] : "");
 	return -EINVAL;
 }
@@ -143,11 +197,12 @@ static int cbt_iterate_devices(struct dm_target *ti,
 
 static struct target_type cbt_target = {
 	.name = "cbt",
-	.version = {0, 1, 0},
+	.version = {0, 2, 0},
 	.module = THIS_MODULE,
 	.ctr = cbt_ctr,
 	.dtr = cbt_dtr,
 	.map = cbt_map,
+	.preresume = cbt_preresume,
 	.status = cbt_status,
 	.message = cbt_message,
 	.iterate_devices = cbt_iterate_devices,
@@ -157,9 +212,16 @@ static int __init dm_cbt_init(void)
 {
 	int r;
 
+	r = cbt_netlink_init();
+	if (r) {
+		DMERR("generic netlink family registration failed %d", r);
+		return r;
+	}
 	r = dm_register_target(&cbt_target);
-	if (r < 0)
+	if (r < 0) {
 		DMERR("register failed %d", r);
+		cbt_netlink_exit();
+	}
 
 	return r;
 }
@@ -167,6 +229,7 @@ static int __init dm_cbt_init(void)
 static void __exit dm_cbt_exit(void)
 {
 	dm_unregister_target(&cbt_target);
+	cbt_netlink_exit();
 }
 
 module_init(dm_cbt_init);

@@ -6,13 +6,90 @@
 #define DM_CBT_H
 
 #include <linux/device-mapper.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/rcupdate.h>
+#include <linux/workqueue.h>
+#include <linux/dm-cbt.h>
 
 #include "compat.h"
+#include "dm-cbt-bits.h"
+
+/* struct cbt_bitmap flags */
+enum {
+	CBT_BM_RECORDING,	/* writes are recorded */
+	CBT_BM_INCONSISTENT,	/* it may have missed writes */
+	CBT_BM_REPORTED,	/* the inconsistent event was sent */
+};
+
+/*
+ * A named dirty bitmap. The I/O path reads the list entry, @recording,
+ * @flags, @chunk_shift and @live under RCU; everything else, and every change, is
+ * under the owning cbt_dev's @lock.
+ */
+struct cbt_bitmap {
+	struct list_head list;
+	char name[DM_CBT_NAME_MAX + 1];
+	unsigned int chunk_shift;	/* log2(granularity in sectors) */
+	unsigned long flags;		/* CBT_BM_*, atomic bitops */
+	struct cbt_bits __rcu *live;	/* records writes (the successor while frozen) */
+	struct cbt_bits *frozen;	/* the snapshot handed out by freeze, or NULL */
+	char token[DM_CBT_NAME_MAX + 1];
+};
+
+/*
+ * The tracking state of one dm device. It outlives table instances: every
+ * cbt target constructed for the device attaches to it, so a reload hands it
+ * from the old table to the new one; the last table to go frees it.
+ */
+struct cbt_dev {
+	struct list_head node;		/* in the registry */
+	dev_t devt;
+	struct kref kref;		/* tables and netlink readers */
+	struct list_head targets;	/* attached cbt_c; registry lock */
+	struct mutex lock;		/* bitmap changes, freeze state, resize */
+	struct list_head bitmaps;	/* RCU list of struct cbt_bitmap */
+	unsigned int nr_bitmaps;
+	sector_t len;			/* sectors the bitmaps cover */
+	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
+};
 
 /* One per cbt target instance. */
 struct cbt_c {
 	struct dm_dev *dev;
-	unsigned int nr_bitmaps;
+	struct dm_target *ti;
+	struct cbt_dev *cdev;
+	struct list_head node;		/* in cdev->targets */
 };
+
+/* dm-cbt-bitmap.c: one bitmap. */
+struct cbt_bitmap *cbt_bitmap_alloc(const char *name, unsigned int chunk_shift,
+				    sector_t len, bool recording);
+void cbt_bitmap_free(struct cbt_bitmap *bm);
+void cbt_bitmap_record(struct cbt_bitmap *bm, sector_t sector, sector_t nr_sectors);
+struct cbt_bits *__cbt_bitmap_live(struct cbt_bitmap *bm, struct cbt_dev *cd);
+
+/* dm-cbt-dev.c: the per-device registry and what spans all bitmaps. */
+int cbt_dev_attach(struct cbt_c *cc);
+void cbt_dev_detach(struct cbt_c *cc);
+struct cbt_dev *cbt_dev_get(dev_t devt);
+void cbt_dev_put(struct cbt_dev *cd);
+int cbt_dev_resize(struct cbt_dev *cd, sector_t len);
+void cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors);
+struct cbt_bitmap *__cbt_dev_find(struct cbt_dev *cd, const char *name);
+void cbt_dev_counts(struct cbt_dev *cd, unsigned int *nr_bitmaps,
+		    unsigned int *nr_recording, unsigned int *nr_frozen,
+		    unsigned int *nr_inconsistent);
+
+/* dm-cbt-message.c: the "bitmap ..." messages. */
+int cbt_bitmap_message(struct cbt_dev *cd, unsigned int argc, char **argv,
+		       char *result, unsigned int maxlen);
+
+/* dm-cbt-netlink.c: extent readout and events. */
+int cbt_netlink_init(void);
+void cbt_netlink_exit(void);
+void cbt_event_notify(dev_t devt, enum dm_cbt_event event, const char *bitmap,
+		      const char *token, gfp_t gfp);
 
 #endif /* DM_CBT_H */

@@ -18,6 +18,8 @@ static const struct command commands[] = {
 	{ "status", cmd_status, "status DEV [--json]", "show a cbt device and its bitmaps" },
 	{ "backup", cmd_backup, "backup --sync=full|incremental [OPTIONS] JOB...",
 	  "back up cbt devices into qcow2 images, all or nothing" },
+	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",
+	  "print a bitmap's dirty extents as 'offset length' in bytes" },
 	{ "help", cmd_help, "help", "list the commands" },
 };
 

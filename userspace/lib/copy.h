@@ -14,11 +14,6 @@
 #include "libcbt.h"
 #include "qcow2.h"
 
-struct cbt_extent {
-	uint64_t offset;
-	uint64_t length;
-};
-
 /* A growing array of extents, sorted by offset once built. */
 struct cbt_extent_list {
 	struct cbt_extent *v;

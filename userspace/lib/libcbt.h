@@ -42,6 +42,22 @@ int cbt_dm_status(const char *dev, struct cbt_dm_status *st, struct cbt_err *e);
 int cbt_dm_message(const char *dev, const char *message, char **answer,
 		   struct cbt_err *e);
 
+/* A run of dirty bytes, from the start of the cbt target. */
+struct cbt_extent {
+	uint64_t offset;
+	uint64_t length;
+};
+
+/* Called per extent in ascending order; a non-zero (negative errno) return stops. */
+typedef int (*cbt_extent_fn)(const struct cbt_extent *ext, void *ctx);
+
+/*
+ * The dirty extents of BITMAP on DEV (a path or dm name) through generic
+ * netlink: the frozen copy when FROZEN, else the live one. Needs CAP_NET_ADMIN.
+ */
+int cbt_extents(const char *dev, const char *bitmap, int frozen, cbt_extent_fn fn,
+		void *ctx, struct cbt_err *e);
+
 /* The dm device number of DEV. */
 int cbt_dm_devno(const char *dev, uint32_t *major, uint32_t *minor, struct cbt_err *e);
 

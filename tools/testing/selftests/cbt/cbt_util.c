@@ -6,8 +6,11 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <linux/fs.h>
 #include <linux/loop.h>
 #include <libdevmapper.h>
+
+#include "libcbt.h"
 
 #include "cbt_util.h"
 
@@ -68,6 +71,8 @@ static int dm_task_finish(struct dm_task *dmt, int ok)
 
 	if (!dmt)
 		return -ENOMEM;
+	/* Without udev, libdm makes and removes /dev/mapper nodes when asked. */
+	dm_task_update_nodes();
 	if (!ok) {
 		r = -dm_task_get_errno(dmt);
 		if (!r)
@@ -83,6 +88,38 @@ int dm_create_one(const char *name, uint64_t len, const char *type, const char *
 
 	return dm_task_finish(dmt, dmt && dm_task_add_target(dmt, 0, len, type, params) &&
 			      dm_task_run(dmt));
+}
+
+int dm_create_two(const char *name, uint64_t len, const char *type1, const char *params1,
+		  const char *type2, const char *params2)
+{
+	struct dm_task *dmt = dm_task_named(DM_DEVICE_CREATE, name);
+
+	return dm_task_finish(dmt, dmt && dm_task_add_target(dmt, 0, len, type1, params1) &&
+			      dm_task_add_target(dmt, len, len, type2, params2) &&
+			      dm_task_run(dmt));
+}
+
+int dm_reload_one(const char *name, uint64_t len, const char *type, const char *params)
+{
+	struct dm_task *dmt = dm_task_named(DM_DEVICE_RELOAD, name);
+
+	return dm_task_finish(dmt, dmt && dm_task_add_target(dmt, 0, len, type, params) &&
+			      dm_task_run(dmt));
+}
+
+int dm_suspend(const char *name)
+{
+	struct dm_task *dmt = dm_task_named(DM_DEVICE_SUSPEND, name);
+
+	return dm_task_finish(dmt, dmt && dm_task_run(dmt));
+}
+
+int dm_resume(const char *name)
+{
+	struct dm_task *dmt = dm_task_named(DM_DEVICE_RESUME, name);
+
+	return dm_task_finish(dmt, dmt && dm_task_run(dmt));
 }
 
 int dm_remove(const char *name)
@@ -159,4 +196,155 @@ void kmsg_since(int fd, char *buf, size_t buflen)
 		used = strlen(buf);
 	}
 	close(fd);
+}
+
+int dev_write(const char *dev, uint64_t off, uint64_t len, int byte)
+{
+	void *buf;
+	ssize_t n;
+	int fd, r = 0;
+
+	if (posix_memalign(&buf, 4096, len))
+		return -ENOMEM;
+	memset(buf, byte, len);
+	fd = open(dev, O_WRONLY | O_DIRECT);
+	if (fd < 0) {
+		r = -errno;
+		goto out;
+	}
+	n = pwrite(fd, buf, len, off);
+	if (n < 0)
+		r = -errno;
+	else if ((uint64_t)n != len)
+		r = -EIO;
+	close(fd);
+out:
+	free(buf);
+	return r;
+}
+
+int dev_discard(const char *dev, uint64_t off, uint64_t len, int zeroout)
+{
+	uint64_t range[2] = { off, len };
+	int fd, r = 0;
+
+	fd = open(dev, O_WRONLY | O_DIRECT);
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, zeroout ? BLKZEROOUT : BLKDISCARD, range))
+		r = -errno;
+	close(fd);
+	return r;
+}
+
+void extents_add(struct extent_list *l, uint64_t off, uint64_t len)
+{
+	if (l->n && l->v[l->n - 1][0] + l->v[l->n - 1][1] == off) {
+		l->v[l->n - 1][1] += len;
+		return;
+	}
+	if (l->n == l->cap) {
+		l->cap = l->cap ? 2 * l->cap : 64;
+		l->v = realloc(l->v, l->cap * sizeof(*l->v));
+		if (!l->v)
+			abort();
+	}
+	l->v[l->n][0] = off;
+	l->v[l->n][1] = len;
+	l->n++;
+}
+
+static int collect_extent(const struct cbt_extent *ext, void *ctx)
+{
+	struct extent_list *l = ctx;
+
+	/* Not merged: the kernel must already have merged adjacent runs. */
+	if (l->n == l->cap) {
+		l->cap = l->cap ? 2 * l->cap : 64;
+		l->v = realloc(l->v, l->cap * sizeof(*l->v));
+		if (!l->v)
+			return -ENOMEM;
+	}
+	l->v[l->n][0] = ext->offset;
+	l->v[l->n][1] = ext->length;
+	l->n++;
+	return 0;
+}
+
+int extents_read(const char *dev, const char *bitmap, int frozen, struct extent_list *l,
+		 char *err, size_t errlen)
+{
+	struct cbt_err e = { 0 };
+	int r;
+
+	l->n = 0;
+	r = cbt_extents(dev, bitmap, frozen, collect_extent, l, &e);
+	if (r && err)
+		snprintf(err, errlen, "%s", e.msg);
+	return r;
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+	const uint64_t *x = a, *y = b;
+
+	return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+void extents_expected(struct extent_list *l, const uint64_t (*r)[2], size_t n,
+		      uint64_t gran, uint64_t devsize)
+{
+	uint64_t (*c)[2] = calloc(n ? n : 1, sizeof(*c));
+	size_t i;
+
+	l->n = 0;
+	/* Each write widened to whole chunks, clipped to the device. */
+	for (i = 0; i < n; i++) {
+		c[i][0] = r[i][0] / gran * gran;
+		c[i][1] = (r[i][0] + r[i][1] + gran - 1) / gran * gran;
+		if (c[i][1] > devsize)
+			c[i][1] = devsize;
+	}
+	qsort(c, n, sizeof(*c), range_cmp);
+	for (i = 0; i < n; i++) {
+		uint64_t start = c[i][0], end = c[i][1];
+
+		if (l->n) {
+			uint64_t *last = l->v[l->n - 1];
+
+			if (end <= last[0] + last[1])
+				continue;
+			if (start < last[0] + last[1])
+				start = last[0] + last[1];
+		}
+		extents_add(l, start, end - start);
+	}
+	free(c);
+}
+
+int extents_equal(const struct extent_list *a, const struct extent_list *b,
+		  char *why, size_t whylen)
+{
+	size_t i;
+
+	for (i = 0; i < a->n && i < b->n; i++) {
+		if (a->v[i][0] != b->v[i][0] || a->v[i][1] != b->v[i][1]) {
+			snprintf(why, whylen, "extent %zu: %llu+%llu vs %llu+%llu", i,
+				 (unsigned long long)a->v[i][0], (unsigned long long)a->v[i][1],
+				 (unsigned long long)b->v[i][0], (unsigned long long)b->v[i][1]);
+			return 0;
+		}
+	}
+	if (a->n != b->n) {
+		snprintf(why, whylen, "%zu extents vs %zu", a->n, b->n);
+		return 0;
+	}
+	return 1;
+}
+
+void extents_free(struct extent_list *l)
+{
+	free(l->v);
+	l->v = NULL;
+	l->n = l->cap = 0;
 }

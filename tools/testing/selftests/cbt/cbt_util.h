@@ -15,13 +15,47 @@ void loop_destroy(int fd);
 
 /* Creates dm device NAME with one target TYPE PARAMS of LEN sectors; 0 or -errno. */
 int dm_create_one(const char *name, uint64_t len, const char *type, const char *params);
+/* Two targets of LEN sectors each, at 0 and at LEN. */
+int dm_create_two(const char *name, uint64_t len, const char *type1, const char *params1,
+		  const char *type2, const char *params2);
 int dm_remove(const char *name);
+/* Loads an inactive table of one target into NAME; resume makes it live. */
+int dm_reload_one(const char *name, uint64_t len, const char *type, const char *params);
+int dm_suspend(const char *name);
+int dm_resume(const char *name);
 /* Whether NAME exists. */
 int dm_exists(const char *name);
 /* The target's status (INFO) or table line into BUF; 0 or -errno. */
 int dm_status_line(const char *name, int table, char *buf, size_t buflen);
 /* Sends a target message; the answer (if any) into ANSWER; 0 or -errno. */
 int dm_message(const char *name, const char *msg, char *answer, size_t answerlen);
+
+/* O_DIRECT I/O on a block device. */
+/* Writes LEN bytes of BYTE at OFF (both multiples of 512); 0 or -errno. */
+int dev_write(const char *dev, uint64_t off, uint64_t len, int byte);
+/* ioctl BLKDISCARD / BLKZEROOUT over OFF..+LEN; 0 or -errno. */
+int dev_discard(const char *dev, uint64_t off, uint64_t len, int zeroout);
+
+/* A bitmap's extents, read over netlink (libcbt's cbt_extents). */
+struct extent_list {
+	uint64_t (*v)[2];	/* offset, length */
+	size_t n, cap;
+};
+
+int extents_read(const char *dev, const char *bitmap, int frozen, struct extent_list *l,
+		 char *err, size_t errlen);
+/* Appends the extent OFF+LEN, merging it with the last one when adjacent. */
+void extents_add(struct extent_list *l, uint64_t off, uint64_t len);
+/*
+ * The extents a bitmap of granularity GRAN must hold after writes of the
+ * byte ranges R[i][0]+R[i][1] on a device of DEVSIZE bytes.
+ */
+void extents_expected(struct extent_list *l, const uint64_t (*r)[2], size_t n,
+		      uint64_t gran, uint64_t devsize);
+/* Whether A and B are equal; if not, describes the first difference in WHY. */
+int extents_equal(const struct extent_list *a, const struct extent_list *b,
+		  char *why, size_t whylen);
+void extents_free(struct extent_list *l);
 
 /* Kernel log: kmsg_mark() before an operation, kmsg_since() after it. */
 int kmsg_mark(void);

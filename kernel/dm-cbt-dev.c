@@ -1,0 +1,273 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-cbt: per-device tracking state and its registry.
+ *
+ * dm has no place for state that outlives a table instance, and dm-cbt has
+ * no metadata device to keep it in (dm-era and dm-clone do), so the bitmaps
+ * of a dm device live in a cbt_dev found by the device's dev_t. Each cbt
+ * target constructed for the device attaches to it: during a reload the
+ * live and the inactive table are both attached, the resume destroys the
+ * old one and the new one carries on with the same bitmaps. When the last
+ * table goes (the device is removed, or reloaded without a cbt target) the
+ * cbt_dev leaves the registry; netlink readers may hold it a little longer.
+ */
+
+#include <linux/blkdev.h>
+#include <linux/slab.h>
+
+#include "dm-cbt.h"
+
+#define DM_MSG_PREFIX "cbt"
+
+static LIST_HEAD(cbt_devs);
+static DEFINE_MUTEX(cbt_devs_lock);
+
+static void cbt_dev_release(struct kref *kref)
+{
+	struct cbt_dev *cd = container_of(kref, struct cbt_dev, kref);
+	struct cbt_bitmap *bm, *tmp;
+
+	cancel_work_sync(&cd->event_work);
+	/* No table is left, so no bio can reach the bitmaps. */
+	list_for_each_entry_safe(bm, tmp, &cd->bitmaps, list) {
+		list_del(&bm->list);
+		cbt_bitmap_free(bm);
+	}
+	mutex_destroy(&cd->lock);
+	kfree(cd);
+}
+
+/* Reports bitmaps that the I/O path marked inconsistent (it cannot send). */
+static void cbt_dev_event_work(struct work_struct *work)
+{
+	struct cbt_dev *cd = container_of(work, struct cbt_dev, event_work);
+	struct cbt_bitmap *bm;
+
+	mutex_lock(&cd->lock);
+	list_for_each_entry(bm, &cd->bitmaps, list) {
+		if (test_bit(CBT_BM_INCONSISTENT, &bm->flags) &&
+		    !test_and_set_bit(CBT_BM_REPORTED, &bm->flags)) {
+			cbt_event_notify(cd->devt, DM_CBT_EVENT_INCONSISTENT, bm->name,
+					 NULL, GFP_KERNEL);
+		}
+	}
+	mutex_unlock(&cd->lock);
+}
+
+static struct cbt_dev *__cbt_dev_lookup(dev_t devt)
+{
+	struct cbt_dev *cd;
+
+	list_for_each_entry(cd, &cbt_devs, node)
+		if (cd->devt == devt)
+			return cd;
+	return NULL;
+}
+
+/*
+ * Constructor: attaches CC to its device's state, creating it for a new
+ * device. One cbt target per table: the bitmaps cover one target.
+ */
+int cbt_dev_attach(struct cbt_c *cc)
+{
+	struct dm_target *ti = cc->ti;
+	dev_t devt = disk_devt(dm_disk(dm_table_get_md(ti->table)));
+	struct cbt_dev *cd;
+	struct cbt_c *other;
+	int r = 0;
+
+	mutex_lock(&cbt_devs_lock);
+	cd = __cbt_dev_lookup(devt);
+	if (cd) {
+		list_for_each_entry(other, &cd->targets, node) {
+			if (other->ti->table == ti->table) {
+				ti->error = "Only one cbt target per device";
+				r = -EINVAL;
+				goto out;
+			}
+		}
+		kref_get(&cd->kref);
+	} else {
+		cd = kzalloc(sizeof(*cd), GFP_KERNEL);
+		if (!cd) {
+			ti->error = "Cannot allocate cbt device state";
+			r = -ENOMEM;
+			goto out;
+		}
+		cd->devt = devt;
+		kref_init(&cd->kref);
+		INIT_LIST_HEAD(&cd->targets);
+		INIT_LIST_HEAD(&cd->bitmaps);
+		mutex_init(&cd->lock);
+		INIT_WORK(&cd->event_work, cbt_dev_event_work);
+		cd->len = ti->len;
+		list_add(&cd->node, &cbt_devs);
+	}
+	list_add(&cc->node, &cd->targets);
+	cc->cdev = cd;
+out:
+	mutex_unlock(&cbt_devs_lock);
+	return r;
+}
+
+void cbt_dev_detach(struct cbt_c *cc)
+{
+	struct cbt_dev *cd = cc->cdev;
+
+	mutex_lock(&cbt_devs_lock);
+	list_del(&cc->node);
+	/* The last table is gone: a new device with this dev_t starts afresh. */
+	if (list_empty(&cd->targets))
+		list_del_init(&cd->node);
+	mutex_unlock(&cbt_devs_lock);
+	cbt_dev_put(cd);
+}
+
+/* Netlink readers: the state of the device DEVT, referenced, or NULL. */
+struct cbt_dev *cbt_dev_get(dev_t devt)
+{
+	struct cbt_dev *cd;
+
+	mutex_lock(&cbt_devs_lock);
+	cd = __cbt_dev_lookup(devt);
+	if (cd)
+		kref_get(&cd->kref);
+	mutex_unlock(&cbt_devs_lock);
+	return cd;
+}
+
+void cbt_dev_put(struct cbt_dev *cd)
+{
+	kref_put(&cd->kref, cbt_dev_release);
+}
+
+struct cbt_bitmap *__cbt_dev_find(struct cbt_dev *cd, const char *name)
+{
+	struct cbt_bitmap *bm;
+
+	lockdep_assert_held(&cd->lock);
+	list_for_each_entry(bm, &cd->bitmaps, list)
+		if (!strcmp(bm->name, name))
+			return bm;
+	return NULL;
+}
+
+/* I/O path: marks SECTOR..+NR_SECTORS dirty in every recording bitmap. */
+void cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors)
+{
+	struct cbt_bitmap *bm;
+	bool inconsistent = false;
+
+	rcu_read_lock();
+	list_for_each_entry_rcu(bm, &cd->bitmaps, list) {
+		if (!test_bit(CBT_BM_RECORDING, &bm->flags))
+			continue;
+		cbt_bitmap_record(bm, sector, nr_sectors);
+		if (unlikely(test_bit(CBT_BM_INCONSISTENT, &bm->flags) &&
+			     !test_bit(CBT_BM_REPORTED, &bm->flags)))
+			inconsistent = true;
+	}
+	rcu_read_unlock();
+	if (unlikely(inconsistent))
+		schedule_work(&cd->event_work);
+}
+
+/* A copy of OLD for a device of LEN sectors; the tail beyond it is dropped. */
+static struct cbt_bits *cbt_bits_resized(const struct cbt_bits *old,
+					 unsigned int chunk_shift, sector_t len)
+{
+	struct cbt_bits *bits = cbt_bits_alloc(chunk_shift, len);
+
+	if (bits)
+		cbt_bits_or(bits, old);
+	return bits;
+}
+
+struct cbt_resize {
+	struct cbt_bits *live;
+	struct cbt_bits *frozen;
+};
+
+/*
+ * Preresume: fits every bitmap (and frozen copy) to LEN sectors. All new
+ * arrays are allocated first, so -ENOMEM changes nothing. The device is
+ * suspended, but a writer that still holds the old live array would not be
+ * lost either: after the grace period the old array is ORed in again.
+ */
+int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
+{
+	struct cbt_resize *rs;
+	struct cbt_bitmap *bm;
+	unsigned int i;
+	int r = 0;
+
+	mutex_lock(&cd->lock);
+	if (len == cd->len)
+		goto out;
+	rs = kcalloc(max(cd->nr_bitmaps, 1U), sizeof(*rs), GFP_KERNEL);
+	if (!rs) {
+		r = -ENOMEM;
+		goto out;
+	}
+	i = 0;
+	list_for_each_entry(bm, &cd->bitmaps, list) {
+		rs[i].live = cbt_bits_resized(__cbt_bitmap_live(bm, cd), bm->chunk_shift, len);
+		if (bm->frozen)
+			rs[i].frozen = cbt_bits_resized(bm->frozen, bm->chunk_shift, len);
+		if (!rs[i].live || (bm->frozen && !rs[i].frozen)) {
+			r = -ENOMEM;
+			i++;
+			goto free_new;
+		}
+		i++;
+	}
+	i = 0;
+	list_for_each_entry(bm, &cd->bitmaps, list) {
+		struct cbt_bits *old = __cbt_bitmap_live(bm, cd);
+
+		rcu_assign_pointer(bm->live, rs[i].live);
+		rs[i].live = old;
+		if (bm->frozen)
+			swap(bm->frozen, rs[i].frozen);
+		i++;
+	}
+	synchronize_rcu();
+	i = 0;
+	list_for_each_entry(bm, &cd->bitmaps, list) {
+		cbt_bits_or(__cbt_bitmap_live(bm, cd), rs[i].live);
+		i++;
+	}
+	cd->len = len;
+	i = cd->nr_bitmaps;
+free_new:
+	while (i--) {
+		kvfree(rs[i].live);
+		kvfree(rs[i].frozen);
+	}
+	kfree(rs);
+out:
+	mutex_unlock(&cd->lock);
+	return r;
+}
+
+/* The status line's numbers. */
+void cbt_dev_counts(struct cbt_dev *cd, unsigned int *nr_bitmaps,
+		    unsigned int *nr_recording, unsigned int *nr_frozen,
+		    unsigned int *nr_inconsistent)
+{
+	struct cbt_bitmap *bm;
+
+	*nr_bitmaps = 0;
+	*nr_recording = 0;
+	*nr_frozen = 0;
+	*nr_inconsistent = 0;
+	/* Status may be asked for in any context dm allows: read under RCU. */
+	rcu_read_lock();
+	list_for_each_entry_rcu(bm, &cd->bitmaps, list) {
+		(*nr_bitmaps)++;
+		*nr_recording += test_bit(CBT_BM_RECORDING, &bm->flags);
+		*nr_frozen += !!READ_ONCE(bm->frozen);
+		*nr_inconsistent += test_bit(CBT_BM_INCONSISTENT, &bm->flags);
+	}
+	rcu_read_unlock();
+}

@@ -1,0 +1,479 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-cbt: the "bitmap ..." target messages.
+ *
+ * Every message is parsed completely, and its arguments copied, before any
+ * state changes or any answer is written: on 6.1 the answer buffer overlaps
+ * the argument strings, and a refused message must change nothing.
+ */
+
+#include <linux/ctype.h>
+#include <linux/kernel.h>
+#include <linux/log2.h>
+#include <linux/mm.h>
+#include <linux/string.h>
+
+#include "dm-cbt.h"
+
+#define DM_MSG_PREFIX "cbt"
+
+/* A parsed message: everything the action needs, copied out of argv. */
+struct cbt_msg {
+	char name[DM_CBT_NAME_MAX + 1];
+	char arg[DM_CBT_NAME_MAX + 1];	/* merge: SRC; freeze/commit/abort: TOKEN */
+	unsigned int chunk_shift;
+	bool disabled;
+	bool force;			/* abort NAME force */
+	bool all;			/* list, or info without a name */
+};
+
+struct cbt_bitmap_cmd {
+	const char *name;
+	unsigned int min_args;		/* after the command word */
+	unsigned int max_args;
+	int (*parse)(struct cbt_msg *m, unsigned int argc, char **argv);
+	int (*run)(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen);
+};
+
+/* 1-63 characters of [A-Za-z0-9_.-]. */
+static bool cbt_valid_name(const char *s)
+{
+	size_t i;
+
+	for (i = 0; s[i]; i++)
+		if (i == DM_CBT_NAME_MAX ||
+		    (!isalnum(s[i]) && s[i] != '_' && s[i] != '.' && s[i] != '-'))
+			return false;
+	return i > 0;
+}
+
+static int cbt_copy_name(char *dst, const char *s, const char *what)
+{
+	if (!cbt_valid_name(s)) {
+		DMERR("invalid %s '%s': 1-%d characters of A-Z a-z 0-9 _ . - expected",
+		      what, s, DM_CBT_NAME_MAX);
+		return -EINVAL;
+	}
+	strscpy(dst, s, DM_CBT_NAME_MAX + 1);
+	return 0;
+}
+
+/* A decimal number with nothing before or after it. */
+static int cbt_parse_u64(const char *s, u64 *v)
+{
+	unsigned long long n;
+	char dummy;
+
+	if (!isdigit(*s) || sscanf(s, "%llu%c", &n, &dummy) != 1)
+		return -EINVAL;
+	*v = n;
+	return 0;
+}
+
+static int parse_name(struct cbt_msg *m, unsigned int argc, char **argv)
+{
+	return cbt_copy_name(m->name, argv[0], "bitmap name");
+}
+
+/* add NAME [granularity=BYTES] [disabled] */
+static int parse_add(struct cbt_msg *m, unsigned int argc, char **argv)
+{
+	static const char gran[] = "granularity=";
+	bool have_gran = false;
+	unsigned int i;
+	u64 bytes;
+	int r;
+
+	r = parse_name(m, argc, argv);
+	if (r)
+		return r;
+	m->chunk_shift = ilog2(DM_CBT_GRANULARITY_DEFAULT >> SECTOR_SHIFT);
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "disabled") && !m->disabled) {
+			m->disabled = true;
+		} else if (!strncmp(argv[i], gran, sizeof(gran) - 1) && !have_gran) {
+			if (cbt_parse_u64(argv[i] + sizeof(gran) - 1, &bytes) ||
+			    bytes < DM_CBT_GRANULARITY_MIN || bytes > DM_CBT_GRANULARITY_MAX ||
+			    !is_power_of_2(bytes)) {
+				DMERR("invalid granularity '%s': not a power of two in %u..%u",
+				      argv[i] + sizeof(gran) - 1, DM_CBT_GRANULARITY_MIN,
+				      DM_CBT_GRANULARITY_MAX);
+				return -EINVAL;
+			}
+			m->chunk_shift = ilog2(bytes >> SECTOR_SHIFT);
+			have_gran = true;
+		} else {
+			DMERR("bitmap add: unexpected or repeated argument '%s'", argv[i]);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* merge DST SRC */
+static int parse_merge(struct cbt_msg *m, unsigned int argc, char **argv)
+{
+	int r = cbt_copy_name(m->name, argv[0], "bitmap name");
+
+	if (!r)
+		r = cbt_copy_name(m->arg, argv[1], "bitmap name");
+	if (!r && !strcmp(m->name, m->arg)) {
+		DMERR("bitmap merge: a bitmap cannot be merged into itself");
+		r = -EINVAL;
+	}
+	return r;
+}
+
+/* freeze|commit NAME TOKEN; "force" is kept for abort. */
+static int parse_token(struct cbt_msg *m, unsigned int argc, char **argv)
+{
+	int r = cbt_copy_name(m->name, argv[0], "bitmap name");
+
+	if (!r)
+		r = cbt_copy_name(m->arg, argv[1], "token");
+	if (!r && !strcmp(m->arg, "force")) {
+		DMERR("'force' is reserved and cannot be a token");
+		r = -EINVAL;
+	}
+	return r;
+}
+
+/* abort NAME TOKEN|force */
+static int parse_abort(struct cbt_msg *m, unsigned int argc, char **argv)
+{
+	if (!strcmp(argv[1], "force")) {
+		m->force = true;
+		return cbt_copy_name(m->name, argv[0], "bitmap name");
+	}
+	return parse_token(m, argc, argv);
+}
+
+/* list, info [NAME] */
+static int parse_info(struct cbt_msg *m, unsigned int argc, char **argv)
+{
+	if (!argc) {
+		m->all = true;
+		return 0;
+	}
+	return parse_name(m, argc, argv);
+}
+
+/* The named bitmap, or NULL after saying it does not exist. */
+static struct cbt_bitmap *cbt_find(struct cbt_dev *cd, const char *name)
+{
+	struct cbt_bitmap *bm = __cbt_dev_find(cd, name);
+
+	if (!bm)
+		DMERR("no bitmap '%s'", name);
+	return bm;
+}
+
+static bool cbt_busy(struct cbt_bitmap *bm, const char *what)
+{
+	if (!bm->frozen)
+		return false;
+	DMERR("bitmap '%s' is frozen (busy): commit or abort it before %s", bm->name, what);
+	return true;
+}
+
+static int run_add(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	struct cbt_bitmap *bm;
+	int r = 0;
+
+	mutex_lock(&cd->lock);
+	if (__cbt_dev_find(cd, m->name)) {
+		DMERR("bitmap '%s' exists", m->name);
+		r = -EEXIST;
+	} else if (cd->nr_bitmaps >= DM_CBT_MAX_BITMAPS) {
+		DMERR("cannot add '%s': a device has at most %d bitmaps", m->name,
+		      DM_CBT_MAX_BITMAPS);
+		r = -ENOSPC;
+	} else {
+		bm = cbt_bitmap_alloc(m->name, m->chunk_shift, cd->len, !m->disabled);
+		if (bm) {
+			list_add_tail_rcu(&bm->list, &cd->bitmaps);
+			cd->nr_bitmaps++;
+		} else {
+			DMERR("cannot allocate bitmap '%s'", m->name);
+			r = -ENOMEM;
+		}
+	}
+	mutex_unlock(&cd->lock);
+	return r;
+}
+
+static int run_remove(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	struct cbt_bitmap *bm;
+	int r = -ENOENT;
+
+	mutex_lock(&cd->lock);
+	bm = cbt_find(cd, m->name);
+	if (bm && cbt_busy(bm, "removing it")) {
+		r = -EBUSY;
+	} else if (bm) {
+		list_del_rcu(&bm->list);
+		cd->nr_bitmaps--;
+		r = 0;
+	}
+	mutex_unlock(&cd->lock);
+	if (!r) {
+		synchronize_rcu();
+		cbt_bitmap_free(bm);
+	}
+	return r;
+}
+
+static int run_clear(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	struct cbt_bitmap *bm;
+	int r = -ENOENT;
+
+	mutex_lock(&cd->lock);
+	bm = cbt_find(cd, m->name);
+	if (bm && cbt_busy(bm, "clearing it")) {
+		r = -EBUSY;
+	} else if (bm) {
+		cbt_bits_zero(__cbt_bitmap_live(bm, cd));
+		r = 0;
+	}
+	mutex_unlock(&cd->lock);
+	return r;
+}
+
+static int cbt_set_recording(struct cbt_dev *cd, struct cbt_msg *m, bool recording)
+{
+	struct cbt_bitmap *bm;
+	int r = -ENOENT;
+
+	mutex_lock(&cd->lock);
+	bm = cbt_find(cd, m->name);
+	if (bm) {
+		if (recording)
+			set_bit(CBT_BM_RECORDING, &bm->flags);
+		else
+			clear_bit(CBT_BM_RECORDING, &bm->flags);
+		r = 0;
+	}
+	mutex_unlock(&cd->lock);
+	return r;
+}
+
+static int run_enable(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	return cbt_set_recording(cd, m, true);
+}
+
+static int run_disable(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	return cbt_set_recording(cd, m, false);
+}
+
+static int run_merge(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	struct cbt_bitmap *dst, *src;
+	int r = -ENOENT;
+
+	mutex_lock(&cd->lock);
+	dst = cbt_find(cd, m->name);
+	src = dst ? cbt_find(cd, m->arg) : NULL;
+	if (src && (cbt_busy(dst, "merging into it") || cbt_busy(src, "merging from it"))) {
+		r = -EBUSY;
+	} else if (src) {
+		cbt_bits_merge(__cbt_bitmap_live(dst, cd), dst->chunk_shift,
+			       __cbt_bitmap_live(src, cd), src->chunk_shift);
+		r = 0;
+	}
+	mutex_unlock(&cd->lock);
+	return r;
+}
+
+/*
+ * Freeze: the live array becomes the frozen copy and a fresh successor
+ * takes its place. A writer that loaded the old pointer just before the
+ * swap may still set its bit in the frozen copy; the grace period waits
+ * for every such writer, so when the message returns the frozen copy is
+ * final and every later write lands in the successor. Either way no write
+ * is lost: it is in the frozen copy or in the successor.
+ */
+static int run_freeze(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	struct cbt_bitmap *bm;
+	struct cbt_bits *successor;
+	int r = -ENOENT;
+
+	mutex_lock(&cd->lock);
+	bm = cbt_find(cd, m->name);
+	if (bm && cbt_busy(bm, "freezing it again")) {
+		r = -EBUSY;
+	} else if (bm) {
+		successor = cbt_bits_alloc(bm->chunk_shift, cd->len);
+		if (successor) {
+			bm->frozen = __cbt_bitmap_live(bm, cd);
+			rcu_assign_pointer(bm->live, successor);
+			strscpy(bm->token, m->arg, sizeof(bm->token));
+			synchronize_rcu();
+			r = 0;
+		} else {
+			DMERR("cannot allocate the successor of bitmap '%s'", m->name);
+			r = -ENOMEM;
+		}
+	}
+	mutex_unlock(&cd->lock);
+	if (!r)
+		cbt_event_notify(cd->devt, DM_CBT_EVENT_FREEZE, m->name, m->arg, GFP_KERNEL);
+	return r;
+}
+
+/* The frozen bitmap M names, with M's token (or force) matching. */
+static struct cbt_bitmap *cbt_find_frozen(struct cbt_dev *cd, struct cbt_msg *m,
+					  int *r)
+{
+	struct cbt_bitmap *bm = cbt_find(cd, m->name);
+
+	*r = -ENOENT;
+	if (!bm)
+		return NULL;
+	*r = -EINVAL;
+	if (!bm->frozen) {
+		DMERR("bitmap '%s' is not frozen", m->name);
+		return NULL;
+	}
+	if (!m->force && strcmp(bm->token, m->arg)) {
+		DMERR("bitmap '%s' was frozen with another token", m->name);
+		return NULL;
+	}
+	*r = 0;
+	return bm;
+}
+
+/* Commit: the backup has the frozen content; drop it. */
+static int run_commit(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	struct cbt_bitmap *bm;
+	int r;
+
+	mutex_lock(&cd->lock);
+	bm = cbt_find_frozen(cd, m, &r);
+	if (bm) {
+		/* Freeze waited for the last writer of the frozen copy. */
+		kvfree(bm->frozen);
+		bm->frozen = NULL;
+		bm->token[0] = '\0';
+	}
+	mutex_unlock(&cd->lock);
+	if (!r)
+		cbt_event_notify(cd->devt, DM_CBT_EVENT_COMMIT, m->name, m->arg, GFP_KERNEL);
+	return r;
+}
+
+/* Abort: the backup failed; the frozen content goes back into the live bitmap. */
+static int run_abort(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	struct cbt_bitmap *bm;
+	int r;
+
+	mutex_lock(&cd->lock);
+	bm = cbt_find_frozen(cd, m, &r);
+	if (bm) {
+		strscpy(m->arg, bm->token, sizeof(m->arg));
+		cbt_bits_or(__cbt_bitmap_live(bm, cd), bm->frozen);
+		kvfree(bm->frozen);
+		bm->frozen = NULL;
+		bm->token[0] = '\0';
+	}
+	mutex_unlock(&cd->lock);
+	if (!r)
+		cbt_event_notify(cd->devt, DM_CBT_EVENT_ABORT, m->name, m->arg, GFP_KERNEL);
+	return r;
+}
+
+/*
+ * One line per bitmap:
+ *   NAME granularity=BYTES count=BYTES recording=0|1 busy=0|1 persistent=0
+ *   inconsistent=0|1 frozen=BYTES token=TOKEN|-
+ */
+static unsigned int cbt_emit_bitmap(struct cbt_dev *cd, struct cbt_bitmap *bm,
+				    char *result, unsigned int maxlen, unsigned int sz)
+{
+	u64 frozen = 0;
+
+	if (bm->frozen)
+		frozen = cbt_bits_count(bm->frozen, bm->chunk_shift, cd->len);
+	DMEMIT("%s granularity=%llu count=%llu", bm->name,
+	       (unsigned long long)(1ULL << (bm->chunk_shift + SECTOR_SHIFT)),
+	       cbt_bits_count(__cbt_bitmap_live(bm, cd), bm->chunk_shift, cd->len));
+	DMEMIT(" recording=%d busy=%d persistent=0 inconsistent=%d",
+	       test_bit(CBT_BM_RECORDING, &bm->flags), !!bm->frozen,
+	       test_bit(CBT_BM_INCONSISTENT, &bm->flags));
+	DMEMIT(" frozen=%llu token=%s\n", frozen, bm->frozen ? bm->token : "-");
+	return sz;
+}
+
+static int run_info(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
+{
+	struct cbt_bitmap *bm;
+	unsigned int sz = 0;
+	int r = 1;
+
+	mutex_lock(&cd->lock);
+	if (m->all) {
+		result[0] = '\0';
+		list_for_each_entry(bm, &cd->bitmaps, list)
+			sz = cbt_emit_bitmap(cd, bm, result, maxlen, sz);
+	} else {
+		bm = cbt_find(cd, m->name);
+		if (bm)
+			cbt_emit_bitmap(cd, bm, result, maxlen, 0);
+		else
+			r = -ENOENT;
+	}
+	mutex_unlock(&cd->lock);
+	return r;
+}
+
+static const struct cbt_bitmap_cmd cbt_bitmap_cmds[] = {
+	{ "add", 1, 3, parse_add, run_add },
+	{ "remove", 1, 1, parse_name, run_remove },
+	{ "clear", 1, 1, parse_name, run_clear },
+	{ "enable", 1, 1, parse_name, run_enable },
+	{ "disable", 1, 1, parse_name, run_disable },
+	{ "merge", 2, 2, parse_merge, run_merge },
+	{ "freeze", 2, 2, parse_token, run_freeze },
+	{ "commit", 2, 2, parse_token, run_commit },
+	{ "abort", 2, 2, parse_abort, run_abort },
+	{ "list", 0, 0, parse_info, run_info },
+	{ "info", 0, 1, parse_info, run_info },
+};
+
+/* "bitmap <command> <args>": ARGV starts at the command word. */
+int cbt_bitmap_message(struct cbt_dev *cd, unsigned int argc, char **argv,
+		       char *result, unsigned int maxlen)
+{
+	const struct cbt_bitmap_cmd *cmd = NULL;
+	struct cbt_msg m = { };
+	unsigned int i;
+	int r;
+
+	if (!argc) {
+		DMERR("bitmap: missing command");
+		return -EINVAL;
+	}
+	for (i = 0; i < ARRAY_SIZE(cbt_bitmap_cmds); i++)
+		if (!strcmp(argv[0], cbt_bitmap_cmds[i].name))
+			cmd = &cbt_bitmap_cmds[i];
+	if (!cmd) {
+		DMERR("unrecognised bitmap command '%s'", argv[0]);
+		return -EINVAL;
+	}
+	if (argc - 1 < cmd->min_args || argc - 1 > cmd->max_args) {
+		DMERR("bitmap %s: wrong number of arguments (%u)", cmd->name, argc - 1);
+		return -EINVAL;
+	}
+	r = cmd->parse(&m, argc - 1, argv + 1);
+	if (r)
+		return r;
+	/* From here on argv is not read: the answer may overwrite it. */
+	return cmd->run(cd, &m, result, maxlen);
+}

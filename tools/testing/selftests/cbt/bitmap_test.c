@@ -1,0 +1,682 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Dirty bitmaps of the cbt target: what the "bitmap ..." messages report
+ * after known writes, what the netlink dump returns, how freeze, commit
+ * and abort move bits, refusals that change nothing, resize, and the life
+ * of bitmaps across suspend, reload and removal.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <linux/loop.h>
+#include <linux/dm-cbt.h>
+#include <netlink/netlink.h>
+#include <netlink/genl/genl.h>
+#include <netlink/genl/ctrl.h>
+
+#include "kselftest_harness.h"
+#include "cbt_util.h"
+
+#define MiB (1ULL << 20)
+#define KiB (1ULL << 10)
+#define DEV_SIZE (64 * MiB)
+#define DEV_SECTORS (DEV_SIZE / 512)
+
+/* The example: 512 B at 0, 256 KiB at 16 MiB, 64 KiB at 32736 KiB. */
+static const uint64_t example_writes[][2] = {
+	{ 0, 512 }, { 16 * MiB, 256 * KiB }, { 32736 * KiB, 64 * KiB },
+};
+
+FIXTURE(bitmap)
+{
+	char dir[64];
+	char file[96];
+	char loop[32];
+	char name[64];
+	char dev[96];
+	int loopfd;
+};
+
+FIXTURE_SETUP(bitmap)
+{
+	if (geteuid())
+		SKIP(return, "must run as root");
+	snprintf(self->dir, sizeof(self->dir), "/tmp/cbt-bitmap.XXXXXX");
+	ASSERT_NE(NULL, mkdtemp(self->dir));
+	snprintf(self->file, sizeof(self->file), "%s/backing", self->dir);
+	ASSERT_EQ(0, loop_create(self->file, DEV_SIZE, self->loop, sizeof(self->loop),
+				 &self->loopfd));
+	snprintf(self->name, sizeof(self->name), "cbt-bitmap-%d", getpid());
+	snprintf(self->dev, sizeof(self->dev), "/dev/mapper/%s", self->name);
+	ASSERT_EQ(0, dm_create_one(self->name, DEV_SECTORS, "cbt", self->loop));
+}
+
+FIXTURE_TEARDOWN(bitmap)
+{
+	if (dm_exists(self->name))
+		dm_remove(self->name);
+	loop_destroy(self->loopfd);
+	unlink(self->file);
+	rmdir(self->dir);
+}
+
+typedef struct _test_data_bitmap bitmap_t;
+
+/* Sends a formatted message; 0 or -errno. */
+static int __attribute__((format(printf, 2, 3))) msg(bitmap_t *self, const char *fmt, ...)
+{
+	char m[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(m, sizeof(m), fmt, ap);
+	va_end(ap);
+	return dm_message(self->name, m, NULL, 0);
+}
+
+/* The "bitmap list" answer (every bitmap's detail line). */
+static int list(bitmap_t *self, char *buf, size_t len)
+{
+	return dm_message(self->name, "bitmap list", buf, len);
+}
+
+/* A KEY=value field of bitmap NAME's detail line; ~0 when missing. */
+static uint64_t field(bitmap_t *self, const char *name, const char *key)
+{
+	char m[128], line[512], k[64], *p;
+
+	snprintf(m, sizeof(m), "bitmap info %s", name);
+	if (dm_message(self->name, m, line, sizeof(line)))
+		return ~0ULL;
+	snprintf(k, sizeof(k), " %s=", key);
+	p = strstr(line, k);
+	return p ? strtoull(p + strlen(k), NULL, 0) : ~0ULL;
+}
+
+static const char *token(bitmap_t *self, const char *name, char *buf, size_t len)
+{
+	char m[128], line[512], *p;
+
+	snprintf(m, sizeof(m), "bitmap info %s", name);
+	buf[0] = '\0';
+	if (dm_message(self->name, m, line, sizeof(line)))
+		return buf;
+	p = strstr(line, " token=");
+	if (p)
+		sscanf(p + 7, "%63s", buf);
+	return buf;
+}
+
+static int write_all(bitmap_t *self, const uint64_t (*w)[2], size_t n)
+{
+	size_t i;
+	int r;
+
+	for (i = 0; i < n; i++) {
+		r = dev_write(self->dev, w[i][0], w[i][1], 0x5a + (int)i);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/* Asserts that bitmap NAME's COPY (0 live, 1 frozen) holds exactly WRITES at GRAN. */
+#define ASSERT_EXTENTS(self, bm, frozen, writes, n, gran, devsize) do {			\
+	struct extent_list _got = { 0 }, _want = { 0 };					\
+	char _why[256] = "";								\
+	ASSERT_EQ(0, extents_read((self)->dev, bm, frozen, &_got, _why, sizeof(_why)))	\
+		TH_LOG("netlink: %s", _why);						\
+	extents_expected(&_want, writes, n, gran, devsize);				\
+	EXPECT_TRUE(extents_equal(&_got, &_want, _why, sizeof(_why)))			\
+		TH_LOG("%s %s extents: %s", bm, (frozen) ? "frozen" : "live", _why);	\
+	extents_free(&_got);								\
+	extents_free(&_want);								\
+} while (0)
+
+#define NWRITES(w) (sizeof(w) / sizeof((w)[0]))
+
+TEST_F(bitmap, counts_by_granularity)
+{
+	static const struct { const char *name; uint64_t gran, count; } bms[] = {
+		{ "g32k", 32 * KiB, 360448 },
+		{ "g64k", 64 * KiB, 458752 },
+		{ "g128k", 128 * KiB, 655360 },
+		{ "g512", 512, 512 + 256 * KiB + 64 * KiB },
+		/* One chunk, clipped to the 64 MiB device. */
+		{ "g1g", 1ULL << 30, DEV_SIZE },
+	};
+	size_t i;
+
+	for (i = 0; i < NWRITES(bms); i++) {
+		ASSERT_EQ(0, msg(self, "bitmap add %s granularity=%llu", bms[i].name,
+				 (unsigned long long)bms[i].gran));
+		EXPECT_EQ(0, field(self, bms[i].name, "count"));
+	}
+	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
+	for (i = 0; i < NWRITES(bms); i++) {
+		EXPECT_EQ(bms[i].gran, field(self, bms[i].name, "granularity"));
+		EXPECT_EQ(bms[i].count, field(self, bms[i].name, "count"))
+			TH_LOG("bitmap %s", bms[i].name);
+		ASSERT_EXTENTS(self, bms[i].name, 0, example_writes, NWRITES(example_writes),
+			       bms[i].gran, DEV_SIZE);
+	}
+}
+
+TEST_F(bitmap, detail_and_status)
+{
+	char line[512], tok[64];
+
+	ASSERT_EQ(0, msg(self, "bitmap add plain"));
+	ASSERT_EQ(0, msg(self, "bitmap add off disabled granularity=4096"));
+	ASSERT_EQ(0, dm_message(self->name, "bitmap info plain", line, sizeof(line)));
+	EXPECT_STREQ("plain granularity=65536 count=0 recording=1 busy=0 persistent=0 "
+		     "inconsistent=0 frozen=0 token=-\n", line);
+	EXPECT_EQ(4096, field(self, "off", "granularity"));
+	EXPECT_EQ(0, field(self, "off", "recording"));
+	/* A disabled bitmap records nothing. */
+	ASSERT_EQ(0, dev_write(self->dev, 0, 4096, 1));
+	EXPECT_EQ(0, field(self, "off", "count"));
+	EXPECT_EQ(65536, field(self, "plain", "count"));
+	ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
+	EXPECT_STREQ("2 1 0 0", line);
+	ASSERT_EQ(0, msg(self, "bitmap freeze plain backup-1.a_b"));
+	EXPECT_STREQ("backup-1.a_b", token(self, "plain", tok, sizeof(tok)));
+	ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
+	EXPECT_STREQ("2 1 1 0", line);
+	ASSERT_EQ(0, list(self, line, sizeof(line)));
+	EXPECT_NE(NULL, strstr(line, "plain granularity=65536 count=0 recording=1 busy=1 "
+			       "persistent=0 inconsistent=0 frozen=65536 token=backup-1.a_b\n"))
+		TH_LOG("list: %s", line);
+	EXPECT_NE(NULL, strstr(line, "\noff granularity=4096 ")) TH_LOG("list: %s", line);
+}
+
+TEST_F(bitmap, bad_messages_change_nothing)
+{
+	static const char *const bad[] = {
+		"bitmap",
+		"bitmap bogus x",
+		"bitmap add",
+		"bitmap add bad!name",
+		"bitmap add a/b",
+		"bitmap add 0123456789012345678901234567890123456789012345678901234567890123",
+		"bitmap add b",
+		"bitmap add c granularity=1000",
+		"bitmap add c granularity=256",
+		"bitmap add c granularity=2147483648",
+		"bitmap add c granularity=0",
+		"bitmap add c granularity=-65536",
+		"bitmap add c granularity=+65536",
+		"bitmap add c granularity=65536x",
+		"bitmap add c granularity=0x10000",
+		"bitmap add c granularity=",
+		"bitmap add c granularity=18446744073709551616",
+		"bitmap add c granularity=65536 granularity=65536",
+		"bitmap add c disabled disabled",
+		"bitmap add c foo",
+		"bitmap add c Disabled",
+		"bitmap add c granularity=65536 disabled extra",
+		"bitmap remove",
+		"bitmap remove nosuch",
+		"bitmap remove a",
+		"bitmap remove b extra",
+		"bitmap clear",
+		"bitmap clear nosuch",
+		"bitmap clear a",
+		"bitmap enable",
+		"bitmap enable nosuch",
+		"bitmap disable nosuch",
+		"bitmap disable b extra",
+		"bitmap merge b",
+		"bitmap merge b b",
+		"bitmap merge b nosuch",
+		"bitmap merge nosuch b",
+		"bitmap merge a b",
+		"bitmap merge b a",
+		"bitmap merge b d extra",
+		"bitmap freeze b",
+		"bitmap freeze b force",
+		"bitmap freeze b bad!token",
+		"bitmap freeze a t2",
+		"bitmap freeze nosuch t",
+		"bitmap freeze b t extra",
+		"bitmap commit a",
+		"bitmap commit a wrong",
+		"bitmap commit a force",
+		"bitmap commit b t",
+		"bitmap commit nosuch t",
+		"bitmap abort a",
+		"bitmap abort a wrong",
+		"bitmap abort b force",
+		"bitmap abort b t",
+		"bitmap abort nosuch force",
+		"bitmap abort a t extra",
+		"bitmap info nosuch",
+		"bitmap info a b",
+		"bitmap info bad!name",
+		"bitmap list x",
+		"Bitmap list",
+	};
+	char before[4096], after[4096], status_before[128], status_after[128], log[4096];
+	size_t i;
+	int mark, r;
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, msg(self, "bitmap add b granularity=4096"));
+	ASSERT_EQ(0, msg(self, "bitmap add d disabled"));
+	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t"));
+	ASSERT_EQ(0, dev_write(self->dev, 40 * MiB, 4096, 7));
+	ASSERT_EQ(0, list(self, before, sizeof(before)));
+	ASSERT_EQ(0, dm_status_line(self->name, 0, status_before, sizeof(status_before)));
+
+	for (i = 0; i < NWRITES(bad); i++) {
+		log[0] = '\0';
+		mark = kmsg_mark();
+		r = dm_message(self->name, bad[i], NULL, 0);
+		kmsg_since(mark, log, sizeof(log));
+		EXPECT_NE(0, r) TH_LOG("'%s' was accepted", bad[i]);
+		EXPECT_NE(NULL, strstr(log, "cbt: ")) TH_LOG("'%s': no reason logged", bad[i]);
+		ASSERT_EQ(0, list(self, after, sizeof(after)));
+		EXPECT_STREQ(before, after) TH_LOG("'%s' changed the bitmaps", bad[i]);
+		ASSERT_EQ(0, dm_status_line(self->name, 0, status_after, sizeof(status_after)));
+		EXPECT_STREQ(status_before, status_after);
+	}
+}
+
+TEST_F(bitmap, at_most_64_bitmaps)
+{
+	char before[16384], after[16384];
+	int i;
+
+	for (i = 0; i < 64; i++)
+		ASSERT_EQ(0, msg(self, "bitmap add bm%d granularity=%d", i, 512 << (i % 22)));
+	ASSERT_EQ(0, list(self, before, sizeof(before)));
+	EXPECT_EQ(-ENOSPC, msg(self, "bitmap add one-more"));
+	ASSERT_EQ(0, list(self, after, sizeof(after)));
+	EXPECT_STREQ(before, after);
+	/* The list answer holds all 64 lines. */
+	EXPECT_NE(NULL, strstr(after, "\nbm63 granularity=")) TH_LOG("list: %.200s...", after);
+	ASSERT_EQ(0, msg(self, "bitmap remove bm0"));
+	EXPECT_EQ(0, msg(self, "bitmap add one-more"));
+}
+
+TEST_F(bitmap, freeze_then_commit)
+{
+	static const uint64_t during[][2] = { { 1 * MiB, 4096 }, { 60 * MiB, 128 * KiB } };
+	char tok[64];
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a backup1"));
+	EXPECT_EQ(1, field(self, "a", "busy"));
+	EXPECT_EQ(458752, field(self, "a", "frozen"));
+	EXPECT_EQ(0, field(self, "a", "count"));
+	/* Writes during the freeze land in the successor only. */
+	ASSERT_EQ(0, write_all(self, during, NWRITES(during)));
+	EXPECT_EQ(458752, field(self, "a", "frozen"));
+	EXPECT_EQ(64 * KiB + 128 * KiB, field(self, "a", "count"));
+	ASSERT_EXTENTS(self, "a", 1, example_writes, NWRITES(example_writes), 64 * KiB, DEV_SIZE);
+	ASSERT_EXTENTS(self, "a", 0, during, NWRITES(during), 64 * KiB, DEV_SIZE);
+
+	ASSERT_EQ(0, msg(self, "bitmap commit a backup1"));
+	EXPECT_EQ(0, field(self, "a", "busy"));
+	EXPECT_EQ(0, field(self, "a", "frozen"));
+	EXPECT_STREQ("-", token(self, "a", tok, sizeof(tok)));
+	EXPECT_EQ(64 * KiB + 128 * KiB, field(self, "a", "count"));
+	ASSERT_EXTENTS(self, "a", 0, during, NWRITES(during), 64 * KiB, DEV_SIZE);
+	/* No frozen copy any more: the netlink dump says so. */
+	{
+		struct extent_list l = { 0 };
+
+		EXPECT_NE(0, extents_read(self->dev, "a", 1, &l, NULL, 0));
+		extents_free(&l);
+	}
+	/* A committed bitmap can be frozen again, and committing twice fails. */
+	EXPECT_NE(0, msg(self, "bitmap commit a backup1"));
+	EXPECT_EQ(0, msg(self, "bitmap freeze a backup2"));
+	EXPECT_EQ(64 * KiB + 128 * KiB, field(self, "a", "frozen"));
+}
+
+TEST_F(bitmap, freeze_then_abort)
+{
+	static const uint64_t during[][2] = { { 1 * MiB, 4096 }, { 16 * MiB, 4096 } };
+	static const uint64_t both[][2] = {
+		{ 0, 512 }, { 16 * MiB, 256 * KiB }, { 32736 * KiB, 64 * KiB },
+		{ 1 * MiB, 4096 }, { 16 * MiB, 4096 },
+	};
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t1"));
+	ASSERT_EQ(0, write_all(self, during, NWRITES(during)));
+	EXPECT_NE(0, msg(self, "bitmap abort a t2"));
+	ASSERT_EQ(0, msg(self, "bitmap abort a t1"));
+	/* Nothing lost: the frozen bits are back, next to those written meanwhile. */
+	EXPECT_EQ(0, field(self, "a", "busy"));
+	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
+	ASSERT_EXTENTS(self, "a", 0, both, NWRITES(both), 64 * KiB, DEV_SIZE);
+
+	/* force aborts whatever the token. */
+	ASSERT_EQ(0, msg(self, "bitmap freeze a lost-controller"));
+	EXPECT_EQ(0, field(self, "a", "count"));
+	ASSERT_EQ(0, msg(self, "bitmap abort a force"));
+	EXPECT_EQ(0, field(self, "a", "busy"));
+	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
+	EXPECT_NE(0, msg(self, "bitmap abort a force"));
+}
+
+TEST_F(bitmap, busy_while_frozen)
+{
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, msg(self, "bitmap add b"));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t"));
+	EXPECT_EQ(-EBUSY, msg(self, "bitmap remove a"));
+	EXPECT_EQ(-EBUSY, msg(self, "bitmap clear a"));
+	EXPECT_EQ(-EBUSY, msg(self, "bitmap merge a b"));
+	EXPECT_EQ(-EBUSY, msg(self, "bitmap merge b a"));
+	EXPECT_EQ(-EBUSY, msg(self, "bitmap freeze a t"));
+	/* Recording can still be switched; the successor follows it. */
+	EXPECT_EQ(0, msg(self, "bitmap disable a"));
+	ASSERT_EQ(0, dev_write(self->dev, 0, 4096, 1));
+	EXPECT_EQ(0, field(self, "a", "count"));
+	EXPECT_EQ(0, msg(self, "bitmap enable a"));
+	ASSERT_EQ(0, msg(self, "bitmap commit a t"));
+	EXPECT_EQ(0, msg(self, "bitmap remove a"));
+	EXPECT_EQ(-ENOENT, msg(self, "bitmap info a"));
+}
+
+TEST_F(bitmap, clear_merge_enable)
+{
+	static const uint64_t fine[][2] = { { 4096, 4096 }, { 10 * MiB + 512, 512 } };
+
+	ASSERT_EQ(0, msg(self, "bitmap add fine granularity=4096"));
+	ASSERT_EQ(0, msg(self, "bitmap add coarse granularity=1048576 disabled"));
+	ASSERT_EQ(0, msg(self, "bitmap add same granularity=4096 disabled"));
+	ASSERT_EQ(0, write_all(self, fine, NWRITES(fine)));
+	EXPECT_EQ(8192, field(self, "fine", "count"));
+	EXPECT_EQ(0, field(self, "coarse", "count"));
+
+	/* Into a coarser bitmap: each chunk that overlaps a dirty one. */
+	ASSERT_EQ(0, msg(self, "bitmap merge coarse fine"));
+	EXPECT_EQ(2 * MiB, field(self, "coarse", "count"));
+	ASSERT_EXTENTS(self, "coarse", 0, fine, NWRITES(fine), MiB, DEV_SIZE);
+	ASSERT_EQ(0, msg(self, "bitmap merge same fine"));
+	ASSERT_EXTENTS(self, "same", 0, fine, NWRITES(fine), 4096, DEV_SIZE);
+	/* Into a finer one: the whole coarse chunks. */
+	ASSERT_EQ(0, msg(self, "bitmap clear same"));
+	EXPECT_EQ(0, field(self, "same", "count"));
+	ASSERT_EQ(0, msg(self, "bitmap merge same coarse"));
+	EXPECT_EQ(2 * MiB, field(self, "same", "count"));
+
+	ASSERT_EQ(0, msg(self, "bitmap clear fine"));
+	EXPECT_EQ(0, field(self, "fine", "count"));
+	ASSERT_EQ(0, msg(self, "bitmap enable coarse"));
+	ASSERT_EQ(0, msg(self, "bitmap disable fine"));
+	ASSERT_EQ(0, dev_write(self->dev, 30 * MiB, 4096, 3));
+	EXPECT_EQ(0, field(self, "fine", "count"));
+	EXPECT_EQ(3 * MiB, field(self, "coarse", "count"));
+}
+
+TEST_F(bitmap, dump_spans_many_messages)
+{
+	/* Every other 4 KiB block of the first 32 MiB: 4096 separate extents. */
+	static uint64_t w[4096][2];
+	char why[128];
+	size_t i;
+
+	ASSERT_EQ(0, msg(self, "bitmap add fine granularity=4096"));
+	for (i = 0; i < 4096; i++) {
+		w[i][0] = i * 8192;
+		w[i][1] = 4096;
+	}
+	/* Many writes through one descriptor would be faster; these are few enough. */
+	{
+		int fd = open(self->dev, O_WRONLY | O_DIRECT);
+		void *buf;
+
+		ASSERT_LE(0, fd);
+		ASSERT_EQ(0, posix_memalign(&buf, 4096, 4096));
+		memset(buf, 0xee, 4096);
+		for (i = 0; i < 4096; i++)
+			ASSERT_EQ(4096, pwrite(fd, buf, 4096, w[i][0]));
+		free(buf);
+		close(fd);
+	}
+	EXPECT_EQ(4096 * 4096, field(self, "fine", "count"));
+	ASSERT_EXTENTS(self, "fine", 0, w, 4096, 4096, DEV_SIZE);
+	/* And the frozen copy the same way. */
+	ASSERT_EQ(0, msg(self, "bitmap freeze fine t"));
+	ASSERT_EXTENTS(self, "fine", 1, w, 4096, 4096, DEV_SIZE);
+	{
+		struct extent_list l = { 0 };
+
+		ASSERT_EQ(0, extents_read(self->dev, "fine", 0, &l, why, sizeof(why)));
+		EXPECT_EQ(0, l.n);
+		extents_free(&l);
+	}
+}
+
+TEST_F(bitmap, netlink_refusals)
+{
+	struct extent_list l = { 0 };
+	char why[256];
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	EXPECT_NE(0, extents_read(self->dev, "nosuch", 0, &l, why, sizeof(why)));
+	EXPECT_NE(NULL, strstr(why, "No such file")) TH_LOG("%s", why);
+	EXPECT_NE(0, extents_read(self->dev, "a", 1, &l, why, sizeof(why)));
+	EXPECT_NE(0, extents_read(self->loop, "a", 0, &l, why, sizeof(why)));
+	EXPECT_NE(NULL, strstr(why, "No such device")) TH_LOG("%s", why);
+	extents_free(&l);
+}
+
+TEST_F(bitmap, discard_and_zeroes_dirty_reads_and_flushes_do_not)
+{
+	static const uint64_t dz[][2] = { { 2 * MiB, 3 * MiB }, { 40 * MiB + 4096, 8192 } };
+	char buf[4096] __attribute__((aligned(4096)));
+	int fd;
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	fd = open(self->dev, O_RDWR | O_DIRECT);
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(4096, pread(fd, buf, sizeof(buf), 8 * MiB));
+	ASSERT_EQ(0, fsync(fd));
+	ASSERT_EQ(0, fdatasync(fd));
+	close(fd);
+	EXPECT_EQ(0, field(self, "a", "count"));
+
+	ASSERT_EQ(0, dev_discard(self->dev, dz[0][0], dz[0][1], 0));
+	ASSERT_EQ(0, dev_discard(self->dev, dz[1][0], dz[1][1], 1));
+	EXPECT_EQ(3 * MiB + 64 * KiB, field(self, "a", "count"));
+	ASSERT_EXTENTS(self, "a", 0, dz, NWRITES(dz), 64 * KiB, DEV_SIZE);
+}
+
+/* Grows or shrinks the device to SECTORS: loop capacity, reload, resume. */
+static int resize(bitmap_t *self, uint64_t sectors)
+{
+	if (truncate(self->file, sectors * 512) ||
+	    ioctl(self->loopfd, LOOP_SET_CAPACITY, 0))
+		return -errno;
+	return dm_reload_one(self->name, sectors, "cbt", self->loop) ?:
+	       dm_resume(self->name);
+}
+
+TEST_F(bitmap, resize_grows_and_shrinks)
+{
+	static const uint64_t grown[][2] = {
+		{ 0, 512 }, { 16 * MiB, 256 * KiB }, { 32736 * KiB, 64 * KiB }, { 64 * MiB, 64 * KiB },
+	};
+	static const uint64_t shrunk[][2] = {
+		{ 0, 512 }, { 16 * MiB, 256 * KiB }, { 32736 * KiB, 32 * KiB },
+	};
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, msg(self, "bitmap add b granularity=1048576"));
+	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
+	/* QEMU's iotest: 64M to 65M, a write at 64M is in the next incremental. */
+	ASSERT_EQ(0, resize(self, 65 * MiB / 512));
+	ASSERT_EQ(0, dev_write(self->dev, 64 * MiB, 64 * KiB, 9));
+	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
+	ASSERT_EXTENTS(self, "a", 0, grown, NWRITES(grown), 64 * KiB, 65 * MiB);
+	ASSERT_EXTENTS(self, "b", 0, grown, NWRITES(grown), MiB, 65 * MiB);
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t"));
+	ASSERT_EXTENTS(self, "a", 1, grown, NWRITES(grown), 64 * KiB, 65 * MiB);
+	ASSERT_EQ(0, msg(self, "bitmap abort a t"));
+
+	/* Shrinking to 32 MiB - 512: the last chunk is clipped, the rest dropped. */
+	ASSERT_EQ(0, resize(self, 32 * MiB / 512 - 1));
+	EXPECT_EQ(65536 + 262144 + 65024, field(self, "a", "count"));
+	ASSERT_EXTENTS(self, "a", 0, shrunk, NWRITES(shrunk), 64 * KiB, 32 * MiB - 512);
+	/* Growing back does not resurrect what was beyond the end. */
+	ASSERT_EQ(0, resize(self, DEV_SECTORS));
+	EXPECT_EQ(65536 + 262144 + 65536, field(self, "a", "count"));
+}
+
+TEST_F(bitmap, resize_while_frozen_keeps_bits)
+{
+	static const uint64_t after[][2] = { { 64 * MiB + 512, 512 }, { 0, 4096 } };
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t"));
+	ASSERT_EQ(0, resize(self, 66 * MiB / 512));
+	ASSERT_EQ(0, write_all(self, after, NWRITES(after)));
+	EXPECT_EQ(458752, field(self, "a", "frozen"));
+	ASSERT_EXTENTS(self, "a", 1, example_writes, NWRITES(example_writes), 64 * KiB, 66 * MiB);
+	ASSERT_EXTENTS(self, "a", 0, after, NWRITES(after), 64 * KiB, 66 * MiB);
+	ASSERT_EQ(0, msg(self, "bitmap abort a t"));
+	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
+}
+
+TEST_F(bitmap, survives_suspend_resume_and_reload)
+{
+	char before[2048], after[2048], table[256];
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, msg(self, "bitmap add b granularity=32768 disabled"));
+	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
+	ASSERT_EQ(0, list(self, before, sizeof(before)));
+
+	ASSERT_EQ(0, dm_suspend(self->name));
+	/* Messages work while suspended (several devices frozen in one window). */
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t"));
+	ASSERT_EQ(0, msg(self, "bitmap abort a t"));
+	ASSERT_EQ(0, dm_resume(self->name));
+	ASSERT_EQ(0, list(self, after, sizeof(after)));
+	EXPECT_STREQ(before, after);
+
+	/* A reload of the same table: the new instance takes the bitmaps over. */
+	ASSERT_EQ(0, dm_status_line(self->name, 1, table, sizeof(table)));
+	ASSERT_EQ(0, dm_reload_one(self->name, DEV_SECTORS, "cbt", table));
+	/* Both instances exist now; messages still reach the live one. */
+	ASSERT_EQ(0, list(self, after, sizeof(after)));
+	EXPECT_STREQ(before, after);
+	ASSERT_EQ(0, dm_resume(self->name));
+	ASSERT_EQ(0, list(self, after, sizeof(after)));
+	EXPECT_STREQ(before, after);
+	ASSERT_EQ(0, dev_write(self->dev, 50 * MiB, 4096, 1));
+	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
+}
+
+TEST_F(bitmap, removing_the_device_drops_bitmaps)
+{
+	char answer[1024];
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, dm_remove(self->name));
+	ASSERT_EQ(0, dm_create_one(self->name, DEV_SECTORS, "cbt", self->loop));
+	ASSERT_EQ(0, list(self, answer, sizeof(answer)));
+	EXPECT_STREQ("", answer);
+	EXPECT_EQ(0, msg(self, "bitmap add a"));
+}
+
+TEST_F(bitmap, one_cbt_target_per_table)
+{
+	char name[80], log[2048] = "";
+	int mark, r;
+
+	/* Two cbt segments would share one set of bitmaps: refused. */
+	snprintf(name, sizeof(name), "%s-two", self->name);
+	mark = kmsg_mark();
+	r = dm_create_two(name, DEV_SECTORS / 2, "cbt", self->loop, "cbt", self->loop);
+	kmsg_since(mark, log, sizeof(log));
+	EXPECT_NE(0, r);
+	EXPECT_NE(NULL, strstr(log, "Only one cbt target per device")) TH_LOG("%s", log);
+	if (dm_exists(name))
+		dm_remove(name);
+}
+
+struct events {
+	char seen[16][160];	/* "event major:minor bitmap token" */
+	int n;
+};
+
+static int event_msg(struct nl_msg *nlmsg, void *arg)
+{
+	struct nlattr *tb[DM_CBT_ATTR_MAX + 1];
+	struct events *ev = arg;
+
+	if (genlmsg_parse(nlmsg_hdr(nlmsg), 0, tb, DM_CBT_ATTR_MAX, NULL) ||
+	    !tb[DM_CBT_ATTR_EVENT] || ev->n == 16)
+		return NL_OK;
+	snprintf(ev->seen[ev->n++], sizeof(ev->seen[0]), "%u %u:%u %s %s",
+		 nla_get_u32(tb[DM_CBT_ATTR_EVENT]),
+		 tb[DM_CBT_ATTR_DEV_MAJOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MAJOR]) : 0,
+		 tb[DM_CBT_ATTR_DEV_MINOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MINOR]) : 0,
+		 tb[DM_CBT_ATTR_BITMAP] ? nla_get_string(tb[DM_CBT_ATTR_BITMAP]) : "-",
+		 tb[DM_CBT_ATTR_TOKEN] ? nla_get_string(tb[DM_CBT_ATTR_TOKEN]) : "-");
+	return NL_OK;
+}
+
+TEST_F(bitmap, events_multicast)
+{
+	struct events ev = { 0 };
+	struct nl_sock *sk;
+	struct stat st;
+	char want[4][160];
+	int grp, i, r;
+
+	ASSERT_EQ(0, stat(self->dev, &st));
+	sk = nl_socket_alloc();
+	ASSERT_NE(NULL, sk);
+	ASSERT_EQ(0, genl_connect(sk));
+	grp = genl_ctrl_resolve_grp(sk, DM_CBT_GENL_NAME, DM_CBT_GENL_MCGRP_EVENTS);
+	ASSERT_LE(0, grp);
+	ASSERT_EQ(0, nl_socket_add_membership(sk, grp));
+	nl_socket_disable_seq_check(sk);
+	nl_socket_modify_cb(sk, NL_CB_VALID, NL_CB_CUSTOM, event_msg, &ev);
+	ASSERT_EQ(0, nl_socket_set_nonblocking(sk));
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t1"));
+	EXPECT_NE(0, msg(self, "bitmap commit a wrong"));
+	ASSERT_EQ(0, msg(self, "bitmap commit a t1"));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t2"));
+	ASSERT_EQ(0, msg(self, "bitmap abort a force"));
+	/* Multicasts are queued on the socket by the time the messages return. */
+	do {
+		r = nl_recvmsgs_default(sk);
+	} while (r >= 0);
+	nl_socket_free(sk);
+
+	snprintf(want[0], sizeof(want[0]), "%d %u:%u a t1", DM_CBT_EVENT_FREEZE,
+		 major(st.st_rdev), minor(st.st_rdev));
+	snprintf(want[1], sizeof(want[1]), "%d %u:%u a t1", DM_CBT_EVENT_COMMIT,
+		 major(st.st_rdev), minor(st.st_rdev));
+	snprintf(want[2], sizeof(want[2]), "%d %u:%u a t2", DM_CBT_EVENT_FREEZE,
+		 major(st.st_rdev), minor(st.st_rdev));
+	snprintf(want[3], sizeof(want[3]), "%d %u:%u a t2", DM_CBT_EVENT_ABORT,
+		 major(st.st_rdev), minor(st.st_rdev));
+	ASSERT_EQ(4, ev.n);
+	for (i = 0; i < 4; i++)
+		EXPECT_STREQ(want[i], ev.seen[i]);
+}
+
+TEST_HARNESS_MAIN
