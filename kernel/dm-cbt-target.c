@@ -50,6 +50,9 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Cannot allocate cbt context";
 		return -ENOMEM;
 	}
+	r = cbt_inject_init(cc, ti);
+	if (r)
+		goto bad;
 
 	path = dm_shift_arg(&as);
 	r = parse_features(&as, ti);
@@ -72,10 +75,12 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	ti->num_discard_bios = 1;
 	ti->num_secure_erase_bios = 1;
 	ti->num_write_zeroes_bios = 1;
+	ti->per_io_data_size = sizeof(struct cbt_per_bio);
 	ti->private = cc;
 	return 0;
 
 bad:
+	cbt_inject_destroy(cc);
 	kfree(cc);
 	return r;
 }
@@ -84,6 +89,7 @@ static void cbt_dtr(struct dm_target *ti)
 {
 	struct cbt_c *cc = ti->private;
 
+	cbt_inject_destroy(cc);
 	dm_put_device(ti, cc->dev);
 	kfree(cc);
 }
@@ -91,18 +97,40 @@ static void cbt_dtr(struct dm_target *ti)
 static int cbt_map(struct dm_target *ti, struct bio *bio)
 {
 	struct cbt_c *cc = ti->private;
+	int r;
 
+	/* The device starts at sector 0, so bi_sector is target-relative from here. */
 	bio_set_dev(bio, cc->dev->bdev);
 	if (bio_sectors(bio))
 		bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
 
+	/*
+	 * Tracking goes here, before injection: a write that a rule fails or
+	 * drops still marks what it touched.
+	 */
+
+	r = cbt_inject_map(cc, bio);
+	if (r != CBT_INJECT_CONTINUE)
+		return r;
+
 	return DM_MAPIO_REMAPPED;
+}
+
+static void cbt_presuspend(struct dm_target *ti)
+{
+	cbt_inject_presuspend(ti->private);
+}
+
+static void cbt_resume(struct dm_target *ti)
+{
+	cbt_inject_resume(ti->private);
 }
 
 /*
  * Status INFO line (fields are only ever appended):
- *   <#bitmaps>
- * TABLE line: the constructor arguments.
+ *   <#bitmaps> <inject state> <#inject rules>
+ * The injection fields (cbt_inject_status_info) come after the tracking
+ * fields. TABLE line: the constructor arguments.
  */
 static void cbt_status(struct dm_target *ti, status_type_t type,
 		       unsigned int status_flags, char *result, unsigned int maxlen)
@@ -113,6 +141,7 @@ static void cbt_status(struct dm_target *ti, status_type_t type,
 	switch (type) {
 	case STATUSTYPE_INFO:
 		DMEMIT("%u", cc->nr_bitmaps);
+		cbt_inject_status_info(cc, result, maxlen, &sz);
 		break;
 
 	case STATUSTYPE_TABLE:
@@ -126,9 +155,15 @@ static void cbt_status(struct dm_target *ti, status_type_t type,
 	}
 }
 
+/* Messages are dispatched on their first word. */
 static int cbt_message(struct dm_target *ti, unsigned int argc, char **argv,
 		       char *result, unsigned int maxlen)
 {
+	struct cbt_c *cc = ti->private;
+
+	if (argc && !strcmp(argv[0], "inject"))
+		return cbt_inject_message(cc, ti, argc, argv, result, maxlen);
+
 	DMERR("unrecognised message '%s'", argc ? argv[0] : "");
 	return -EINVAL;
 }
@@ -148,6 +183,9 @@ static struct target_type cbt_target = {
 	.ctr = cbt_ctr,
 	.dtr = cbt_dtr,
 	.map = cbt_map,
+	.presuspend = cbt_presuspend,
+	.presuspend_undo = cbt_resume,
+	.resume = cbt_resume,
 	.status = cbt_status,
 	.message = cbt_message,
 	.iterate_devices = cbt_iterate_devices,
