@@ -41,8 +41,47 @@ static int cmd_status(int argc, char **argv)
 	return 0;
 }
 
+/* Passes "inject WORD..." to the target and prints its answer. */
+static int cmd_inject(int argc, char **argv)
+{
+	struct cbt_err e = { 0 };
+	char *message, *answer = NULL;
+	size_t len = sizeof("inject");
+	int i;
+
+	if (argc < 3) {
+		fprintf(stderr, "usage: cbtctl inject DEV WORD...\n");
+		return EXIT_USAGE;
+	}
+	for (i = 2; i < argc; i++)
+		len += strlen(argv[i]) + 1;
+	message = malloc(len);
+	if (!message) {
+		fprintf(stderr, "cbtctl: %s\n", strerror(ENOMEM));
+		return EXIT_FAIL;
+	}
+	strcpy(message, "inject");
+	for (i = 2; i < argc; i++) {
+		strcat(message, " ");
+		strcat(message, argv[i]);
+	}
+	if (cbt_dm_message(argv[1], message, &answer, &e)) {
+		/* e.msg names the device and ends with the errno's text. */
+		fprintf(stderr, "cbtctl: %s\n", e.msg);
+		free(message);
+		return EXIT_FAIL;
+	}
+	if (answer)
+		printf("%s\n", answer);
+	free(answer);
+	free(message);
+	return 0;
+}
+
 static const struct command commands[] = {
 	{ "status", cmd_status, "status DEV", "show the cbt target's state" },
+	{ "inject", cmd_inject, "inject DEV WORD...",
+	  "error-injection rules (Documentation/dm-cbt-inject.rst)" },
 	{ "help", cmd_help, "help", "list the commands" },
 };
 
