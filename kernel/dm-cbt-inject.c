@@ -447,8 +447,7 @@ static int parse_rule_value(struct cbt_inject_rule *rule, enum cbt_inject_key ke
 				rule->events = cbt_inject_events[i].events;
 				return 0;
 			}
-		DMERR("inject %s: unknown event in '%s' (read, write, flush, discard, write-zeroes or any)",
-		      verb, word);
+		DMERR("inject %s: unknown event in '%s'", verb, word);
 		return -EINVAL;
 	case KEY_ERRNO:
 		for (i = 0; i < ARRAY_SIZE(cbt_inject_errnos); i++)
@@ -456,7 +455,7 @@ static int parse_rule_value(struct cbt_inject_rule *rule, enum cbt_inject_key ke
 			    (!parse_u64(value, &n) && n == cbt_inject_errnos[i].errnum))
 				break;
 		if (i == ARRAY_SIZE(cbt_inject_errnos)) {
-			DMERR("inject %s: '%s' is not an errno a bio can fail with (EIO, ENOSPC, EROFS, ENOLINK, ETIMEDOUT, EOPNOTSUPP, ENODATA or their numbers)",
+			DMERR("inject %s: '%s' is not an errno a bio can fail with",
 			      verb, word);
 			return -EINVAL;
 		}
@@ -465,7 +464,7 @@ static int parse_rule_value(struct cbt_inject_rule *rule, enum cbt_inject_key ke
 		return 0;
 	case KEY_ID:
 		if (!valid_id(value)) {
-			DMERR("inject %s: bad id in '%s' (1 to %d letters, digits, '_', '-' or '.')",
+			DMERR("inject %s: bad id in '%s' (1 to %d of A-Z a-z 0-9 _ - .)",
 			      verb, word, CBT_INJECT_ID_LEN - 1);
 			return -EINVAL;
 		}
@@ -555,7 +554,7 @@ static int parse_rule(struct cbt_inject_rule *rule, enum cbt_inject_kind kind,
 			DMERR("inject %s: unexpected word '%s'", verb, argv[i]);
 			return -EINVAL;
 		}
-		if ((key == KEY_ONCE) != !value || (value && !value[1])) {
+		if (key == KEY_ONCE ? !!value : !value || !value[1]) {
 			DMERR("inject %s: '%s' should be %s", verb, argv[i],
 			      key == KEY_ONCE ? "the bare word 'once'" : "KEY=VALUE");
 			return -EINVAL;
@@ -582,19 +581,18 @@ static int parse_rule(struct cbt_inject_rule *rule, enum cbt_inject_kind kind,
 	rule->ranged = seen & (BIT(KEY_OFFSET) | BIT(KEY_LENGTH));
 	if (rule->ranged) {
 		if (rule->events == CBT_EV_FLUSH) {
-			DMERR("inject %s: a flush has no byte range: drop offset= and length=",
-			      verb);
+			DMERR("inject %s: a flush has no byte range", verb);
 			return -EINVAL;
 		}
 		if (rule->offset >= dev_bytes) {
-			DMERR("inject %s: offset %llu is past the end of the device (%llu bytes)",
+			DMERR("inject %s: offset %llu is past the end (%llu bytes)",
 			      verb, rule->offset, dev_bytes);
 			return -EINVAL;
 		}
 		if (!rule->length)
 			rule->length = dev_bytes - rule->offset;
 		if (rule->length > dev_bytes - rule->offset) {
-			DMERR("inject %s: range %llu+%llu goes past the end of the device (%llu bytes)",
+			DMERR("inject %s: range %llu+%llu is past the end (%llu bytes)",
 			      verb, rule->offset, rule->length, dev_bytes);
 			return -EINVAL;
 		}
@@ -602,7 +600,7 @@ static int parse_rule(struct cbt_inject_rule *rule, enum cbt_inject_kind kind,
 		rule->length = dev_bytes;
 	}
 	if (kind == CBT_INJECT_DROP && rule->events & CBT_EV_READ) {
-		DMERR("inject drop: only writes, flushes, discards and write-zeroes can be dropped");
+		DMERR("inject drop: reads cannot be dropped (event=read or any)");
 		return -EINVAL;
 	}
 	if (kind == CBT_INJECT_ERROR && !rule->status) {
@@ -782,7 +780,7 @@ int cbt_inject_message(struct cbt_c *cc, struct dm_target *ti, unsigned int argc
 	const char *verb;
 
 	if (argc < 2) {
-		DMERR("inject: missing command (error, set-state, delay, drop, remove, clear or list)");
+		DMERR("inject: missing command");
 		return -EINVAL;
 	}
 	verb = argv[1];
