@@ -423,14 +423,12 @@ static int parse_u64(const char *s, u64 *v)
 
 static bool valid_id(const char *s)
 {
-	size_t len = strlen(s);
+	size_t len;
 
-	if (!len || len >= CBT_INJECT_ID_LEN)
-		return false;
-	for (; *s; s++)
-		if (!isalnum(*s) && *s != '_' && *s != '-' && *s != '.')
+	for (len = 0; s[len]; len++)
+		if (!isalnum(s[len]) && s[len] != '_' && s[len] != '-' && s[len] != '.')
 			return false;
-	return true;
+	return len && len < CBT_INJECT_ID_LEN;
 }
 
 /* KEY=VALUE of one word into RULE; -EINVAL after saying why. */
@@ -543,11 +541,13 @@ static int parse_rule(struct cbt_inject_rule *rule, enum cbt_inject_kind kind,
 	rule->kind = kind;
 	rule->probability = CBT_PPM_ALWAYS;
 	for (i = 1; i < argc; i++) {
-		value = strchr(argv[i], '=');
-		klen = value ? value - argv[i] : strlen(argv[i]);
+		value = strchrnul(argv[i], '=');
+		klen = value - argv[i];
+		if (!*value)
+			value = NULL;
 		for (key = 0; key < ARRAY_SIZE(cbt_inject_keys); key++)
-			if (strlen(cbt_inject_keys[key]) == klen &&
-			    !strncmp(argv[i], cbt_inject_keys[key], klen))
+			if (!strncmp(argv[i], cbt_inject_keys[key], klen) &&
+			    !cbt_inject_keys[key][klen])
 				break;
 		if (key == ARRAY_SIZE(cbt_inject_keys) ||
 		    !(cbt_inject_kind_keys[kind].allowed & BIT(key))) {
