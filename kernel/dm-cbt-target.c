@@ -51,6 +51,9 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Cannot allocate cbt context";
 		return -ENOMEM;
 	}
+	r = cbt_inject_init(cc, ti);
+	if (r)
+		goto bad;
 
 	path = dm_shift_arg(&as);
 	r = parse_features(&as, ti);
@@ -80,10 +83,12 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	ti->num_discard_bios = 1;
 	ti->num_secure_erase_bios = 1;
 	ti->num_write_zeroes_bios = 1;
+	ti->per_io_data_size = sizeof(struct cbt_per_bio);
 	ti->private = cc;
 	return 0;
 
 bad:
+	cbt_inject_destroy(cc);
 	kfree(cc);
 	return r;
 }
@@ -92,6 +97,7 @@ static void cbt_dtr(struct dm_target *ti)
 {
 	struct cbt_c *cc = ti->private;
 
+	cbt_inject_destroy(cc);
 	cbt_dev_detach(cc);
 	dm_put_device(ti, cc->dev);
 	kfree(cc);
@@ -114,6 +120,7 @@ static bool cbt_bio_dirties(struct bio *bio)
 static int cbt_map(struct dm_target *ti, struct bio *bio)
 {
 	struct cbt_c *cc = ti->private;
+	int r;
 
 	/* First, before anything can complete or fail the bio. */
 	if (cbt_bio_dirties(bio))
@@ -124,7 +131,22 @@ static int cbt_map(struct dm_target *ti, struct bio *bio)
 	if (bio_sectors(bio))
 		bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
 
+	/* After tracking: a write that a rule fails or drops still marked what it touched. */
+	r = cbt_inject_map(cc, bio);
+	if (r != CBT_INJECT_CONTINUE)
+		return r;
+
 	return DM_MAPIO_REMAPPED;
+}
+
+static void cbt_presuspend(struct dm_target *ti)
+{
+	cbt_inject_presuspend(ti->private);
+}
+
+static void cbt_resume(struct dm_target *ti)
+{
+	cbt_inject_resume(ti->private);
 }
 
 /*
@@ -146,8 +168,9 @@ static int cbt_preresume(struct dm_target *ti)
 
 /*
  * Status INFO line (fields are only ever appended):
- *   <#bitmaps> <#recording> <#frozen> <#inconsistent>
- * TABLE line: the constructor arguments.
+ *   <#bitmaps> <#recording> <#frozen> <#inconsistent> <inject state> <#inject rules>
+ * The injection fields (cbt_inject_status_info) come after the tracking
+ * fields. TABLE line: the constructor arguments.
  */
 static void cbt_status(struct dm_target *ti, status_type_t type,
 		       unsigned int status_flags, char *result, unsigned int maxlen)
@@ -161,6 +184,7 @@ static void cbt_status(struct dm_target *ti, status_type_t type,
 		cbt_dev_counts(cc->cdev, &nr_bitmaps, &nr_recording, &nr_frozen,
 			       &nr_inconsistent);
 		DMEMIT("%u %u %u %u", nr_bitmaps, nr_recording, nr_frozen, nr_inconsistent);
+		cbt_inject_status_info(cc, result, maxlen, &sz);
 		break;
 
 	case STATUSTYPE_TABLE:
@@ -182,6 +206,8 @@ static int cbt_message(struct dm_target *ti, unsigned int argc, char **argv,
 
 	if (argc && !strcmp(argv[0], "bitmap"))
 		return cbt_bitmap_message(cc->cdev, argc - 1, argv + 1, result, maxlen);
+	if (argc && !strcmp(argv[0], "inject"))
+		return cbt_inject_message(cc, ti, argc, argv, result, maxlen);
 
 	DMERR("unrecognised message '%s'", argc ? argv[0] : "");
 	return -EINVAL;
@@ -202,7 +228,10 @@ static struct target_type cbt_target = {
 	.ctr = cbt_ctr,
 	.dtr = cbt_dtr,
 	.map = cbt_map,
+	.presuspend = cbt_presuspend,
+	.presuspend_undo = cbt_resume,
 	.preresume = cbt_preresume,
+	.resume = cbt_resume,
 	.status = cbt_status,
 	.message = cbt_message,
 	.iterate_devices = cbt_iterate_devices,

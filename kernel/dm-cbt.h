@@ -54,6 +54,7 @@ struct cbt_dev {
 	sector_t len;			/* sectors the bitmaps cover */
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
 };
+#include "dm-cbt-inject.h"
 
 /* One per cbt target instance. */
 struct cbt_c {
@@ -61,6 +62,7 @@ struct cbt_c {
 	struct dm_target *ti;
 	struct cbt_dev *cdev;
 	struct list_head node;		/* in cdev->targets */
+	struct cbt_inject inject;	/* error-injection rules */
 };
 
 /* dm-cbt-bitmap.c: one bitmap. */
@@ -91,5 +93,22 @@ int cbt_netlink_init(void);
 void cbt_netlink_exit(void);
 void cbt_event_notify(dev_t devt, enum dm_cbt_event event, const char *bitmap,
 		      const char *token, gfp_t gfp);
+
+/* Per-bio data (ti->per_io_data_size): one member per part that needs it. */
+struct cbt_per_bio {
+	struct cbt_inject_bio inject;
+};
+
+static inline struct cbt_per_bio *cbt_per_bio(struct bio *bio)
+{
+	return dm_per_bio_data(bio, sizeof(struct cbt_per_bio));
+}
+
+/*
+ * Called each time an injection rule fires, from map context with the
+ * rules lock held (irqs off): must neither sleep nor allocate with
+ * anything but GFP_ATOMIC. The netlink event group sends it on.
+ */
+void cbt_event_rule_fired(struct cbt_c *cc, const struct cbt_inject_rule *rule);
 
 #endif /* DM_CBT_H */

@@ -20,6 +20,8 @@ static const struct command commands[] = {
 	  "back up cbt devices into qcow2 images, all or nothing" },
 	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",
 	  "print a bitmap's dirty extents as 'offset length' in bytes" },
+	{ "inject", cmd_inject, "inject DEV WORD...",
+	  "error-injection rules (Documentation/dm-cbt-inject.rst)" },
 	{ "help", cmd_help, "help", "list the commands" },
 };
 

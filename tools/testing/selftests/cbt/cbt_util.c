@@ -86,8 +86,12 @@ int dm_create_one(const char *name, uint64_t len, const char *type, const char *
 {
 	struct dm_task *dmt = dm_task_named(DM_DEVICE_CREATE, name);
 
-	return dm_task_finish(dmt, dmt && dm_task_add_target(dmt, 0, len, type, params) &&
-			      dm_task_run(dmt));
+	int ok = dmt && dm_task_add_target(dmt, 0, len, type, params) && dm_task_run(dmt);
+
+	/* Without udev, libdevmapper makes /dev/mapper/NAME only when asked. */
+	if (ok)
+		dm_task_update_nodes();
+	return dm_task_finish(dmt, ok);
 }
 
 int dm_create_two(const char *name, uint64_t len, const char *type1, const char *params1,
@@ -125,8 +129,11 @@ int dm_resume(const char *name)
 int dm_remove(const char *name)
 {
 	struct dm_task *dmt = dm_task_named(DM_DEVICE_REMOVE, name);
+	int ok = dmt && dm_task_run(dmt);
 
-	return dm_task_finish(dmt, dmt && dm_task_run(dmt));
+	if (ok)
+		dm_task_update_nodes();
+	return dm_task_finish(dmt, ok);
 }
 
 int dm_exists(const char *name)

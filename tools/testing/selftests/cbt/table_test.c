@@ -78,7 +78,8 @@ TEST_F(table, good_lines_load)
 		ASSERT_EQ(0, load(self, DEV_SECTORS, good[i], log, sizeof(log)))
 			TH_LOG("'%s' refused: %s", good[i], log);
 		ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
-		EXPECT_STREQ("0 0 0 0", line);
+		/* No bitmaps; inject state 1, no rules. */
+		EXPECT_STREQ("0 0 0 0 1 0", line);
 		ASSERT_EQ(0, dm_status_line(self->name, 1, line, sizeof(line)));
 		/* The table names the device by major:minor. */
 		EXPECT_EQ(NULL, strchr(line, ' ')) TH_LOG("table line '%s'", line);
