@@ -22,6 +22,8 @@ static const struct command commands[] = {
 	  "print a bitmap's dirty extents as 'offset length' in bytes" },
 	{ "inject", cmd_inject, "inject DEV WORD...",
 	  "error-injection rules (Documentation/dm-cbt-inject.rst)" },
+	{ "recover", cmd_recover, "recover [--force] [DEV...]",
+	  "undo what a killed backup left: suspended devices, frozen bitmaps, temporaries" },
 	{ "help", cmd_help, "help", "list the commands" },
 };
 

@@ -20,6 +20,7 @@
 #include "bitmap.h"
 #include "copy.h"
 #include "qcow2.h"
+#include "recover.h"
 
 struct cbt_backup_job_priv {
 	struct cbt_backup *b;
@@ -33,6 +34,18 @@ struct cbt_backup_job_priv {
 	pthread_t thread;
 	bool running;
 };
+
+/*
+ * Tests stop the controller at a named phase (then kill it) to prove that
+ * recovery undoes whatever a crash there leaves: CBT_TEST_STOP_AT=PHASE.
+ */
+static void test_stop(const char *phase)
+{
+	const char *at = getenv("CBT_TEST_STOP_AT");
+
+	if (at && !strcmp(at, phase))
+		raise(SIGSTOP);
+}
 
 const char *cbt_job_status_name(enum cbt_job_status s)
 {
@@ -106,8 +119,11 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 	struct cbt_backup_job_priv *p = job->priv;
 	struct cbt_dm_status st;
 	struct cbt_bitmap_info info;
+	struct cbt_recover_report rep = { 0 };
+	struct cbt_err ignored;
 	struct stat sb;
 	unsigned int i;
+	char *dir;
 	int r;
 
 	r = cbt_dm_status(job->spec.device, &st, e);
@@ -140,12 +156,19 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 			r = qcow2_require_size(p->img, job->size, e);
 		return r;
 	}
+	/* Temporaries of dead runs beside the target go first. */
+	dir = strdup(job->spec.target);
+	if (dir)
+		cbt_recover_dir(dirname(dir), &rep, &ignored);
+	free(dir);
 	if (!lstat(job->spec.target, &sb))
 		return cbt_fail(e, EEXIST, "%s: target exists (use mode=existing to write into it)",
 				job->spec.target);
 	if (errno != ENOENT)
 		return cbt_fail(e, errno, "%s: cannot check the target", job->spec.target);
 	r = temp_path_for(b, job, e);
+	if (!r)
+		r = cbt_journal_add(b->journal, "temp", p->tmp_path, e);
 	if (r)
 		return r;
 	return qcow2_create(p->tmp_path, job->size,
@@ -199,6 +222,8 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 		order[i] = &b->jobs[i];
 	qsort(order, b->nr_jobs, sizeof(*order), cmp_jobs_by_device);
 
+	for (i = 0; i < b->nr_jobs && !r; i++)
+		r = cbt_journal_add(b->journal, "device", cbt_dm_name(order[i]->spec.device), e);
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
 	for (i = 0; i < b->nr_jobs && !r; i++) {
@@ -206,6 +231,8 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 		if (!r)
 			suspended++;
 	}
+	if (!r)
+		test_stop("suspended");
 	for (i = 0; i < b->nr_jobs && !r; i++) {
 		for (j = 0; j < b->nr_bitmaps && !r; j++) {
 			r = cbt_bitmap_msg(order[i]->spec.device, e, "bitmap freeze %s %s",
@@ -216,6 +243,8 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	}
 	if (r)
 		abort_bitmaps(b);
+	else
+		test_stop("frozen");
 	for (i = suspended; i-- > 0;) {
 		if (cbt_dm_resume(order[i]->spec.device, &err2) && !r)
 			r = cbt_fail(e, err2.errnum, "%s", err2.msg);
@@ -295,6 +324,7 @@ static int run_copies(struct cbt_backup *b)
 	unsigned int i, running;
 	int r;
 
+	test_stop("copy");
 	for (i = 0; i < b->nr_jobs; i++) {
 		r = pthread_create(&b->jobs[i].priv->thread, NULL, copy_thread, &b->jobs[i]);
 		if (r) {
@@ -431,6 +461,7 @@ static void commit_bitmaps(struct cbt_backup *b, struct cbt_err *e)
 {
 	unsigned int i, j;
 
+	test_stop("renamed");
 	for (i = 0; i < b->nr_jobs; i++) {
 		struct cbt_backup_job_priv *p = b->jobs[i].priv;
 
@@ -440,6 +471,7 @@ static void commit_bitmaps(struct cbt_backup *b, struct cbt_err *e)
 			if (!cbt_bitmap_msg(b->jobs[i].spec.device, e, "bitmap commit %s %s",
 					    b->bitmaps[j], b->token))
 				p->frozen[j] = false;
+			test_stop("committing");
 		}
 	}
 	/* A commit that failed leaves extra bits: abort merges them back, losing nothing. */
@@ -466,6 +498,25 @@ static void free_privs(struct cbt_backup *b)
 	}
 }
 
+/*
+ * Undoes what dead runs left on these devices before looking at them; what
+ * cannot be undone shows up later as a busy bitmap, with its owner named.
+ */
+static void recover_before(struct cbt_backup *b)
+{
+	const char **devs = calloc(b->nr_jobs, sizeof(*devs));
+	struct cbt_recover_report rep = { 0 };
+	struct cbt_err ignored;
+	unsigned int i;
+
+	if (!devs)
+		return;
+	for (i = 0; i < b->nr_jobs; i++)
+		devs[i] = b->jobs[i].spec.device;
+	cbt_recover(devs, b->nr_jobs, false, &rep, &ignored);
+	free(devs);
+}
+
 int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 {
 	unsigned int i, j;
@@ -484,6 +535,10 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 						j + 1, i + 1);
 	if (!b->token[0])
 		make_token(b);
+	recover_before(b);
+	r = cbt_journal_open(b->token, &b->journal, e);
+	if (r)
+		return r;
 
 	for (i = 0; i < b->nr_jobs; i++) {
 		struct cbt_backup_job_priv *p = calloc(1, sizeof(*p));
@@ -530,5 +585,7 @@ out:
 		commit_bitmaps(b, &cerr);
 	}
 	free_privs(b);
+	cbt_journal_close(b->journal);
+	b->journal = NULL;
 	return r;
 }

@@ -17,6 +17,8 @@
 #include "libcbt.h"
 #include "job.h"
 
+struct cbt_journal;
+
 enum cbt_sync {
 	CBT_SYNC_FULL,
 	CBT_SYNC_INCREMENTAL,
@@ -55,6 +57,7 @@ struct cbt_backup {
 	void (*progress)(struct cbt_backup *b, void *arg);
 	void *progress_arg;
 	char token[64];			/* the freeze token of this run */
+	struct cbt_journal *journal;	/* what a crash of this run would leave */
 };
 
 /*

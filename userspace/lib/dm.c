@@ -131,7 +131,7 @@ out:
 	return r;
 }
 
-int cbt_dm_devno(const char *dev, uint32_t *major, uint32_t *minor, struct cbt_err *e)
+int cbt_dm_info(const char *dev, struct cbt_dm_info *out, struct cbt_err *e)
 {
 	struct dm_task *dmt;
 	struct dm_info info;
@@ -146,8 +146,9 @@ int cbt_dm_devno(const char *dev, uint32_t *major, uint32_t *minor, struct cbt_e
 		r = cbt_fail(e, ENODEV, "%s: no such device-mapper device", cbt_dm_name(dev));
 		goto out;
 	}
-	*major = info.major;
-	*minor = info.minor;
+	out->major = info.major;
+	out->minor = info.minor;
+	out->suspended = info.suspended;
 out:
 	if (dmt)
 		dm_task_destroy(dmt);

@@ -58,8 +58,13 @@ typedef int (*cbt_extent_fn)(const struct cbt_extent *ext, void *ctx);
 int cbt_extents(const char *dev, const char *bitmap, int frozen, cbt_extent_fn fn,
 		void *ctx, struct cbt_err *e);
 
-/* The dm device number of DEV. */
-int cbt_dm_devno(const char *dev, uint32_t *major, uint32_t *minor, struct cbt_err *e);
+/* What the info ioctl says of DEV. */
+struct cbt_dm_info {
+	uint32_t major, minor;
+	int suspended;
+};
+
+int cbt_dm_info(const char *dev, struct cbt_dm_info *info, struct cbt_err *e);
 
 /* Suspends (flushing in-flight I/O) or resumes DEV. */
 int cbt_dm_suspend(const char *dev, struct cbt_err *e);

@@ -1,0 +1,275 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Backups across several devices as one transaction: a grouped failure
+# leaves every bitmap as it was and no target behind, and the re-run
+# succeeds; the race variant; two bitmaps reset by one full backup; a
+# controller killed at each phase loses no dirty bit once recovered;
+# a full target file system; Ctrl-C.
+. "$(dirname "$0")/lib.sh"
+
+require_root
+require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
+plan 9
+
+SIZE=$((64 << 20))
+export CBT_RUN_DIR=/tmp/cbtctl-run.$$
+_tmp_dirs+=("$CBT_RUN_DIR")
+
+qio() {
+	local dev=$1 c args=() out
+	shift
+	for c in "$@"; do
+		args+=(-c "$c")
+	done
+	out=$(qemu-io -f raw -n "${args[@]}" "$dev" 2>&1) || fail "qemu-io: $out"
+	if grep -qiE 'error|failed|invalid' <<<"$out"; then
+		fail "qemu-io on $dev: $out"
+	fi
+}
+
+# new_dev VAR TAG PATTERN: a 64 MiB cbt device written with a distinct pattern.
+new_dev() {
+	local loop name
+	truncate -s $SIZE "$dir/$2.raw"
+	make_loop loop "$dir/$2.raw"
+	name=$(dm_name "$2")
+	dm_create "$name" "0 $((SIZE / 512)) cbt $loop"
+	printf -v "$1" '%s' "/dev/mapper/$name"
+	qio "/dev/mapper/$name" "write -P $3 0 512" "write -P $3 1M 32k" "write -P $3 32M 124k"
+}
+
+count_of() {
+	cbtctl status "$1" --json | python3 -c "
+import json, sys
+for b in json.load(sys.stdin)['bitmaps']:
+    if b['name'] == '$2':
+        print(b['count'] if '${3:-count}' == 'count' else str(b['$3']).lower())"
+}
+
+# job_field JSON INDEX FIELD
+job_field() {
+	python3 -c "import json; print(json.load(open('$1'))['jobs'][$2]['$3'])"
+}
+
+# chain_matches IMAGE DEV
+chain_matches() {
+	qemu-img check -q "$1" || fail "qemu-img check $1"
+	qemu-img compare -q -F raw "$1" "$2" || fail "$1 does not match $2"
+}
+
+no_leftovers() {
+	local left
+	left=$(ls -A "$dir" | grep -E '\.tmp$|^inc' || true)
+	[ -z "$left" ] || fail "files left behind: $left"
+	left=$(ls -A "$CBT_RUN_DIR" 2>/dev/null || true)
+	[ -z "$left" ] || fail "journals left behind: $left"
+}
+
+# grouped SCENARIO: QEMU's grouped-failure test; "race": no writes on dev0.
+grouped() {
+	local dir d0 d1 rc c0 c1
+	make_tmpdir dir
+	new_dev d0 g0 0x41
+	new_dev d1 g1 0x6b
+	cbtctl bitmap add "$d0" b0 && cbtctl bitmap add "$d1" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/full0.qcow2" "$d1=$dir/full1.qcow2" \
+		>/dev/null || fail "full backup transaction"
+	[ "$1" = race ] || qio "$d0" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" \
+		"write -P 0x64 32736k 64k"
+	qio "$d1" "write -P 0xef 0 512" "write -P 0x56 16M 256k" "write -P 0x66 32736k 64k"
+	# The next read of the second device fails, once a flush has moved the state.
+	cbtctl inject "$d1" set-state event=flush state=1 new-state=2 >/dev/null &&
+		cbtctl inject "$d1" error event=read state=2 errno=5 once >/dev/null || fail "inject"
+	qio "$d1" "flush"
+	c0=$(count_of "$d0" b0)
+	c1=$(count_of "$d1" b0)
+	expect_eq "dev1 count" "$c1" 458752
+	cbtctl backup --sync=incremental --bitmap=b0 --json \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
+		"$d1=$dir/inc1.qcow2,backing=$dir/full1.qcow2" >"$dir/out.json" && rc=0 || rc=$?
+	expect_eq "exit status" "$rc" 1
+	expect_eq "job 0" "$(job_field "$dir/out.json" 0 status)" cancelled
+	expect_eq "job 1" "$(job_field "$dir/out.json" 1 status)" failed
+	job_field "$dir/out.json" 1 error | grep -q "Input/output error" ||
+		fail "job 1 error: $(job_field "$dir/out.json" 1 error)"
+	expect_eq "dev0 count kept" "$(count_of "$d0" b0)" "$c0"
+	expect_eq "dev1 count kept" "$(count_of "$d1" b0)" "$c1"
+	expect_eq "dev0 not busy" "$(count_of "$d0" b0 busy)" false
+	no_leftovers
+	# The same command again succeeds.
+	cbtctl backup --sync=incremental --bitmap=b0 --json \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
+		"$d1=$dir/inc1.qcow2,backing=$dir/full1.qcow2" >"$dir/out.json" ||
+		fail "re-run failed: $(cat "$dir/out.json")"
+	expect_eq "dev0 dirty bytes" "$(job_field "$dir/out.json" 0 dirty_bytes)" "$c0"
+	chain_matches "$dir/inc0.qcow2" "$d0"
+	chain_matches "$dir/inc1.qcow2" "$d1"
+	expect_eq "dev0 count after" "$(count_of "$d0" b0)" 0
+	expect_eq "dev1 count after" "$(count_of "$d1" b0)" 0
+}
+
+test_grouped_failure() { grouped writes; }
+test_grouped_race() { grouped race; }
+
+test_two_bitmaps() {
+	local dir d0
+	make_tmpdir dir
+	new_dev d0 two 0x41
+	cbtctl bitmap add "$d0" b0 || fail "bitmap add b0"
+	qio "$d0" "write -P 0xab 0 512" "write -P 0xfe 16M 256k"
+	cbtctl bitmap add "$d0" b1 || fail "bitmap add b1"
+	qio "$d0" "write -P 0x64 32736k 64k"
+	expect_eq "b0 before" "$(count_of "$d0" b0)" 458752
+	expect_eq "b1 before" "$(count_of "$d0" b1)" 131072
+	cbtctl backup --sync=full --bitmap=b0 --bitmap=b1 "$d0=$dir/full.qcow2" >/dev/null ||
+		fail "full backup resetting both"
+	expect_eq "b0 reset" "$(count_of "$d0" b0)" 0
+	expect_eq "b1 reset" "$(count_of "$d0" b1)" 0
+	qio "$d0" "write -P 0x9a 0 512" "write -P 0x55 8M 352k" "write -P 0x78 15872k 1M"
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc-b0.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "incremental via b0"
+	chain_matches "$dir/inc-b0.qcow2" "$d0"
+	cbtctl backup --sync=incremental --bitmap=b1 \
+		"$d0=$dir/inc-b1.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "incremental via b1"
+	chain_matches "$dir/inc-b1.qcow2" "$d0"
+}
+
+# killed_at PHASE: cbtctl stopped at PHASE and killed; recover; nothing lost.
+killed_at() {
+	local dir d0 d1 pid n=0
+	make_tmpdir dir
+	new_dev d0 "k$1-0" 0x41
+	new_dev d1 "k$1-1" 0x42
+	cbtctl bitmap add "$d0" b0 && cbtctl bitmap add "$d1" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/full0.qcow2" "$d1=$dir/full1.qcow2" \
+		>/dev/null || fail "full backup"
+	qio "$d0" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
+	qio "$d1" "write -P 0xcd 5M 4k"
+	CBT_TEST_STOP_AT=$1 cbtctl backup --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
+		"$d1=$dir/inc1.qcow2,backing=$dir/full1.qcow2" >/dev/null 2>&1 &
+	pid=$!
+	# Wait until it has stopped itself at the phase.
+	until [ "$(awk '{print $3}' /proc/$pid/stat 2>/dev/null)" = T ]; do
+		n=$((n + 1))
+		[ $n -lt 600 ] || { kill -9 $pid; fail "cbtctl never reached phase $1"; }
+		sleep 0.1
+	done
+	# Writes while the controller is dead (and, for early phases, the devices suspended).
+	if [ "$1" != suspended ] && [ "$1" != frozen ]; then
+		qio "$d0" "write -P 0x77 40M 64k"
+	fi
+	kill -9 $pid
+	wait $pid 2>/dev/null
+	cbtctl recover "$d0" "$d1" >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
+	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d0 left suspended"
+	dmsetup info "${d1#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d1 left suspended"
+	expect_eq "dev0 not busy" "$(count_of "$d0" b0 busy)" false
+	expect_eq "dev1 not busy" "$(count_of "$d1" b0 busy)" false
+	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
+	qio "$d0" "write -P 0x78 48M 4k"
+	# Killed after the images were in place: they are complete backups,
+	# and the next incremental goes on from them; before that, from the full.
+	local b0=$dir/full0.qcow2 b1=$dir/full1.qcow2
+	[ -e "$dir/inc0.qcow2" ] && b0=$dir/inc0.qcow2
+	[ -e "$dir/inc1.qcow2" ] && b1=$dir/inc1.qcow2
+	case $1 in
+	renamed|committing)
+		[ -e "$dir/inc0.qcow2" ] && [ -e "$dir/inc1.qcow2" ] ||
+			fail "the images were not in place at phase $1" ;;
+	*)
+		[ ! -e "$dir/inc0.qcow2" ] && [ ! -e "$dir/inc1.qcow2" ] ||
+			fail "a target appeared before phase renamed" ;;
+	esac
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$d0=$dir/next0.qcow2,backing=$b0" \
+		"$d1=$dir/next1.qcow2,backing=$b1" >/dev/null ||
+		fail "incremental after recovery"
+	chain_matches "$dir/next0.qcow2" "$d0"
+	chain_matches "$dir/next1.qcow2" "$d1"
+}
+
+test_killed() {
+	local phase
+	for phase in suspended frozen copy renamed committing; do
+		echo "# killed at phase: $phase"
+		killed_at $phase
+	done
+}
+
+test_enospc() {
+	local dir d0 rc small
+	make_tmpdir dir
+	new_dev d0 nospc 0x41
+	cbtctl bitmap add "$d0" b0 || fail "bitmap add"
+	qio "$d0" "write -P 0x99 2M 8M"
+	small=$dir/small
+	mkdir "$small"
+	mount -t tmpfs -o size=2m tmpfs "$small" || fail "cannot mount a small tmpfs"
+	cbtctl backup --sync=full --bitmap=b0 "$d0=$small/full.qcow2" >/dev/null 2>"$dir/err" &&
+		rc=0 || rc=$?
+	local left
+	left=$(ls -A "$small")
+	umount "$small"
+	expect_eq "exit status on a full file system" "$rc" 1
+	grep -q "No space left on device" "$dir/err" || fail "error: $(cat "$dir/err")"
+	grep -q "$small" "$dir/err" || fail "the error does not name the target: $(cat "$dir/err")"
+	[ -z "$left" ] || fail "left on the full file system: $left"
+	expect_eq "count kept" "$(count_of "$d0" b0)" $((8 << 20))
+	expect_eq "not busy" "$(count_of "$d0" b0 busy)" false
+}
+
+test_interrupt() {
+	local dir d0 pid rc
+	make_tmpdir dir
+	new_dev d0 sigint 0x41
+	cbtctl bitmap add "$d0" b0 || fail "bitmap add"
+	qio "$d0" "write -P 0x12 0 64k" "write -P 0x13 16M 128k"
+	# Every read is held 200 ms, so the copy is still running when interrupted.
+	cbtctl inject "$d0" delay event=read usecs=200000 >/dev/null || fail "inject delay"
+	cbtctl backup --sync=full --bitmap=b0 --json "$d0=$dir/full.qcow2" >"$dir/out.json" &
+	pid=$!
+	sleep 2
+	kill -INT $pid
+	wait $pid && rc=0 || rc=$?
+	cbtctl inject "$d0" clear >/dev/null
+	expect_eq "exit status after SIGINT" "$rc" 1
+	expect_eq "job status" "$(job_field "$dir/out.json" 0 status)" cancelled
+	[ ! -e "$dir/full.qcow2" ] || fail "an interrupted backup left its target"
+	no_leftovers
+	expect_eq "count kept" "$(count_of "$d0" b0)" 196608
+	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "left suspended"
+}
+
+test_existing_unusable() {
+	local dir d0 d1 rc
+	make_tmpdir dir
+	new_dev d0 ex0 0x41
+	new_dev d1 ex1 0x42
+	cbtctl bitmap add "$d1" b0 && cbtctl bitmap add "$d0" b0 || fail "bitmap add"
+	qio "$d0" "write -P 0x12 0 64k" "write -P 0x13 16M 128k"
+	qemu-img create -q -f qcow2 "$dir/t0.qcow2" $SIZE
+	cbtctl inject "$d1" error event=read offset=$((32 << 20)) length=4096 errno=EIO >/dev/null
+	cbtctl backup --sync=full --bitmap=b0 --json "$d0=$dir/t0.qcow2,mode=existing" \
+		"$d1=$dir/t1.qcow2" >"$dir/out.json" && rc=0 || rc=$?
+	cbtctl inject "$d1" clear >/dev/null
+	expect_eq "exit status" "$rc" 1
+	expect_eq "job 1" "$(job_field "$dir/out.json" 1 status)" failed
+	[ ! -e "$dir/t1.qcow2" ] || fail "mode=create target left behind"
+	# The existing target was written in place: reported, not hidden.
+	expect_eq "job 0" "$(job_field "$dir/out.json" 0 status)" cancelled
+	expect_eq "job 0 reported unusable" "$(job_field "$dir/out.json" 0 target_unusable)" True
+	expect_eq "d0 count kept" "$(count_of "$d0" b0)" 196608
+}
+
+run_test "grouped transaction failure, then the re-run" test_grouped_failure
+run_test "grouped failure, race variant (nothing to copy on one device)" test_grouped_race
+run_test "two bitmaps reset by one full backup, incremental through each" test_two_bitmaps
+run_test "controller killed at each phase loses nothing after recover" test_killed
+run_test "ENOSPC on the target fails cleanly" test_enospc
+run_test "SIGINT cancels the transaction" test_interrupt
+run_test "a failed transaction reports its existing target unusable" test_existing_unusable
+run_test "recover with nothing to do" cbtctl recover
+run_test "recover --force needs a device" bash -c '! cbtctl recover --force 2>/dev/null'
+finish

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: LGPL-2.1
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "bitmap.h"
+#include "recover.h"
+
+struct cbt_journal {
+	char path[4096];
+	int fd;
+};
+
+const char *cbt_journal_dir(void)
+{
+	const char *d = getenv("CBT_RUN_DIR");
+
+	return d && *d ? d : "/run/cbtctl";
+}
+
+bool cbt_token_is_ours(const char *token)
+{
+	int pid;
+	unsigned long long start;
+	char end;
+
+	return sscanf(token, "cbtctl.%d.%llu%c", &pid, &start, &end) == 2 && pid > 0;
+}
+
+/* The start time (clock ticks since boot) of PID, or 0 when it is gone. */
+static unsigned long long process_start(int pid)
+{
+	unsigned long long start = 0;
+	char path[64], buf[1024], *p;
+	FILE *f;
+	int i;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (fgets(buf, sizeof(buf), f)) {
+		p = strrchr(buf, ')');
+		/* starttime is field 22; p ends field 2. */
+		for (i = 2; p && i < 21; i++)
+			p = strchr(p + 1, ' ');
+		if (p)
+			start = strtoull(p + 1, NULL, 10);
+	}
+	fclose(f);
+	return start;
+}
+
+bool cbt_token_alive(const char *token)
+{
+	unsigned long long start;
+	int pid;
+
+	if (sscanf(token, "cbtctl.%d.%llu", &pid, &start) != 2)
+		return false;
+	return process_start(pid) == start;
+}
+
+int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err *e)
+{
+	struct cbt_journal *j = calloc(1, sizeof(*j));
+	const char *dir = cbt_journal_dir();
+
+	if (!j)
+		return cbt_fail(e, ENOMEM, "journal");
+	if (mkdir(dir, 0700) && errno != EEXIST) {
+		cbt_fail(e, errno, "%s: cannot make the journal directory", dir);
+		free(j);
+		return -e->errnum;
+	}
+	snprintf(j->path, sizeof(j->path), "%s/%s", dir, token);
+	j->fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+	if (j->fd < 0) {
+		cbt_fail(e, errno, "%s: cannot create the journal", j->path);
+		free(j);
+		return -e->errnum;
+	}
+	*out = j;
+	return 0;
+}
+
+int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
+		    struct cbt_err *e)
+{
+	char line[4200];
+	int n = snprintf(line, sizeof(line), "%s %s\n", kind, what);
+
+	if (n < 0 || (size_t)n >= sizeof(line) || write(j->fd, line, n) != n)
+		return cbt_fail(e, errno ? errno : ENOSPC, "%s: cannot write the journal", j->path);
+	return 0;
+}
+
+void cbt_journal_close(struct cbt_journal *j)
+{
+	if (!j)
+		return;
+	close(j->fd);
+	unlink(j->path);
+	free(j);
+}
+
+static void note(struct cbt_recover_report *rep, const char *fmt, const char *a, const char *b)
+{
+	if (rep->log) {
+		fprintf(rep->log, fmt, a, b);
+		fputc('\n', rep->log);
+	}
+}
+
+/* Aborts the bitmaps of DEV frozen by TOKEN (NULL: by any dead cbtctl; FORCE: by anyone). */
+static int abort_frozen(const char *dev, const char *token, bool force,
+			struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	struct cbt_bitmap_info *v;
+	size_t n, i;
+	int r, first = 0;
+
+	r = cbt_bitmap_list(dev, &v, &n, e);
+	if (r)
+		return r;
+	for (i = 0; i < n; i++) {
+		const char *t = v[i].token;
+
+		if (!t[0])
+			continue;
+		if (token ? strcmp(t, token) :
+			    !force && (!cbt_token_is_ours(t) || cbt_token_alive(t)))
+			continue;
+		r = cbt_bitmap_msg(dev, e, "bitmap abort %s %s", v[i].name, force ? "force" : t);
+		if (r) {
+			if (!first)
+				first = r;
+			continue;
+		}
+		rep->aborted++;
+		note(rep, "%s: aborted bitmap %s", cbt_dm_name(dev), v[i].name);
+	}
+	free(v);
+	return first;
+}
+
+/* Undoes what one dead run's journal names. */
+static int replay_journal(const char *path, const char *token, struct cbt_recover_report *rep,
+			  struct cbt_err *e)
+{
+	char line[4200], *what;
+	struct cbt_dm_info info;
+	struct cbt_err err;
+	int first = 0, r;
+	FILE *f;
+
+	f = fopen(path, "r");
+	if (!f)
+		return errno == ENOENT ? 0 : cbt_fail(e, errno, "%s: cannot read the journal", path);
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		what = strchr(line, ' ');
+		if (!what)
+			continue;
+		*what++ = '\0';
+		r = 0;
+		if (!strcmp(line, "device")) {
+			/* Resume first: abort and everything else need a live device. */
+			if (cbt_dm_info(what, &info, &err)) {
+				if (err.errnum == ENODEV || err.errnum == ENXIO)
+					continue;	/* removed since: nothing to undo */
+				r = -err.errnum;
+			} else if (info.suspended) {
+				r = cbt_dm_resume(what, &err);
+				if (!r) {
+					rep->resumed++;
+					note(rep, "%s: resumed (left suspended by %s)", what, token);
+				}
+			}
+			if (!r)
+				r = abort_frozen(what, token, false, rep, &err);
+		} else if (!strcmp(line, "temp")) {
+			if (!unlink(what)) {
+				rep->removed++;
+				note(rep, "%s: removed (a temporary image of %s)", what, token);
+			} else if (errno != ENOENT) {
+				r = cbt_fail(&err, errno, "%s: cannot remove", what);
+			}
+		}
+		if (r && !first) {
+			first = r;
+			*e = err;
+		}
+	}
+	fclose(f);
+	if (!first)
+		unlink(path);
+	return first;
+}
+
+int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
+		struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	const char *dir = cbt_journal_dir();
+	char path[4352];
+	struct dirent *d;
+	struct cbt_err err;
+	unsigned int i;
+	int first = 0, r;
+	DIR *dp;
+
+	dp = opendir(dir);
+	while (dp && (d = readdir(dp))) {
+		if (!cbt_token_is_ours(d->d_name) || cbt_token_alive(d->d_name))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
+		r = replay_journal(path, d->d_name, rep, &err);
+		if (r && !first) {
+			first = r;
+			*e = err;
+		}
+	}
+	if (dp)
+		closedir(dp);
+	for (i = 0; i < nr_devs; i++) {
+		r = abort_frozen(devs[i], NULL, force, rep, &err);
+		if (r && !first) {
+			first = r;
+			*e = err;
+		}
+	}
+	return first;
+}
+
+int cbt_recover_dir(const char *dir, struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	char token[128], path[4352];
+	const char *p, *q;
+	struct dirent *d;
+	int first = 0;
+	size_t len;
+	DIR *dp;
+
+	dp = opendir(dir);
+	if (!dp)
+		return cbt_fail(e, errno, "%s: cannot read the directory", dir);
+	while ((d = readdir(dp))) {
+		/* .NAME.cbtctl.PID.START.tmp */
+		len = strlen(d->d_name);
+		if (d->d_name[0] != '.' || len < 5 || strcmp(d->d_name + len - 4, ".tmp"))
+			continue;
+		p = strstr(d->d_name, ".cbtctl.");
+		if (!p)
+			continue;
+		q = d->d_name + len - 4;
+		if ((size_t)(q - p - 1) >= sizeof(token))
+			continue;
+		memcpy(token, p + 1, q - p - 1);
+		token[q - p - 1] = '\0';
+		if (!cbt_token_is_ours(token) || cbt_token_alive(token))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
+		if (!unlink(path)) {
+			rep->removed++;
+			note(rep, "%s: removed (a temporary image of %s)", path, token);
+		} else if (!first) {
+			first = cbt_fail(e, errno, "%s: cannot remove", path);
+		}
+	}
+	closedir(dp);
+	return first;
+}

@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: LGPL-2.1 */
+/*
+ * Crash recovery. A backup writes a journal, /run/cbtctl/TOKEN, before it
+ * suspends a device or creates a temporary image, naming each; it removes
+ * the journal when it is done. TOKEN ("cbtctl.PID.STARTTIME") names the
+ * process, so a later run can tell a dead owner from a live one and undo
+ * what the dead one left: resume its devices, abort the bitmaps it froze
+ * (merging their bits back) and remove its temporary images.
+ */
+#ifndef CBT_RECOVER_H
+#define CBT_RECOVER_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "libcbt.h"
+
+/* Where journals live; $CBT_RUN_DIR overrides it. */
+const char *cbt_journal_dir(void);
+
+/* Whether TOKEN was made by a cbtctl process that is still running. */
+bool cbt_token_alive(const char *token);
+/* Whether TOKEN has the form of a cbtctl token. */
+bool cbt_token_is_ours(const char *token);
+
+struct cbt_journal;
+
+int cbt_journal_open(const char *token, struct cbt_journal **j, struct cbt_err *e);
+/* Records "device NAME" or "temp PATH" (written through before returning). */
+int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
+		    struct cbt_err *e);
+/* Removes the journal: the run left nothing behind. */
+void cbt_journal_close(struct cbt_journal *j);
+
+struct cbt_recover_report {
+	unsigned int resumed;		/* devices resumed */
+	unsigned int aborted;		/* bitmaps aborted */
+	unsigned int removed;		/* temporary images removed */
+	FILE *log;			/* if set, one line per action */
+};
+
+/*
+ * Undoes every journal whose owner is dead; then on each of DEVS, aborts
+ * bitmaps frozen by a dead cbtctl (FORCE: every frozen bitmap, whoever
+ * froze it). Errors name the device or file; recovery goes on past them
+ * and returns the first.
+ */
+int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
+		struct cbt_recover_report *rep, struct cbt_err *e);
+
+/*
+ * Removes temporary images in DIR (".NAME.TOKEN.tmp") whose cbtctl is dead:
+ * they outlive a journal that a reboot cleared.
+ */
+int cbt_recover_dir(const char *dir, struct cbt_recover_report *rep, struct cbt_err *e);
+
+#endif /* CBT_RECOVER_H */
