@@ -80,6 +80,11 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 
 	ti->num_flush_bios = 1;
+	/*
+	 * Flushes reach the target even when the device below has no volatile
+	 * cache (loop, brd): error-injection rules key on them.
+	 */
+	ti->flush_supported = true;
 	ti->num_discard_bios = 1;
 	ti->num_secure_erase_bios = 1;
 	ti->num_write_zeroes_bios = 1;

@@ -67,24 +67,9 @@ const char *cbt_job_status_name(enum cbt_job_status s)
  */
 static void make_token(struct cbt_backup *b)
 {
-	unsigned long long start = 0;
-	char buf[1024], *p;
-	FILE *f;
-	int i;
+	int pid = getpid();
 
-	f = fopen("/proc/self/stat", "r");
-	if (f) {
-		if (fgets(buf, sizeof(buf), f)) {
-			p = strrchr(buf, ')');
-			/* starttime is field 22; p points at the end of field 2. */
-			for (i = 2; p && i < 21; i++)
-				p = strchr(p + 1, ' ');
-			if (p)
-				start = strtoull(p + 1, NULL, 10);
-		}
-		fclose(f);
-	}
-	snprintf(b->token, sizeof(b->token), "cbtctl.%d.%llu", (int)getpid(), start);
+	snprintf(b->token, sizeof(b->token), "cbtctl.%d.%llu", pid, cbt_process_start(pid));
 }
 
 static int job_fail(struct cbt_backup_job *job, const struct cbt_err *err)

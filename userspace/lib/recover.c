@@ -32,8 +32,7 @@ bool cbt_token_is_ours(const char *token)
 	return sscanf(token, "cbtctl.%d.%llu%c", &pid, &start, &end) == 2 && pid > 0;
 }
 
-/* The start time (clock ticks since boot) of PID, or 0 when it is gone. */
-static unsigned long long process_start(int pid)
+unsigned long long cbt_process_start(int pid)
 {
 	unsigned long long start = 0;
 	char path[64], buf[1024], *p;
@@ -46,8 +45,8 @@ static unsigned long long process_start(int pid)
 		return 0;
 	if (fgets(buf, sizeof(buf), f)) {
 		p = strrchr(buf, ')');
-		/* starttime is field 22; p ends field 2. */
-		for (i = 2; p && i < 21; i++)
+		/* starttime is field 22; p ends field 2, each step passes one more. */
+		for (i = 2; p && i < 22; i++)
 			p = strchr(p + 1, ' ');
 		if (p)
 			start = strtoull(p + 1, NULL, 10);
@@ -63,7 +62,7 @@ bool cbt_token_alive(const char *token)
 
 	if (sscanf(token, "cbtctl.%d.%llu", &pid, &start) != 2)
 		return false;
-	return process_start(pid) == start;
+	return start && cbt_process_start(pid) == start;
 }
 
 int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err *e)

@@ -18,6 +18,9 @@
 /* Where journals live; $CBT_RUN_DIR overrides it. */
 const char *cbt_journal_dir(void);
 
+/* The start time (clock ticks since boot) of PID, or 0 when it is gone. */
+unsigned long long cbt_process_start(int pid);
+
 /* Whether TOKEN was made by a cbtctl process that is still running. */
 bool cbt_token_alive(const char *token);
 /* Whether TOKEN has the form of a cbtctl token. */

@@ -70,8 +70,8 @@ no_leftovers() {
 grouped() {
 	local dir d0 d1 rc c0 c1
 	make_tmpdir dir
-	new_dev d0 g0 0x41
-	new_dev d1 g1 0x6b
+	new_dev d0 "$1-0" 0x41
+	new_dev d1 "$1-1" 0x6b
 	cbtctl bitmap add "$d0" b0 && cbtctl bitmap add "$d1" b0 || fail "bitmap add"
 	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/full0.qcow2" "$d1=$dir/full1.qcow2" \
 		>/dev/null || fail "full backup transaction"
@@ -161,7 +161,7 @@ killed_at() {
 		qio "$d0" "write -P 0x77 40M 64k"
 	fi
 	kill -9 $pid
-	wait $pid 2>/dev/null
+	wait $pid 2>/dev/null || true
 	cbtctl recover "$d0" "$d1" >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
 	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d0 left suspended"
 	dmsetup info "${d1#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d1 left suspended"
