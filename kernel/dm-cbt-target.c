@@ -3,7 +3,8 @@
  * dm-cbt: changed-block tracking for device-mapper.
  *
  * The "cbt" target passes every bio through to one underlying device.
- * Later layers record the writes it sees in named dirty bitmaps.
+ * Later layers record the writes it sees in named dirty bitmaps; the
+ * injector (dm-cbt-inject.c) can fail, delay or drop bios on command.
  */
 
 #include <linux/module.h>
