@@ -341,7 +341,11 @@ int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti)
 	bio_list_init(&inj->delayed);
 	inj->may_delay = true;
 	INIT_DELAYED_WORK(&inj->delay_work, release_due_bios);
-	inj->wq = alloc_workqueue("dm-cbt-inject", WQ_MEM_RECLAIM, 0);
+	/*
+	 * Releasing held bios needs no particular CPU; saying WQ_UNBOUND also
+	 * keeps newer kernels (which want WQ_UNBOUND or WQ_PERCPU) quiet.
+	 */
+	inj->wq = alloc_workqueue("dm-cbt-inject", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
 	if (!inj->wq) {
 		ti->error = "Cannot allocate injection workqueue";
 		return -ENOMEM;

@@ -4,7 +4,8 @@
  *
  * The "cbt" target passes every bio through to one underlying device and
  * records the chunks that writes, discards and write-zeroes touch in the
- * device's named dirty bitmaps (dm-cbt-dev.c, dm-cbt-bitmap.c).
+ * device's named dirty bitmaps (dm-cbt-dev.c, dm-cbt-bitmap.c); the
+ * injector (dm-cbt-inject.c) can fail, delay or drop bios on command.
  */
 
 #include <linux/module.h>

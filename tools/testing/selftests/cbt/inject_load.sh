@@ -50,7 +50,7 @@ test_fio_load() {
 	cbtctl inject "$name" set-state event=flush state=1 new-state=2 id=up >/dev/null
 	cbtctl inject "$name" set-state event=flush state=2 new-state=1 id=down >/dev/null
 	cbtctl inject "$name" error event=read state=2 probability=50000 id=r2 >/dev/null
-	cbtctl inject "$name" drop event=discard id=ddisc >/dev/null
+	cbtctl inject "$name" drop event=write probability=10000 id=wdrop >/dev/null
 
 	out=$dir/fio.out
 	fio --name=load --filename="$dev" --direct=1 --ioengine=libaio --iodepth=8 \
@@ -70,7 +70,7 @@ test_fio_load() {
 	wait $pid || true
 	grep -q "IOPS=" "$out" || fail "fio did not run: $(cat "$out")"
 	local r
-	for r in rerr wdelay rdelay up down; do
+	for r in rerr wdelay rdelay up down wdrop; do
 		[ "$(hits $r)" -gt 0 ] ||
 			fail "rule $r never fired: $(cbtctl inject "$name" list) $(tail -30 "$out")"
 	done
