@@ -75,11 +75,40 @@ static const char *const cbt_inject_kind_names[] = {
 };
 
 /*
- * The netlink event group sends rule firings on; until it exists, a firing
- * is only counted (rule->hits).
+ * A rule fired (rules lock held, irqs off): the netlink event goes out from
+ * the workqueue, where it may allocate. Firings that come faster than the
+ * worker runs are sent as one event per rule; "inject list" has the counts.
  */
-void cbt_event_rule_fired(struct cbt_c *cc, const struct cbt_inject_rule *rule)
+void cbt_event_rule_fired(struct cbt_c *cc)
 {
+	queue_work(cc->inject.wq, &cc->inject.event_work);
+}
+
+static void send_rule_events(struct work_struct *work)
+{
+	struct cbt_inject *inj = container_of(work, struct cbt_inject, event_work);
+	struct cbt_c *cc = container_of(inj, struct cbt_c, inject);
+	struct cbt_inject_rule *rule;
+	char id[CBT_INJECT_ID_LEN];
+	unsigned long flags;
+	bool found;
+
+	do {
+		found = false;
+		spin_lock_irqsave(&inj->lock, flags);
+		list_for_each_entry(rule, &inj->rules, list) {
+			if (rule->reported != rule->hits) {
+				rule->reported = rule->hits;
+				strscpy(id, rule->id, sizeof(id));
+				found = true;
+				break;
+			}
+		}
+		spin_unlock_irqrestore(&inj->lock, flags);
+		if (found)
+			cbt_event_notify(cc->cdev->devt, DM_CBT_EVENT_ERROR_RULE, id, NULL,
+					 GFP_KERNEL);
+	} while (found);
 }
 
 /* ---- the I/O path ---- */
@@ -265,7 +294,7 @@ int cbt_inject_map(struct cbt_c *cc, struct bio *bio)
 		if (!rule_matches(rule, events, start, size, state) || !rule_rolls(rule))
 			continue;
 		rule->hits++;
-		cbt_event_rule_fired(cc, rule);
+		cbt_event_rule_fired(cc);
 		switch (rule->kind) {
 		case CBT_INJECT_ERROR:
 			if (!status)
@@ -341,6 +370,7 @@ int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti)
 	bio_list_init(&inj->delayed);
 	inj->may_delay = true;
 	INIT_DELAYED_WORK(&inj->delay_work, release_due_bios);
+	INIT_WORK(&inj->event_work, send_rule_events);
 	/*
 	 * Releasing held bios needs no particular CPU; saying WQ_UNBOUND also
 	 * keeps newer kernels (which want WQ_UNBOUND or WQ_PERCPU) quiet.

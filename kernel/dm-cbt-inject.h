@@ -44,6 +44,7 @@ struct cbt_inject_rule {
 	u64 count;			/* fires at most this often; 0: no limit */
 	u32 probability;		/* parts per million */
 	u64 hits;			/* times it fired */
+	u64 reported;			/* hits already sent as events */
 	char id[CBT_INJECT_ID_LEN];
 };
 
@@ -61,6 +62,7 @@ struct cbt_inject {
 	bool may_delay;			/* false from presuspend to resume */
 	struct workqueue_struct *wq;
 	struct delayed_work delay_work;
+	struct work_struct event_work;	/* sends rule firings as netlink events */
 };
 
 /* What the injector remembers of a bio it holds back (per-bio data). */

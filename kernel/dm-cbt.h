@@ -106,9 +106,9 @@ static inline struct cbt_per_bio *cbt_per_bio(struct bio *bio)
 
 /*
  * Called each time an injection rule fires, from map context with the
- * rules lock held (irqs off): must neither sleep nor allocate with
- * anything but GFP_ATOMIC. The netlink event group sends it on.
+ * rules lock held (irqs off); it only queues the work that sends the
+ * netlink event (dm-cbt-inject.c).
  */
-void cbt_event_rule_fired(struct cbt_c *cc, const struct cbt_inject_rule *rule);
+void cbt_event_rule_fired(struct cbt_c *cc);
 
 #endif /* DM_CBT_H */

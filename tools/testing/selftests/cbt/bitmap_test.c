@@ -185,11 +185,11 @@ TEST_F(bitmap, detail_and_status)
 	EXPECT_EQ(0, field(self, "off", "count"));
 	EXPECT_EQ(65536, field(self, "plain", "count"));
 	ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 0 0", line);
+	EXPECT_STREQ("2 1 0 0 1 0", line);	/* + inject state 1, no rules */
 	ASSERT_EQ(0, msg(self, "bitmap freeze plain backup-1.a_b"));
 	EXPECT_STREQ("backup-1.a_b", token(self, "plain", tok, sizeof(tok)));
 	ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 1 0", line);
+	EXPECT_STREQ("2 1 1 0 1 0", line);
 	ASSERT_EQ(0, list(self, line, sizeof(line)));
 	EXPECT_NE(NULL, strstr(line, "plain granularity=65536 count=0 recording=1 busy=1 "
 			       "persistent=0 inconsistent=0 frozen=65536 token=backup-1.a_b\n"))
@@ -677,6 +677,52 @@ TEST_F(bitmap, events_multicast)
 	ASSERT_EQ(4, ev.n);
 	for (i = 0; i < 4; i++)
 		EXPECT_STREQ(want[i], ev.seen[i]);
+}
+
+/* An error-injection rule that fires is reported on the events group. */
+TEST_F(bitmap, rule_fired_event)
+{
+	struct events ev = { 0 };
+	struct nl_sock *sk;
+	struct stat st;
+	char want[160];
+	void *buf;
+	int grp, fd, tries;
+
+	ASSERT_EQ(0, stat(self->dev, &st));
+	sk = nl_socket_alloc();
+	ASSERT_NE(NULL, sk);
+	ASSERT_EQ(0, genl_connect(sk));
+	grp = genl_ctrl_resolve_grp(sk, DM_CBT_GENL_NAME, DM_CBT_GENL_MCGRP_EVENTS);
+	ASSERT_LE(0, grp);
+	ASSERT_EQ(0, nl_socket_add_membership(sk, grp));
+	nl_socket_disable_seq_check(sk);
+	nl_socket_modify_cb(sk, NL_CB_VALID, NL_CB_CUSTOM, event_msg, &ev);
+	ASSERT_EQ(0, nl_socket_set_nonblocking(sk));
+
+	ASSERT_EQ(0, msg(self, "inject error event=read offset=4096 length=512 id=boom"));
+	ASSERT_EQ(0, posix_memalign(&buf, 4096, 4096));
+	fd = open(self->dev, O_RDONLY | O_DIRECT);
+	ASSERT_LE(0, fd);
+	EXPECT_EQ(-1, pread(fd, buf, 4096, 4096));
+	EXPECT_EQ(EIO, errno);
+	/* Unmatched: no event. */
+	EXPECT_EQ(4096, pread(fd, buf, 4096, 8192));
+	close(fd);
+	free(buf);
+	/* The event is sent from a worker: give it a moment. */
+	for (tries = 0; tries < 50 && !ev.n; tries++) {
+		usleep(100000);
+		while (nl_recvmsgs_default(sk) >= 0)
+			;
+	}
+	nl_socket_free(sk);
+	ASSERT_EQ(0, msg(self, "inject clear"));
+
+	snprintf(want, sizeof(want), "%d %u:%u boom -", DM_CBT_EVENT_ERROR_RULE,
+		 major(st.st_rdev), minor(st.st_rdev));
+	ASSERT_EQ(1, ev.n);
+	EXPECT_STREQ(want, ev.seen[0]);
 }
 
 TEST_HARNESS_MAIN

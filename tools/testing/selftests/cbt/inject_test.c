@@ -113,16 +113,20 @@ static long long rule_field(struct _test_data_inject *self, const char *id, cons
 
 #define HITS(id) rule_field(self, id, "hits")
 
-/* The injection fields of the status line: "<state> <#rules>". */
+/*
+ * The injection fields of the status line, after the four tracking fields:
+ * "<#bitmaps> <#recording> <#frozen> <#inconsistent> <state> <#rules>".
+ */
 static void status_inject(struct _test_data_inject *self, unsigned int *state,
 			  unsigned int *rules)
 {
 	char line[256];
-	unsigned int bitmaps;
+	unsigned int tracking[4];
 
 	*state = *rules = ~0U;
 	if (!dm_status_line(self->name, 0, line, sizeof(line)))
-		sscanf(line, "%u %u %u", &bitmaps, state, rules);
+		sscanf(line, "%u %u %u %u %u %u", &tracking[0], &tracking[1], &tracking[2],
+		       &tracking[3], state, rules);
 }
 
 TEST_F(inject, blkdebug_scenario)

@@ -77,11 +77,13 @@ grouped() {
 		>/dev/null || fail "full backup transaction"
 	[ "$1" = race ] || qio "$d0" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" \
 		"write -P 0x64 32736k 64k"
-	qio "$d1" "write -P 0xef 0 512" "write -P 0x56 16M 256k" "write -P 0x66 32736k 64k"
-	# The next read of the second device fails, once a flush has moved the state.
+	# The next read of the second device fails once a flush has moved the
+	# state: the writes' flush (QEMU sends none when nothing was written).
 	cbtctl inject "$d1" set-state event=flush state=1 new-state=2 >/dev/null &&
 		cbtctl inject "$d1" error event=read state=2 errno=5 once >/dev/null || fail "inject"
-	qio "$d1" "flush"
+	qio "$d1" "write -P 0xef 0 512" "write -P 0x56 16M 256k" "write -P 0x66 32736k 64k" "flush"
+	expect_eq "state after the flush" "$(cbtctl status "$d1" --json |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["inject"]["state"])')" 2
 	c0=$(count_of "$d0" b0)
 	c1=$(count_of "$d1" b0)
 	expect_eq "dev1 count" "$c1" 458752
