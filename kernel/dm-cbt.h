@@ -54,6 +54,7 @@ struct cbt_dev {
 	sector_t len;			/* sectors the bitmaps cover */
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
 };
+
 #include "dm-cbt-inject.h"
 
 /* One per cbt target instance. */
