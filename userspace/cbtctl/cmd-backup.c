@@ -34,6 +34,8 @@ static void show_progress(struct cbt_backup *b, void *arg)
 		done += __atomic_load_n(&b->jobs[i].bytes_done, __ATOMIC_RELAXED);
 		total += b->jobs[i].dirty_bytes;
 	}
+	if (done > total)	/* extents widen to whole clusters */
+		done = total;
 	filled = total ? (unsigned int)(done * width / total) : width;
 	fprintf(stderr, "\r[%-*.*s] %3u%% %llu/%llu MiB", width, filled,
 		"##############################", total ? (unsigned int)(done * 100 / total) : 100,
@@ -89,7 +91,9 @@ static void print_text(const struct cbt_backup *b, int r, const struct cbt_err *
 		fprintf(r ? stderr : stdout, "\n");
 	}
 	if (r)
-		fprintf(stderr, "cbtctl: backup failed: %s; every bitmap was restored\n", e->msg);
+		fprintf(stderr, "cbtctl: backup failed: %s; %s\n", e->msg,
+			b->bitmap_errors ? "some bitmaps could not be restored (see below)" :
+					   "every bitmap was restored");
 }
 
 int cmd_backup(int argc, char **argv)
@@ -178,6 +182,9 @@ int cmd_backup(int argc, char **argv)
 		print_json(&b, r, &e);
 	else
 		print_text(&b, r, &e);
+	if (b.bitmap_errors)
+		fprintf(stderr, "cbtctl: warning: %u bitmap commit/abort refused (first: %s); "
+			"run 'cbtctl recover' on the devices\n", b.bitmap_errors, b.bitmap_err.msg);
 	status = r ? EXIT_FAIL : 0;
 out:
 	for (i = 0; i < (int)b.nr_jobs; i++)

@@ -22,7 +22,7 @@ static int bitmap_add(int argc, char **argv)
 
 	for (i = 1; i < argc; i++) {
 		if (!strncmp(argv[i], "--granularity=", 14)) {
-			if (cbt_parse_size(argv[i] + 14, &gran))
+			if (cbt_parse_size(argv[i] + 14, &gran) || !gran)
 				return usage_error(BITMAP_USAGE, "bad granularity '%s'", argv[i] + 14);
 		} else if (!strcmp(argv[i], "--disabled")) {
 			disabled = 1;

@@ -115,7 +115,9 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 	if (r)
 		return r;
 	free(st.params);
-	if (asprintf(&p->dm_dev, "/dev/mapper/%s", cbt_dm_name(job->spec.device)) < 0) {
+	/* A path (/dev/mapper/NAME, /dev/dm-N) is opened as given, a bare name under /dev/mapper. */
+	if (strchr(job->spec.device, '/') ? asprintf(&p->dm_dev, "%s", job->spec.device) < 0 :
+	    asprintf(&p->dm_dev, "/dev/mapper/%s", job->spec.device) < 0) {
 		p->dm_dev = NULL;
 		return cbt_fail(e, ENOMEM, "%s", job->spec.device);
 	}
@@ -127,6 +129,10 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 			return cbt_fail(e, EBUSY, "%s: bitmap '%s' is busy (frozen by %s)",
 					cbt_dm_name(job->spec.device), info.name,
 					info.token[0] ? info.token : "another backup");
+		if (info.inconsistent && b->sync == CBT_SYNC_INCREMENTAL)
+			return cbt_fail(e, EINVAL, "%s: bitmap '%s' is inconsistent (it may have "
+					"missed writes): take a full backup", cbt_dm_name(job->spec.device),
+					info.name);
 	}
 	r = cbt_open_source(p->dm_dev, &p->fd, &job->size, e);
 	if (r)
@@ -168,23 +174,63 @@ static int cmp_jobs_by_device(const void *x, const void *y)
 	return strcmp(cbt_dm_name((*a)->spec.device), cbt_dm_name((*c)->spec.device));
 }
 
-/* Aborts every bitmap this run froze; the frozen bits go back into the live ones. */
+/* A commit or abort the target refused: kept for the caller to report. */
+static void bitmap_error(struct cbt_backup *b, const struct cbt_err *err)
+{
+	if (!b->bitmap_errors++)
+		b->bitmap_err = *err;
+}
+
+/*
+ * Aborts every bitmap this run froze; the frozen bits go back into the live
+ * ones. One that cannot be aborted stays frozen under this run's token and
+ * the journal stays, so "cbtctl recover" can finish the job.
+ */
 static void abort_bitmaps(struct cbt_backup *b)
 {
-	struct cbt_err ignored;
+	struct cbt_err err;
 	unsigned int i, j;
 
 	for (i = 0; i < b->nr_jobs; i++) {
 		struct cbt_backup_job_priv *p = b->jobs[i].priv;
 
-		for (j = 0; j < b->nr_bitmaps; j++) {
+		for (j = 0; p && p->frozen && j < b->nr_bitmaps; j++) {
 			if (!p->frozen[j])
 				continue;
-			if (!cbt_bitmap_msg(b->jobs[i].spec.device, &ignored, "bitmap abort %s %s",
-					    b->bitmaps[j], b->token))
-				p->frozen[j] = false;
+			if (cbt_bitmap_msg(b->jobs[i].spec.device, &err, "bitmap abort %s %s",
+					   b->bitmaps[j], b->token)) {
+				bitmap_error(b, &err);
+				b->keep_journal = true;
+				continue;
+			}
+			p->frozen[j] = false;
 		}
 	}
+}
+
+/*
+ * Resumes DEV, trying again a few times; the journal records it, so that a
+ * later recovery does not resume the device under somebody else's suspend.
+ * A device that will not resume keeps the journal for "cbtctl recover".
+ */
+static int resume_device(struct cbt_backup *b, const char *dev, struct cbt_err *e)
+{
+	struct timespec pause = { 0, 100 * 1000 * 1000 };
+	int attempt, r = 0;
+
+	for (attempt = 0; attempt < 3; attempt++) {
+		r = cbt_dm_resume(dev, e);
+		if (!r)
+			break;
+		nanosleep(&pause, NULL);
+	}
+	if (r) {
+		b->keep_journal = true;
+		return r;
+	}
+	if (cbt_journal_add(b->journal, "resumed", cbt_dm_name(dev), e))
+		b->keep_journal = true;
+	return 0;
 }
 
 /*
@@ -212,7 +258,18 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
 	for (i = 0; i < b->nr_jobs && !r; i++) {
-		r = cbt_dm_suspend(order[i]->spec.device, e);
+		const char *dev = order[i]->spec.device;
+		struct cbt_dm_info info;
+
+		/* Someone else's suspend is not ours to end. */
+		r = cbt_dm_info(dev, &info, e);
+		if (!r && info.suspended)
+			r = cbt_fail(e, EBUSY, "%s: suspended already (by another program); "
+				     "not backing it up", cbt_dm_name(dev));
+		if (!r)
+			r = cbt_journal_add(b->journal, "suspend", cbt_dm_name(dev), e);
+		if (!r)
+			r = cbt_dm_suspend(dev, e);
 		if (!r)
 			suspended++;
 	}
@@ -231,8 +288,10 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	else
 		test_stop("frozen");
 	for (i = suspended; i-- > 0;) {
-		if (cbt_dm_resume(order[i]->spec.device, &err2) && !r)
-			r = cbt_fail(e, err2.errnum, "%s", err2.msg);
+		if (resume_device(b, order[i]->spec.device, &err2) && !r) {
+			r = -err2.errnum;
+			*e = err2;
+		}
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	free(order);
@@ -279,7 +338,12 @@ static void *copy_thread(void *arg)
 		.fd = p->fd,
 		.size = job->size,
 		.img = p->img,
-		.zero_clusters = b->sync == CBT_SYNC_INCREMENTAL,
+		/*
+		 * A cluster left unallocated reads zero only in a new image
+		 * without a backing file; anywhere else zeros must be written.
+		 */
+		.zero_clusters = b->sync == CBT_SYNC_INCREMENTAL ||
+				 job->spec.mode == CBT_MODE_EXISTING || job->spec.backing,
 		.retries = b->retries,
 		.retry_delay_ms = b->retry_delay_ms,
 		.cancel = &b->cancel,
@@ -291,14 +355,16 @@ static void *copy_thread(void *arg)
 
 	r = cbt_copy_extents(&c, p->extents.v, p->extents.n, &err);
 	job->bytes_written = c.bytes_written;
+	/* The main thread reads the status while this thread may still run. */
 	if (r == -ECANCELED && b->cancel) {
-		job->status = CBT_JOB_CANCELLED;
 		job->err = err;
+		__atomic_store_n(&job->status, CBT_JOB_CANCELLED, __ATOMIC_RELEASE);
 	} else if (r) {
-		job_fail(job, &err);
-		b->cancel = 1;	/* the others stop promptly */
+		job->err = err;
+		__atomic_store_n(&job->status, CBT_JOB_FAILED, __ATOMIC_RELEASE);
+		__atomic_store_n(&b->cancel, 1, __ATOMIC_RELEASE);	/* the others stop promptly */
 	} else {
-		job->status = CBT_JOB_COMPLETED;
+		__atomic_store_n(&job->status, CBT_JOB_COMPLETED, __ATOMIC_RELEASE);
 	}
 	return NULL;
 }
@@ -325,7 +391,8 @@ static int run_copies(struct cbt_backup *b)
 	do {
 		running = 0;
 		for (i = 0; i < b->nr_jobs; i++)
-			if (b->jobs[i].priv->running && b->jobs[i].status == CBT_JOB_PENDING)
+			if (b->jobs[i].priv->running &&
+			    __atomic_load_n(&b->jobs[i].status, __ATOMIC_ACQUIRE) == CBT_JOB_PENDING)
 				running++;
 		if (b->progress)
 			b->progress(b, b->progress_arg);
@@ -352,7 +419,7 @@ static void mark_cancelled(struct cbt_backup *b)
 		/* A job that finished copying is not done until all are: cancelled too. */
 		if (job->status == CBT_JOB_PENDING || job->status == CBT_JOB_COMPLETED) {
 			job->status = CBT_JOB_CANCELLED;
-			cbt_fail(&job->err, ECANCELED, "%s: cancelled because another job failed",
+			cbt_fail(&job->err, ECANCELED, "%s: cancelled: the transaction failed",
 				 job->spec.device);
 		}
 	}
@@ -387,8 +454,12 @@ static int finish_images(struct cbt_backup *b, struct cbt_err *e)
 
 		if (qcow2_close(job->priv->img, true, &err)) {
 			job_fail(job, &err);
-			if (!r)
-				r = cbt_fail(e, err.errnum, "%s", err.msg);
+			if (job->spec.mode == CBT_MODE_EXISTING)
+				job->target_unusable = true;
+			if (!r) {
+				r = -err.errnum;
+				*e = err;
+			}
 		}
 		job->priv->img = NULL;
 	}
@@ -409,7 +480,14 @@ static int finish_images(struct cbt_backup *b, struct cbt_err *e)
 		}
 		free(job->priv->tmp_path);
 		job->priv->tmp_path = NULL;
-		fsync_dir_of(job->spec.target);
+		/* Until the directory is synced the rename may not survive a crash. */
+		r = fsync_dir_of(job->spec.target);
+		if (r) {
+			cbt_fail(e, -r, "%s: cannot sync its directory", job->spec.target);
+			job_fail(job, e);
+			renamed++;
+			break;
+		}
 	}
 	if (!r)
 		return 0;
@@ -428,6 +506,8 @@ static void discard_images(struct cbt_backup *b)
 	for (i = 0; i < b->nr_jobs; i++) {
 		struct cbt_backup_job_priv *p = b->jobs[i].priv;
 
+		if (!p)
+			continue;
 		if (p->img) {
 			qcow2_abort(p->img, false);
 			p->img = NULL;
@@ -442,8 +522,9 @@ static void discard_images(struct cbt_backup *b)
 	}
 }
 
-static void commit_bitmaps(struct cbt_backup *b, struct cbt_err *e)
+static void commit_bitmaps(struct cbt_backup *b)
 {
+	struct cbt_err err;
 	unsigned int i, j;
 
 	test_stop("renamed");
@@ -453,8 +534,10 @@ static void commit_bitmaps(struct cbt_backup *b, struct cbt_err *e)
 		for (j = 0; j < b->nr_bitmaps; j++) {
 			if (!p->frozen[j])
 				continue;
-			if (!cbt_bitmap_msg(b->jobs[i].spec.device, e, "bitmap commit %s %s",
-					    b->bitmaps[j], b->token))
+			if (cbt_bitmap_msg(b->jobs[i].spec.device, &err, "bitmap commit %s %s",
+					   b->bitmaps[j], b->token))
+				bitmap_error(b, &err);
+			else
 				p->frozen[j] = false;
 			test_stop("committing");
 		}
@@ -530,6 +613,8 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 
 		b->jobs[i].priv = p;
 		b->jobs[i].status = CBT_JOB_PENDING;
+		if (p)
+			p->fd = -1;
 		if (!p || !(p->frozen = calloc(b->nr_bitmaps + 1, sizeof(bool)))) {
 			r = cbt_fail(e, ENOMEM, "backup");
 			goto out;
@@ -552,9 +637,10 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 		for (i = 0; i < b->nr_jobs; i++)
 			if (b->jobs[i].status == CBT_JOB_FAILED)
 				break;
-		if (i < b->nr_jobs)
-			r = cbt_fail(e, b->jobs[i].err.errnum, "%s", b->jobs[i].err.msg);
-		else
+		if (i < b->nr_jobs) {
+			r = -b->jobs[i].err.errnum;
+			*e = b->jobs[i].err;
+		} else
 			r = cbt_fail(e, ECANCELED, "backup cancelled");
 	}
 	if (!r)
@@ -565,12 +651,10 @@ out:
 		discard_images(b);
 		abort_bitmaps(b);
 	} else {
-		struct cbt_err cerr = { 0 };
-
-		commit_bitmaps(b, &cerr);
+		commit_bitmaps(b);
 	}
 	free_privs(b);
-	cbt_journal_close(b->journal);
+	cbt_journal_release(b->journal, b->keep_journal);
 	b->journal = NULL;
 	return r;
 }

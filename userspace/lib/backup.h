@@ -58,6 +58,9 @@ struct cbt_backup {
 	void *progress_arg;
 	char token[64];			/* the freeze token of this run */
 	struct cbt_journal *journal;	/* what a crash of this run would leave */
+	bool keep_journal;		/* something could not be undone: recover later */
+	unsigned int bitmap_errors;	/* commits or aborts the target refused */
+	struct cbt_err bitmap_err;	/* the first of them */
 };
 
 /*

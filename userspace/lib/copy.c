@@ -74,7 +74,10 @@ static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
 			return cbt_fail(e, EIO, "%s: short read at offset %llu (device ended?)",
 					c->device, (unsigned long long)(off + done));
 		}
-		if (attempt >= c->retries || (c->cancel && *c->cancel))
+		if (c->cancel && *c->cancel)
+			return cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu", c->device,
+					(unsigned long long)(off + done));
+		if (attempt >= c->retries)
 			return cbt_fail(e, errno, "%s: read of %zu bytes at offset %llu failed%s",
 					c->device, len - done,
 					(unsigned long long)(off + done),
@@ -120,8 +123,9 @@ int cbt_copy_extents(struct cbt_copy *c, const struct cbt_extent *extents,
 		     size_t nr_extents, struct cbt_err *e)
 {
 	uint32_t cluster = qcow2_cluster_size(c->img);
+	uint64_t vsize = qcow2_virtual_size(c->img);
 	uint64_t pos = 0, start, end, done = 0;
-	size_t i, len, bufsize;
+	size_t i, len, wlen, bufsize;
 	void *buf;
 	int r = 0;
 
@@ -145,8 +149,19 @@ int cbt_copy_extents(struct cbt_copy *c, const struct cbt_extent *extents,
 			}
 			len = end - start < bufsize ? end - start : bufsize;
 			r = read_source(c, buf, len, start, e);
+			wlen = len;
+			if (!r && start + len == c->size && c->size % cluster && vsize > c->size) {
+				/*
+				 * An image larger than the device: the device's last
+				 * cluster is written whole, zeros past its end, since a
+				 * partial cluster cannot be written over a backing file.
+				 */
+				wlen = (c->size / cluster + 1) * cluster;
+				wlen = (wlen < vsize ? wlen : vsize) - start;
+				memset((char *)buf + len, 0, wlen - len);
+			}
 			if (!r)
-				r = write_clusters(c, buf, len, start, cluster, e);
+				r = write_clusters(c, buf, wlen, start, cluster, e);
 			if (r)
 				break;
 			start += len;

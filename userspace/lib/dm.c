@@ -113,10 +113,11 @@ int cbt_dm_message(const char *dev, const char *message, char **answer,
 	dmt = dm_task_for(DM_DEVICE_TARGET_MSG, dev);
 	if (!dmt || !dm_task_set_sector(dmt, 0) || !dm_task_set_message(dmt, message) ||
 	    !dm_task_run(dmt)) {
-		r = dm_task_fail(dmt, e, "message refused", dev);
-		if (e && e->errnum == EINVAL)
-			cbt_fail(e, EINVAL, "%s: message '%s' refused (the kernel log says why)",
-				 cbt_dm_name(dev), message);
+		char what[300];
+
+		snprintf(what, sizeof(what), "message '%s' refused%s", message,
+			 dmt && dm_task_get_errno(dmt) == EINVAL ? " (the kernel log says why)" : "");
+		r = dm_task_fail(dmt, e, what, dev);
 		goto out;
 	}
 	resp = dm_task_get_message_response(dmt);

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1
 #include <dirent.h>
+#include <stdint.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -23,13 +24,29 @@ const char *cbt_journal_dir(void)
 	return d && *d ? d : "/run/cbtctl";
 }
 
+/* "cbtctl.PID.START": both plain decimal numbers. */
+static bool parse_token(const char *token, int *pid, unsigned long long *start)
+{
+	const char *p = token + 7;
+	char *end;
+	unsigned long v;
+
+	if (strncmp(token, "cbtctl.", 7) || *p < '0' || *p > '9')
+		return false;
+	v = strtoul(p, &end, 10);
+	if (*end != '.' || !v || v > INT32_MAX || end[1] < '0' || end[1] > '9')
+		return false;
+	*pid = v;
+	*start = strtoull(end + 1, &end, 10);
+	return !*end;
+}
+
 bool cbt_token_is_ours(const char *token)
 {
-	int pid;
 	unsigned long long start;
-	char end;
+	int pid;
 
-	return sscanf(token, "cbtctl.%d.%llu%c", &pid, &start, &end) == 2 && pid > 0;
+	return parse_token(token, &pid, &start);
 }
 
 unsigned long long cbt_process_start(int pid)
@@ -60,7 +77,7 @@ bool cbt_token_alive(const char *token)
 	unsigned long long start;
 	int pid;
 
-	if (sscanf(token, "cbtctl.%d.%llu", &pid, &start) != 2)
+	if (!parse_token(token, &pid, &start))
 		return false;
 	return start && cbt_process_start(pid) == start;
 }
@@ -99,13 +116,19 @@ int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 	return 0;
 }
 
-void cbt_journal_close(struct cbt_journal *j)
+void cbt_journal_release(struct cbt_journal *j, bool keep)
 {
 	if (!j)
 		return;
 	close(j->fd);
-	unlink(j->path);
+	if (!keep)
+		unlink(j->path);
 	free(j);
+}
+
+void cbt_journal_close(struct cbt_journal *j)
+{
+	cbt_journal_release(j, false);
 }
 
 static void note(struct cbt_recover_report *rep, const char *fmt, const char *a, const char *b)
@@ -148,12 +171,44 @@ static int abort_frozen(const char *dev, const char *token, bool force,
 	return first;
 }
 
-/* Undoes what one dead run's journal names. */
+/* Whether LINES (n of them) has "KIND NAME". */
+static bool journal_has(char **lines, size_t n, const char *kind, const char *name)
+{
+	size_t i, len = strlen(kind);
+
+	for (i = 0; i < n; i++)
+		if (!strncmp(lines[i], kind, len) && lines[i][len] == ' ' &&
+		    !strcmp(lines[i] + len + 1, name))
+			return true;
+	return false;
+}
+
+/* Undoes one device of a dead run: resume it if the run left it suspended, abort its bitmaps. */
+static int recover_device(const char *dev, const char *token, bool resume,
+			  struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	struct cbt_dm_info info;
+	int r;
+
+	r = cbt_dm_info(dev, &info, e);
+	if (r)
+		return e->errnum == ENODEV || e->errnum == ENXIO ? 0 : r;	/* gone since */
+	if (resume && info.suspended) {
+		r = cbt_dm_resume(dev, e);
+		if (r)
+			return r;
+		rep->resumed++;
+		note(rep, "%s: resumed (left suspended by %s)", dev, token);
+	}
+	return abort_frozen(dev, token, false, rep, e);
+}
+
+/* Undoes what one dead run's journal names; the journal goes when all is undone. */
 static int replay_journal(const char *path, const char *token, struct cbt_recover_report *rep,
 			  struct cbt_err *e)
 {
-	char line[4200], *what;
-	struct cbt_dm_info info;
+	char line[4200], **lines = NULL, **nl, *what;
+	size_t n = 0, i;
 	struct cbt_err err;
 	int first = 0, r;
 	FILE *f;
@@ -163,27 +218,30 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 		return errno == ENOENT ? 0 : cbt_fail(e, errno, "%s: cannot read the journal", path);
 	while (fgets(line, sizeof(line), f)) {
 		line[strcspn(line, "\n")] = '\0';
-		what = strchr(line, ' ');
+		nl = realloc(lines, (n + 1) * sizeof(*lines));
+		if (!nl || !(nl[n] = strdup(line))) {
+			lines = nl ? nl : lines;
+			first = cbt_fail(e, ENOMEM, "%s", path);
+			break;
+		}
+		lines = nl;
+		n++;
+	}
+	fclose(f);
+	for (i = 0; i < n && !first; i++) {
+		what = strchr(lines[i], ' ');
 		if (!what)
 			continue;
-		*what++ = '\0';
+		what++;
 		r = 0;
-		if (!strcmp(line, "device")) {
-			/* Resume first: abort and everything else need a live device. */
-			if (cbt_dm_info(what, &info, &err)) {
-				if (err.errnum == ENODEV || err.errnum == ENXIO)
-					continue;	/* removed since: nothing to undo */
-				r = -err.errnum;
-			} else if (info.suspended) {
-				r = cbt_dm_resume(what, &err);
-				if (!r) {
-					rep->resumed++;
-					note(rep, "%s: resumed (left suspended by %s)", what, token);
-				}
-			}
-			if (!r)
-				r = abort_frozen(what, token, false, rep, &err);
-		} else if (!strcmp(line, "temp")) {
+		if (!strncmp(lines[i], "device ", 7)) {
+			/*
+			 * Only a suspend of its own that it never ended is resumed:
+			 * a device suspended by anyone else stays as it is.
+			 */
+			r = recover_device(what, token, journal_has(lines, n, "suspend", what) &&
+					   !journal_has(lines, n, "resumed", what), rep, &err);
+		} else if (!strncmp(lines[i], "temp ", 5)) {
 			if (!unlink(what)) {
 				rep->removed++;
 				note(rep, "%s: removed (a temporary image of %s)", what, token);
@@ -196,7 +254,9 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 			*e = err;
 		}
 	}
-	fclose(f);
+	for (i = 0; i < n; i++)
+		free(lines[i]);
+	free(lines);
 	if (!first)
 		unlink(path);
 	return first;
@@ -214,6 +274,8 @@ int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
 	DIR *dp;
 
 	dp = opendir(dir);
+	if (!dp && errno != ENOENT)
+		first = cbt_fail(e, errno, "%s: cannot read the journals", dir);
 	while (dp && (d = readdir(dp))) {
 		if (!cbt_token_is_ours(d->d_name) || cbt_token_alive(d->d_name))
 			continue;
@@ -253,7 +315,9 @@ int cbt_recover_dir(const char *dir, struct cbt_recover_report *rep, struct cbt_
 		len = strlen(d->d_name);
 		if (d->d_name[0] != '.' || len < 5 || strcmp(d->d_name + len - 4, ".tmp"))
 			continue;
-		p = strstr(d->d_name, ".cbtctl.");
+		/* The last ".cbtctl.": the target's own name may hold one too. */
+		for (p = NULL, q = d->d_name; (q = strstr(q, ".cbtctl.")); q++)
+			p = q;
 		if (!p)
 			continue;
 		q = d->d_name + len - 4;

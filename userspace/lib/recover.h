@@ -29,11 +29,17 @@ bool cbt_token_is_ours(const char *token);
 struct cbt_journal;
 
 int cbt_journal_open(const char *token, struct cbt_journal **j, struct cbt_err *e);
-/* Records "device NAME" or "temp PATH" (written through before returning). */
+/*
+ * Records one line (written through before returning): "device NAME" (its
+ * bitmaps may be frozen under the token), "suspend NAME" (about to be
+ * suspended), "resumed NAME" (running again), "temp PATH" (a temporary image).
+ */
 int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 		    struct cbt_err *e);
 /* Removes the journal: the run left nothing behind. */
 void cbt_journal_close(struct cbt_journal *j);
+/* Closes the journal, keeping it (KEEP) when something is left to recover. */
+void cbt_journal_release(struct cbt_journal *j, bool keep);
 
 struct cbt_recover_report {
 	unsigned int resumed;		/* devices resumed */

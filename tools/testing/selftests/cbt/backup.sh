@@ -9,7 +9,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 9
+plan 10
 
 SIZE=$((64 << 20))
 
@@ -125,6 +125,40 @@ test_existing_with_backing() {
 		fail "zeroed chunk fell through to the backing image"
 }
 
+test_existing_stale_and_larger() {
+	# A full backup into an image that already holds data: clusters that are
+	# zero on the device must read zero, not the old data. Then an image
+	# larger than a device whose end is not cluster-aligned, over a backing file.
+	local dir loop name dev odd=$((SIZE - 3 * 512))
+	make_tmpdir dir
+	truncate -s $odd "$dir/disk"
+	make_loop loop "$dir/disk"
+	name=$(dm_name stale)
+	dm_create "$name" "0 $((odd / 512)) cbt $loop"
+	dev=/dev/mapper/$name
+	qio "$dev" "write -P 0x41 0 512" "write -P 0x42 $((odd - 512)) 512"
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	qemu-img create -q -f qcow2 "$dir/old.qcow2" $SIZE
+	qemu-io -f qcow2 -c "write -P 0x55 1M 1M" -c "write -P 0x56 $((SIZE - 64 * 1024)) 64k" \
+		"$dir/old.qcow2" >/dev/null
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/old.qcow2,mode=existing" >/dev/null ||
+		fail "full backup over old data failed"
+	qemu-img check -q "$dir/old.qcow2" || fail "check"
+	qemu-io -f qcow2 -c "read -P 0 1M 1M" "$dir/old.qcow2" | grep -q "read 1048576/1048576" ||
+		fail "old data survived where the device is zero"
+	qemu-io -f qcow2 -c "read -P 0x42 $((odd - 512)) 512" -c "read -P 0 $odd 1536" \
+		"$dir/old.qcow2" | grep -c "Pattern verification failed" | grep -qx 0 ||
+		fail "the device's tail is wrong in the image"
+	qio "$dev" "write -P 0x43 $((odd - 1024)) 1024"
+	qemu-img create -q -f qcow2 -b "$dir/old.qcow2" -F qcow2 "$dir/inc.qcow2" $SIZE
+	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
+		>/dev/null || fail "incremental into a larger image over a backing file failed"
+	qemu-img check -q "$dir/inc.qcow2" || fail "check inc"
+	qemu-io -f qcow2 -c "read -P 0x43 $((odd - 1024)) 1024" -c "read -P 0x41 0 512" \
+		"$dir/inc.qcow2" | grep -c "Pattern verification failed" | grep -qx 0 ||
+		fail "the incremental's tail is wrong"
+}
+
 test_resized_device() {
 	local dir loop name dev
 	setup resize
@@ -227,6 +261,7 @@ run_test "small granularity (32K)" test_small_granularity
 run_test "large granularity (128K)" test_large_granularity
 run_test "128K-cluster targets made beforehand, rebased" test_larger_cluster_target
 run_test "existing target with backing, 512 B clusters, zeroed chunk" test_existing_with_backing
+run_test "existing targets: stale data, larger than the device" test_existing_stale_and_larger
 run_test "device grown before an incremental" test_resized_device
 run_test "usage errors change nothing" test_usage_errors
 run_test "read error fails the backup, bitmap kept" test_read_error_report
