@@ -37,9 +37,12 @@ static void show_progress(struct cbt_backup *b, void *arg)
 	if (done > total)	/* extents widen to whole clusters */
 		done = total;
 	filled = total ? (unsigned int)(done * width / total) : width;
-	fprintf(stderr, "\r[%-*.*s] %3u%% %llu/%llu MiB", width, filled,
+	/* Small copies in KiB, so that the numbers move. */
+	fprintf(stderr, "\r[%-*.*s] %3u%% %llu/%llu %s", width, filled,
 		"##############################", total ? (unsigned int)(done * 100 / total) : 100,
-		(unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
+		(unsigned long long)(done >> (total < (64 << 20) ? 10 : 20)),
+		(unsigned long long)(total >> (total < (64 << 20) ? 10 : 20)),
+		total < (64 << 20) ? "KiB" : "MiB");
 	*shown = 1;
 }
 
