@@ -13,19 +13,6 @@ plan 10
 
 SIZE=$((64 << 20))
 
-# qio DEV CMD...: qemu-io writes through the device (O_DIRECT), checked.
-qio() {
-	local dev=$1 c args=() out
-	shift
-	for c in "$@"; do
-		args+=(-c "$c")
-	done
-	out=$(qemu-io -f raw -n "${args[@]}" "$dev" 2>&1) || fail "qemu-io: $out"
-	if grep -qiE 'error|failed|invalid' <<<"$out"; then
-		fail "qemu-io on $dev: $out"
-	fi
-}
-
 # setup TAG: a 64 MiB cbt device with the seed's base pattern; sets dir, dev, name.
 setup() {
 	make_tmpdir dir

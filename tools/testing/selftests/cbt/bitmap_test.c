@@ -635,24 +635,40 @@ static int event_msg(struct nl_msg *nlmsg, void *arg)
 	return NL_OK;
 }
 
+/* A non-blocking socket in the events group, gathering into EV; NULL on failure. */
+static struct nl_sock *events_listen(struct events *ev)
+{
+	struct nl_sock *sk = nl_socket_alloc();
+	int grp;
+
+	if (!sk)
+		return NULL;
+	if (genl_connect(sk))
+		goto fail;
+	grp = genl_ctrl_resolve_grp(sk, DM_CBT_GENL_NAME, DM_CBT_GENL_MCGRP_EVENTS);
+	if (grp < 0 || nl_socket_add_membership(sk, grp))
+		goto fail;
+	nl_socket_disable_seq_check(sk);
+	nl_socket_modify_cb(sk, NL_CB_VALID, NL_CB_CUSTOM, event_msg, ev);
+	if (nl_socket_set_nonblocking(sk))
+		goto fail;
+	return sk;
+fail:
+	nl_socket_free(sk);
+	return NULL;
+}
+
 TEST_F(bitmap, events_multicast)
 {
 	struct events ev = { 0 };
 	struct nl_sock *sk;
 	struct stat st;
 	char want[4][160];
-	int grp, i, r;
+	int i, r;
 
 	ASSERT_EQ(0, stat(self->dev, &st));
-	sk = nl_socket_alloc();
+	sk = events_listen(&ev);
 	ASSERT_NE(NULL, sk);
-	ASSERT_EQ(0, genl_connect(sk));
-	grp = genl_ctrl_resolve_grp(sk, DM_CBT_GENL_NAME, DM_CBT_GENL_MCGRP_EVENTS);
-	ASSERT_LE(0, grp);
-	ASSERT_EQ(0, nl_socket_add_membership(sk, grp));
-	nl_socket_disable_seq_check(sk);
-	nl_socket_modify_cb(sk, NL_CB_VALID, NL_CB_CUSTOM, event_msg, &ev);
-	ASSERT_EQ(0, nl_socket_set_nonblocking(sk));
 
 	ASSERT_EQ(0, msg(self, "bitmap add a"));
 	ASSERT_EQ(0, msg(self, "bitmap freeze a t1"));
@@ -687,18 +703,11 @@ TEST_F(bitmap, rule_fired_event)
 	struct stat st;
 	char want[160];
 	void *buf;
-	int grp, fd, tries;
+	int fd, tries;
 
 	ASSERT_EQ(0, stat(self->dev, &st));
-	sk = nl_socket_alloc();
+	sk = events_listen(&ev);
 	ASSERT_NE(NULL, sk);
-	ASSERT_EQ(0, genl_connect(sk));
-	grp = genl_ctrl_resolve_grp(sk, DM_CBT_GENL_NAME, DM_CBT_GENL_MCGRP_EVENTS);
-	ASSERT_LE(0, grp);
-	ASSERT_EQ(0, nl_socket_add_membership(sk, grp));
-	nl_socket_disable_seq_check(sk);
-	nl_socket_modify_cb(sk, NL_CB_VALID, NL_CB_CUSTOM, event_msg, &ev);
-	ASSERT_EQ(0, nl_socket_set_nonblocking(sk));
 
 	ASSERT_EQ(0, msg(self, "inject error event=read offset=4096 length=512 id=boom"));
 	ASSERT_EQ(0, posix_memalign(&buf, 4096, 4096));

@@ -81,6 +81,21 @@ dm_name() {
 	echo "cbt-test-$$-$1"
 }
 
+# qio TARGET CMD...: qemu-io commands on a raw device (with O_DIRECT) or
+# file. qemu-io exits 0 even when a command fails: its words are read.
+qio() {
+	local target=$1 c args=() out
+	shift
+	[ -b "$target" ] && args=(-n)
+	for c in "$@"; do
+		args+=(-c "$c")
+	done
+	out=$(qemu-io -f raw "${args[@]}" "$target" 2>&1) || fail "qemu-io on $target: $out"
+	if grep -qiE 'error|failed|invalid|cannot' <<<"$out"; then
+		fail "qemu-io on $target: $out"
+	fi
+}
+
 # run_test NAME FUNCTION: one TAP subtest; the function fails by returning non-zero.
 run_test() {
 	local name=$1 rc

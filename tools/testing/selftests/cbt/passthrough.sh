@@ -27,22 +27,6 @@ WRITES=(
 	"write -P 0x78 50m 4m"
 )
 
-# apply TARGET CMDS...: run qemu-io commands (with O_DIRECT on devices).
-apply() {
-	local target=$1 c args=()
-	shift
-	[ -b "$target" ] && args=(-n)
-	for c in "$@"; do
-		args+=(-c "$c")
-	done
-	local out
-	# qemu-io exits 0 even when a command fails: read its words.
-	out=$(qemu-io -f raw "${args[@]}" "$target" 2>&1) || fail "qemu-io on $target failed: $out"
-	if grep -qiE 'error|failed|invalid|cannot' <<<"$out"; then
-		fail "qemu-io on $target: $out"
-	fi
-}
-
 setup() {
 	make_tmpdir dir
 	truncate -s $SIZE "$dir/backing" "$dir/reference"
@@ -55,8 +39,8 @@ setup() {
 test_writes_land_on_device() {
 	local dir loop name dev
 	setup writes
-	apply "$dev" "${WRITES[@]}"
-	apply "$dir/reference" "${WRITES[@]}"
+	qio "$dev" "${WRITES[@]}"
+	qio "$dir/reference" "${WRITES[@]}"
 	cmp "$dir/reference" "$dir/backing" || fail "device contents differ from the reference"
 	# Reads through the target return what is on the device.
 	qemu-io -f raw -n -c "read -P 0x33 1535k 1025k" -c "read -P 0x66 $((SIZE - 512)) 512" \
@@ -71,9 +55,9 @@ test_writes_land_on_device() {
 test_discard_passes_down() {
 	local dir loop name dev
 	setup discard
-	apply "$dev" "write -P 0x99 1m 8m"
+	qio "$dev" "write -P 0x99 1m 8m"
 	blkdiscard -o $((2 << 20)) -l $((4 << 20)) "$dev" || fail "discard through the target failed"
-	apply "$dir/reference" "write -P 0x99 1m 8m" "write -z 2m 4m"
+	qio "$dir/reference" "write -P 0x99 1m 8m" "write -z 2m 4m"
 	cmp "$dir/reference" "$dir/backing" || fail "discarded range was not zeroed on the loop device"
 	# The discard reached the file: its blocks were punched out.
 	local blocks
@@ -94,8 +78,8 @@ test_offset_table() {
 	dm_create "$name" "0 16384 linear $loop2 0
 16384 $((SIZE / 512)) cbt $loop"
 	dev=/dev/mapper/$name
-	apply "$dev" "write -P 0xab 8m 1m" "write -P 0xcd $(((8 << 20) + SIZE - 4096)) 4096"
-	apply "$dir/reference" "write -P 0xab 0 1m" "write -P 0xcd $((SIZE - 4096)) 4096"
+	qio "$dev" "write -P 0xab 8m 1m" "write -P 0xcd $(((8 << 20) + SIZE - 4096)) 4096"
+	qio "$dir/reference" "write -P 0xab 0 1m" "write -P 0xcd $((SIZE - 4096)) 4096"
 	cmp "$dir/reference" "$dir/backing" || fail "the cbt segment did not map to its device's start"
 }
 
@@ -119,7 +103,7 @@ test_flush_and_fua() {
 	out=$(qemu-io -f raw -n -c "write -f -P 0x5a 0 64k" -c flush -c "write -P 0x5b 64k 64k" \
 		-c flush "$dev" 2>&1)
 	echo "$out" | grep -qi "error\|failed" && fail "flush/FUA failed: $out"
-	apply "$dir/reference" "write -P 0x5a 0 64k" "write -P 0x5b 64k 64k"
+	qio "$dir/reference" "write -P 0x5a 0 64k" "write -P 0x5b 64k 64k"
 	cmp "$dir/reference" "$dir/backing" || fail "data after flush/FUA differs"
 }
 

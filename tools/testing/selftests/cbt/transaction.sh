@@ -16,18 +16,6 @@ SIZE=$((64 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
 _tmp_dirs+=("$CBT_RUN_DIR")
 
-qio() {
-	local dev=$1 c args=() out
-	shift
-	for c in "$@"; do
-		args+=(-c "$c")
-	done
-	out=$(qemu-io -f raw -n "${args[@]}" "$dev" 2>&1) || fail "qemu-io: $out"
-	if grep -qiE 'error|failed|invalid' <<<"$out"; then
-		fail "qemu-io on $dev: $out"
-	fi
-}
-
 # new_dev VAR TAG PATTERN: a 64 MiB cbt device written with a distinct pattern.
 new_dev() {
 	local loop name
