@@ -16,11 +16,7 @@ SIZE=$((64 << 20))
 # setup TAG: a 64 MiB cbt device with the seed's base pattern; sets dir, dev, name.
 setup() {
 	make_tmpdir dir
-	truncate -s $SIZE "$dir/disk"
-	make_loop loop "$dir/disk"
-	name=$(dm_name "$1")
-	dm_create "$name" "0 $((SIZE / 512)) cbt $loop"
-	dev=/dev/mapper/$name
+	cbt_over_file "$dir/disk" $SIZE "$1"
 	qio "$dev" "write -P 0x41 0 512" "write -P 0xd5 1M 32k" "write -P 0xdc 32M 124k"
 }
 
@@ -118,11 +114,7 @@ test_existing_stale_and_larger() {
 	# larger than a device whose end is not cluster-aligned, over a backing file.
 	local dir loop name dev odd=$((SIZE - 3 * 512))
 	make_tmpdir dir
-	truncate -s $odd "$dir/disk"
-	make_loop loop "$dir/disk"
-	name=$(dm_name stale)
-	dm_create "$name" "0 $((odd / 512)) cbt $loop"
-	dev=/dev/mapper/$name
+	cbt_over_file "$dir/disk" $odd stale
 	qio "$dev" "write -P 0x41 0 512" "write -P 0x42 $((odd - 512)) 512"
 	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
 	qemu-img create -q -f qcow2 "$dir/old.qcow2" $SIZE

@@ -16,11 +16,7 @@ SIZE=$((64 << 20))
 
 setup() {
 	make_tmpdir dir
-	truncate -s $SIZE "$dir/backing"
-	make_loop loop "$dir/backing"
-	name=$(dm_name "$1")
-	dm_create "$name" "0 $((SIZE / 512)) cbt $loop"
-	dev=/dev/mapper/$name
+	cbt_over_file "$dir/backing" $SIZE "$1"
 }
 
 # hits ID: the hit count of rule ID from "inject list".

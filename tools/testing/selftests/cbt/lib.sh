@@ -70,6 +70,16 @@ make_loop() {
 	printf -v "$1" '%s' "$dev"
 }
 
+# cbt_over_file FILE BYTES TAG: a sparse FILE of BYTES under a loop device
+# under a cbt device, all removed on exit; sets the caller's loop, name, dev.
+cbt_over_file() {
+	truncate -s "$2" "$1" || return 1
+	make_loop loop "$1" || return 1
+	name=$(dm_name "$3")
+	dm_create "$name" "0 $(($2 / 512)) cbt $loop" || return 1
+	dev=/dev/mapper/$name
+}
+
 # dm_create NAME TABLE: creates a dm device that is removed on exit.
 dm_create() {
 	dmsetup create "$1" --table "$2" || return 1

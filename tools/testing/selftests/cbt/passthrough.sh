@@ -29,11 +29,8 @@ WRITES=(
 
 setup() {
 	make_tmpdir dir
-	truncate -s $SIZE "$dir/backing" "$dir/reference"
-	make_loop loop "$dir/backing"
-	name=$(dm_name "$1")
-	dm_create "$name" "0 $((SIZE / 512)) cbt $loop"
-	dev=/dev/mapper/$name
+	truncate -s $SIZE "$dir/reference"
+	cbt_over_file "$dir/backing" $SIZE "$1"
 }
 
 test_writes_land_on_device() {

@@ -18,13 +18,10 @@ _tmp_dirs+=("$CBT_RUN_DIR")
 
 # new_dev VAR TAG PATTERN: a 64 MiB cbt device written with a distinct pattern.
 new_dev() {
-	local loop name
-	truncate -s $SIZE "$dir/$2.raw"
-	make_loop loop "$dir/$2.raw"
-	name=$(dm_name "$2")
-	dm_create "$name" "0 $((SIZE / 512)) cbt $loop"
-	printf -v "$1" '%s' "/dev/mapper/$name"
-	qio "/dev/mapper/$name" "write -P $3 0 512" "write -P $3 1M 32k" "write -P $3 32M 124k"
+	local loop name dev
+	cbt_over_file "$dir/$2.raw" $SIZE "$2"
+	printf -v "$1" '%s' "$dev"
+	qio "$dev" "write -P $3 0 512" "write -P $3 1M 32k" "write -P $3 32M 124k"
 }
 
 count_of() {
