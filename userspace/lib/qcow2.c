@@ -1233,6 +1233,34 @@ static int write_cluster(struct qcow2_image *img, uint64_t c, uint64_t off,
 	return 0;
 }
 
+/*
+ * The part of [OFFSET, OFFSET+LEN) in the cluster OFFSET falls in: the
+ * guest cluster, the offset in it, the length, and whether it covers the
+ * whole cluster (the image's last cluster counts as whole when the part
+ * reaches the image's end).
+ */
+struct piece {
+	uint64_t c;
+	uint64_t off;
+	size_t n;
+	bool whole;
+};
+
+static struct piece first_piece(const struct qcow2_image *img, uint64_t offset, uint64_t len)
+{
+	struct piece pc;
+	uint64_t guest_end;
+
+	pc.c = offset >> img->cluster_bits;
+	pc.off = offset & (img->cluster_size - 1);
+	guest_end = (pc.c + 1) << img->cluster_bits;
+	if (guest_end > img->size)
+		guest_end = img->size;
+	pc.n = img->cluster_size - pc.off < len ? img->cluster_size - pc.off : len;
+	pc.whole = pc.off == 0 && offset + pc.n >= guest_end;
+	return pc;
+}
+
 int qcow2_write(struct qcow2_image *img, uint64_t offset, const void *buf,
 		size_t len, struct cbt_err *e)
 {
@@ -1244,20 +1272,12 @@ int qcow2_write(struct qcow2_image *img, uint64_t offset, const void *buf,
 	if (!r)
 		r = trim_cache(img, e);
 	while (!r && len) {
-		uint64_t c = offset >> img->cluster_bits;
-		uint64_t off = offset & (img->cluster_size - 1);
-		uint64_t guest_end = (c + 1) << img->cluster_bits;
-		size_t n = img->cluster_size - off;
+		struct piece pc = first_piece(img, offset, len);
 
-		if (guest_end > img->size)
-			guest_end = img->size;
-		if (n > len)
-			n = len;
-		r = write_cluster(img, c, off, p, n,
-				  off == 0 && offset + n >= guest_end, &run, e);
-		p += n;
-		offset += n;
-		len -= n;
+		r = write_cluster(img, pc.c, pc.off, p, pc.n, pc.whole, &run, e);
+		p += pc.n;
+		offset += pc.n;
+		len -= pc.n;
 	}
 	if (!r)
 		r = run_flush(img, &run, e);
@@ -1308,30 +1328,23 @@ int qcow2_write_zeroes(struct qcow2_image *img, uint64_t offset,
 	if (!r)
 		r = trim_cache(img, e);
 	while (!r && len) {
-		uint64_t c = offset >> img->cluster_bits;
-		uint64_t off = offset & (img->cluster_size - 1);
-		uint64_t guest_end = (c + 1) << img->cluster_bits;
-		uint64_t n = img->cluster_size - off;
+		struct piece pc = first_piece(img, offset, len);
 
-		if (guest_end > img->size)
-			guest_end = img->size;
-		if (n > len)
-			n = len;
-		if (off == 0 && offset + n >= guest_end) {
-			r = zero_cluster(img, c, e);
+		if (pc.whole) {
+			r = zero_cluster(img, pc.c, e);
 		} else {
 			struct run run = { 0 };
-			uint8_t *z = calloc(1, n);
+			uint8_t *z = calloc(1, pc.n);
 
 			if (!z)
 				return cbt_fail(e, ENOMEM, "%s", img->path);
-			r = write_cluster(img, c, off, z, n, false, &run, e);
+			r = write_cluster(img, pc.c, pc.off, z, pc.n, false, &run, e);
 			if (!r)
 				r = run_flush(img, &run, e);
 			free(z);
 		}
-		offset += n;
-		len -= n;
+		offset += pc.n;
+		len -= pc.n;
 	}
 	return r;
 }
