@@ -64,9 +64,10 @@ static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *
 		json_string(stdout, j->spec.device);
 		printf(", \"target\": ");
 		json_string(stdout, j->spec.target);
-		printf(", \"dirty_bytes\": %llu, \"bytes_written\": %llu, \"status\": \"%s\", "
-		       "\"target_unusable\": %s, \"error\": ",
+		printf(", \"dirty_bytes\": %llu, \"bytes_written\": %llu, \"read_retries\": %u, "
+		       "\"status\": \"%s\", \"target_unusable\": %s, \"error\": ",
 		       (unsigned long long)j->dirty_bytes, (unsigned long long)j->bytes_written,
+		       j->read_retries,
 		       cbt_job_status_name(j->status), j->target_unusable ? "true" : "false");
 		if (j->status == CBT_JOB_COMPLETED)
 			printf("null");

@@ -9,12 +9,22 @@
 
 #define STATUS_USAGE "status DEV [--json]"
 
+/* ", busy (N bytes frozen)" for a bitmap a backup has frozen, else "". */
+static const char *busy_text(const struct cbt_bitmap_info *b, char *buf, size_t len)
+{
+	if (!b->busy)
+		return "";
+	snprintf(buf, len, ", busy (%llu bytes frozen)", (unsigned long long)b->frozen);
+	return buf;
+}
+
 int cmd_status(int argc, char **argv)
 {
 	struct cbt_bitmap_info *v = NULL;
 	struct cbt_dm_status st;
 	struct cbt_err e = { 0 };
 	const char *dev = NULL;
+	char busy[64];
 	unsigned long long f[6] = { 0 };
 	int json = 0, i, nf;
 	size_t n = 0, k;
@@ -54,9 +64,11 @@ int cmd_status(int argc, char **argv)
 		for (k = 0; k < n; k++) {
 			printf("%s{\"name\": ", k ? ", " : "");
 			json_string(stdout, v[k].name);
-			printf(", \"granularity\": %llu, \"count\": %llu, \"recording\": %s, "
-			       "\"busy\": %s, \"persistent\": %s, \"inconsistent\": %s}",
+			printf(", \"granularity\": %llu, \"count\": %llu, \"frozen\": %llu, "
+			       "\"recording\": %s, \"busy\": %s, \"persistent\": %s, "
+			       "\"inconsistent\": %s}",
 			       (unsigned long long)v[k].granularity, (unsigned long long)v[k].count,
+			       (unsigned long long)v[k].frozen,
 			       v[k].recording ? "true" : "false", v[k].busy ? "true" : "false",
 			       v[k].persistent ? "true" : "false",
 			       v[k].inconsistent ? "true" : "false");
@@ -69,7 +81,7 @@ int cmd_status(int argc, char **argv)
 		for (k = 0; k < n; k++)
 			printf("  %s: granularity %llu, %llu dirty bytes%s%s%s\n", v[k].name,
 			       (unsigned long long)v[k].granularity, (unsigned long long)v[k].count,
-			       v[k].recording ? "" : ", disabled", v[k].busy ? ", busy" : "",
+			       v[k].recording ? "" : ", disabled", busy_text(&v[k], busy, sizeof(busy)),
 			       v[k].inconsistent ? ", INCONSISTENT" : "");
 		if (nf >= 6)
 			printf("inject: state %llu, %llu rules\n", f[4], f[5]);

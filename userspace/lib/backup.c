@@ -35,18 +35,6 @@ struct cbt_backup_job_priv {
 	bool running;
 };
 
-/*
- * Tests stop the controller at a named phase (then kill it) to prove that
- * recovery undoes whatever a crash there leaves: CBT_TEST_STOP_AT=PHASE.
- */
-static void test_stop(const char *phase)
-{
-	const char *at = getenv("CBT_TEST_STOP_AT");
-
-	if (at && !strcmp(at, phase))
-		raise(SIGSTOP);
-}
-
 const char *cbt_job_status_name(enum cbt_job_status s)
 {
 	switch (s) {
@@ -274,7 +262,7 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 			suspended++;
 	}
 	if (!r)
-		test_stop("suspended");
+		cbt_test_stop("suspended");
 	for (i = 0; i < b->nr_jobs && !r; i++) {
 		for (j = 0; j < b->nr_bitmaps && !r; j++) {
 			r = cbt_bitmap_msg(order[i]->spec.device, e, "bitmap freeze %s %s",
@@ -286,7 +274,7 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	if (r)
 		abort_bitmaps(b);
 	else
-		test_stop("frozen");
+		cbt_test_stop("frozen");
 	for (i = suspended; i-- > 0;) {
 		if (resume_device(b, order[i]->spec.device, &err2) && !r) {
 			r = -err2.errnum;
@@ -355,6 +343,7 @@ static void *copy_thread(void *arg)
 
 	r = cbt_copy_extents(&c, p->extents.v, p->extents.n, &err);
 	job->bytes_written = c.bytes_written;
+	job->read_retries = c.read_retries;
 	/* The main thread reads the status while this thread may still run. */
 	if (r == -ECANCELED && b->cancel) {
 		job->err = err;
@@ -375,7 +364,7 @@ static int run_copies(struct cbt_backup *b)
 	unsigned int i, running;
 	int r;
 
-	test_stop("copy");
+	cbt_test_stop("copy");
 	for (i = 0; i < b->nr_jobs; i++) {
 		r = pthread_create(&b->jobs[i].priv->thread, NULL, copy_thread, &b->jobs[i]);
 		if (r) {
@@ -527,7 +516,7 @@ static void commit_bitmaps(struct cbt_backup *b)
 	struct cbt_err err;
 	unsigned int i, j;
 
-	test_stop("renamed");
+	cbt_test_stop("renamed");
 	for (i = 0; i < b->nr_jobs; i++) {
 		struct cbt_backup_job_priv *p = b->jobs[i].priv;
 
@@ -539,7 +528,7 @@ static void commit_bitmaps(struct cbt_backup *b)
 				bitmap_error(b, &err);
 			else
 				p->frozen[j] = false;
-			test_stop("committing");
+			cbt_test_stop("committing");
 		}
 	}
 	/* A commit that failed leaves extra bits: abort merges them back, losing nothing. */

@@ -37,6 +37,7 @@ struct cbt_backup_job {
 	uint64_t size;			/* device bytes */
 	uint64_t dirty_bytes;		/* what the job had to copy */
 	uint64_t bytes_written;		/* data written to the image */
+	unsigned int read_retries;	/* failed reads tried again */
 	uint64_t bytes_done;		/* progress, device bytes walked */
 	enum cbt_job_status status;
 	bool target_unusable;		/* mode=existing image left half-written */

@@ -84,6 +84,7 @@ static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
 					attempt ? " after retries" : "");
 		attempt++;
 		c->read_retries++;
+		cbt_test_stop("retry");
 		sleep_ms(c->retry_delay_ms);
 	}
 }

@@ -24,6 +24,12 @@ int cbt_fail(struct cbt_err *e, int errnum, const char *fmt, ...)
  */
 int cbt_parse_size(const char *s, uint64_t *bytes);
 
+/*
+ * For tests only: stops this process (SIGSTOP) when CBT_TEST_STOP_AT names
+ * PHASE, so that a test can look at the devices there, kill it or let it go.
+ */
+void cbt_test_stop(const char *phase);
+
 /* The dm name of DEV: "/dev/mapper/NAME" or "NAME". */
 const char *cbt_dm_name(const char *dev);
 

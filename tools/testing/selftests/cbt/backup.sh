@@ -20,15 +20,6 @@ setup() {
 	qio "$dev" "write -P 0x41 0 512" "write -P 0xd5 1M 32k" "write -P 0xdc 32M 124k"
 }
 
-# bitmap_field NAME FIELD: a field of the bitmap's JSON status.
-bitmap_field() {
-	cbtctl status "$dev" --json | python3 -c "
-import json, sys
-for b in json.load(sys.stdin)['bitmaps']:
-    if b['name'] == '$1':
-        print(str(b['$2']).lower())"
-}
-
 # check_chain IMAGE: the chain ending in IMAGE matches a fresh full backup.
 check_chain() {
 	local ref=$dir/ref.$RANDOM.qcow2
@@ -47,13 +38,13 @@ incremental_simple() {
 	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null ||
 		fail "full backup failed"
 	check_chain "$dir/full.qcow2"
-	expect_eq "count after the full backup" "$(bitmap_field b0 count)" 0
+	expect_eq "count after the full backup" "$(bitmap_field "$dev" b0)" 0
 	# A hollow incremental: nothing dirty, still a valid image.
 	cbtctl backup --sync=incremental --bitmap=b0 \
 		"$dev=$dir/inc0.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "hollow incremental"
 	check_chain "$dir/inc0.qcow2"
 	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
-	expect_eq "count after three writes" "$(bitmap_field b0 count)" "$want"
+	expect_eq "count after three writes" "$(bitmap_field "$dev" b0)" "$want"
 	cbtctl backup --sync=incremental --bitmap=b0 --json \
 		"$dev=$dir/inc1.qcow2,backing=$dir/inc0.qcow2" >"$dir/out.json" ||
 		fail "incremental 1 failed: $(cat "$dir/out.json")"
@@ -64,7 +55,7 @@ incremental_simple() {
 	cbtctl backup --sync=incremental --bitmap=b0 \
 		"$dev=$dir/inc2.qcow2,backing=$dir/inc1.qcow2" >/dev/null || fail "incremental 2 failed"
 	check_chain "$dir/inc2.qcow2"
-	expect_eq "count after the last incremental" "$(bitmap_field b0 count)" 0
+	expect_eq "count after the last incremental" "$(bitmap_field "$dev" b0)" 0
 	# The incremental's backing file and format are recorded.
 	qemu-img info --output=json "$dir/inc2.qcow2" | grep -q '"backing-filename-format": "qcow2"' ||
 		fail "no backing format in inc2"
@@ -104,8 +95,7 @@ test_existing_with_backing() {
 		>/dev/null || fail "incremental into an existing image failed"
 	check_chain "$dir/inc.qcow2"
 	# The chunk overwritten with zeros reads as zeros, not the full's 0xd5.
-	qemu-io -f qcow2 -c "read -P 0 1M 32k" "$dir/inc.qcow2" | grep -q "read 32768/32768" ||
-		fail "zeroed chunk fell through to the backing image"
+	qio "$dir/inc.qcow2" "read -P 0 1M 32k"
 }
 
 test_existing_stale_and_larger() {
@@ -118,24 +108,19 @@ test_existing_stale_and_larger() {
 	qio "$dev" "write -P 0x41 0 512" "write -P 0x42 $((odd - 512)) 512"
 	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
 	qemu-img create -q -f qcow2 "$dir/old.qcow2" $SIZE
-	qemu-io -f qcow2 -c "write -P 0x55 1M 1M" -c "write -P 0x56 $((SIZE - 64 * 1024)) 64k" \
-		"$dir/old.qcow2" >/dev/null
+	qio "$dir/old.qcow2" "write -P 0x55 1M 1M" "write -P 0x56 $((SIZE - 64 * 1024)) 64k"
 	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/old.qcow2,mode=existing" >/dev/null ||
 		fail "full backup over old data failed"
 	qemu-img check -q "$dir/old.qcow2" || fail "check"
-	qemu-io -f qcow2 -c "read -P 0 1M 1M" "$dir/old.qcow2" | grep -q "read 1048576/1048576" ||
-		fail "old data survived where the device is zero"
-	qemu-io -f qcow2 -c "read -P 0x42 $((odd - 512)) 512" -c "read -P 0 $odd 1536" \
-		"$dir/old.qcow2" | grep -c "Pattern verification failed" | grep -qx 0 ||
-		fail "the device's tail is wrong in the image"
+	# Old data must not survive where the device is zero; the device's tail.
+	qio "$dir/old.qcow2" "read -P 0 1M 1M" "read -P 0x42 $((odd - 512)) 512" \
+		"read -P 0 $odd 1536"
 	qio "$dev" "write -P 0x43 $((odd - 1024)) 1024"
 	qemu-img create -q -f qcow2 -b "$dir/old.qcow2" -F qcow2 "$dir/inc.qcow2" $SIZE
 	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
 		>/dev/null || fail "incremental into a larger image over a backing file failed"
 	qemu-img check -q "$dir/inc.qcow2" || fail "check inc"
-	qemu-io -f qcow2 -c "read -P 0x43 $((odd - 1024)) 1024" -c "read -P 0x41 0 512" \
-		"$dir/inc.qcow2" | grep -c "Pattern verification failed" | grep -qx 0 ||
-		fail "the incremental's tail is wrong"
+	qio "$dir/inc.qcow2" "read -P 0x43 $((odd - 1024)) 1024" "read -P 0x41 0 512"
 }
 
 test_resized_device() {
@@ -148,7 +133,7 @@ test_resized_device() {
 	dmsetup reload "$name" --table "0 $((65 << 11)) cbt $loop" || fail "reload"
 	dmsetup resume "$name" || fail "resume"
 	qio "$dev" "write -P 0x7f 64M 64k"
-	expect_eq "count after the write past the old end" "$(bitmap_field b0 count)" 65536
+	expect_eq "count after the write past the old end" "$(bitmap_field "$dev" b0)" 65536
 	qemu-img create -q -f qcow2 -b "$dir/full.qcow2" -F qcow2 "$dir/inc.qcow2" 65M
 	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
 		>/dev/null || fail "incremental after the resize failed"
@@ -160,7 +145,7 @@ test_usage_errors() {
 	setup usage
 	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
 	qio "$dev" "write -P 0x33 0 64k"
-	expect_eq "count" "$(bitmap_field b0 count)" 65536
+	expect_eq "count" "$(bitmap_field "$dev" b0)" 65536
 	# expect_exit CODE CMD...: the exit status, and nothing was written.
 	expect_exit() {
 		local want=$1
@@ -193,46 +178,70 @@ test_usage_errors() {
 	expect_exit 1 cbtctl bitmap remove "$dev" nosuch
 	expect_exit 2 cbtctl frobnicate
 	# Nothing above changed the bitmap.
-	expect_eq "count after the errors" "$(bitmap_field b0 count)" 65536
-	expect_eq "busy after the errors" "$(bitmap_field b0 busy)" false
+	expect_eq "count after the errors" "$(bitmap_field "$dev" b0)" 65536
+	expect_eq "busy after the errors" "$(bitmap_field "$dev" b0 busy)" false
 }
 
-test_read_error_report() {
+# seed_read_error: the seed's blkdebug script. The first read after the
+# next flush fails once; the incremental's writes end with that flush.
+seed_read_error() {
+	cbtctl inject "$dev" set-state event=flush state=1 new-state=2 >/dev/null &&
+		cbtctl inject "$dev" error event=read state=2 errno=5 once >/dev/null ||
+		fail "inject"
+	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k" "flush"
+	expect_eq "count after three writes" "$(bitmap_field "$dev" b0)" 458752
+	expect_eq "not busy before the backup" "$(bitmap_field "$dev" b0 busy)" false
+}
+
+test_incremental_failure() {
 	local dir loop name dev rc
-	setup readerr
+	setup failure
+	cbtctl backup --sync=full "$dev=$dir/anchor.qcow2" >/dev/null || fail "anchor backup"
 	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
-	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null || fail "full"
-	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
-	cbtctl inject "$dev" error event=read offset=$((16 << 20)) length=4096 errno=EIO once \
-		>/dev/null || fail "inject"
+	seed_read_error
 	cbtctl backup --sync=incremental --bitmap=b0 \
-		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
+		"$dev=$dir/inc.qcow2,backing=$dir/anchor.qcow2" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
 	expect_eq "exit status with a read error" "$rc" 1
 	grep -q "Input/output error" "$dir/err" || fail "error text: $(cat "$dir/err")"
 	grep -q "offset" "$dir/err" || fail "the error names no offset: $(cat "$dir/err")"
 	[ ! -e "$dir/inc.qcow2" ] || fail "a failed backup left its target"
 	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
-	expect_eq "count kept after the failure" "$(bitmap_field b0 count)" 458752
-	expect_eq "not busy after the failure" "$(bitmap_field b0 busy)" false
-	# The rule fired once: the same backup now succeeds.
-	cbtctl backup --sync=incremental --bitmap=b0 \
-		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "retry run failed"
+	expect_eq "count kept after the failure" "$(bitmap_field "$dev" b0)" 458752
+	expect_eq "not busy after the failure" "$(bitmap_field "$dev" b0 busy)" false
+	# The guest goes on writing; the next incremental has both rounds.
+	qio "$dev" "write -P 0x9a 0 512" "write -P 0x55 8M 352k" "write -P 0x78 15872k 1M"
+	cbtctl backup --sync=incremental --bitmap=b0 --json \
+		"$dev=$dir/inc.qcow2,backing=$dir/anchor.qcow2" >"$dir/out.json" ||
+		fail "the incremental after the failure failed: $(cat "$dir/out.json")"
+	expect_eq "dirty bytes of both rounds" "$(job_field "$dir/out.json" 0 dirty_bytes)" 1638400
 	check_chain "$dir/inc.qcow2"
+	expect_eq "count after" "$(bitmap_field "$dev" b0)" 0
 }
 
-test_read_error_retry() {
-	local dir loop name dev
-	setup retry
+test_incremental_pause() {
+	local dir loop name dev pid rc
+	setup pause
+	cbtctl backup --sync=full "$dev=$dir/anchor.qcow2" >/dev/null || fail "anchor backup"
 	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
-	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null || fail "full"
-	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
-	cbtctl inject "$dev" error event=read offset=$((16 << 20)) length=4096 errno=EIO count=2 \
-		>/dev/null || fail "inject"
-	cbtctl backup --sync=incremental --bitmap=b0 --on-source-error=retry --retries=3 --json \
-		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" >"$dir/out.json" ||
-		fail "backup with retries failed: $(cat "$dir/out.json")"
+	seed_read_error
+	# The controller stops itself where it would pause before the retry.
+	CBT_TEST_STOP_AT=retry cbtctl backup --sync=incremental --bitmap=b0 \
+		--on-source-error=retry --json \
+		"$dev=$dir/inc.qcow2,backing=$dir/anchor.qcow2" >"$dir/out.json" &
+	pid=$!
+	wait_stopped $pid "the retry"
+	expect_eq "busy while the retry waits" "$(bitmap_field "$dev" b0 busy)" true
+	expect_eq "frozen bytes while the retry waits" "$(bitmap_field "$dev" b0 frozen)" 458752
+	expect_eq "recording while the retry waits" "$(bitmap_field "$dev" b0 recording)" true
+	expect_eq "nothing written since the freeze" "$(bitmap_field "$dev" b0)" 0
+	kill -CONT $pid
+	wait $pid && rc=0 || rc=$?
+	expect_eq "exit status after the retry ($(cat "$dir/out.json"))" "$rc" 0
+	expect_eq "reads retried" "$(job_field "$dir/out.json" 0 read_retries)" 1
+	expect_eq "count after" "$(bitmap_field "$dev" b0)" 0
+	expect_eq "frozen after" "$(bitmap_field "$dev" b0 frozen)" 0
+	expect_eq "not busy after" "$(bitmap_field "$dev" b0 busy)" false
 	check_chain "$dir/inc.qcow2"
-	expect_eq "count after the retried backup" "$(bitmap_field b0 count)" 0
 }
 
 run_test "incremental simple (64K granularity)" test_simple_64k
@@ -243,6 +252,6 @@ run_test "existing target with backing, 512 B clusters, zeroed chunk" test_exist
 run_test "existing targets: stale data, larger than the device" test_existing_stale_and_larger
 run_test "device grown before an incremental" test_resized_device
 run_test "usage errors change nothing" test_usage_errors
-run_test "read error fails the backup, bitmap kept" test_read_error_report
-run_test "read error retried to success" test_read_error_retry
+run_test "failed incremental (read error), then a good one" test_incremental_failure
+run_test "read error retried to success, bitmap busy meanwhile" test_incremental_pause
 finish

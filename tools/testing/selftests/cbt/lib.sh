@@ -91,36 +91,91 @@ dm_name() {
 	echo "cbt-test-$$-$1"
 }
 
-# qio TARGET CMD...: qemu-io commands on a raw device (with O_DIRECT) or
-# file. qemu-io exits 0 even when a command fails: its words are read.
+# qio [--buffered] TARGET CMD...: qemu-io commands on a raw device (with
+# O_DIRECT unless --buffered, which allows writes unaligned to sectors), a
+# raw file or a qcow2 image (a name ending in .qcow2, read through its chain).
+# qemu-io exits 0 even when a command fails, or when a read's -P pattern does
+# not match: its words are read.
 qio() {
-	local target=$1 c args=() out
+	local direct=-n target c args=() out
+	[ "$1" = --buffered ] && { direct=; shift; }
+	target=$1
 	shift
-	[ -b "$target" ] && args=(-n)
+	case $target in
+	*.qcow2) args=(-f qcow2) ;;
+	*) args=(-f raw) ;;
+	esac
+	[ -b "$target" ] && [ -n "$direct" ] && args+=("$direct")
 	for c in "$@"; do
 		args+=(-c "$c")
 	done
-	out=$(qemu-io -f raw "${args[@]}" "$target" 2>&1) || fail "qemu-io on $target: $out"
-	if grep -qiE 'error|failed|invalid|cannot' <<<"$out"; then
+	out=$(qemu-io "${args[@]}" "$target" 2>&1) || fail "qemu-io on $target: $out"
+	if grep -qiE 'error|fail|invalid|cannot' <<<"$out"; then
 		fail "qemu-io on $target: $out"
 	fi
 }
 
-# run_test NAME FUNCTION: one TAP subtest; the function fails by returning non-zero.
+# bitmap_field DEV BITMAP [FIELD]: a field (default count) of the bitmap in
+# `cbtctl status --json`; booleans as true/false.
+bitmap_field() {
+	cbtctl status "$1" --json | python3 -c '
+import json, sys
+for b in json.load(sys.stdin)["bitmaps"]:
+    if b["name"] == sys.argv[1]:
+        v = b[sys.argv[2]]
+        print(str(v).lower() if isinstance(v, bool) else v)' "$2" "${3:-count}"
+}
+
+# job_field JSON INDEX FIELD: a field of job INDEX in `cbtctl backup --json` output.
+job_field() {
+	python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["jobs"][int(sys.argv[2])][sys.argv[3]])' \
+		"$1" "$2" "$3"
+}
+
+# chain_matches IMAGE DEV: qemu-img check passes on IMAGE and its chain
+# reads exactly as DEV does.
+chain_matches() {
+	qemu-img check -q "$1" || fail "qemu-img check $1"
+	qemu-img compare -q -F raw "$1" "$2" || fail "$1 does not match $2"
+}
+
+# wait_stopped PID WHAT: waits (up to 60 s) until PID has stopped itself.
+wait_stopped() {
+	local n=0
+	until [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = T ]; do
+		n=$((n + 1))
+		[ $n -lt 600 ] || { kill -9 "$1"; fail "cbtctl never reached $2"; return 1; }
+		sleep 0.1
+	done
+}
+
+# run_test NAME FUNCTION: one TAP subtest; the function fails by returning
+# non-zero, or skips with skip_test.
 run_test() {
-	local name=$1 rc
+	local name=$1 rc why start=$SECONDS
 	shift
 	_nr_tests=$((_nr_tests + 1))
+	_skip_why=$(mktemp)
 	( set -e; "$@" )
 	rc=$?
+	why=$(cat "$_skip_why")
+	rm -f "$_skip_why"
+	echo "# $name: $((SECONDS - start)) s"
 	if [ $rc = 0 ]; then
 		echo "ok $_nr_tests $name"
 	elif [ $rc = $KSFT_SKIP ]; then
-		echo "ok $_nr_tests $name # SKIP"
+		echo "ok $_nr_tests $name # SKIP ${why:-no reason given}"
 	else
 		echo "not ok $_nr_tests $name"
 		_nr_failed=$((_nr_failed + 1))
 	fi
+}
+
+# skip_test REASON: skips the running subtest. run_tests.sh counts a skip as
+# a failure unless REASON says a tool is "not installed".
+skip_test() {
+	echo "$*" >"$_skip_why"
+	exit $KSFT_SKIP
 }
 
 # fail MESSAGE: reports why a subtest failed and fails it.

@@ -40,13 +40,7 @@ test_writes_land_on_device() {
 	qio "$dir/reference" "${WRITES[@]}"
 	cmp "$dir/reference" "$dir/backing" || fail "device contents differ from the reference"
 	# Reads through the target return what is on the device.
-	qemu-io -f raw -n -c "read -P 0x33 1535k 1025k" -c "read -P 0x66 $((SIZE - 512)) 512" \
-		-c "read -P 0 40m 512k" "$dev" | grep -q "read 524288/524288" ||
-		fail "reads through the target returned other data"
-	local errs
-	errs=$(qemu-io -f raw -n -c "read -P 0x33 1535k 1025k" -c "read -P 0x66 $((SIZE - 512)) 512" \
-		-c "read -P 0 40m 512k" "$dev" | grep -c "Pattern verification failed" || true)
-	expect_eq "pattern mismatches" "$errs" 0
+	qio "$dev" "read -P 0x33 1535k 1025k" "read -P 0x66 $((SIZE - 512)) 512" "read -P 0 40m 512k"
 }
 
 test_discard_passes_down() {
@@ -95,11 +89,9 @@ test_table_reports() {
 
 test_flush_and_fua() {
 	# qemu-io's flush and FUA writes go through without error, and the data stays.
-	local dir loop name dev out
+	local dir loop name dev
 	setup flush
-	out=$(qemu-io -f raw -n -c "write -f -P 0x5a 0 64k" -c flush -c "write -P 0x5b 64k 64k" \
-		-c flush "$dev" 2>&1)
-	echo "$out" | grep -qi "error\|failed" && fail "flush/FUA failed: $out"
+	qio "$dev" "write -f -P 0x5a 0 64k" "flush" "write -P 0x5b 64k 64k" "flush"
 	qio "$dir/reference" "write -P 0x5a 0 64k" "write -P 0x5b 64k 64k"
 	cmp "$dir/reference" "$dir/backing" || fail "data after flush/FUA differs"
 }

@@ -24,25 +24,6 @@ new_dev() {
 	qio "$dev" "write -P $3 0 512" "write -P $3 1M 32k" "write -P $3 32M 124k"
 }
 
-count_of() {
-	cbtctl status "$1" --json | python3 -c "
-import json, sys
-for b in json.load(sys.stdin)['bitmaps']:
-    if b['name'] == '$2':
-        print(b['count'] if '${3:-count}' == 'count' else str(b['$3']).lower())"
-}
-
-# job_field JSON INDEX FIELD
-job_field() {
-	python3 -c "import json; print(json.load(open('$1'))['jobs'][$2]['$3'])"
-}
-
-# chain_matches IMAGE DEV
-chain_matches() {
-	qemu-img check -q "$1" || fail "qemu-img check $1"
-	qemu-img compare -q -F raw "$1" "$2" || fail "$1 does not match $2"
-}
-
 no_leftovers() {
 	local left
 	left=$(ls -A "$dir" | grep -E '\.tmp$|^inc' || true)
@@ -69,8 +50,8 @@ grouped() {
 	qio "$d1" "write -P 0xef 0 512" "write -P 0x56 16M 256k" "write -P 0x66 32736k 64k" "flush"
 	expect_eq "state after the flush" "$(cbtctl status "$d1" --json |
 		python3 -c 'import json,sys; print(json.load(sys.stdin)["inject"]["state"])')" 2
-	c0=$(count_of "$d0" b0)
-	c1=$(count_of "$d1" b0)
+	c0=$(bitmap_field "$d0" b0)
+	c1=$(bitmap_field "$d1" b0)
 	expect_eq "dev1 count" "$c1" 458752
 	cbtctl backup --sync=incremental --bitmap=b0 --json \
 		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
@@ -80,9 +61,9 @@ grouped() {
 	expect_eq "job 1" "$(job_field "$dir/out.json" 1 status)" failed
 	job_field "$dir/out.json" 1 error | grep -q "Input/output error" ||
 		fail "job 1 error: $(job_field "$dir/out.json" 1 error)"
-	expect_eq "dev0 count kept" "$(count_of "$d0" b0)" "$c0"
-	expect_eq "dev1 count kept" "$(count_of "$d1" b0)" "$c1"
-	expect_eq "dev0 not busy" "$(count_of "$d0" b0 busy)" false
+	expect_eq "dev0 count kept" "$(bitmap_field "$d0" b0)" "$c0"
+	expect_eq "dev1 count kept" "$(bitmap_field "$d1" b0)" "$c1"
+	expect_eq "dev0 not busy" "$(bitmap_field "$d0" b0 busy)" false
 	no_leftovers
 	# The same command again succeeds.
 	cbtctl backup --sync=incremental --bitmap=b0 --json \
@@ -92,8 +73,8 @@ grouped() {
 	expect_eq "dev0 dirty bytes" "$(job_field "$dir/out.json" 0 dirty_bytes)" "$c0"
 	chain_matches "$dir/inc0.qcow2" "$d0"
 	chain_matches "$dir/inc1.qcow2" "$d1"
-	expect_eq "dev0 count after" "$(count_of "$d0" b0)" 0
-	expect_eq "dev1 count after" "$(count_of "$d1" b0)" 0
+	expect_eq "dev0 count after" "$(bitmap_field "$d0" b0)" 0
+	expect_eq "dev1 count after" "$(bitmap_field "$d1" b0)" 0
 }
 
 test_grouped_failure() { grouped writes; }
@@ -107,12 +88,12 @@ test_two_bitmaps() {
 	qio "$d0" "write -P 0xab 0 512" "write -P 0xfe 16M 256k"
 	cbtctl bitmap add "$d0" b1 || fail "bitmap add b1"
 	qio "$d0" "write -P 0x64 32736k 64k"
-	expect_eq "b0 before" "$(count_of "$d0" b0)" 458752
-	expect_eq "b1 before" "$(count_of "$d0" b1)" 131072
+	expect_eq "b0 before" "$(bitmap_field "$d0" b0)" 458752
+	expect_eq "b1 before" "$(bitmap_field "$d0" b1)" 131072
 	cbtctl backup --sync=full --bitmap=b0 --bitmap=b1 "$d0=$dir/full.qcow2" >/dev/null ||
 		fail "full backup resetting both"
-	expect_eq "b0 reset" "$(count_of "$d0" b0)" 0
-	expect_eq "b1 reset" "$(count_of "$d0" b1)" 0
+	expect_eq "b0 reset" "$(bitmap_field "$d0" b0)" 0
+	expect_eq "b1 reset" "$(bitmap_field "$d0" b1)" 0
 	qio "$d0" "write -P 0x9a 0 512" "write -P 0x55 8M 352k" "write -P 0x78 15872k 1M"
 	cbtctl backup --sync=incremental --bitmap=b0 \
 		"$d0=$dir/inc-b0.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "incremental via b0"
@@ -124,7 +105,7 @@ test_two_bitmaps() {
 
 # killed_at PHASE: cbtctl stopped at PHASE and killed; recover; nothing lost.
 killed_at() {
-	local dir d0 d1 pid n=0
+	local dir d0 d1 pid
 	make_tmpdir dir
 	new_dev d0 "k$1-0" 0x41
 	new_dev d1 "k$1-1" 0x42
@@ -137,12 +118,7 @@ killed_at() {
 		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
 		"$d1=$dir/inc1.qcow2,backing=$dir/full1.qcow2" >/dev/null 2>&1 &
 	pid=$!
-	# Wait until it has stopped itself at the phase.
-	until [ "$(awk '{print $3}' /proc/$pid/stat 2>/dev/null)" = T ]; do
-		n=$((n + 1))
-		[ $n -lt 600 ] || { kill -9 $pid; fail "cbtctl never reached phase $1"; }
-		sleep 0.1
-	done
+	wait_stopped $pid "phase $1"
 	# Writes while the controller is dead (and, for early phases, the devices suspended).
 	if [ "$1" != suspended ] && [ "$1" != frozen ]; then
 		qio "$d0" "write -P 0x77 40M 64k"
@@ -152,8 +128,8 @@ killed_at() {
 	cbtctl recover "$d0" "$d1" >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
 	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d0 left suspended"
 	dmsetup info "${d1#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d1 left suspended"
-	expect_eq "dev0 not busy" "$(count_of "$d0" b0 busy)" false
-	expect_eq "dev1 not busy" "$(count_of "$d1" b0 busy)" false
+	expect_eq "dev0 not busy" "$(bitmap_field "$d0" b0 busy)" false
+	expect_eq "dev1 not busy" "$(bitmap_field "$d1" b0 busy)" false
 	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
 	qio "$d0" "write -P 0x78 48M 4k"
 	# Killed after the images were in place: they are complete backups,
@@ -203,8 +179,8 @@ test_enospc() {
 	grep -q "No space left on device" "$dir/err" || fail "error: $(cat "$dir/err")"
 	grep -q "$small" "$dir/err" || fail "the error does not name the target: $(cat "$dir/err")"
 	[ -z "$left" ] || fail "left on the full file system: $left"
-	expect_eq "count kept" "$(count_of "$d0" b0)" $((8 << 20))
-	expect_eq "not busy" "$(count_of "$d0" b0 busy)" false
+	expect_eq "count kept" "$(bitmap_field "$d0" b0)" $((8 << 20))
+	expect_eq "not busy" "$(bitmap_field "$d0" b0 busy)" false
 }
 
 test_interrupt() {
@@ -225,7 +201,7 @@ test_interrupt() {
 	expect_eq "job status" "$(job_field "$dir/out.json" 0 status)" cancelled
 	[ ! -e "$dir/full.qcow2" ] || fail "an interrupted backup left its target"
 	no_leftovers
-	expect_eq "count kept" "$(count_of "$d0" b0)" 196608
+	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 196608
 	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "left suspended"
 }
 
@@ -247,7 +223,7 @@ test_existing_unusable() {
 	# The existing target was written in place: reported, not hidden.
 	expect_eq "job 0" "$(job_field "$dir/out.json" 0 status)" cancelled
 	expect_eq "job 0 reported unusable" "$(job_field "$dir/out.json" 0 target_unusable)" True
-	expect_eq "d0 count kept" "$(count_of "$d0" b0)" 196608
+	expect_eq "d0 count kept" "$(bitmap_field "$d0" b0)" 196608
 }
 
 run_test "grouped transaction failure, then the re-run" test_grouped_failure
