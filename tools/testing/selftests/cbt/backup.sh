@@ -9,7 +9,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 10
+plan 13
 
 SIZE=$((64 << 20))
 
@@ -140,31 +140,74 @@ test_resized_device() {
 	check_chain "$dir/inc.qcow2"
 }
 
-test_usage_errors() {
-	local dir loop name dev rc
-	setup usage
+# expect_exit CODE CMD...: the exit status, an error message, and no file
+# left in the scratch directory.
+expect_exit() {
+	local want=$1 rc
+	shift
+	"$@" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
+	expect_eq "exit status of '$*' ($(cat "$dir/err"))" "$rc" "$want"
+	grep -q . "$dir/err" || fail "'$*' gave no error message"
+	[ -z "$(ls "$dir" | grep -v -e '^disk$' -e '^err$' -e '^existing.qcow2$')" ] ||
+		fail "'$*' left files: $(ls "$dir")"
+}
+
+# refused_setup TAG: a device whose bitmap b0 has one dirty chunk.
+refused_setup() {
+	setup "$1"
 	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
 	qio "$dev" "write -P 0x33 0 64k"
 	expect_eq "count" "$(bitmap_field "$dev" b0)" 65536
-	# expect_exit CODE CMD...: the exit status, and nothing was written.
-	expect_exit() {
-		local want=$1
-		shift
-		"$@" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
-		expect_eq "exit status of '$*' ($(cat "$dir/err"))" "$rc" "$want"
-		grep -q . "$dir/err" || fail "'$*' gave no error message"
-		[ -z "$(ls "$dir" | grep -v -e '^disk$' -e '^err$' -e '^existing.qcow2$')" ] ||
-			fail "'$*' left files: $(ls "$dir")"
-	}
-	expect_exit 2 cbtctl backup "$dev=$dir/t.qcow2"
+}
+
+# nothing_changed: b0 still has its one chunk and is not frozen.
+nothing_changed() {
+	expect_eq "count after the refusal" "$(bitmap_field "$dev" b0)" 65536
+	expect_eq "busy after the refusal" "$(bitmap_field "$dev" b0 busy)" false
+	expect_eq "bitmaps" "$(cbtctl status "$dev" --json |
+		python3 -c 'import json,sys; print(len(json.load(sys.stdin)["bitmaps"]))')" 1
+}
+
+test_sync_bitmap_missing() {
+	local dir loop name dev
+	refused_setup missing
 	expect_exit 2 cbtctl backup --sync=incremental "$dev=$dir/t.qcow2"
+	grep -q -- "--bitmap" "$dir/err" || fail "the error does not ask for --bitmap: $(cat "$dir/err")"
+	nothing_changed
+}
+
+test_sync_bitmap_not_found() {
+	local dir loop name dev
+	refused_setup notfound
+	expect_exit 1 cbtctl backup --sync=incremental --bitmap=unknown "$dev=$dir/t.qcow2"
+	grep -q "unknown" "$dir/err" || fail "the error does not name the bitmap: $(cat "$dir/err")"
+	nothing_changed
+}
+
+test_bad_granularity() {
+	local dir loop name dev g
+	refused_setup granularity
+	for g in 64000 48K 3; do
+		expect_exit 1 cbtctl bitmap add "$dev" b1 --granularity=$g
+		# The target itself refuses it, not only the controller.
+		! dmsetup message "$name" 0 bitmap add b1 granularity=$g 2>/dev/null ||
+			fail "the target accepted granularity $g"
+	done
+	expect_exit 2 cbtctl bitmap add "$dev" b1 --granularity=0
+	expect_exit 2 cbtctl bitmap add "$dev" b1 --granularity=banana
+	nothing_changed
+}
+
+test_usage_errors() {
+	local dir loop name dev
+	refused_setup usage
+	expect_exit 2 cbtctl backup "$dev=$dir/t.qcow2"
 	expect_exit 2 cbtctl backup --sync=sometimes "$dev=$dir/t.qcow2"
 	expect_exit 2 cbtctl backup --sync=full
 	expect_exit 2 cbtctl backup --sync=full "$dev"
 	expect_exit 2 cbtctl backup --sync=full "$dev=$dir/t.qcow2,cluster-size=3000"
 	expect_exit 2 cbtctl backup --sync=full "$dev=$dir/t.qcow2,mode=sideways"
 	expect_exit 2 cbtctl backup --sync=full --retries=x "$dev=$dir/t.qcow2"
-	expect_exit 1 cbtctl backup --sync=incremental --bitmap=nosuch "$dev=$dir/t.qcow2"
 	expect_exit 1 cbtctl backup --sync=full "/dev/mapper/cbt-no-such-dev=$dir/t.qcow2"
 	expect_exit 1 cbtctl backup --sync=full "$dev=/nonexistent-dir/t.qcow2"
 	grep -q "nonexistent-dir" "$dir/err" || fail "the error does not name the target"
@@ -173,13 +216,9 @@ test_usage_errors() {
 	expect_exit 1 cbtctl backup --sync=full "$dev=$dir/existing.qcow2,mode=existing"
 	expect_eq "existing image untouched" "$(qemu-img info --output=json "$dir/existing.qcow2" |
 		python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" $((32 << 20))
-	expect_exit 2 cbtctl bitmap add "$dev" b1 --granularity=banana
-	expect_exit 1 cbtctl bitmap add "$dev" b1 --granularity=48K
 	expect_exit 1 cbtctl bitmap remove "$dev" nosuch
 	expect_exit 2 cbtctl frobnicate
-	# Nothing above changed the bitmap.
-	expect_eq "count after the errors" "$(bitmap_field "$dev" b0)" 65536
-	expect_eq "busy after the errors" "$(bitmap_field "$dev" b0 busy)" false
+	nothing_changed
 }
 
 # seed_read_error: the seed's blkdebug script. The first read after the
@@ -251,7 +290,10 @@ run_test "128K-cluster targets made beforehand, rebased" test_larger_cluster_tar
 run_test "existing target with backing, 512 B clusters, zeroed chunk" test_existing_with_backing
 run_test "existing targets: stale data, larger than the device" test_existing_stale_and_larger
 run_test "device grown before an incremental" test_resized_device
-run_test "usage errors change nothing" test_usage_errors
+run_test "incremental without a bitmap is refused" test_sync_bitmap_missing
+run_test "incremental with an unknown bitmap is refused" test_sync_bitmap_not_found
+run_test "a granularity that is not a power of two is refused" test_bad_granularity
+run_test "other usage errors change nothing" test_usage_errors
 run_test "failed incremental (read error), then a good one" test_incremental_failure
 run_test "read error retried to success, bitmap busy meanwhile" test_incremental_pause
 finish
