@@ -2,13 +2,14 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # cbtctl backups of one device: a full backup and incrementals after the
-# QEMU incremental-backup test's writes, each chain compared with a fresh
-# full reference by qemu-img compare; granularities, cluster sizes,
-# existing targets, a resized device, usage errors and read errors.
+# QEMU incremental-backup test's writes, each image checked by qemu-img check
+# and its chain compared with the device by qemu-img compare; granularities,
+# cluster sizes, existing targets, a resized device, refused requests and
+# read errors.
 . "$(dirname "$0")/lib.sh"
 
 require_root
-require_tools dmsetup losetup qemu-io qemu-img cbtctl
+require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
 plan 13
 
 SIZE=$((64 << 20))
@@ -20,16 +21,6 @@ setup() {
 	qio "$dev" "write -P 0x41 0 512" "write -P 0xd5 1M 32k" "write -P 0xdc 32M 124k"
 }
 
-# check_chain IMAGE: the chain ending in IMAGE matches a fresh full backup.
-check_chain() {
-	local ref=$dir/ref.$RANDOM.qcow2
-	cbtctl backup --sync=full "$dev=$ref" >/dev/null || fail "reference backup failed"
-	qemu-img check -q "$1" || fail "qemu-img check $1"
-	qemu-img compare -q "$1" "$ref" || fail "$1 differs from the device"
-	qemu-img compare -q -F raw "$1" "$dev" || fail "$1 differs from the device (raw)"
-	rm -f "$ref"
-}
-
 # incremental_simple GRANULARITY COUNT: the seed's simple scenario.
 incremental_simple() {
 	local gran=$1 want=$2 dir loop name dev
@@ -37,24 +28,24 @@ incremental_simple() {
 	cbtctl bitmap add "$dev" b0 --granularity="$gran" || fail "bitmap add"
 	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null ||
 		fail "full backup failed"
-	check_chain "$dir/full.qcow2"
+	chain_matches "$dir/full.qcow2" "$dev"
 	expect_eq "count after the full backup" "$(bitmap_field "$dev" b0)" 0
 	# A hollow incremental: nothing dirty, still a valid image.
 	cbtctl backup --sync=incremental --bitmap=b0 \
 		"$dev=$dir/inc0.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "hollow incremental"
-	check_chain "$dir/inc0.qcow2"
-	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
+	chain_matches "$dir/inc0.qcow2" "$dev"
+	qio "$dev" "${SEED_ROUND1[@]}"
 	expect_eq "count after three writes" "$(bitmap_field "$dev" b0)" "$want"
 	cbtctl backup --sync=incremental --bitmap=b0 --json \
 		"$dev=$dir/inc1.qcow2,backing=$dir/inc0.qcow2" >"$dir/out.json" ||
 		fail "incremental 1 failed: $(cat "$dir/out.json")"
 	expect_eq "dirty bytes copied" \
 		"$(python3 -c "import json; print(json.load(open('$dir/out.json'))['jobs'][0]['dirty_bytes'])")" "$want"
-	check_chain "$dir/inc1.qcow2"
-	qio "$dev" "write -P 0x9a 0 512" "write -P 0x55 8M 352k" "write -P 0x78 15872k 1M"
+	chain_matches "$dir/inc1.qcow2" "$dev"
+	qio "$dev" "${SEED_ROUND2[@]}"
 	cbtctl backup --sync=incremental --bitmap=b0 \
 		"$dev=$dir/inc2.qcow2,backing=$dir/inc1.qcow2" >/dev/null || fail "incremental 2 failed"
-	check_chain "$dir/inc2.qcow2"
+	chain_matches "$dir/inc2.qcow2" "$dev"
 	expect_eq "count after the last incremental" "$(bitmap_field "$dev" b0)" 0
 	# The incremental's backing file and format are recorded.
 	qemu-img info --output=json "$dir/inc2.qcow2" | grep -q '"backing-filename-format": "qcow2"' ||
@@ -74,13 +65,13 @@ test_larger_cluster_target() {
 	qemu-img create -q -f qcow2 -o cluster_size=128k "$dir/full.qcow2" $SIZE
 	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2,mode=existing" >/dev/null ||
 		fail "full backup into an existing image failed"
-	check_chain "$dir/full.qcow2"
-	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
+	chain_matches "$dir/full.qcow2" "$dev"
+	qio "$dev" "${SEED_ROUND1[@]}"
 	qemu-img create -q -f qcow2 -o cluster_size=128k "$dir/inc.qcow2" $SIZE
 	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
 		>/dev/null || fail "incremental into an existing image failed"
 	qemu-img rebase -u -F qcow2 -b "$dir/full.qcow2" "$dir/inc.qcow2"
-	check_chain "$dir/inc.qcow2"
+	chain_matches "$dir/inc.qcow2" "$dev"
 }
 
 test_existing_with_backing() {
@@ -93,7 +84,7 @@ test_existing_with_backing() {
 	qemu-img create -q -f qcow2 -b "$dir/full.qcow2" -F qcow2 "$dir/inc.qcow2"
 	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
 		>/dev/null || fail "incremental into an existing image failed"
-	check_chain "$dir/inc.qcow2"
+	chain_matches "$dir/inc.qcow2" "$dev"
 	# The chunk overwritten with zeros reads as zeros, not the full's 0xd5.
 	qio "$dir/inc.qcow2" "read -P 0 1M 32k"
 }
@@ -137,7 +128,7 @@ test_resized_device() {
 	qemu-img create -q -f qcow2 -b "$dir/full.qcow2" -F qcow2 "$dir/inc.qcow2" 65M
 	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,mode=existing" \
 		>/dev/null || fail "incremental after the resize failed"
-	check_chain "$dir/inc.qcow2"
+	chain_matches "$dir/inc.qcow2" "$dev"
 }
 
 # expect_exit CODE CMD...: the exit status, an error message, and no file
@@ -227,7 +218,7 @@ seed_read_error() {
 	cbtctl inject "$dev" set-state event=flush state=1 new-state=2 >/dev/null &&
 		cbtctl inject "$dev" error event=read state=2 errno=5 once >/dev/null ||
 		fail "inject"
-	qio "$dev" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k" "flush"
+	qio "$dev" "${SEED_ROUND1[@]}" "flush"
 	expect_eq "count after three writes" "$(bitmap_field "$dev" b0)" 458752
 	expect_eq "not busy before the backup" "$(bitmap_field "$dev" b0 busy)" false
 }
@@ -248,12 +239,12 @@ test_incremental_failure() {
 	expect_eq "count kept after the failure" "$(bitmap_field "$dev" b0)" 458752
 	expect_eq "not busy after the failure" "$(bitmap_field "$dev" b0 busy)" false
 	# The guest goes on writing; the next incremental has both rounds.
-	qio "$dev" "write -P 0x9a 0 512" "write -P 0x55 8M 352k" "write -P 0x78 15872k 1M"
+	qio "$dev" "${SEED_ROUND2[@]}"
 	cbtctl backup --sync=incremental --bitmap=b0 --json \
 		"$dev=$dir/inc.qcow2,backing=$dir/anchor.qcow2" >"$dir/out.json" ||
 		fail "the incremental after the failure failed: $(cat "$dir/out.json")"
 	expect_eq "dirty bytes of both rounds" "$(job_field "$dir/out.json" 0 dirty_bytes)" 1638400
-	check_chain "$dir/inc.qcow2"
+	chain_matches "$dir/inc.qcow2" "$dev"
 	expect_eq "count after" "$(bitmap_field "$dev" b0)" 0
 }
 
@@ -280,7 +271,7 @@ test_incremental_pause() {
 	expect_eq "count after" "$(bitmap_field "$dev" b0)" 0
 	expect_eq "frozen after" "$(bitmap_field "$dev" b0 frozen)" 0
 	expect_eq "not busy after" "$(bitmap_field "$dev" b0 busy)" false
-	check_chain "$dir/inc.qcow2"
+	chain_matches "$dir/inc.qcow2" "$dev"
 }
 
 run_test "incremental simple (64K granularity)" test_simple_64k

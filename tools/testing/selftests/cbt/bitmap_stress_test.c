@@ -91,38 +91,25 @@ static int collect(const char *dev, int frozen, char *seen, char *why, size_t wh
 
 FIXTURE(stress)
 {
-	char dir[64];
-	char file[96];
-	char loop[32];
-	char name[64];
-	char zero[64];
-	char dev[96];
-	int loopfd;
+	struct scratch s;
+	char zero[64];		/* a dm zero device under the cbt one */
 };
 
 FIXTURE_SETUP(stress)
 {
+	self->s.loopfd = -1;
 	if (geteuid())
 		SKIP(return, "must run as root");
-	snprintf(self->dir, sizeof(self->dir), "/tmp/cbt-stress.XXXXXX");
-	ASSERT_NE(NULL, mkdtemp(self->dir));
-	snprintf(self->file, sizeof(self->file), "%s/backing", self->dir);
-	self->loopfd = -1;
-	snprintf(self->name, sizeof(self->name), "cbt-stress-%d", getpid());
+	ASSERT_EQ(0, scratch_make(&self->s, "stress"));
 	snprintf(self->zero, sizeof(self->zero), "cbt-zero-%d", getpid());
-	snprintf(self->dev, sizeof(self->dev), "/dev/mapper/%s", self->name);
 }
 
 FIXTURE_TEARDOWN(stress)
 {
-	if (dm_exists(self->name))
-		dm_remove(self->name);
+	/* The cbt device first: it sits on the zero device. */
+	scratch_remove(&self->s);
 	if (dm_exists(self->zero))
 		dm_remove(self->zero);
-	if (self->loopfd >= 0)
-		loop_destroy(self->loopfd);
-	unlink(self->file);
-	rmdir(self->dir);
 }
 
 TEST_F_TIMEOUT(stress, concurrent_writers_while_freezing, 300)
@@ -133,13 +120,12 @@ TEST_F_TIMEOUT(stress, concurrent_writers_while_freezing, 300)
 	char seen[NR_CHUNKS] = { 0 }, why[256] = "", m[64];
 	int i, rounds = 0, missing = 0, phantom = 0, nwritten = 0;
 
-	ASSERT_EQ(0, loop_create(self->file, DEV_SIZE, self->loop, sizeof(self->loop),
-				 &self->loopfd));
-	ASSERT_EQ(0, dm_create_one(self->name, DEV_SIZE / 512, "cbt", self->loop));
-	ASSERT_EQ(0, dm_message(self->name, "bitmap add a", NULL, 0));
+	ASSERT_EQ(0, scratch_loop(&self->s, DEV_SIZE));
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SIZE / 512, "cbt", self->s.loop));
+	ASSERT_EQ(0, dm_message(self->s.name, "bitmap add a", NULL, 0));
 
 	memset(&w, 0, sizeof(w));
-	w.dev = self->dev;
+	w.dev = self->s.dev;
 	atomic_store(&w.running, NR_THREADS);
 	for (i = 0; i < NR_THREADS; i++) {
 		args[i].w = &w;
@@ -152,18 +138,18 @@ TEST_F_TIMEOUT(stress, concurrent_writers_while_freezing, 300)
 	 */
 	while (atomic_load(&w.running) > 0) {
 		snprintf(m, sizeof(m), "bitmap freeze a round%d", rounds);
-		ASSERT_EQ(0, dm_message(self->name, m, NULL, 0));
-		ASSERT_EQ(0, collect(self->dev, 1, seen, why, sizeof(why))) TH_LOG("%s", why);
+		ASSERT_EQ(0, dm_message(self->s.name, m, NULL, 0));
+		ASSERT_EQ(0, collect(self->s.dev, 1, seen, why, sizeof(why))) TH_LOG("%s", why);
 		snprintf(m, sizeof(m), "bitmap %s a round%d", rounds % 2 ? "abort" : "commit",
 			 rounds);
-		ASSERT_EQ(0, dm_message(self->name, m, NULL, 0));
+		ASSERT_EQ(0, dm_message(self->s.name, m, NULL, 0));
 		rounds++;
 	}
 	for (i = 0; i < NR_THREADS; i++)
 		pthread_join(th[i], NULL);
 	ASSERT_EQ(0, atomic_load(&w.errors));
 	/* What the writers did after the last freeze is in the live bitmap. */
-	ASSERT_EQ(0, collect(self->dev, 0, seen, why, sizeof(why))) TH_LOG("%s", why);
+	ASSERT_EQ(0, collect(self->s.dev, 0, seen, why, sizeof(why))) TH_LOG("%s", why);
 
 	for (i = 0; i < (int)NR_CHUNKS; i++) {
 		int wr = atomic_load(&w.written[i]);
@@ -197,22 +183,22 @@ TEST_F(stress, sixteen_tib_device)
 
 	ASSERT_EQ(0, dm_create_one(self->zero, size / 512, "zero", ""));
 	snprintf(zero_dev, sizeof(zero_dev), "/dev/mapper/%s", self->zero);
-	ASSERT_EQ(0, dm_create_one(self->name, size / 512, "cbt", zero_dev));
-	ASSERT_EQ(0, dm_message(self->name, "bitmap add a", NULL, 0));
+	ASSERT_EQ(0, dm_create_one(self->s.name, size / 512, "cbt", zero_dev));
+	ASSERT_EQ(0, dm_message(self->s.name, "bitmap add a", NULL, 0));
 	for (i = 0; i < sizeof(writes) / sizeof(writes[0]); i++)
-		ASSERT_EQ(0, dev_write(self->dev, writes[i][0], writes[i][1], 1));
+		ASSERT_EQ(0, dev_write(self->s.dev, writes[i][0], writes[i][1], 1));
 
-	ASSERT_EQ(0, extents_read(self->dev, "a", 0, &got, why, sizeof(why))) TH_LOG("%s", why);
+	ASSERT_EQ(0, extents_read(self->s.dev, "a", 0, &got, why, sizeof(why))) TH_LOG("%s", why);
 	extents_expected(&want, writes, sizeof(writes) / sizeof(writes[0]), CHUNK, size);
 	EXPECT_TRUE(extents_equal(&got, &want, why, sizeof(why))) TH_LOG("%s", why);
 	EXPECT_EQ(4, got.n);
 
 	/* The same through a freeze, and the count in the detail line. */
-	ASSERT_EQ(0, dm_message(self->name, "bitmap freeze a t", NULL, 0));
-	ASSERT_EQ(0, extents_read(self->dev, "a", 1, &got, why, sizeof(why))) TH_LOG("%s", why);
+	ASSERT_EQ(0, dm_message(self->s.name, "bitmap freeze a t", NULL, 0));
+	ASSERT_EQ(0, extents_read(self->s.dev, "a", 1, &got, why, sizeof(why))) TH_LOG("%s", why);
 	EXPECT_TRUE(extents_equal(&got, &want, why, sizeof(why))) TH_LOG("%s", why);
 	snprintf(m, sizeof(m), "bitmap info a");
-	ASSERT_EQ(0, dm_message(self->name, m, answer, sizeof(answer)));
+	ASSERT_EQ(0, dm_message(self->s.name, m, answer, sizeof(answer)));
 	snprintf(m, sizeof(m), " frozen=%llu ",
 		 (unsigned long long)(CHUNK + MiB + 2 * CHUNK + 2 * CHUNK));
 	EXPECT_NE(NULL, strstr(answer, m)) TH_LOG("%s lacks%s", answer, m);

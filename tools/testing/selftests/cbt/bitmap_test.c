@@ -36,35 +36,22 @@ static const uint64_t example_writes[][2] = {
 
 FIXTURE(bitmap)
 {
-	char dir[64];
-	char file[96];
-	char loop[32];
-	char name[64];
-	char dev[96];
-	int loopfd;
+	struct scratch s;
 };
 
 FIXTURE_SETUP(bitmap)
 {
+	self->s.loopfd = -1;
 	if (geteuid())
 		SKIP(return, "must run as root");
-	snprintf(self->dir, sizeof(self->dir), "/tmp/cbt-bitmap.XXXXXX");
-	ASSERT_NE(NULL, mkdtemp(self->dir));
-	snprintf(self->file, sizeof(self->file), "%s/backing", self->dir);
-	ASSERT_EQ(0, loop_create(self->file, DEV_SIZE, self->loop, sizeof(self->loop),
-				 &self->loopfd));
-	snprintf(self->name, sizeof(self->name), "cbt-bitmap-%d", getpid());
-	snprintf(self->dev, sizeof(self->dev), "/dev/mapper/%s", self->name);
-	ASSERT_EQ(0, dm_create_one(self->name, DEV_SECTORS, "cbt", self->loop));
+	ASSERT_EQ(0, scratch_make(&self->s, "bitmap"));
+	ASSERT_EQ(0, scratch_loop(&self->s, DEV_SIZE));
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", self->s.loop));
 }
 
 FIXTURE_TEARDOWN(bitmap)
 {
-	if (dm_exists(self->name))
-		dm_remove(self->name);
-	loop_destroy(self->loopfd);
-	unlink(self->file);
-	rmdir(self->dir);
+	scratch_remove(&self->s);
 }
 
 typedef struct _test_data_bitmap bitmap_t;
@@ -78,13 +65,13 @@ static int __attribute__((format(printf, 2, 3))) msg(bitmap_t *self, const char 
 	va_start(ap, fmt);
 	vsnprintf(m, sizeof(m), fmt, ap);
 	va_end(ap);
-	return dm_message(self->name, m, NULL, 0);
+	return dm_message(self->s.name, m, NULL, 0);
 }
 
 /* The "bitmap list" answer (every bitmap's detail line). */
 static int list(bitmap_t *self, char *buf, size_t len)
 {
-	return dm_message(self->name, "bitmap list", buf, len);
+	return dm_message(self->s.name, "bitmap list", buf, len);
 }
 
 /* A KEY=value field of bitmap NAME's detail line; ~0 when missing. */
@@ -93,7 +80,7 @@ static uint64_t field(bitmap_t *self, const char *name, const char *key)
 	char m[128], line[512], k[64], *p;
 
 	snprintf(m, sizeof(m), "bitmap info %s", name);
-	if (dm_message(self->name, m, line, sizeof(line)))
+	if (dm_message(self->s.name, m, line, sizeof(line)))
 		return ~0ULL;
 	snprintf(k, sizeof(k), " %s=", key);
 	p = strstr(line, k);
@@ -106,7 +93,7 @@ static const char *token(bitmap_t *self, const char *name, char *buf, size_t len
 
 	snprintf(m, sizeof(m), "bitmap info %s", name);
 	buf[0] = '\0';
-	if (dm_message(self->name, m, line, sizeof(line)))
+	if (dm_message(self->s.name, m, line, sizeof(line)))
 		return buf;
 	p = strstr(line, " token=");
 	if (p)
@@ -120,7 +107,7 @@ static int write_all(bitmap_t *self, const uint64_t (*w)[2], size_t n)
 	int r;
 
 	for (i = 0; i < n; i++) {
-		r = dev_write(self->dev, w[i][0], w[i][1], 0x5a + (int)i);
+		r = dev_write(self->s.dev, w[i][0], w[i][1], 0x5a + (int)i);
 		if (r)
 			return r;
 	}
@@ -131,7 +118,7 @@ static int write_all(bitmap_t *self, const uint64_t (*w)[2], size_t n)
 #define ASSERT_EXTENTS(self, bm, frozen, writes, n, gran, devsize) do {			\
 	struct extent_list _got = { 0 }, _want = { 0 };					\
 	char _why[256] = "";								\
-	ASSERT_EQ(0, extents_read((self)->dev, bm, frozen, &_got, _why, sizeof(_why)))	\
+	ASSERT_EQ(0, extents_read((self)->s.dev, bm, frozen, &_got, _why, sizeof(_why)))	\
 		TH_LOG("netlink: %s", _why);						\
 	extents_expected(&_want, writes, n, gran, devsize);				\
 	EXPECT_TRUE(extents_equal(&_got, &_want, _why, sizeof(_why)))			\
@@ -175,20 +162,20 @@ TEST_F(bitmap, detail_and_status)
 
 	ASSERT_EQ(0, msg(self, "bitmap add plain"));
 	ASSERT_EQ(0, msg(self, "bitmap add off disabled granularity=4096"));
-	ASSERT_EQ(0, dm_message(self->name, "bitmap info plain", line, sizeof(line)));
+	ASSERT_EQ(0, dm_message(self->s.name, "bitmap info plain", line, sizeof(line)));
 	EXPECT_STREQ("plain granularity=65536 count=0 recording=1 busy=0 persistent=0 "
 		     "inconsistent=0 frozen=0 token=-\n", line);
 	EXPECT_EQ(4096, field(self, "off", "granularity"));
 	EXPECT_EQ(0, field(self, "off", "recording"));
 	/* A disabled bitmap records nothing. */
-	ASSERT_EQ(0, dev_write(self->dev, 0, 4096, 1));
+	ASSERT_EQ(0, dev_write(self->s.dev, 0, 4096, 1));
 	EXPECT_EQ(0, field(self, "off", "count"));
 	EXPECT_EQ(65536, field(self, "plain", "count"));
-	ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
+	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
 	EXPECT_STREQ("2 1 0 0 1 0", line);	/* + inject state 1, no rules */
 	ASSERT_EQ(0, msg(self, "bitmap freeze plain backup-1.a_b"));
 	EXPECT_STREQ("backup-1.a_b", token(self, "plain", tok, sizeof(tok)));
-	ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
+	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
 	EXPECT_STREQ("2 1 1 0 1 0", line);
 	ASSERT_EQ(0, list(self, line, sizeof(line)));
 	EXPECT_NE(NULL, strstr(line, "plain granularity=65536 count=0 recording=1 busy=1 "
@@ -272,20 +259,20 @@ TEST_F(bitmap, bad_messages_change_nothing)
 	ASSERT_EQ(0, msg(self, "bitmap add d disabled"));
 	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
 	ASSERT_EQ(0, msg(self, "bitmap freeze a t"));
-	ASSERT_EQ(0, dev_write(self->dev, 40 * MiB, 4096, 7));
+	ASSERT_EQ(0, dev_write(self->s.dev, 40 * MiB, 4096, 7));
 	ASSERT_EQ(0, list(self, before, sizeof(before)));
-	ASSERT_EQ(0, dm_status_line(self->name, 0, status_before, sizeof(status_before)));
+	ASSERT_EQ(0, dm_status_line(self->s.name, 0, status_before, sizeof(status_before)));
 
 	for (i = 0; i < NWRITES(bad); i++) {
 		log[0] = '\0';
 		mark = kmsg_mark();
-		r = dm_message(self->name, bad[i], NULL, 0);
+		r = dm_message(self->s.name, bad[i], NULL, 0);
 		kmsg_since(mark, log, sizeof(log));
 		EXPECT_NE(0, r) TH_LOG("'%s' was accepted", bad[i]);
 		EXPECT_NE(NULL, strstr(log, "cbt: ")) TH_LOG("'%s': no reason logged", bad[i]);
 		ASSERT_EQ(0, list(self, after, sizeof(after)));
 		EXPECT_STREQ(before, after) TH_LOG("'%s' changed the bitmaps", bad[i]);
-		ASSERT_EQ(0, dm_status_line(self->name, 0, status_after, sizeof(status_after)));
+		ASSERT_EQ(0, dm_status_line(self->s.name, 0, status_after, sizeof(status_after)));
 		EXPECT_STREQ(status_before, status_after);
 	}
 }
@@ -335,7 +322,7 @@ TEST_F(bitmap, freeze_then_commit)
 	{
 		struct extent_list l = { 0 };
 
-		EXPECT_NE(0, extents_read(self->dev, "a", 1, &l, NULL, 0));
+		EXPECT_NE(0, extents_read(self->s.dev, "a", 1, &l, NULL, 0));
 		extents_free(&l);
 	}
 	/* A committed bitmap can be frozen again, and committing twice fails. */
@@ -384,7 +371,7 @@ TEST_F(bitmap, busy_while_frozen)
 	EXPECT_EQ(-EBUSY, msg(self, "bitmap freeze a t"));
 	/* Recording can still be switched; the successor follows it. */
 	EXPECT_EQ(0, msg(self, "bitmap disable a"));
-	ASSERT_EQ(0, dev_write(self->dev, 0, 4096, 1));
+	ASSERT_EQ(0, dev_write(self->s.dev, 0, 4096, 1));
 	EXPECT_EQ(0, field(self, "a", "count"));
 	EXPECT_EQ(0, msg(self, "bitmap enable a"));
 	ASSERT_EQ(0, msg(self, "bitmap commit a t"));
@@ -419,7 +406,7 @@ TEST_F(bitmap, clear_merge_enable)
 	EXPECT_EQ(0, field(self, "fine", "count"));
 	ASSERT_EQ(0, msg(self, "bitmap enable coarse"));
 	ASSERT_EQ(0, msg(self, "bitmap disable fine"));
-	ASSERT_EQ(0, dev_write(self->dev, 30 * MiB, 4096, 3));
+	ASSERT_EQ(0, dev_write(self->s.dev, 30 * MiB, 4096, 3));
 	EXPECT_EQ(0, field(self, "fine", "count"));
 	EXPECT_EQ(3 * MiB, field(self, "coarse", "count"));
 }
@@ -438,7 +425,7 @@ TEST_F(bitmap, dump_spans_many_messages)
 	}
 	/* Many writes through one descriptor would be faster; these are few enough. */
 	{
-		int fd = open(self->dev, O_WRONLY | O_DIRECT);
+		int fd = open(self->s.dev, O_WRONLY | O_DIRECT);
 		void *buf;
 
 		ASSERT_LE(0, fd);
@@ -457,7 +444,7 @@ TEST_F(bitmap, dump_spans_many_messages)
 	{
 		struct extent_list l = { 0 };
 
-		ASSERT_EQ(0, extents_read(self->dev, "fine", 0, &l, why, sizeof(why)));
+		ASSERT_EQ(0, extents_read(self->s.dev, "fine", 0, &l, why, sizeof(why)));
 		EXPECT_EQ(0, l.n);
 		extents_free(&l);
 	}
@@ -469,10 +456,10 @@ TEST_F(bitmap, netlink_refusals)
 	char why[256];
 
 	ASSERT_EQ(0, msg(self, "bitmap add a"));
-	EXPECT_NE(0, extents_read(self->dev, "nosuch", 0, &l, why, sizeof(why)));
+	EXPECT_NE(0, extents_read(self->s.dev, "nosuch", 0, &l, why, sizeof(why)));
 	EXPECT_NE(NULL, strstr(why, "No such file")) TH_LOG("%s", why);
-	EXPECT_NE(0, extents_read(self->dev, "a", 1, &l, why, sizeof(why)));
-	EXPECT_NE(0, extents_read(self->loop, "a", 0, &l, why, sizeof(why)));
+	EXPECT_NE(0, extents_read(self->s.dev, "a", 1, &l, why, sizeof(why)));
+	EXPECT_NE(0, extents_read(self->s.loop, "a", 0, &l, why, sizeof(why)));
 	EXPECT_NE(NULL, strstr(why, "No such device")) TH_LOG("%s", why);
 	extents_free(&l);
 }
@@ -484,7 +471,7 @@ TEST_F(bitmap, discard_and_zeroes_dirty_reads_and_flushes_do_not)
 	int fd;
 
 	ASSERT_EQ(0, msg(self, "bitmap add a"));
-	fd = open(self->dev, O_RDWR | O_DIRECT);
+	fd = open(self->s.dev, O_RDWR | O_DIRECT);
 	ASSERT_LE(0, fd);
 	ASSERT_EQ(4096, pread(fd, buf, sizeof(buf), 8 * MiB));
 	ASSERT_EQ(0, fsync(fd));
@@ -492,8 +479,8 @@ TEST_F(bitmap, discard_and_zeroes_dirty_reads_and_flushes_do_not)
 	close(fd);
 	EXPECT_EQ(0, field(self, "a", "count"));
 
-	ASSERT_EQ(0, dev_discard(self->dev, dz[0][0], dz[0][1], 0));
-	ASSERT_EQ(0, dev_discard(self->dev, dz[1][0], dz[1][1], 1));
+	ASSERT_EQ(0, dev_discard(self->s.dev, dz[0][0], dz[0][1], 0));
+	ASSERT_EQ(0, dev_discard(self->s.dev, dz[1][0], dz[1][1], 1));
 	EXPECT_EQ(3 * MiB + 64 * KiB, field(self, "a", "count"));
 	ASSERT_EXTENTS(self, "a", 0, dz, NWRITES(dz), 64 * KiB, DEV_SIZE);
 }
@@ -501,11 +488,11 @@ TEST_F(bitmap, discard_and_zeroes_dirty_reads_and_flushes_do_not)
 /* Grows or shrinks the device to SECTORS: loop capacity, reload, resume. */
 static int resize(bitmap_t *self, uint64_t sectors)
 {
-	if (truncate(self->file, sectors * 512) ||
-	    ioctl(self->loopfd, LOOP_SET_CAPACITY, 0))
+	if (truncate(self->s.file, sectors * 512) ||
+	    ioctl(self->s.loopfd, LOOP_SET_CAPACITY, 0))
 		return -errno;
-	return dm_reload_one(self->name, sectors, "cbt", self->loop) ?:
-	       dm_resume(self->name);
+	return dm_reload_one(self->s.name, sectors, "cbt", self->s.loop) ?:
+	       dm_resume(self->s.name);
 }
 
 TEST_F(bitmap, resize_grows_and_shrinks)
@@ -522,7 +509,7 @@ TEST_F(bitmap, resize_grows_and_shrinks)
 	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
 	/* QEMU's iotest: 64M to 65M, a write at 64M is in the next incremental. */
 	ASSERT_EQ(0, resize(self, 65 * MiB / 512));
-	ASSERT_EQ(0, dev_write(self->dev, 64 * MiB, 64 * KiB, 9));
+	ASSERT_EQ(0, dev_write(self->s.dev, 64 * MiB, 64 * KiB, 9));
 	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
 	ASSERT_EXTENTS(self, "a", 0, grown, NWRITES(grown), 64 * KiB, 65 * MiB);
 	ASSERT_EXTENTS(self, "b", 0, grown, NWRITES(grown), MiB, 65 * MiB);
@@ -564,24 +551,24 @@ TEST_F(bitmap, survives_suspend_resume_and_reload)
 	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
 	ASSERT_EQ(0, list(self, before, sizeof(before)));
 
-	ASSERT_EQ(0, dm_suspend(self->name));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
 	/* Messages work while suspended (several devices frozen in one window). */
 	ASSERT_EQ(0, msg(self, "bitmap freeze a t"));
 	ASSERT_EQ(0, msg(self, "bitmap abort a t"));
-	ASSERT_EQ(0, dm_resume(self->name));
+	ASSERT_EQ(0, dm_resume(self->s.name));
 	ASSERT_EQ(0, list(self, after, sizeof(after)));
 	EXPECT_STREQ(before, after);
 
 	/* A reload of the same table: the new instance takes the bitmaps over. */
-	ASSERT_EQ(0, dm_status_line(self->name, 1, table, sizeof(table)));
-	ASSERT_EQ(0, dm_reload_one(self->name, DEV_SECTORS, "cbt", table));
+	ASSERT_EQ(0, dm_status_line(self->s.name, 1, table, sizeof(table)));
+	ASSERT_EQ(0, dm_reload_one(self->s.name, DEV_SECTORS, "cbt", table));
 	/* Both instances exist now; messages still reach the live one. */
 	ASSERT_EQ(0, list(self, after, sizeof(after)));
 	EXPECT_STREQ(before, after);
-	ASSERT_EQ(0, dm_resume(self->name));
+	ASSERT_EQ(0, dm_resume(self->s.name));
 	ASSERT_EQ(0, list(self, after, sizeof(after)));
 	EXPECT_STREQ(before, after);
-	ASSERT_EQ(0, dev_write(self->dev, 50 * MiB, 4096, 1));
+	ASSERT_EQ(0, dev_write(self->s.dev, 50 * MiB, 4096, 1));
 	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
 }
 
@@ -590,8 +577,8 @@ TEST_F(bitmap, removing_the_device_drops_bitmaps)
 	char answer[1024];
 
 	ASSERT_EQ(0, msg(self, "bitmap add a"));
-	ASSERT_EQ(0, dm_remove(self->name));
-	ASSERT_EQ(0, dm_create_one(self->name, DEV_SECTORS, "cbt", self->loop));
+	ASSERT_EQ(0, dm_remove(self->s.name));
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", self->s.loop));
 	ASSERT_EQ(0, list(self, answer, sizeof(answer)));
 	EXPECT_STREQ("", answer);
 	EXPECT_EQ(0, msg(self, "bitmap add a"));
@@ -603,9 +590,9 @@ TEST_F(bitmap, one_cbt_target_per_table)
 	int mark, r;
 
 	/* Two cbt segments would share one set of bitmaps: refused. */
-	snprintf(name, sizeof(name), "%s-two", self->name);
+	snprintf(name, sizeof(name), "%s-two", self->s.name);
 	mark = kmsg_mark();
-	r = dm_create_two(name, DEV_SECTORS / 2, "cbt", self->loop, "cbt", self->loop);
+	r = dm_create_two(name, DEV_SECTORS / 2, "cbt", self->s.loop, "cbt", self->s.loop);
 	kmsg_since(mark, log, sizeof(log));
 	EXPECT_NE(0, r);
 	EXPECT_NE(NULL, strstr(log, "Only one cbt target per device")) TH_LOG("%s", log);
@@ -666,7 +653,7 @@ TEST_F(bitmap, events_multicast)
 	char want[4][160];
 	int i, r;
 
-	ASSERT_EQ(0, stat(self->dev, &st));
+	ASSERT_EQ(0, stat(self->s.dev, &st));
 	sk = events_listen(&ev);
 	ASSERT_NE(NULL, sk);
 
@@ -705,13 +692,13 @@ TEST_F(bitmap, rule_fired_event)
 	void *buf;
 	int fd, tries;
 
-	ASSERT_EQ(0, stat(self->dev, &st));
+	ASSERT_EQ(0, stat(self->s.dev, &st));
 	sk = events_listen(&ev);
 	ASSERT_NE(NULL, sk);
 
 	ASSERT_EQ(0, msg(self, "inject error event=read offset=4096 length=512 id=boom"));
 	ASSERT_EQ(0, posix_memalign(&buf, 4096, 4096));
-	fd = open(self->dev, O_RDONLY | O_DIRECT);
+	fd = open(self->s.dev, O_RDONLY | O_DIRECT);
 	ASSERT_LE(0, fd);
 	EXPECT_EQ(-1, pread(fd, buf, 4096, 4096));
 	EXPECT_EQ(EIO, errno);

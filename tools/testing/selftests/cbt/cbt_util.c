@@ -54,6 +54,37 @@ void loop_destroy(int fd)
 	close(fd);
 }
 
+int scratch_make(struct scratch *s, const char *tag)
+{
+	memset(s, 0, sizeof(*s));
+	s->loopfd = -1;
+	snprintf(s->dir, sizeof(s->dir), "/tmp/cbt-%s.XXXXXX", tag);
+	if (!mkdtemp(s->dir))
+		return -errno;
+	snprintf(s->file, sizeof(s->file), "%s/backing", s->dir);
+	snprintf(s->name, sizeof(s->name), "cbt-%s-%d", tag, getpid());
+	snprintf(s->dev, sizeof(s->dev), "/dev/mapper/%s", s->name);
+	return 0;
+}
+
+int scratch_loop(struct scratch *s, uint64_t bytes)
+{
+	return loop_create(s->file, bytes, s->loop, sizeof(s->loop), &s->loopfd);
+}
+
+void scratch_remove(struct scratch *s)
+{
+	if (s->name[0] && dm_exists(s->name))
+		dm_remove(s->name);
+	if (s->loopfd >= 0)
+		loop_destroy(s->loopfd);
+	s->loopfd = -1;
+	if (s->dir[0]) {
+		unlink(s->file);
+		rmdir(s->dir);
+	}
+}
+
 static struct dm_task *dm_task_named(int type, const char *name)
 {
 	struct dm_task *dmt = dm_task_create(type);

@@ -13,6 +13,27 @@
 int loop_create(const char *file, uint64_t size, char *dev, size_t devlen, int *fd);
 void loop_destroy(int fd);
 
+/*
+ * A test's scratch space: a directory /tmp/cbt-TAG.XXXXXX with a sparse
+ * backing file, the loop device over it, and the name of the dm device the
+ * test makes (cbt-TAG-PID, node in DEV).
+ */
+struct scratch {
+	char dir[64];
+	char file[96];
+	char loop[32];
+	char name[64];
+	char dev[96];
+	int loopfd;		/* -1 until scratch_loop() */
+};
+
+/* Makes the directory and the names; 0 or -errno. */
+int scratch_make(struct scratch *s, const char *tag);
+/* The backing file of BYTES and its loop device; 0 or -errno. */
+int scratch_loop(struct scratch *s, uint64_t bytes);
+/* Removes the dm device (if made), the loop device, the file and the directory. */
+void scratch_remove(struct scratch *s);
+
 /* Creates dm device NAME with one target TYPE PARAMS of LEN sectors; 0 or -errno. */
 int dm_create_one(const char *name, uint64_t len, const char *type, const char *params);
 /* Two targets of LEN sectors each, at 0 and at LEN. */

@@ -53,14 +53,16 @@ test_fio_load() {
 		--rw=randrw --bs=4k --numjobs=3 --time_based --runtime=8 --fsync=16 \
 		--trim_verify_zero=0 --continue_on_error=all --group_reporting >"$out" 2>&1 &
 	pid=$!
-	# Meanwhile rules come and go and are listed.
-	for ((i = 0; i < 20; i++)); do
+	# Meanwhile rules come and go and are listed, for as long as fio runs
+	# (at least five times).
+	i=0
+	while [ $i -lt 5 ] || kill -0 $pid 2>/dev/null; do
 		cbtctl inject "$name" error event=write offset=$((i * 4096)) length=4096 \
 			id=tmp$i >/dev/null || fail "adding rule tmp$i under load failed"
 		cbtctl inject "$name" list >/dev/null || fail "list under load failed"
 		dmsetup status "$name" >/dev/null || fail "status under load failed"
 		cbtctl inject "$name" remove id=tmp$i || fail "removing tmp$i under load failed"
-		sleep 0.2
+		i=$((i + 1))
 	done
 	# fio exits non-zero for the errors it was told to go on after.
 	wait $pid || true

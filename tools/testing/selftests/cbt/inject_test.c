@@ -25,48 +25,31 @@
 
 FIXTURE(inject)
 {
-	char dir[64];
-	char loop[32];
-	char name[64];
-	char dev[96];
-	int loopfd;
+	struct scratch s;
 	int fd;		/* the dm device, O_DIRECT */
 	char *buf;	/* BUF_BYTES, aligned for O_DIRECT */
 };
 
 FIXTURE_SETUP(inject)
 {
-	char file[96];
-
 	self->fd = -1;
+	self->s.loopfd = -1;
 	if (geteuid())
 		SKIP(return, "must run as root");
-	snprintf(self->dir, sizeof(self->dir), "/tmp/cbt-inject.XXXXXX");
-	ASSERT_NE(NULL, mkdtemp(self->dir));
-	snprintf(file, sizeof(file), "%s/backing", self->dir);
-	ASSERT_EQ(0, loop_create(file, DEV_BYTES, self->loop, sizeof(self->loop),
-				 &self->loopfd));
-	snprintf(self->name, sizeof(self->name), "cbt-inject-%d", getpid());
-	ASSERT_EQ(0, dm_create_one(self->name, DEV_SECTORS, "cbt", self->loop));
-	snprintf(self->dev, sizeof(self->dev), "/dev/mapper/%s", self->name);
-	self->fd = open(self->dev, O_RDWR | O_DIRECT);
-	ASSERT_LE(0, self->fd) TH_LOG("open %s: %s", self->dev, strerror(errno));
+	ASSERT_EQ(0, scratch_make(&self->s, "inject"));
+	ASSERT_EQ(0, scratch_loop(&self->s, DEV_BYTES));
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", self->s.loop));
+	self->fd = open(self->s.dev, O_RDWR | O_DIRECT);
+	ASSERT_LE(0, self->fd) TH_LOG("open %s: %s", self->s.dev, strerror(errno));
 	ASSERT_EQ(0, posix_memalign((void **)&self->buf, 4096, BUF_BYTES));
 	memset(self->buf, 0, BUF_BYTES);
 }
 
 FIXTURE_TEARDOWN(inject)
 {
-	char file[96];
-
 	if (self->fd >= 0)
 		close(self->fd);
-	if (dm_exists(self->name))
-		dm_remove(self->name);
-	loop_destroy(self->loopfd);
-	snprintf(file, sizeof(file), "%s/backing", self->dir);
-	unlink(file);
-	rmdir(self->dir);
+	scratch_remove(&self->s);
 	free(self->buf);
 }
 
@@ -79,7 +62,7 @@ static int inject(struct _test_data_inject *self, const char *words,
 	snprintf(msg, sizeof(msg), "inject %s", words);
 	if (answer)
 		answer[0] = '\0';
-	return dm_message(self->name, msg, answer, answerlen);
+	return dm_message(self->s.name, msg, answer, answerlen);
 }
 
 /* One O_DIRECT read or write of LEN bytes at OFF: 0, or -errno of the failure. */
@@ -124,7 +107,7 @@ static void status_inject(struct _test_data_inject *self, unsigned int *state,
 	unsigned int tracking[4];
 
 	*state = *rules = ~0U;
-	if (!dm_status_line(self->name, 0, line, sizeof(line)))
+	if (!dm_status_line(self->s.name, 0, line, sizeof(line)))
 		sscanf(line, "%u %u %u %u %u %u", &tracking[0], &tracking[1], &tracking[2],
 		       &tracking[3], state, rules);
 }
@@ -283,7 +266,7 @@ TEST_F(inject, drop_writes)
 	EXPECT_EQ(0, dio(self, 1, 65536, 65536));
 	EXPECT_EQ(1, HITS("drop"));
 	/* ...but the device below still has the old data, and so reads say. */
-	loopfd = open(self->loop, O_RDONLY | O_DIRECT);
+	loopfd = open(self->s.loop, O_RDONLY | O_DIRECT);
 	ASSERT_LE(0, loopfd);
 	ASSERT_EQ(65536, pread(loopfd, check, 65536, 65536));
 	memset(self->buf, 0xaa, 65536);
@@ -513,7 +496,7 @@ TEST_F(inject, bad_rules_refused)
 
 	ASSERT_EQ(0, inject(self, "error event=write state=3 id=taken", NULL, 0));
 	ASSERT_EQ(0, inject(self, "list", before, sizeof(before)));
-	ASSERT_EQ(0, dm_status_line(self->name, 0, status0, sizeof(status0)));
+	ASSERT_EQ(0, dm_status_line(self->s.name, 0, status0, sizeof(status0)));
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		log[0] = '\0';
 		mark = kmsg_mark();
@@ -526,7 +509,7 @@ TEST_F(inject, bad_rules_refused)
 		ASSERT_EQ(0, inject(self, "list", after, sizeof(after)));
 		EXPECT_STREQ(before, after) TH_LOG("'inject %s' changed the rules",
 						  bad[i].words);
-		ASSERT_EQ(0, dm_status_line(self->name, 0, status1, sizeof(status1)));
+		ASSERT_EQ(0, dm_status_line(self->s.name, 0, status1, sizeof(status1)));
 		EXPECT_STREQ(status0, status1);
 	}
 	/* The rules still work as before. */
@@ -538,11 +521,11 @@ TEST_F(inject, rules_survive_suspend)
 	char cmd[256];
 
 	ASSERT_EQ(0, inject(self, "error event=read id=rd", NULL, 0));
-	snprintf(cmd, sizeof(cmd), "dmsetup suspend %s", self->name);
+	snprintf(cmd, sizeof(cmd), "dmsetup suspend %s", self->s.name);
 	ASSERT_EQ(0, system(cmd));
 	/* Messages work while the device is suspended. */
 	EXPECT_EQ(0, inject(self, "error event=write id=wr", NULL, 0));
-	snprintf(cmd, sizeof(cmd), "dmsetup resume %s", self->name);
+	snprintf(cmd, sizeof(cmd), "dmsetup resume %s", self->s.name);
 	ASSERT_EQ(0, system(cmd));
 	EXPECT_EQ(-EIO, dio(self, 0, 0, 4096));
 	EXPECT_EQ(-EIO, dio(self, 1, 0, 4096));

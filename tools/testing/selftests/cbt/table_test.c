@@ -15,36 +15,21 @@
 
 FIXTURE(table)
 {
-	char dir[64];
-	char loop[32];
-	char name[64];
-	int loopfd;
+	struct scratch s;
 };
 
 FIXTURE_SETUP(table)
 {
-	char file[96];
-
+	self->s.loopfd = -1;
 	if (geteuid())
 		SKIP(return, "must run as root");
-	snprintf(self->dir, sizeof(self->dir), "/tmp/cbt-table.XXXXXX");
-	ASSERT_NE(NULL, mkdtemp(self->dir));
-	snprintf(file, sizeof(file), "%s/backing", self->dir);
-	ASSERT_EQ(0, loop_create(file, DEV_SECTORS * 512ULL, self->loop,
-				 sizeof(self->loop), &self->loopfd));
-	snprintf(self->name, sizeof(self->name), "cbt-table-%d", getpid());
+	ASSERT_EQ(0, scratch_make(&self->s, "table"));
+	ASSERT_EQ(0, scratch_loop(&self->s, DEV_SECTORS * 512ULL));
 }
 
 FIXTURE_TEARDOWN(table)
 {
-	char file[96];
-
-	if (dm_exists(self->name))
-		dm_remove(self->name);
-	loop_destroy(self->loopfd);
-	snprintf(file, sizeof(file), "%s/backing", self->dir);
-	unlink(file);
-	rmdir(self->dir);
+	scratch_remove(&self->s);
 }
 
 /* Loads PARAMS (with %s replaced by the loop device); 0 or -errno, log in LOG. */
@@ -54,10 +39,10 @@ static int load(struct _test_data_table *self, uint64_t len, const char *fmt,
 	char params[256];
 	int mark, r;
 
-	snprintf(params, sizeof(params), fmt, self->loop);
+	snprintf(params, sizeof(params), fmt, self->s.loop);
 	log[0] = '\0';
 	mark = kmsg_mark();
-	r = dm_create_one(self->name, len, "cbt", params);
+	r = dm_create_one(self->s.name, len, "cbt", params);
 	kmsg_since(mark, log, loglen);
 	return r;
 }
@@ -77,15 +62,15 @@ TEST_F(table, good_lines_load)
 	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
 		ASSERT_EQ(0, load(self, DEV_SECTORS, good[i], log, sizeof(log)))
 			TH_LOG("'%s' refused: %s", good[i], log);
-		ASSERT_EQ(0, dm_status_line(self->name, 0, line, sizeof(line)));
+		ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
 		/* No bitmaps; inject state 1, no rules. */
 		EXPECT_STREQ("0 0 0 0 1 0", line);
-		ASSERT_EQ(0, dm_status_line(self->name, 1, line, sizeof(line)));
+		ASSERT_EQ(0, dm_status_line(self->s.name, 1, line, sizeof(line)));
 		/* The table names the device by major:minor. */
 		EXPECT_EQ(NULL, strchr(line, ' ')) TH_LOG("table line '%s'", line);
 		snprintf(want, sizeof(want), "%s", line);
 		EXPECT_NE(NULL, strchr(want, ':'));
-		ASSERT_EQ(0, dm_remove(self->name));
+		ASSERT_EQ(0, dm_remove(self->s.name));
 	}
 }
 
@@ -119,9 +104,9 @@ TEST_F(table, bad_lines_refused)
 		EXPECT_NE(NULL, strstr(log, bad[i].reason))
 			TH_LOG("'%s': kernel log lacks '%s': %s", bad[i].params,
 			       bad[i].reason, log);
-		EXPECT_FALSE(dm_exists(self->name)) TH_LOG("'%s' left a device", bad[i].params);
-		if (dm_exists(self->name))
-			dm_remove(self->name);
+		EXPECT_FALSE(dm_exists(self->s.name)) TH_LOG("'%s' left a device", bad[i].params);
+		if (dm_exists(self->s.name))
+			dm_remove(self->s.name);
 	}
 }
 
@@ -134,7 +119,7 @@ TEST_F(table, unknown_message_refused)
 	{
 		int mark = kmsg_mark();
 
-		EXPECT_NE(0, dm_message(self->name, "no-such-message", NULL, 0));
+		EXPECT_NE(0, dm_message(self->s.name, "no-such-message", NULL, 0));
 		kmsg_since(mark, log, sizeof(log));
 	}
 	EXPECT_NE(NULL, strstr(log, "no-such-message")) TH_LOG("kernel log: %s", log);

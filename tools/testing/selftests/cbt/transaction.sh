@@ -12,16 +12,27 @@ require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
 plan 9
 
-SIZE=$((64 << 20))
+SIZE=$((40 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
 _tmp_dirs+=("$CBT_RUN_DIR")
 
-# new_dev VAR TAG PATTERN: a 64 MiB cbt device written with a distinct pattern.
+# new_dev VAR TAG PATTERN: a 40 MiB cbt device written with a distinct pattern.
 new_dev() {
 	local loop name dev
 	cbt_over_file "$dir/$2.raw" $SIZE "$2"
 	printf -v "$1" '%s' "$dev"
 	qio "$dev" "write -P $3 0 512" "write -P $3 1M 32k" "write -P $3 32M 124k"
+}
+
+# two_devs TAG PATTERN: in a new $dir, devices d0 (0x41) and d1 (PATTERN)
+# with bitmap b0 each, and one full backup of both: full0.qcow2, full1.qcow2.
+two_devs() {
+	make_tmpdir dir
+	new_dev d0 "$1-0" 0x41
+	new_dev d1 "$1-1" "$2"
+	cbtctl bitmap add "$d0" b0 && cbtctl bitmap add "$d1" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/full0.qcow2" "$d1=$dir/full1.qcow2" \
+		>/dev/null || fail "full backup transaction"
 }
 
 no_leftovers() {
@@ -35,14 +46,8 @@ no_leftovers() {
 # grouped SCENARIO: QEMU's grouped-failure test; "race": no writes on dev0.
 grouped() {
 	local dir d0 d1 rc c0 c1
-	make_tmpdir dir
-	new_dev d0 "$1-0" 0x41
-	new_dev d1 "$1-1" 0x6b
-	cbtctl bitmap add "$d0" b0 && cbtctl bitmap add "$d1" b0 || fail "bitmap add"
-	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/full0.qcow2" "$d1=$dir/full1.qcow2" \
-		>/dev/null || fail "full backup transaction"
-	[ "$1" = race ] || qio "$d0" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" \
-		"write -P 0x64 32736k 64k"
+	two_devs "$1" 0x6b
+	[ "$1" = race ] || qio "$d0" "${SEED_ROUND1[@]}"
 	# The next read of the second device fails once a flush has moved the
 	# state: the writes' flush (QEMU sends none when nothing was written).
 	cbtctl inject "$d1" set-state event=flush state=1 new-state=2 >/dev/null &&
@@ -52,6 +57,7 @@ grouped() {
 		python3 -c 'import json,sys; print(json.load(sys.stdin)["inject"]["state"])')" 2
 	c0=$(bitmap_field "$d0" b0)
 	c1=$(bitmap_field "$d1" b0)
+	expect_eq "dev0 count" "$c0" "$([ "$1" = race ] && echo 0 || echo 458752)"
 	expect_eq "dev1 count" "$c1" 458752
 	cbtctl backup --sync=incremental --bitmap=b0 --json \
 		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
@@ -94,7 +100,7 @@ test_two_bitmaps() {
 		fail "full backup resetting both"
 	expect_eq "b0 reset" "$(bitmap_field "$d0" b0)" 0
 	expect_eq "b1 reset" "$(bitmap_field "$d0" b1)" 0
-	qio "$d0" "write -P 0x9a 0 512" "write -P 0x55 8M 352k" "write -P 0x78 15872k 1M"
+	qio "$d0" "${SEED_ROUND2[@]}"
 	cbtctl backup --sync=incremental --bitmap=b0 \
 		"$d0=$dir/inc-b0.qcow2,backing=$dir/full.qcow2" >/dev/null || fail "incremental via b0"
 	chain_matches "$dir/inc-b0.qcow2" "$d0"
@@ -106,13 +112,8 @@ test_two_bitmaps() {
 # killed_at PHASE: cbtctl stopped at PHASE and killed; recover; nothing lost.
 killed_at() {
 	local dir d0 d1 pid
-	make_tmpdir dir
-	new_dev d0 "k$1-0" 0x41
-	new_dev d1 "k$1-1" 0x42
-	cbtctl bitmap add "$d0" b0 && cbtctl bitmap add "$d1" b0 || fail "bitmap add"
-	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/full0.qcow2" "$d1=$dir/full1.qcow2" \
-		>/dev/null || fail "full backup"
-	qio "$d0" "write -P 0xab 0 512" "write -P 0xfe 16M 256k" "write -P 0x64 32736k 64k"
+	two_devs "k$1" 0x42
+	qio "$d0" "${SEED_ROUND1[@]}"
 	qio "$d1" "write -P 0xcd 5M 4k"
 	CBT_TEST_STOP_AT=$1 cbtctl backup --sync=incremental --bitmap=b0 \
 		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
@@ -121,7 +122,7 @@ killed_at() {
 	wait_stopped $pid "phase $1"
 	# Writes while the controller is dead (and, for early phases, the devices suspended).
 	if [ "$1" != suspended ] && [ "$1" != frozen ]; then
-		qio "$d0" "write -P 0x77 40M 64k"
+		qio "$d0" "write -P 0x77 36M 64k"
 	fi
 	kill -9 $pid
 	wait $pid 2>/dev/null || true
@@ -131,7 +132,7 @@ killed_at() {
 	expect_eq "dev0 not busy" "$(bitmap_field "$d0" b0 busy)" false
 	expect_eq "dev1 not busy" "$(bitmap_field "$d1" b0 busy)" false
 	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
-	qio "$d0" "write -P 0x78 48M 4k"
+	qio "$d0" "write -P 0x78 38M 4k"
 	# Killed after the images were in place: they are complete backups,
 	# and the next incremental goes on from them; before that, from the full.
 	local b0=$dir/full0.qcow2 b1=$dir/full1.qcow2
@@ -222,7 +223,7 @@ test_existing_unusable() {
 	[ ! -e "$dir/t1.qcow2" ] || fail "mode=create target left behind"
 	# The existing target was written in place: reported, not hidden.
 	expect_eq "job 0" "$(job_field "$dir/out.json" 0 status)" cancelled
-	expect_eq "job 0 reported unusable" "$(job_field "$dir/out.json" 0 target_unusable)" True
+	expect_eq "job 0 reported unusable" "$(job_field "$dir/out.json" 0 target_unusable)" true
 	expect_eq "d0 count kept" "$(bitmap_field "$d0" b0)" 196608
 }
 
