@@ -190,11 +190,18 @@ test_interrupt() {
 	new_dev d0 sigint 0x41
 	cbtctl bitmap add "$d0" b0 || fail "bitmap add"
 	qio "$d0" "write -P 0x12 0 64k" "write -P 0x13 16M 128k"
-	# Every read is held 200 ms, so the copy is still running when interrupted.
-	cbtctl inject "$d0" delay event=read usecs=200000 >/dev/null || fail "inject delay"
+	# The read at 16 MiB is held 10 s: once it is held, the copy is
+	# certainly running, and it is interrupted there.
+	cbtctl inject "$d0" delay event=read offset=$((16 << 20)) length=4096 usecs=10000000 \
+		id=hold >/dev/null || fail "inject delay"
 	cbtctl backup --sync=full --bitmap=b0 --json "$d0=$dir/full.qcow2" >"$dir/out.json" &
 	pid=$!
-	sleep 2
+	local n=0
+	until cbtctl inject "$d0" list | grep -q "id=hold hits=1 "; do
+		n=$((n + 1))
+		[ $n -lt 300 ] || { kill -9 $pid; fail "the copy never reached 16 MiB"; }
+		sleep 0.1
+	done
 	kill -INT $pid
 	wait $pid && rc=0 || rc=$?
 	cbtctl inject "$d0" clear >/dev/null
