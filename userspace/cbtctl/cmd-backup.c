@@ -27,7 +27,7 @@ static void on_signal(int sig)
 static void show_progress(struct cbt_backup *b, void *arg)
 {
 	uint64_t done = 0, total = 0;
-	unsigned int i, width = 30, filled;
+	unsigned int i, width = 30, filled, shift;
 	int *shown = arg;
 
 	for (i = 0; i < b->nr_jobs; i++) {
@@ -38,11 +38,11 @@ static void show_progress(struct cbt_backup *b, void *arg)
 		done = total;
 	filled = total ? (unsigned int)(done * width / total) : width;
 	/* Small copies in KiB, so that the numbers move. */
+	shift = total < (64 << 20) ? 10 : 20;
 	fprintf(stderr, "\r[%-*.*s] %3u%% %llu/%llu %s", width, filled,
 		"##############################", total ? (unsigned int)(done * 100 / total) : 100,
-		(unsigned long long)(done >> (total < (64 << 20) ? 10 : 20)),
-		(unsigned long long)(total >> (total < (64 << 20) ? 10 : 20)),
-		total < (64 << 20) ? "KiB" : "MiB");
+		(unsigned long long)(done >> shift), (unsigned long long)(total >> shift),
+		shift == 10 ? "KiB" : "MiB");
 	*shown = 1;
 }
 
