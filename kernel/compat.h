@@ -9,7 +9,22 @@
 
 #include "compat-gen.h"
 
+#include <linux/device-mapper.h>
+#include <linux/random.h>
 #include <net/genetlink.h>
+
+#ifndef CBT_HAVE_DM_TARGET_NOWAIT
+#define DM_TARGET_NOWAIT 0
+#endif
+#ifndef CBT_HAVE_DM_TARGET_PASSES_CRYPTO
+#define DM_TARGET_PASSES_CRYPTO 0
+#endif
+#define CBT_TARGET_FEATURES \
+	(DM_TARGET_NOWAIT | DM_TARGET_PASSES_INTEGRITY | DM_TARGET_PASSES_CRYPTO)
+
+#ifndef CBT_HAVE_GET_RANDOM_U32_BELOW
+#define get_random_u32_below(ceil) prandom_u32_max(ceil)
+#endif
 
 /* The parsed request attributes of a generic netlink dump (also in .start). */
 static inline struct nlattr **cbt_genl_dump_attrs(struct netlink_callback *cb)

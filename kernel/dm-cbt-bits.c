@@ -15,17 +15,20 @@
 
 #include "dm-cbt-bits.h"
 
-static unsigned long cbt_nr_chunks(unsigned int chunk_shift, sector_t len)
-{
-	return (len + (1ULL << chunk_shift) - 1) >> chunk_shift;
-}
-
-/* A zeroed bit array for a device of LEN sectors; may sleep. */
+/*
+ * A zeroed bit array for a device of LEN sectors; may sleep. NULL when
+ * there is no memory, or when the chunk count does not fit an unsigned
+ * long with room to spare (only possible on 32-bit kernels).
+ */
 struct cbt_bits *cbt_bits_alloc(unsigned int chunk_shift, sector_t len)
 {
-	unsigned long nr = cbt_nr_chunks(chunk_shift, len);
+	u64 chunks = ((u64)len + (1ULL << chunk_shift) - 1) >> chunk_shift;
+	unsigned long nr = chunks;
 	size_t words = BITS_TO_LONGS(nr);
 	struct cbt_bits *bits;
+
+	if (chunks > ULONG_MAX - BITS_PER_LONG)
+		return NULL;
 
 	/* __GFP_NOWARN: a huge device at a fine granularity gets -ENOMEM, not a splat. */
 	bits = kvzalloc(offsetof(struct cbt_bits, map) + words * sizeof(unsigned long),
@@ -100,10 +103,27 @@ void cbt_bits_zero(struct cbt_bits *bits)
 		atomic_long_set((atomic_long_t *)&bits->map[w], 0);
 }
 
+/*
+ * Set bits in the whole array. bitmap_weight() counts at most
+ * UINT_MAX bits, so a 16 TiB device at 4 KiB (2^32 chunks) is counted in
+ * pieces of 2^30 bits, a multiple of the word size.
+ */
+static u64 cbt_bits_weight(const struct cbt_bits *bits)
+{
+	const unsigned long piece = 1UL << 30;
+	unsigned long pos;
+	u64 n = 0;
+
+	for (pos = 0; pos < bits->nr_chunks; pos += piece)
+		n += bitmap_weight(bits->map + BIT_WORD(pos),
+				   min(bits->nr_chunks - pos, piece));
+	return n;
+}
+
 /* Dirty bytes: chunks x granularity, the last chunk clipped to LEN sectors. */
 u64 cbt_bits_count(const struct cbt_bits *bits, unsigned int chunk_shift, sector_t len)
 {
-	u64 sectors = (u64)bitmap_weight(bits->map, bits->nr_chunks) << chunk_shift;
+	u64 sectors = cbt_bits_weight(bits) << chunk_shift;
 	sector_t tail = len & ((1ULL << chunk_shift) - 1);
 
 	if (tail && bits->nr_chunks && test_bit(bits->nr_chunks - 1, bits->map))

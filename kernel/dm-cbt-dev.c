@@ -13,6 +13,7 @@
  */
 
 #include <linux/blkdev.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 
 #include "dm-cbt.h"
@@ -28,6 +29,7 @@ static void cbt_dev_release(struct kref *kref)
 	struct cbt_bitmap *bm, *tmp;
 
 	cancel_work_sync(&cd->event_work);
+	cancel_work_sync(&cd->resize_work);
 	/* No table is left, so no bio can reach the bitmaps. */
 	list_for_each_entry_safe(bm, tmp, &cd->bitmaps, list) {
 		list_del(&bm->list);
@@ -37,7 +39,11 @@ static void cbt_dev_release(struct kref *kref)
 	kfree(cd);
 }
 
-/* Reports bitmaps that the I/O path marked inconsistent (it cannot send). */
+/*
+ * Reports bitmaps that the I/O path marked inconsistent (it cannot send).
+ * The device may be suspended meanwhile: no allocation here may wait for
+ * I/O, or reclaim that writes to this device could wait on us forever.
+ */
 static void cbt_dev_event_work(struct work_struct *work)
 {
 	struct cbt_dev *cd = container_of(work, struct cbt_dev, event_work);
@@ -48,10 +54,18 @@ static void cbt_dev_event_work(struct work_struct *work)
 		if (test_bit(CBT_BM_INCONSISTENT, &bm->flags) &&
 		    !test_and_set_bit(CBT_BM_REPORTED, &bm->flags)) {
 			cbt_event_notify(cd->devt, DM_CBT_EVENT_INCONSISTENT, bm->name,
-					 NULL, GFP_KERNEL);
+					 NULL, GFP_NOIO);
 		}
 	}
 	mutex_unlock(&cd->lock);
+}
+
+/* Sends the length a resize gave the bitmaps (outside the resume path). */
+static void cbt_dev_resize_work(struct work_struct *work)
+{
+	struct cbt_dev *cd = container_of(work, struct cbt_dev, resize_work);
+
+	cbt_event_notify_resize(cd->devt, (u64)READ_ONCE(cd->len) << SECTOR_SHIFT, GFP_NOIO);
 }
 
 static struct cbt_dev *__cbt_dev_lookup(dev_t devt)
@@ -100,6 +114,7 @@ int cbt_dev_attach(struct cbt_c *cc)
 		INIT_LIST_HEAD(&cd->bitmaps);
 		mutex_init(&cd->lock);
 		INIT_WORK(&cd->event_work, cbt_dev_event_work);
+		INIT_WORK(&cd->resize_work, cbt_dev_resize_work);
 		cd->len = ti->len;
 		list_add(&cd->node, &cbt_devs);
 	}
@@ -117,10 +132,26 @@ void cbt_dev_detach(struct cbt_c *cc)
 	mutex_lock(&cbt_devs_lock);
 	list_del(&cc->node);
 	/* The last table is gone: a new device with this dev_t starts afresh. */
-	if (list_empty(&cd->targets))
+	if (list_empty(&cd->targets)) {
 		list_del_init(&cd->node);
+		cd->detached = true;
+	}
 	mutex_unlock(&cbt_devs_lock);
 	cbt_dev_put(cd);
+}
+
+/*
+ * Whether CD has lost its last table (a netlink reader holding a reference
+ * then reads a device that no longer exists).
+ */
+bool cbt_dev_detached(struct cbt_dev *cd)
+{
+	bool detached;
+
+	mutex_lock(&cbt_devs_lock);
+	detached = cd->detached;
+	mutex_unlock(&cbt_devs_lock);
+	return detached;
 }
 
 /* Netlink readers: the state of the device DEVT, referenced, or NULL. */
@@ -152,13 +183,15 @@ struct cbt_bitmap *__cbt_dev_find(struct cbt_dev *cd, const char *name)
 	return NULL;
 }
 
-/* I/O path: marks SECTOR..+NR_SECTORS dirty in every recording bitmap. */
-void cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors)
+/*
+ * I/O path, under rcu_read_lock(): marks SECTOR..+NR_SECTORS dirty in every
+ * recording bitmap.
+ */
+static void __cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors)
 {
 	struct cbt_bitmap *bm;
 	bool inconsistent = false;
 
-	rcu_read_lock();
 	list_for_each_entry_rcu(bm, &cd->bitmaps, list) {
 		if (!test_bit(CBT_BM_RECORDING, &bm->flags))
 			continue;
@@ -167,9 +200,61 @@ void cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors)
 			     !test_bit(CBT_BM_REPORTED, &bm->flags)))
 			inconsistent = true;
 	}
-	rcu_read_unlock();
 	if (unlikely(inconsistent))
 		schedule_work(&cd->event_work);
+}
+
+void cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors)
+{
+	rcu_read_lock();
+	__cbt_dev_record(cd, sector, nr_sectors);
+	rcu_read_unlock();
+}
+
+/*
+ * Map: records a write before it goes down, and remembers the epoch it
+ * saw first. Reading the epoch before the arrays is what makes end_io
+ * right: if a message published its change after this load, the epoch
+ * has moved by the time end_io looks.
+ */
+void cbt_dev_track_start(struct cbt_dev *cd, struct cbt_track_bio *tb,
+			 sector_t sector, sector_t nr_sectors)
+{
+	rcu_read_lock();
+	tb->epoch = smp_load_acquire(&cd->write_epoch);
+	tb->sector = sector;
+	tb->nr_sectors = nr_sectors;
+	__cbt_dev_record(cd, sector, nr_sectors);
+	rcu_read_unlock();
+}
+
+/*
+ * End_io: the write is on the device. If a freeze, clear, add, enable or
+ * resize ran since map, the bits map set may be in an array a backup has
+ * already read past (a frozen copy, a cleared array) or missing from a
+ * bitmap that did not record then: mark again in what is live now.
+ * Otherwise this end_io is inside a read-side section that began before
+ * the message's grace period, so the message returns after the data is
+ * on the device and whatever reads after it sees the data.
+ */
+void cbt_dev_track_end(struct cbt_dev *cd, struct cbt_track_bio *tb)
+{
+	if (!tb->nr_sectors)
+		return;
+	rcu_read_lock();
+	if (smp_load_acquire(&cd->write_epoch) != tb->epoch)
+		__cbt_dev_record(cd, tb->sector, tb->nr_sectors);
+	rcu_read_unlock();
+}
+
+/*
+ * After a message published a change that writes in flight must not miss
+ * (its caller then waits for a grace period): see cbt_dev_track_end().
+ */
+void __cbt_dev_new_epoch(struct cbt_dev *cd)
+{
+	lockdep_assert_held(&cd->lock);
+	smp_store_release(&cd->write_epoch, cd->write_epoch + 1);
 }
 
 /* A copy of OLD for a device of LEN sectors; the tail beyond it is dropped. */
@@ -183,16 +268,35 @@ static struct cbt_bits *cbt_bits_resized(const struct cbt_bits *old,
 	return bits;
 }
 
+/*
+ * Growth from OLD_LEN to LEN sectors: no backup has seen what the new range
+ * holds (nor the part of the old last chunk past OLD_LEN, when it was
+ * clipped), so every chunk from the one holding sector OLD_LEN is dirty.
+ */
+static void cbt_bits_mark_grown(struct cbt_bits *bits, unsigned int chunk_shift,
+				sector_t old_len, sector_t len)
+{
+	unsigned long first = old_len >> chunk_shift;
+
+	if (len > old_len && first < bits->nr_chunks)
+		cbt_bits_set_range(bits->map, first, bits->nr_chunks - 1);
+}
+
 struct cbt_resize {
 	struct cbt_bits *live;
 	struct cbt_bits *frozen;
 };
 
 /*
- * Preresume: fits every bitmap (and frozen copy) to LEN sectors. All new
- * arrays are allocated first, so -ENOMEM changes nothing. The device is
- * suspended, but a writer that still holds the old live array would not be
- * lost either: after the grace period the old array is ORed in again.
+ * Preresume: fits every bitmap (and frozen copy) to LEN sectors; a grown
+ * range is dirty in the live arrays. All new arrays are allocated first,
+ * so -ENOMEM changes nothing. The device is suspended, but a writer that
+ * still holds the old live array would not be lost either: after the
+ * grace period the old array is ORed in again.
+ *
+ * The device is suspended: allocations must not wait for I/O (reclaim
+ * that writes to this very device would wait for the resume that waits
+ * for us). The caller holds a memalloc_noio scope.
  */
 int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 {
@@ -212,6 +316,8 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 	i = 0;
 	list_for_each_entry(bm, &cd->bitmaps, list) {
 		rs[i].live = cbt_bits_resized(__cbt_bitmap_live(bm, cd), bm->chunk_shift, len);
+		if (rs[i].live)
+			cbt_bits_mark_grown(rs[i].live, bm->chunk_shift, cd->len, len);
 		if (bm->frozen)
 			rs[i].frozen = cbt_bits_resized(bm->frozen, bm->chunk_shift, len);
 		if (!rs[i].live || (bm->frozen && !rs[i].frozen)) {
@@ -227,17 +333,23 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 
 		rcu_assign_pointer(bm->live, rs[i].live);
 		rs[i].live = old;
-		if (bm->frozen)
-			swap(bm->frozen, rs[i].frozen);
+		if (bm->frozen) {
+			old = bm->frozen;
+			WRITE_ONCE(bm->frozen, rs[i].frozen);
+			rs[i].frozen = old;
+		}
+		bm->gen++;
 		i++;
 	}
+	__cbt_dev_new_epoch(cd);
 	synchronize_rcu();
 	i = 0;
 	list_for_each_entry(bm, &cd->bitmaps, list) {
 		cbt_bits_or(__cbt_bitmap_live(bm, cd), rs[i].live);
 		i++;
 	}
-	cd->len = len;
+	WRITE_ONCE(cd->len, len);
+	schedule_work(&cd->resize_work);
 	i = cd->nr_bitmaps;
 free_new:
 	while (i--) {

@@ -3,8 +3,15 @@
  * dm-cbt: the "bitmap ..." target messages.
  *
  * Every message is parsed completely, and its arguments copied, before any
- * state changes or any answer is written: on 6.1 the answer buffer overlaps
- * the argument strings, and a refused message must change nothing.
+ * state changes or any answer is written: the answer buffer overlaps the
+ * argument strings (on every kernel), and a refused message must change
+ * nothing.
+ *
+ * Messages do not need a suspended device. Those that start a new record
+ * (add, enable, clear, freeze) move the device's write epoch and wait for a
+ * grace period, so that a write in flight across them is either on the
+ * device when they return or marked again at its end_io in what is live
+ * then (cbt_dev_track_end()).
  */
 
 #include <linux/ctype.h>
@@ -58,17 +65,6 @@ static int cbt_copy_name(char *dst, const char *s, const char *what)
 	return 0;
 }
 
-/* A decimal number with nothing before or after it. */
-static int cbt_parse_u64(const char *s, u64 *v)
-{
-	unsigned long long n;
-	char dummy;
-
-	if (!isdigit(*s) || sscanf(s, "%llu%c", &n, &dummy) != 1)
-		return -EINVAL;
-	*v = n;
-	return 0;
-}
 
 static int parse_name(struct cbt_msg *m, unsigned int argc, char **argv)
 {
@@ -192,8 +188,11 @@ static int run_add(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned
 	} else {
 		bm = cbt_bitmap_alloc(m->name, m->chunk_shift, cd->len, !m->disabled);
 		if (bm) {
+			bm->id = cd->next_bm_id++;
 			list_add_tail_rcu(&bm->list, &cd->bitmaps);
 			cd->nr_bitmaps++;
+			__cbt_dev_new_epoch(cd);
+			synchronize_rcu();
 		} else {
 			DMERR("cannot allocate bitmap '%s'", m->name);
 			r = -ENOMEM;
@@ -236,6 +235,12 @@ static int run_clear(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 		r = -EBUSY;
 	} else if (bm) {
 		cbt_bits_zero(__cbt_bitmap_live(bm, cd));
+		/* Empty and complete again: what it missed is forgotten with the rest. */
+		clear_bit(CBT_BM_INCONSISTENT, &bm->flags);
+		clear_bit(CBT_BM_REPORTED, &bm->flags);
+		bm->gen++;
+		__cbt_dev_new_epoch(cd);
+		synchronize_rcu();
 		r = 0;
 	}
 	mutex_unlock(&cd->lock);
@@ -249,10 +254,13 @@ static int cbt_set_recording(struct cbt_dev *cd, struct cbt_msg *m, bool recordi
 
 	mutex_lock(&cd->lock);
 	bm = cbt_find(cd, m->name);
-	if (bm) {
-		if (recording)
-			set_bit(CBT_BM_RECORDING, &bm->flags);
-		else
+	if (bm && recording && !test_bit(CBT_BM_RECORDING, &bm->flags)) {
+		set_bit(CBT_BM_RECORDING, &bm->flags);
+		__cbt_dev_new_epoch(cd);
+		synchronize_rcu();
+		r = 0;
+	} else if (bm) {
+		if (!recording)
 			clear_bit(CBT_BM_RECORDING, &bm->flags);
 		r = 0;
 	}
@@ -294,8 +302,11 @@ static int run_merge(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
  * takes its place. A writer that loaded the old pointer just before the
  * swap may still set its bit in the frozen copy; the grace period waits
  * for every such writer, so when the message returns the frozen copy is
- * final and every later write lands in the successor. Either way no write
- * is lost: it is in the frozen copy or in the successor.
+ * final and every later write lands in the successor. A write marked in
+ * the frozen copy but still in flight is marked again in the successor at
+ * its end_io (the epoch moved), unless it was on the device before the
+ * message returned. So no write is lost: a backup of the frozen chunks
+ * read after the freeze has it, or the successor does.
  */
 static int run_freeze(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
 {
@@ -310,9 +321,11 @@ static int run_freeze(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 	} else if (bm) {
 		successor = cbt_bits_alloc(bm->chunk_shift, cd->len);
 		if (successor) {
-			bm->frozen = __cbt_bitmap_live(bm, cd);
+			WRITE_ONCE(bm->frozen, __cbt_bitmap_live(bm, cd));
 			rcu_assign_pointer(bm->live, successor);
 			strscpy(bm->token, m->arg, sizeof(bm->token));
+			bm->gen++;
+			__cbt_dev_new_epoch(cd);
 			synchronize_rcu();
 			r = 0;
 		} else {
@@ -359,8 +372,9 @@ static int run_commit(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 	if (bm) {
 		/* Freeze waited for the last writer of the frozen copy. */
 		kvfree(bm->frozen);
-		bm->frozen = NULL;
+		WRITE_ONCE(bm->frozen, NULL);
 		bm->token[0] = '\0';
+		bm->gen++;
 	}
 	mutex_unlock(&cd->lock);
 	if (!r)
@@ -380,8 +394,9 @@ static int run_abort(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 		strscpy(m->arg, bm->token, sizeof(m->arg));
 		cbt_bits_or(__cbt_bitmap_live(bm, cd), bm->frozen);
 		kvfree(bm->frozen);
-		bm->frozen = NULL;
+		WRITE_ONCE(bm->frozen, NULL);
 		bm->token[0] = '\0';
+		bm->gen++;
 	}
 	mutex_unlock(&cd->lock);
 	if (!r)
@@ -390,9 +405,9 @@ static int run_abort(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 }
 
 /*
- * One line per bitmap:
+ * One line per bitmap (fields are only ever appended):
  *   NAME granularity=BYTES count=BYTES recording=0|1 busy=0|1 persistent=0
- *   inconsistent=0|1 frozen=BYTES token=TOKEN|-
+ *   inconsistent=0|1 frozen=BYTES token=TOKEN|- length=BYTES
  */
 static unsigned int cbt_emit_bitmap(struct cbt_dev *cd, struct cbt_bitmap *bm,
 				    char *result, unsigned int maxlen, unsigned int sz)
@@ -407,7 +422,8 @@ static unsigned int cbt_emit_bitmap(struct cbt_dev *cd, struct cbt_bitmap *bm,
 	DMEMIT(" recording=%d busy=%d persistent=0 inconsistent=%d",
 	       test_bit(CBT_BM_RECORDING, &bm->flags), !!bm->frozen,
 	       test_bit(CBT_BM_INCONSISTENT, &bm->flags));
-	DMEMIT(" frozen=%llu token=%s\n", frozen, bm->frozen ? bm->token : "-");
+	DMEMIT(" frozen=%llu token=%s length=%llu\n", frozen, bm->frozen ? bm->token : "-",
+	       (unsigned long long)cd->len << SECTOR_SHIFT);
 	return sz;
 }
 

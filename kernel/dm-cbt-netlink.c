@@ -225,6 +225,28 @@ drop:
 	nlmsg_free(skb);
 }
 
+/* The resize event: the bitmaps of DEVT now cover BYTES. */
+void cbt_event_notify_resize(dev_t devt, u64 bytes, gfp_t gfp)
+{
+	struct sk_buff *skb;
+	void *hdr;
+
+	skb = genlmsg_new(NLMSG_GOODSIZE, gfp);
+	if (!skb)
+		return;
+	hdr = genlmsg_put(skb, 0, 0, &cbt_genl_family, 0, DM_CBT_CMD_EVENT);
+	if (!hdr ||
+	    nla_put_u32(skb, DM_CBT_ATTR_DEV_MAJOR, MAJOR(devt)) ||
+	    nla_put_u32(skb, DM_CBT_ATTR_DEV_MINOR, MINOR(devt)) ||
+	    nla_put_u32(skb, DM_CBT_ATTR_EVENT, DM_CBT_EVENT_RESIZE) ||
+	    nla_put_u64_64bit(skb, DM_CBT_ATTR_LENGTH, bytes, DM_CBT_ATTR_PAD)) {
+		nlmsg_free(skb);
+		return;
+	}
+	genlmsg_end(skb, hdr);
+	genlmsg_multicast(&cbt_genl_family, skb, 0, 0, gfp);
+}
+
 int cbt_netlink_init(void)
 {
 	return genl_register_family(&cbt_genl_family);

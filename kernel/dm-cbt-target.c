@@ -10,6 +10,7 @@
 
 #include <linux/module.h>
 #include <linux/init.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/bio.h>
 
@@ -17,18 +18,38 @@
 
 #define DM_MSG_PREFIX "cbt"
 
-/* The table line may carry feature arguments; none are defined yet. */
-static int parse_features(struct dm_arg_set *as, struct dm_target *ti)
+/*
+ * Feature arguments:
+ *   write_cache  the device claims a volatile write cache whatever the
+ *                device below has, so that flushes reach the target (and
+ *                its injection rules) even over brd or a loop device
+ *                without one: for test devices.
+ */
+static int parse_features(struct dm_arg_set *as, struct cbt_c *cc, struct dm_target *ti)
 {
 	static const struct dm_arg _args[] = {
-		{0, 0, "Invalid number of feature arguments"},
+		{0, 1, "Invalid number of feature arguments"},
 	};
 	unsigned int argc;
+	const char *arg;
+	int r;
 
 	if (!as->argc)
 		return 0;
 
-	return dm_read_arg_group(_args, as, &argc, &ti->error);
+	r = dm_read_arg_group(_args, as, &argc, &ti->error);
+	if (r)
+		return r;
+	while (argc--) {
+		arg = dm_shift_arg(as);
+		if (!strcasecmp(arg, "write_cache") && !cc->write_cache) {
+			cc->write_cache = true;
+		} else {
+			ti->error = "Unrecognised or repeated feature argument";
+			return -EINVAL;
+		}
+	}
+	return 0;
 }
 
 /*
@@ -57,7 +78,7 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 
 	path = dm_shift_arg(&as);
-	r = parse_features(&as, ti);
+	r = parse_features(&as, cc, ti);
 	if (r)
 		goto bad;
 
@@ -81,11 +102,8 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 
 	ti->num_flush_bios = 1;
-	/*
-	 * Flushes reach the target even when the device below has no volatile
-	 * cache (loop, brd): error-injection rules key on them.
-	 */
-	ti->flush_supported = true;
+	/* Otherwise the device has the write cache of the one below. */
+	ti->flush_supported = cc->write_cache;
 	ti->num_discard_bios = 1;
 	ti->num_secure_erase_bios = 1;
 	ti->num_write_zeroes_bios = 1;
@@ -109,29 +127,27 @@ static void cbt_dtr(struct dm_target *ti)
 	kfree(cc);
 }
 
-/* Whether BIO changes the blocks it covers. A flush alone covers none. */
+/*
+ * Whether BIO changes the blocks it covers: every write operation that
+ * covers any (write, discard, secure erase, write-zeroes, and whatever
+ * write operation a later kernel adds). A flush alone covers none.
+ */
 static bool cbt_bio_dirties(struct bio *bio)
 {
-	switch (bio_op(bio)) {
-	case REQ_OP_WRITE:
-	case REQ_OP_DISCARD:
-	case REQ_OP_SECURE_ERASE:
-	case REQ_OP_WRITE_ZEROES:
-		return bio_sectors(bio) != 0;
-	default:
-		return false;
-	}
+	return op_is_write(bio_op(bio)) && bio_sectors(bio);
 }
 
 static int cbt_map(struct dm_target *ti, struct bio *bio)
 {
 	struct cbt_c *cc = ti->private;
+	struct cbt_track_bio *tb = &cbt_per_bio(bio)->track;
 	int r;
 
 	/* First, before anything can complete or fail the bio. */
+	tb->nr_sectors = 0;
 	if (cbt_bio_dirties(bio))
-		cbt_dev_record(cc->cdev, dm_target_offset(ti, bio->bi_iter.bi_sector),
-			       bio_sectors(bio));
+		cbt_dev_track_start(cc->cdev, tb, dm_target_offset(ti, bio->bi_iter.bi_sector),
+				    bio_sectors(bio));
 
 	bio_set_dev(bio, cc->dev->bdev);
 	if (bio_sectors(bio))
@@ -143,6 +159,15 @@ static int cbt_map(struct dm_target *ti, struct bio *bio)
 		return r;
 
 	return DM_MAPIO_REMAPPED;
+}
+
+/* A write done: marked again if a message started a new record meanwhile. */
+static int cbt_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error)
+{
+	struct cbt_c *cc = ti->private;
+
+	cbt_dev_track_end(cc->cdev, &cbt_per_bio(bio)->track);
+	return DM_ENDIO_DONE;
 }
 
 static void cbt_presuspend(struct dm_target *ti)
@@ -158,14 +183,16 @@ static void cbt_resume(struct dm_target *ti)
 /*
  * A reload may change the length: the bitmaps follow it before the first
  * bio of this table arrives. -ENOMEM leaves them as they were and the
- * device suspended.
+ * device suspended. Nothing allocated while suspended may wait for I/O.
  */
 static int cbt_preresume(struct dm_target *ti)
 {
 	struct cbt_c *cc = ti->private;
+	unsigned int noio = memalloc_noio_save();
 	int r;
 
 	r = cbt_dev_resize(cc->cdev, ti->len);
+	memalloc_noio_restore(noio);
 	if (r)
 		DMERR("cannot resize the bitmaps to %llu sectors: %d",
 		      (unsigned long long)ti->len, r);
@@ -195,28 +222,40 @@ static void cbt_status(struct dm_target *ti, status_type_t type,
 
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s", cc->dev->name);
+		if (cc->write_cache)
+			DMEMIT(" 1 write_cache");
 		break;
 
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
-		DMEMIT(",device_name=%s;", cc->dev->name);
+		DMEMIT(",device_name=%s,write_cache=%c;", cc->dev->name,
+		       cc->write_cache ? 'y' : 'n');
 		break;
 	}
 }
 
-/* Messages are dispatched by their first word. */
+/*
+ * Messages are dispatched by their first word. They may arrive while the
+ * device is suspended, so whatever they allocate must not wait for I/O:
+ * reclaim writing to this device would wait for the resume, which waits
+ * for the message.
+ */
 static int cbt_message(struct dm_target *ti, unsigned int argc, char **argv,
 		       char *result, unsigned int maxlen)
 {
 	struct cbt_c *cc = ti->private;
+	unsigned int noio;
+	int r = -EINVAL;
 
+	noio = memalloc_noio_save();
 	if (argc && !strcmp(argv[0], "bitmap"))
-		return cbt_bitmap_message(cc->cdev, argc - 1, argv + 1, result, maxlen);
-	if (argc && !strcmp(argv[0], "inject"))
-		return cbt_inject_message(cc, ti, argc, argv, result, maxlen);
-
-	DMERR("unrecognised message '%s'", argc ? argv[0] : "");
-	return -EINVAL;
+		r = cbt_bitmap_message(cc->cdev, argc - 1, argv + 1, result, maxlen);
+	else if (argc && !strcmp(argv[0], "inject"))
+		r = cbt_inject_message(cc, ti, argc, argv, result, maxlen);
+	else
+		DMERR("unrecognised message '%s'", argc ? argv[0] : "");
+	memalloc_noio_restore(noio);
+	return r;
 }
 
 static int cbt_iterate_devices(struct dm_target *ti,
@@ -229,11 +268,18 @@ static int cbt_iterate_devices(struct dm_target *ti,
 
 static struct target_type cbt_target = {
 	.name = "cbt",
-	.version = {0, 2, 0},
+	.version = {DM_CBT_VERSION_MAJOR, DM_CBT_VERSION_MINOR, DM_CBT_VERSION_PATCH},
+	/*
+	 * Map never blocks (held bios go to the injector's list), so io_uring
+	 * submitters are not punted to a worker; bios pass through unchanged,
+	 * integrity and inline-encryption context with them.
+	 */
+	.features = CBT_TARGET_FEATURES,
 	.module = THIS_MODULE,
 	.ctr = cbt_ctr,
 	.dtr = cbt_dtr,
 	.map = cbt_map,
+	.end_io = cbt_end_io,
 	.presuspend = cbt_presuspend,
 	.presuspend_undo = cbt_resume,
 	.preresume = cbt_preresume,
@@ -272,3 +318,4 @@ module_exit(dm_cbt_exit);
 
 MODULE_DESCRIPTION(DM_NAME " changed-block tracking target");
 MODULE_LICENSE("GPL");
+MODULE_VERSION(DM_CBT_VERSION);

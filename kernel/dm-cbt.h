@@ -5,7 +5,9 @@
 #ifndef DM_CBT_H
 #define DM_CBT_H
 
+#include <linux/ctype.h>
 #include <linux/device-mapper.h>
+#include <linux/kernel.h>
 #include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
@@ -24,9 +26,9 @@ enum {
 };
 
 /*
- * A named dirty bitmap. The I/O path reads the list entry, @recording,
- * @flags, @chunk_shift and @live under RCU; everything else, and every change, is
- * under the owning cbt_dev's @lock.
+ * A named dirty bitmap. The I/O path reads the list entry, @flags,
+ * @chunk_shift and @live under RCU; status reads @frozen locklessly;
+ * everything else, and every change, is under the owning cbt_dev's @lock.
  */
 struct cbt_bitmap {
 	struct list_head list;
@@ -36,6 +38,8 @@ struct cbt_bitmap {
 	struct cbt_bits __rcu *live;	/* records writes (the successor while frozen) */
 	struct cbt_bits *frozen;	/* the snapshot handed out by freeze, or NULL */
 	char token[DM_CBT_NAME_MAX + 1];
+	u64 id;				/* unique in its device, never reused */
+	u64 gen;			/* bumped when an array is swapped, cleared or resized */
 };
 
 /*
@@ -52,10 +56,27 @@ struct cbt_dev {
 	struct list_head bitmaps;	/* RCU list of struct cbt_bitmap */
 	unsigned int nr_bitmaps;
 	sector_t len;			/* sectors the bitmaps cover */
+	u64 next_bm_id;			/* the id of the next bitmap added */
+	bool detached;			/* its last table is gone; under the registry lock */
+	/*
+	 * Bumped (after the change is published) by every message that could
+	 * leave a write mapped before it and completing after it unrecorded
+	 * where a later backup looks: freeze, clear, add, enable, resize.
+	 * A write that sees it moved between map and end_io marks again.
+	 */
+	unsigned long write_epoch;
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
+	struct work_struct resize_work;	/* sends the resize event */
 };
 
 #include "dm-cbt-inject.h"
+
+/* What map remembers of a write for end_io. */
+struct cbt_track_bio {
+	sector_t sector;		/* target-relative */
+	sector_t nr_sectors;		/* 0: nothing was recorded */
+	unsigned long epoch;		/* cbt_dev.write_epoch before it was recorded */
+};
 
 /* One per cbt target instance. */
 struct cbt_c {
@@ -63,6 +84,7 @@ struct cbt_c {
 	struct dm_target *ti;
 	struct cbt_dev *cdev;
 	struct list_head node;		/* in cdev->targets */
+	bool write_cache;		/* feature: claim a write cache (test devices) */
 	struct cbt_inject inject;	/* error-injection rules */
 };
 
@@ -77,9 +99,14 @@ struct cbt_bits *__cbt_bitmap_live(struct cbt_bitmap *bm, struct cbt_dev *cd);
 int cbt_dev_attach(struct cbt_c *cc);
 void cbt_dev_detach(struct cbt_c *cc);
 struct cbt_dev *cbt_dev_get(dev_t devt);
+bool cbt_dev_detached(struct cbt_dev *cd);
 void cbt_dev_put(struct cbt_dev *cd);
 int cbt_dev_resize(struct cbt_dev *cd, sector_t len);
 void cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors);
+void cbt_dev_track_start(struct cbt_dev *cd, struct cbt_track_bio *tb,
+			 sector_t sector, sector_t nr_sectors);
+void cbt_dev_track_end(struct cbt_dev *cd, struct cbt_track_bio *tb);
+void __cbt_dev_new_epoch(struct cbt_dev *cd);
 struct cbt_bitmap *__cbt_dev_find(struct cbt_dev *cd, const char *name);
 void cbt_dev_counts(struct cbt_dev *cd, unsigned int *nr_bitmaps,
 		    unsigned int *nr_recording, unsigned int *nr_frozen,
@@ -94,9 +121,19 @@ int cbt_netlink_init(void);
 void cbt_netlink_exit(void);
 void cbt_event_notify(dev_t devt, enum dm_cbt_event event, const char *bitmap,
 		      const char *token, gfp_t gfp);
+void cbt_event_notify_resize(dev_t devt, u64 bytes, gfp_t gfp);
+
+/* A decimal number and nothing else: kstrtoull alone would take a leading '+'. */
+static inline int cbt_parse_u64(const char *s, u64 *v)
+{
+	if (!isdigit(*s))
+		return -EINVAL;
+	return kstrtoull(s, 10, v);
+}
 
 /* Per-bio data (ti->per_io_data_size): one member per part that needs it. */
 struct cbt_per_bio {
+	struct cbt_track_bio track;
 	struct cbt_inject_bio inject;
 };
 

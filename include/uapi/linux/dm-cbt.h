@@ -31,7 +31,7 @@ enum dm_cbt_cmd {
 	 * of dirty chunks is one extent, never split across messages.
 	 */
 	DM_CBT_CMD_GET_EXTENTS,
-	/* Multicast on the "events" group: DEV_*, EVENT, BITMAP, TOKEN. */
+	/* Multicast on the "events" group: DEV_*, EVENT, BITMAP, TOKEN, LENGTH. */
 	DM_CBT_CMD_EVENT,
 	__DM_CBT_CMD_MAX,
 };
@@ -50,6 +50,7 @@ enum dm_cbt_event {
 	DM_CBT_EVENT_ABORT,
 	DM_CBT_EVENT_INCONSISTENT,	/* the bitmap may have missed writes */
 	DM_CBT_EVENT_ERROR_RULE,	/* an error-injection rule fired */
+	DM_CBT_EVENT_RESIZE,		/* the bitmaps now cover LENGTH bytes */
 };
 
 enum dm_cbt_attr {
@@ -62,7 +63,8 @@ enum dm_cbt_attr {
 	DM_CBT_ATTR_EVENT,		/* u32: enum dm_cbt_event */
 	DM_CBT_ATTR_TOKEN,		/* string: freeze token */
 	DM_CBT_ATTR_GRANULARITY,	/* u32: bytes, in dump replies */
-	DM_CBT_ATTR_PAD,
+	DM_CBT_ATTR_PAD,		/* alignment padding for u64 attributes */
+	DM_CBT_ATTR_LENGTH,		/* u64: bytes the bitmaps cover (resize event) */
 	__DM_CBT_ATTR_MAX,
 };
 

@@ -37,9 +37,10 @@ static inline unsigned long shim_find_next(const unsigned long *map, unsigned lo
 #define find_next_bit(map, size, start) shim_find_next(map, size, start, 0)
 #define find_next_zero_bit(map, size, start) shim_find_next(map, size, start, ~0UL)
 
-static inline unsigned long bitmap_weight(const unsigned long *map, unsigned long nbits)
+/* As in the kernel: NBITS and the result are unsigned int. */
+static inline unsigned int bitmap_weight(const unsigned long *map, unsigned int nbits)
 {
-	unsigned long w, n = 0;
+	unsigned int w, n = 0;
 
 	for (w = 0; w < nbits / BITS_PER_LONG; w++)
 		n += __builtin_popcountl(map[w]);

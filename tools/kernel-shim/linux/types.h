@@ -6,6 +6,7 @@
 #ifndef CBT_SHIM_TYPES_H
 #define CBT_SHIM_TYPES_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

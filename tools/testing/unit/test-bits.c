@@ -85,5 +85,17 @@ int main(void)
 	cbt_bits_set_range(a->map, 129, 129);
 	EXTENTS(a, 0, 130, "66048+512 ");
 	free(a);
+
+	/*
+	 * 16 TiB at 4 KiB: 2^32 chunks, more than bitmap_weight() counts in
+	 * one call (its size is an unsigned int, so this would count 0).
+	 */
+	a = cbt_bits_alloc(3, 1ULL << 35);
+	CHECK(a && a->nr_chunks == 1UL << 32);
+	cbt_bits_set_range(a->map, 0, 0);
+	cbt_bits_set_range(a->map, (1UL << 31) - 1, 1UL << 31);
+	cbt_bits_set_range(a->map, (1UL << 32) - 1, (1UL << 32) - 1);
+	CHECK(cbt_bits_count(a, 3, 1ULL << 35) == 4 * 4096ULL);
+	free(a);
 	return unit_done("test-bits");
 }
