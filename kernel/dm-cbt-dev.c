@@ -29,7 +29,6 @@ static void cbt_dev_release(struct kref *kref)
 	struct cbt_bitmap *bm, *tmp;
 
 	cancel_work_sync(&cd->event_work);
-	cancel_work_sync(&cd->resize_work);
 	/* No table is left, so no bio can reach the bitmaps. */
 	list_for_each_entry_safe(bm, tmp, &cd->bitmaps, list) {
 		list_del(&bm->list);
@@ -60,13 +59,6 @@ static void cbt_dev_event_work(struct work_struct *work)
 	mutex_unlock(&cd->lock);
 }
 
-/* Sends the length a resize gave the bitmaps (outside the resume path). */
-static void cbt_dev_resize_work(struct work_struct *work)
-{
-	struct cbt_dev *cd = container_of(work, struct cbt_dev, resize_work);
-
-	cbt_event_notify_resize(cd->devt, (u64)READ_ONCE(cd->len) << SECTOR_SHIFT, GFP_NOIO);
-}
 
 static struct cbt_dev *__cbt_dev_lookup(dev_t devt)
 {
@@ -114,7 +106,6 @@ int cbt_dev_attach(struct cbt_c *cc)
 		INIT_LIST_HEAD(&cd->bitmaps);
 		mutex_init(&cd->lock);
 		INIT_WORK(&cd->event_work, cbt_dev_event_work);
-		INIT_WORK(&cd->resize_work, cbt_dev_resize_work);
 		cd->len = ti->len;
 		list_add(&cd->node, &cbt_devs);
 	}
@@ -302,6 +293,7 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 {
 	struct cbt_resize *rs;
 	struct cbt_bitmap *bm;
+	bool resized = false;
 	unsigned int i;
 	int r = 0;
 
@@ -349,7 +341,7 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 		i++;
 	}
 	WRITE_ONCE(cd->len, len);
-	schedule_work(&cd->resize_work);
+	resized = true;
 	i = cd->nr_bitmaps;
 free_new:
 	while (i--) {
@@ -359,6 +351,8 @@ free_new:
 	kfree(rs);
 out:
 	mutex_unlock(&cd->lock);
+	if (!r && resized)
+		cbt_event_notify_resize(cd->devt, (u64)len << SECTOR_SHIFT, GFP_NOIO);
 	return r;
 }
 

@@ -42,10 +42,10 @@ static int parse_features(struct dm_arg_set *as, struct cbt_c *cc, struct dm_tar
 		return r;
 	while (argc--) {
 		arg = dm_shift_arg(as);
-		if (!strcasecmp(arg, "write_cache") && !cc->write_cache) {
+		if (!strcasecmp(arg, "write_cache")) {
 			cc->write_cache = true;
 		} else {
-			ti->error = "Unrecognised or repeated feature argument";
+			ti->error = "Unrecognised feature argument";
 			return -EINVAL;
 		}
 	}

@@ -66,7 +66,6 @@ struct cbt_dev {
 	 */
 	unsigned long write_epoch;
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
-	struct work_struct resize_work;	/* sends the resize event */
 };
 
 #include "dm-cbt-inject.h"

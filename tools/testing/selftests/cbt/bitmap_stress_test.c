@@ -206,4 +206,39 @@ TEST_F(stress, sixteen_tib_device)
 	extents_free(&want);
 }
 
+/*
+ * 16 TiB at 4 KiB is 2^32 chunks (a 512 MiB bit array): more bits than
+ * the kernel's bitmap_weight() counts in one call (it takes an unsigned
+ * int, so a single call counts none of them).
+ */
+TEST_F(stress, sixteen_tib_at_4k)
+{
+	const uint64_t size = 16 * TiB;
+	static const uint64_t writes[][2] = {
+		{ 0, 512 }, { 8 * TiB, MiB }, { 16 * TiB - 4096, 4096 },
+	};
+	struct extent_list got = { 0 }, want = { 0 };
+	char zero_dev[96], why[256] = "", answer[512], *p;
+	size_t i;
+
+	ASSERT_EQ(0, dm_create_one(self->zero, size / 512, "zero", ""));
+	snprintf(zero_dev, sizeof(zero_dev), "/dev/mapper/%s", self->zero);
+	ASSERT_EQ(0, dm_create_one(self->s.name, size / 512, "cbt", zero_dev));
+	ASSERT_EQ(0, dm_message(self->s.name, "bitmap add a granularity=4096", NULL, 0));
+	for (i = 0; i < sizeof(writes) / sizeof(writes[0]); i++)
+		ASSERT_EQ(0, dev_write(self->s.dev, writes[i][0], writes[i][1], 1));
+
+	ASSERT_EQ(0, dm_message(self->s.name, "bitmap info a", answer, sizeof(answer)));
+	p = strstr(answer, " count=");
+	ASSERT_NE(NULL, p);
+	EXPECT_EQ(4096 + MiB + 4096, strtoull(p + 7, NULL, 10)) TH_LOG("%s", answer);
+	ASSERT_EQ(0, extents_read(self->s.dev, "a", 0, &got, why, sizeof(why))) TH_LOG("%s", why);
+	extents_expected(&want, writes, sizeof(writes) / sizeof(writes[0]), 4096, size);
+	EXPECT_TRUE(extents_equal(&got, &want, why, sizeof(why))) TH_LOG("%s", why);
+	extents_free(&got);
+	extents_free(&want);
+	/* Removing it gives the 512 MiB back before the next test. */
+	ASSERT_EQ(0, dm_message(self->s.name, "bitmap remove a", NULL, 0));
+}
+
 TEST_HARNESS_MAIN

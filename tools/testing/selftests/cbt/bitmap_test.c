@@ -164,7 +164,7 @@ TEST_F(bitmap, detail_and_status)
 	ASSERT_EQ(0, msg(self, "bitmap add off disabled granularity=4096"));
 	ASSERT_EQ(0, dm_message(self->s.name, "bitmap info plain", line, sizeof(line)));
 	EXPECT_STREQ("plain granularity=65536 count=0 recording=1 busy=0 persistent=0 "
-		     "inconsistent=0 frozen=0 token=-\n", line);
+		     "inconsistent=0 frozen=0 token=- length=67108864\n", line);
 	EXPECT_EQ(4096, field(self, "off", "granularity"));
 	EXPECT_EQ(0, field(self, "off", "recording"));
 	/* A disabled bitmap records nothing. */
@@ -179,7 +179,8 @@ TEST_F(bitmap, detail_and_status)
 	EXPECT_STREQ("2 1 1 0 1 0", line);
 	ASSERT_EQ(0, list(self, line, sizeof(line)));
 	EXPECT_NE(NULL, strstr(line, "plain granularity=65536 count=0 recording=1 busy=1 "
-			       "persistent=0 inconsistent=0 frozen=65536 token=backup-1.a_b\n"))
+			       "persistent=0 inconsistent=0 frozen=65536 token=backup-1.a_b "
+			       "length=67108864\n"))
 		TH_LOG("list: %s", line);
 	EXPECT_NE(NULL, strstr(line, "\noff granularity=4096 ")) TH_LOG("list: %s", line);
 }
@@ -497,8 +498,9 @@ static int resize(bitmap_t *self, uint64_t sectors)
 
 TEST_F(bitmap, resize_grows_and_shrinks)
 {
+	/* The grown MiB is dirty as a whole: no backup has seen it. */
 	static const uint64_t grown[][2] = {
-		{ 0, 512 }, { 16 * MiB, 256 * KiB }, { 32736 * KiB, 64 * KiB }, { 64 * MiB, 64 * KiB },
+		{ 0, 512 }, { 16 * MiB, 256 * KiB }, { 32736 * KiB, 64 * KiB }, { 64 * MiB, MiB },
 	};
 	static const uint64_t shrunk[][2] = {
 		{ 0, 512 }, { 16 * MiB, 256 * KiB }, { 32736 * KiB, 32 * KiB },
@@ -509,8 +511,9 @@ TEST_F(bitmap, resize_grows_and_shrinks)
 	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
 	/* QEMU's iotest: 64M to 65M, a write at 64M is in the next incremental. */
 	ASSERT_EQ(0, resize(self, 65 * MiB / 512));
+	EXPECT_EQ(65 * MiB, field(self, "a", "length"));
 	ASSERT_EQ(0, dev_write(self->s.dev, 64 * MiB, 64 * KiB, 9));
-	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
+	EXPECT_EQ(458752 + MiB, field(self, "a", "count"));
 	ASSERT_EXTENTS(self, "a", 0, grown, NWRITES(grown), 64 * KiB, 65 * MiB);
 	ASSERT_EXTENTS(self, "b", 0, grown, NWRITES(grown), MiB, 65 * MiB);
 	ASSERT_EQ(0, msg(self, "bitmap freeze a t"));
@@ -520,15 +523,22 @@ TEST_F(bitmap, resize_grows_and_shrinks)
 	/* Shrinking to 32 MiB - 512: the last chunk is clipped, the rest dropped. */
 	ASSERT_EQ(0, resize(self, 32 * MiB / 512 - 1));
 	EXPECT_EQ(65536 + 262144 + 65024, field(self, "a", "count"));
+	EXPECT_EQ(32 * MiB - 512, field(self, "a", "length"));
 	ASSERT_EXTENTS(self, "a", 0, shrunk, NWRITES(shrunk), 64 * KiB, 32 * MiB - 512);
-	/* Growing back does not resurrect what was beyond the end. */
+	/*
+	 * Growing back: what was beyond the end is unknown again, so the
+	 * clipped chunk 511 and everything after it (chunks 511-1023) are
+	 * dirty, beside chunk 0 and chunks 256-259.
+	 */
 	ASSERT_EQ(0, resize(self, DEV_SECTORS));
-	EXPECT_EQ(65536 + 262144 + 65536, field(self, "a", "count"));
+	EXPECT_EQ((1 + 4 + 513) * 65536ULL, field(self, "a", "count"));
 }
 
 TEST_F(bitmap, resize_while_frozen_keeps_bits)
 {
 	static const uint64_t after[][2] = { { 64 * MiB + 512, 512 }, { 0, 4096 } };
+	/* The grown range is dirty in the successor, not in the frozen copy. */
+	static const uint64_t live[][2] = { { 0, 4096 }, { 64 * MiB, 2 * MiB } };
 
 	ASSERT_EQ(0, msg(self, "bitmap add a"));
 	ASSERT_EQ(0, write_all(self, example_writes, NWRITES(example_writes)));
@@ -537,9 +547,9 @@ TEST_F(bitmap, resize_while_frozen_keeps_bits)
 	ASSERT_EQ(0, write_all(self, after, NWRITES(after)));
 	EXPECT_EQ(458752, field(self, "a", "frozen"));
 	ASSERT_EXTENTS(self, "a", 1, example_writes, NWRITES(example_writes), 64 * KiB, 66 * MiB);
-	ASSERT_EXTENTS(self, "a", 0, after, NWRITES(after), 64 * KiB, 66 * MiB);
+	ASSERT_EXTENTS(self, "a", 0, live, NWRITES(live), 64 * KiB, 66 * MiB);
 	ASSERT_EQ(0, msg(self, "bitmap abort a t"));
-	EXPECT_EQ(458752 + 65536, field(self, "a", "count"));
+	EXPECT_EQ(458752 + 2 * MiB, field(self, "a", "count"));
 }
 
 TEST_F(bitmap, survives_suspend_resume_and_reload)
@@ -613,12 +623,19 @@ static int event_msg(struct nl_msg *nlmsg, void *arg)
 	if (genlmsg_parse(nlmsg_hdr(nlmsg), 0, tb, DM_CBT_ATTR_MAX, NULL) ||
 	    !tb[DM_CBT_ATTR_EVENT] || ev->n == 16)
 		return NL_OK;
-	snprintf(ev->seen[ev->n++], sizeof(ev->seen[0]), "%u %u:%u %s %s",
-		 nla_get_u32(tb[DM_CBT_ATTR_EVENT]),
-		 tb[DM_CBT_ATTR_DEV_MAJOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MAJOR]) : 0,
-		 tb[DM_CBT_ATTR_DEV_MINOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MINOR]) : 0,
-		 tb[DM_CBT_ATTR_BITMAP] ? nla_get_string(tb[DM_CBT_ATTR_BITMAP]) : "-",
-		 tb[DM_CBT_ATTR_TOKEN] ? nla_get_string(tb[DM_CBT_ATTR_TOKEN]) : "-");
+	if (tb[DM_CBT_ATTR_LENGTH])	/* resize: "event major:minor length" */
+		snprintf(ev->seen[ev->n++], sizeof(ev->seen[0]), "%u %u:%u %llu",
+			 nla_get_u32(tb[DM_CBT_ATTR_EVENT]),
+			 tb[DM_CBT_ATTR_DEV_MAJOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MAJOR]) : 0,
+			 tb[DM_CBT_ATTR_DEV_MINOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MINOR]) : 0,
+			 (unsigned long long)nla_get_u64(tb[DM_CBT_ATTR_LENGTH]));
+	else
+		snprintf(ev->seen[ev->n++], sizeof(ev->seen[0]), "%u %u:%u %s %s",
+			 nla_get_u32(tb[DM_CBT_ATTR_EVENT]),
+			 tb[DM_CBT_ATTR_DEV_MAJOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MAJOR]) : 0,
+			 tb[DM_CBT_ATTR_DEV_MINOR] ? nla_get_u32(tb[DM_CBT_ATTR_DEV_MINOR]) : 0,
+			 tb[DM_CBT_ATTR_BITMAP] ? nla_get_string(tb[DM_CBT_ATTR_BITMAP]) : "-",
+			 tb[DM_CBT_ATTR_TOKEN] ? nla_get_string(tb[DM_CBT_ATTR_TOKEN]) : "-");
 	return NL_OK;
 }
 
@@ -719,6 +736,48 @@ TEST_F(bitmap, rule_fired_event)
 		 major(st.st_rdev), minor(st.st_rdev));
 	ASSERT_EQ(1, ev.n);
 	EXPECT_STREQ(want, ev.seen[0]);
+}
+
+/*
+ * Growth: the part of the old last chunk past the old end and the new
+ * range are dirty (no backup has seen them), a shrink and regrow does not
+ * leave the regrown range clean, and each resize is an event with the new
+ * length.
+ */
+TEST_F(bitmap, growth_is_dirty_and_an_event)
+{
+	static const uint64_t clipped[][2] = { { DEV_SIZE - 64 * KiB, 64 * KiB } };
+	struct events ev = { 0 };
+	struct nl_sock *sk;
+	struct stat st;
+	char want[2][160];
+	int r;
+
+	ASSERT_EQ(0, stat(self->s.dev, &st));
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	sk = events_listen(&ev);
+	ASSERT_NE(NULL, sk);
+	/* A shrink into the last chunk dirties nothing ... */
+	ASSERT_EQ(0, resize(self, DEV_SECTORS - 8));
+	EXPECT_EQ(0, field(self, "a", "count"));
+	/* ... the regrowth dirties that chunk whole (its tail was beyond the end). */
+	ASSERT_EQ(0, resize(self, DEV_SECTORS));
+	EXPECT_EQ(64 * KiB, field(self, "a", "count"));
+	ASSERT_EXTENTS(self, "a", 0, clipped, NWRITES(clipped), 64 * KiB, DEV_SIZE);
+	/* The event work runs after the resume: wait for both. */
+	for (r = 0; r < 100 && ev.n < 2; r++) {
+		while (nl_recvmsgs_default(sk) >= 0)
+			;
+		usleep(10000);
+	}
+	nl_socket_free(sk);
+	snprintf(want[0], sizeof(want[0]), "%d %u:%u %llu", DM_CBT_EVENT_RESIZE,
+		 major(st.st_rdev), minor(st.st_rdev), DEV_SIZE - 4096);
+	snprintf(want[1], sizeof(want[1]), "%d %u:%u %llu", DM_CBT_EVENT_RESIZE,
+		 major(st.st_rdev), minor(st.st_rdev), DEV_SIZE);
+	ASSERT_EQ(2, ev.n);
+	EXPECT_STREQ(want[0], ev.seen[0]);
+	EXPECT_STREQ(want[1], ev.seen[1]);
 }
 
 TEST_HARNESS_MAIN

@@ -55,21 +55,25 @@ struct bad_line {
 
 TEST_F(table, good_lines_load)
 {
-	static const char *const good[] = { "%s", "%s 0" };
-	char log[4096], line[256], want[256];
+	/* Each line, and what its table line shows after the device. */
+	static const char *const good[][2] = {
+		{ "%s", "" }, { "%s 0", "" }, { "%s 1 write_cache", " 1 write_cache" },
+	};
+	char log[4096], line[256], *rest;
 	size_t i;
 
 	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
-		ASSERT_EQ(0, load(self, DEV_SECTORS, good[i], log, sizeof(log)))
-			TH_LOG("'%s' refused: %s", good[i], log);
+		ASSERT_EQ(0, load(self, DEV_SECTORS, good[i][0], log, sizeof(log)))
+			TH_LOG("'%s' refused: %s", good[i][0], log);
 		ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
 		/* No bitmaps; inject state 1, no rules. */
 		EXPECT_STREQ("0 0 0 0 1 0", line);
 		ASSERT_EQ(0, dm_status_line(self->s.name, 1, line, sizeof(line)));
-		/* The table names the device by major:minor. */
-		EXPECT_EQ(NULL, strchr(line, ' ')) TH_LOG("table line '%s'", line);
-		snprintf(want, sizeof(want), "%s", line);
-		EXPECT_NE(NULL, strchr(want, ':'));
+		/* The table names the device by major:minor, then the features. */
+		rest = line + strcspn(line, " ");
+		EXPECT_STREQ(good[i][1], rest) TH_LOG("table line '%s'", line);
+		*rest = '\0';
+		EXPECT_NE(NULL, strchr(line, ':')) TH_LOG("device '%s'", line);
 		ASSERT_EQ(0, dm_remove(self->s.name));
 	}
 }
@@ -86,7 +90,10 @@ TEST_F(table, bad_lines_refused)
 	static const struct bad_line bad[] = {
 		{ "", DEV_SECTORS, "Missing device path" },
 		{ "/dev/cbt-no-such-device", DEV_SECTORS, "Device lookup failed" },
-		{ "%s 1 foo", DEV_SECTORS, "Invalid number of feature arguments" },
+		{ "%s 1 foo", DEV_SECTORS, "Unrecognised feature argument" },
+		{ "%s 2 write_cache write_cache", DEV_SECTORS,
+		  "Invalid number of feature arguments" },
+		{ "%s 1", DEV_SECTORS, "Invalid number of feature arguments" },
 		{ "%s x", DEV_SECTORS, "Invalid number of feature arguments" },
 		{ "%s -1", DEV_SECTORS, "Invalid number of feature arguments" },
 		{ "%s 0 extra", DEV_SECTORS, "Too many arguments" },

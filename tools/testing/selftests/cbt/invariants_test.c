@@ -1,0 +1,288 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Promises the cbt target keeps for a plain dmsetup user, with no suspend
+ * around its messages: a write still in flight across freeze, clear, add
+ * or enable is never lost from the bitmap a later backup reads; the
+ * device has the write cache of the device below unless the write_cache
+ * feature says otherwise; io_uring-style non-blocking submitters are
+ * accepted (DM_TARGET_NOWAIT).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+
+#include "kselftest_harness.h"
+#include "cbt_util.h"
+
+#define MiB (1ULL << 20)
+#define DEV_SIZE (64 * MiB)
+#define DEV_SECTORS (DEV_SIZE / 512)
+/* Where the held write goes: one 64 KiB chunk. */
+#define HELD_OFF (16 * MiB)
+#define HELD_LEN 4096ULL
+/* How long the injector holds it: long enough to send messages meanwhile. */
+#define HOLD_USECS "2000000"
+
+FIXTURE(inv)
+{
+	struct scratch s;
+};
+
+FIXTURE_SETUP(inv)
+{
+	self->s.loopfd = -1;
+	if (geteuid())
+		SKIP(return, "must run as root");
+	ASSERT_EQ(0, scratch_make(&self->s, "inv"));
+	ASSERT_EQ(0, scratch_loop(&self->s, DEV_SIZE));
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", self->s.loop));
+}
+
+FIXTURE_TEARDOWN(inv)
+{
+	scratch_remove(&self->s);
+}
+
+typedef struct _test_data_inv inv_t;
+
+static int __attribute__((format(printf, 2, 3))) msg(inv_t *self, const char *fmt, ...)
+{
+	char m[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(m, sizeof(m), fmt, ap);
+	va_end(ap);
+	return dm_message(self->s.name, m, NULL, 0);
+}
+
+/* A KEY=value field of bitmap NAME's info line; ~0 when missing. */
+static uint64_t field(inv_t *self, const char *name, const char *key)
+{
+	char m[128], line[512], k[64], *p;
+
+	snprintf(m, sizeof(m), "bitmap info %s", name);
+	if (dm_message(self->s.name, m, line, sizeof(line)))
+		return ~0ULL;
+	snprintf(k, sizeof(k), " %s=", key);
+	p = strstr(line, k);
+	return p ? strtoull(p + strlen(k), NULL, 0) : ~0ULL;
+}
+
+/* The hits of injection rule ID; ~0 when it cannot be read. */
+static uint64_t rule_hits(inv_t *self, const char *id)
+{
+	char list[4096], k[64], *p;
+
+	if (dm_message(self->s.name, "inject list", list, sizeof(list)))
+		return ~0ULL;
+	snprintf(k, sizeof(k), " id=%s hits=", id);
+	p = strstr(list, k);
+	return p ? strtoull(p + strlen(k), NULL, 0) : ~0ULL;
+}
+
+struct held_write {
+	const char *dev;
+	int r;
+	pthread_t th;
+};
+
+static void *do_write(void *arg)
+{
+	struct held_write *w = arg;
+
+	w->r = dev_write(w->dev, HELD_OFF, HELD_LEN, 0x6b);
+	return NULL;
+}
+
+/*
+ * Starts one write that the injector holds in flight (after map marked
+ * it), and returns once the rule has caught it.
+ */
+static int start_held_write(inv_t *self, struct held_write *w)
+{
+	int i;
+
+	if (msg(self, "inject delay event=write usecs=" HOLD_USECS " once id=hold"))
+		return -1;
+	w->dev = self->s.dev;
+	w->r = -1;
+	if (pthread_create(&w->th, NULL, do_write, w))
+		return -1;
+	for (i = 0; i < 500 && rule_hits(self, "hold") != 1; i++)
+		usleep(10000);
+	return rule_hits(self, "hold") == 1 ? 0 : -1;
+}
+
+/* Waits for the held write, which must succeed. */
+static int finish_held_write(struct held_write *w)
+{
+	pthread_join(w->th, NULL);
+	return w->r;
+}
+
+/*
+ * A write marked in the live array at map and still in flight when the
+ * freeze runs: the backup of the frozen copy may read the chunk before
+ * the write lands, and the commit drops the frozen copy. The successor
+ * must have it.
+ */
+TEST_F(inv, write_in_flight_across_freeze_and_commit)
+{
+	struct held_write w;
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, start_held_write(self, &w));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t1"));
+	EXPECT_EQ(65536, field(self, "a", "frozen"));
+	ASSERT_EQ(0, msg(self, "bitmap commit a t1"));
+	ASSERT_EQ(0, finish_held_write(&w));
+	EXPECT_EQ(65536, field(self, "a", "count"));
+}
+
+/* Clear while a write is in flight: the write is still dirty afterwards. */
+TEST_F(inv, write_in_flight_across_clear)
+{
+	struct held_write w;
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, start_held_write(self, &w));
+	ASSERT_EQ(0, msg(self, "bitmap clear a"));
+	ASSERT_EQ(0, finish_held_write(&w));
+	EXPECT_EQ(65536, field(self, "a", "count"));
+}
+
+/* A bitmap added while a write is in flight records it. */
+TEST_F(inv, write_in_flight_across_add)
+{
+	struct held_write w;
+
+	ASSERT_EQ(0, start_held_write(self, &w));
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, finish_held_write(&w));
+	EXPECT_EQ(65536, field(self, "a", "count"));
+}
+
+/* A bitmap enabled while a write is in flight records it. */
+TEST_F(inv, write_in_flight_across_enable)
+{
+	struct held_write w;
+
+	ASSERT_EQ(0, msg(self, "bitmap add a disabled"));
+	ASSERT_EQ(0, start_held_write(self, &w));
+	ASSERT_EQ(0, msg(self, "bitmap enable a"));
+	ASSERT_EQ(0, finish_held_write(&w));
+	EXPECT_EQ(65536, field(self, "a", "count"));
+}
+
+/* A write that completed before the freeze is in the frozen copy only. */
+TEST_F(inv, completed_write_is_not_marked_twice)
+{
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, dev_write(self->s.dev, HELD_OFF, HELD_LEN, 1));
+	ASSERT_EQ(0, msg(self, "bitmap freeze a t1"));
+	EXPECT_EQ(65536, field(self, "a", "frozen"));
+	EXPECT_EQ(0, field(self, "a", "count"));
+	ASSERT_EQ(0, msg(self, "bitmap commit a t1"));
+	EXPECT_EQ(0, field(self, "a", "count"));
+}
+
+/* "write back" or "write through" from the queue's sysfs attribute of DEV. */
+static int write_cache_of(const char *dev, char *buf, size_t len)
+{
+	char path[128];
+	struct stat st;
+	FILE *f;
+
+	if (stat(dev, &st))
+		return -errno;
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/queue/write_cache",
+		 major(st.st_rdev), minor(st.st_rdev));
+	f = fopen(path, "r");
+	if (!f)
+		return -errno;
+	if (!fgets(buf, len, f))
+		buf[0] = '\0';
+	fclose(f);
+	buf[strcspn(buf, "\n")] = '\0';
+	return 0;
+}
+
+/*
+ * Without features the device reports the write cache of the device below
+ * (a brd RAM disk has none); "write_cache" claims one so that flushes
+ * reach the injector, and is shown in the table line.
+ */
+TEST_F(inv, write_cache_follows_the_device_below_unless_asked)
+{
+	char cache[64], params[160], line[256];
+	const char *name = "cbt-inv-brd";
+
+	if (access("/dev/ram0", F_OK))
+		ASSERT_EQ(0, system("modprobe brd rd_nr=1 rd_size=65536"));
+	ASSERT_EQ(0, write_cache_of("/dev/ram0", cache, sizeof(cache)));
+	ASSERT_STREQ("write through", cache);
+	ASSERT_EQ(0, dm_create_one(name, DEV_SECTORS, "cbt", "/dev/ram0"));
+	EXPECT_EQ(0, write_cache_of("/dev/mapper/cbt-inv-brd", cache, sizeof(cache)));
+	EXPECT_STREQ("write through", cache);
+	EXPECT_EQ(0, dm_status_line(name, 1, line, sizeof(line)));
+	EXPECT_EQ(NULL, strstr(line, "write_cache")) TH_LOG("table: %s", line);
+	EXPECT_EQ(0, dm_remove(name));
+
+	snprintf(params, sizeof(params), "/dev/ram0 1 write_cache");
+	ASSERT_EQ(0, dm_create_one(name, DEV_SECTORS, "cbt", params));
+	EXPECT_EQ(0, write_cache_of("/dev/mapper/cbt-inv-brd", cache, sizeof(cache)));
+	EXPECT_STREQ("write back", cache);
+	EXPECT_EQ(0, dm_status_line(name, 1, line, sizeof(line)));
+	EXPECT_NE(NULL, strstr(line, " 1 write_cache")) TH_LOG("table: %s", line);
+	EXPECT_EQ(0, dm_remove(name));
+	EXPECT_EQ(0, system("rmmod brd"));
+}
+
+/*
+ * RWF_NOWAIT direct I/O (what io_uring tries first) is refused with
+ * EOPNOTSUPP by a dm device whose targets are not DM_TARGET_NOWAIT.
+ */
+TEST_F(inv, nowait_io_is_accepted)
+{
+	struct iovec iov;
+	void *buf;
+	ssize_t n = -1;
+	int fd, i, err = 0;
+
+	ASSERT_EQ(0, posix_memalign(&buf, 4096, 4096));
+	memset(buf, 0x3c, 4096);
+	iov.iov_base = buf;
+	iov.iov_len = 4096;
+	fd = open(self->s.dev, O_RDWR | O_DIRECT);
+	ASSERT_LE(0, fd);
+	/* EAGAIN is a fair answer for a busy device: try again. */
+	for (i = 0; i < 100; i++) {
+		n = pwritev2(fd, &iov, 1, 8192, RWF_NOWAIT);
+		err = n < 0 ? errno : 0;
+		if (err != EAGAIN)
+			break;
+		usleep(10000);
+	}
+	EXPECT_EQ(4096, n) TH_LOG("RWF_NOWAIT write: %s", strerror(err));
+	for (i = 0; i < 100; i++) {
+		n = preadv2(fd, &iov, 1, 8192, RWF_NOWAIT);
+		err = n < 0 ? errno : 0;
+		if (err != EAGAIN)
+			break;
+		usleep(10000);
+	}
+	EXPECT_EQ(4096, n) TH_LOG("RWF_NOWAIT read: %s", strerror(err));
+	close(fd);
+	free(buf);
+}
+
+TEST_HARNESS_MAIN
