@@ -59,7 +59,6 @@ static void cbt_dev_event_work(struct work_struct *work)
 	mutex_unlock(&cd->lock);
 }
 
-
 static struct cbt_dev *__cbt_dev_lookup(dev_t devt)
 {
 	struct cbt_dev *cd;
@@ -212,6 +211,7 @@ void cbt_dev_track_start(struct cbt_dev *cd, struct cbt_track_bio *tb,
 			 sector_t sector, sector_t nr_sectors)
 {
 	rcu_read_lock();
+	/* Acquire: pairs with __cbt_dev_new_epoch(); the arrays are read after. */
 	tb->epoch = smp_load_acquire(&cd->write_epoch);
 	tb->sector = sector;
 	tb->nr_sectors = nr_sectors;
@@ -233,6 +233,7 @@ void cbt_dev_track_end(struct cbt_dev *cd, struct cbt_track_bio *tb)
 	if (!tb->nr_sectors)
 		return;
 	rcu_read_lock();
+	/* Acquire: a moved epoch shows the change that moved it. */
 	if (smp_load_acquire(&cd->write_epoch) != tb->epoch)
 		__cbt_dev_record(cd, tb->sector, tb->nr_sectors);
 	rcu_read_unlock();
@@ -245,6 +246,7 @@ void cbt_dev_track_end(struct cbt_dev *cd, struct cbt_track_bio *tb)
 void __cbt_dev_new_epoch(struct cbt_dev *cd)
 {
 	lockdep_assert_held(&cd->lock);
+	/* Release: whoever sees the new epoch sees the change published before. */
 	smp_store_release(&cd->write_epoch, cd->write_epoch + 1);
 }
 

@@ -65,7 +65,6 @@ static int cbt_copy_name(char *dst, const char *s, const char *what)
 	return 0;
 }
 
-
 static int parse_name(struct cbt_msg *m, unsigned int argc, char **argv)
 {
 	return cbt_copy_name(m->name, argv[0], "bitmap name");
