@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
@@ -283,6 +284,112 @@ TEST_F(inv, nowait_io_is_accepted)
 	EXPECT_EQ(4096, n) TH_LOG("RWF_NOWAIT read: %s", strerror(err));
 	close(fd);
 	free(buf);
+}
+
+#define TRACING "/sys/kernel/tracing"
+
+static int write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	int r = 0;
+
+	if (!f)
+		return -errno;
+	if (fputs(text, f) < 0)
+		r = -EIO;
+	if (fclose(f))
+		r = -errno;
+	return r;
+}
+
+/*
+ * Page allocations of order 3 or more made by this process, traced with
+ * the flags the page allocator actually used (kmem:mm_page_alloc reports
+ * them after the memalloc_noio scope is applied).
+ */
+static int trace_start(void)
+{
+	char filter[128];
+
+	if (access(TRACING "/trace", F_OK) &&
+	    mount("tracefs", TRACING, "tracefs", 0, NULL))
+		return -errno;
+	snprintf(filter, sizeof(filter), "common_pid == %d && order >= 3", getpid());
+	if (write_file(TRACING "/tracing_on", "0") ||
+	    write_file(TRACING "/trace", "") ||
+	    write_file(TRACING "/events/kmem/mm_page_alloc/filter", filter) ||
+	    write_file(TRACING "/events/kmem/mm_page_alloc/enable", "1"))
+		return -EIO;
+	return write_file(TRACING "/tracing_on", "1");
+}
+
+/* Stops tracing; counts the traced allocations, and those that could start I/O. */
+static int trace_stop(int *allocs, int *may_io, char *example, size_t len)
+{
+	char line[512];
+	FILE *f;
+
+	write_file(TRACING "/tracing_on", "0");
+	write_file(TRACING "/events/kmem/mm_page_alloc/enable", "0");
+	write_file(TRACING "/events/kmem/mm_page_alloc/filter", "0");
+	*allocs = 0;
+	*may_io = 0;
+	example[0] = '\0';
+	f = fopen(TRACING "/trace", "r");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		if (line[0] == '#' || !strstr(line, "mm_page_alloc"))
+			continue;
+		(*allocs)++;
+		/* GFP_KERNEL and GFP_NOFS may write pages back; GFP_NOIO may not. */
+		if (!strstr(line, "GFP_NOIO") && !strstr(line, "GFP_NOWAIT") &&
+		    !strstr(line, "GFP_ATOMIC")) {
+			(*may_io)++;
+			snprintf(example, len, "%s", line);
+		}
+	}
+	fclose(f);
+	return 0;
+}
+
+/*
+ * A suspended device cannot take writes until it is resumed: an
+ * allocation that may start I/O could wait, in reclaim, for pages of this
+ * very device, so freeze (which allocates the successor) and a resize
+ * (which allocates in preresume) must allocate without I/O.
+ */
+TEST_F(inv, no_allocation_may_start_io_while_suspended)
+{
+	char example[512], params[128];
+	int allocs, may_io, fd;
+
+	/* 512-byte chunks: a 16 KiB array for 64 MiB, 32 KiB after the growth. */
+	ASSERT_EQ(0, msg(self, "bitmap add a granularity=512"));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	ASSERT_EQ(0, trace_start()) TH_LOG("no tracefs");
+	EXPECT_EQ(0, msg(self, "bitmap freeze a t1"));
+	ASSERT_EQ(0, trace_stop(&allocs, &may_io, example, sizeof(example)));
+	EXPECT_LE(1, allocs) TH_LOG("the successor's allocation was not traced");
+	EXPECT_EQ(0, may_io) TH_LOG("freeze allocated with I/O allowed: %s", example);
+	EXPECT_EQ(0, dm_resume(self->s.name));
+	EXPECT_EQ(0, msg(self, "bitmap commit a t1"));
+
+	/* Grow the loop device to 128 MiB and resume a table of that size. */
+	fd = open(self->s.file, O_WRONLY);
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, ftruncate(fd, 2 * DEV_SIZE));
+	close(fd);
+	snprintf(params, sizeof(params), "losetup -c %s", self->s.loop);
+	ASSERT_EQ(0, system(params));
+	ASSERT_EQ(0, dm_reload_one(self->s.name, 2 * DEV_SECTORS, "cbt", self->s.loop));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	ASSERT_EQ(0, trace_start());
+	EXPECT_EQ(0, dm_resume(self->s.name));
+	ASSERT_EQ(0, trace_stop(&allocs, &may_io, example, sizeof(example)));
+	EXPECT_LE(1, allocs) TH_LOG("the resize's allocation was not traced");
+	EXPECT_EQ(0, may_io) TH_LOG("the resize allocated with I/O allowed: %s", example);
+	EXPECT_EQ(2 * DEV_SIZE, field(self, "a", "length"));
 }
 
 TEST_HARNESS_MAIN
