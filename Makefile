@@ -75,7 +75,7 @@ lint:
 # The bit array on the host (kernel/dm-cbt-bits.c over tools/kernel-shim),
 # then fio in a VM.
 bench: bench-bits modules userspace
-	$(VM)/vmrun -k $(firstword $(KERNELS)) --timeout 1800 -- \
+	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --timeout 2700 -- \
 		sh -c "tools/bench/run.sh && tools/bench/backup.sh"
 
 bench-bits:
