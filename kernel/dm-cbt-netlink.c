@@ -3,23 +3,38 @@
  * dm-cbt: generic netlink readout of dirty extents, and events.
  *
  * DM_CBT_CMD_GET_EXTENTS is a dump: each call fills one message with as
- * many extents as fit and keeps its place in cb->args, so a 16 TiB bitmap
- * streams in as many messages as it needs. The request is checked in
+ * many extents as fit and keeps its place in a struct cbt_dump, so a 16 TiB
+ * bitmap streams in as many messages as it needs. The request is checked in
  * .start, so a bad one is refused with an error the caller sees directly.
  */
 
-#include <linux/types.h>
+#include <linux/capability.h>
 #include <linux/kdev_t.h>
+#include <linux/slab.h>
+#include <linux/types.h>
 #include <net/genetlink.h>
 
 #include "dm-cbt.h"
 
 #define DM_MSG_PREFIX "cbt"
 
-/* cb->args[] of a running dump. */
-enum {
-	CBT_DUMP_POS,		/* the next chunk to look at */
-	CBT_DUMP_DONE,		/* the last extent has been sent */
+/*
+ * What .start pins for the whole dump (in cb->args[0], freed by .done):
+ * the device, referenced, and the bitmap copy as it was then. Each later
+ * message checks that it still reads that very copy: a commit, re-freeze,
+ * abort, clear or resize (gen), a bitmap removed and added again under the
+ * same name (id), or the device removed (detached; a new device with the
+ * same number is another cbt_dev) ends the dump with -ESTALE rather than
+ * continue in other bits from the place it had reached.
+ */
+struct cbt_dump {
+	struct cbt_dev *cd;
+	char name[DM_CBT_NAME_MAX + 1];
+	u64 id;
+	u64 gen;
+	u32 copy;		/* enum dm_cbt_copy */
+	bool done;		/* the last extent has been sent */
+	unsigned long pos;	/* the next chunk to look at */
 };
 
 static struct genl_family cbt_genl_family;
@@ -31,73 +46,77 @@ static const struct nla_policy cbt_extents_policy[DM_CBT_ATTR_MAX + 1] = {
 	[DM_CBT_ATTR_COPY] = NLA_POLICY_MAX(NLA_U32, DM_CBT_COPY_FROZEN),
 };
 
-/*
- * The device and bitmap copy a dump request names: the device referenced,
- * its lock held and *BITSP set; or an error and nothing held.
- */
-static struct cbt_dev *cbt_dump_lock(struct netlink_callback *cb, struct cbt_bitmap **bmp,
-				     struct cbt_bits **bitsp)
+/* The copy of BM a dump reads (under cd->lock), or NULL with an extack message. */
+static struct cbt_bits *cbt_dump_bits(struct netlink_callback *cb, struct cbt_dev *cd,
+				      struct cbt_bitmap *bm, u32 copy)
 {
-	struct nlattr **attrs = cbt_genl_dump_attrs(cb);
-	struct cbt_bitmap *bm;
-	struct cbt_dev *cd;
-	u32 copy = DM_CBT_COPY_LIVE;
-	int r;
-
-	if (!attrs[DM_CBT_ATTR_DEV_MAJOR] || !attrs[DM_CBT_ATTR_DEV_MINOR] ||
-	    !attrs[DM_CBT_ATTR_BITMAP]) {
-		NL_SET_ERR_MSG(cb->extack, "device number and bitmap name required");
-		return ERR_PTR(-EINVAL);
-	}
-	if (attrs[DM_CBT_ATTR_COPY])
-		copy = nla_get_u32(attrs[DM_CBT_ATTR_COPY]);
-	cd = cbt_dev_get(MKDEV(nla_get_u32(attrs[DM_CBT_ATTR_DEV_MAJOR]),
-			       nla_get_u32(attrs[DM_CBT_ATTR_DEV_MINOR])));
-	if (!cd) {
-		NL_SET_ERR_MSG(cb->extack, "no cbt device with that number");
-		return ERR_PTR(-ENODEV);
-	}
-	mutex_lock(&cd->lock);
-	bm = __cbt_dev_find(cd, nla_data(attrs[DM_CBT_ATTR_BITMAP]));
-	r = -ENOENT;
-	if (!bm) {
-		NL_SET_ERR_MSG(cb->extack, "no such bitmap");
-		goto fail;
-	}
-	if (copy == DM_CBT_COPY_FROZEN) {
-		*bitsp = bm->frozen;
-		if (!bm->frozen) {
-			NL_SET_ERR_MSG(cb->extack, "bitmap is not frozen");
-			goto fail;
-		}
-	} else {
-		*bitsp = __cbt_bitmap_live(bm, cd);
-	}
-	*bmp = bm;
-	return cd;
-
-fail:
-	mutex_unlock(&cd->lock);
-	cbt_dev_put(cd);
-	return ERR_PTR(r);
-}
-
-static void cbt_dump_unlock(struct cbt_dev *cd)
-{
-	mutex_unlock(&cd->lock);
-	cbt_dev_put(cd);
+	if (copy != DM_CBT_COPY_FROZEN)
+		return __cbt_bitmap_live(bm, cd);
+	if (!bm->frozen)
+		NL_SET_ERR_MSG(cb->extack, "bitmap is not frozen");
+	return bm->frozen;
 }
 
 static int cbt_extents_start(struct netlink_callback *cb)
 {
+	struct nlattr **attrs = cbt_genl_dump_attrs(cb);
 	struct cbt_bitmap *bm;
-	struct cbt_bits *bits;
-	struct cbt_dev *cd;
+	struct cbt_dump *d;
+	int r;
 
-	cd = cbt_dump_lock(cb, &bm, &bits);
-	if (IS_ERR(cd))
-		return PTR_ERR(cd);
-	cbt_dump_unlock(cd);
+	/* The extents say where a device was written: as privileged as dm's ioctls. */
+	if (!netlink_capable(cb->skb, CAP_SYS_ADMIN)) {
+		NL_SET_ERR_MSG(cb->extack, "reading extents needs CAP_SYS_ADMIN");
+		return -EPERM;
+	}
+	if (!attrs[DM_CBT_ATTR_DEV_MAJOR] || !attrs[DM_CBT_ATTR_DEV_MINOR] ||
+	    !attrs[DM_CBT_ATTR_BITMAP]) {
+		NL_SET_ERR_MSG(cb->extack, "device number and bitmap name required");
+		return -EINVAL;
+	}
+	d = kzalloc(sizeof(*d), GFP_KERNEL);
+	if (!d)
+		return -ENOMEM;
+	d->copy = DM_CBT_COPY_LIVE;
+	if (attrs[DM_CBT_ATTR_COPY])
+		d->copy = nla_get_u32(attrs[DM_CBT_ATTR_COPY]);
+	strscpy(d->name, nla_data(attrs[DM_CBT_ATTR_BITMAP]), sizeof(d->name));
+	d->cd = cbt_dev_get(MKDEV(nla_get_u32(attrs[DM_CBT_ATTR_DEV_MAJOR]),
+				  nla_get_u32(attrs[DM_CBT_ATTR_DEV_MINOR])));
+	if (!d->cd) {
+		NL_SET_ERR_MSG(cb->extack, "no cbt device with that number");
+		kfree(d);
+		return -ENODEV;
+	}
+	mutex_lock(&d->cd->lock);
+	bm = __cbt_dev_find(d->cd, d->name);
+	r = -ENOENT;
+	if (!bm) {
+		NL_SET_ERR_MSG(cb->extack, "no such bitmap");
+	} else if (cbt_dump_bits(cb, d->cd, bm, d->copy)) {
+		d->id = bm->id;
+		d->gen = bm->gen;
+		r = 0;
+	}
+	mutex_unlock(&d->cd->lock);
+	if (r) {
+		cbt_dev_put(d->cd);
+		kfree(d);
+		return r;
+	}
+	cb->args[0] = (long)d;
+	return 0;
+}
+
+static int cbt_extents_done(struct netlink_callback *cb)
+{
+	struct cbt_dump *d = (struct cbt_dump *)cb->args[0];
+
+	if (d) {
+		cbt_dev_put(d->cd);
+		kfree(d);
+		cb->args[0] = 0;
+	}
 	return 0;
 }
 
@@ -116,22 +135,60 @@ static int cbt_put_extent(struct sk_buff *skb, u64 offset, u64 length)
 	return 0;
 }
 
+/*
+ * Under cd->lock: the bits .start pinned, or NULL with -ESTALE in *R when
+ * the bitmap was removed or changed since.
+ */
+static struct cbt_bits *cbt_dump_recheck(struct netlink_callback *cb, struct cbt_dump *d,
+					 struct cbt_bitmap **bmp, int *r)
+{
+	struct cbt_bitmap *bm;
+	struct cbt_bits *bits = NULL;
+
+	*r = -ESTALE;
+	bm = __cbt_dev_find(d->cd, d->name);
+	if (!bm || bm->id != d->id) {
+		NL_SET_ERR_MSG(cb->extack, "bitmap removed during the dump");
+		return NULL;
+	}
+	if (bm->gen == d->gen)
+		bits = cbt_dump_bits(cb, d->cd, bm, d->copy);
+	if (!bits) {
+		NL_SET_ERR_MSG(cb->extack, "bitmap frozen, committed, aborted, cleared or resized");
+		return NULL;
+	}
+	*bmp = bm;
+	*r = 0;
+	return bits;
+}
+
 static int cbt_extents_dump(struct sk_buff *skb, struct netlink_callback *cb)
 {
-	unsigned long pos = cb->args[CBT_DUMP_POS], next;
+	struct cbt_dump *d = (struct cbt_dump *)cb->args[0];
+	unsigned long pos = d->pos, next;
+	struct cbt_dev *cd = d->cd;
 	struct cbt_bitmap *bm;
 	struct cbt_bits *bits;
-	struct cbt_dev *cd;
 	unsigned int n = 0;
 	u64 offset, length;
 	void *hdr;
 	int r;
 
-	if (cb->args[CBT_DUMP_DONE])
+	if (d->done)
 		return 0;
-	cd = cbt_dump_lock(cb, &bm, &bits);
-	if (IS_ERR(cd))
-		return PTR_ERR(cd);	/* removed since .start */
+	/*
+	 * Once its last table is gone no message reaches the device's
+	 * bitmaps, so this check need not be under cd->lock (which would
+	 * nest the registry lock inside it).
+	 */
+	if (cbt_dev_detached(cd)) {
+		NL_SET_ERR_MSG(cb->extack, "device removed during the dump");
+		return -ESTALE;
+	}
+	mutex_lock(&cd->lock);
+	bits = cbt_dump_recheck(cb, d, &bm, &r);
+	if (!bits)
+		goto out;
 
 	r = -EMSGSIZE;
 	hdr = genlmsg_put(skb, NETLINK_CB(cb->skb).portid, cb->nlh->nlmsg_seq,
@@ -144,7 +201,7 @@ static int cbt_extents_dump(struct sk_buff *skb, struct netlink_callback *cb)
 		next = pos;
 		if (!cbt_bits_next_extent(bits, bm->chunk_shift, cd->len, &next,
 					  &offset, &length)) {
-			cb->args[CBT_DUMP_DONE] = 1;
+			d->done = true;
 			break;
 		}
 		if (cbt_put_extent(skb, offset, length))
@@ -152,17 +209,17 @@ static int cbt_extents_dump(struct sk_buff *skb, struct netlink_callback *cb)
 		pos = next;
 		n++;
 	}
-	if (!n && !cb->args[CBT_DUMP_DONE])
+	if (!n && !d->done)
 		goto cancel;	/* not even one extent fits */
 	genlmsg_end(skb, hdr);
-	cb->args[CBT_DUMP_POS] = pos;
+	d->pos = pos;
 	r = skb->len;
 	goto out;
 
 cancel:
 	genlmsg_cancel(skb, hdr);
 out:
-	cbt_dump_unlock(cd);
+	mutex_unlock(&cd->lock);
 	return r;
 }
 
@@ -174,11 +231,14 @@ static const struct genl_ops cbt_genl_ops[] = {
 		.maxattr = DM_CBT_ATTR_MAX,
 		.start = cbt_extents_start,
 		.dumpit = cbt_extents_dump,
+		.done = cbt_extents_done,
 	},
 };
 
 static const struct genl_multicast_group cbt_genl_mcgrps[] = {
-	{ .name = DM_CBT_GENL_MCGRP_EVENTS, .flags = GENL_MCAST_CAP_NET_ADMIN },
+	/* Events name devices and bitmaps: listening needs what the dm ioctls need too. */
+	{ .name = DM_CBT_GENL_MCGRP_EVENTS,
+	  .flags = GENL_MCAST_CAP_NET_ADMIN | GENL_MCAST_CAP_SYS_ADMIN },
 };
 
 static struct genl_family cbt_genl_family = {

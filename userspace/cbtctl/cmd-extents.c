@@ -27,7 +27,7 @@ int cmd_extents(int argc, char **argv)
 		frozen = 1;
 	else if (argc != 3)
 		return usage_error(EXTENTS_USAGE, "expected DEV and BITMAP");
-	if (cbt_extents(argv[1], argv[2], frozen, print_extent, NULL, &e))
+	if (cbt_extents(argv[1], argv[2], frozen, 0, print_extent, NULL, &e))
 		return report(&e);
 	return 0;
 }

@@ -13,8 +13,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <linux/fs.h>
 
 #include "backup.h"
 #include "bitmap.h"
@@ -30,6 +32,7 @@ struct cbt_backup_job_priv {
 	int fd;
 	struct qcow2_image *img;
 	struct cbt_extent_list extents;
+	uint64_t instant_size;		/* bytes, read while the devices were suspended */
 	bool *frozen;			/* per bitmap: frozen by this run */
 	pthread_t thread;
 	bool running;
@@ -84,6 +87,16 @@ static int temp_path_for(struct cbt_backup *b, struct cbt_backup_job *job, struc
 	free(dup1);
 	free(dup2);
 	return r;
+}
+
+/* mode=create: a new image of SIZE bytes at the temporary name. */
+static int create_image(struct cbt_backup_job *job, uint64_t size, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+
+	return qcow2_create(p->tmp_path, size,
+			    job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE,
+			    job->spec.backing, job->spec.backing ? "qcow2" : NULL, &p->img, e);
 }
 
 /* Checks one job and opens its source and image; touches no bitmap. */
@@ -150,9 +163,7 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 		r = cbt_journal_add(b->journal, "temp", p->tmp_path, e);
 	if (r)
 		return r;
-	return qcow2_create(p->tmp_path, job->size,
-			    job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE,
-			    job->spec.backing, job->spec.backing ? "qcow2" : NULL, &p->img, e);
+	return create_image(job, job->size, e);
 }
 
 static int cmp_jobs_by_device(const void *x, const void *y)
@@ -261,6 +272,15 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 		if (!r)
 			suspended++;
 	}
+	/*
+	 * The size at the instant: a resize needs a resume, so it cannot
+	 * change until ours, and the bitmaps cover exactly this much.
+	 */
+	for (i = 0; i < b->nr_jobs && !r; i++) {
+		if (ioctl(order[i]->priv->fd, BLKGETSIZE64, &order[i]->priv->instant_size))
+			r = cbt_fail(e, errno, "%s: cannot find its size while suspended",
+				     order[i]->priv->dm_dev);
+	}
 	if (!r)
 		cbt_test_stop("suspended");
 	for (i = 0; i < b->nr_jobs && !r; i++) {
@@ -286,6 +306,38 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	return r;
 }
 
+/*
+ * A device resized between prepare and the instant: the backup is of the
+ * device as it was at the instant, size included. A new image is made
+ * again at that size; an existing one must be large enough.
+ */
+static int fit_to_instant(struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	uint64_t was = job->size, now = p->instant_size;
+	int r;
+
+	if (now == was)
+		return 0;
+	if (job->spec.mode == CBT_MODE_EXISTING) {
+		if (qcow2_virtual_size(p->img) < now)
+			return cbt_fail(e, EFBIG, "%s: grew from %llu to %llu bytes before the "
+					"backup instant; %s has a virtual size of only %llu",
+					p->dm_dev, (unsigned long long)was,
+					(unsigned long long)now, job->spec.target,
+					(unsigned long long)qcow2_virtual_size(p->img));
+		job->size = now;
+		return 0;
+	}
+	qcow2_abort(p->img, true);
+	p->img = NULL;
+	r = create_image(job, now, e);
+	if (r)
+		return r;
+	job->size = now;
+	return 0;
+}
+
 /* What each job copies: the whole device, or the union of its frozen bitmaps. */
 static int collect_extents(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
@@ -299,7 +351,8 @@ static int collect_extents(struct cbt_backup *b, struct cbt_backup_job *job, str
 			return cbt_fail(e, ENOMEM, "%s: extents", job->spec.device);
 	} else {
 		for (j = 0; j < b->nr_bitmaps && !r; j++) {
-			r = cbt_bitmap_extents(job->spec.device, b->bitmaps[j], true, &one, e);
+			r = cbt_bitmap_extents(job->spec.device, b->bitmaps[j], true, job->size,
+					       &one, e);
 			if (!r && cbt_extents_union(&p->extents, &one))
 				r = cbt_fail(e, ENOMEM, "%s: extents", job->spec.device);
 			cbt_extents_free(&one);
@@ -615,8 +668,14 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		if (prepare_job(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
+	if (!r)
+		cbt_test_stop("prepared");
 	if (!r && b->nr_bitmaps)
 		r = freeze_all(b, e);
+	/* Without bitmaps there is no instant: the size read at prepare stands. */
+	for (i = 0; i < b->nr_jobs && !r && b->nr_bitmaps; i++)
+		if (fit_to_instant(&b->jobs[i], e))
+			r = job_fail(&b->jobs[i], e);
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		if (collect_extents(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);

@@ -59,10 +59,16 @@ typedef int (*cbt_extent_fn)(const struct cbt_extent *ext, void *ctx);
 
 /*
  * The dirty extents of BITMAP on DEV (a path or dm name) through generic
- * netlink: the frozen copy when FROZEN, else the live one. Needs CAP_NET_ADMIN.
+ * netlink: the frozen copy when FROZEN, else the live one. Needs
+ * CAP_NET_ADMIN and CAP_SYS_ADMIN. Each extent must end within SIZE bytes
+ * (0: DEV's size as the dump starts) and start at or after the end of the
+ * one before: any other fails with -EPROTO, naming the device and offset.
+ * A dump the kernel cut off fails with its errno: -ESTALE when the bitmap
+ * was frozen, committed, aborted, cleared, resized or removed, or DEV
+ * removed, while it ran; FN has then seen only part of the extents.
  */
-int cbt_extents(const char *dev, const char *bitmap, int frozen, cbt_extent_fn fn,
-		void *ctx, struct cbt_err *e);
+int cbt_extents(const char *dev, const char *bitmap, int frozen, uint64_t size,
+		cbt_extent_fn fn, void *ctx, struct cbt_err *e);
 
 /* What the info ioctl says of DEV. */
 struct cbt_dm_info {

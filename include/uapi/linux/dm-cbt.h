@@ -17,7 +17,10 @@
 
 /*
  * Generic netlink family: bulk readout of dirty extents and events.
- * All commands need CAP_NET_ADMIN (GENL_ADMIN_PERM).
+ * Every command needs CAP_NET_ADMIN (GENL_ADMIN_PERM); the extent dump and
+ * joining the "events" group need CAP_SYS_ADMIN as well, as the dm ioctls
+ * do (-EPERM otherwise; on kernels before 6.7 without the backport,
+ * joining the group needs CAP_NET_ADMIN only).
  */
 #define DM_CBT_GENL_NAME	"dm-cbt"
 #define DM_CBT_GENL_VERSION	1
@@ -29,6 +32,12 @@ enum dm_cbt_cmd {
 	 * Dump request: DEV_MAJOR, DEV_MINOR, BITMAP and optionally COPY.
 	 * Each reply message carries EXTENT nests in ascending order; one run
 	 * of dirty chunks is one extent, never split across messages.
+	 * A dump reads one copy from start to end: if the bitmap is frozen,
+	 * committed, aborted, cleared or resized, removed (even if added again
+	 * under its name), or the device is removed before the last message,
+	 * the dump ends with -ESTALE (in NLMSG_DONE) and must be started
+	 * again. Writes during a dump of the live copy do not end it; their
+	 * bits may or may not be in the extents.
 	 */
 	DM_CBT_CMD_GET_EXTENTS,
 	/* Multicast on the "events" group: DEV_*, EVENT, BITMAP, TOKEN, LENGTH. */

@@ -4,13 +4,13 @@
 # cbtctl backups of one device: a full backup and incrementals after the
 # QEMU incremental-backup test's writes, each image checked by qemu-img check
 # and its chain compared with the device by qemu-img compare; granularities,
-# cluster sizes, existing targets, a resized device, refused requests and
-# read errors.
+# cluster sizes, existing targets, a resized device (also between prepare
+# and the backup instant), refused requests and read errors.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
-plan 13
+plan 14
 
 SIZE=$((64 << 20))
 
@@ -250,6 +250,56 @@ test_incremental_failure() {
 	expect_eq "count after" "$(bitmap_field "$dev" b0)" 0
 }
 
+# grow_to MIB: the device (file, loop, table) grows to MIB MiB.
+grow_to() {
+	truncate -s $(($1 << 20)) "$dir/disk"
+	losetup -c "$loop"
+	dmsetup reload "$name" --table "0 $(($1 << 11)) cbt $loop" || fail "reload"
+	dmsetup resume "$name" || fail "resume"
+}
+
+# A device grown after the backup's prepare (where its size was first read)
+# and before the instant: the image has the size of the device at the
+# instant and everything written in the new range; an existing target too
+# small for it fails the job cleanly.
+test_grown_after_prepare() {
+	local dir loop name dev pid rc count
+	setup grow
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null || fail "full"
+	qio "$dev" "write -P 0x33 1M 64k"
+	CBT_TEST_STOP_AT=prepared cbtctl backup --sync=incremental --bitmap=b0 --json \
+		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" >"$dir/out.json" &
+	pid=$!
+	wait_stopped $pid "prepared"
+	grow_to 65
+	qio "$dev" "write -P 0x7f 64M 64k"
+	kill -CONT $pid
+	wait $pid && rc=0 || rc=$?
+	expect_eq "exit status ($(cat "$dir/out.json"))" "$rc" 0
+	expect_eq "image size" "$(qemu-img info --output=json "$dir/inc.qcow2" |
+		json_field virtual-size)" $((65 << 20))
+	chain_matches "$dir/inc.qcow2" "$dev"
+	expect_eq "count after" "$(bitmap_field "$dev" b0)" 0
+
+	# mode=existing: a target of the old size cannot hold the instant.
+	qio "$dev" "write -P 0x11 2M 64k"
+	qemu-img create -q -f qcow2 -b "$dir/inc.qcow2" -F qcow2 "$dir/inc2.qcow2" 65M
+	CBT_TEST_STOP_AT=prepared cbtctl backup --sync=incremental --bitmap=b0 --json \
+		"$dev=$dir/inc2.qcow2,mode=existing" >"$dir/out.json" &
+	pid=$!
+	wait_stopped $pid "prepared"
+	grow_to 66
+	count=$(bitmap_field "$dev" b0)
+	kill -CONT $pid
+	wait $pid && rc=0 || rc=$?
+	expect_eq "exit status, existing target too small" "$rc" 1
+	job_field "$dir/out.json" 0 error | grep -q "grew from $((65 << 20)) to $((66 << 20)) bytes" ||
+		fail "job error: $(job_field "$dir/out.json" 0 error)"
+	expect_eq "count kept" "$(bitmap_field "$dev" b0)" "$count"
+	expect_eq "not busy" "$(bitmap_field "$dev" b0 busy)" false
+}
+
 test_incremental_pause() {
 	local dir loop name dev pid rc
 	setup pause
@@ -283,6 +333,7 @@ run_test "128K-cluster targets made beforehand, rebased" test_larger_cluster_tar
 run_test "existing target with backing, 512 B clusters, zeroed chunk" test_existing_with_backing
 run_test "existing targets: stale data, larger than the device" test_existing_stale_and_larger
 run_test "device grown before an incremental" test_resized_device
+run_test "device grown between prepare and the instant" test_grown_after_prepare
 run_test "incremental without a bitmap is refused" test_sync_bitmap_missing
 run_test "incremental with an unknown bitmap is refused" test_sync_bitmap_not_found
 run_test "a granularity that is not a power of two is refused" test_bad_granularity

@@ -14,8 +14,13 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <linux/capability.h>
 #include <linux/loop.h>
+#include <linux/netlink.h>
 #include <linux/dm-cbt.h>
 #include <netlink/netlink.h>
 #include <netlink/genl/genl.h>
@@ -451,6 +456,215 @@ TEST_F(bitmap, dump_spans_many_messages)
 	}
 }
 
+/* Writes 4 KiB at every other 4 KiB block of the device: DEV_SIZE / 8 KiB extents. */
+static int write_every_other_block(bitmap_t *self)
+{
+	int fd = open(self->s.dev, O_WRONLY | O_DIRECT), r = 0;
+	uint64_t off;
+	void *buf;
+
+	if (fd < 0)
+		return -errno;
+	if (posix_memalign(&buf, 4096, 4096)) {
+		close(fd);
+		return -ENOMEM;
+	}
+	memset(buf, 0xd7, 4096);
+	for (off = 0; off < DEV_SIZE && !r; off += 8192)
+		if (pwrite(fd, buf, 4096, off) != 4096)
+			r = -EIO;
+	free(buf);
+	close(fd);
+	return r;
+}
+
+#define EVERY_OTHER_EXTENTS (DEV_SIZE / 8192)
+
+/*
+ * An extent dump driven by hand, one datagram at a time, so that a test can
+ * change the bitmap between two messages of the same dump.
+ */
+struct raw_dump {
+	struct nl_sock *sk;
+	uint64_t extents;	/* received so far */
+	int messages;		/* data messages received */
+	int done;		/* NLMSG_DONE or NLMSG_ERROR seen */
+	int error;		/* its errno (negative), 0 for a clean end */
+};
+
+/* Sends the dump request of BITMAP (FROZEN copy or live) on DEV; 0 or -errno. */
+static int raw_dump_start(struct raw_dump *d, const char *dev, const char *bitmap, int frozen)
+{
+	struct nl_msg *msg = NULL;
+	struct stat st;
+	int family, r = -EIO;
+
+	memset(d, 0, sizeof(*d));
+	if (stat(dev, &st))
+		return -errno;
+	d->sk = nl_socket_alloc();
+	if (!d->sk)
+		return -ENOMEM;
+	if (genl_connect(d->sk))
+		return -EIO;
+	family = genl_ctrl_resolve(d->sk, DM_CBT_GENL_NAME);
+	if (family < 0)
+		return -ENOENT;
+	/* Dump messages are larger than a page. */
+	nl_socket_enable_msg_peek(d->sk);
+	msg = nlmsg_alloc();
+	if (msg && genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, family, 0, NLM_F_DUMP,
+			       DM_CBT_CMD_GET_EXTENTS, DM_CBT_GENL_VERSION) &&
+	    !nla_put_u32(msg, DM_CBT_ATTR_DEV_MAJOR, major(st.st_rdev)) &&
+	    !nla_put_u32(msg, DM_CBT_ATTR_DEV_MINOR, minor(st.st_rdev)) &&
+	    !nla_put_string(msg, DM_CBT_ATTR_BITMAP, bitmap) &&
+	    !nla_put_u32(msg, DM_CBT_ATTR_COPY, frozen ? DM_CBT_COPY_FROZEN : DM_CBT_COPY_LIVE) &&
+	    nl_send_auto(d->sk, msg) >= 0)
+		r = 0;
+	nlmsg_free(msg);
+	return r;
+}
+
+/* Receives one datagram of the dump and accounts for what it holds; 0 or -errno. */
+static int raw_dump_next(struct raw_dump *d)
+{
+	struct sockaddr_nl peer;
+	unsigned char *buf = NULL;
+	struct nlmsghdr *h;
+	int n;
+
+	n = nl_recv(d->sk, &peer, &buf, NULL);
+	if (n <= 0)
+		return -EIO;
+	for (h = (struct nlmsghdr *)buf; nlmsg_ok(h, n); h = nlmsg_next(h, &n)) {
+		if (h->nlmsg_type == NLMSG_DONE) {
+			d->done = 1;
+			memcpy(&d->error, nlmsg_data(h), sizeof(d->error));
+		} else if (h->nlmsg_type == NLMSG_ERROR) {
+			d->done = 1;
+			d->error = ((struct nlmsgerr *)nlmsg_data(h))->error;
+		} else {
+			struct genlmsghdr *gh = nlmsg_data(h);
+			struct nlattr *a;
+			int rem;
+
+			d->messages++;
+			nla_for_each_attr(a, genlmsg_attrdata(gh, 0), genlmsg_attrlen(gh, 0), rem)
+				if (nla_type(a) == DM_CBT_ATTR_EXTENT)
+					d->extents++;
+		}
+	}
+	free(buf);
+	return 0;
+}
+
+/* Reads the rest of the dump (at most LIMIT more datagrams); 0 or -errno. */
+static int raw_dump_finish(struct raw_dump *d, int limit)
+{
+	int r = 0;
+
+	while (!d->done && !r && limit-- > 0)
+		r = raw_dump_next(d);
+	return r ?: (d->done ? 0 : -ETIMEDOUT);
+}
+
+static void raw_dump_free(struct raw_dump *d)
+{
+	nl_socket_free(d->sk);
+	d->sk = NULL;
+}
+
+/*
+ * A dump that spans several messages reads one copy of one bitmap: if it
+ * is committed and frozen again, removed and added again under its name,
+ * or the device goes, between two messages, the dump ends with ESTALE
+ * rather than go on in other bits. Writes do not end it. The pattern is
+ * written once (8192 writes take seconds under TCG) into "pattern" and
+ * merged into "fine" again wherever a bitmap needs it, so that the old
+ * behaviour (the next message read from whatever has the name now) would
+ * find bits to go on with.
+ */
+TEST_F_TIMEOUT(bitmap, dump_cannot_switch_bitmaps, 120)
+{
+	struct raw_dump d;
+
+	ASSERT_EQ(0, msg(self, "bitmap add fine granularity=4096"));
+	ASSERT_EQ(0, msg(self, "bitmap add pattern granularity=4096"));
+	ASSERT_EQ(0, write_every_other_block(self));
+	ASSERT_EQ(0, msg(self, "bitmap disable pattern"));
+	EXPECT_EQ(DEV_SIZE / 2, field(self, "fine", "count"));
+
+	/* Undisturbed, the dump has every extent, in several messages. */
+	ASSERT_EQ(0, raw_dump_start(&d, self->s.dev, "fine", 0));
+	ASSERT_EQ(0, raw_dump_finish(&d, 1000));
+	EXPECT_EQ(0, d.error);
+	EXPECT_EQ(EVERY_OTHER_EXTENTS, d.extents);
+	ASSERT_LE(4, d.messages);
+	raw_dump_free(&d);
+
+	/* Writes during a dump of the live copy do not end it. */
+	ASSERT_EQ(0, raw_dump_start(&d, self->s.dev, "fine", 0));
+	ASSERT_EQ(0, raw_dump_next(&d));
+	ASSERT_EQ(0, d.done);
+	ASSERT_EQ(0, dev_write(self->s.dev, DEV_SIZE - 4096, 4096, 1));
+	ASSERT_EQ(0, raw_dump_finish(&d, 1000));
+	EXPECT_EQ(0, d.error);
+	/* The last block joined the one before it into one extent. */
+	EXPECT_EQ(EVERY_OTHER_EXTENTS, d.extents);
+	raw_dump_free(&d);
+
+	/* The frozen copy, committed and frozen again (empty) mid-dump. */
+	ASSERT_EQ(0, msg(self, "bitmap freeze fine t1"));
+	ASSERT_EQ(0, raw_dump_start(&d, self->s.dev, "fine", 1));
+	ASSERT_EQ(0, raw_dump_next(&d));
+	ASSERT_EQ(0, d.done);
+	EXPECT_LT(0, d.extents);
+	ASSERT_EQ(0, msg(self, "bitmap commit fine t1"));
+	ASSERT_EQ(0, msg(self, "bitmap freeze fine t2"));
+	ASSERT_EQ(0, raw_dump_finish(&d, 1000));
+	EXPECT_EQ(-ESTALE, d.error) TH_LOG("after %llu extents in %d messages",
+					   (unsigned long long)d.extents, d.messages);
+	EXPECT_GT(EVERY_OTHER_EXTENTS, d.extents);
+	raw_dump_free(&d);
+	ASSERT_EQ(0, msg(self, "bitmap abort fine t2"));
+	ASSERT_EQ(0, msg(self, "bitmap merge fine pattern"));
+
+	/* Removed and added again under the same name (same generation). */
+	ASSERT_EQ(0, raw_dump_start(&d, self->s.dev, "fine", 0));
+	ASSERT_EQ(0, raw_dump_next(&d));
+	ASSERT_EQ(0, d.done);
+	ASSERT_EQ(0, msg(self, "bitmap remove fine"));
+	ASSERT_EQ(0, msg(self, "bitmap add fine granularity=4096"));
+	ASSERT_EQ(0, msg(self, "bitmap merge fine pattern"));
+	ASSERT_EQ(0, raw_dump_finish(&d, 1000));
+	EXPECT_EQ(-ESTALE, d.error) TH_LOG("after %llu extents in %d messages",
+					   (unsigned long long)d.extents, d.messages);
+	raw_dump_free(&d);
+
+	/* A clear of the live copy mid-dump, the bits merged in again. */
+	ASSERT_EQ(0, raw_dump_start(&d, self->s.dev, "fine", 0));
+	ASSERT_EQ(0, raw_dump_next(&d));
+	ASSERT_EQ(0, msg(self, "bitmap clear fine"));
+	ASSERT_EQ(0, msg(self, "bitmap merge fine pattern"));
+	ASSERT_EQ(0, raw_dump_finish(&d, 1000));
+	EXPECT_EQ(-ESTALE, d.error);
+	raw_dump_free(&d);
+
+	/*
+	 * The device removed mid-dump (the dump holds its state, not the
+	 * device) and made again, most likely with the same number.
+	 */
+	ASSERT_EQ(0, raw_dump_start(&d, self->s.dev, "fine", 0));
+	ASSERT_EQ(0, raw_dump_next(&d));
+	ASSERT_EQ(0, d.done);
+	ASSERT_EQ(0, dm_remove(self->s.name));
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", self->s.loop));
+	ASSERT_EQ(0, msg(self, "bitmap add fine granularity=4096"));
+	ASSERT_EQ(0, raw_dump_finish(&d, 1000));
+	EXPECT_EQ(-ESTALE, d.error);
+	raw_dump_free(&d);
+}
+
 TEST_F(bitmap, netlink_refusals)
 {
 	struct extent_list l = { 0 };
@@ -778,6 +992,75 @@ TEST_F(bitmap, growth_is_dirty_and_an_event)
 	ASSERT_EQ(2, ev.n);
 	EXPECT_STREQ(want[0], ev.seen[0]);
 	EXPECT_STREQ(want[1], ev.seen[1]);
+}
+
+/*
+ * In a child that keeps uid 0 but only CAP_NET_ADMIN: the errno of an
+ * extent dump of BITMAP and of joining the events group GRP, written to FD.
+ */
+static void net_admin_only_child(const char *dev, const char *bitmap, int grp, int fd)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = { 0 };
+	int res[3] = { 0 }, sk;
+	struct raw_dump d;
+
+	data[CAP_TO_INDEX(CAP_NET_ADMIN)].effective = CAP_TO_MASK(CAP_NET_ADMIN);
+	data[CAP_TO_INDEX(CAP_NET_ADMIN)].permitted = CAP_TO_MASK(CAP_NET_ADMIN);
+	if (syscall(SYS_capset, &hdr, data))
+		res[0] = errno;
+	/* The socket is opened without CAP_SYS_ADMIN too. */
+	if (!res[0] && !raw_dump_start(&d, dev, bitmap, 0) && !raw_dump_finish(&d, 1000))
+		res[1] = -d.error;
+	else
+		res[1] = -1;
+	sk = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC);
+	if (sk < 0 || setsockopt(sk, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &grp, sizeof(grp)))
+		res[2] = errno;
+	if (write(fd, res, sizeof(res)) != sizeof(res))
+		_exit(1);
+	_exit(0);
+}
+
+/* Reading extents and listening to events need CAP_SYS_ADMIN, as dm's ioctls do. */
+TEST_F(bitmap, netlink_needs_cap_sys_admin)
+{
+	struct extent_list l = { 0 };
+	struct events ev = { 0 };
+	struct nl_sock *sk;
+	int fds[2], res[3], grp, status;
+	char why[256];
+	pid_t pid;
+
+	ASSERT_EQ(0, msg(self, "bitmap add a"));
+	ASSERT_EQ(0, dev_write(self->s.dev, 0, 4096, 1));
+	sk = nl_socket_alloc();
+	ASSERT_NE(NULL, sk);
+	ASSERT_EQ(0, genl_connect(sk));
+	grp = genl_ctrl_resolve_grp(sk, DM_CBT_GENL_NAME, DM_CBT_GENL_MCGRP_EVENTS);
+	nl_socket_free(sk);
+	ASSERT_LT(0, grp);
+
+	ASSERT_EQ(0, pipe(fds));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid)
+		net_admin_only_child(self->s.dev, "a", grp, fds[1]);
+	close(fds[1]);
+	ASSERT_EQ(sizeof(res), read(fds[0], res, sizeof(res)));
+	close(fds[0]);
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_EQ(0, res[0]) TH_LOG("capset: %s", strerror(res[0]));
+	EXPECT_EQ(EPERM, res[1]) TH_LOG("dump with CAP_NET_ADMIN only: %d", res[1]);
+	EXPECT_EQ(EPERM, res[2]) TH_LOG("joining events with CAP_NET_ADMIN only: %d", res[2]);
+
+	/* With CAP_SYS_ADMIN both work. */
+	EXPECT_EQ(0, extents_read(self->s.dev, "a", 0, &l, why, sizeof(why))) TH_LOG("%s", why);
+	EXPECT_EQ(1, l.n);
+	extents_free(&l);
+	sk = events_listen(&ev);
+	EXPECT_NE(NULL, sk);
+	nl_socket_free(sk);
 }
 
 TEST_HARNESS_MAIN

@@ -316,7 +316,7 @@ int extents_read(const char *dev, const char *bitmap, int frozen, struct extent_
 	int r;
 
 	l->n = 0;
-	r = cbt_extents(dev, bitmap, frozen, collect_extent, l, &e);
+	r = cbt_extents(dev, bitmap, frozen, 0, collect_extent, l, &e);
 	if (r && err)
 		snprintf(err, errlen, "%s", e.msg);
 	return r;
