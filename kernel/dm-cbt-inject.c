@@ -8,13 +8,15 @@
  * discard, write-zeroes) and matched against the rules under a spinlock:
  * nothing is allocated and nothing sleeps. A bio is then failed, dropped,
  * held back on a list that a delayed work item releases, or let through.
- * Documentation/dm-cbt-inject.rst describes the messages.
+ * A device without rules costs a few words: the workqueue comes with the
+ * first rule. Documentation/dm-cbt-inject.rst describes the messages.
  */
 
 #include <linux/ctype.h>
 #include <linux/kernel.h>
 #include <linux/ktime.h>
 #include <linux/random.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 
@@ -76,12 +78,14 @@ static const char *const cbt_inject_kind_names[] = {
 
 /*
  * A rule fired (rules lock held, irqs off): the netlink event goes out from
- * the workqueue, where it may allocate. Firings that come faster than the
- * worker runs are sent as one event per rule; "inject list" has the counts.
+ * a system workqueue, where it may allocate, and not from the delay queue,
+ * so an allocation that waits for reclaim never holds up delayed bios.
+ * Firings that come faster than the worker runs are sent as one event per
+ * rule; "inject list" has the counts.
  */
 void cbt_event_rule_fired(struct cbt_c *cc)
 {
-	queue_work(cc->inject.wq, &cc->inject.event_work);
+	queue_work(system_unbound_wq, &cc->inject.event_work);
 }
 
 static void send_rule_events(struct work_struct *work)
@@ -105,9 +109,10 @@ static void send_rule_events(struct work_struct *work)
 			}
 		}
 		spin_unlock_irqrestore(&inj->lock, flags);
+		/* GFP_NOIO: the device may be suspended, its writeback stuck. */
 		if (found)
 			cbt_event_notify(cc->cdev->devt, DM_CBT_EVENT_ERROR_RULE, id, NULL,
-					 GFP_KERNEL);
+					 GFP_NOIO);
 	} while (found);
 }
 
@@ -171,16 +176,23 @@ static bool rule_rolls(const struct cbt_inject_rule *rule)
 	       get_random_u32_below(CBT_PPM_ALWAYS) < rule->probability;
 }
 
-/* Sends on the bios the delay list held back, or completes them as decided. */
-static void release_bios(struct bio *bio)
+static struct bio *held_bio(struct cbt_inject_bio *pb)
 {
-	struct cbt_inject_bio *pb;
-	struct bio *next;
+	return dm_bio_from_per_bio_data(container_of(pb, struct cbt_per_bio, inject),
+					sizeof(struct cbt_per_bio));
+}
 
-	while (bio) {
-		next = bio->bi_next;
-		bio->bi_next = NULL;
-		pb = &cbt_per_bio(bio)->inject;
+/*
+ * Sends on the bios of HELD (a list the delay list was cut into), or
+ * completes them as decided. A bio's node goes with it when it completes.
+ */
+static void release_bios(struct list_head *held)
+{
+	struct cbt_inject_bio *pb, *next;
+	struct bio *bio;
+
+	list_for_each_entry_safe(pb, next, held, node) {
+		bio = held_bio(pb);
 		if (pb->status) {
 			bio->bi_status = pb->status;
 			bio_endio(bio);
@@ -189,7 +201,6 @@ static void release_bios(struct bio *bio)
 		} else {
 			dm_submit_bio_remap(bio, NULL);
 		}
-		bio = next;
 	}
 }
 
@@ -203,39 +214,46 @@ static unsigned long jiffies_until(u64 ns)
 	return usecs_to_jiffies(div_u64(ns - now, NSEC_PER_USEC) + 1) + 1;
 }
 
-/* Caller holds delay_lock: the work runs when the earliest held bio is due. */
-static void __schedule_release(struct cbt_inject *inj)
+/*
+ * Caller holds delay_lock: PB goes into the held list, which is kept in
+ * release order (equal times in arrival order). The walk starts at the tail
+ * because a rule's delay is fixed, so bios mostly arrive in release order
+ * and stop at the first step. Returns whether PB is now the first.
+ */
+static bool __hold_bio(struct cbt_inject *inj, struct cbt_inject_bio *pb)
 {
-	struct bio *bio;
-	u64 first = U64_MAX;
+	struct cbt_inject_bio *prev;
 
-	for (bio = inj->delayed.head; bio; bio = bio->bi_next)
-		first = min(first, cbt_per_bio(bio)->inject.release_ns);
-	if (first != U64_MAX)
-		mod_delayed_work(inj->wq, &inj->delay_work, jiffies_until(first));
+	list_for_each_entry_reverse(prev, &inj->delayed, node) {
+		if (prev->release_ns <= pb->release_ns) {
+			list_add(&pb->node, &prev->node);
+			return false;
+		}
+	}
+	list_add(&pb->node, &inj->delayed);
+	return true;
 }
 
+/* The work: the due bios come off the head; it runs again when the next is due. */
 static void release_due_bios(struct work_struct *work)
 {
 	struct cbt_inject *inj = container_of(to_delayed_work(work),
 					      struct cbt_inject, delay_work);
-	struct bio_list due = BIO_EMPTY_LIST, wait = BIO_EMPTY_LIST;
-	u64 now = ktime_get_ns();
+	struct cbt_inject_bio *pb;
 	unsigned long flags;
-	struct bio *bio;
+	LIST_HEAD(due);
+	u64 now;
 
 	spin_lock_irqsave(&inj->delay_lock, flags);
-	while ((bio = bio_list_pop(&inj->delayed))) {
-		if (cbt_per_bio(bio)->inject.release_ns <= now)
-			bio_list_add(&due, bio);
-		else
-			bio_list_add(&wait, bio);
-	}
-	inj->delayed = wait;
-	__schedule_release(inj);
+	now = ktime_get_ns();
+	while ((pb = list_first_entry_or_null(&inj->delayed, struct cbt_inject_bio, node)) &&
+	       pb->release_ns <= now)
+		list_move_tail(&pb->node, &due);
+	if (pb)
+		mod_delayed_work(inj->wq, &inj->delay_work, jiffies_until(pb->release_ns));
 	spin_unlock_irqrestore(&inj->delay_lock, flags);
 
-	release_bios(bio_list_get(&due));
+	release_bios(&due);
 }
 
 /* Holds BIO back for USECS; false when delays are off (suspending). */
@@ -250,10 +268,16 @@ static bool delay_bio(struct cbt_inject *inj, struct bio *bio, u32 usecs,
 	pb->status = status;
 	pb->drop = drop;
 
+	/*
+	 * A rule fired, so inject_add made the workqueue before it listed the
+	 * rule (the rules lock orders the two).
+	 */
 	spin_lock_irqsave(&inj->delay_lock, flags);
 	if (inj->may_delay) {
-		bio_list_add(&inj->delayed, bio);
-		__schedule_release(inj);
+		/* The work is due for the head: only a new head moves it. */
+		if (__hold_bio(inj, pb))
+			mod_delayed_work(inj->wq, &inj->delay_work,
+					 jiffies_until(pb->release_ns));
 		held = true;
 	}
 	spin_unlock_irqrestore(&inj->delay_lock, flags);
@@ -330,21 +354,22 @@ int cbt_inject_map(struct cbt_c *cc, struct bio *bio)
 
 /*
  * Suspend must not wait for delays: from presuspend until resume, held
- * bios go on at once and no new bio is held.
+ * bios go on at once and no new bio is held. Without a workqueue (no rule
+ * yet) nothing is held and the work was never queued.
  */
 void cbt_inject_presuspend(struct cbt_c *cc)
 {
 	struct cbt_inject *inj = &cc->inject;
 	unsigned long flags;
-	struct bio *held;
+	LIST_HEAD(held);
 
 	spin_lock_irqsave(&inj->delay_lock, flags);
 	inj->may_delay = false;
-	held = bio_list_get(&inj->delayed);
+	list_splice_init(&inj->delayed, &held);
 	spin_unlock_irqrestore(&inj->delay_lock, flags);
 
 	cancel_delayed_work_sync(&inj->delay_work);
-	release_bios(held);
+	release_bios(&held);
 }
 
 void cbt_inject_resume(struct cbt_c *cc)
@@ -359,6 +384,7 @@ void cbt_inject_resume(struct cbt_c *cc)
 
 /* ---- set-up ---- */
 
+/* Allocates nothing (the workqueue waits for the first rule), so cannot fail. */
 int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti)
 {
 	struct cbt_inject *inj = &cc->inject;
@@ -367,34 +393,29 @@ int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti)
 	INIT_LIST_HEAD(&inj->rules);
 	inj->state = 1;
 	spin_lock_init(&inj->delay_lock);
-	bio_list_init(&inj->delayed);
+	INIT_LIST_HEAD(&inj->delayed);
 	inj->may_delay = true;
+	mutex_init(&inj->wq_lock);
 	INIT_DELAYED_WORK(&inj->delay_work, release_due_bios);
 	INIT_WORK(&inj->event_work, send_rule_events);
-	/*
-	 * Releasing held bios needs no particular CPU; saying WQ_UNBOUND also
-	 * keeps newer kernels (which want WQ_UNBOUND or WQ_PERCPU) quiet.
-	 */
-	inj->wq = alloc_workqueue("dm-cbt-inject", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
-	if (!inj->wq) {
-		ti->error = "Cannot allocate injection workqueue";
-		return -ENOMEM;
-	}
 	return 0;
 }
 
+/* Also undoes a cbt_inject_init whose constructor failed later. */
 void cbt_inject_destroy(struct cbt_c *cc)
 {
 	struct cbt_inject *inj = &cc->inject;
 	struct cbt_inject_rule *rule, *tmp;
 
-	if (!inj->wq)
-		return;
 	/* The device was suspended first, so nothing is held; make sure. */
 	cbt_inject_presuspend(cc);
-	destroy_workqueue(inj->wq);
+	/* An event on its way reads the rules and the device. */
+	cancel_work_sync(&inj->event_work);
+	if (inj->wq)
+		destroy_workqueue(inj->wq);
 	list_for_each_entry_safe(rule, tmp, &inj->rules, list)
 		kfree(rule);
+	mutex_destroy(&inj->wq_lock);
 }
 
 /* ---- messages ---- */
@@ -654,9 +675,33 @@ static struct cbt_inject_rule *__find_rule(struct cbt_inject *inj, const char *i
 	return NULL;
 }
 
-/* "inject KIND WORD...": adds a rule and answers its id. */
-static int inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_kind kind,
-		      unsigned int argc, char **argv, char *result, unsigned int maxlen)
+/*
+ * The delay queue, made for the first rule so that a table without rules
+ * has no workqueue and no rescuer thread; concurrent messages make one.
+ */
+static int inject_make_wq(struct cbt_inject *inj)
+{
+	int r = 0;
+
+	mutex_lock(&inj->wq_lock);
+	/*
+	 * Releasing held bios needs no particular CPU; saying WQ_UNBOUND also
+	 * keeps newer kernels (which want WQ_UNBOUND or WQ_PERCPU) quiet.
+	 */
+	if (!inj->wq)
+		inj->wq = alloc_workqueue("dm-cbt-inject", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
+	if (!inj->wq)
+		r = -ENOMEM;
+	mutex_unlock(&inj->wq_lock);
+	return r;
+}
+
+/*
+ * "inject KIND WORD...": adds a rule and answers its id. The caller keeps
+ * allocations from doing I/O (the device may be suspended).
+ */
+static int __inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_kind kind,
+			unsigned int argc, char **argv, char *result, unsigned int maxlen)
 {
 	struct cbt_inject *inj = &cc->inject;
 	struct cbt_inject_rule *rule;
@@ -670,6 +715,13 @@ static int inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_ki
 	r = parse_rule(rule, kind, argc, argv, (u64)ti->len << SECTOR_SHIFT);
 	if (r)
 		goto bad;
+	/* Before the rule is listed: map may hold a bio as soon as it is. */
+	r = inject_make_wq(inj);
+	if (r) {
+		DMERR("inject %s: cannot allocate the delay workqueue",
+		      cbt_inject_kind_names[kind]);
+		goto bad;
+	}
 
 	spin_lock_irqsave(&inj->lock, flags);
 	if (inj->nr_rules >= CBT_INJECT_MAX_RULES) {
@@ -702,6 +754,21 @@ static int inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_ki
 
 bad:
 	kfree(rule);
+	return r;
+}
+
+/*
+ * Messages come while the device may be suspended: reclaim that waited on
+ * its writeback would never return, so nothing allocated here does I/O.
+ */
+static int inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_kind kind,
+		      unsigned int argc, char **argv, char *result, unsigned int maxlen)
+{
+	unsigned int noio = memalloc_noio_save();
+	int r;
+
+	r = __inject_add(cc, ti, kind, argc, argv, result, maxlen);
+	memalloc_noio_restore(noio);
 	return r;
 }
 

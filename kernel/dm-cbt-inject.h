@@ -9,6 +9,7 @@
 
 #include <linux/bio.h>
 #include <linux/list.h>
+#include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/workqueue.h>
 
@@ -56,17 +57,22 @@ struct cbt_inject {
 	u32 state;
 	unsigned int next_id;
 
-	/* Delayed bios wait here until a worker passes them on. */
+	/*
+	 * Delayed bios wait here, in release order, until delay_work passes
+	 * them on. Its workqueue comes with the first rule (none, no cost).
+	 */
 	spinlock_t delay_lock;		/* delayed, may_delay */
-	struct bio_list delayed;
+	struct list_head delayed;	/* of cbt_inject_bio, earliest first */
 	bool may_delay;			/* false from presuspend to resume */
-	struct workqueue_struct *wq;
+	struct mutex wq_lock;		/* making wq */
+	struct workqueue_struct *wq;	/* NULL until the first rule */
 	struct delayed_work delay_work;
 	struct work_struct event_work;	/* sends rule firings as netlink events */
 };
 
 /* What the injector remembers of a bio it holds back (per-bio data). */
 struct cbt_inject_bio {
+	struct list_head node;		/* in cbt_inject.delayed */
 	u64 release_ns;			/* ktime_get_ns() at which it may go */
 	blk_status_t status;		/* complete with this instead of submitting */
 	bool drop;			/* complete successfully without submitting */

@@ -3,16 +3,21 @@
  * Error-injection rules of the cbt target ("inject ..." messages): what
  * userspace sees when they fire (O_DIRECT, so the page cache hides nothing),
  * their hit counts and state as "inject list" and the status line report
- * them, and malformed rules refused without a change.
+ * them, malformed rules refused without a change, thousands of bios held at
+ * once, and a device without rules costing no workqueue.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <linux/aio_abi.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 
@@ -529,6 +534,280 @@ TEST_F(inject, rules_survive_suspend)
 	ASSERT_EQ(0, system(cmd));
 	EXPECT_EQ(-EIO, dio(self, 0, 0, 4096));
 	EXPECT_EQ(-EIO, dio(self, 1, 0, 4096));
+}
+
+/* ---- many bios held at once ---- */
+
+#define NR_HELD 2000
+#define HELD_BYTES (NR_HELD * 4096ULL)
+
+/* Block I of round ROUND: its number and the round in every word. */
+static void fill_block(uint32_t *p, unsigned int i, unsigned int round)
+{
+	unsigned int w;
+
+	for (w = 0; w < 4096 / 4; w++)
+		p[w] = (round << 24) ^ (i << 10) ^ w;
+}
+
+/* Whether the device holds round ROUND in the NR_HELD blocks at 0. */
+static int held_data_ok(struct _test_data_inject *self, unsigned int round, char *why,
+			size_t whylen)
+{
+	uint32_t want[1024];
+	unsigned int i;
+	off_t off;
+
+	for (off = 0; off < (off_t)HELD_BYTES; off += BUF_BYTES) {
+		size_t len = HELD_BYTES - off < BUF_BYTES ? HELD_BYTES - off : BUF_BYTES;
+
+		if (dio(self, 0, off, len)) {
+			snprintf(why, whylen, "read at %lld failed", (long long)off);
+			return 0;
+		}
+		for (i = 0; i < len / 4096; i++) {
+			fill_block(want, off / 4096 + i, round);
+			if (memcmp(self->buf + i * 4096, want, 4096)) {
+				snprintf(why, whylen, "block %lld is wrong",
+					 (long long)(off / 4096 + i));
+				return 0;
+			}
+		}
+	}
+	return 1;
+}
+
+/*
+ * NR_HELD 4 KiB O_DIRECT writes of round ROUND from DATA, submitted at once
+ * with the raw AIO system calls (no libaio), so that every one is in flight
+ * (and held, under a delay rule) together. 0, or -errno of the submission.
+ */
+static int submit_held(struct _test_data_inject *self, aio_context_t ctx, char *data,
+		       unsigned int round)
+{
+	static struct iocb cbs[NR_HELD];
+	static struct iocb *ptrs[NR_HELD];
+	unsigned int i, done = 0;
+	long n;
+
+	for (i = 0; i < NR_HELD; i++) {
+		fill_block((uint32_t *)(data + i * 4096ULL), i, round);
+		memset(&cbs[i], 0, sizeof(cbs[i]));
+		cbs[i].aio_lio_opcode = IOCB_CMD_PWRITE;
+		cbs[i].aio_fildes = self->fd;
+		cbs[i].aio_buf = (uintptr_t)(data + i * 4096ULL);
+		cbs[i].aio_nbytes = 4096;
+		cbs[i].aio_offset = i * 4096ULL;
+		cbs[i].aio_data = i;
+		ptrs[i] = &cbs[i];
+	}
+	while (done < NR_HELD) {
+		n = syscall(SYS_io_submit, ctx, NR_HELD - done, ptrs + done);
+		if (n <= 0)
+			return n < 0 ? -errno : -EAGAIN;
+		done += n;
+	}
+	return 0;
+}
+
+/*
+ * Reaps NR_HELD completions (each must be a full write) within 60 s; the
+ * time of the first into FIRST. 0, or -1 after a TH_LOG-worthy failure.
+ */
+static int reap_held(aio_context_t ctx, struct timespec *first, char *why, size_t whylen)
+{
+	static struct io_event ev[NR_HELD];
+	struct timespec limit = { .tv_sec = 60 };
+	unsigned int got = 0;
+	long n, i;
+
+	while (got < NR_HELD) {
+		n = syscall(SYS_io_getevents, ctx, 1, NR_HELD - got, ev, &limit);
+		if (n <= 0) {
+			snprintf(why, whylen, "%u of %d writes completed", got, NR_HELD);
+			return -1;
+		}
+		if (!got)
+			clock_gettime(CLOCK_MONOTONIC, first);
+		for (i = 0; i < n; i++)
+			if (ev[i].res != 4096) {
+				snprintf(why, whylen, "write %llu completed with %lld",
+					 (unsigned long long)ev[i].data, (long long)ev[i].res);
+				return -1;
+			}
+		got += n;
+	}
+	return 0;
+}
+
+/*
+ * 2000 writes held at once by two delay rules (the first 16 for longer, so
+ * the later ones go in ahead of them): each is held at least its delay and
+ * all land. Then 2000 held for a minute are let go by a suspend.
+ */
+TEST_F(inject, many_delayed_writes)
+{
+	struct timespec t0, t1, t2;
+	aio_context_t ctx = 0;
+	char why[128] = "";
+	char *data;
+
+	ASSERT_EQ(0, posix_memalign((void **)&data, 4096, HELD_BYTES));
+	ASSERT_EQ(0, syscall(SYS_io_setup, NR_HELD, &ctx)) TH_LOG("io_setup: %s", strerror(errno));
+	ASSERT_EQ(0, inject(self, "delay event=write usecs=200000 id=slow", NULL, 0));
+	ASSERT_EQ(0, inject(self, "delay event=write offset=0 length=65536 usecs=400000 "
+				  "id=slower", NULL, 0));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ASSERT_EQ(0, submit_held(self, ctx, data, 1));
+	ASSERT_EQ(0, reap_held(ctx, &t1, why, sizeof(why))) TH_LOG("%s", why);
+	clock_gettime(CLOCK_MONOTONIC, &t2);
+	/* None came back before the shorter delay, and the longer one was waited for. */
+	EXPECT_LE(200000, elapsed_us(&t0, &t1));
+	EXPECT_LE(400000, elapsed_us(&t0, &t2));
+	EXPECT_EQ(NR_HELD, HITS("slow"));
+	EXPECT_EQ(16, HITS("slower"));
+	ASSERT_EQ(0, inject(self, "clear", NULL, 0));
+	EXPECT_TRUE(held_data_ok(self, 1, why, sizeof(why))) TH_LOG("round 1: %s", why);
+
+	ASSERT_EQ(0, inject(self, "delay event=write usecs=60000000 id=long", NULL, 0));
+	ASSERT_EQ(0, submit_held(self, ctx, data, 2));
+	/* A bio-based device maps in io_submit: all of them are held now. */
+	EXPECT_EQ(NR_HELD, HITS("long"));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	EXPECT_GT(30e6, elapsed_us(&t0, &t1));
+	EXPECT_EQ(0, reap_held(ctx, &t2, why, sizeof(why))) TH_LOG("%s", why);
+	ASSERT_EQ(0, dm_resume(self->s.name));
+	ASSERT_EQ(0, inject(self, "clear", NULL, 0));
+	EXPECT_TRUE(held_data_ok(self, 2, why, sizeof(why))) TH_LOG("round 2: %s", why);
+	syscall(SYS_io_destroy, ctx);
+	free(data);
+}
+
+/* ---- what a device without rules costs ---- */
+
+/*
+ * The rescuer threads of injector workqueues: WQ_MEM_RECLAIM gives each
+ * such queue one, "dm-cbt-inject" (newer kernels: "kworker/R-dm-cbt-inject",
+ * or "kworker/R-dm-cb" cut to 15 bytes). Shared pool workers, which show
+ * the queue they last served ("kworker/u4:1-dm-cbt-inject"), do not count.
+ * The names go into NAMES for the log.
+ */
+static int injector_queues(char *names, size_t len)
+{
+	char path[300], comm[80];
+	struct dirent *de;
+	int n = 0, fd;
+	ssize_t r;
+	DIR *d;
+
+	names[0] = '\0';
+	d = opendir("/proc");
+	if (!d)
+		return -1;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/comm", de->d_name);
+		fd = open(path, O_RDONLY);
+		if (fd < 0)
+			continue;
+		r = read(fd, comm, sizeof(comm) - 1);
+		close(fd);
+		if (r <= 0)
+			continue;
+		comm[r] = '\0';
+		comm[strcspn(comm, "\n")] = '\0';
+		if (!strncmp(comm, "dm-cbt-inject", 13) ||
+		    !strncmp(comm, "kworker/R-dm-cb", 15)) {
+			n++;
+			snprintf(names + strlen(names), len - strlen(names), "%s[%s] ",
+				 comm, de->d_name);
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+/* injector_queues(), once it is WANT or 5 s have passed (an exiting thread lingers). */
+static int injector_queues_settle(int want, char *names, size_t len)
+{
+	int i, n = -1;
+
+	for (i = 0; i < 100; i++) {
+		n = injector_queues(names, len);
+		if (n == want)
+			break;
+		usleep(50000);
+	}
+	return n;
+}
+
+FIXTURE(lazy)
+{
+	struct scratch s;
+};
+
+FIXTURE_SETUP(lazy)
+{
+	self->s.loopfd = -1;
+	if (geteuid())
+		SKIP(return, "must run as root");
+	ASSERT_EQ(0, scratch_make(&self->s, "lazy"));
+	ASSERT_EQ(0, scratch_loop(&self->s, DEV_BYTES));
+}
+
+FIXTURE_TEARDOWN(lazy)
+{
+	scratch_remove(&self->s);
+}
+
+/*
+ * The injector's workqueue (and its rescuer thread) comes with the first
+ * rule: not with a table load, a reload, or messages that add no rule. It
+ * goes with the table.
+ */
+TEST_F(lazy, workqueue_made_by_first_rule)
+{
+	const char *name = self->s.name;
+	char names[512];
+	int before;
+
+	before = injector_queues(names, sizeof(names));
+	ASSERT_LE(0, before);
+	ASSERT_EQ(0, dm_create_one(name, DEV_SECTORS, "cbt", self->s.loop));
+	EXPECT_EQ(before, injector_queues_settle(before, names, sizeof(names)))
+		TH_LOG("a table without rules made a workqueue: %s", names);
+	ASSERT_EQ(0, dm_message(name, "inject list", NULL, 0));
+	ASSERT_EQ(0, dm_message(name, "inject clear", NULL, 0));
+	EXPECT_EQ(-EINVAL, dm_message(name, "inject delay event=write", NULL, 0));
+	EXPECT_EQ(before, injector_queues_settle(before, names, sizeof(names)))
+		TH_LOG("messages that added no rule made a workqueue: %s", names);
+
+	ASSERT_EQ(0, dm_message(name, "inject delay event=write usecs=1000", NULL, 0));
+	EXPECT_EQ(before + 1, injector_queues_settle(before + 1, names, sizeof(names)))
+		TH_LOG("the first rule: %s", names);
+	ASSERT_EQ(0, dm_message(name, "inject error event=read length=512", NULL, 0));
+	ASSERT_EQ(0, dm_message(name, "inject clear", NULL, 0));
+	EXPECT_EQ(before + 1, injector_queues_settle(before + 1, names, sizeof(names)))
+		TH_LOG("more rules, then none: %s", names);
+
+	/* A reload replaces the table: the old one's queue goes, the new has none. */
+	ASSERT_EQ(0, dm_reload_one(name, DEV_SECTORS, "cbt", self->s.loop));
+	ASSERT_EQ(0, dm_resume(name));
+	EXPECT_EQ(before, injector_queues_settle(before, names, sizeof(names)))
+		TH_LOG("after a reload: %s", names);
+	/* A rule added while suspended (the allocation must not recurse into I/O). */
+	ASSERT_EQ(0, dm_suspend(name));
+	ASSERT_EQ(0, dm_message(name, "inject error event=write once", NULL, 0));
+	ASSERT_EQ(0, dm_resume(name));
+	EXPECT_EQ(before + 1, injector_queues_settle(before + 1, names, sizeof(names)))
+		TH_LOG("a rule added while suspended: %s", names);
+
+	ASSERT_EQ(0, dm_remove(name));
+	EXPECT_EQ(before, injector_queues_settle(before, names, sizeof(names)))
+		TH_LOG("after removal: %s", names);
 }
 
 TEST_HARNESS_MAIN
