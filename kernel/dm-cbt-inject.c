@@ -16,7 +16,6 @@
 #include <linux/kernel.h>
 #include <linux/ktime.h>
 #include <linux/random.h>
-#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 
@@ -465,17 +464,6 @@ static const struct {
 	[CBT_INJECT_DROP] = { KEYS_COMMON, BIT(KEY_EVENT) },
 };
 
-/*
- * A decimal number and nothing else: kstrtoull alone would take a leading
- * '+', sscanf("%llu") a leading '-' or blank.
- */
-static int parse_u64(const char *s, u64 *v)
-{
-	if (!isdigit(*s))
-		return -EINVAL;
-	return kstrtoull(s, 10, v);
-}
-
 static bool valid_id(const char *s)
 {
 	size_t len;
@@ -505,7 +493,7 @@ static int parse_rule_value(struct cbt_inject_rule *rule, enum cbt_inject_key ke
 	case KEY_ERRNO:
 		for (i = 0; i < ARRAY_SIZE(cbt_inject_errnos); i++)
 			if (!strcmp(value, cbt_inject_errnos[i].name) ||
-			    (!parse_u64(value, &n) && n == cbt_inject_errnos[i].errnum))
+			    (!cbt_parse_u64(value, &n) && n == cbt_inject_errnos[i].errnum))
 				break;
 		if (i == ARRAY_SIZE(cbt_inject_errnos)) {
 			DMERR("inject %s: '%s' is not an errno a bio can fail with",
@@ -530,7 +518,7 @@ static int parse_rule_value(struct cbt_inject_rule *rule, enum cbt_inject_key ke
 		break;
 	}
 
-	if (parse_u64(value, &n)) {
+	if (cbt_parse_u64(value, &n)) {
 		DMERR("inject %s: '%s' needs a decimal number", verb, word);
 		return -EINVAL;
 	}
@@ -697,11 +685,11 @@ static int inject_make_wq(struct cbt_inject *inj)
 }
 
 /*
- * "inject KIND WORD...": adds a rule and answers its id. The caller keeps
+ * "inject KIND WORD...": adds a rule and answers its id. cbt_message keeps
  * allocations from doing I/O (the device may be suspended).
  */
-static int __inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_kind kind,
-			unsigned int argc, char **argv, char *result, unsigned int maxlen)
+static int inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_kind kind,
+		      unsigned int argc, char **argv, char *result, unsigned int maxlen)
 {
 	struct cbt_inject *inj = &cc->inject;
 	struct cbt_inject_rule *rule;
@@ -754,21 +742,6 @@ static int __inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_
 
 bad:
 	kfree(rule);
-	return r;
-}
-
-/*
- * Messages come while the device may be suspended: reclaim that waited on
- * its writeback would never return, so nothing allocated here does I/O.
- */
-static int inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_kind kind,
-		      unsigned int argc, char **argv, char *result, unsigned int maxlen)
-{
-	unsigned int noio = memalloc_noio_save();
-	int r;
-
-	r = __inject_add(cc, ti, kind, argc, argv, result, maxlen);
-	memalloc_noio_restore(noio);
 	return r;
 }
 
