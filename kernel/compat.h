@@ -26,14 +26,6 @@
 #define get_random_u32_below(ceil) prandom_u32_max(ceil)
 #endif
 
-/*
- * Before 6.7 (6.1.66 in 6.1.y) a multicast group cannot ask for
- * CAP_SYS_ADMIN: the events group then needs CAP_NET_ADMIN only.
- */
-#ifndef CBT_HAVE_GENL_MCAST_CAP_SYS_ADMIN
-#define GENL_MCAST_CAP_SYS_ADMIN 0
-#endif
-
 /* The parsed request attributes of a generic netlink dump (also in .start). */
 static inline struct nlattr **cbt_genl_dump_attrs(struct netlink_callback *cb)
 {

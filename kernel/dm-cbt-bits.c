@@ -110,13 +110,14 @@ void cbt_bits_zero(struct cbt_bits *bits)
  */
 static u64 cbt_bits_weight(const struct cbt_bits *bits)
 {
-	const unsigned long piece = 1UL << 30;
-	unsigned long pos;
+	unsigned long pos, piece;
 	u64 n = 0;
 
-	for (pos = 0; pos < bits->nr_chunks; pos += piece)
-		n += bitmap_weight(bits->map + BIT_WORD(pos),
-				   min(bits->nr_chunks - pos, piece));
+	/* pos never passes nr_chunks, so it cannot wrap on 32-bit either. */
+	for (pos = 0; pos < bits->nr_chunks; pos += piece) {
+		piece = min(bits->nr_chunks - pos, 1UL << 30);
+		n += bitmap_weight(bits->map + BIT_WORD(pos), piece);
+	}
 	return n;
 }
 

@@ -194,13 +194,6 @@ static void __cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_se
 		schedule_work(&cd->event_work);
 }
 
-void cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors)
-{
-	rcu_read_lock();
-	__cbt_dev_record(cd, sector, nr_sectors);
-	rcu_read_unlock();
-}
-
 /*
  * Map: records a write before it goes down, and remembers the epoch it
  * saw first. Reading the epoch before the arrays is what makes end_io

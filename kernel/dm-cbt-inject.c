@@ -8,8 +8,10 @@
  * discard, write-zeroes) and matched against the rules under a spinlock:
  * nothing is allocated and nothing sleeps. A bio is then failed, dropped,
  * held back on a list that a delayed work item releases, or let through.
- * A device without rules costs a few words: the workqueue comes with the
- * first rule. Documentation/dm-cbt-inject.rst describes the messages.
+ * A device without rules costs a few words and one check per bio: the
+ * delay work runs on one workqueue the module makes when it loads (making
+ * one for a rule would start threads in a message, which a suspend may
+ * be waiting for). Documentation/dm-cbt-inject.rst describes the messages.
  */
 
 #include <linux/ctype.h>
@@ -249,7 +251,7 @@ static void release_due_bios(struct work_struct *work)
 	       pb->release_ns <= now)
 		list_move_tail(&pb->node, &due);
 	if (pb)
-		mod_delayed_work(inj->wq, &inj->delay_work, jiffies_until(pb->release_ns));
+		mod_delayed_work(cbt_inject_wq, &inj->delay_work, jiffies_until(pb->release_ns));
 	spin_unlock_irqrestore(&inj->delay_lock, flags);
 
 	release_bios(&due);
@@ -267,15 +269,11 @@ static bool delay_bio(struct cbt_inject *inj, struct bio *bio, u32 usecs,
 	pb->status = status;
 	pb->drop = drop;
 
-	/*
-	 * A rule fired, so inject_add made the workqueue before it listed the
-	 * rule (the rules lock orders the two).
-	 */
 	spin_lock_irqsave(&inj->delay_lock, flags);
 	if (inj->may_delay) {
 		/* The work is due for the head: only a new head moves it. */
 		if (__hold_bio(inj, pb))
-			mod_delayed_work(inj->wq, &inj->delay_work,
+			mod_delayed_work(cbt_inject_wq, &inj->delay_work,
 					 jiffies_until(pb->release_ns));
 		held = true;
 	}
@@ -353,8 +351,7 @@ int cbt_inject_map(struct cbt_c *cc, struct bio *bio)
 
 /*
  * Suspend must not wait for delays: from presuspend until resume, held
- * bios go on at once and no new bio is held. Without a workqueue (no rule
- * yet) nothing is held and the work was never queued.
+ * bios go on at once and no new bio is held.
  */
 void cbt_inject_presuspend(struct cbt_c *cc)
 {
@@ -383,7 +380,26 @@ void cbt_inject_resume(struct cbt_c *cc)
 
 /* ---- set-up ---- */
 
-/* Allocates nothing (the workqueue waits for the first rule), so cannot fail. */
+/* The module's delay workqueue: one for every device, made at load. */
+struct workqueue_struct *cbt_inject_wq;
+
+int cbt_inject_module_init(void)
+{
+	/*
+	 * Releasing held bios needs no particular CPU; saying WQ_UNBOUND also
+	 * keeps newer kernels (which want WQ_UNBOUND or WQ_PERCPU) quiet.
+	 * WQ_MEM_RECLAIM: held writes may be what reclaim waits for.
+	 */
+	cbt_inject_wq = alloc_workqueue("dm-cbt-inject", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
+	return cbt_inject_wq ? 0 : -ENOMEM;
+}
+
+void cbt_inject_module_exit(void)
+{
+	destroy_workqueue(cbt_inject_wq);
+}
+
+/* Allocates nothing, so cannot fail. */
 int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti)
 {
 	struct cbt_inject *inj = &cc->inject;
@@ -394,7 +410,6 @@ int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti)
 	spin_lock_init(&inj->delay_lock);
 	INIT_LIST_HEAD(&inj->delayed);
 	inj->may_delay = true;
-	mutex_init(&inj->wq_lock);
 	INIT_DELAYED_WORK(&inj->delay_work, release_due_bios);
 	INIT_WORK(&inj->event_work, send_rule_events);
 	return 0;
@@ -410,11 +425,8 @@ void cbt_inject_destroy(struct cbt_c *cc)
 	cbt_inject_presuspend(cc);
 	/* An event on its way reads the rules and the device. */
 	cancel_work_sync(&inj->event_work);
-	if (inj->wq)
-		destroy_workqueue(inj->wq);
 	list_for_each_entry_safe(rule, tmp, &inj->rules, list)
 		kfree(rule);
-	mutex_destroy(&inj->wq_lock);
 }
 
 /* ---- messages ---- */
@@ -664,27 +676,6 @@ static struct cbt_inject_rule *__find_rule(struct cbt_inject *inj, const char *i
 }
 
 /*
- * The delay queue, made for the first rule so that a table without rules
- * has no workqueue and no rescuer thread; concurrent messages make one.
- */
-static int inject_make_wq(struct cbt_inject *inj)
-{
-	int r = 0;
-
-	mutex_lock(&inj->wq_lock);
-	/*
-	 * Releasing held bios needs no particular CPU; saying WQ_UNBOUND also
-	 * keeps newer kernels (which want WQ_UNBOUND or WQ_PERCPU) quiet.
-	 */
-	if (!inj->wq)
-		inj->wq = alloc_workqueue("dm-cbt-inject", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
-	if (!inj->wq)
-		r = -ENOMEM;
-	mutex_unlock(&inj->wq_lock);
-	return r;
-}
-
-/*
  * "inject KIND WORD...": adds a rule and answers its id. cbt_message keeps
  * allocations from doing I/O (the device may be suspended).
  */
@@ -703,13 +694,6 @@ static int inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_ki
 	r = parse_rule(rule, kind, argc, argv, (u64)ti->len << SECTOR_SHIFT);
 	if (r)
 		goto bad;
-	/* Before the rule is listed: map may hold a bio as soon as it is. */
-	r = inject_make_wq(inj);
-	if (r) {
-		DMERR("inject %s: cannot allocate the delay workqueue",
-		      cbt_inject_kind_names[kind]);
-		goto bad;
-	}
 
 	spin_lock_irqsave(&inj->lock, flags);
 	if (inj->nr_rules >= CBT_INJECT_MAX_RULES) {

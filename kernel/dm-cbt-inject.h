@@ -9,7 +9,6 @@
 
 #include <linux/bio.h>
 #include <linux/list.h>
-#include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/workqueue.h>
 
@@ -58,14 +57,12 @@ struct cbt_inject {
 	unsigned int next_id;
 
 	/*
-	 * Delayed bios wait here, in release order, until delay_work passes
-	 * them on. Its workqueue comes with the first rule (none, no cost).
+	 * Delayed bios wait here, in release order, until delay_work (on the
+	 * module's cbt_inject_wq) passes them on.
 	 */
 	spinlock_t delay_lock;		/* delayed, may_delay */
 	struct list_head delayed;	/* of cbt_inject_bio, earliest first */
 	bool may_delay;			/* false from presuspend to resume */
-	struct mutex wq_lock;		/* making wq */
-	struct workqueue_struct *wq;	/* NULL until the first rule */
 	struct delayed_work delay_work;
 	struct work_struct event_work;	/* sends rule firings as netlink events */
 };
@@ -81,6 +78,9 @@ struct cbt_inject_bio {
 /* Returned by cbt_inject_map when the bio goes on to be remapped. */
 #define CBT_INJECT_CONTINUE (-1)
 
+extern struct workqueue_struct *cbt_inject_wq;
+int cbt_inject_module_init(void);
+void cbt_inject_module_exit(void);
 int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti);
 void cbt_inject_destroy(struct cbt_c *cc);
 int cbt_inject_map(struct cbt_c *cc, struct bio *bio);

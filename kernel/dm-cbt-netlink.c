@@ -246,6 +246,8 @@ static struct genl_family cbt_genl_family = {
 	.version = DM_CBT_GENL_VERSION,
 	.maxattr = DM_CBT_ATTR_MAX,
 	.module = THIS_MODULE,
+	/* Dumps lock what they read (registry, cd->lock), not genl_mutex. */
+	.parallel_ops = true,
 	.ops = cbt_genl_ops,
 	.n_ops = ARRAY_SIZE(cbt_genl_ops),
 	/* A new family: strict attribute and header checks for every command. */

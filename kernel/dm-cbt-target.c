@@ -93,6 +93,17 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Device lookup failed";
 		goto bad;
 	}
+	/*
+	 * A zone append lands where the device says, not at its sector, and
+	 * a zone reset clears a zone without covering sectors: neither could
+	 * be tracked.
+	 */
+	if (bdev_is_zoned(cc->dev->bdev)) {
+		ti->error = "Zoned devices are not supported";
+		dm_put_device(ti, cc->dev);
+		r = -EINVAL;
+		goto bad;
+	}
 
 	cc->ti = ti;
 	r = cbt_dev_attach(cc);
@@ -293,17 +304,27 @@ static int __init dm_cbt_init(void)
 {
 	int r;
 
+	r = cbt_inject_module_init();
+	if (r) {
+		DMERR("cannot allocate the injector's workqueue");
+		return r;
+	}
 	r = cbt_netlink_init();
 	if (r) {
 		DMERR("generic netlink family registration failed %d", r);
-		return r;
+		goto bad_netlink;
 	}
 	r = dm_register_target(&cbt_target);
 	if (r < 0) {
 		DMERR("register failed %d", r);
-		cbt_netlink_exit();
+		goto bad_target;
 	}
+	return 0;
 
+bad_target:
+	cbt_netlink_exit();
+bad_netlink:
+	cbt_inject_module_exit();
 	return r;
 }
 
@@ -311,6 +332,7 @@ static void __exit dm_cbt_exit(void)
 {
 	dm_unregister_target(&cbt_target);
 	cbt_netlink_exit();
+	cbt_inject_module_exit();
 }
 
 module_init(dm_cbt_init);

@@ -101,7 +101,6 @@ struct cbt_dev *cbt_dev_get(dev_t devt);
 bool cbt_dev_detached(struct cbt_dev *cd);
 void cbt_dev_put(struct cbt_dev *cd);
 int cbt_dev_resize(struct cbt_dev *cd, sector_t len);
-void cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors);
 void cbt_dev_track_start(struct cbt_dev *cd, struct cbt_track_bio *tb,
 			 sector_t sector, sector_t nr_sectors);
 void cbt_dev_track_end(struct cbt_dev *cd, struct cbt_track_bio *tb);

@@ -29,7 +29,5 @@ probe CBT_HAVE_GENL_INFO_DUMP include/net/genetlink.h 'genl_info_dump\('
 probe CBT_HAVE_DM_TARGET_NOWAIT include/linux/device-mapper.h '#define DM_TARGET_NOWAIT'
 # Inline encryption context passed through (5.12).
 probe CBT_HAVE_DM_TARGET_PASSES_CRYPTO include/linux/device-mapper.h '#define DM_TARGET_PASSES_CRYPTO'
-# Multicast groups that need CAP_SYS_ADMIN (6.7, in 6.1.y from 6.1.66).
-probe CBT_HAVE_GENL_MCAST_CAP_SYS_ADMIN include/net/genetlink.h '#define GENL_MCAST_CAP_SYS_ADMIN'
 # get_random_u32_below() (6.2, in 6.1.y); prandom_u32_max() before it.
 probe CBT_HAVE_GET_RANDOM_U32_BELOW include/linux/random.h 'get_random_u32_below\('

@@ -19,8 +19,7 @@
  * Generic netlink family: bulk readout of dirty extents and events.
  * Every command needs CAP_NET_ADMIN (GENL_ADMIN_PERM); the extent dump and
  * joining the "events" group need CAP_SYS_ADMIN as well, as the dm ioctls
- * do (-EPERM otherwise; on kernels before 6.7 without the backport,
- * joining the group needs CAP_NET_ADMIN only).
+ * do (-EPERM otherwise).
  */
 #define DM_CBT_GENL_NAME	"dm-cbt"
 #define DM_CBT_GENL_VERSION	1

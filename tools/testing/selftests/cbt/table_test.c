@@ -117,6 +117,28 @@ TEST_F(table, bad_lines_refused)
 	}
 }
 
+/*
+ * A zoned device is refused: a zone append lands where the device puts
+ * it and a zone reset covers no sectors, so neither could be tracked.
+ */
+TEST_F(table, zoned_device_refused)
+{
+	char log[4096];
+	int mark, r;
+
+	if (access("/dev/nullb0", F_OK))
+		ASSERT_EQ(0, system("modprobe null_blk nr_devices=1 zoned=1 gb=1 zone_size=64"));
+	mark = kmsg_mark();
+	r = dm_create_one(self->s.name, DEV_SECTORS, "cbt", "/dev/nullb0");
+	kmsg_since(mark, log, sizeof(log));
+	EXPECT_NE(0, r);
+	EXPECT_NE(NULL, strstr(log, "Zoned devices are not supported")) TH_LOG("log: %s", log);
+	EXPECT_FALSE(dm_exists(self->s.name));
+	if (dm_exists(self->s.name))
+		dm_remove(self->s.name);
+	EXPECT_EQ(0, system("rmmod null_blk"));
+}
+
 TEST_F(table, unknown_message_refused)
 {
 	char log[4096];
