@@ -11,7 +11,12 @@
 
 #include <linux/device-mapper.h>
 #include <linux/random.h>
+#include <linux/workqueue.h>
 #include <net/genetlink.h>
+
+#ifndef CBT_HAVE_SYSTEM_DFL_WQ
+#define system_dfl_wq system_unbound_wq
+#endif
 
 #ifndef CBT_HAVE_DM_TARGET_NOWAIT
 #define DM_TARGET_NOWAIT 0

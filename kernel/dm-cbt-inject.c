@@ -86,7 +86,7 @@ static const char *const cbt_inject_kind_names[] = {
  */
 void cbt_event_rule_fired(struct cbt_c *cc)
 {
-	queue_work(system_unbound_wq, &cc->inject.event_work);
+	queue_work(system_dfl_wq, &cc->inject.event_work);
 }
 
 static void send_rule_events(struct work_struct *work)

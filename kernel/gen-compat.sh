@@ -29,5 +29,7 @@ probe CBT_HAVE_GENL_INFO_DUMP include/net/genetlink.h 'genl_info_dump\('
 probe CBT_HAVE_DM_TARGET_NOWAIT include/linux/device-mapper.h '#define DM_TARGET_NOWAIT'
 # Inline encryption context passed through (5.12).
 probe CBT_HAVE_DM_TARGET_PASSES_CRYPTO include/linux/device-mapper.h '#define DM_TARGET_PASSES_CRYPTO'
+# system_dfl_wq (6.17, in 6.12.y); system_unbound_wq, deprecated since, before it.
+probe CBT_HAVE_SYSTEM_DFL_WQ include/linux/workqueue.h 'extern struct workqueue_struct \*system_dfl_wq;'
 # get_random_u32_below() (6.2, in 6.1.y); prandom_u32_max() before it.
 probe CBT_HAVE_GET_RANDOM_U32_BELOW include/linux/random.h 'get_random_u32_below\('

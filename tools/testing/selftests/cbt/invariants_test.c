@@ -305,20 +305,29 @@ static int write_file(const char *path, const char *text)
 /*
  * Page allocations of order 3 or more made by this process, traced with
  * the flags the page allocator actually used (kmem:mm_page_alloc reports
- * them after the memalloc_noio scope is applied).
+ * them after the memalloc_noio scope is applied). vmrun enables the event
+ * at boot (trace_event=): enabling it here would patch kernel text, which
+ * multi-threaded TCG does not always survive. Elsewhere it is enabled now.
  */
 static int trace_start(void)
 {
-	char filter[128];
+	char filter[128], on[8] = "";
+	FILE *f;
 
 	if (access(TRACING "/trace", F_OK) &&
 	    mount("tracefs", TRACING, "tracefs", 0, NULL))
 		return -errno;
+	f = fopen(TRACING "/events/kmem/mm_page_alloc/enable", "r");
+	if (!f)
+		return -errno;
+	if (!fgets(on, sizeof(on), f))
+		on[0] = '\0';
+	fclose(f);
 	snprintf(filter, sizeof(filter), "common_pid == %d && order >= 3", getpid());
 	if (write_file(TRACING "/tracing_on", "0") ||
 	    write_file(TRACING "/trace", "") ||
 	    write_file(TRACING "/events/kmem/mm_page_alloc/filter", filter) ||
-	    write_file(TRACING "/events/kmem/mm_page_alloc/enable", "1"))
+	    (on[0] != '1' && write_file(TRACING "/events/kmem/mm_page_alloc/enable", "1")))
 		return -EIO;
 	return write_file(TRACING "/tracing_on", "1");
 }
@@ -329,8 +338,8 @@ static int trace_stop(int *allocs, int *may_io, char *example, size_t len)
 	char line[512];
 	FILE *f;
 
+	/* The event stays enabled (see trace_start()); tracing stops. */
 	write_file(TRACING "/tracing_on", "0");
-	write_file(TRACING "/events/kmem/mm_page_alloc/enable", "0");
 	write_file(TRACING "/events/kmem/mm_page_alloc/filter", "0");
 	*allocs = 0;
 	*may_io = 0;
