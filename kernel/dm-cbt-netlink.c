@@ -257,38 +257,13 @@ static struct genl_family cbt_genl_family = {
 };
 
 /*
- * Multicasts EVENT about BITMAP (a bitmap or rule name, may be NULL) of the
- * dm device DEVT to the "events" group. Callable from any context with a
- * matching GFP; a failed allocation or no listener drops the event.
+ * Multicasts EVENT of the dm device DEVT to the "events" group, with
+ * BITMAP (a bitmap or rule name), TOKEN and LENGTH where given (NULL or
+ * 0: left out). Callable from any context with a matching GFP; a failed
+ * allocation or no listener drops the event.
  */
-void cbt_event_notify(dev_t devt, enum dm_cbt_event event, const char *bitmap,
-		      const char *token, gfp_t gfp)
-{
-	struct sk_buff *skb;
-	void *hdr;
-
-	skb = genlmsg_new(NLMSG_GOODSIZE, gfp);
-	if (!skb)
-		return;
-	hdr = genlmsg_put(skb, 0, 0, &cbt_genl_family, 0, DM_CBT_CMD_EVENT);
-	if (!hdr)
-		goto drop;
-	if (nla_put_u32(skb, DM_CBT_ATTR_DEV_MAJOR, MAJOR(devt)) ||
-	    nla_put_u32(skb, DM_CBT_ATTR_DEV_MINOR, MINOR(devt)) ||
-	    nla_put_u32(skb, DM_CBT_ATTR_EVENT, event) ||
-	    (bitmap && nla_put_string(skb, DM_CBT_ATTR_BITMAP, bitmap)) ||
-	    (token && nla_put_string(skb, DM_CBT_ATTR_TOKEN, token)))
-		goto drop;
-	genlmsg_end(skb, hdr);
-	genlmsg_multicast(&cbt_genl_family, skb, 0, 0, gfp);
-	return;
-
-drop:
-	nlmsg_free(skb);
-}
-
-/* The resize event: the bitmaps of DEVT now cover BYTES. */
-void cbt_event_notify_resize(dev_t devt, u64 bytes, gfp_t gfp)
+static void __cbt_event_notify(dev_t devt, enum dm_cbt_event event, const char *bitmap,
+			       const char *token, u64 length, gfp_t gfp)
 {
 	struct sk_buff *skb;
 	void *hdr;
@@ -300,13 +275,27 @@ void cbt_event_notify_resize(dev_t devt, u64 bytes, gfp_t gfp)
 	if (!hdr ||
 	    nla_put_u32(skb, DM_CBT_ATTR_DEV_MAJOR, MAJOR(devt)) ||
 	    nla_put_u32(skb, DM_CBT_ATTR_DEV_MINOR, MINOR(devt)) ||
-	    nla_put_u32(skb, DM_CBT_ATTR_EVENT, DM_CBT_EVENT_RESIZE) ||
-	    nla_put_u64_64bit(skb, DM_CBT_ATTR_LENGTH, bytes, DM_CBT_ATTR_PAD)) {
+	    nla_put_u32(skb, DM_CBT_ATTR_EVENT, event) ||
+	    (bitmap && nla_put_string(skb, DM_CBT_ATTR_BITMAP, bitmap)) ||
+	    (token && nla_put_string(skb, DM_CBT_ATTR_TOKEN, token)) ||
+	    (length && nla_put_u64_64bit(skb, DM_CBT_ATTR_LENGTH, length, DM_CBT_ATTR_PAD))) {
 		nlmsg_free(skb);
 		return;
 	}
 	genlmsg_end(skb, hdr);
 	genlmsg_multicast(&cbt_genl_family, skb, 0, 0, gfp);
+}
+
+void cbt_event_notify(dev_t devt, enum dm_cbt_event event, const char *bitmap,
+		      const char *token, gfp_t gfp)
+{
+	__cbt_event_notify(devt, event, bitmap, token, 0, gfp);
+}
+
+/* The resize event: the bitmaps of DEVT now cover BYTES (never 0: a table has a length). */
+void cbt_event_notify_resize(dev_t devt, u64 bytes, gfp_t gfp)
+{
+	__cbt_event_notify(devt, DM_CBT_EVENT_RESIZE, NULL, NULL, bytes, gfp);
 }
 
 int cbt_netlink_init(void)

@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,17 +60,8 @@ FIXTURE_TEARDOWN(bitmap)
 
 typedef struct _test_data_bitmap bitmap_t;
 
-/* Sends a formatted message; 0 or -errno. */
-static int __attribute__((format(printf, 2, 3))) msg(bitmap_t *self, const char *fmt, ...)
-{
-	char m[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(m, sizeof(m), fmt, ap);
-	va_end(ap);
-	return dm_message(self->s.name, m, NULL, 0);
-}
+/* A formatted message to the test's device; 0 or -errno. */
+#define msg(self, ...) dm_messagef((self)->s.name, __VA_ARGS__)
 
 /* The "bitmap list" answer (every bitmap's detail line). */
 static int list(bitmap_t *self, char *buf, size_t len)
@@ -80,17 +70,7 @@ static int list(bitmap_t *self, char *buf, size_t len)
 }
 
 /* A KEY=value field of bitmap NAME's detail line; ~0 when missing. */
-static uint64_t field(bitmap_t *self, const char *name, const char *key)
-{
-	char m[128], line[512], k[64], *p;
-
-	snprintf(m, sizeof(m), "bitmap info %s", name);
-	if (dm_message(self->s.name, m, line, sizeof(line)))
-		return ~0ULL;
-	snprintf(k, sizeof(k), " %s=", key);
-	p = strstr(line, k);
-	return p ? strtoull(p + strlen(k), NULL, 0) : ~0ULL;
-}
+#define field(self, bm, key) bitmap_info_field((self)->s.name, bm, key)
 
 static const char *token(bitmap_t *self, const char *name, char *buf, size_t len)
 {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,6 +204,29 @@ int dm_message(const char *name, const char *msg, char *answer, size_t answerlen
 		snprintf(answer, answerlen, "%s", resp ? resp : "");
 	}
 	return dm_task_finish(dmt, ok);
+}
+
+int dm_messagef(const char *name, const char *fmt, ...)
+{
+	char m[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(m, sizeof(m), fmt, ap);
+	va_end(ap);
+	return dm_message(name, m, NULL, 0);
+}
+
+uint64_t bitmap_info_field(const char *name, const char *bitmap, const char *key)
+{
+	char m[128], line[512], k[64], *p;
+
+	snprintf(m, sizeof(m), "bitmap info %s", bitmap);
+	if (dm_message(name, m, line, sizeof(line)))
+		return ~0ULL;
+	snprintf(k, sizeof(k), " %s=", key);
+	p = strstr(line, k);
+	return p ? strtoull(p + strlen(k), NULL, 0) : ~0ULL;
 }
 
 int kmsg_mark(void)

@@ -50,6 +50,10 @@ int dm_exists(const char *name);
 int dm_status_line(const char *name, int table, char *buf, size_t buflen);
 /* Sends a target message; the answer (if any) into ANSWER; 0 or -errno. */
 int dm_message(const char *name, const char *msg, char *answer, size_t answerlen);
+/* Sends a formatted message without an answer; 0 or -errno. */
+int dm_messagef(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A KEY=value field of BITMAP's "bitmap info" line on NAME; ~0 when missing. */
+uint64_t bitmap_info_field(const char *name, const char *bitmap, const char *key);
 
 /* O_DIRECT I/O on a block device. */
 /* Writes LEN bytes of BYTE at OFF (both multiples of 512); 0 or -errno. */

@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,29 +53,8 @@ FIXTURE_TEARDOWN(inv)
 
 typedef struct _test_data_inv inv_t;
 
-static int __attribute__((format(printf, 2, 3))) msg(inv_t *self, const char *fmt, ...)
-{
-	char m[256];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(m, sizeof(m), fmt, ap);
-	va_end(ap);
-	return dm_message(self->s.name, m, NULL, 0);
-}
-
-/* A KEY=value field of bitmap NAME's info line; ~0 when missing. */
-static uint64_t field(inv_t *self, const char *name, const char *key)
-{
-	char m[128], line[512], k[64], *p;
-
-	snprintf(m, sizeof(m), "bitmap info %s", name);
-	if (dm_message(self->s.name, m, line, sizeof(line)))
-		return ~0ULL;
-	snprintf(k, sizeof(k), " %s=", key);
-	p = strstr(line, k);
-	return p ? strtoull(p + strlen(k), NULL, 0) : ~0ULL;
-}
+#define msg(self, ...) dm_messagef((self)->s.name, __VA_ARGS__)
+#define field(self, bm, key) bitmap_info_field((self)->s.name, bm, key)
 
 /* The hits of injection rule ID; ~0 when it cannot be read. */
 static uint64_t rule_hits(inv_t *self, const char *id)
