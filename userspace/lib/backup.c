@@ -21,6 +21,7 @@
 #include "backup.h"
 #include "bitmap.h"
 #include "copy.h"
+#include "lock.h"
 #include "qcow2.h"
 #include "recover.h"
 
@@ -612,28 +613,53 @@ static void free_privs(struct cbt_backup *b)
  * Undoes what dead runs left on these devices before looking at them; what
  * cannot be undone shows up later as a busy bitmap, with its owner named.
  */
-static void recover_before(struct cbt_backup *b)
+static void recover_before(struct cbt_backup *b, const char **devs)
 {
-	const char **devs = calloc(b->nr_jobs, sizeof(*devs));
 	struct cbt_recover_report rep = { 0 };
 	struct cbt_err ignored;
-	unsigned int i;
 
-	if (!devs)
-		return;
-	for (i = 0; i < b->nr_jobs; i++)
-		devs[i] = b->jobs[i].spec.device;
 	cbt_recover(devs, b->nr_jobs, false, &rep, &ignored);
-	free(devs);
 }
 
+static int run_locked(struct cbt_backup *b, struct cbt_err *e);
+
+/*
+ * The devices are locked for the whole run (one cbtctl per device), and
+ * before what a dead run left on them is undone.
+ */
 int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
+{
+	const char **devs;
+	unsigned int i;
+	int *locks, r;
+
+	if (!b->nr_jobs)
+		return cbt_fail(e, EINVAL, "no backup jobs");
+	devs = calloc(b->nr_jobs, sizeof(*devs));
+	locks = calloc(b->nr_jobs, sizeof(*locks));
+	if (!devs || !locks) {
+		free(devs);
+		free(locks);
+		return cbt_fail(e, ENOMEM, "backup");
+	}
+	for (i = 0; i < b->nr_jobs; i++)
+		devs[i] = b->jobs[i].spec.device;
+	r = cbt_lock_devices(devs, b->nr_jobs, locks, e);
+	if (!r) {
+		recover_before(b, devs);
+		r = run_locked(b, e);
+		cbt_unlock_devices(locks, b->nr_jobs);
+	}
+	free(devs);
+	free(locks);
+	return r;
+}
+
+static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 {
 	unsigned int i, j;
 	int r = 0;
 
-	if (!b->nr_jobs)
-		return cbt_fail(e, EINVAL, "no backup jobs");
 	if (b->sync == CBT_SYNC_INCREMENTAL && !b->nr_bitmaps)
 		return cbt_fail(e, EINVAL, "an incremental backup needs --bitmap");
 	for (i = 0; i < b->nr_jobs; i++)
@@ -645,7 +671,6 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 						j + 1, i + 1);
 	if (!b->token[0])
 		make_token(b);
-	recover_before(b);
 	r = cbt_journal_open(b->token, &b->journal, e);
 	if (r)
 		return r;

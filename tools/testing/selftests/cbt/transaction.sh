@@ -5,12 +5,12 @@
 # leaves every bitmap as it was and no target behind, and the re-run
 # succeeds; the race variant; two bitmaps reset by one full backup; a
 # controller killed at each phase loses no dirty bit once recovered;
-# a full target file system; Ctrl-C.
+# a full target file system; Ctrl-C; one cbtctl per device at a time.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
-plan 9
+plan 10
 
 SIZE=$((40 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -39,8 +39,13 @@ no_leftovers() {
 	local left
 	left=$(ls -A "$dir" | grep -E '\.tmp$|^inc' || true)
 	[ -z "$left" ] || fail "files left behind: $left"
-	left=$(ls -A "$CBT_RUN_DIR" 2>/dev/null || true)
+	left=$(ls -A "$CBT_RUN_DIR" 2>/dev/null | grep -vx locks || true)
 	[ -z "$left" ] || fail "journals left behind: $left"
+	# Lock files stay (removing them would race a new run); none is held.
+	for left in "$CBT_RUN_DIR"/locks/*.lock; do
+		[ -e "$left" ] || continue
+		flock -n "$left" true || fail "a device lock is still held: $left"
+	done
 }
 
 # grouped SCENARIO: QEMU's grouped-failure test; "race": no writes on dev0.
@@ -213,6 +218,32 @@ test_interrupt() {
 	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "left suspended"
 }
 
+# A backup of d0 stopped while it copies holds d0: a second backup of d0
+# (and of d0 with d1) is refused at once, names the holder, touches
+# nothing; d1 alone can be backed up meanwhile; once the first ends, d0 can.
+test_one_per_device() {
+	local dir d0 d1 pid
+	two_devs busy 0x42
+	qio "$d0" "write -P 0x55 2M 64k"
+	CBT_TEST_STOP_AT=copy cbtctl backup --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" >/dev/null 2>&1 &
+	pid=$!
+	wait_stopped $pid "phase copy"
+	cbtctl backup --sync=full --bitmap=b0 "$d1=$dir/x1.qcow2" "$d0=$dir/x0.qcow2" \
+		>/dev/null 2>"$dir/err" && fail "a second backup of a busy device ran"
+	grep -q "in use by another cbtctl (pid $pid)" "$dir/err" ||
+		fail "the refusal does not name the holder: $(cat "$dir/err")"
+	[ ! -e "$dir/x0.qcow2" ] && [ ! -e "$dir/x1.qcow2" ] || fail "the refused run made a target"
+	expect_eq "d1 not frozen by the refused run" "$(bitmap_field "$d1" b0 busy)" false
+	cbtctl backup --sync=full --bitmap=b0 "$d1=$dir/y1.qcow2" >/dev/null ||
+		fail "d1 alone could not be backed up"
+	kill -CONT $pid
+	wait $pid || fail "the first backup failed"
+	chain_matches "$dir/inc0.qcow2" "$d0"
+	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/z0.qcow2" >/dev/null ||
+		fail "d0 is still locked after the first backup ended"
+}
+
 test_existing_unusable() {
 	local dir d0 d1 rc
 	make_tmpdir dir
@@ -241,6 +272,7 @@ run_test "controller killed at each phase loses nothing after recover" test_kill
 run_test "ENOSPC on the target fails cleanly" test_enospc
 run_test "SIGINT cancels the transaction" test_interrupt
 run_test "a failed transaction reports its existing target unusable" test_existing_unusable
+run_test "a second cbtctl on a busy device is refused, naming the holder" test_one_per_device
 run_test "recover with nothing to do" cbtctl recover
 run_test "recover --force needs a device" bash -c '! cbtctl recover --force 2>/dev/null'
 finish
