@@ -399,8 +399,8 @@ void cbt_inject_module_exit(void)
 	destroy_workqueue(cbt_inject_wq);
 }
 
-/* Allocates nothing, so cannot fail. */
-int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti)
+/* Allocates nothing (the delay workqueue is the module's), so cannot fail. */
+void cbt_inject_init(struct cbt_c *cc)
 {
 	struct cbt_inject *inj = &cc->inject;
 
@@ -412,7 +412,6 @@ int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti)
 	inj->may_delay = true;
 	INIT_DELAYED_WORK(&inj->delay_work, release_due_bios);
 	INIT_WORK(&inj->event_work, send_rule_events);
-	return 0;
 }
 
 /* Also undoes a cbt_inject_init whose constructor failed later. */

@@ -81,7 +81,7 @@ struct cbt_inject_bio {
 extern struct workqueue_struct *cbt_inject_wq;
 int cbt_inject_module_init(void);
 void cbt_inject_module_exit(void);
-int cbt_inject_init(struct cbt_c *cc, struct dm_target *ti);
+void cbt_inject_init(struct cbt_c *cc);
 void cbt_inject_destroy(struct cbt_c *cc);
 int cbt_inject_map(struct cbt_c *cc, struct bio *bio);
 int cbt_inject_message(struct cbt_c *cc, struct dm_target *ti, unsigned int argc,

@@ -73,9 +73,7 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Cannot allocate cbt context";
 		return -ENOMEM;
 	}
-	r = cbt_inject_init(cc, ti);
-	if (r)
-		goto bad;
+	cbt_inject_init(cc);
 
 	path = dm_shift_arg(&as);
 	r = parse_features(&as, cc, ti);

@@ -229,6 +229,23 @@ uint64_t bitmap_info_field(const char *name, const char *bitmap, const char *key
 	return p ? strtoull(p + strlen(k), NULL, 0) : ~0ULL;
 }
 
+long long inject_rule_field(const char *name, const char *id, const char *key)
+{
+	char list[16384], want[64], *line, *save, *p;
+
+	if (dm_message(name, "inject list", list, sizeof(list)))
+		return -1;
+	snprintf(want, sizeof(want), " id=%s ", id);
+	for (line = strtok_r(list, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		if (!strstr(line, want))
+			continue;
+		snprintf(want, sizeof(want), " %s=", key);
+		p = strstr(line, want);
+		return p ? atoll(p + strlen(want)) : -1;
+	}
+	return -1;
+}
+
 int kmsg_mark(void)
 {
 	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);

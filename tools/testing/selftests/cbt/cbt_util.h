@@ -54,6 +54,8 @@ int dm_message(const char *name, const char *msg, char *answer, size_t answerlen
 int dm_messagef(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A KEY=value field of BITMAP's "bitmap info" line on NAME; ~0 when missing. */
 uint64_t bitmap_info_field(const char *name, const char *bitmap, const char *key);
+/* The value of KEY=... in the "inject list" line of rule ID on NAME; -1 if absent. */
+long long inject_rule_field(const char *name, const char *id, const char *key);
 
 /* O_DIRECT I/O on a block device. */
 /* Writes LEN bytes of BYTE at OFF (both multiples of 512); 0 or -errno. */

@@ -82,22 +82,7 @@ static int dio(struct _test_data_inject *self, int write, off_t off, size_t len)
 }
 
 /* The value of KEY=... in the list line of rule ID (or -1 if absent). */
-static long long rule_field(struct _test_data_inject *self, const char *id, const char *key)
-{
-	char list[16384], want[64], *line, *save, *p;
-
-	if (inject(self, "list", list, sizeof(list)))
-		return -1;
-	snprintf(want, sizeof(want), " id=%s ", id);
-	for (line = strtok_r(list, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		if (!strstr(line, want))
-			continue;
-		snprintf(want, sizeof(want), " %s=", key);
-		p = strstr(line, want);
-		return p ? atoll(p + strlen(want)) : -1;
-	}
-	return -1;
-}
+#define rule_field(self, id, key) inject_rule_field((self)->s.name, id, key)
 
 #define HITS(id) rule_field(self, id, "hits")
 

@@ -56,18 +56,6 @@ typedef struct _test_data_inv inv_t;
 #define msg(self, ...) dm_messagef((self)->s.name, __VA_ARGS__)
 #define field(self, bm, key) bitmap_info_field((self)->s.name, bm, key)
 
-/* The hits of injection rule ID; ~0 when it cannot be read. */
-static uint64_t rule_hits(inv_t *self, const char *id)
-{
-	char list[4096], k[64], *p;
-
-	if (dm_message(self->s.name, "inject list", list, sizeof(list)))
-		return ~0ULL;
-	snprintf(k, sizeof(k), " id=%s hits=", id);
-	p = strstr(list, k);
-	return p ? strtoull(p + strlen(k), NULL, 0) : ~0ULL;
-}
-
 struct held_write {
 	const char *dev;
 	int r;
@@ -96,9 +84,9 @@ static int start_held_write(inv_t *self, struct held_write *w)
 	w->r = -1;
 	if (pthread_create(&w->th, NULL, do_write, w))
 		return -1;
-	for (i = 0; i < 500 && rule_hits(self, "hold") != 1; i++)
+	for (i = 0; i < 500 && inject_rule_field(self->s.name, "hold", "hits") != 1; i++)
 		usleep(10000);
-	return rule_hits(self, "hold") == 1 ? 0 : -1;
+	return inject_rule_field(self->s.name, "hold", "hits") == 1 ? 0 : -1;
 }
 
 /* Waits for the held write, which must succeed. */
