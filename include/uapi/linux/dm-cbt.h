@@ -7,6 +7,8 @@
 
 /* The device-mapper target name, as used in table lines. */
 #define DM_CBT_TARGET_NAME "cbt"
+/* The read-only view of a running snapshot ("snapshot ..." messages). */
+#define DM_CBT_SNAPSHOT_TARGET_NAME "cbt-snapshot"
 
 /* Limits of the "bitmap ..." messages. */
 #define DM_CBT_NAME_MAX		63	/* bitmap name and token length */
@@ -59,6 +61,11 @@ enum dm_cbt_event {
 	DM_CBT_EVENT_INCONSISTENT,	/* the bitmap may have missed writes */
 	DM_CBT_EVENT_ERROR_RULE,	/* an error-injection rule fired */
 	DM_CBT_EVENT_RESIZE,		/* the bitmaps now cover LENGTH bytes */
+	DM_CBT_EVENT_SNAPSHOT_START,	/* snapshot TOKEN started */
+	DM_CBT_EVENT_SNAPSHOT_STOP,	/* snapshot TOKEN stopped */
+	DM_CBT_EVENT_SNAPSHOT_BREAK,	/* snapshot TOKEN broke: its views fail */
+	DM_CBT_EVENT_VIEW_CREATE,	/* a view of snapshot TOKEN was created */
+	DM_CBT_EVENT_VIEW_REMOVE,	/* a view of snapshot TOKEN went away */
 };
 
 enum dm_cbt_attr {
