@@ -12,7 +12,8 @@
 
 #define BACKUP_USAGE \
 	"backup --sync=full|incremental [--bitmap=NAME]... [--on-source-error=report|retry]\n" \
-	"              [--retries=N] [--json] JOB...\n" \
+	"              [--retries=N] [--cbw-memory=SIZE] [--cbw-timeout=SECONDS]\n" \
+	"              [--no-snapshot] [--freeze-hook=CMD] [--json] JOB...\n" \
 	"  JOB: DEV=TARGET[,backing=FILE][,mode=create|existing][,cluster-size=SIZE]"
 
 static struct cbt_backup *running_backup;
@@ -100,9 +101,24 @@ static void print_text(const struct cbt_backup *b, int r, const struct cbt_err *
 					   "every bitmap was restored");
 }
 
+/* A decimal number from 0 to MAX, nothing else. */
+static int parse_count(const char *s, uint64_t max, uint64_t *n)
+{
+	char *end;
+
+	errno = 0;
+	*n = strtoull(s, &end, 10);
+	return errno || end == s || *end || *s == '-' || *n > max ? -EINVAL : 0;
+}
+
 int cmd_backup(int argc, char **argv)
 {
-	struct cbt_backup b = { .sync = -1, .retry_delay_ms = 200 };
+	struct cbt_backup b = {
+		.sync = -1,
+		.retry_delay_ms = 200,
+		.cbw_memory = 64 << 20,
+		.cbw_timeout = 30,
+	};
 	struct sigaction sa = { .sa_handler = on_signal };
 	struct cbt_err e = { 0 };
 	int json = 0, retry = 0, shown = 0, i, r, status;
@@ -134,15 +150,28 @@ int cmd_backup(int argc, char **argv)
 		} else if (!strcmp(a, "--on-source-error=retry")) {
 			retry = 1;
 		} else if (!strncmp(a, "--retries=", 10)) {
-			char *end;
-
-			errno = 0;
-			n = strtoull(a + 10, &end, 10);
-			if (errno || end == a + 10 || *end || a[10] == '-' || n > 1000) {
+			if (parse_count(a + 10, 1000, &n)) {
 				usage_error(BACKUP_USAGE, "bad --retries '%s'", a + 10);
 				goto out;
 			}
 			b.retries = n;
+		} else if (!strncmp(a, "--cbw-memory=", 13)) {
+			if (cbt_parse_size(a + 13, &n) || !n) {
+				usage_error(BACKUP_USAGE, "bad --cbw-memory '%s'", a + 13);
+				goto out;
+			}
+			b.cbw_memory = n;
+		} else if (!strncmp(a, "--cbw-timeout=", 14)) {
+			if (parse_count(a + 14, 3600, &n)) {
+				usage_error(BACKUP_USAGE, "bad --cbw-timeout '%s' (0 to 3600 seconds)",
+					    a + 14);
+				goto out;
+			}
+			b.cbw_timeout = n;
+		} else if (!strcmp(a, "--no-snapshot")) {
+			b.no_snapshot = true;
+		} else if (!strncmp(a, "--freeze-hook=", 14) && a[14]) {
+			b.freeze_hook = a + 14;
 		} else if (!strcmp(a, "--json")) {
 			json = 1;
 		} else if (a[0] == '-') {
@@ -189,6 +218,12 @@ int cmd_backup(int argc, char **argv)
 	if (b.bitmap_errors)
 		fprintf(stderr, "cbtctl: warning: %u bitmap commit/abort refused (first: %s); "
 			"run 'cbtctl recover' on the devices\n", b.bitmap_errors, b.bitmap_err.msg);
+	if (b.snapshot_errors)
+		fprintf(stderr, "cbtctl: warning: %u snapshot views or snapshots would not go "
+			"(first: %s); run 'cbtctl recover'\n", b.snapshot_errors, b.snapshot_err.msg);
+	if (b.thaw_failed)
+		fprintf(stderr, "cbtctl: warning: %s: the guest may still be frozen\n",
+			b.thaw_err.msg);
 	status = r ? EXIT_FAIL : 0;
 out:
 	for (i = 0; i < (int)b.nr_jobs; i++)

@@ -38,7 +38,7 @@ static int bitmap_add(int argc, char **argv)
 		return usage_error(BITMAP_USAGE, "bitmap add needs DEV and NAME");
 	if (gran)
 		snprintf(msg, sizeof(msg), " granularity=%llu", (unsigned long long)gran);
-	if (cbt_bitmap_msg(args[0], &e, "bitmap add %s%s%s", args[1], msg,
+	if (cbt_dm_messagef(args[0], &e, "bitmap add %s%s%s", args[1], msg,
 			   disabled ? " disabled" : ""))
 		return report(&e);
 	return 0;
@@ -63,14 +63,14 @@ int cmd_bitmap(int argc, char **argv)
 			continue;
 		if (argc != 4)
 			return usage_error(BITMAP_USAGE, "bitmap %s needs DEV and NAME", simple[i]);
-		if (cbt_bitmap_msg(argv[2], &e, "bitmap %s %s", simple[i], argv[3]))
+		if (cbt_dm_messagef(argv[2], &e, "bitmap %s %s", simple[i], argv[3]))
 			return report(&e);
 		return 0;
 	}
 	if (!strcmp(argv[1], "merge")) {
 		if (argc != 5)
 			return usage_error(BITMAP_USAGE, "bitmap merge needs DEV, DST and SRC");
-		if (cbt_bitmap_msg(argv[2], &e, "bitmap merge %s %s", argv[3], argv[4]))
+		if (cbt_dm_messagef(argv[2], &e, "bitmap merge %s %s", argv[3], argv[4]))
 			return report(&e);
 		return 0;
 	}

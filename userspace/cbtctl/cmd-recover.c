@@ -18,11 +18,13 @@ int cmd_recover(int argc, char **argv)
 
 	if (nr && is_help(argv[1])) {
 		printf("usage: cbtctl %s\n\n"
-		       "Undoes what killed cbtctl runs left behind: resumes the devices they\n"
-		       "suspended, aborts the bitmaps they froze (their bits merge back) and\n"
-		       "removes their temporary images. With DEVs, also aborts bitmaps on them\n"
-		       "frozen by any cbtctl that is no longer running; --force aborts every\n"
-		       "frozen bitmap on them, whoever froze it.\n", RECOVER_USAGE);
+		       "Undoes what killed cbtctl runs left behind: removes their snapshot\n"
+		       "views, stops their snapshots, resumes the devices they suspended,\n"
+		       "aborts the bitmaps they froze (their bits merge back) and removes their\n"
+		       "temporary images. With DEVs, also stops snapshots and aborts bitmaps on\n"
+		       "them made by any cbtctl that is no longer running; --force stops any\n"
+		       "snapshot and aborts every frozen bitmap on them, whoever made it.\n",
+		       RECOVER_USAGE);
 		return 0;
 	}
 	if (nr && !strcmp(argv[1], "--force")) {
@@ -36,7 +38,8 @@ int cmd_recover(int argc, char **argv)
 		return usage_error(RECOVER_USAGE, "unknown option '%s'", devs[0]);
 	if (cbt_recover(devs, nr, force, &rep, &e))
 		return report(&e);
-	printf("recovered: %u devices resumed, %u bitmaps aborted, %u temporary images removed\n",
-	       rep.resumed, rep.aborted, rep.removed);
+	printf("recovered: %u views removed, %u snapshots stopped, %u devices resumed, "
+	       "%u bitmaps aborted, %u temporary images removed\n",
+	       rep.views, rep.snapshots, rep.resumed, rep.aborted, rep.removed);
 	return 0;
 }

@@ -21,9 +21,11 @@
 #include "backup.h"
 #include "bitmap.h"
 #include "copy.h"
+#include "hook.h"
 #include "lock.h"
 #include "qcow2.h"
 #include "recover.h"
+#include "snapshot.h"
 
 struct cbt_backup_job_priv {
 	struct cbt_backup *b;
@@ -35,6 +37,11 @@ struct cbt_backup_job_priv {
 	struct cbt_extent_list extents;
 	uint64_t instant_size;		/* bytes, read while the devices were suspended */
 	bool *frozen;			/* per bitmap: frozen by this run */
+	bool snapshot;			/* a snapshot of this run's token is on the device */
+	char *view_name;		/* its view (dm name), once journalled */
+	char *view_path;		/* /dev/mapper/VIEW */
+	bool view_made;
+	int view_fd;			/* the view, read and released by the copy */
 	pthread_t thread;
 	bool running;
 };
@@ -197,7 +204,7 @@ static void abort_bitmaps(struct cbt_backup *b)
 		for (j = 0; p && p->frozen && j < b->nr_bitmaps; j++) {
 			if (!p->frozen[j])
 				continue;
-			if (cbt_bitmap_msg(b->jobs[i].spec.device, &err, "bitmap abort %s %s",
+			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "bitmap abort %s %s",
 					   b->bitmaps[j], b->token)) {
 				bitmap_error(b, &err);
 				b->keep_journal = true;
@@ -233,6 +240,81 @@ static int resume_device(struct cbt_backup *b, const char *dev, struct cbt_err *
 	return 0;
 }
 
+/* A view or snapshot that would not go: kept for the caller, and for "cbtctl recover". */
+static void snapshot_error(struct cbt_backup *b, const struct cbt_err *err)
+{
+	if (!b->snapshot_errors++)
+		b->snapshot_err = *err;
+	b->keep_journal = true;
+}
+
+/*
+ * Before any suspend: the snapshot's store is allocated while the guest
+ * runs, one chunk per cluster of the image, so that a cluster-widened
+ * extent covers whole chunks and its discard releases them.
+ */
+static int prepare_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	uint32_t chunk = cbt_snapshot_chunk(qcow2_cluster_size(p->img));
+	char memory[40] = "", timeout[24] = "";
+	int r;
+
+	if (b->cbw_memory)
+		snprintf(memory, sizeof(memory), " memory=%llu",
+			 (unsigned long long)((b->cbw_memory + chunk - 1) / chunk * chunk));
+	if (b->cbw_timeout >= 0)
+		snprintf(timeout, sizeof(timeout), " timeout=%d", b->cbw_timeout);
+	r = cbt_journal_add(b->journal, "snapshot", cbt_dm_name(job->spec.device), e);
+	if (!r)
+		r = cbt_dm_messagef(job->spec.device, e, "snapshot prepare %s chunk=%u%s%s",
+				    b->token, chunk, memory, timeout);
+	if (!r)
+		p->snapshot = true;
+	return r;
+}
+
+/*
+ * At the instant (JOB's device suspended, its bitmaps frozen): the snapshot
+ * starts, preserving the chunks the job will read: all of them for a full
+ * backup, the frozen bitmaps' for an incremental one. A device resized
+ * since prepare gets its snapshot prepared again at the new length.
+ */
+static int start_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	struct cbt_snapshot_info info;
+	char *msg = NULL;
+	size_t len = 0;
+	unsigned int j;
+	FILE *f;
+	int r;
+
+	r = cbt_snapshot_info(job->spec.device, &info, e);
+	if (!r && info.length != p->instant_size) {
+		r = cbt_dm_messagef(job->spec.device, e, "snapshot stop %s", b->token);
+		if (!r) {
+			p->snapshot = false;
+			r = prepare_snapshot(b, job, e);
+		}
+	}
+	if (r)
+		return r;
+	f = open_memstream(&msg, &len);
+	if (!f)
+		return cbt_fail(e, ENOMEM, "%s: snapshot start", job->spec.device);
+	fprintf(f, "snapshot start %s", b->token);
+	for (j = 0; j < b->nr_bitmaps && b->sync == CBT_SYNC_INCREMENTAL; j++)
+		fprintf(f, " %s", b->bitmaps[j]);
+	if (fclose(f)) {
+		free(msg);
+		return cbt_fail(e, ENOMEM, "%s: snapshot start", job->spec.device);
+	}
+	r = cbt_dm_message(job->spec.device, msg, NULL, e);
+	free(msg);
+	return r;
+}
+
 /*
  * The backup instant: suspend every device (in name order, so that two
  * transactions cannot deadlock), freeze every bitmap, resume every device.
@@ -244,6 +326,7 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	sigset_t all, old;
 	unsigned int i, j, suspended = 0;
 	struct cbt_err err2;
+	bool hooked;
 	int r = 0;
 
 	order = calloc(b->nr_jobs, sizeof(*order));
@@ -255,6 +338,10 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		r = cbt_journal_add(b->journal, "device", cbt_dm_name(order[i]->spec.device), e);
+	/* Thawed below whatever happens, even when the freeze itself failed half way. */
+	hooked = !r && b->freeze_hook;
+	if (hooked)
+		r = cbt_run_hook(b->freeze_hook, "freeze", e);
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
 	for (i = 0; i < b->nr_jobs && !r; i++) {
@@ -286,11 +373,13 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 		cbt_test_stop("suspended");
 	for (i = 0; i < b->nr_jobs && !r; i++) {
 		for (j = 0; j < b->nr_bitmaps && !r; j++) {
-			r = cbt_bitmap_msg(order[i]->spec.device, e, "bitmap freeze %s %s",
+			r = cbt_dm_messagef(order[i]->spec.device, e, "bitmap freeze %s %s",
 					   b->bitmaps[j], b->token);
 			if (!r)
 				order[i]->priv->frozen[j] = true;
 		}
+		if (!r && !b->no_snapshot)
+			r = start_snapshot(b, order[i], e);
 	}
 	if (r)
 		abort_bitmaps(b);
@@ -303,6 +392,8 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 		}
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (hooked && cbt_run_hook(b->freeze_hook, "thaw", &b->thaw_err))
+		b->thaw_failed = true;
 	free(order);
 	return r;
 }
@@ -337,6 +428,104 @@ static int fit_to_instant(struct cbt_backup_job *job, struct cbt_err *e)
 		return r;
 	job->size = now;
 	return 0;
+}
+
+/*
+ * After the instant: a view of each running snapshot, journalled before it
+ * is made. It is not a read-only device, because the block layer refuses
+ * BLKDISCARD on those, and the discards are how the copy releases what it
+ * has read; the target itself fails writes.
+ */
+static int make_view(struct cbt_backup *b, struct cbt_backup_job *job, unsigned int index,
+		     struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	uint64_t size;
+	int r;
+
+	/* vm1-disk.cbtctl.PID.START, or the token and job number when that is too long. */
+	if (asprintf(&p->view_name, "%s.%s", cbt_dm_name(job->spec.device), b->token) < 0)
+		p->view_name = NULL;
+	else if (strlen(p->view_name) >= 128) {
+		free(p->view_name);
+		if (asprintf(&p->view_name, "%s.%u", b->token, index) < 0)
+			p->view_name = NULL;
+	}
+	if (!p->view_name || asprintf(&p->view_path, "/dev/mapper/%s", p->view_name) < 0) {
+		p->view_path = NULL;
+		return cbt_fail(e, ENOMEM, "%s: view", job->spec.device);
+	}
+	r = cbt_journal_add(b->journal, "view", p->view_name, e);
+	if (!r)
+		r = cbt_view_create(p->view_name, job->spec.device, b->token, p->instant_size, e);
+	if (r)
+		return r;
+	p->view_made = true;
+	p->view_fd = open(p->view_path, O_RDWR | O_DIRECT | O_CLOEXEC);
+	if (p->view_fd < 0)
+		return cbt_fail(e, errno, "%s: cannot open the snapshot view", p->view_path);
+	if (ioctl(p->view_fd, BLKGETSIZE64, &size))
+		return cbt_fail(e, errno, "%s: cannot find its size", p->view_path);
+	if (size != job->size)
+		return cbt_fail(e, EIO, "%s: %llu bytes, but %s had %llu at the instant",
+				p->view_path, (unsigned long long)size, job->spec.device,
+				(unsigned long long)job->size);
+	return 0;
+}
+
+/* Removes every view and stops every snapshot of this run; each step is tried whatever failed before. */
+static void remove_snapshots(struct cbt_backup *b)
+{
+	struct cbt_err err;
+	unsigned int i;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job_priv *p = b->jobs[i].priv;
+
+		if (!p)
+			continue;
+		if (p->view_fd >= 0)
+			close(p->view_fd);
+		p->view_fd = -1;
+		if (p->view_made) {
+			if (cbt_dm_remove(p->view_name, &err) && err.errnum != ENXIO)
+				snapshot_error(b, &err);
+			else
+				p->view_made = false;
+		}
+		if (p->snapshot) {
+			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "snapshot stop %s",
+					    b->token))
+				snapshot_error(b, &err);
+			else
+				p->snapshot = false;
+		}
+	}
+}
+
+/*
+ * A read of a view fails once its snapshot broke (a guest write waited for
+ * the full store past the timeout): the job's error says so, and what to do.
+ */
+static void explain_broken(struct cbt_backup *b)
+{
+	struct cbt_snapshot_info info;
+	struct cbt_err ignored, was;
+	unsigned int i;
+
+	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job *job = &b->jobs[i];
+
+		if (job->status != CBT_JOB_FAILED || !job->priv->snapshot ||
+		    cbt_snapshot_info(job->spec.device, &info, &ignored) ||
+		    info.state != CBT_SNAPSHOT_BROKEN)
+			continue;
+		was = job->err;
+		cbt_fail(&job->err, was.errnum, "%s: the snapshot broke: a write waited more than "
+			 "%llu s for its full store of %llu bytes (raise --cbw-memory or "
+			 "--cbw-timeout); %s", job->spec.device, (unsigned long long)info.timeout,
+			 (unsigned long long)info.limit, was.msg);
+	}
 }
 
 /* What each job copies: the whole device, or the union of its frozen bitmaps. */
@@ -376,8 +565,10 @@ static void *copy_thread(void *arg)
 	struct cbt_backup_job_priv *p = job->priv;
 	struct cbt_backup *b = p->b;
 	struct cbt_copy c = {
-		.device = p->dm_dev,
-		.fd = p->fd,
+		.device = p->view_fd >= 0 ? p->view_path : p->dm_dev,
+		.fd = p->view_fd >= 0 ? p->view_fd : p->fd,
+		/* A run released as soon as it is in the image frees its store slots. */
+		.release = p->view_fd >= 0,
 		.size = job->size,
 		.img = p->img,
 		/*
@@ -577,7 +768,7 @@ static void commit_bitmaps(struct cbt_backup *b)
 		for (j = 0; j < b->nr_bitmaps; j++) {
 			if (!p->frozen[j])
 				continue;
-			if (cbt_bitmap_msg(b->jobs[i].spec.device, &err, "bitmap commit %s %s",
+			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "bitmap commit %s %s",
 					   b->bitmaps[j], b->token))
 				bitmap_error(b, &err);
 			else
@@ -602,6 +793,8 @@ static void free_privs(struct cbt_backup *b)
 			close(p->fd);
 		cbt_extents_free(&p->extents);
 		free(p->frozen);
+		free(p->view_name);
+		free(p->view_path);
 		free(p->dm_dev);
 		free(p->tmp_path);
 		free(p);
@@ -658,6 +851,7 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 {
 	unsigned int i, j;
+	bool instant;
 	int r = 0;
 
 	if (b->sync == CBT_SYNC_INCREMENTAL && !b->nr_bitmaps)
@@ -681,32 +875,44 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		b->jobs[i].priv = p;
 		b->jobs[i].status = CBT_JOB_PENDING;
 		if (p)
-			p->fd = -1;
+			p->fd = p->view_fd = -1;
 		if (!p || !(p->frozen = calloc(b->nr_bitmaps + 1, sizeof(bool)))) {
 			r = cbt_fail(e, ENOMEM, "backup");
 			goto out;
 		}
 		p->b = b;
 		p->job = &b->jobs[i];
-		p->fd = -1;
 	}
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		if (prepare_job(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
+	for (i = 0; i < b->nr_jobs && !r && !b->no_snapshot; i++)
+		if (prepare_snapshot(b, &b->jobs[i], e))
+			r = job_fail(&b->jobs[i], e);
 	if (!r)
 		cbt_test_stop("prepared");
-	if (!r && b->nr_bitmaps)
+	/*
+	 * Without bitmaps, a snapshot or a freeze hook there is no instant:
+	 * the size read at prepare stands.
+	 */
+	instant = b->nr_bitmaps || !b->no_snapshot || b->freeze_hook;
+	if (!r && instant)
 		r = freeze_all(b, e);
-	/* Without bitmaps there is no instant: the size read at prepare stands. */
-	for (i = 0; i < b->nr_jobs && !r && b->nr_bitmaps; i++)
+	for (i = 0; i < b->nr_jobs && !r && instant; i++)
 		if (fit_to_instant(&b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
+	for (i = 0; i < b->nr_jobs && !r && !b->no_snapshot; i++)
+		if (make_view(b, &b->jobs[i], i, e))
+			r = job_fail(&b->jobs[i], e);
+	if (!r && !b->no_snapshot)
+		cbt_test_stop("snapshot");
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		if (collect_extents(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
 	if (!r && b->cancel)
 		r = cbt_fail(e, ECANCELED, "backup cancelled");
 	if (!r && run_copies(b)) {
+		explain_broken(b);
 		for (i = 0; i < b->nr_jobs; i++)
 			if (b->jobs[i].status == CBT_JOB_FAILED)
 				break;
@@ -716,9 +922,12 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		} else
 			r = cbt_fail(e, ECANCELED, "backup cancelled");
 	}
+	/* The snapshots are done with, whatever happened: the guest's writes stop waiting for them. */
+	remove_snapshots(b);
 	if (!r)
 		r = finish_images(b, e);
 out:
+	remove_snapshots(b);
 	if (r) {
 		mark_cancelled(b);
 		discard_images(b);

@@ -2,11 +2,14 @@
 /*
  * Backups of cbt devices into qcow2 images: one transaction over one or
  * more jobs. Every device is suspended (in name order), every named bitmap
- * frozen, every device resumed: that is the backup instant. The jobs then
- * copy concurrently; when all have completed and their images are synced
- * and in place, the bitmaps are committed. If any job fails, the others are
+ * frozen, a snapshot started on every device, every device resumed: that
+ * is the backup instant. The jobs then copy concurrently from read-only
+ * views of the snapshots, which keep the content of the instant while the
+ * guest writes; when all have completed and their images are synced and in
+ * place, the bitmaps are committed. If any job fails, the others are
  * cancelled, every bitmap is aborted (its frozen bits merged back) and no
- * image made under mode=create is left behind.
+ * image made under mode=create is left behind. Views and snapshots go
+ * either way.
  */
 #ifndef CBT_BACKUP_H
 #define CBT_BACKUP_H
@@ -57,11 +60,24 @@ struct cbt_backup {
 	/* Called about ten times a second while jobs copy. */
 	void (*progress)(struct cbt_backup *b, void *arg);
 	void *progress_arg;
+	/*
+	 * Point in time: read snapshots of the devices (the default), or
+	 * the live devices (NO_SNAPSHOT: the guest does not write meanwhile).
+	 */
+	bool no_snapshot;
+	uint64_t cbw_memory;		/* per device store, bytes; 0: the kernel's default */
+	int cbw_timeout;		/* seconds a write may wait for the store; <0: default */
+	/* Run as "HOOK freeze" before the first suspend and "HOOK thaw" after the last resume. */
+	const char *freeze_hook;
 	char token[64];			/* the freeze token of this run */
 	struct cbt_journal *journal;	/* what a crash of this run would leave */
 	bool keep_journal;		/* something could not be undone: recover later */
 	unsigned int bitmap_errors;	/* commits or aborts the target refused */
 	struct cbt_err bitmap_err;	/* the first of them */
+	unsigned int snapshot_errors;	/* views or snapshots that would not go */
+	struct cbt_err snapshot_err;	/* the first of them */
+	bool thaw_failed;		/* "HOOK thaw" failed: the guest may still be frozen */
+	struct cbt_err thaw_err;
 };
 
 /*

@@ -3,26 +3,11 @@
  * Bitmap commands through the target's "bitmap ..." messages.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bitmap.h"
-
-int cbt_bitmap_msg(const char *dev, struct cbt_err *e, const char *fmt, ...)
-{
-	char msg[256];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof(msg))
-		return cbt_fail(e, EINVAL, "%s: message too long", cbt_dm_name(dev));
-	return cbt_dm_message(dev, msg, NULL, e);
-}
 
 /* Parses "NAME granularity=G count=C recording=R busy=B persistent=P inconsistent=I frozen=F token=T". */
 static int parse_line(const char *line, struct cbt_bitmap_info *b)

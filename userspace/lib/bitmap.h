@@ -37,8 +37,4 @@ int cbt_bitmap_list(const char *dev, struct cbt_bitmap_info **v, size_t *n,
 int cbt_bitmap_get(const char *dev, const char *name, struct cbt_bitmap_info *info,
 		   struct cbt_err *e);
 
-/* "bitmap WORDS..." to DEV; errors name the device and the message. */
-int cbt_bitmap_msg(const char *dev, struct cbt_err *e, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
 #endif /* CBT_BITMAP_H */

@@ -89,6 +89,17 @@ static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
 	}
 }
 
+/* Tells a snapshot view that [OFF, OFF+LEN) is copied: one BLKDISCARD for the run. */
+static int release_run(struct cbt_copy *c, uint64_t off, uint64_t len, struct cbt_err *e)
+{
+	uint64_t range[2] = { off, len };
+
+	if (ioctl(c->fd, BLKDISCARD, range))
+		return cbt_fail(e, errno, "%s: cannot release %llu bytes at offset %llu",
+				c->device, (unsigned long long)len, (unsigned long long)off);
+	return 0;
+}
+
 /* Hands one buffer of whole clusters at OFF to the image, run by run. */
 static int write_clusters(struct cbt_copy *c, const char *buf, size_t len, uint64_t off,
 			  uint32_t cluster, struct cbt_err *e)
@@ -163,6 +174,8 @@ int cbt_copy_extents(struct cbt_copy *c, const struct cbt_extent *extents,
 			}
 			if (!r)
 				r = write_clusters(c, buf, wlen, start, cluster, e);
+			if (!r && c->release)
+				r = release_run(c, start, len, e);
 			if (r)
 				break;
 			start += len;

@@ -39,6 +39,11 @@ struct cbt_copy {
 	 * leave them unallocated.
 	 */
 	bool zero_clusters;
+	/*
+	 * Discard each run on the source once it is in the image: a snapshot
+	 * view then releases its chunks (the fd must be open for writing).
+	 */
+	bool release;
 	unsigned int retries;		/* extra attempts after a failed read */
 	unsigned int retry_delay_ms;
 	const volatile int *cancel;	/* non-zero: stop with -ECANCELED */

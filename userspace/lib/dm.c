@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <libdevmapper.h>
 
 #include <linux/dm-cbt.h>
@@ -132,6 +133,20 @@ out:
 	return r;
 }
 
+int cbt_dm_messagef(const char *dev, struct cbt_err *e, const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(msg))
+		return cbt_fail(e, EINVAL, "%s: message too long", cbt_dm_name(dev));
+	return cbt_dm_message(dev, msg, NULL, e);
+}
+
 int cbt_dm_info(const char *dev, struct cbt_dm_info *out, struct cbt_err *e)
 {
 	struct dm_task *dmt;
@@ -182,4 +197,53 @@ int cbt_dm_suspend(const char *dev, struct cbt_err *e)
 int cbt_dm_resume(const char *dev, struct cbt_err *e)
 {
 	return dm_simple(DM_DEVICE_RESUME, "resume failed", dev, e);
+}
+
+int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const char *params,
+		  int readonly, struct cbt_err *e)
+{
+	struct dm_task *dmt;
+	uint32_t cookie = 0;
+	int r = 0;
+
+	dmt = dm_task_for(DM_DEVICE_CREATE, name);
+	if (!dmt || (readonly && !dm_task_set_ro(dmt)) ||
+	    !dm_task_add_target(dmt, 0, sectors, type, params) ||
+	    !dm_task_set_cookie(dmt, &cookie, 0) || !dm_task_run(dmt)) {
+		char what[300];
+
+		snprintf(what, sizeof(what), "cannot create (table '0 %llu %s %s')",
+			 (unsigned long long)sectors, type, params);
+		r = dm_task_fail(dmt, e, what, name);
+	}
+	/* Without udev, libdevmapper makes the node itself here. */
+	if (cookie)
+		dm_udev_wait(cookie);
+	if (dmt)
+		dm_task_destroy(dmt);
+	return r;
+}
+
+int cbt_dm_remove(const char *name, struct cbt_err *e)
+{
+	struct timespec pause = { 0, 200 * 1000 * 1000 };
+	int attempt, r = 0;
+
+	/* A program that opened the node a moment ago (udev, blkid) soon lets go. */
+	for (attempt = 0; attempt < 10; attempt++) {
+		struct dm_task *dmt = dm_task_for(DM_DEVICE_REMOVE, name);
+		uint32_t cookie = 0;
+
+		r = 0;
+		if (!dmt || !dm_task_set_cookie(dmt, &cookie, 0) || !dm_task_run(dmt))
+			r = dm_task_fail(dmt, e, "cannot remove", name);
+		if (cookie)
+			dm_udev_wait(cookie);
+		if (dmt)
+			dm_task_destroy(dmt);
+		if (r != -EBUSY)
+			break;
+		nanosleep(&pause, NULL);
+	}
+	return r;
 }

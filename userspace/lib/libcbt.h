@@ -48,6 +48,10 @@ int cbt_dm_status(const char *dev, struct cbt_dm_status *st, struct cbt_err *e);
 int cbt_dm_message(const char *dev, const char *message, char **answer,
 		   struct cbt_err *e);
 
+/* cbt_dm_message() of a formatted message, without an answer; errors name DEV and the message. */
+int cbt_dm_messagef(const char *dev, struct cbt_err *e, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 /* A run of dirty bytes, from the start of the cbt target. */
 struct cbt_extent {
 	uint64_t offset;
@@ -81,5 +85,17 @@ int cbt_dm_info(const char *dev, struct cbt_dm_info *info, struct cbt_err *e);
 /* Suspends (flushing in-flight I/O) or resumes DEV. */
 int cbt_dm_suspend(const char *dev, struct cbt_err *e);
 int cbt_dm_resume(const char *dev, struct cbt_err *e);
+
+/*
+ * Creates NAME with one target, TYPE over SECTORS with PARAMS, read-only
+ * when READONLY, and waits for its node under /dev/mapper.
+ */
+int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const char *params,
+		  int readonly, struct cbt_err *e);
+/* Removes NAME, trying again for a while when it is busy (-ENXIO: there is none). */
+int cbt_dm_remove(const char *name, struct cbt_err *e);
+
+/* The name of an enum dm_cbt_event ("freeze", "snapshot_break", ...), or "unknown". */
+const char *cbt_event_name(unsigned int event);
 
 #endif /* LIBCBT_H */

@@ -11,6 +11,7 @@
 
 #include "bitmap.h"
 #include "recover.h"
+#include "snapshot.h"
 
 struct cbt_journal {
 	char path[4096];
@@ -158,7 +159,7 @@ static int abort_frozen(const char *dev, const char *token, bool force,
 		if (token ? strcmp(t, token) :
 			    !force && (!cbt_token_is_ours(t) || cbt_token_alive(t)))
 			continue;
-		r = cbt_bitmap_msg(dev, e, "bitmap abort %s %s", v[i].name, force ? "force" : t);
+		r = cbt_dm_messagef(dev, e, "bitmap abort %s %s", v[i].name, force ? "force" : t);
 		if (r) {
 			if (!first)
 				first = r;
@@ -169,6 +170,48 @@ static int abort_frozen(const char *dev, const char *token, bool force,
 	}
 	free(v);
 	return first;
+}
+
+/*
+ * Stops the snapshot of DEV made by TOKEN (NULL: by any dead cbtctl; FORCE:
+ * by anyone). A module without snapshots refuses "snapshot info": nothing
+ * to stop then; nor on a device that is gone.
+ */
+static int stop_snapshot(const char *dev, const char *token, bool force,
+			 struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	struct cbt_snapshot_info info;
+	const char *t;
+	int r;
+
+	r = cbt_snapshot_info(dev, &info, e);
+	if (r)
+		return r == -EINVAL || r == -ENODEV || r == -ENXIO ? 0 : r;
+	t = info.token;
+	if (info.state == CBT_SNAPSHOT_NONE ||
+	    (token ? strcmp(t, token) : !force && (!cbt_token_is_ours(t) || cbt_token_alive(t))))
+		return 0;
+	r = cbt_dm_messagef(dev, e, "snapshot stop %s", force ? "force" : t);
+	if (r)
+		return r;
+	rep->snapshots++;
+	note(rep, "%s: stopped snapshot %s", cbt_dm_name(dev), t);
+	return 0;
+}
+
+/* Removes a dead run's view; one that is gone already is fine. */
+static int remove_view(const char *name, const char *token, struct cbt_recover_report *rep,
+		       struct cbt_err *e)
+{
+	int r = cbt_dm_remove(name, e);
+
+	if (r == -ENXIO || r == -ENODEV)
+		return 0;
+	if (r)
+		return r;
+	rep->views++;
+	note(rep, "%s: removed (a snapshot view of %s)", name, token);
+	return 0;
 }
 
 /* Whether LINES (n of them) has "KIND NAME". */
@@ -203,14 +246,51 @@ static int recover_device(const char *dev, const char *token, bool resume,
 	return abort_frozen(dev, token, false, rep, e);
 }
 
+/*
+ * Undoes what line I of a dead run's journal (LINES, N of them) names, in
+ * PASS 0 a view, in 1 a snapshot, in 2 a device or a temporary image.
+ */
+static int undo_line(int pass, char **lines, size_t n, size_t i, const char *token,
+		     struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	const char *what = strchr(lines[i], ' ');
+	size_t len;
+
+	if (!what)
+		return 0;
+	len = what++ - lines[i];
+#define LINE_IS(kind) (len == strlen(kind) && !strncmp(lines[i], kind, len))
+	if (pass == 0)
+		return LINE_IS("view") ? remove_view(what, token, rep, e) : 0;
+	if (pass == 1)
+		return LINE_IS("snapshot") ? stop_snapshot(what, token, false, rep, e) : 0;
+	if (LINE_IS("device"))
+		/*
+		 * Only a suspend of its own that it never ended is resumed:
+		 * a device suspended by anyone else stays as it is.
+		 */
+		return recover_device(what, token, journal_has(lines, n, "suspend", what) &&
+				      !journal_has(lines, n, "resumed", what), rep, e);
+	if (LINE_IS("temp")) {
+		if (!unlink(what)) {
+			rep->removed++;
+			note(rep, "%s: removed (a temporary image of %s)", what, token);
+		} else if (errno != ENOENT) {
+			return cbt_fail(e, errno, "%s: cannot remove", what);
+		}
+	}
+#undef LINE_IS
+	return 0;
+}
+
 /* Undoes what one dead run's journal names; the journal goes when all is undone. */
 static int replay_journal(const char *path, const char *token, struct cbt_recover_report *rep,
 			  struct cbt_err *e)
 {
-	char line[4200], **lines = NULL, **nl, *what;
+	char line[4200], **lines = NULL, **nl;
 	size_t n = 0, i;
 	struct cbt_err err;
-	int first = 0, r;
+	int first = 0, pass, r;
 	FILE *f;
 
 	f = fopen(path, "r");
@@ -228,30 +308,14 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 		n++;
 	}
 	fclose(f);
-	for (i = 0; i < n && !first; i++) {
-		what = strchr(lines[i], ' ');
-		if (!what)
-			continue;
-		what++;
-		r = 0;
-		if (!strncmp(lines[i], "device ", 7)) {
-			/*
-			 * Only a suspend of its own that it never ended is resumed:
-			 * a device suspended by anyone else stays as it is.
-			 */
-			r = recover_device(what, token, journal_has(lines, n, "suspend", what) &&
-					   !journal_has(lines, n, "resumed", what), rep, &err);
-		} else if (!strncmp(lines[i], "temp ", 5)) {
-			if (!unlink(what)) {
-				rep->removed++;
-				note(rep, "%s: removed (a temporary image of %s)", what, token);
-			} else if (errno != ENOENT) {
-				r = cbt_fail(&err, errno, "%s: cannot remove", what);
+	/* Views first, then their snapshots, then the devices and temporaries. */
+	for (pass = 0; pass < 3 && !first; pass++) {
+		for (i = 0; i < n && !first; i++) {
+			r = undo_line(pass, lines, n, i, token, rep, &err);
+			if (r && !first) {
+				first = r;
+				*e = err;
 			}
-		}
-		if (r && !first) {
-			first = r;
-			*e = err;
 		}
 	}
 	for (i = 0; i < n; i++)
@@ -289,7 +353,9 @@ int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
 	if (dp)
 		closedir(dp);
 	for (i = 0; i < nr_devs; i++) {
-		r = abort_frozen(devs[i], NULL, force, rep, &err);
+		r = stop_snapshot(devs[i], NULL, force, rep, &err);
+		if (!r)
+			r = abort_frozen(devs[i], NULL, force, rep, &err);
 		if (r && !first) {
 			first = r;
 			*e = err;

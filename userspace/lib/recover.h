@@ -4,8 +4,9 @@
  * suspends a device or creates a temporary image, naming each; it removes
  * the journal when it is done. TOKEN ("cbtctl.PID.STARTTIME") names the
  * process, so a later run can tell a dead owner from a live one and undo
- * what the dead one left: resume its devices, abort the bitmaps it froze
- * (merging their bits back) and remove its temporary images.
+ * what the dead one left: remove its snapshot views, stop its snapshots,
+ * resume its devices, abort the bitmaps it froze (merging their bits back)
+ * and remove its temporary images.
  */
 #ifndef CBT_RECOVER_H
 #define CBT_RECOVER_H
@@ -32,7 +33,9 @@ int cbt_journal_open(const char *token, struct cbt_journal **j, struct cbt_err *
 /*
  * Records one line (written through before returning): "device NAME" (its
  * bitmaps may be frozen under the token), "suspend NAME" (about to be
- * suspended), "resumed NAME" (running again), "temp PATH" (a temporary image).
+ * suspended), "resumed NAME" (running again), "temp PATH" (a temporary image),
+ * "snapshot NAME" (a snapshot of the token may be on the device), "view NAME"
+ * (a view of one may exist).
  */
 int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 		    struct cbt_err *e);
@@ -45,13 +48,15 @@ struct cbt_recover_report {
 	unsigned int resumed;		/* devices resumed */
 	unsigned int aborted;		/* bitmaps aborted */
 	unsigned int removed;		/* temporary images removed */
+	unsigned int views;		/* snapshot views removed */
+	unsigned int snapshots;		/* snapshots stopped */
 	FILE *log;			/* if set, one line per action */
 };
 
 /*
  * Undoes every journal whose owner is dead; then on each of DEVS, aborts
- * bitmaps frozen by a dead cbtctl (FORCE: every frozen bitmap, whoever
- * froze it). Errors name the device or file; recovery goes on past them
+ * bitmaps frozen by a dead cbtctl and stops a snapshot a dead cbtctl
+ * started (FORCE: every frozen bitmap and any snapshot, whoever made it). Errors name the device or file; recovery goes on past them
  * and returns the first.
  */
 int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,

@@ -85,6 +85,15 @@ cbt_over_file() {
 	dev=/dev/mapper/$name
 }
 
+# pattern_dev VAR TAG PATTERN: a cbt device of $SIZE bytes over $dir/TAG.raw,
+# written with PATTERN at 0, 1 MiB and 8 MiB before its end; its path in VAR.
+pattern_dev() {
+	local loop name dev
+	cbt_over_file "$dir/$2.raw" "$SIZE" "$2" || return 1
+	printf -v "$1" '%s' "$dev"
+	qio "$dev" "write -P $3 0 512" "write -P $3 1M 32k" "write -P $3 $((SIZE - (8 << 20))) 124k"
+}
+
 # dm_create NAME TABLE: creates a dm device that is removed on exit.
 dm_create() {
 	dmsetup create "$1" --table "$2" || return 1

@@ -16,20 +16,12 @@ SIZE=$((40 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
 _tmp_dirs+=("$CBT_RUN_DIR")
 
-# new_dev VAR TAG PATTERN: a 40 MiB cbt device written with a distinct pattern.
-new_dev() {
-	local loop name dev
-	cbt_over_file "$dir/$2.raw" $SIZE "$2"
-	printf -v "$1" '%s' "$dev"
-	qio "$dev" "write -P $3 0 512" "write -P $3 1M 32k" "write -P $3 32M 124k"
-}
-
 # two_devs TAG PATTERN: in a new $dir, devices d0 (0x41) and d1 (PATTERN)
 # with bitmap b0 each, and one full backup of both: full0.qcow2, full1.qcow2.
 two_devs() {
 	make_tmpdir dir
-	new_dev d0 "$1-0" 0x41
-	new_dev d1 "$1-1" "$2"
+	pattern_dev d0 "$1-0" 0x41
+	pattern_dev d1 "$1-1" "$2"
 	cbtctl bitmap add "$d0" b0 && cbtctl bitmap add "$d1" b0 || fail "bitmap add"
 	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/full0.qcow2" "$d1=$dir/full1.qcow2" \
 		>/dev/null || fail "full backup transaction"
@@ -94,7 +86,7 @@ test_grouped_race() { grouped race; }
 test_two_bitmaps() {
 	local dir d0
 	make_tmpdir dir
-	new_dev d0 two 0x41
+	pattern_dev d0 two 0x41
 	cbtctl bitmap add "$d0" b0 || fail "bitmap add b0"
 	qio "$d0" "write -P 0xab 0 512" "write -P 0xfe 16M 256k"
 	cbtctl bitmap add "$d0" b1 || fail "bitmap add b1"
@@ -170,7 +162,7 @@ test_killed() {
 test_enospc() {
 	local dir d0 rc small
 	make_tmpdir dir
-	new_dev d0 nospc 0x41
+	pattern_dev d0 nospc 0x41
 	cbtctl bitmap add "$d0" b0 || fail "bitmap add"
 	qio "$d0" "write -P 0x99 2M 8M"
 	small=$dir/small
@@ -192,7 +184,7 @@ test_enospc() {
 test_interrupt() {
 	local dir d0 pid rc
 	make_tmpdir dir
-	new_dev d0 sigint 0x41
+	pattern_dev d0 sigint 0x41
 	cbtctl bitmap add "$d0" b0 || fail "bitmap add"
 	qio "$d0" "write -P 0x12 0 64k" "write -P 0x13 16M 128k"
 	# The read at 16 MiB is held 10 s: once it is held, the copy is
@@ -247,8 +239,8 @@ test_one_per_device() {
 test_existing_unusable() {
 	local dir d0 d1 rc
 	make_tmpdir dir
-	new_dev d0 ex0 0x41
-	new_dev d1 ex1 0x42
+	pattern_dev d0 ex0 0x41
+	pattern_dev d1 ex1 0x42
 	cbtctl bitmap add "$d1" b0 && cbtctl bitmap add "$d0" b0 || fail "bitmap add"
 	qio "$d0" "write -P 0x12 0 64k" "write -P 0x13 16M 128k"
 	qemu-img create -q -f qcow2 "$dir/t0.qcow2" $SIZE

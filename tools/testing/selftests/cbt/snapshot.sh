@@ -1,0 +1,256 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Point-in-time backups through copy-before-write snapshots: images that
+# hold the devices as they were at the instant although every chunk of
+# both was overwritten while the controller was held after it (full and
+# incremental); a store that fills breaks the snapshot and fails the backup
+# cleanly, every write on the device and every dirty bit kept; a controller
+# killed around a snapshot leaves nothing once recovered; the freeze hook;
+# --no-snapshot.
+. "$(dirname "$0")/lib.sh"
+
+require_root
+require_tools dmsetup losetup qemu-io qemu-img cbtctl
+plan 7
+
+SIZE=$((16 << 20))
+export CBT_RUN_DIR=/tmp/cbtctl-run.$$
+_tmp_dirs+=("$CBT_RUN_DIR")
+
+# The number of snapshot views (cbt-snapshot devices) on the system.
+views() {
+	dmsetup table | grep -c ' cbt-snapshot ' || true
+}
+
+# snap_state DEV: the state= field of DEV's "snapshot info".
+snap_state() {
+	dmsetup message "${1#/dev/mapper/}" 0 snapshot info | sed -n 's/.*state=\([a-z]*\).*/\1/p'
+}
+
+# nothing_left DEV...: no view, no snapshot, no busy bitmap, no journal, no temporary.
+nothing_left() {
+	local d left
+	expect_eq "views left" "$(views)" 0
+	for d in "$@"; do
+		expect_eq "$d snapshot" "$(snap_state "$d")" none
+		expect_eq "$d busy" "$(bitmap_field "$d" b0 busy)" false
+		dmsetup info "${d#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d left suspended"
+	done
+	left=$(ls -A "$CBT_RUN_DIR" 2>/dev/null | grep -vx locks || true)
+	[ -z "$left" ] || fail "journals left behind: $left"
+	left=$(ls -A "$dir" | grep '\.tmp$' || true)
+	[ -z "$left" ] || fail "temporaries left behind: $left"
+}
+
+# two_devs TAG: in a new $dir, devices d0 and d1 with patterns and bitmap b0
+# each, and a full backup of both: full0.qcow2, full1.qcow2.
+two_devs() {
+	make_tmpdir dir
+	pattern_dev d0 "$1-0" 0x41
+	pattern_dev d1 "$1-1" 0x42
+	cbtctl bitmap add "$d0" b0 && cbtctl bitmap add "$d1" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/full0.qcow2" "$d1=$dir/full1.qcow2" \
+		>/dev/null || fail "full backup"
+}
+
+# overwrite DEV FILE: writes FILE over all of DEV with O_DIRECT; fails if a write does.
+overwrite() {
+	dd if="$2" of="$1" bs=1M oflag=direct status=none || fail "a write to $1 failed"
+}
+
+# point_in_time full|incremental: the backup is held after its views exist,
+# every chunk of both devices is overwritten, and it goes on: the images are
+# the devices before the overwrite; the next incremental, the devices after.
+point_in_time() {
+	local dir d0 d1 pid w0 w1 t0 t1 rc
+	two_devs "pit-$1"
+	t0="$dir/t0.qcow2" t1="$dir/t1.qcow2"
+	if [ "$1" = incremental ]; then
+		qio "$d0" "write -P 0x51 0 512" "write -P 0x52 5M 192k"
+		qio "$d1" "write -P 0x53 9M 64k"
+		t0="$t0,backing=$dir/full0.qcow2" t1="$t1,backing=$dir/full1.qcow2"
+	fi
+	dd if="$d0" of="$dir/before0.raw" bs=1M iflag=direct status=none
+	dd if="$d1" of="$dir/before1.raw" bs=1M iflag=direct status=none
+	head -c $SIZE /dev/urandom >"$dir/new0.raw"
+	head -c $SIZE /dev/urandom >"$dir/new1.raw"
+	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync="$1" --bitmap=b0 --cbw-memory=16M \
+		"$d0=$t0" "$d1=$t1" >"$dir/out" 2>&1 &
+	pid=$!
+	wait_stopped $pid "phase snapshot"
+	expect_eq "views while held" "$(views)" 2
+	expect_eq "d0 snapshot while held" "$(snap_state "$d0")" running
+	overwrite "$d0" "$dir/new0.raw" & w0=$!
+	overwrite "$d1" "$dir/new1.raw" & w1=$!
+	wait $w0 || fail "overwriting d0"
+	wait $w1 || fail "overwriting d1"
+	kill -CONT $pid
+	wait $pid && rc=0 || rc=$?
+	expect_eq "backup exit status ($(cat "$dir/out"))" "$rc" 0
+	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
+	chain_matches "$dir/t1.qcow2" "$dir/before1.raw"
+	cmp -s "$d0" "$dir/new0.raw" || fail "d0 does not hold what was written"
+	cmp -s "$d1" "$dir/new1.raw" || fail "d1 does not hold what was written"
+	nothing_left "$d0" "$d1"
+	cbtctl backup --sync=incremental --bitmap=b0 "$d0=$dir/n0.qcow2,backing=$dir/t0.qcow2" \
+		"$d1=$dir/n1.qcow2,backing=$dir/t1.qcow2" >/dev/null || fail "next incremental"
+	chain_matches "$dir/n0.qcow2" "$d0"
+	chain_matches "$dir/n1.qcow2" "$d1"
+}
+
+test_point_in_time_full() { point_in_time full; }
+test_point_in_time_incremental() { point_in_time incremental; }
+
+# A store of two chunks, the reader held and 16 needed chunks written: the
+# third write waits a second, the snapshot breaks, every write goes down.
+test_store_full() {
+	local dir d0 d1 pid rc
+	two_devs full
+	qio "$d0" "write -P 0x61 0 1M" "write -P 0x62 8M 64k"
+	head -c $((1 << 20)) /dev/urandom >"$dir/w.raw"
+	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync=incremental --bitmap=b0 \
+		--cbw-memory=128K --cbw-timeout=1 "$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
+		>"$dir/out" 2>"$dir/err" &
+	pid=$!
+	wait_stopped $pid "phase snapshot"
+	overwrite "$d0" "$dir/w.raw"
+	expect_eq "snapshot after the writes" "$(snap_state "$d0")" broken
+	kill -CONT $pid
+	wait $pid && rc=0 || rc=$?
+	expect_eq "exit status" "$rc" 1
+	grep -q "snapshot broke" "$dir/err" || fail "error: $(cat "$dir/err")"
+	cmp -s -n $((1 << 20)) "$d0" "$dir/w.raw" || fail "the writes are not on the device"
+	[ ! -e "$dir/inc0.qcow2" ] || fail "a failed backup left its target"
+	nothing_left "$d0"
+	# Every dirty bit is kept, the one at 8 MiB that no write touched since too.
+	expect_eq "count kept" "$(bitmap_field "$d0" b0)" $(((1 << 20) + (64 << 10)))
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" >/dev/null || fail "the re-run"
+	chain_matches "$dir/inc0.qcow2" "$d0"
+}
+
+# Killed at PHASE with a snapshot prepared, started (devices suspended) or
+# viewed: recover (its journal, no device named) leaves nothing behind.
+killed_at() {
+	local dir d0 d1 pid
+	two_devs "k$1"
+	qio "$d0" "write -P 0x71 3M 64k"
+	CBT_TEST_STOP_AT=$1 cbtctl backup --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
+		"$d1=$dir/inc1.qcow2,backing=$dir/full1.qcow2" >/dev/null 2>&1 &
+	pid=$!
+	wait_stopped $pid "phase $1"
+	[ "$1" != snapshot ] || expect_eq "views before the kill" "$(views)" 2
+	[ "$(snap_state "$d0")" != none ] || fail "no snapshot at phase $1"
+	kill -9 $pid
+	wait $pid 2>/dev/null || true
+	cbtctl recover >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
+	nothing_left "$d0" "$d1"
+	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 65536
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
+		"$d1=$dir/inc1.qcow2,backing=$dir/full1.qcow2" >/dev/null || fail "incremental after recovery"
+	chain_matches "$dir/inc0.qcow2" "$d0"
+}
+
+test_killed() {
+	local phase
+	for phase in prepared frozen snapshot; do
+		echo "# killed at phase: $phase"
+		killed_at $phase
+	done
+}
+
+# write_hook FILE LOG DEV [FAIL]: a hook logging "ARG STATE BUSY SNAPSHOT"
+# of DEV per call; FAIL makes its freeze exit 3.
+write_hook() {
+	cat >"$1" <<-EOF
+	#!/bin/bash
+	. "$cbt_selftest_dir/lib.sh"
+	echo "\$1 \$(dmsetup info -c --noheadings -o attr "${3#/dev/mapper/}" | cut -c3)" \\
+		"\$(bitmap_field "$3" b0 busy) \$(dmsetup message "${3#/dev/mapper/}" 0 snapshot info |
+		sed -n 's/.*state=\\([a-z]*\\).*/\\1/p')" >>"$2"
+	[ "\$1" != freeze ] || [ -z "$4" ] || exit 3
+	EOF
+	chmod +x "$1"
+}
+
+# The hook freezes before anything is suspended or frozen, thaws after the
+# devices run again with the snapshot started; a failing freeze aborts
+# with nothing frozen and is still thawed.
+test_freeze_hook() {
+	local dir d0 d1 rc
+	two_devs hook
+	write_hook "$dir/hook" "$dir/log" "$d0"
+	qio "$d0" "write -P 0x33 2M 64k"
+	cbtctl backup --sync=incremental --bitmap=b0 --freeze-hook="$dir/hook" \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" >/dev/null || fail "backup with a hook"
+	# attr's third letter is s when suspended.
+	expect_eq "hook calls" "$(cat "$dir/log")" "$(printf 'freeze - false prepared\nthaw - true running')"
+	chain_matches "$dir/inc0.qcow2" "$d0"
+
+	write_hook "$dir/bad" "$dir/badlog" "$d0" fail
+	qio "$d0" "write -P 0x34 3M 64k"
+	cbtctl backup --sync=incremental --bitmap=b0 --freeze-hook="$dir/bad" \
+		"$d0=$dir/inc1.qcow2,backing=$dir/inc0.qcow2" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
+	expect_eq "exit status after a failed freeze" "$rc" 1
+	grep -q "hook '$dir/bad freeze' exited with status 3" "$dir/err" ||
+		fail "error: $(cat "$dir/err")"
+	expect_eq "hook calls" "$(cat "$dir/badlog")" \
+		"$(printf 'freeze - false prepared\nthaw - false prepared')"
+	[ ! -e "$dir/inc1.qcow2" ] || fail "target left"
+	nothing_left "$d0"
+	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 65536
+}
+
+# --no-snapshot reads the live devices: no snapshot, no view, the same images.
+test_no_snapshot() {
+	local dir d0 d1 pid
+	two_devs nosnap
+	qio "$d0" "write -P 0x21 4M 64k"
+	CBT_TEST_STOP_AT=copy cbtctl backup --sync=incremental --bitmap=b0 --no-snapshot \
+		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" >/dev/null &
+	pid=$!
+	wait_stopped $pid "phase copy"
+	expect_eq "views" "$(views)" 0
+	expect_eq "snapshot" "$(snap_state "$d0")" none
+	kill -CONT $pid
+	wait $pid || fail "incremental --no-snapshot"
+	chain_matches "$dir/inc0.qcow2" "$d0"
+	cbtctl backup --sync=full --no-snapshot "$d1=$dir/f1.qcow2" >/dev/null ||
+		fail "full --no-snapshot without a bitmap"
+	chain_matches "$dir/f1.qcow2" "$d1"
+}
+
+# cbtctl status, text and JSON, of a device with a snapshot held running and without.
+test_status() {
+	local dir d0 d1 pid out
+	two_devs status
+	expect_eq "idle" "$(cbtctl status "$d0" | grep '^snapshot:')" "snapshot: none"
+	cbtctl status "$d0" --json | grep -q '"snapshot": null}$' || fail "idle JSON"
+	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync=full --bitmap=b0 "$d0=$dir/t0.qcow2" \
+		>/dev/null &
+	pid=$!
+	wait_stopped $pid "phase snapshot"
+	out=$(cbtctl status "$d0" | grep '^snapshot:')
+	[[ $out == "snapshot: cbtctl.$pid."*", running, 256 chunks of 65536 bytes needed, store 0 of 67108864 bytes used, 0 writes waited, 1 views" ]] ||
+		fail "status while running: $out"
+	out=$(cbtctl status "$d0" --json | sed 's/.*"snapshot": //')
+	expect_eq "JSON state" "$(json_field state <<<"$out")" running
+	expect_eq "JSON needed" "$(json_field needed <<<"$out")" 256
+	expect_eq "JSON limit" "$(json_field limit <<<"$out")" 67108864
+	kill -CONT $pid
+	wait $pid || fail "the backup failed"
+	expect_eq "after" "$(cbtctl status "$d0" | grep '^snapshot:')" "snapshot: none"
+}
+
+run_test "full backup at the instant, every chunk overwritten meanwhile" test_point_in_time_full
+run_test "incremental at the instant, every chunk overwritten meanwhile" \
+	test_point_in_time_incremental
+run_test "a full store breaks the snapshot: clean failure, writes and bits kept" test_store_full
+run_test "controller killed around a snapshot: recover leaves nothing" test_killed
+run_test "freeze hook: freeze then thaw, a failing freeze aborts cleanly" test_freeze_hook
+run_test "--no-snapshot reads the live devices" test_no_snapshot
+run_test "status shows a snapshot while it runs, none after" test_status
+finish
