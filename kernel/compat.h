@@ -9,6 +9,7 @@
 
 #include "compat-gen.h"
 
+#include <linux/blkdev.h>
 #include <linux/device-mapper.h>
 #include <linux/random.h>
 #include <linux/workqueue.h>
@@ -26,6 +27,13 @@
 #endif
 #define CBT_TARGET_FEATURES \
 	(DM_TARGET_NOWAIT | DM_TARGET_PASSES_INTEGRITY | DM_TARGET_PASSES_CRYPTO)
+
+/* dm_get_device() takes a blk_mode_t since 6.5, an fmode_t before. */
+#ifdef BLK_OPEN_READ
+#define CBT_OPEN_READ BLK_OPEN_READ
+#else
+#define CBT_OPEN_READ FMODE_READ
+#endif
 
 #ifndef CBT_HAVE_GET_RANDOM_U32_BELOW
 #define get_random_u32_below(ceil) prandom_u32_max(ceil)

@@ -108,7 +108,7 @@ void cbt_bits_zero(struct cbt_bits *bits)
  * UINT_MAX bits, so a 16 TiB device at 4 KiB (2^32 chunks) is counted in
  * pieces of 2^30 bits, a multiple of the word size.
  */
-static u64 cbt_bits_weight(const struct cbt_bits *bits)
+u64 cbt_bits_weight(const struct cbt_bits *bits)
 {
 	unsigned long pos, piece;
 	u64 n = 0;

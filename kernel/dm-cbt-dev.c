@@ -28,6 +28,7 @@ static void cbt_dev_release(struct kref *kref)
 	struct cbt_dev *cd = container_of(kref, struct cbt_dev, kref);
 	struct cbt_bitmap *bm, *tmp;
 
+	cbt_snap_dev_release(cd);
 	cancel_work_sync(&cd->event_work);
 	/* No table is left, so no bio can reach the bitmaps. */
 	list_for_each_entry_safe(bm, tmp, &cd->bitmaps, list) {
@@ -295,6 +296,7 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 	mutex_lock(&cd->lock);
 	if (len == cd->len)
 		goto out;
+	cbt_snap_resized(cd, len);
 	rs = kcalloc(max(cd->nr_bitmaps, 1U), sizeof(*rs), GFP_KERNEL);
 	if (!rs) {
 		r = -ENOMEM;

@@ -54,7 +54,7 @@ static bool cbt_valid_name(const char *s)
 	return i > 0;
 }
 
-static int cbt_copy_name(char *dst, const char *s, const char *what)
+int cbt_copy_name(char *dst, const char *s, const char *what)
 {
 	if (!cbt_valid_name(s)) {
 		DMERR("invalid %s '%s': 1-%d characters of A-Z a-z 0-9 _ . - expected",

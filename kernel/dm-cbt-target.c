@@ -150,17 +150,25 @@ static int cbt_map(struct dm_target *ti, struct bio *bio)
 {
 	struct cbt_c *cc = ti->private;
 	struct cbt_track_bio *tb = &cbt_per_bio(bio)->track;
+	sector_t sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	bool dirties = cbt_bio_dirties(bio);
 	int r;
 
-	/* First, before anything can complete or fail the bio. */
+	/* First, before anything can complete, fail or hold the bio. */
 	tb->nr_sectors = 0;
-	if (cbt_bio_dirties(bio))
-		cbt_dev_track_start(cc->cdev, tb, dm_target_offset(ti, bio->bi_iter.bi_sector),
-				    bio_sectors(bio));
+	if (dirties)
+		cbt_dev_track_start(cc->cdev, tb, sector, bio_sectors(bio));
 
 	bio_set_dev(bio, cc->dev->bdev);
 	if (bio_sectors(bio))
-		bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
+		bio->bi_iter.bi_sector = sector;
+
+	/* A running snapshot may have to preserve what the write overwrites. */
+	if (dirties) {
+		r = cbt_snap_map_write(cc, bio, sector);
+		if (r != CBT_SNAP_CONTINUE)
+			return r;
+	}
 
 	/* After tracking: a write that a rule fails or drops still marked what it touched. */
 	r = cbt_inject_map(cc, bio);
@@ -168,6 +176,13 @@ static int cbt_map(struct dm_target *ti, struct bio *bio)
 		return r;
 
 	return DM_MAPIO_REMAPPED;
+}
+
+/* A write the snapshot held, its chunk preserved: map's last steps. */
+void cbt_map_resume(struct cbt_c *cc, struct bio *bio)
+{
+	if (cbt_inject_map(cc, bio) == CBT_INJECT_CONTINUE)
+		dm_submit_bio_remap(bio, NULL);
 }
 
 /* A write done: marked again if a message started a new record meanwhile. */
@@ -211,6 +226,7 @@ static int cbt_preresume(struct dm_target *ti)
 /*
  * Status INFO line (fields are only ever appended):
  *   <#bitmaps> <#recording> <#frozen> <#inconsistent> <inject state> <#inject rules>
+ *   <snapshot: -|prepared|running|broken>
  * The injection fields (cbt_inject_status_info) come after the tracking
  * fields. TABLE line: the constructor arguments.
  */
@@ -227,6 +243,7 @@ static void cbt_status(struct dm_target *ti, status_type_t type,
 			       &nr_inconsistent);
 		DMEMIT("%u %u %u %u", nr_bitmaps, nr_recording, nr_frozen, nr_inconsistent);
 		cbt_inject_status_info(cc, result, maxlen, &sz);
+		DMEMIT(" %s", cbt_snap_state_name(cc->cdev));
 		break;
 
 	case STATUSTYPE_TABLE:
@@ -259,6 +276,8 @@ static int cbt_message(struct dm_target *ti, unsigned int argc, char **argv,
 	noio = memalloc_noio_save();
 	if (argc && !strcmp(argv[0], "bitmap"))
 		r = cbt_bitmap_message(cc->cdev, argc - 1, argv + 1, result, maxlen);
+	else if (argc && !strcmp(argv[0], "snapshot"))
+		r = cbt_snap_message(cc, ti, argc, argv, result, maxlen);
 	else if (argc && !strcmp(argv[0], "inject"))
 		r = cbt_inject_message(cc, ti, argc, argv, result, maxlen);
 	else
@@ -307,6 +326,11 @@ static int __init dm_cbt_init(void)
 		DMERR("cannot allocate the injector's workqueue");
 		return r;
 	}
+	r = cbt_snap_module_init();
+	if (r) {
+		DMERR("cannot allocate the snapshot workqueue");
+		goto bad_snap;
+	}
 	r = cbt_netlink_init();
 	if (r) {
 		DMERR("generic netlink family registration failed %d", r);
@@ -317,19 +341,30 @@ static int __init dm_cbt_init(void)
 		DMERR("register failed %d", r);
 		goto bad_target;
 	}
+	r = cbt_view_register();
+	if (r < 0) {
+		DMERR("register of " DM_CBT_SNAPSHOT_TARGET_NAME " failed %d", r);
+		goto bad_view;
+	}
 	return 0;
 
+bad_view:
+	dm_unregister_target(&cbt_target);
 bad_target:
 	cbt_netlink_exit();
 bad_netlink:
+	cbt_snap_module_exit();
+bad_snap:
 	cbt_inject_module_exit();
 	return r;
 }
 
 static void __exit dm_cbt_exit(void)
 {
+	cbt_view_unregister();
 	dm_unregister_target(&cbt_target);
 	cbt_netlink_exit();
+	cbt_snap_module_exit();
 	cbt_inject_module_exit();
 }
 
@@ -339,3 +374,5 @@ module_exit(dm_cbt_exit);
 MODULE_DESCRIPTION(DM_NAME " changed-block tracking target");
 MODULE_LICENSE("GPL");
 MODULE_VERSION(DM_CBT_VERSION);
+/* dm asks for "dm-<target name>" when a table names a target not loaded yet. */
+MODULE_ALIAS("dm-" DM_CBT_SNAPSHOT_TARGET_NAME);

@@ -65,10 +65,12 @@ struct cbt_dev {
 	 * A write that sees it moved between map and end_io marks again.
 	 */
 	unsigned long write_epoch;
+	struct cbt_snap __rcu *snap;	/* the snapshot, prepared or started; RCU for map */
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
 };
 
 #include "dm-cbt-inject.h"
+#include "dm-cbt-snapshot.h"
 
 /* What map remembers of a write for end_io. */
 struct cbt_track_bio {
@@ -111,6 +113,7 @@ void cbt_dev_counts(struct cbt_dev *cd, unsigned int *nr_bitmaps,
 		    unsigned int *nr_inconsistent);
 
 /* dm-cbt-message.c: the "bitmap ..." messages. */
+int cbt_copy_name(char *dst, const char *s, const char *what);
 int cbt_bitmap_message(struct cbt_dev *cd, unsigned int argc, char **argv,
 		       char *result, unsigned int maxlen);
 
@@ -133,12 +136,16 @@ static inline int cbt_parse_u64(const char *s, u64 *v)
 struct cbt_per_bio {
 	struct cbt_track_bio track;
 	struct cbt_inject_bio inject;
+	struct cbt_snap_bio snap;
 };
 
 static inline struct cbt_per_bio *cbt_per_bio(struct bio *bio)
 {
 	return dm_per_bio_data(bio, sizeof(struct cbt_per_bio));
 }
+
+/* dm-cbt-target.c: sends on a write the snapshot held back. */
+void cbt_map_resume(struct cbt_c *cc, struct bio *bio);
 
 /*
  * Called each time an injection rule fires, from map context with the

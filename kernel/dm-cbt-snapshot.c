@@ -1,0 +1,1091 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-cbt: snapshots for point-in-time backups.
+ *
+ * A snapshot is prepared (its store allocated) while the device runs and
+ * started while it is suspended: the suspend is the instant. From then on
+ * a write to a chunk in the snapshot's cow set is held while the chunk's
+ * old data is read into a free slot of the store; then it goes down. The
+ * view target (dm-cbt-view.c) reads a chunk from its slot, or from the
+ * device while no write has touched it; a write waits for such reads of
+ * its chunk, so a view read never returns data written after the instant.
+ * The reader releases what it has copied with discards on the view, which
+ * frees slots. Nothing here allocates after prepare: a write that finds no
+ * free slot waits for one, up to the timeout, and then the snapshot breaks
+ * and lets every write go.
+ *
+ * Locking: cbt_dev.lock orders the messages (prepare, start, stop, and
+ * the bitmaps start reads); cbt_snap.lock, taken with irqs off (the copy
+ * completes in interrupt context), guards the snapshot's state, maps and
+ * lists. Map finds the snapshot under RCU; stop unpublishes it and waits
+ * for a grace period before it lets the held writes go.
+ */
+
+#include <linux/hash.h>
+#include <linux/highmem.h>
+#include <linux/log2.h>
+#include <linux/mm.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "dm-cbt.h"
+
+#define DM_MSG_PREFIX "cbt"
+
+#define CBT_SNAP_MEMORY_DEFAULT	(64ULL << 20)
+#define CBT_SNAP_MEMORY_MAX	(16ULL << 30)
+#define CBT_SNAP_CHUNK_DEFAULT	(64U << 10)
+#define CBT_SNAP_CHUNK_MIN	max_t(unsigned int, 4096, PAGE_SIZE)
+#define CBT_SNAP_CHUNK_MAX	(2U << 20)
+#define CBT_SNAP_TIMEOUT_DEFAULT 30
+#define CBT_SNAP_TIMEOUT_MAX	3600
+/* A release visits at most this many chunks per hold of the lock. */
+#define CBT_SNAP_RELEASE_BATCH	1024
+
+static struct workqueue_struct *cbt_snap_wq;
+
+static const char * const cbt_snap_state_names[] = {
+	[CBT_SNAP_PREPARED] = "prepared",
+	[CBT_SNAP_RUNNING] = "running",
+	[CBT_SNAP_BROKEN] = "broken",
+	[CBT_SNAP_STOPPED] = "stopped",
+};
+
+int cbt_snap_module_init(void)
+{
+	cbt_snap_wq = alloc_workqueue("dm-cbt-snap", WQ_MEM_RECLAIM, 0);
+	return cbt_snap_wq ? 0 : -ENOMEM;
+}
+
+void cbt_snap_module_exit(void)
+{
+	destroy_workqueue(cbt_snap_wq);
+}
+
+static struct cbt_snap_bio *snap_bio(struct bio *bio)
+{
+	return &cbt_per_bio(bio)->snap;
+}
+
+static struct cbt_view_bio *view_bio(struct bio *bio)
+{
+	return dm_per_bio_data(bio, sizeof(struct cbt_view_bio));
+}
+
+static sector_t chunk_start(struct cbt_snap *s, unsigned long chunk)
+{
+	return (sector_t)chunk << s->chunk_shift;
+}
+
+static struct page *slot_page(struct cbt_snap *s, struct cbt_snap_slot *slot, unsigned int i)
+{
+	return s->pages[(size_t)slot->index * s->pages_per_chunk + i];
+}
+
+static struct hlist_head *slot_bucket(struct cbt_snap *s, unsigned long chunk)
+{
+	return &s->slot_hash[hash_long(chunk, s->slot_hash_bits)];
+}
+
+static struct hlist_head *read_bucket(struct cbt_snap *s, unsigned long chunk)
+{
+	return &s->read_hash[hash_long(chunk, ilog2(ARRAY_SIZE(s->read_hash)))];
+}
+
+static struct cbt_snap_slot *__find_slot(struct cbt_snap *s, unsigned long chunk)
+{
+	struct cbt_snap_slot *slot;
+
+	hlist_for_each_entry(slot, slot_bucket(s, chunk), hash)
+		if (slot->chunk == chunk)
+			return slot;
+	return NULL;
+}
+
+/* Whether a view read of CHUNK is reading the device. */
+static bool __chunk_being_read(struct cbt_snap *s, unsigned long chunk)
+{
+	struct cbt_view_bio *vb;
+
+	hlist_for_each_entry(vb, read_bucket(s, chunk), node)
+		if (vb->chunk == chunk)
+			return true;
+	return false;
+}
+
+static void cbt_snap_free(struct cbt_snap *s)
+{
+	size_t i;
+
+	if (s->pages)
+		for (i = 0; i < (size_t)s->nr_slots * s->pages_per_chunk; i++)
+			if (s->pages[i])
+				__free_page(s->pages[i]);
+	kvfree(s->pages);
+	kvfree(s->bvecs);
+	kvfree(s->slots);
+	kvfree(s->slot_hash);
+	kvfree(s->cow);
+	kvfree(s->needed);
+	kfree(s);
+}
+
+static void cbt_snap_kref_release(struct kref *kref)
+{
+	struct cbt_snap *s = container_of(kref, struct cbt_snap, kref);
+
+	cancel_delayed_work_sync(&s->timeout_work);
+	cancel_work_sync(&s->work);
+	cbt_snap_free(s);
+}
+
+static void cbt_snap_put(struct cbt_snap *s)
+{
+	kref_put(&s->kref, cbt_snap_kref_release);
+}
+
+/*
+ * Under the lock: the snapshot gives up (BROKEN) or goes away (STOPPED).
+ * Every held write is let go; reads waiting for a copy fail when it ends.
+ */
+static void __cbt_snap_end(struct cbt_snap *s, enum cbt_snap_state state)
+{
+	unsigned int i;
+
+	if (s->state == CBT_SNAP_RUNNING && state == CBT_SNAP_BROKEN)
+		s->break_event = true;
+	s->state = state;
+	bio_list_merge(&s->ready_writes, &s->space_waiters);
+	bio_list_init(&s->space_waiters);
+	for (i = 0; i < s->nr_slots; i++) {
+		bio_list_merge(&s->ready_writes, &s->slots[i].writes);
+		bio_list_init(&s->slots[i].writes);
+	}
+}
+
+/*
+ * Under the lock: once SLOT's copy is done and no view read of the device
+ * covers its chunk, the writes waiting for it go; once the reader released
+ * it and nothing uses it, it is free. True if the worker has work.
+ */
+static bool __cbt_snap_settle(struct cbt_snap *s, struct cbt_snap_slot *slot)
+{
+	bool kick = false;
+
+	if (!slot->ready)
+		return false;
+	if (!__chunk_being_read(s, slot->chunk)) {
+		/* Later writes to the chunk go down at once. */
+		clear_bit(slot->chunk, s->cow->map);
+		if (!bio_list_empty(&slot->writes)) {
+			bio_list_merge(&s->ready_writes, &slot->writes);
+			bio_list_init(&slot->writes);
+			kick = true;
+		}
+	}
+	if (slot->released && !slot->readers && bio_list_empty(&slot->writes) &&
+	    bio_list_empty(&slot->reads)) {
+		hlist_del_init(&slot->hash);
+		list_add(&slot->free, &s->free_slots);
+		s->nr_used--;
+		s->nr_ready--;
+		if (!bio_list_empty(&s->space_waiters))
+			kick = true;
+	}
+	return kick;
+}
+
+/* Under the lock: a free slot now holds CHUNK, its copy about to start. */
+static struct cbt_snap_slot *__cbt_snap_take_slot(struct cbt_snap *s, unsigned long chunk)
+{
+	struct cbt_snap_slot *slot = list_first_entry(&s->free_slots, struct cbt_snap_slot, free);
+
+	list_del_init(&slot->free);
+	slot->chunk = chunk;
+	slot->ready = false;
+	slot->released = false;
+	slot->readers = 0;
+	hlist_add_head(&slot->hash, slot_bucket(s, chunk));
+	s->nr_used++;
+	s->copies_in_flight++;
+	return slot;
+}
+
+static void cbt_snap_copy_end(struct bio *bio)
+{
+	struct cbt_snap_slot *slot = bio->bi_private;
+	struct cbt_snap *s = slot->snap;
+	unsigned long flags;
+
+	spin_lock_irqsave(&s->lock, flags);
+	if (bio->bi_status && s->state == CBT_SNAP_RUNNING) {
+		DMERR("snapshot %s: cannot read chunk %lu to preserve it (%d): breaking it",
+		      s->token, slot->chunk, blk_status_to_errno(bio->bi_status));
+		__cbt_snap_end(s, CBT_SNAP_BROKEN);
+	}
+	slot->ready = true;
+	s->nr_ready++;
+	bio_list_merge(&s->ready_reads, &slot->reads);
+	bio_list_init(&slot->reads);
+	__cbt_snap_settle(s, slot);
+	if (!--s->copies_in_flight)
+		wake_up(&s->idle);
+	spin_unlock_irqrestore(&s->lock, flags);
+	bio_uninit(bio);
+	queue_work(cbt_snap_wq, &s->work);
+}
+
+/* Reads SLOT's chunk from BDEV (the cbt target's device) into the slot. */
+static void cbt_snap_start_copy(struct cbt_snap *s, struct cbt_snap_slot *slot,
+				struct block_device *bdev)
+{
+	sector_t start = chunk_start(s, slot->chunk);
+	unsigned int bytes = min_t(sector_t, s->len - start, 1U << s->chunk_shift) << SECTOR_SHIFT;
+	struct bio *bio = &slot->bio;
+	unsigned int i, n;
+
+	bio_init(bio, bdev, s->bvecs + (size_t)slot->index * s->pages_per_chunk,
+		 s->pages_per_chunk, REQ_OP_READ);
+	bio->bi_iter.bi_sector = start;
+	for (i = 0; bytes; i++, bytes -= n) {
+		n = min_t(unsigned int, bytes, PAGE_SIZE);
+		__bio_add_page(bio, slot_page(s, slot, i), n, 0);
+	}
+	bio->bi_end_io = cbt_snap_copy_end;
+	bio->bi_private = slot;
+	submit_bio_noacct(bio);
+}
+
+/*
+ * Under the lock: BIO, a write to CHUNK in the cow set, waits for the
+ * chunk's copy. Returns the slot whose copy the caller must start, or NULL;
+ * *go is set when the write may go down after all.
+ */
+static struct cbt_snap_slot *__cbt_snap_hold(struct cbt_snap *s, struct bio *bio,
+					     unsigned long chunk, bool *go)
+{
+	struct cbt_snap_slot *slot = __find_slot(s, chunk);
+
+	if (slot) {
+		bio_list_add(&slot->writes, bio);
+		return NULL;
+	}
+	/* First come, first served: no write overtakes one waiting for space. */
+	if (list_empty(&s->free_slots) || !bio_list_empty(&s->space_waiters)) {
+		if (!s->timeout_s) {
+			DMERR("snapshot %s: store full: breaking it", s->token);
+			__cbt_snap_end(s, CBT_SNAP_BROKEN);
+			*go = true;
+			return NULL;
+		}
+		snap_bio(bio)->wait_start = jiffies;
+		if (bio_list_empty(&s->space_waiters))
+			queue_delayed_work(cbt_snap_wq, &s->timeout_work, s->timeout_s * HZ);
+		bio_list_add(&s->space_waiters, bio);
+		s->nr_waited++;
+		return NULL;
+	}
+	slot = __cbt_snap_take_slot(s, chunk);
+	bio_list_add(&slot->writes, bio);
+	return slot;
+}
+
+/*
+ * Map, for a dirtying bio at target-relative SECTOR: CBT_SNAP_CONTINUE
+ * when it may go down now (perhaps shortened to the chunks before the
+ * first one it must preserve), DM_MAPIO_SUBMITTED when it is held. A write
+ * outside the cow set costs a bit test.
+ */
+int cbt_snap_map_write(struct cbt_c *cc, struct bio *bio, sector_t sector)
+{
+	struct cbt_snap_slot *copy = NULL;
+	int r = CBT_SNAP_CONTINUE;
+	unsigned long first, last, c, flags;
+	struct cbt_snap *s;
+	bool go = false;
+
+	rcu_read_lock();
+	s = rcu_dereference(cc->cdev->snap);
+	if (!s || READ_ONCE(s->state) != CBT_SNAP_RUNNING)
+		goto out;
+	first = sector >> s->chunk_shift;
+	if (first >= s->cow->nr_chunks)
+		goto out;
+	last = min_t(sector_t, (sector + bio_sectors(bio) - 1) >> s->chunk_shift,
+		     s->cow->nr_chunks - 1);
+	c = find_next_bit(s->cow->map, last + 1, first);
+	if (c > last)
+		goto out;
+	if (c > first) {
+		/* The chunks before C go down now; the rest comes back to map. */
+		dm_accept_partial_bio(bio, chunk_start(s, c) - sector);
+		goto out;
+	}
+	if (last > first)
+		dm_accept_partial_bio(bio, chunk_start(s, first + 1) - sector);
+
+	snap_bio(bio)->cc = cc;
+	snap_bio(bio)->chunk = first;
+	spin_lock_irqsave(&s->lock, flags);
+	if (s->state == CBT_SNAP_RUNNING && test_bit(first, s->cow->map)) {
+		copy = __cbt_snap_hold(s, bio, first, &go);
+		if (!go)
+			r = DM_MAPIO_SUBMITTED;
+	}
+	spin_unlock_irqrestore(&s->lock, flags);
+	if (go)
+		queue_work(cbt_snap_wq, &s->work);	/* the break lets others go */
+	if (copy)
+		cbt_snap_start_copy(s, copy, cc->dev->bdev);
+out:
+	rcu_read_unlock();
+	return r;
+}
+
+/* Copies the slot's bytes from OFF into the one-page segment BV. */
+static void cbt_snap_copy_out(struct cbt_snap *s, struct cbt_snap_slot *slot, size_t off,
+			      const struct bio_vec *bv)
+{
+	unsigned int done = 0, in, n;
+	void *from;
+
+	while (done < bv->bv_len) {
+		in = offset_in_page(off);
+		n = min_t(unsigned int, bv->bv_len - done, PAGE_SIZE - in);
+		from = page_address(slot_page(s, slot, off >> PAGE_SHIFT)) + in;
+		memcpy_to_page(bv->bv_page, bv->bv_offset + done, from, n);
+		done += n;
+		off += n;
+	}
+}
+
+/* Copies what BIO reads of its chunk out of the slot VB holds, and ends it. */
+static void cbt_snap_serve(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb)
+{
+	struct cbt_snap_slot *slot = vb->slot;
+	size_t off = vb->offset;
+	struct bvec_iter iter;
+	struct bio_vec bv;
+	unsigned long flags;
+	bool kick;
+
+	if (READ_ONCE(s->state) != CBT_SNAP_RUNNING) {
+		bio->bi_status = BLK_STS_IOERR;
+	} else {
+		bio_for_each_segment(bv, bio, iter) {
+			cbt_snap_copy_out(s, slot, off, &bv);
+			off += bv.bv_len;
+		}
+	}
+	bio_endio(bio);
+
+	spin_lock_irqsave(&s->lock, flags);
+	slot->readers--;
+	kick = __cbt_snap_settle(s, slot);
+	spin_unlock_irqrestore(&s->lock, flags);
+	if (kick)
+		queue_work(cbt_snap_wq, &s->work);
+}
+
+/*
+ * View map, for a read within one chunk at target-relative SECTOR:
+ * DM_MAPIO_REMAPPED when the caller sends it to the device (tracked, so
+ * writes to the chunk wait for it), DM_MAPIO_SUBMITTED when it is served
+ * from the store (now or when the chunk's copy ends), DM_MAPIO_KILL when
+ * the snapshot does not have the chunk.
+ */
+int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb,
+		      sector_t sector)
+{
+	unsigned long chunk = sector >> s->chunk_shift;
+	struct cbt_snap_slot *slot;
+	unsigned long flags;
+
+	vb->chunk = chunk;
+	vb->offset = (sector - chunk_start(s, chunk)) << SECTOR_SHIFT;
+	vb->tracked = false;
+	vb->slot = NULL;
+	spin_lock_irqsave(&s->lock, flags);
+	if (s->state != CBT_SNAP_RUNNING || chunk >= s->needed->nr_chunks ||
+	    !test_bit(chunk, s->needed->map)) {
+		spin_unlock_irqrestore(&s->lock, flags);
+		return DM_MAPIO_KILL;
+	}
+	slot = __find_slot(s, chunk);
+	if (!slot) {
+		hlist_add_head(&vb->node, read_bucket(s, chunk));
+		vb->tracked = true;
+		spin_unlock_irqrestore(&s->lock, flags);
+		return DM_MAPIO_REMAPPED;
+	}
+	slot->readers++;
+	vb->slot = slot;
+	if (!slot->ready) {
+		bio_list_add(&slot->reads, bio);
+		spin_unlock_irqrestore(&s->lock, flags);
+		return DM_MAPIO_SUBMITTED;
+	}
+	spin_unlock_irqrestore(&s->lock, flags);
+	cbt_snap_serve(s, bio, vb);
+	return DM_MAPIO_SUBMITTED;
+}
+
+/*
+ * View end_io of a read sent to the device: writes to its chunk waiting
+ * for it may go. Returns false if the snapshot ended meanwhile: a write
+ * let go by the break may have changed what the read returned.
+ */
+bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb)
+{
+	struct cbt_snap_slot *slot;
+	unsigned long flags;
+	bool kick = false, running;
+
+	if (!vb->tracked)
+		return true;
+	spin_lock_irqsave(&s->lock, flags);
+	hlist_del(&vb->node);
+	vb->tracked = false;
+	slot = __find_slot(s, vb->chunk);
+	if (slot)
+		kick = __cbt_snap_settle(s, slot);
+	running = s->state == CBT_SNAP_RUNNING;
+	spin_unlock_irqrestore(&s->lock, flags);
+	if (kick)
+		queue_work(cbt_snap_wq, &s->work);
+	return running;
+}
+
+/*
+ * A discard on the view: the reader no longer needs the chunks within
+ * SECTOR..+NR_SECTORS (a partial chunk only if the range reaches the end).
+ */
+void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors)
+{
+	unsigned long c, end, first = (sector + (1U << s->chunk_shift) - 1) >> s->chunk_shift;
+	sector_t stop = sector + nr_sectors;
+	struct cbt_snap_slot *slot;
+	unsigned long flags;
+	unsigned int n;
+	bool kick = false;
+
+	end = stop >= s->len ? s->needed->nr_chunks : stop >> s->chunk_shift;
+	c = first;
+	while (c < end) {
+		spin_lock_irqsave(&s->lock, flags);
+		for (n = 0; n < CBT_SNAP_RELEASE_BATCH; n++) {
+			c = find_next_bit(s->needed->map, end, c);
+			if (c >= end)
+				break;
+			clear_bit(c, s->needed->map);
+			clear_bit(c, s->cow->map);
+			s->nr_needed--;
+			slot = __find_slot(s, c);
+			if (slot) {
+				slot->released = true;
+				kick |= __cbt_snap_settle(s, slot);
+			}
+			c++;
+		}
+		spin_unlock_irqrestore(&s->lock, flags);
+		cond_resched();
+	}
+	if (kick)
+		queue_work(cbt_snap_wq, &s->work);
+}
+
+/* Hands free slots to the writes waiting for space, oldest first. */
+static void cbt_snap_serve_waiters(struct cbt_snap *s)
+{
+	struct cbt_snap_slot *copy;
+	struct cbt_snap_bio *sb;
+	unsigned long flags;
+	struct bio *bio;
+	bool go;
+
+	for (;;) {
+		copy = NULL;
+		go = false;
+		spin_lock_irqsave(&s->lock, flags);
+		bio = bio_list_peek(&s->space_waiters);
+		if (!bio) {
+			spin_unlock_irqrestore(&s->lock, flags);
+			break;
+		}
+		sb = snap_bio(bio);
+		if (!test_bit(sb->chunk, s->cow->map)) {
+			go = true;	/* released meanwhile */
+		} else if (!__find_slot(s, sb->chunk) && list_empty(&s->free_slots)) {
+			spin_unlock_irqrestore(&s->lock, flags);
+			break;
+		}
+		bio_list_pop(&s->space_waiters);
+		if (!go) {
+			copy = __find_slot(s, sb->chunk);
+			if (copy) {
+				bio_list_add(&copy->writes, bio);
+				copy = NULL;
+			} else {
+				copy = __cbt_snap_take_slot(s, sb->chunk);
+				bio_list_add(&copy->writes, bio);
+			}
+		}
+		spin_unlock_irqrestore(&s->lock, flags);
+		if (go)
+			cbt_map_resume(sb->cc, bio);
+		if (copy)
+			cbt_snap_start_copy(s, copy, sb->cc->dev->bdev);
+	}
+}
+
+static void cbt_snap_work(struct work_struct *work)
+{
+	struct cbt_snap *s = container_of(work, struct cbt_snap, work);
+	struct bio_list writes, reads;
+	unsigned long flags;
+	struct bio *bio;
+	bool report;
+
+	spin_lock_irqsave(&s->lock, flags);
+	writes = s->ready_writes;
+	bio_list_init(&s->ready_writes);
+	reads = s->ready_reads;
+	bio_list_init(&s->ready_reads);
+	report = s->break_event;
+	s->break_event = false;
+	spin_unlock_irqrestore(&s->lock, flags);
+
+	while ((bio = bio_list_pop(&reads)))
+		cbt_snap_serve(s, bio, view_bio(bio));
+	while ((bio = bio_list_pop(&writes)))
+		cbt_map_resume(snap_bio(bio)->cc, bio);
+	cbt_snap_serve_waiters(s);
+	if (report)
+		cbt_event_notify(s->devt, DM_CBT_EVENT_SNAPSHOT_BREAK, NULL, s->token, GFP_NOIO);
+}
+
+/* The oldest write waiting for space has waited too long: break. */
+static void cbt_snap_timeout(struct work_struct *work)
+{
+	struct cbt_snap *s = container_of(to_delayed_work(work), struct cbt_snap, timeout_work);
+	unsigned long flags, deadline;
+	struct bio *bio;
+	bool kick = false;
+
+	spin_lock_irqsave(&s->lock, flags);
+	bio = bio_list_peek(&s->space_waiters);
+	if (bio && s->state == CBT_SNAP_RUNNING) {
+		deadline = snap_bio(bio)->wait_start + s->timeout_s * HZ;
+		if (time_after_eq(jiffies, deadline)) {
+			DMERR("snapshot %s: a write waited %us for the store: breaking it",
+			      s->token, s->timeout_s);
+			__cbt_snap_end(s, CBT_SNAP_BROKEN);
+			kick = true;
+		} else {
+			queue_delayed_work(cbt_snap_wq, &s->timeout_work, deadline - jiffies);
+		}
+	}
+	spin_unlock_irqrestore(&s->lock, flags);
+	if (kick)
+		queue_work(cbt_snap_wq, &s->work);
+}
+
+/*
+ * A snapshot of LEN sectors in chunks of 2^CHUNK_SHIFT sectors with a
+ * store of MEMORY bytes (a multiple of the chunk). The caller holds a
+ * memalloc_noio scope: the device may be suspended.
+ */
+static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t len,
+				       unsigned int chunk_shift, u64 memory,
+				       unsigned int timeout_s)
+{
+	const gfp_t gfp = GFP_KERNEL | __GFP_NOWARN;
+	struct cbt_snap *s = kzalloc(sizeof(*s), GFP_KERNEL);
+	size_t i, nr_pages;
+
+	if (!s)
+		return NULL;
+	kref_init(&s->kref);
+	s->devt = devt;
+	strscpy(s->token, token, sizeof(s->token));
+	s->chunk_shift = chunk_shift;
+	s->len = len;
+	s->timeout_s = timeout_s;
+	spin_lock_init(&s->lock);
+	s->state = CBT_SNAP_PREPARED;
+	INIT_LIST_HEAD(&s->free_slots);
+	bio_list_init(&s->space_waiters);
+	bio_list_init(&s->ready_writes);
+	bio_list_init(&s->ready_reads);
+	INIT_WORK(&s->work, cbt_snap_work);
+	INIT_DELAYED_WORK(&s->timeout_work, cbt_snap_timeout);
+	init_waitqueue_head(&s->idle);
+	for (i = 0; i < ARRAY_SIZE(s->read_hash); i++)
+		INIT_HLIST_HEAD(&s->read_hash[i]);
+
+	s->pages_per_chunk = (1U << (chunk_shift + SECTOR_SHIFT)) >> PAGE_SHIFT;
+	s->nr_slots = memory >> (chunk_shift + SECTOR_SHIFT);
+	nr_pages = (size_t)s->nr_slots * s->pages_per_chunk;
+	s->slot_hash_bits = ilog2(roundup_pow_of_two(max(s->nr_slots, 64U)));
+	s->cow = cbt_bits_alloc(chunk_shift, len);
+	s->needed = cbt_bits_alloc(chunk_shift, len);
+	s->slots = kvcalloc(s->nr_slots, sizeof(*s->slots), gfp);
+	s->pages = kvcalloc(nr_pages, sizeof(*s->pages), gfp);
+	s->bvecs = kvcalloc(nr_pages, sizeof(*s->bvecs), gfp);
+	s->slot_hash = kvcalloc(1U << s->slot_hash_bits, sizeof(*s->slot_hash), gfp);
+	if (!s->cow || !s->needed || !s->slots || !s->pages || !s->bvecs || !s->slot_hash)
+		goto bad;
+	for (i = 0; i < nr_pages; i++) {
+		s->pages[i] = alloc_page(gfp);
+		if (!s->pages[i])
+			goto bad;
+		if (!(i % 4096))
+			cond_resched();
+	}
+	for (i = 0; i < s->nr_slots; i++) {
+		struct cbt_snap_slot *slot = &s->slots[i];
+
+		slot->snap = s;
+		slot->index = i;
+		INIT_HLIST_NODE(&slot->hash);
+		bio_list_init(&slot->writes);
+		bio_list_init(&slot->reads);
+		list_add_tail(&slot->free, &s->free_slots);
+	}
+	return s;
+bad:
+	cbt_snap_free(s);
+	return NULL;
+}
+
+/*
+ * Takes S out of its device (the caller unpublished it) and ends it:
+ * when this returns no write waits for it and none will, and no copy is
+ * in flight. Views keep it until they go; their reads fail.
+ */
+static void cbt_snap_stop(struct cbt_snap *s)
+{
+	unsigned long flags;
+
+	/* No map finds it any more. */
+	synchronize_rcu();
+	spin_lock_irqsave(&s->lock, flags);
+	__cbt_snap_end(s, CBT_SNAP_STOPPED);
+	spin_unlock_irqrestore(&s->lock, flags);
+	queue_work(cbt_snap_wq, &s->work);
+	wait_event(s->idle, !READ_ONCE(s->copies_in_flight));
+	flush_work(&s->work);
+	cancel_delayed_work_sync(&s->timeout_work);
+	cbt_event_notify(s->devt, DM_CBT_EVENT_SNAPSHOT_STOP, NULL, s->token, GFP_NOIO);
+	cbt_snap_put(s);
+}
+
+/* The device's last table is gone: so is its snapshot. */
+void cbt_snap_dev_release(struct cbt_dev *cd)
+{
+	struct cbt_snap *s = rcu_dereference_protected(cd->snap, true);
+
+	if (s) {
+		RCU_INIT_POINTER(cd->snap, NULL);
+		cbt_snap_stop(s);
+	}
+}
+
+/* Preresume with a new length (cd->lock held): the instant no longer fits. */
+void cbt_snap_resized(struct cbt_dev *cd, sector_t len)
+{
+	struct cbt_snap *s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	unsigned long flags;
+
+	if (!s || s->len == len)
+		return;
+	spin_lock_irqsave(&s->lock, flags);
+	if (s->state == CBT_SNAP_RUNNING || s->state == CBT_SNAP_PREPARED) {
+		DMERR("snapshot %s: the device was resized: breaking it", s->token);
+		s->break_event = true;
+		__cbt_snap_end(s, CBT_SNAP_BROKEN);
+	}
+	spin_unlock_irqrestore(&s->lock, flags);
+	queue_work(cbt_snap_wq, &s->work);
+}
+
+/* For the status line. */
+const char *cbt_snap_state_name(struct cbt_dev *cd)
+{
+	const char *name = "-";
+	struct cbt_snap *s;
+
+	rcu_read_lock();
+	s = rcu_dereference(cd->snap);
+	if (s)
+		name = cbt_snap_state_names[READ_ONCE(s->state)];
+	rcu_read_unlock();
+	return name;
+}
+
+/* For the view's status line. */
+const char *cbt_snap_view_state(struct cbt_snap *s)
+{
+	return cbt_snap_state_names[READ_ONCE(s->state)];
+}
+
+/*
+ * The view constructor: the running snapshot TOKEN of the cbt device
+ * DEVT, referenced, or an ERR_PTR.
+ */
+struct cbt_snap *cbt_snap_get_running(dev_t devt, const char *token)
+{
+	struct cbt_dev *cd = cbt_dev_get(devt);
+	struct cbt_snap *s;
+	unsigned long flags;
+	int r = 0;
+
+	if (!cd)
+		return ERR_PTR(-ENODEV);
+	mutex_lock(&cd->lock);
+	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	if (!s || strcmp(s->token, token)) {
+		r = -ENOENT;
+	} else {
+		spin_lock_irqsave(&s->lock, flags);
+		if (s->state == CBT_SNAP_RUNNING) {
+			kref_get(&s->kref);
+			s->nr_views++;
+		} else {
+			r = -EINVAL;
+		}
+		spin_unlock_irqrestore(&s->lock, flags);
+	}
+	mutex_unlock(&cd->lock);
+	cbt_dev_put(cd);
+	if (r)
+		return ERR_PTR(r);
+	cbt_event_notify(s->devt, DM_CBT_EVENT_VIEW_CREATE, NULL, s->token, GFP_NOIO);
+	return s;
+}
+
+void cbt_snap_put_view(struct cbt_snap *s)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&s->lock, flags);
+	s->nr_views--;
+	spin_unlock_irqrestore(&s->lock, flags);
+	cbt_event_notify(s->devt, DM_CBT_EVENT_VIEW_REMOVE, NULL, s->token, GFP_NOIO);
+	cbt_snap_put(s);
+}
+
+/* The messages. */
+
+struct cbt_snap_msg {
+	char token[DM_CBT_NAME_MAX + 1];
+	bool force;
+	u64 memory;
+	unsigned int chunk_shift;
+	unsigned int timeout_s;
+	unsigned int nr_bitmaps;
+	char (*bitmaps)[DM_CBT_NAME_MAX + 1];
+};
+
+/* KEY=VALUE with KEY one of prepare's keys: 0, -ENOENT for another word, or -EINVAL. */
+static int parse_prepare_key(struct cbt_snap_msg *m, const char *arg, unsigned long *seen)
+{
+	static const char * const keys[] = { "memory=", "chunk=", "timeout=" };
+	unsigned int k;
+	u64 v;
+
+	for (k = 0; k < ARRAY_SIZE(keys); k++)
+		if (!strncmp(arg, keys[k], strlen(keys[k])))
+			break;
+	if (k == ARRAY_SIZE(keys) || test_and_set_bit(k, seen))
+		return -ENOENT;
+	if (cbt_parse_u64(arg + strlen(keys[k]), &v))
+		goto bad;
+	switch (k) {
+	case 0:
+		m->memory = v;
+		return 0;
+	case 1:
+		if (v < CBT_SNAP_CHUNK_MIN || v > CBT_SNAP_CHUNK_MAX || !is_power_of_2(v))
+			goto bad;
+		m->chunk_shift = ilog2(v) - SECTOR_SHIFT;
+		return 0;
+	default:
+		if (v > CBT_SNAP_TIMEOUT_MAX)
+			goto bad;
+		m->timeout_s = v;
+		return 0;
+	}
+bad:
+	DMERR("snapshot prepare: invalid '%s' (memory: a multiple of the chunk up to %llu; "
+	      "chunk: a power of two in %u..%u; timeout: 0..%u seconds)", arg,
+	      CBT_SNAP_MEMORY_MAX, CBT_SNAP_CHUNK_MIN, CBT_SNAP_CHUNK_MAX, CBT_SNAP_TIMEOUT_MAX);
+	return -EINVAL;
+}
+
+static int parse_prepare(struct cbt_snap_msg *m, unsigned int argc, char **argv)
+{
+	unsigned long seen = 0;
+	unsigned int i;
+	int r;
+
+	m->memory = CBT_SNAP_MEMORY_DEFAULT;
+	m->chunk_shift = ilog2(CBT_SNAP_CHUNK_DEFAULT) - SECTOR_SHIFT;
+	m->timeout_s = CBT_SNAP_TIMEOUT_DEFAULT;
+	for (i = 1; i < argc; i++) {
+		r = parse_prepare_key(m, argv[i], &seen);
+		if (r == -ENOENT)
+			DMERR("snapshot prepare: unexpected or repeated argument '%s'", argv[i]);
+		if (r)
+			return -EINVAL;
+	}
+	if (m->memory < (1ULL << (m->chunk_shift + SECTOR_SHIFT)) ||
+	    m->memory > CBT_SNAP_MEMORY_MAX ||
+	    m->memory & ((1ULL << (m->chunk_shift + SECTOR_SHIFT)) - 1)) {
+		DMERR("snapshot prepare: memory=%llu: not a multiple of %u up to %llu", m->memory,
+		      1U << (m->chunk_shift + SECTOR_SHIFT), CBT_SNAP_MEMORY_MAX);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int run_prepare(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg *m)
+{
+	struct cbt_dev *cd = cc->cdev;
+	struct cbt_snap *s;
+	sector_t len;
+	int r = 0;
+
+	mutex_lock(&cd->lock);
+	if (rcu_access_pointer(cd->snap))
+		r = -EBUSY;
+	len = cd->len;
+	mutex_unlock(&cd->lock);
+	if (r)
+		goto busy;
+	/* Outside the lock: a large store takes a while. */
+	s = cbt_snap_alloc(cd->devt, m->token, len, m->chunk_shift, m->memory, m->timeout_s);
+	if (!s) {
+		DMERR("snapshot prepare: cannot allocate a store of %llu bytes", m->memory);
+		return -ENOMEM;
+	}
+	mutex_lock(&cd->lock);
+	if (rcu_access_pointer(cd->snap))
+		r = -EBUSY;
+	else if (cd->len != len)
+		r = -EAGAIN;
+	else
+		rcu_assign_pointer(cd->snap, s);
+	mutex_unlock(&cd->lock);
+	if (r == -EAGAIN)
+		DMERR("snapshot prepare: the device was resized meanwhile");
+	if (r)
+		cbt_snap_free(s);
+busy:
+	if (r == -EBUSY)
+		DMERR("snapshot prepare: the device has a snapshot already");
+	return r;
+}
+
+/* The snapshot M names (token, or force), under cd->lock; NULL after saying why. */
+static struct cbt_snap *find_snap(struct cbt_dev *cd, struct cbt_snap_msg *m, int *r)
+{
+	struct cbt_snap *s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+
+	*r = -ENOENT;
+	if (!s) {
+		DMERR("the device has no snapshot");
+		return NULL;
+	}
+	*r = -EINVAL;
+	if (!m->force && strcmp(s->token, m->token)) {
+		DMERR("the device's snapshot has another token");
+		return NULL;
+	}
+	*r = 0;
+	return s;
+}
+
+static int parse_start(struct cbt_snap_msg *m, unsigned int argc, char **argv)
+{
+	unsigned int i, j;
+	int r;
+
+	m->nr_bitmaps = argc - 1;
+	if (!m->nr_bitmaps)
+		return 0;
+	m->bitmaps = kmalloc_array(m->nr_bitmaps, sizeof(*m->bitmaps), GFP_KERNEL);
+	if (!m->bitmaps)
+		return -ENOMEM;
+	for (i = 0; i < m->nr_bitmaps; i++) {
+		r = cbt_copy_name(m->bitmaps[i], argv[i + 1], "bitmap name");
+		if (r)
+			return r;
+		for (j = 0; j < i; j++)
+			if (!strcmp(m->bitmaps[i], m->bitmaps[j])) {
+				DMERR("snapshot start: bitmap '%s' named twice", m->bitmaps[i]);
+				return -EINVAL;
+			}
+	}
+	return 0;
+}
+
+static int run_start(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg *m)
+{
+	struct cbt_dev *cd = cc->cdev;
+	struct cbt_bitmap *bm;
+	struct cbt_snap *s;
+	unsigned long flags;
+	unsigned int i;
+	int r;
+
+	/* No write is in flight while the device is suspended: that is the instant. */
+	if (!dm_suspended(ti)) {
+		DMERR("snapshot start: the device must be suspended");
+		return -EBUSY;
+	}
+	mutex_lock(&cd->lock);
+	s = find_snap(cd, m, &r);
+	if (s && READ_ONCE(s->state) != CBT_SNAP_PREPARED) {
+		DMERR("snapshot start: snapshot '%s' is %s, not prepared", s->token,
+		      cbt_snap_state_names[s->state]);
+		r = -EINVAL;
+	} else if (s && s->len != cd->len) {
+		DMERR("snapshot start: the device was resized since prepare");
+		r = -EINVAL;
+	}
+	for (i = 0; !r && i < m->nr_bitmaps; i++) {
+		bm = __cbt_dev_find(cd, m->bitmaps[i]);
+		if (!bm || !bm->frozen || strcmp(bm->token, m->token)) {
+			DMERR("snapshot start: bitmap '%s' is not frozen with token '%s'",
+			      m->bitmaps[i], m->token);
+			r = bm ? -EINVAL : -ENOENT;
+		}
+	}
+	if (!r) {
+		for (i = 0; i < m->nr_bitmaps; i++) {
+			bm = __cbt_dev_find(cd, m->bitmaps[i]);
+			cbt_bits_merge(s->needed, s->chunk_shift, bm->frozen, bm->chunk_shift);
+		}
+		if (!m->nr_bitmaps && s->needed->nr_chunks)
+			cbt_bits_set_range(s->needed->map, 0, s->needed->nr_chunks - 1);
+		cbt_bits_or(s->cow, s->needed);
+		spin_lock_irqsave(&s->lock, flags);
+		s->nr_needed = cbt_bits_weight(s->needed);
+		WRITE_ONCE(s->state, CBT_SNAP_RUNNING);
+		spin_unlock_irqrestore(&s->lock, flags);
+	}
+	mutex_unlock(&cd->lock);
+	if (!r)
+		cbt_event_notify(cd->devt, DM_CBT_EVENT_SNAPSHOT_START, NULL, m->token, GFP_NOIO);
+	return r;
+}
+
+static int parse_stop(struct cbt_snap_msg *m, unsigned int argc, char **argv)
+{
+	m->force = !strcmp(argv[0], "force");
+	return 0;
+}
+
+static int run_stop(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg *m)
+{
+	struct cbt_dev *cd = cc->cdev;
+	struct cbt_snap *s;
+	int r;
+
+	mutex_lock(&cd->lock);
+	s = find_snap(cd, m, &r);
+	if (s)
+		rcu_assign_pointer(cd->snap, NULL);
+	mutex_unlock(&cd->lock);
+	if (s)
+		cbt_snap_stop(s);
+	return r;
+}
+
+/*
+ *   token=T state=S chunk=BYTES length=BYTES needed=CHUNKS preserved=CHUNKS
+ *   used=BYTES limit=BYTES waited=WRITES timeout=SECONDS views=N
+ * or "state=none"; fields are only ever appended.
+ */
+static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg *m,
+		    char *result, unsigned int maxlen)
+{
+	struct cbt_dev *cd = cc->cdev;
+	unsigned int sz = 0, chunk_bytes;
+	struct cbt_snap *s;
+	unsigned long flags;
+
+	mutex_lock(&cd->lock);
+	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	if (!s) {
+		DMEMIT("state=none\n");
+	} else {
+		chunk_bytes = 1U << (s->chunk_shift + SECTOR_SHIFT);
+		spin_lock_irqsave(&s->lock, flags);
+		DMEMIT("token=%s state=%s chunk=%u length=%llu needed=%llu preserved=%u",
+		       s->token, cbt_snap_state_names[s->state], chunk_bytes,
+		       (unsigned long long)s->len << SECTOR_SHIFT, s->nr_needed, s->nr_ready);
+		DMEMIT(" used=%llu limit=%llu waited=%llu timeout=%u views=%u\n",
+		       (u64)s->nr_used * chunk_bytes, (u64)s->nr_slots * chunk_bytes,
+		       s->nr_waited, s->timeout_s, s->nr_views);
+		spin_unlock_irqrestore(&s->lock, flags);
+	}
+	mutex_unlock(&cd->lock);
+	return 1;
+}
+
+/* "snapshot <command> <args>": ARGV starts at "snapshot". */
+int cbt_snap_message(struct cbt_c *cc, struct dm_target *ti, unsigned int argc,
+		     char **argv, char *result, unsigned int maxlen)
+{
+	struct cbt_snap_msg m = { };
+	const char *cmd;
+	int r;
+
+	if (argc < 2) {
+		DMERR("snapshot: missing command");
+		return -EINVAL;
+	}
+	cmd = argv[1];
+	argc -= 2;
+	argv += 2;
+	if (!strcmp(cmd, "info")) {
+		if (argc) {
+			DMERR("snapshot info: no arguments expected");
+			return -EINVAL;
+		}
+		return run_info(cc, ti, &m, result, maxlen);
+	}
+	if (strcmp(cmd, "prepare") && strcmp(cmd, "start") && strcmp(cmd, "stop")) {
+		DMERR("unrecognised snapshot command '%s'", cmd);
+		return -EINVAL;
+	}
+	if (!argc || (!strcmp(cmd, "stop") && argc != 1) ||
+	    (!strcmp(cmd, "prepare") && argc > 4) ||
+	    (!strcmp(cmd, "start") && argc > 1 + DM_CBT_MAX_BITMAPS)) {
+		DMERR("snapshot %s: wrong number of arguments (%u)", cmd, argc);
+		return -EINVAL;
+	}
+	if (!strcmp(cmd, "stop") && !strcmp(argv[0], "force"))
+		r = parse_stop(&m, argc, argv);
+	else
+		r = cbt_copy_name(m.token, argv[0], "token");
+	if (!r && !m.force && !strcmp(m.token, "force")) {
+		DMERR("'force' is reserved and cannot be a token");
+		r = -EINVAL;
+	}
+	if (!r && !strcmp(cmd, "prepare"))
+		r = parse_prepare(&m, argc, argv);
+	else if (!r && !strcmp(cmd, "start"))
+		r = parse_start(&m, argc, argv);
+	/* From here on argv is not read: the answer may overwrite it. */
+	if (!r && !strcmp(cmd, "prepare"))
+		r = run_prepare(cc, ti, &m);
+	else if (!r && !strcmp(cmd, "start"))
+		r = run_start(cc, ti, &m);
+	else if (!r)
+		r = run_stop(cc, ti, &m);
+	kfree(m.bitmaps);
+	return r;
+}

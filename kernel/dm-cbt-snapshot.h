@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * dm-cbt snapshots: copy-before-write of the chunks a backup still has to
+ * read, kept in a store of preallocated memory, read through the
+ * "cbt-snapshot" view target (see Documentation/dm-cbt.rst).
+ */
+#ifndef DM_CBT_SNAPSHOT_H
+#define DM_CBT_SNAPSHOT_H
+
+#include <linux/bio.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+struct cbt_c;
+struct cbt_dev;
+struct cbt_bits;
+struct dm_target;
+
+enum cbt_snap_state {
+	CBT_SNAP_PREPARED,	/* store allocated; writes pay nothing */
+	CBT_SNAP_RUNNING,	/* writes to preserved chunks copy first */
+	CBT_SNAP_BROKEN,	/* gave up: writes go, views fail */
+	CBT_SNAP_STOPPED,	/* gone from its device; freed with its last view */
+};
+
+/*
+ * One chunk's worth of store. A slot is free (on free_slots) or holds
+ * one chunk (in the chunk hash): being copied, then ready.
+ */
+struct cbt_snap_slot {
+	struct hlist_node hash;		/* in cbt_snap.slot_hash while it holds a chunk */
+	struct list_head free;		/* on cbt_snap.free_slots while free */
+	struct cbt_snap *snap;
+	unsigned long chunk;
+	unsigned int index;		/* its pages: snap->pages[index * pages_per_chunk] */
+	bool ready;			/* the chunk's old data is in the slot */
+	bool released;			/* the reader no longer needs it */
+	unsigned int readers;		/* view reads copying out of it */
+	struct bio_list writes;		/* guest writes waiting for the copy (and tracked reads) */
+	struct bio_list reads;		/* view reads waiting for the copy */
+	struct bio bio;			/* the copy's read; bvecs in snap->bvecs */
+};
+
+struct cbt_snap {
+	struct kref kref;		/* its device (until stop) and each view */
+	dev_t devt;			/* the cbt device, for events */
+	char token[DM_CBT_NAME_MAX + 1];
+	unsigned int chunk_shift;	/* log2(chunk sectors) */
+	sector_t len;			/* sectors at prepare (= at the instant) */
+	unsigned int timeout_s;		/* a write waits this long for a free slot */
+
+	spinlock_t lock;		/* everything below but the constants */
+	enum cbt_snap_state state;
+	/* Chunks a write must check under the lock: needed and not yet preserved. */
+	struct cbt_bits *cow;
+	/* Chunks the reader has not released. */
+	struct cbt_bits *needed;
+	u64 nr_needed;
+	u64 nr_waited;			/* writes that waited for a free slot */
+	unsigned int nr_used;		/* slots holding a chunk */
+	unsigned int nr_ready;		/* of those, copied */
+	unsigned int nr_views;
+	unsigned int copies_in_flight;
+
+	unsigned int nr_slots;
+	unsigned int pages_per_chunk;
+	struct cbt_snap_slot *slots;
+	struct page **pages;
+	struct bio_vec *bvecs;
+	struct list_head free_slots;
+	struct hlist_head *slot_hash;
+	unsigned int slot_hash_bits;
+	struct hlist_head read_hash[64];	/* view reads of the device in flight */
+
+	struct bio_list space_waiters;	/* writes that need a slot, oldest first */
+	struct bio_list ready_writes;	/* writes free to go down */
+	struct bio_list ready_reads;	/* view reads to serve from their slot */
+	bool break_event;		/* the break still has to be reported */
+	struct work_struct work;	/* moves the lists on */
+	struct delayed_work timeout_work;
+	wait_queue_head_t idle;		/* copies_in_flight reached 0 */
+};
+
+/* What the snapshot remembers of a guest write it holds (cbt per-bio data). */
+struct cbt_snap_bio {
+	struct cbt_c *cc;
+	unsigned long chunk;
+	unsigned long wait_start;	/* jiffies, while in space_waiters */
+};
+
+/* A view read (the view's per-bio data). */
+struct cbt_view_bio {
+	struct hlist_node node;		/* in read_hash while it reads the device */
+	unsigned long chunk;
+	unsigned int offset;		/* bytes into the chunk */
+	struct cbt_snap_slot *slot;	/* the slot it waits for or copies from */
+	bool tracked;
+};
+
+/* Returned by cbt_snap_map_write when the write goes on down now. */
+#define CBT_SNAP_CONTINUE (-1)
+
+int cbt_snap_module_init(void);
+void cbt_snap_module_exit(void);
+
+/* The cbt target's side. */
+int cbt_snap_map_write(struct cbt_c *cc, struct bio *bio, sector_t sector);
+int cbt_snap_message(struct cbt_c *cc, struct dm_target *ti, unsigned int argc,
+		     char **argv, char *result, unsigned int maxlen);
+const char *cbt_snap_state_name(struct cbt_dev *cd);
+void cbt_snap_resized(struct cbt_dev *cd, sector_t len);
+void cbt_snap_dev_release(struct cbt_dev *cd);
+
+/* The view's side. */
+struct cbt_snap *cbt_snap_get_running(dev_t devt, const char *token);
+void cbt_snap_put_view(struct cbt_snap *s);
+const char *cbt_snap_view_state(struct cbt_snap *s);
+int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb,
+		      sector_t sector);
+bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb);
+void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors);
+
+int cbt_view_register(void);
+void cbt_view_unregister(void);
+
+#endif /* DM_CBT_SNAPSHOT_H */
