@@ -200,15 +200,14 @@ int cbt_dm_resume(const char *dev, struct cbt_err *e)
 }
 
 int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const char *params,
-		  int readonly, struct cbt_err *e)
+		  struct cbt_err *e)
 {
 	struct dm_task *dmt;
 	uint32_t cookie = 0;
 	int r = 0;
 
 	dmt = dm_task_for(DM_DEVICE_CREATE, name);
-	if (!dmt || (readonly && !dm_task_set_ro(dmt)) ||
-	    !dm_task_add_target(dmt, 0, sectors, type, params) ||
+	if (!dmt || !dm_task_add_target(dmt, 0, sectors, type, params) ||
 	    !dm_task_set_cookie(dmt, &cookie, 0) || !dm_task_run(dmt)) {
 		char what[300];
 
@@ -216,9 +215,8 @@ int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const ch
 			 (unsigned long long)sectors, type, params);
 		r = dm_task_fail(dmt, e, what, name);
 	}
-	/* Without udev, libdevmapper makes the node itself here. */
-	if (cookie)
-		dm_udev_wait(cookie);
+	/* Without udev (or cookie 0, DM_DISABLE_UDEV) libdevmapper makes the node here. */
+	dm_udev_wait(cookie);
 	if (dmt)
 		dm_task_destroy(dmt);
 	return r;
@@ -237,8 +235,7 @@ int cbt_dm_remove(const char *name, struct cbt_err *e)
 		r = 0;
 		if (!dmt || !dm_task_set_cookie(dmt, &cookie, 0) || !dm_task_run(dmt))
 			r = dm_task_fail(dmt, e, "cannot remove", name);
-		if (cookie)
-			dm_udev_wait(cookie);
+		dm_udev_wait(cookie);
 		if (dmt)
 			dm_task_destroy(dmt);
 		if (r != -EBUSY)

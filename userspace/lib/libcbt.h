@@ -86,12 +86,9 @@ int cbt_dm_info(const char *dev, struct cbt_dm_info *info, struct cbt_err *e);
 int cbt_dm_suspend(const char *dev, struct cbt_err *e);
 int cbt_dm_resume(const char *dev, struct cbt_err *e);
 
-/*
- * Creates NAME with one target, TYPE over SECTORS with PARAMS, read-only
- * when READONLY, and waits for its node under /dev/mapper.
- */
+/* Creates NAME with one target, TYPE over SECTORS with PARAMS, and waits for its node. */
 int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const char *params,
-		  int readonly, struct cbt_err *e);
+		  struct cbt_err *e);
 /* Removes NAME, trying again for a while when it is busy (-ENXIO: there is none). */
 int cbt_dm_remove(const char *name, struct cbt_err *e);
 

@@ -48,8 +48,9 @@ int cbt_snapshot_info(const char *dev, struct cbt_snapshot_info *info, struct cb
 uint32_t cbt_snapshot_chunk(uint32_t cluster);
 
 /*
- * Creates NAME, a read-only view of DEV's running snapshot TOKEN, BYTES
- * long (at most DEV's length at the instant).
+ * Creates NAME, a view of DEV's running snapshot TOKEN, BYTES long (at
+ * most DEV's length at the instant). The view refuses writes, but is not a
+ * read-only device: the block layer refuses discards on those.
  */
 int cbt_view_create(const char *name, const char *dev, const char *token, uint64_t bytes,
 		    struct cbt_err *e);
