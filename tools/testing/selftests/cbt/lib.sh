@@ -157,6 +157,16 @@ chain_matches() {
 	qemu-img compare -q -F raw "$1" "$2" || fail "$1 does not match $2"
 }
 
+# views: the number of snapshot views (cbt-snapshot devices) on the system.
+views() {
+	dmsetup table | grep -c ' cbt-snapshot ' || true
+}
+
+# snap_state DEV: the state= field of DEV's "snapshot info".
+snap_state() {
+	dmsetup message "${1#/dev/mapper/}" 0 snapshot info | sed -n 's/.*state=\([a-z]*\).*/\1/p'
+}
+
 # wait_stopped PID WHAT: waits (up to 60 s) until PID has stopped itself.
 wait_stopped() {
 	local n=0

@@ -4,8 +4,9 @@
 # Backups across several devices as one transaction: a grouped failure
 # leaves every bitmap as it was and no target behind, and the re-run
 # succeeds; the race variant; two bitmaps reset by one full backup; a
-# controller killed at each phase loses no dirty bit once recovered;
-# a full target file system; Ctrl-C; one cbtctl per device at a time.
+# controller killed at each phase loses no dirty bit and leaves no
+# snapshot or view once recovered; a full target file system; Ctrl-C; one
+# cbtctl per device at a time.
 . "$(dirname "$0")/lib.sh"
 
 require_root
@@ -117,6 +118,11 @@ killed_at() {
 		"$d1=$dir/inc1.qcow2,backing=$dir/full1.qcow2" >/dev/null 2>&1 &
 	pid=$!
 	wait_stopped $pid "phase $1"
+	case $1 in
+	prepared|frozen|copy)
+		[ "$(snap_state "$d0")" != none ] || fail "no snapshot at phase $1" ;;
+	esac
+	[ "$1" != copy ] || expect_eq "views before the kill" "$(views)" 2
 	# Writes while the controller is dead (and, for early phases, the devices suspended).
 	if [ "$1" != suspended ] && [ "$1" != frozen ]; then
 		qio "$d0" "write -P 0x77 36M 64k"
@@ -126,6 +132,9 @@ killed_at() {
 	cbtctl recover "$d0" "$d1" >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
 	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d0 left suspended"
 	dmsetup info "${d1#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d1 left suspended"
+	expect_eq "views after recover" "$(views)" 0
+	expect_eq "dev0 snapshot" "$(snap_state "$d0")" none
+	expect_eq "dev1 snapshot" "$(snap_state "$d1")" none
 	expect_eq "dev0 not busy" "$(bitmap_field "$d0" b0 busy)" false
 	expect_eq "dev1 not busy" "$(bitmap_field "$d1" b0 busy)" false
 	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
@@ -153,7 +162,8 @@ killed_at() {
 
 test_killed() {
 	local phase
-	for phase in suspended frozen copy renamed committing; do
+	# prepared: a snapshot prepared; frozen: started, devices suspended; copy: viewed.
+	for phase in prepared suspended frozen copy renamed committing; do
 		echo "# killed at phase: $phase"
 		killed_at $phase
 	done
