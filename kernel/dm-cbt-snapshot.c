@@ -53,7 +53,7 @@ static const char * const cbt_snap_state_names[] = {
 
 int cbt_snap_module_init(void)
 {
-	cbt_snap_wq = alloc_workqueue("dm-cbt-snap", WQ_MEM_RECLAIM, 0);
+	cbt_snap_wq = alloc_workqueue("dm-cbt-snap", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
 	return cbt_snap_wq ? 0 : -ENOMEM;
 }
 
