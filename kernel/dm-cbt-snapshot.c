@@ -211,16 +211,22 @@ static struct cbt_snap_slot *__cbt_snap_take_slot(struct cbt_snap *s, unsigned l
 	return slot;
 }
 
+/*
+ * The copy's read ended (interrupt context). Nothing touches S after the
+ * unlock: stop may free it as soon as it sees no copy in flight.
+ */
 static void cbt_snap_copy_end(struct bio *bio)
 {
 	struct cbt_snap_slot *slot = bio->bi_private;
 	struct cbt_snap *s = slot->snap;
+	blk_status_t status = bio->bi_status;
 	unsigned long flags;
 
+	bio_uninit(bio);
 	spin_lock_irqsave(&s->lock, flags);
-	if (bio->bi_status && s->state == CBT_SNAP_RUNNING) {
+	if (status && s->state == CBT_SNAP_RUNNING) {
 		DMERR("snapshot %s: cannot read chunk %lu to preserve it (%d): breaking it",
-		      s->token, slot->chunk, blk_status_to_errno(bio->bi_status));
+		      s->token, slot->chunk, blk_status_to_errno(status));
 		__cbt_snap_end(s, CBT_SNAP_BROKEN);
 	}
 	slot->ready = true;
@@ -228,11 +234,22 @@ static void cbt_snap_copy_end(struct bio *bio)
 	bio_list_merge(&s->ready_reads, &slot->reads);
 	bio_list_init(&slot->reads);
 	__cbt_snap_settle(s, slot);
+	queue_work(cbt_snap_wq, &s->work);
 	if (!--s->copies_in_flight)
 		wake_up(&s->idle);
 	spin_unlock_irqrestore(&s->lock, flags);
-	bio_uninit(bio);
-	queue_work(cbt_snap_wq, &s->work);
+}
+
+/* Whether no copy is in flight; under the lock, so its ender has let go of S. */
+static bool cbt_snap_idle(struct cbt_snap *s)
+{
+	unsigned long flags;
+	bool idle;
+
+	spin_lock_irqsave(&s->lock, flags);
+	idle = !s->copies_in_flight;
+	spin_unlock_irqrestore(&s->lock, flags);
+	return idle;
 }
 
 /* Reads SLOT's chunk from BDEV (the cbt target's device) into the slot. */
@@ -513,8 +530,8 @@ static void cbt_snap_serve_waiters(struct cbt_snap *s)
 			break;
 		}
 		sb = snap_bio(bio);
-		if (!test_bit(sb->chunk, s->cow->map)) {
-			go = true;	/* released meanwhile */
+		if (s->state != CBT_SNAP_RUNNING || !test_bit(sb->chunk, s->cow->map)) {
+			go = true;	/* ended or released meanwhile */
 		} else if (!__find_slot(s, sb->chunk) && list_empty(&s->free_slots)) {
 			spin_unlock_irqrestore(&s->lock, flags);
 			break;
@@ -673,7 +690,7 @@ static void cbt_snap_stop(struct cbt_snap *s)
 	__cbt_snap_end(s, CBT_SNAP_STOPPED);
 	spin_unlock_irqrestore(&s->lock, flags);
 	queue_work(cbt_snap_wq, &s->work);
-	wait_event(s->idle, !READ_ONCE(s->copies_in_flight));
+	wait_event(s->idle, cbt_snap_idle(s));
 	flush_work(&s->work);
 	cancel_delayed_work_sync(&s->timeout_work);
 	cbt_event_notify(s->devt, DM_CBT_EVENT_SNAPSHOT_STOP, NULL, s->token, GFP_NOIO);

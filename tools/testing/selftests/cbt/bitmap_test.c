@@ -157,11 +157,11 @@ TEST_F(bitmap, detail_and_status)
 	EXPECT_EQ(0, field(self, "off", "count"));
 	EXPECT_EQ(65536, field(self, "plain", "count"));
 	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 0 0 1 0", line);	/* + inject state 1, no rules */
+	EXPECT_STREQ("2 1 0 0 1 0 -", line);	/* + inject state 1, no rules, no snapshot */
 	ASSERT_EQ(0, msg(self, "bitmap freeze plain backup-1.a_b"));
 	EXPECT_STREQ("backup-1.a_b", token(self, "plain", tok, sizeof(tok)));
 	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 1 0 1 0", line);
+	EXPECT_STREQ("2 1 1 0 1 0 -", line);
 	ASSERT_EQ(0, list(self, line, sizeof(line)));
 	EXPECT_NE(NULL, strstr(line, "plain granularity=65536 count=0 recording=1 busy=1 "
 			       "persistent=0 inconsistent=0 frozen=65536 token=backup-1.a_b "

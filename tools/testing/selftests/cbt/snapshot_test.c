@@ -265,6 +265,12 @@ TEST_F(snap, full_point_in_time)
 	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
 	EXPECT_EQ(0, check_gen(self->vdev, 0, DEV_SIZE, 1, self->why, sizeof(self->why)))
 		TH_LOG("%s", self->why);
+	/* Discards and write-zeroes spanning chunks preserve each chunk they touch. */
+	ASSERT_EQ(0, dev_discard(self->s.dev, 10 * CHUNK + 4 * KiB, 3 * CHUNK, 0));
+	ASSERT_EQ(0, dev_discard(self->s.dev, 20 * CHUNK, 2 * CHUNK + 8 * KiB, 1));
+	EXPECT_EQ(7, info_num(self, "preserved"));
+	EXPECT_EQ(0, check_gen(self->vdev, 0, DEV_SIZE, 1, self->why, sizeof(self->why)))
+		TH_LOG("after discards: %s", self->why);
 	ASSERT_EQ(0, write_gen(self->s.dev, 0, DEV_SIZE, 2));
 	EXPECT_EQ(NR_CHUNKS, info_num(self, "preserved"));
 	EXPECT_EQ(0, check_gen(self->s.dev, 0, DEV_SIZE, 2, self->why, sizeof(self->why)))
