@@ -92,14 +92,33 @@ static int check_gen(const char *dev, uint64_t off, uint64_t len, unsigned int g
 FIXTURE(snap)
 {
 	struct scratch s;
+	struct scratch store;	/* the store device of the "device" variant */
+	int store_made;
 	char view[80];		/* the view's dm name */
 	char vdev[96];		/* its node */
 	char why[160];
 };
 
+/* Every test runs with the memory store and with a store device. */
+FIXTURE_VARIANT(snap)
+{
+	int store_device;
+};
+
+FIXTURE_VARIANT_ADD(snap, memory)
+{
+	.store_device = 0,
+};
+
+FIXTURE_VARIANT_ADD(snap, device)
+{
+	.store_device = 1,
+};
+
 FIXTURE_SETUP(snap)
 {
 	self->s.loopfd = -1;
+	self->store.loopfd = -1;
 	if (geteuid())
 		SKIP(return, "must run as root");
 	ASSERT_EQ(0, scratch_make(&self->s, "snap"));
@@ -117,6 +136,8 @@ FIXTURE_TEARDOWN(snap)
 	if (dm_exists(self->s.name))
 		dm_messagef(self->s.name, "snapshot stop force");
 	scratch_remove(&self->s);
+	if (self->store_made)
+		scratch_remove(&self->store);
 }
 
 typedef struct _test_data_snap snap_t;
@@ -148,15 +169,48 @@ static int info_state(snap_t *self, const char *want)
 }
 
 /*
+ * Prepares snapshot t1 with ARGS. In the "device" variant, memory=BYTES
+ * (64 MiB by default) becomes a store device of that size.
+ */
+static int prepare(snap_t *self, const FIXTURE_VARIANT(snap) *variant, const char *args)
+{
+	char rest[256] = "", *p, *save, copy[256];
+	uint64_t bytes = 64 * MiB;
+	int r;
+
+	if (!variant->store_device)
+		return msg(self, "snapshot prepare t1 %s", args);
+	snprintf(copy, sizeof(copy), "%s", args);
+	for (p = strtok_r(copy, " ", &save); p; p = strtok_r(NULL, " ", &save)) {
+		if (!strncmp(p, "memory=", 7)) {
+			bytes = strtoull(p + 7, NULL, 10);
+		} else {
+			strncat(rest, " ", sizeof(rest) - strlen(rest) - 1);
+			strncat(rest, p, sizeof(rest) - strlen(rest) - 1);
+		}
+	}
+	if (self->store_made)
+		scratch_remove(&self->store);
+	self->store_made = 1;
+	r = scratch_make(&self->store, "store");
+	if (!r)
+		r = scratch_loop(&self->store, bytes);
+	if (!r)
+		r = msg(self, "snapshot prepare t1 store=%s%s", self->store.loop, rest);
+	return r;
+}
+
+/*
  * Prepares snapshot t1 with PREPARE_ARGS and, at one suspend, freezes each
  * of BITMAPS (space-separated) with t1 and starts the snapshot on them.
  */
-static int start_snap(snap_t *self, const char *prepare_args, const char *bitmaps)
+static int start_snap(snap_t *self, const FIXTURE_VARIANT(snap) *variant,
+		      const char *prepare_args, const char *bitmaps)
 {
 	char names[256], *name, *save;
 	int r;
 
-	r = msg(self, "snapshot prepare t1 %s", prepare_args);
+	r = prepare(self, variant, prepare_args);
 	if (r)
 		return r;
 	r = dm_suspend(self->s.name);
@@ -209,6 +263,12 @@ TEST_F(snap, refusals)
 		EXPECT_EQ(-EINVAL, dm_messagef(self->s.name, "%s", bad[i])) TH_LOG("%s", bad[i]);
 		EXPECT_TRUE(info_state(self, "none")) TH_LOG("after %s", bad[i]);
 	}
+	/* A store device: not with memory=, not the origin (dm holds it), one that exists. */
+	EXPECT_EQ(-EINVAL, msg(self, "snapshot prepare t1 store="));
+	EXPECT_EQ(-EINVAL, msg(self, "snapshot prepare t1 memory=131072 store=%s", self->s.loop));
+	EXPECT_EQ(-EBUSY, msg(self, "snapshot prepare t1 store=%s", self->s.loop));
+	EXPECT_EQ(-ENOENT, msg(self, "snapshot prepare t1 store=/dev/no-such-device"));
+	EXPECT_TRUE(info_state(self, "none"));
 	EXPECT_EQ(-ENOENT, msg(self, "snapshot stop t1"));
 	EXPECT_EQ(-EBUSY, msg(self, "snapshot start t1")) TH_LOG("running, not suspended");
 
@@ -241,7 +301,7 @@ TEST_F(snap, view_refusals)
 {
 	char params[160];
 
-	ASSERT_EQ(0, start_snap(self, "", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "", ""));
 	snprintf(params, sizeof(params), "%s t2", self->s.dev);
 	EXPECT_NE(0, dm_create_one(self->view, DEV_SECTORS, "cbt-snapshot", params));
 	snprintf(params, sizeof(params), "%s t1", self->s.loop);
@@ -260,8 +320,11 @@ TEST_F(snap, view_refusals)
 /* A full snapshot: every chunk reads as at the instant, the partial last one too. */
 TEST_F(snap, full_point_in_time)
 {
-	ASSERT_EQ(0, start_snap(self, "memory=33554432", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "memory=33554432", ""));
 	EXPECT_EQ(NR_CHUNKS, info_num(self, "needed"));
+	EXPECT_EQ(32 * MiB, info_num(self, "limit"));
+	/* store=memory reads as 0, store=7:N (a loop device) as 7. */
+	EXPECT_EQ(variant->store_device ? 7 : 0, info_num(self, "store"));
 	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
 	EXPECT_EQ(0, check_gen(self->vdev, 0, DEV_SIZE, 1, self->why, sizeof(self->why)))
 		TH_LOG("%s", self->why);
@@ -307,7 +370,7 @@ TEST_F(snap, incremental_granularities)
 
 	/* fine alone: exactly the chunks it has. */
 	ASSERT_EQ(0, dm_suspend(self->s.name));
-	ASSERT_EQ(0, msg(self, "snapshot prepare t1"));
+	ASSERT_EQ(0, prepare(self, variant, ""));
 	ASSERT_EQ(0, msg(self, "bitmap freeze fine t1"));
 	ASSERT_EQ(0, msg(self, "snapshot start t1 fine"));
 	ASSERT_EQ(0, dm_resume(self->s.name));
@@ -331,7 +394,7 @@ TEST_F(snap, incremental_granularities)
 	EXPECT_EQ(0, msg(self, "bitmap commit fine t1"));
 
 	/* coarse and other together: one 1 GiB chunk covers the whole device. */
-	ASSERT_EQ(0, start_snap(self, "chunk=4096 memory=33554432", "coarse other"));
+	ASSERT_EQ(0, start_snap(self, variant, "chunk=4096 memory=33554432", "coarse other"));
 	EXPECT_EQ(DEV_SIZE / BLK, info_num(self, "needed"));
 	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
 	ASSERT_EQ(0, write_gen(self->s.dev, 0, DEV_SIZE, 3));
@@ -395,7 +458,7 @@ TEST_F(snap, write_waits_for_view_read)
 {
 	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
 
-	ASSERT_EQ(0, start_snap(self, "", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "", ""));
 	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
 	ASSERT_EQ(0, msg(self, "inject delay event=read offset=%llu length=%llu usecs=1000000 "
 			 "once id=hold", 5 * CHUNK, CHUNK));
@@ -414,7 +477,7 @@ TEST_F(snap, racing_reads_and_writes)
 {
 	uint64_t c;
 
-	ASSERT_EQ(0, start_snap(self, "memory=33554432", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "memory=33554432", ""));
 	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
 	for (c = 0; c < NR_CHUNKS - 1; c++) {
 		struct bg_io rd = { .dev = self->vdev, .off = c * CHUNK, .len = CHUNK, .gen = 1 };
@@ -439,7 +502,7 @@ TEST_F(snap, racing_reads_and_writes)
 TEST_F(snap, store_full_breaks)
 {
 	ASSERT_EQ(0, msg(self, "bitmap add b1"));
-	ASSERT_EQ(0, start_snap(self, "memory=131072 timeout=1", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "memory=131072 timeout=1", ""));
 	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
 	ASSERT_EQ(0, write_gen(self->s.dev, 0, 2 * CHUNK, 2));
 	EXPECT_TRUE(info_state(self, "running"));
@@ -463,7 +526,7 @@ TEST_F(snap, store_full_breaks)
 /* timeout=0: a full store breaks the snapshot at once, no write waits. */
 TEST_F(snap, timeout_zero_breaks_at_once)
 {
-	ASSERT_EQ(0, start_snap(self, "memory=65536 timeout=0", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "memory=65536 timeout=0", ""));
 	ASSERT_EQ(0, write_gen(self->s.dev, 0, CHUNK, 2));
 	EXPECT_TRUE(info_state(self, "running"));
 	ASSERT_EQ(0, write_gen(self->s.dev, CHUNK, CHUNK, 2));
@@ -479,7 +542,7 @@ TEST_F(snap, timeout_zero_breaks_at_once)
  */
 TEST_F(snap, release_frees_slots)
 {
-	ASSERT_EQ(0, start_snap(self, "memory=131072 timeout=1", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "memory=131072 timeout=1", ""));
 	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
 	ASSERT_EQ(0, write_gen(self->s.dev, 0, 2 * CHUNK, 2));
 	EXPECT_EQ(2 * CHUNK, info_num(self, "used"));
@@ -508,7 +571,7 @@ TEST_F(snap, stop_releases_waiting_writes)
 {
 	struct bg_io wr = { .dev = self->s.dev, .off = CHUNK, .len = CHUNK, .gen = 2 };
 
-	ASSERT_EQ(0, start_snap(self, "memory=65536 timeout=600", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "memory=65536 timeout=600", ""));
 	ASSERT_EQ(0, write_gen(self->s.dev, 0, CHUNK, 2));
 	ASSERT_EQ(0, pthread_create(&wr.th, NULL, bg_write, &wr));
 	ASSERT_EQ(0, wait_for(info_num, self, "waited", 1));
@@ -522,7 +585,7 @@ TEST_F(snap, stop_releases_waiting_writes)
 /* A resize breaks a running snapshot; the device can be removed with one. */
 TEST_F(snap, resize_breaks_and_remove)
 {
-	ASSERT_EQ(0, start_snap(self, "", ""));
+	ASSERT_EQ(0, start_snap(self, variant, "", ""));
 	ASSERT_EQ(0, dm_reload_one(self->s.name, DEV_SECTORS - 128, "cbt", self->s.loop));
 	ASSERT_EQ(0, dm_suspend(self->s.name));
 	ASSERT_EQ(0, dm_resume(self->s.name));
