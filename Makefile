@@ -31,19 +31,30 @@ endif
 
 all: modules userspace selftests
 
+# What `make deps` installs is done once per content of the scripts that
+# install it: demo, check and everything that builds run it first when its
+# stamp is missing (a fresh clone, or the scripts changed).
+DEPS_KEY := $(shell cat $(VM)/deps $(VM)/lib.sh | sha256sum | cut -c1-16)
+DEPS_STAMP := $(CACHE)/deps-$(DEPS_KEY).stamp
+
 deps:
 	$(VM)/deps
+	@touch $(DEPS_STAMP)
 
-modules:
+$(DEPS_STAMP):
+	$(VM)/deps
+	@touch $@
+
+modules: $(DEPS_STAMP)
 	$(VM)/build-module $(MODULE_TARGETS)
 
-userspace:
+userspace: $(DEPS_STAMP)
 	$(MAKE) -C userspace
 
 selftests: userspace
 	$(MAKE) -C $(SELFTESTS) KSFT_DIR=$(LINUX_SRC)/tools/testing/selftests
 
-unit: unit-bits
+unit: $(DEPS_STAMP) unit-bits
 	$(MAKE) -C userspace check
 
 # kernel/dm-cbt-bits.c on the host, with ASan and UBSan.
@@ -63,7 +74,7 @@ check: unit vmcheck
 demo: modules userspace
 	$(VM)/vmrun -k $(firstword $(KERNELS)) -- tools/demo.sh
 
-lint:
+lint: $(DEPS_STAMP)
 	perl $(LINUX_SRC)/scripts/checkpatch.pl --strict --no-tree --terse --show-types \
 		--ignore SPDX_LICENSE_TAG,FILE_PATH_CHANGES \
 		-f kernel/*.c kernel/*.h include/uapi/linux/*.h

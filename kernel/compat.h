@@ -11,6 +11,7 @@
 
 #include <linux/blkdev.h>
 #include <linux/device-mapper.h>
+#include <linux/file.h>
 #include <linux/random.h>
 #include <linux/workqueue.h>
 #include <net/genetlink.h>
@@ -37,6 +38,56 @@
 
 #ifndef CBT_HAVE_GET_RANDOM_U32_BELOW
 #define get_random_u32_below(ceil) prandom_u32_max(ceil)
+#endif
+
+/*
+ * A block device opened for reading and writing, exclusively for HOLDER,
+ * by its path: a struct file since 6.9, the block_device before.
+ */
+struct cbt_bdev_handle {
+#ifdef CBT_HAVE_BDEV_FILE_OPEN_BY_PATH
+	struct file *file;
+#endif
+	struct block_device *bdev;	/* NULL: not open */
+};
+
+#ifdef CBT_HAVE_BDEV_FILE_OPEN_BY_PATH
+static inline int cbt_bdev_open(struct cbt_bdev_handle *h, const char *path, void *holder)
+{
+	h->file = bdev_file_open_by_path(path, BLK_OPEN_READ | BLK_OPEN_WRITE, holder, NULL);
+	if (IS_ERR(h->file))
+		return PTR_ERR(h->file);
+	h->bdev = file_bdev(h->file);
+	return 0;
+}
+
+static inline void cbt_bdev_close(struct cbt_bdev_handle *h)
+{
+#ifdef CBT_HAVE_BDEV_FPUT
+	bdev_fput(h->file);
+#else
+	fput(h->file);
+#endif
+	h->bdev = NULL;
+}
+#else
+#define CBT_BDEV_MODE (FMODE_READ | FMODE_WRITE | FMODE_EXCL)
+
+static inline int cbt_bdev_open(struct cbt_bdev_handle *h, const char *path, void *holder)
+{
+	struct block_device *bdev = blkdev_get_by_path(path, CBT_BDEV_MODE, holder);
+
+	if (IS_ERR(bdev))
+		return PTR_ERR(bdev);
+	h->bdev = bdev;
+	return 0;
+}
+
+static inline void cbt_bdev_close(struct cbt_bdev_handle *h)
+{
+	blkdev_put(h->bdev, CBT_BDEV_MODE);
+	h->bdev = NULL;
+}
 #endif
 
 /* The parsed request attributes of a generic netlink dump (also in .start). */

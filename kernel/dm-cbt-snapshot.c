@@ -53,7 +53,7 @@ static const char * const cbt_snap_state_names[] = {
 
 int cbt_snap_module_init(void)
 {
-	cbt_snap_wq = alloc_workqueue("dm-cbt-snap", WQ_MEM_RECLAIM, 0);
+	cbt_snap_wq = alloc_workqueue("dm-cbt-snap", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
 	return cbt_snap_wq ? 0 : -ENOMEM;
 }
 
@@ -127,6 +127,10 @@ static void cbt_snap_free(struct cbt_snap *s)
 	kvfree(s->slot_hash);
 	kvfree(s->cow);
 	kvfree(s->needed);
+	if (!IS_ERR_OR_NULL(s->kc))
+		dm_kcopyd_client_destroy(s->kc);
+	if (s->store.bdev)
+		cbt_bdev_close(&s->store);
 	kfree(s);
 }
 
@@ -211,16 +215,19 @@ static struct cbt_snap_slot *__cbt_snap_take_slot(struct cbt_snap *s, unsigned l
 	return slot;
 }
 
-static void cbt_snap_copy_end(struct bio *bio)
+/*
+ * The copy's read ended (interrupt context). Nothing touches S after the
+ * unlock: stop may free it as soon as it sees no copy in flight.
+ */
+static void cbt_snap_copied(struct cbt_snap_slot *slot, int err)
 {
-	struct cbt_snap_slot *slot = bio->bi_private;
 	struct cbt_snap *s = slot->snap;
 	unsigned long flags;
 
 	spin_lock_irqsave(&s->lock, flags);
-	if (bio->bi_status && s->state == CBT_SNAP_RUNNING) {
-		DMERR("snapshot %s: cannot read chunk %lu to preserve it (%d): breaking it",
-		      s->token, slot->chunk, blk_status_to_errno(bio->bi_status));
+	if (err && s->state == CBT_SNAP_RUNNING) {
+		DMERR("snapshot %s: cannot preserve chunk %lu (%d): breaking it",
+		      s->token, slot->chunk, err);
 		__cbt_snap_end(s, CBT_SNAP_BROKEN);
 	}
 	slot->ready = true;
@@ -228,11 +235,68 @@ static void cbt_snap_copy_end(struct bio *bio)
 	bio_list_merge(&s->ready_reads, &slot->reads);
 	bio_list_init(&slot->reads);
 	__cbt_snap_settle(s, slot);
+	queue_work(cbt_snap_wq, &s->work);
 	if (!--s->copies_in_flight)
 		wake_up(&s->idle);
 	spin_unlock_irqrestore(&s->lock, flags);
+}
+
+/* Memory store: the copy's read ended. */
+static void cbt_snap_copy_end(struct bio *bio)
+{
+	struct cbt_snap_slot *slot = bio->bi_private;
+	int err = blk_status_to_errno(bio->bi_status);
+
 	bio_uninit(bio);
-	queue_work(cbt_snap_wq, &s->work);
+	cbt_snap_copied(slot, err);
+}
+
+/* Store device: kcopyd copied the chunk (its thread). */
+static void cbt_snap_kcopyd_end(int read_err, unsigned long write_err, void *context)
+{
+	cbt_snap_copied(context, read_err || write_err ? -EIO : 0);
+}
+
+/* The worker: starts the store device copies map queued. */
+static void cbt_snap_start_kcopyd(struct cbt_snap *s)
+{
+	struct cbt_snap_slot *slot, *next;
+	struct dm_io_region from, to;
+	unsigned long flags;
+	LIST_HEAD(slots);
+	bool running;
+
+	spin_lock_irqsave(&s->lock, flags);
+	list_splice_init(&s->to_copy, &slots);
+	running = s->state == CBT_SNAP_RUNNING;
+	spin_unlock_irqrestore(&s->lock, flags);
+	list_for_each_entry_safe(slot, next, &slots, free) {
+		list_del_init(&slot->free);
+		if (!running) {
+			/* Its writes went already; the reads waiting for it fail. */
+			cbt_snap_copied(slot, 0);
+			continue;
+		}
+		from.bdev = slot->origin;
+		from.sector = chunk_start(s, slot->chunk);
+		from.count = min_t(sector_t, s->len - from.sector, 1U << s->chunk_shift);
+		to.bdev = s->store_bdev;
+		to.sector = (sector_t)slot->index << s->chunk_shift;
+		to.count = from.count;
+		dm_kcopyd_copy(s->kc, &from, 1, &to, 0, cbt_snap_kcopyd_end, slot);
+	}
+}
+
+/* Whether no copy is in flight; under the lock, so its ender has let go of S. */
+static bool cbt_snap_idle(struct cbt_snap *s)
+{
+	unsigned long flags;
+	bool idle;
+
+	spin_lock_irqsave(&s->lock, flags);
+	idle = !s->copies_in_flight;
+	spin_unlock_irqrestore(&s->lock, flags);
+	return idle;
 }
 
 /* Reads SLOT's chunk from BDEV (the cbt target's device) into the slot. */
@@ -242,8 +306,18 @@ static void cbt_snap_start_copy(struct cbt_snap *s, struct cbt_snap_slot *slot,
 	sector_t start = chunk_start(s, slot->chunk);
 	unsigned int bytes = min_t(sector_t, s->len - start, 1U << s->chunk_shift) << SECTOR_SHIFT;
 	struct bio *bio = &slot->bio;
+	unsigned long flags;
 	unsigned int i, n;
 
+	if (s->store_bdev) {
+		/* kcopyd may sleep for memory: the worker starts it. */
+		slot->origin = bdev;
+		spin_lock_irqsave(&s->lock, flags);
+		list_add_tail(&slot->free, &s->to_copy);
+		spin_unlock_irqrestore(&s->lock, flags);
+		queue_work(cbt_snap_wq, &s->work);
+		return;
+	}
 	bio_init(bio, bdev, s->bvecs + (size_t)slot->index * s->pages_per_chunk,
 		 s->pages_per_chunk, REQ_OP_READ);
 	bio->bi_iter.bi_sector = start;
@@ -359,7 +433,19 @@ static void cbt_snap_copy_out(struct cbt_snap *s, struct cbt_snap_slot *slot, si
 	}
 }
 
-/* Copies what BIO reads of its chunk out of the slot VB holds, and ends it. */
+/* Sends BIO to its chunk's copy on the store device. */
+static void cbt_snap_remap_to_store(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb)
+{
+	vb->on_store = true;
+	bio_set_dev(bio, s->store_bdev);
+	bio->bi_iter.bi_sector = ((sector_t)vb->slot->index << s->chunk_shift) +
+				 (vb->offset >> SECTOR_SHIFT);
+}
+
+/*
+ * Serves BIO from the slot VB holds: copied out of memory and ended, or
+ * sent to the store device.
+ */
 static void cbt_snap_serve(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb)
 {
 	struct cbt_snap_slot *slot = vb->slot;
@@ -369,6 +455,12 @@ static void cbt_snap_serve(struct cbt_snap *s, struct bio *bio, struct cbt_view_
 	unsigned long flags;
 	bool kick;
 
+	if (READ_ONCE(s->state) == CBT_SNAP_RUNNING && s->store_bdev) {
+		/* end_io lets go of the slot. */
+		cbt_snap_remap_to_store(s, bio, vb);
+		dm_submit_bio_remap(bio, NULL);
+		return;
+	}
 	if (READ_ONCE(s->state) != CBT_SNAP_RUNNING) {
 		bio->bi_status = BLK_STS_IOERR;
 	} else {
@@ -389,13 +481,13 @@ static void cbt_snap_serve(struct cbt_snap *s, struct bio *bio, struct cbt_view_
 
 /*
  * View map, for a read within one chunk at target-relative SECTOR:
- * DM_MAPIO_REMAPPED when the caller sends it to the device (tracked, so
- * writes to the chunk wait for it), DM_MAPIO_SUBMITTED when it is served
- * from the store (now or when the chunk's copy ends), DM_MAPIO_KILL when
- * the snapshot does not have the chunk.
+ * DM_MAPIO_REMAPPED when it goes to ORIGIN, the cbt device (tracked, so
+ * writes to the chunk wait for it), or to the store device;
+ * DM_MAPIO_SUBMITTED when it is served from memory (now or when the
+ * chunk's copy ends); DM_MAPIO_KILL when the snapshot lacks the chunk.
  */
 int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb,
-		      sector_t sector)
+		      sector_t sector, struct block_device *origin)
 {
 	unsigned long chunk = sector >> s->chunk_shift;
 	struct cbt_snap_slot *slot;
@@ -404,6 +496,7 @@ int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *
 	vb->chunk = chunk;
 	vb->offset = (sector - chunk_start(s, chunk)) << SECTOR_SHIFT;
 	vb->tracked = false;
+	vb->on_store = false;
 	vb->slot = NULL;
 	spin_lock_irqsave(&s->lock, flags);
 	if (s->state != CBT_SNAP_RUNNING || chunk >= s->needed->nr_chunks ||
@@ -416,6 +509,8 @@ int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *
 		hlist_add_head(&vb->node, read_bucket(s, chunk));
 		vb->tracked = true;
 		spin_unlock_irqrestore(&s->lock, flags);
+		bio_set_dev(bio, origin);
+		bio->bi_iter.bi_sector = sector;
 		return DM_MAPIO_REMAPPED;
 	}
 	slot->readers++;
@@ -426,14 +521,19 @@ int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *
 		return DM_MAPIO_SUBMITTED;
 	}
 	spin_unlock_irqrestore(&s->lock, flags);
+	if (s->store_bdev) {
+		cbt_snap_remap_to_store(s, bio, vb);
+		return DM_MAPIO_REMAPPED;
+	}
 	cbt_snap_serve(s, bio, vb);
 	return DM_MAPIO_SUBMITTED;
 }
 
 /*
  * View end_io of a read sent to the device: writes to its chunk waiting
- * for it may go. Returns false if the snapshot ended meanwhile: a write
- * let go by the break may have changed what the read returned.
+ * for it may go; of a read sent to the store device: its slot may be
+ * freed. Returns false if the snapshot ended meanwhile: a write let go by
+ * the break may have changed what the read returned.
  */
 bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb)
 {
@@ -441,12 +541,18 @@ bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb)
 	unsigned long flags;
 	bool kick = false, running;
 
-	if (!vb->tracked)
+	if (!vb->tracked && !vb->on_store)
 		return true;
 	spin_lock_irqsave(&s->lock, flags);
-	hlist_del(&vb->node);
-	vb->tracked = false;
-	slot = __find_slot(s, vb->chunk);
+	if (vb->tracked) {
+		hlist_del(&vb->node);
+		vb->tracked = false;
+		slot = __find_slot(s, vb->chunk);
+	} else {
+		slot = vb->slot;
+		slot->readers--;
+		vb->on_store = false;
+	}
 	if (slot)
 		kick = __cbt_snap_settle(s, slot);
 	running = s->state == CBT_SNAP_RUNNING;
@@ -513,8 +619,8 @@ static void cbt_snap_serve_waiters(struct cbt_snap *s)
 			break;
 		}
 		sb = snap_bio(bio);
-		if (!test_bit(sb->chunk, s->cow->map)) {
-			go = true;	/* released meanwhile */
+		if (s->state != CBT_SNAP_RUNNING || !test_bit(sb->chunk, s->cow->map)) {
+			go = true;	/* ended or released meanwhile */
 		} else if (!__find_slot(s, sb->chunk) && list_empty(&s->free_slots)) {
 			spin_unlock_irqrestore(&s->lock, flags);
 			break;
@@ -555,6 +661,8 @@ static void cbt_snap_work(struct work_struct *work)
 	s->break_event = false;
 	spin_unlock_irqrestore(&s->lock, flags);
 
+	if (s->store_bdev)
+		cbt_snap_start_kcopyd(s);
 	while ((bio = bio_list_pop(&reads)))
 		cbt_snap_serve(s, bio, view_bio(bio));
 	while ((bio = bio_list_pop(&writes)))
@@ -597,12 +705,13 @@ static void cbt_snap_timeout(struct work_struct *work)
  */
 static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t len,
 				       unsigned int chunk_shift, u64 memory,
-				       unsigned int timeout_s)
+				       unsigned int timeout_s, const char *store, int *r)
 {
 	const gfp_t gfp = GFP_KERNEL | __GFP_NOWARN;
 	struct cbt_snap *s = kzalloc(sizeof(*s), GFP_KERNEL);
 	size_t i, nr_pages;
 
+	*r = -ENOMEM;
 	if (!s)
 		return NULL;
 	kref_init(&s->kref);
@@ -614,6 +723,7 @@ static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t l
 	spin_lock_init(&s->lock);
 	s->state = CBT_SNAP_PREPARED;
 	INIT_LIST_HEAD(&s->free_slots);
+	INIT_LIST_HEAD(&s->to_copy);
 	bio_list_init(&s->space_waiters);
 	bio_list_init(&s->ready_writes);
 	bio_list_init(&s->ready_reads);
@@ -623,17 +733,42 @@ static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t l
 	for (i = 0; i < ARRAY_SIZE(s->read_hash); i++)
 		INIT_HLIST_HEAD(&s->read_hash[i]);
 
-	s->pages_per_chunk = (1U << (chunk_shift + SECTOR_SHIFT)) >> PAGE_SHIFT;
+	if (*store) {
+		*r = cbt_bdev_open(&s->store, store, s);
+		if (*r) {
+			DMERR("snapshot prepare: cannot open store device %s: %d", store, *r);
+			goto bad;
+		}
+		s->store_bdev = s->store.bdev;
+		memory = min_t(u64, bdev_nr_sectors(s->store_bdev) << SECTOR_SHIFT,
+			       (u64)UINT_MAX << (chunk_shift + SECTOR_SHIFT));
+		*r = -EINVAL;
+		if (memory >> (chunk_shift + SECTOR_SHIFT) == 0 ||
+		    bdev_logical_block_size(s->store_bdev) > 1U << (chunk_shift + SECTOR_SHIFT)) {
+			DMERR("snapshot prepare: store %s: smaller than a chunk or larger blocks",
+			      store);
+			goto bad;
+		}
+		*r = -ENOMEM;
+		s->kc = dm_kcopyd_client_create(NULL);
+		if (IS_ERR(s->kc))
+			goto bad;
+	} else {
+		s->pages_per_chunk = (1U << (chunk_shift + SECTOR_SHIFT)) >> PAGE_SHIFT;
+	}
 	s->nr_slots = memory >> (chunk_shift + SECTOR_SHIFT);
 	nr_pages = (size_t)s->nr_slots * s->pages_per_chunk;
 	s->slot_hash_bits = ilog2(roundup_pow_of_two(max(s->nr_slots, 64U)));
 	s->cow = cbt_bits_alloc(chunk_shift, len);
 	s->needed = cbt_bits_alloc(chunk_shift, len);
 	s->slots = kvcalloc(s->nr_slots, sizeof(*s->slots), gfp);
-	s->pages = kvcalloc(nr_pages, sizeof(*s->pages), gfp);
-	s->bvecs = kvcalloc(nr_pages, sizeof(*s->bvecs), gfp);
+	if (nr_pages) {
+		s->pages = kvcalloc(nr_pages, sizeof(*s->pages), gfp);
+		s->bvecs = kvcalloc(nr_pages, sizeof(*s->bvecs), gfp);
+	}
 	s->slot_hash = kvcalloc(1U << s->slot_hash_bits, sizeof(*s->slot_hash), gfp);
-	if (!s->cow || !s->needed || !s->slots || !s->pages || !s->bvecs || !s->slot_hash)
+	if (!s->cow || !s->needed || !s->slots || (nr_pages && (!s->pages || !s->bvecs)) ||
+	    !s->slot_hash)
 		goto bad;
 	for (i = 0; i < nr_pages; i++) {
 		s->pages[i] = alloc_page(gfp);
@@ -652,6 +787,7 @@ static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t l
 		bio_list_init(&slot->reads);
 		list_add_tail(&slot->free, &s->free_slots);
 	}
+	*r = 0;
 	return s;
 bad:
 	cbt_snap_free(s);
@@ -673,7 +809,7 @@ static void cbt_snap_stop(struct cbt_snap *s)
 	__cbt_snap_end(s, CBT_SNAP_STOPPED);
 	spin_unlock_irqrestore(&s->lock, flags);
 	queue_work(cbt_snap_wq, &s->work);
-	wait_event(s->idle, !READ_ONCE(s->copies_in_flight));
+	wait_event(s->idle, cbt_snap_idle(s));
 	flush_work(&s->work);
 	cancel_delayed_work_sync(&s->timeout_work);
 	cbt_event_notify(s->devt, DM_CBT_EVENT_SNAPSHOT_STOP, NULL, s->token, GFP_NOIO);
@@ -779,6 +915,7 @@ void cbt_snap_put_view(struct cbt_snap *s)
 
 struct cbt_snap_msg {
 	char token[DM_CBT_NAME_MAX + 1];
+	char store[256];		/* prepare: the store device's path, or "" */
 	bool force;
 	u64 memory;
 	unsigned int chunk_shift;
@@ -790,7 +927,11 @@ struct cbt_snap_msg {
 /* KEY=VALUE with KEY one of prepare's keys: 0, -ENOENT for another word, or -EINVAL. */
 static int parse_prepare_key(struct cbt_snap_msg *m, const char *arg, unsigned long *seen)
 {
-	static const char * const keys[] = { "memory=", "chunk=", "timeout=" };
+	static const char * const keys[] = { "memory=", "chunk=", "timeout=", "store=" };
+	static const char * const want[] = {
+		"a multiple of the chunk, at most 16 GiB", "a power of two from 4096 to 2097152",
+		"0 to 3600 seconds", "a block device",
+	};
 	unsigned int k;
 	u64 v;
 
@@ -799,6 +940,11 @@ static int parse_prepare_key(struct cbt_snap_msg *m, const char *arg, unsigned l
 			break;
 	if (k == ARRAY_SIZE(keys) || test_and_set_bit(k, seen))
 		return -ENOENT;
+	if (k == 3) {
+		if (!arg[6] || strscpy(m->store, arg + 6, sizeof(m->store)) < 0)
+			goto bad;
+		return 0;
+	}
 	if (cbt_parse_u64(arg + strlen(keys[k]), &v))
 		goto bad;
 	switch (k) {
@@ -817,9 +963,7 @@ static int parse_prepare_key(struct cbt_snap_msg *m, const char *arg, unsigned l
 		return 0;
 	}
 bad:
-	DMERR("snapshot prepare: invalid '%s' (memory: a multiple of the chunk up to %llu; "
-	      "chunk: a power of two in %u..%u; timeout: 0..%u seconds)", arg,
-	      CBT_SNAP_MEMORY_MAX, CBT_SNAP_CHUNK_MIN, CBT_SNAP_CHUNK_MAX, CBT_SNAP_TIMEOUT_MAX);
+	DMERR("snapshot prepare: invalid '%s': %s expected", arg, want[k]);
 	return -EINVAL;
 }
 
@@ -838,6 +982,10 @@ static int parse_prepare(struct cbt_snap_msg *m, unsigned int argc, char **argv)
 			DMERR("snapshot prepare: unexpected or repeated argument '%s'", argv[i]);
 		if (r)
 			return -EINVAL;
+	}
+	if (test_bit(0, &seen) && test_bit(3, &seen)) {
+		DMERR("snapshot prepare: memory= and store= exclude each other");
+		return -EINVAL;
 	}
 	if (m->memory < (1ULL << (m->chunk_shift + SECTOR_SHIFT)) ||
 	    m->memory > CBT_SNAP_MEMORY_MAX ||
@@ -864,10 +1012,12 @@ static int run_prepare(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_m
 	if (r)
 		goto busy;
 	/* Outside the lock: a large store takes a while. */
-	s = cbt_snap_alloc(cd->devt, m->token, len, m->chunk_shift, m->memory, m->timeout_s);
+	s = cbt_snap_alloc(cd->devt, m->token, len, m->chunk_shift, m->memory, m->timeout_s,
+			   m->store, &r);
 	if (!s) {
-		DMERR("snapshot prepare: cannot allocate a store of %llu bytes", m->memory);
-		return -ENOMEM;
+		if (r == -ENOMEM)
+			DMERR("snapshot prepare: cannot allocate a store of %llu bytes", m->memory);
+		return r;
 	}
 	mutex_lock(&cd->lock);
 	if (rcu_access_pointer(cd->snap))
@@ -1006,6 +1156,7 @@ static int run_stop(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg 
 /*
  *   token=T state=S chunk=BYTES length=BYTES needed=CHUNKS preserved=CHUNKS
  *   used=BYTES limit=BYTES waited=WRITES timeout=SECONDS views=N
+ *   store=memory|MAJOR:MINOR
  * or "state=none"; fields are only ever appended.
  */
 static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg *m,
@@ -1026,9 +1177,14 @@ static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg 
 		DMEMIT("token=%s state=%s chunk=%u length=%llu needed=%llu preserved=%u",
 		       s->token, cbt_snap_state_names[s->state], chunk_bytes,
 		       (unsigned long long)s->len << SECTOR_SHIFT, s->nr_needed, s->nr_ready);
-		DMEMIT(" used=%llu limit=%llu waited=%llu timeout=%u views=%u\n",
+		DMEMIT(" used=%llu limit=%llu waited=%llu timeout=%u views=%u",
 		       (u64)s->nr_used * chunk_bytes, (u64)s->nr_slots * chunk_bytes,
 		       s->nr_waited, s->timeout_s, s->nr_views);
+		if (s->store_bdev)
+			DMEMIT(" store=%u:%u\n", MAJOR(s->store_bdev->bd_dev),
+			       MINOR(s->store_bdev->bd_dev));
+		else
+			DMEMIT(" store=memory\n");
 		spin_unlock_irqrestore(&s->lock, flags);
 	}
 	mutex_unlock(&cd->lock);
@@ -1062,7 +1218,7 @@ int cbt_snap_message(struct cbt_c *cc, struct dm_target *ti, unsigned int argc,
 		return -EINVAL;
 	}
 	if (!argc || (!strcmp(cmd, "stop") && argc != 1) ||
-	    (!strcmp(cmd, "prepare") && argc > 4) ||
+	    (!strcmp(cmd, "prepare") && argc > 5) ||
 	    (!strcmp(cmd, "start") && argc > 1 + DM_CBT_MAX_BITMAPS)) {
 		DMERR("snapshot %s: wrong number of arguments (%u)", cmd, argc);
 		return -EINVAL;

@@ -8,6 +8,7 @@
 #define DM_CBT_SNAPSHOT_H
 
 #include <linux/bio.h>
+#include <linux/dm-kcopyd.h>
 #include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/spinlock.h>
@@ -41,7 +42,8 @@ struct cbt_snap_slot {
 	unsigned int readers;		/* view reads copying out of it */
 	struct bio_list writes;		/* guest writes waiting for the copy (and tracked reads) */
 	struct bio_list reads;		/* view reads waiting for the copy */
-	struct bio bio;			/* the copy's read; bvecs in snap->bvecs */
+	struct bio bio;			/* memory store: the copy's read; bvecs in snap->bvecs */
+	struct block_device *origin;	/* store device: where the worker copies from */
 };
 
 struct cbt_snap {
@@ -75,6 +77,12 @@ struct cbt_snap {
 	unsigned int slot_hash_bits;
 	struct hlist_head read_hash[64];	/* view reads of the device in flight */
 
+	/* A store device instead of memory: slot i is at sector i << chunk_shift. */
+	struct cbt_bdev_handle store;
+	struct block_device *store_bdev;	/* store.bdev, or NULL: memory */
+	struct dm_kcopyd_client *kc;
+	struct list_head to_copy;	/* slots (by their free node) the worker copies */
+
 	struct bio_list space_waiters;	/* writes that need a slot, oldest first */
 	struct bio_list ready_writes;	/* writes free to go down */
 	struct bio_list ready_reads;	/* view reads to serve from their slot */
@@ -98,6 +106,7 @@ struct cbt_view_bio {
 	unsigned int offset;		/* bytes into the chunk */
 	struct cbt_snap_slot *slot;	/* the slot it waits for or copies from */
 	bool tracked;
+	bool on_store;			/* sent to the store device: end_io lets go of the slot */
 };
 
 /* Returned by cbt_snap_map_write when the write goes on down now. */
@@ -119,7 +128,7 @@ struct cbt_snap *cbt_snap_get_running(dev_t devt, const char *token);
 void cbt_snap_put_view(struct cbt_snap *s);
 const char *cbt_snap_view_state(struct cbt_snap *s);
 int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb,
-		      sector_t sector);
+		      sector_t sector, struct block_device *origin);
 bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb);
 void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors);
 

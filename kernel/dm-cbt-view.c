@@ -95,17 +95,11 @@ static int cbt_view_map(struct dm_target *ti, struct bio *bio)
 {
 	struct cbt_view *v = ti->private;
 	sector_t sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
-	int r;
 
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
-		r = cbt_snap_map_read(v->snap, bio, dm_per_bio_data(bio, ti->per_io_data_size),
-				      sector);
-		if (r == DM_MAPIO_REMAPPED) {
-			bio_set_dev(bio, v->dev->bdev);
-			bio->bi_iter.bi_sector = sector;
-		}
-		return r;
+		return cbt_snap_map_read(v->snap, bio, dm_per_bio_data(bio, ti->per_io_data_size),
+					 sector, v->dev->bdev);
 	case REQ_OP_DISCARD:
 		cbt_snap_release(v->snap, sector, bio_sectors(bio));
 		bio_endio(bio);

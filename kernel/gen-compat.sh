@@ -33,3 +33,8 @@ probe CBT_HAVE_DM_TARGET_PASSES_CRYPTO include/linux/device-mapper.h '#define DM
 probe CBT_HAVE_SYSTEM_DFL_WQ include/linux/workqueue.h 'extern struct workqueue_struct \*system_dfl_wq;'
 # get_random_u32_below() (6.2, in 6.1.y); prandom_u32_max() before it.
 probe CBT_HAVE_GET_RANDOM_U32_BELOW include/linux/random.h 'get_random_u32_below\('
+# Opening a block device by path: bdev_file_open_by_path() (6.9) returns a
+# struct file; blkdev_get_by_path() with an fmode_t before 6.5.
+probe CBT_HAVE_BDEV_FILE_OPEN_BY_PATH include/linux/blkdev.h 'struct file \*bdev_file_open_by_path\('
+# bdev_fput() (6.10) gives the claim back at once; fput() defers it.
+probe CBT_HAVE_BDEV_FPUT include/linux/blkdev.h 'void bdev_fput\('

@@ -157,11 +157,11 @@ TEST_F(bitmap, detail_and_status)
 	EXPECT_EQ(0, field(self, "off", "count"));
 	EXPECT_EQ(65536, field(self, "plain", "count"));
 	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 0 0 1 0", line);	/* + inject state 1, no rules */
+	EXPECT_STREQ("2 1 0 0 1 0 -", line);	/* + inject state 1, no rules, no snapshot */
 	ASSERT_EQ(0, msg(self, "bitmap freeze plain backup-1.a_b"));
 	EXPECT_STREQ("backup-1.a_b", token(self, "plain", tok, sizeof(tok)));
 	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 1 0 1 0", line);
+	EXPECT_STREQ("2 1 1 0 1 0 -", line);
 	ASSERT_EQ(0, list(self, line, sizeof(line)));
 	EXPECT_NE(NULL, strstr(line, "plain granularity=65536 count=0 recording=1 busy=1 "
 			       "persistent=0 inconsistent=0 frozen=65536 token=backup-1.a_b "
@@ -891,6 +891,56 @@ TEST_F(bitmap, events_multicast)
 	ASSERT_EQ(4, ev.n);
 	for (i = 0; i < 4; i++)
 		EXPECT_STREQ(want[i], ev.seen[i]);
+}
+
+/*
+ * Snapshots report start, view create and remove, break and stop, in that
+ * order, with their token and no bitmap.
+ */
+TEST_F(bitmap, snapshot_events)
+{
+	static const int kinds[] = {
+		DM_CBT_EVENT_SNAPSHOT_START, DM_CBT_EVENT_VIEW_CREATE, DM_CBT_EVENT_VIEW_REMOVE,
+		DM_CBT_EVENT_SNAPSHOT_STOP, DM_CBT_EVENT_SNAPSHOT_START,
+		DM_CBT_EVENT_SNAPSHOT_BREAK, DM_CBT_EVENT_SNAPSHOT_STOP,
+	};
+	char view[96], params[160], want[160];
+	struct events ev = { 0 };
+	struct nl_sock *sk;
+	struct stat st;
+	unsigned int i;
+
+	ASSERT_EQ(0, stat(self->s.dev, &st));
+	sk = events_listen(&ev);
+	ASSERT_NE(NULL, sk);
+	snprintf(view, sizeof(view), "%s-view", self->s.name);
+	snprintf(params, sizeof(params), "%s t1", self->s.dev);
+
+	ASSERT_EQ(0, msg(self, "snapshot prepare t1"));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	ASSERT_EQ(0, msg(self, "snapshot start t1"));
+	ASSERT_EQ(0, dm_resume(self->s.name));
+	ASSERT_EQ(0, dm_create_one(view, DEV_SECTORS, "cbt-snapshot", params));
+	ASSERT_EQ(0, dm_remove(view));
+	ASSERT_EQ(0, msg(self, "snapshot stop t1"));
+	/* A store of one chunk that cannot wait: the second chunk written breaks it. */
+	ASSERT_EQ(0, msg(self, "snapshot prepare t2 memory=65536 timeout=0"));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	ASSERT_EQ(0, msg(self, "snapshot start t2"));
+	ASSERT_EQ(0, dm_resume(self->s.name));
+	ASSERT_EQ(0, dev_write(self->s.dev, 0, 128 * 1024, 0x5a));
+	/* Stop waits for the worker that reports the break. */
+	ASSERT_EQ(0, msg(self, "snapshot stop t2"));
+	while (nl_recvmsgs_default(sk) >= 0)
+		;
+	nl_socket_free(sk);
+
+	ASSERT_EQ(7, ev.n);
+	for (i = 0; i < 7; i++) {
+		snprintf(want, sizeof(want), "%d %u:%u - %s", kinds[i], major(st.st_rdev),
+			 minor(st.st_rdev), i < 4 ? "t1" : "t2");
+		EXPECT_STREQ(want, ev.seen[i]);
+	}
 }
 
 /* An error-injection rule that fires is reported on the events group. */

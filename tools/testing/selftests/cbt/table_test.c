@@ -67,7 +67,7 @@ TEST_F(table, good_lines_load)
 			TH_LOG("'%s' refused: %s", good[i][0], log);
 		ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
 		/* No bitmaps; inject state 1, no rules. */
-		EXPECT_STREQ("0 0 0 0 1 0", line);
+		EXPECT_STREQ("0 0 0 0 1 0 -", line);
 		ASSERT_EQ(0, dm_status_line(self->s.name, 1, line, sizeof(line)));
 		/* The table names the device by major:minor, then the features. */
 		rest = line + strcspn(line, " ");
