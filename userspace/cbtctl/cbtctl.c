@@ -17,13 +17,13 @@ static const struct command commands[] = {
 	  "manage the dirty bitmaps of a cbt device" },
 	{ "status", cmd_status, "status DEV [--json]", "show a cbt device and its bitmaps" },
 	{ "backup", cmd_backup, "backup --sync=full|incremental [OPTIONS] JOB...",
-	  "back up cbt devices into qcow2 images, all or nothing" },
+	  "back up cbt devices into qcow2 images at one instant, all or nothing" },
 	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",
 	  "print a bitmap's dirty extents as 'offset length' in bytes" },
 	{ "inject", cmd_inject, "inject DEV WORD...",
 	  "error-injection rules (Documentation/dm-cbt-inject.rst)" },
 	{ "recover", cmd_recover, "recover [--force] [DEV...]",
-	  "undo what a killed backup left: suspended devices, frozen bitmaps, temporaries" },
+	  "undo what a killed backup left: views, snapshots, suspends, frozen bitmaps, temporaries" },
 	{ "help", cmd_help, "help", "list the commands" },
 };
 

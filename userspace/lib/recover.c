@@ -354,8 +354,11 @@ int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
 		closedir(dp);
 	for (i = 0; i < nr_devs; i++) {
 		r = stop_snapshot(devs[i], NULL, force, rep, &err);
-		if (!r)
-			r = abort_frozen(devs[i], NULL, force, rep, &err);
+		if (r && !first) {
+			first = r;
+			*e = err;
+		}
+		r = abort_frozen(devs[i], NULL, force, rep, &err);
 		if (r && !first) {
 			first = r;
 			*e = err;
