@@ -39,7 +39,7 @@ static int bitmap_add(int argc, char **argv)
 	if (gran)
 		snprintf(msg, sizeof(msg), " granularity=%llu", (unsigned long long)gran);
 	if (cbt_dm_messagef(args[0], &e, "bitmap add %s%s%s", args[1], msg,
-			   disabled ? " disabled" : ""))
+			    disabled ? " disabled" : ""))
 		return report(&e);
 	return 0;
 }

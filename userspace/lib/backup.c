@@ -205,7 +205,7 @@ static void abort_bitmaps(struct cbt_backup *b)
 			if (!p->frozen[j])
 				continue;
 			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "bitmap abort %s %s",
-					   b->bitmaps[j], b->token)) {
+					    b->bitmaps[j], b->token)) {
 				bitmap_error(b, &err);
 				b->keep_journal = true;
 				continue;
@@ -374,7 +374,7 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	for (i = 0; i < b->nr_jobs && !r; i++) {
 		for (j = 0; j < b->nr_bitmaps && !r; j++) {
 			r = cbt_dm_messagef(order[i]->spec.device, e, "bitmap freeze %s %s",
-					   b->bitmaps[j], b->token);
+					    b->bitmaps[j], b->token);
 			if (!r)
 				order[i]->priv->frozen[j] = true;
 		}
@@ -769,7 +769,7 @@ static void commit_bitmaps(struct cbt_backup *b)
 			if (!p->frozen[j])
 				continue;
 			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "bitmap commit %s %s",
-					   b->bitmaps[j], b->token))
+					    b->bitmaps[j], b->token))
 				bitmap_error(b, &err);
 			else
 				p->frozen[j] = false;

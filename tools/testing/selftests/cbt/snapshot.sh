@@ -5,9 +5,10 @@
 # hold the devices as they were at the instant although every chunk of
 # both was overwritten while the controller was held after it (full and
 # incremental); a store that fills breaks the snapshot and fails the backup
-# cleanly, every write on the device and every dirty bit kept; the freeze
-# hook; --no-snapshot; status. (transaction.sh kills the controller with a
-# snapshot prepared, started and viewed.)
+# cleanly, every write on the device and every dirty bit kept; the copy
+# releases what it has written; the freeze hook; --no-snapshot; status.
+# (transaction.sh kills the controller with a snapshot prepared, started
+# and viewed.)
 . "$(dirname "$0")/lib.sh"
 
 require_root
@@ -49,7 +50,7 @@ devs() {
 	cbtctl backup --sync=full --bitmap=b0 "${jobs[@]}" >/dev/null || fail "full backup"
 }
 
-# overwrite DEV FILE: writes FILE over all of DEV with O_DIRECT; fails if a write does.
+# overwrite DEV FILE: writes FILE over the start of DEV with O_DIRECT; fails if a write does.
 overwrite() {
 	dd if="$2" of="$1" bs=1M oflag=direct status=none || fail "a write to $1 failed"
 }
