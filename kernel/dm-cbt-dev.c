@@ -296,7 +296,6 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 	mutex_lock(&cd->lock);
 	if (len == cd->len)
 		goto out;
-	cbt_snap_resized(cd, len);
 	rs = kcalloc(max(cd->nr_bitmaps, 1U), sizeof(*rs), GFP_KERNEL);
 	if (!rs) {
 		r = -ENOMEM;

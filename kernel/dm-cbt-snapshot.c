@@ -39,6 +39,8 @@
 #define CBT_SNAP_CHUNK_MAX	(2U << 20)
 #define CBT_SNAP_TIMEOUT_DEFAULT 30
 #define CBT_SNAP_TIMEOUT_MAX	3600
+/* A store device serves at most this many chunks (slot metadata is in memory). */
+#define CBT_SNAP_STORE_SLOTS_MAX BIT(20)
 /* A release visits at most this many chunks per hold of the lock. */
 #define CBT_SNAP_RELEASE_BATCH	1024
 
@@ -154,17 +156,50 @@ static void cbt_snap_put(struct cbt_snap *s)
  */
 static void __cbt_snap_end(struct cbt_snap *s, enum cbt_snap_state state)
 {
-	unsigned int i;
+	struct cbt_snap_slot *slot;
 
 	if (s->state == CBT_SNAP_RUNNING && state == CBT_SNAP_BROKEN)
 		s->break_event = true;
 	s->state = state;
 	bio_list_merge(&s->ready_writes, &s->space_waiters);
 	bio_list_init(&s->space_waiters);
-	for (i = 0; i < s->nr_slots; i++) {
-		bio_list_merge(&s->ready_writes, &s->slots[i].writes);
-		bio_list_init(&s->slots[i].writes);
+	bio_list_merge(&s->ready_writes, &s->held_writes);
+	bio_list_init(&s->held_writes);
+	list_for_each_entry(slot, &s->used_slots, used)
+		slot->nr_writes = 0;
+}
+
+/*
+ * Under the lock: view reads of CHUNK from the device stop holding writes
+ * back and will fail. While the cbt device suspends, such a read may wait
+ * behind the suspend, which waits for the writes: they cannot wait for it.
+ */
+static void __cbt_snap_spoil_reads(struct cbt_snap *s, unsigned long chunk)
+{
+	struct cbt_view_bio *vb;
+	struct hlist_node *next;
+
+	hlist_for_each_entry_safe(vb, next, read_bucket(s, chunk), node) {
+		if (vb->chunk != chunk)
+			continue;
+		hlist_del(&vb->node);
+		vb->tracked = false;
+		vb->spoiled = true;
 	}
+}
+
+/*
+ * Under the lock: the held writes to CHUNK become ready. Few writes are
+ * held at a time (at most what is in flight), so the list is short.
+ */
+static void __cbt_snap_let_go(struct cbt_snap *s, unsigned long chunk)
+{
+	struct bio_list keep = BIO_EMPTY_LIST;
+	struct bio *bio;
+
+	while ((bio = bio_list_pop(&s->held_writes)))
+		bio_list_add(snap_bio(bio)->chunk == chunk ? &s->ready_writes : &keep, bio);
+	s->held_writes = keep;
 }
 
 /*
@@ -178,18 +213,21 @@ static bool __cbt_snap_settle(struct cbt_snap *s, struct cbt_snap_slot *slot)
 
 	if (!slot->ready)
 		return false;
+	if (s->suspending && slot->nr_writes)
+		__cbt_snap_spoil_reads(s, slot->chunk);
 	if (!__chunk_being_read(s, slot->chunk)) {
 		/* Later writes to the chunk go down at once. */
 		clear_bit(slot->chunk, s->cow->map);
-		if (!bio_list_empty(&slot->writes)) {
-			bio_list_merge(&s->ready_writes, &slot->writes);
-			bio_list_init(&slot->writes);
+		if (slot->nr_writes) {
+			__cbt_snap_let_go(s, slot->chunk);
+			slot->nr_writes = 0;
 			kick = true;
 		}
 	}
-	if (slot->released && !slot->readers && bio_list_empty(&slot->writes) &&
+	if (slot->released && !slot->readers && !slot->nr_writes &&
 	    bio_list_empty(&slot->reads)) {
 		hlist_del_init(&slot->hash);
+		list_del_init(&slot->used);
 		list_add(&slot->free, &s->free_slots);
 		s->nr_used--;
 		s->nr_ready--;
@@ -209,7 +247,9 @@ static struct cbt_snap_slot *__cbt_snap_take_slot(struct cbt_snap *s, unsigned l
 	slot->ready = false;
 	slot->released = false;
 	slot->readers = 0;
+	slot->nr_writes = 0;
 	hlist_add_head(&slot->hash, slot_bucket(s, chunk));
+	list_add(&slot->used, &s->used_slots);
 	s->nr_used++;
 	s->copies_in_flight++;
 	return slot;
@@ -257,8 +297,11 @@ static void cbt_snap_kcopyd_end(int read_err, unsigned long write_err, void *con
 	cbt_snap_copied(context, read_err || write_err ? -EIO : 0);
 }
 
-/* The worker: starts the store device copies map queued. */
-static void cbt_snap_start_kcopyd(struct cbt_snap *s)
+static void cbt_snap_start_copy(struct cbt_snap *s, struct cbt_snap_slot *slot,
+				struct block_device *bdev, bool may_block);
+
+/* The worker: starts the copies queued for it. */
+static void cbt_snap_start_queued(struct cbt_snap *s)
 {
 	struct cbt_snap_slot *slot, *next;
 	struct dm_io_region from, to;
@@ -275,6 +318,10 @@ static void cbt_snap_start_kcopyd(struct cbt_snap *s)
 		if (!running) {
 			/* Its writes went already; the reads waiting for it fail. */
 			cbt_snap_copied(slot, 0);
+			continue;
+		}
+		if (!s->store_bdev) {
+			cbt_snap_start_copy(s, slot, slot->origin, true);
 			continue;
 		}
 		from.bdev = slot->origin;
@@ -301,7 +348,7 @@ static bool cbt_snap_idle(struct cbt_snap *s)
 
 /* Reads SLOT's chunk from BDEV (the cbt target's device) into the slot. */
 static void cbt_snap_start_copy(struct cbt_snap *s, struct cbt_snap_slot *slot,
-				struct block_device *bdev)
+				struct block_device *bdev, bool may_block)
 {
 	sector_t start = chunk_start(s, slot->chunk);
 	unsigned int bytes = min_t(sector_t, s->len - start, 1U << s->chunk_shift) << SECTOR_SHIFT;
@@ -309,8 +356,12 @@ static void cbt_snap_start_copy(struct cbt_snap *s, struct cbt_snap_slot *slot,
 	unsigned long flags;
 	unsigned int i, n;
 
-	if (s->store_bdev) {
-		/* kcopyd may sleep for memory: the worker starts it. */
+	if (s->store_bdev || !may_block) {
+		/*
+		 * kcopyd may sleep for memory, and a submitter that must not
+		 * block (REQ_NOWAIT) must not wait for the copy's request: the
+		 * worker starts these.
+		 */
 		slot->origin = bdev;
 		spin_lock_irqsave(&s->lock, flags);
 		list_add_tail(&slot->free, &s->to_copy);
@@ -341,12 +392,14 @@ static struct cbt_snap_slot *__cbt_snap_hold(struct cbt_snap *s, struct bio *bio
 	struct cbt_snap_slot *slot = __find_slot(s, chunk);
 
 	if (slot) {
-		bio_list_add(&slot->writes, bio);
+		bio_list_add(&s->held_writes, bio);
+		slot->nr_writes++;
 		return NULL;
 	}
 	/* First come, first served: no write overtakes one waiting for space. */
 	if (list_empty(&s->free_slots) || !bio_list_empty(&s->space_waiters)) {
-		if (!s->timeout_s) {
+		/* While suspending the reader cannot release: waiting would only stall it. */
+		if (!s->timeout_s || s->suspending) {
 			DMERR("snapshot %s: store full: breaking it", s->token);
 			__cbt_snap_end(s, CBT_SNAP_BROKEN);
 			*go = true;
@@ -360,7 +413,8 @@ static struct cbt_snap_slot *__cbt_snap_hold(struct cbt_snap *s, struct bio *bio
 		return NULL;
 	}
 	slot = __cbt_snap_take_slot(s, chunk);
-	bio_list_add(&slot->writes, bio);
+	bio_list_add(&s->held_writes, bio);
+	slot->nr_writes++;
 	return slot;
 }
 
@@ -409,8 +463,12 @@ int cbt_snap_map_write(struct cbt_c *cc, struct bio *bio, sector_t sector)
 	spin_unlock_irqrestore(&s->lock, flags);
 	if (go)
 		queue_work(cbt_snap_wq, &s->work);	/* the break lets others go */
+	rcu_read_unlock();
+	/* The copy in flight keeps S: stop waits for it. */
 	if (copy)
-		cbt_snap_start_copy(s, copy, cc->dev->bdev);
+		cbt_snap_start_copy(s, copy, cc->dev->bdev,
+				    !(bio->bi_opf & REQ_NOWAIT));
+	return r;
 out:
 	rcu_read_unlock();
 	return r;
@@ -542,8 +600,11 @@ bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb)
 	bool kick = false, running;
 
 	if (!vb->tracked && !vb->on_store)
-		return true;
+		return !vb->spoiled;
 	spin_lock_irqsave(&s->lock, flags);
+	/* Released while read: a write may have gone before it finished. */
+	running = s->state == CBT_SNAP_RUNNING &&
+		  (vb->on_store || test_bit(vb->chunk, s->needed->map));
 	if (vb->tracked) {
 		hlist_del(&vb->node);
 		vb->tracked = false;
@@ -555,7 +616,6 @@ bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb)
 	}
 	if (slot)
 		kick = __cbt_snap_settle(s, slot);
-	running = s->state == CBT_SNAP_RUNNING;
 	spin_unlock_irqrestore(&s->lock, flags);
 	if (kick)
 		queue_work(cbt_snap_wq, &s->work);
@@ -564,9 +624,11 @@ bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb)
 
 /*
  * A discard on the view: the reader no longer needs the chunks within
- * SECTOR..+NR_SECTORS (a partial chunk only if the range reaches the end).
+ * SECTOR..+NR_SECTORS (a partial chunk only if the range reaches the end
+ * of the view, VIEW_LEN sectors).
  */
-void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors)
+void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors,
+		      sector_t view_len)
 {
 	unsigned long c, end, first = (sector + (1U << s->chunk_shift) - 1) >> s->chunk_shift;
 	sector_t stop = sector + nr_sectors;
@@ -575,7 +637,10 @@ void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors)
 	unsigned int n;
 	bool kick = false;
 
-	end = stop >= s->len ? s->needed->nr_chunks : stop >> s->chunk_shift;
+	/* Up to the view's end, the last chunk counts as covered. */
+	end = stop >= min(s->len, view_len) ? DIV_ROUND_UP_SECTOR_T(stop, 1U << s->chunk_shift) :
+		stop >> s->chunk_shift;
+	end = min_t(unsigned long, end, s->needed->nr_chunks);
 	c = first;
 	while (c < end) {
 		spin_lock_irqsave(&s->lock, flags);
@@ -586,6 +651,9 @@ void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors)
 			clear_bit(c, s->needed->map);
 			clear_bit(c, s->cow->map);
 			s->nr_needed--;
+			/* A write waiting for space to preserve it may go. */
+			if (!bio_list_empty(&s->space_waiters))
+				kick = true;
 			slot = __find_slot(s, c);
 			if (slot) {
 				slot->released = true;
@@ -629,18 +697,19 @@ static void cbt_snap_serve_waiters(struct cbt_snap *s)
 		if (!go) {
 			copy = __find_slot(s, sb->chunk);
 			if (copy) {
-				bio_list_add(&copy->writes, bio);
+				copy->nr_writes++;
 				copy = NULL;
 			} else {
 				copy = __cbt_snap_take_slot(s, sb->chunk);
-				bio_list_add(&copy->writes, bio);
+				copy->nr_writes++;
 			}
+			bio_list_add(&s->held_writes, bio);
 		}
 		spin_unlock_irqrestore(&s->lock, flags);
 		if (go)
 			cbt_map_resume(sb->cc, bio);
 		if (copy)
-			cbt_snap_start_copy(s, copy, sb->cc->dev->bdev);
+			cbt_snap_start_copy(s, copy, sb->cc->dev->bdev, true);
 	}
 }
 
@@ -661,8 +730,7 @@ static void cbt_snap_work(struct work_struct *work)
 	s->break_event = false;
 	spin_unlock_irqrestore(&s->lock, flags);
 
-	if (s->store_bdev)
-		cbt_snap_start_kcopyd(s);
+	cbt_snap_start_queued(s);
 	while ((bio = bio_list_pop(&reads)))
 		cbt_snap_serve(s, bio, view_bio(bio));
 	while ((bio = bio_list_pop(&writes)))
@@ -680,6 +748,8 @@ static void cbt_snap_timeout(struct work_struct *work)
 	struct bio *bio;
 	bool kick = false;
 
+	/* Waiters whose chunk was released or got a slot meanwhile go first. */
+	cbt_snap_serve_waiters(s);
 	spin_lock_irqsave(&s->lock, flags);
 	bio = bio_list_peek(&s->space_waiters);
 	if (bio && s->state == CBT_SNAP_RUNNING) {
@@ -703,7 +773,7 @@ static void cbt_snap_timeout(struct work_struct *work)
  * store of MEMORY bytes (a multiple of the chunk). The caller holds a
  * memalloc_noio scope: the device may be suspended.
  */
-static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t len,
+static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sector_t len,
 				       unsigned int chunk_shift, u64 memory,
 				       unsigned int timeout_s, const char *store, int *r)
 {
@@ -715,7 +785,7 @@ static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t l
 	if (!s)
 		return NULL;
 	kref_init(&s->kref);
-	s->devt = devt;
+	s->devt = cc->cdev->devt;
 	strscpy(s->token, token, sizeof(s->token));
 	s->chunk_shift = chunk_shift;
 	s->len = len;
@@ -727,6 +797,8 @@ static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t l
 	bio_list_init(&s->space_waiters);
 	bio_list_init(&s->ready_writes);
 	bio_list_init(&s->ready_reads);
+	bio_list_init(&s->held_writes);
+	INIT_LIST_HEAD(&s->used_slots);
 	INIT_WORK(&s->work, cbt_snap_work);
 	INIT_DELAYED_WORK(&s->timeout_work, cbt_snap_timeout);
 	init_waitqueue_head(&s->idle);
@@ -741,11 +813,16 @@ static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t l
 		}
 		s->store_bdev = s->store.bdev;
 		memory = min_t(u64, bdev_nr_sectors(s->store_bdev) << SECTOR_SHIFT,
-			       (u64)UINT_MAX << (chunk_shift + SECTOR_SHIFT));
+			       (u64)CBT_SNAP_STORE_SLOTS_MAX << (chunk_shift + SECTOR_SHIFT));
 		*r = -EINVAL;
+		if (s->store_bdev->bd_dev == s->devt) {
+			DMERR("snapshot prepare: the store cannot be the cbt device itself");
+			goto bad;
+		}
 		if (memory >> (chunk_shift + SECTOR_SHIFT) == 0 ||
-		    bdev_logical_block_size(s->store_bdev) > 1U << (chunk_shift + SECTOR_SHIFT)) {
-			DMERR("snapshot prepare: store %s: smaller than a chunk or larger blocks",
+		    bdev_logical_block_size(s->store_bdev) >
+		    bdev_logical_block_size(cc->dev->bdev)) {
+			DMERR("snapshot prepare: store %s: below a chunk or blocks too large",
 			      store);
 			goto bad;
 		}
@@ -783,7 +860,7 @@ static struct cbt_snap *cbt_snap_alloc(dev_t devt, const char *token, sector_t l
 		slot->snap = s;
 		slot->index = i;
 		INIT_HLIST_NODE(&slot->hash);
-		bio_list_init(&slot->writes);
+		INIT_LIST_HEAD(&slot->used);
 		bio_list_init(&slot->reads);
 		list_add_tail(&slot->free, &s->free_slots);
 	}
@@ -827,22 +904,82 @@ void cbt_snap_dev_release(struct cbt_dev *cd)
 	}
 }
 
-/* Preresume with a new length (cd->lock held): the instant no longer fits. */
-void cbt_snap_resized(struct cbt_dev *cd, sector_t len)
+/*
+ * Preresume of a table of LEN sectors over the device ORIGIN: a snapshot of
+ * another length or another device no longer describes what it reads.
+ */
+void cbt_snap_table_changed(struct cbt_dev *cd, sector_t len, dev_t origin)
 {
-	struct cbt_snap *s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	struct cbt_snap *s;
 	unsigned long flags;
 
-	if (!s || s->len == len)
+	mutex_lock(&cd->lock);
+	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	if (!s || (s->len == len && (s->state != CBT_SNAP_RUNNING || s->origin == origin))) {
+		mutex_unlock(&cd->lock);
 		return;
+	}
 	spin_lock_irqsave(&s->lock, flags);
 	if (s->state == CBT_SNAP_RUNNING || s->state == CBT_SNAP_PREPARED) {
-		DMERR("snapshot %s: the device was resized: breaking it", s->token);
+		DMERR("snapshot %s: the device was resized or remapped: breaking it", s->token);
 		s->break_event = true;
 		__cbt_snap_end(s, CBT_SNAP_BROKEN);
 	}
 	spin_unlock_irqrestore(&s->lock, flags);
 	queue_work(cbt_snap_wq, &s->work);
+	mutex_unlock(&cd->lock);
+}
+
+/*
+ * Presuspend of the cbt device: from now until resume, view reads of the
+ * device may wait behind the suspend, which waits for every held write.
+ * Writes held for such reads go (the reads fail), and a write that needs
+ * a slot when none is free breaks the snapshot instead of waiting.
+ */
+void cbt_snap_presuspend(struct cbt_dev *cd)
+{
+	struct cbt_snap_slot *slot;
+	struct cbt_snap *s;
+	unsigned long flags;
+	bool kick = false;
+
+	rcu_read_lock();
+	s = rcu_dereference(cd->snap);
+	if (s) {
+		spin_lock_irqsave(&s->lock, flags);
+		s->suspending = true;
+		if (s->state == CBT_SNAP_RUNNING) {
+			list_for_each_entry(slot, &s->used_slots, used)
+				if (slot->nr_writes)
+					kick |= __cbt_snap_settle(s, slot);
+			if (!bio_list_empty(&s->space_waiters)) {
+				DMERR("snapshot %s: suspended with writes waiting: breaking it",
+				      s->token);
+				s->break_event = true;
+				__cbt_snap_end(s, CBT_SNAP_BROKEN);
+				kick = true;
+			}
+		}
+		spin_unlock_irqrestore(&s->lock, flags);
+		if (kick)
+			queue_work(cbt_snap_wq, &s->work);
+	}
+	rcu_read_unlock();
+}
+
+void cbt_snap_resume(struct cbt_dev *cd)
+{
+	struct cbt_snap *s;
+	unsigned long flags;
+
+	rcu_read_lock();
+	s = rcu_dereference(cd->snap);
+	if (s) {
+		spin_lock_irqsave(&s->lock, flags);
+		s->suspending = false;
+		spin_unlock_irqrestore(&s->lock, flags);
+	}
+	rcu_read_unlock();
 }
 
 /* For the status line. */
@@ -1004,6 +1141,11 @@ static int run_prepare(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_m
 	sector_t len;
 	int r = 0;
 
+	/* The view reads the cbt device at the target's offsets. */
+	if (ti->begin) {
+		DMERR("snapshot prepare: the cbt target must start the device's table");
+		return -EINVAL;
+	}
 	mutex_lock(&cd->lock);
 	if (rcu_access_pointer(cd->snap))
 		r = -EBUSY;
@@ -1012,11 +1154,11 @@ static int run_prepare(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_m
 	if (r)
 		goto busy;
 	/* Outside the lock: a large store takes a while. */
-	s = cbt_snap_alloc(cd->devt, m->token, len, m->chunk_shift, m->memory, m->timeout_s,
+	s = cbt_snap_alloc(cc, m->token, len, m->chunk_shift, m->memory, m->timeout_s,
 			   m->store, &r);
 	if (!s) {
 		if (r == -ENOMEM)
-			DMERR("snapshot prepare: cannot allocate a store of %llu bytes", m->memory);
+			DMERR("snapshot prepare: cannot allocate the store or its maps");
 		return r;
 	}
 	mutex_lock(&cd->lock);
@@ -1110,6 +1252,11 @@ static int run_start(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg
 			DMERR("snapshot start: bitmap '%s' is not frozen with token '%s'",
 			      m->bitmaps[i], m->token);
 			r = bm ? -EINVAL : -ENOENT;
+		} else if (cbt_bits_weight(__cbt_bitmap_live(bm, cd))) {
+			/* A write since then is in neither the frozen copy nor the snapshot. */
+			DMERR("snapshot start: bitmap '%s' was frozen before this suspend",
+			      m->bitmaps[i]);
+			r = -EINVAL;
 		}
 	}
 	if (!r) {
@@ -1122,6 +1269,7 @@ static int run_start(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg
 		cbt_bits_or(s->cow, s->needed);
 		spin_lock_irqsave(&s->lock, flags);
 		s->nr_needed = cbt_bits_weight(s->needed);
+		s->origin = cc->dev->bdev->bd_dev;
 		WRITE_ONCE(s->state, CBT_SNAP_RUNNING);
 		spin_unlock_irqrestore(&s->lock, flags);
 	}

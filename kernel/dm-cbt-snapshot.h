@@ -33,14 +33,15 @@ enum cbt_snap_state {
  */
 struct cbt_snap_slot {
 	struct hlist_node hash;		/* in cbt_snap.slot_hash while it holds a chunk */
-	struct list_head free;		/* on cbt_snap.free_slots while free */
+	struct list_head used;		/* on cbt_snap.used_slots while it holds one */
+	struct list_head free;		/* on free_slots while free, on to_copy while queued */
 	struct cbt_snap *snap;
 	unsigned long chunk;
 	unsigned int index;		/* its pages: snap->pages[index * pages_per_chunk] */
 	bool ready;			/* the chunk's old data is in the slot */
 	bool released;			/* the reader no longer needs it */
 	unsigned int readers;		/* view reads copying out of it */
-	struct bio_list writes;		/* guest writes waiting for the copy (and tracked reads) */
+	unsigned int nr_writes;		/* its writes in held_writes */
 	struct bio_list reads;		/* view reads waiting for the copy */
 	struct bio bio;			/* memory store: the copy's read; bvecs in snap->bvecs */
 	struct block_device *origin;	/* store device: where the worker copies from */
@@ -73,6 +74,7 @@ struct cbt_snap {
 	struct page **pages;
 	struct bio_vec *bvecs;
 	struct list_head free_slots;
+	struct list_head used_slots;
 	struct hlist_head *slot_hash;
 	unsigned int slot_hash_bits;
 	struct hlist_head read_hash[64];	/* view reads of the device in flight */
@@ -84,6 +86,9 @@ struct cbt_snap {
 	struct list_head to_copy;	/* slots (by their free node) the worker copies */
 
 	struct bio_list space_waiters;	/* writes that need a slot, oldest first */
+	struct bio_list held_writes;	/* writes waiting for their chunk's copy (and reads) */
+	bool suspending;		/* presuspend to resume: reads of the device may stall */
+	dev_t origin;			/* the device below the cbt target at the instant */
 	struct bio_list ready_writes;	/* writes free to go down */
 	struct bio_list ready_reads;	/* view reads to serve from their slot */
 	bool break_event;		/* the break still has to be reported */
@@ -106,6 +111,7 @@ struct cbt_view_bio {
 	unsigned int offset;		/* bytes into the chunk */
 	struct cbt_snap_slot *slot;	/* the slot it waits for or copies from */
 	bool tracked;
+	bool spoiled;			/* a write went before it finished: it fails */
 	bool on_store;			/* sent to the store device: end_io lets go of the slot */
 };
 
@@ -120,7 +126,9 @@ int cbt_snap_map_write(struct cbt_c *cc, struct bio *bio, sector_t sector);
 int cbt_snap_message(struct cbt_c *cc, struct dm_target *ti, unsigned int argc,
 		     char **argv, char *result, unsigned int maxlen);
 const char *cbt_snap_state_name(struct cbt_dev *cd);
-void cbt_snap_resized(struct cbt_dev *cd, sector_t len);
+void cbt_snap_table_changed(struct cbt_dev *cd, sector_t len, dev_t origin);
+void cbt_snap_presuspend(struct cbt_dev *cd);
+void cbt_snap_resume(struct cbt_dev *cd);
 void cbt_snap_dev_release(struct cbt_dev *cd);
 
 /* The view's side. */
@@ -130,7 +138,8 @@ const char *cbt_snap_view_state(struct cbt_snap *s);
 int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb,
 		      sector_t sector, struct block_device *origin);
 bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb);
-void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors);
+void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors,
+		      sector_t view_len);
 
 int cbt_view_register(void);
 void cbt_view_unregister(void);

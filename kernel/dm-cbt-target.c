@@ -196,12 +196,18 @@ static int cbt_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error
 
 static void cbt_presuspend(struct dm_target *ti)
 {
-	cbt_inject_presuspend(ti->private);
+	struct cbt_c *cc = ti->private;
+
+	cbt_inject_presuspend(cc);
+	cbt_snap_presuspend(cc->cdev);
 }
 
 static void cbt_resume(struct dm_target *ti)
 {
-	cbt_inject_resume(ti->private);
+	struct cbt_c *cc = ti->private;
+
+	cbt_snap_resume(cc->cdev);
+	cbt_inject_resume(cc);
 }
 
 /*
@@ -220,6 +226,8 @@ static int cbt_preresume(struct dm_target *ti)
 	if (r)
 		DMERR("cannot resize the bitmaps to %llu sectors: %d",
 		      (unsigned long long)ti->len, r);
+	else
+		cbt_snap_table_changed(cc->cdev, ti->len, cc->dev->bdev->bd_dev);
 	return r;
 }
 

@@ -101,7 +101,7 @@ static int cbt_view_map(struct dm_target *ti, struct bio *bio)
 		return cbt_snap_map_read(v->snap, bio, dm_per_bio_data(bio, ti->per_io_data_size),
 					 sector, v->dev->bdev);
 	case REQ_OP_DISCARD:
-		cbt_snap_release(v->snap, sector, bio_sectors(bio));
+		cbt_snap_release(v->snap, sector, bio_sectors(bio), ti->len);
 		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
 	default:

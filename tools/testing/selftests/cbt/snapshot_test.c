@@ -268,6 +268,7 @@ TEST_F(snap, refusals)
 	EXPECT_EQ(-EINVAL, msg(self, "snapshot prepare t1 memory=131072 store=%s", self->s.loop));
 	EXPECT_EQ(-EBUSY, msg(self, "snapshot prepare t1 store=%s", self->s.loop));
 	EXPECT_EQ(-ENOENT, msg(self, "snapshot prepare t1 store=/dev/no-such-device"));
+	EXPECT_EQ(-EINVAL, msg(self, "snapshot prepare t1 store=%s", self->s.dev));
 	EXPECT_TRUE(info_state(self, "none"));
 	EXPECT_EQ(-ENOENT, msg(self, "snapshot stop t1"));
 	EXPECT_EQ(-EBUSY, msg(self, "snapshot start t1")) TH_LOG("running, not suspended");
@@ -292,9 +293,29 @@ TEST_F(snap, refusals)
 	/* A view needs a running snapshot with its token, on a cbt device. */
 	EXPECT_NE(0, make_view(self, DEV_SECTORS));
 	EXPECT_EQ(0, msg(self, "bitmap abort b1 other"));
+	/* Frozen before the suspend: a write since is in neither the bitmap nor the snapshot. */
+	ASSERT_EQ(0, msg(self, "bitmap freeze b1 t1"));
+	ASSERT_EQ(0, write_gen(self->s.dev, 0, BLK, 2));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	EXPECT_EQ(-EINVAL, msg(self, "snapshot start t1 b1"));
+	EXPECT_EQ(0, dm_resume(self->s.name));
+	EXPECT_TRUE(info_state(self, "prepared"));
+	EXPECT_EQ(0, msg(self, "bitmap abort b1 t1"));
 	EXPECT_EQ(-EINVAL, msg(self, "snapshot stop t2"));
 	EXPECT_EQ(0, msg(self, "snapshot stop t1"));
 	EXPECT_TRUE(info_state(self, "none"));
+}
+
+/* The view reads the device at the cbt target's offsets: it must start the table. */
+TEST_F(snap, cbt_target_not_first)
+{
+	char name[96], params[96];
+
+	snprintf(name, sizeof(name), "%s-two", self->s.name);
+	snprintf(params, sizeof(params), "%s 0", self->s.loop);
+	ASSERT_EQ(0, dm_create_two(name, DEV_SECTORS / 2, "linear", params, "cbt", self->s.loop));
+	EXPECT_EQ(-EINVAL, dm_messagef(name, "snapshot prepare t1"));
+	EXPECT_EQ(0, dm_remove(name));
 }
 
 TEST_F(snap, view_refusals)
@@ -585,6 +606,22 @@ TEST_F(snap, stop_releases_waiting_writes)
 /* A resize breaks a running snapshot; the device can be removed with one. */
 TEST_F(snap, resize_breaks_and_remove)
 {
+	struct scratch other = { .loopfd = -1 };
+
+	/* Same length, another device below: what the view would read is not the instant's. */
+	ASSERT_EQ(0, scratch_make(&other, "other"));
+	ASSERT_EQ(0, scratch_loop(&other, DEV_SIZE));
+	ASSERT_EQ(0, start_snap(self, variant, "", ""));
+	ASSERT_EQ(0, dm_reload_one(self->s.name, DEV_SECTORS, "cbt", other.loop));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	ASSERT_EQ(0, dm_resume(self->s.name));
+	EXPECT_TRUE(info_state(self, "broken"));
+	ASSERT_EQ(0, dm_reload_one(self->s.name, DEV_SECTORS, "cbt", self->s.loop));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	ASSERT_EQ(0, dm_resume(self->s.name));
+	scratch_remove(&other);
+	ASSERT_EQ(0, msg(self, "snapshot stop t1"));
+
 	ASSERT_EQ(0, start_snap(self, variant, "", ""));
 	ASSERT_EQ(0, dm_reload_one(self->s.name, DEV_SECTORS - 128, "cbt", self->s.loop));
 	ASSERT_EQ(0, dm_suspend(self->s.name));
@@ -595,6 +632,73 @@ TEST_F(snap, resize_breaks_and_remove)
 	EXPECT_EQ(0, dm_remove(self->s.name));
 	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", self->s.loop));
 	EXPECT_TRUE(info_state(self, "none"));
+}
+
+/* Joins TH within SECS seconds; 0, or ETIMEDOUT and the thread is left. */
+static int join_within(pthread_t th, int secs)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_REALTIME, &t);
+	t.tv_sec += secs;
+	return pthread_timedjoin_np(th, NULL, &t);
+}
+
+/* A write waiting for space goes as soon as the reader releases its chunk. */
+TEST_F(snap, release_lets_a_waiting_write_go)
+{
+	struct bg_io wr = { .dev = self->s.dev, .off = CHUNK, .len = CHUNK, .gen = 2 };
+
+	ASSERT_EQ(0, start_snap(self, variant, "memory=65536 timeout=600", ""));
+	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
+	ASSERT_EQ(0, write_gen(self->s.dev, 0, CHUNK, 2));
+	ASSERT_EQ(0, pthread_create(&wr.th, NULL, bg_write, &wr));
+	ASSERT_EQ(0, wait_for(info_num, self, "waited", 1));
+	ASSERT_EQ(0, dev_discard(self->vdev, CHUNK, CHUNK, 0));
+	ASSERT_EQ(0, join_within(wr.th, 10)) TH_LOG("the write still waits");
+	EXPECT_EQ(0, wr.r);
+	EXPECT_TRUE(info_state(self, "running"));
+}
+
+/*
+ * A view read of the device whose chunk is released while it is in flight
+ * fails: the write it no longer holds back may land before it finishes.
+ */
+TEST_F(snap, read_of_a_released_chunk_fails)
+{
+	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
+
+	ASSERT_EQ(0, start_snap(self, variant, "", ""));
+	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
+	ASSERT_EQ(0, msg(self, "inject delay event=read offset=%llu length=%llu usecs=1000000 "
+			 "once id=hold", 5 * CHUNK, CHUNK));
+	ASSERT_EQ(0, pthread_create(&rd.th, NULL, bg_check, &rd));
+	ASSERT_EQ(0, wait_for(rule_hits, self, "hold", 1));
+	ASSERT_EQ(0, dev_discard(self->vdev, 5 * CHUNK, CHUNK, 0));
+	EXPECT_EQ(0, write_gen(self->s.dev, 5 * CHUNK, CHUNK, 2));
+	pthread_join(rd.th, NULL);
+	EXPECT_EQ(-EIO, rd.r) TH_LOG("view read: %s", rd.why);
+}
+
+/*
+ * A suspend does not wait for the store: the reader cannot release while
+ * the device is suspended, so a write waiting for space breaks the
+ * snapshot at presuspend and the suspend completes at once.
+ */
+TEST_F(snap, suspend_with_a_write_waiting)
+{
+	struct bg_io wr = { .dev = self->s.dev, .off = CHUNK, .len = CHUNK, .gen = 2 };
+
+	ASSERT_EQ(0, start_snap(self, variant, "memory=65536 timeout=600", ""));
+	ASSERT_EQ(0, write_gen(self->s.dev, 0, CHUNK, 2));
+	ASSERT_EQ(0, pthread_create(&wr.th, NULL, bg_write, &wr));
+	ASSERT_EQ(0, wait_for(info_num, self, "waited", 1));
+	ASSERT_EQ(0, dm_suspend(self->s.name));
+	EXPECT_TRUE(info_state(self, "broken"));
+	ASSERT_EQ(0, dm_resume(self->s.name));
+	ASSERT_EQ(0, join_within(wr.th, 10));
+	EXPECT_EQ(0, wr.r);
+	EXPECT_EQ(0, check_gen(self->s.dev, 0, 2 * CHUNK, 2, self->why, sizeof(self->why)));
 }
 
 TEST_HARNESS_MAIN

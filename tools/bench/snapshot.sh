@@ -1,0 +1,128 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# make bench, part 3: what a point-in-time backup costs the guest, and
+# itself. A cbt device over a brd ramdisk of random data; images go to
+# tmpfs.
+#
+#  - Guest 4 KiB random-write IOPS (fio, iodepth 16, BENCH_SNAP_RUNTIME
+#    seconds) alone, and while a full backup copies the device: with
+#    --no-snapshot (what the copy alone costs a guest sharing the CPU),
+#    through a snapshot with the default memory store, and through one
+#    with a store device (a second brd). Each as a ratio to fio alone.
+#  - A full backup of the idle device through a snapshot against
+#    --no-snapshot (median of BENCH_ROUNDS each): the snapshot's own cost.
+#
+# The backup starts first; fio starts once the copy runs and must end
+# before it (checked), so every measured write competes with the copy.
+set -euo pipefail
+
+rounds=${BENCH_ROUNDS:-4}
+runtime=${BENCH_SNAP_RUNTIME:-3}
+size_mb=${BENCH_SNAP_MB:-1024}
+dir=$(mktemp -d /tmp/bench-snap.XXXXXX)
+name=bench-snap
+
+for t in cbtctl fio dmsetup python3 mount; do
+	command -v "$t" >/dev/null || { echo "bench: $t is not installed" >&2; exit 4; }
+done
+
+cleanup() {
+	[ -n "${bpid:-}" ] && kill "$bpid" 2>/dev/null && wait "$bpid" 2>/dev/null
+	cbtctl recover >/dev/null 2>&1 || true
+	dmsetup remove --retry "$name" >/dev/null 2>&1 || true
+	umount "$dir" 2>/dev/null || true
+	rmmod brd 2>/dev/null || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+rmmod brd 2>/dev/null || true
+modprobe brd rd_nr=2 rd_size=$((size_mb * 1024))
+dd if=/dev/urandom of=/dev/ram0 bs=1M count="$size_mb" oflag=direct status=none
+# The store device: touched once, so no run pays for its first allocation.
+dd if=/dev/zero of=/dev/ram1 bs=1M count="$size_mb" oflag=direct status=none
+dmsetup create "$name" --table "0 $((size_mb * 2048)) cbt /dev/ram0"
+mount -t tmpfs -o size=$((size_mb * 2 + 64))m tmpfs "$dir"
+
+iops() {	# fio on the cbt device: write IOPS
+	fio --name=randwrite --filename="/dev/mapper/$name" --rw=randwrite --bs=4k --direct=1 \
+		--ioengine=libaio --iodepth=16 --numjobs=1 --time_based --runtime="$runtime" \
+		--randrepeat=0 --norandommap --output-format=json |
+		python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["write"]["iops"]))'
+}
+
+snapshot_state() {	# the 7th status field: -, prepared, running, broken
+	dmsetup status "$name" | awk '{ print $10 }'
+}
+
+# IOPS while `cbtctl backup --sync=full ARGS...` copies.
+iops_during() {
+	local img=$dir/during.qcow2 i n
+	rm -f "$img"
+	cbtctl backup --sync=full "$@" "$name=$img" >"$dir/backup.log" 2>&1 &
+	bpid=$!
+	# The copy runs once the snapshot does (or, without one, the image exists).
+	for ((i = 0; i < 500; i++)); do
+		if [ "$1" = --no-snapshot ]; then
+			ls "$dir"/.during* >/dev/null 2>&1 && break
+		else
+			[ "$(snapshot_state)" = running ] && break
+		fi
+		sleep 0.01
+	done
+	n=$(iops)
+	if ! kill -0 "$bpid" 2>/dev/null; then
+		echo "bench: the backup ended before fio did: raise BENCH_SNAP_MB" >&2
+		exit 1
+	fi
+	wait "$bpid" || { cat "$dir/backup.log" >&2; exit 1; }
+	bpid=
+	echo "$n"
+}
+
+seconds() {	# CMD...: wall time of one run
+	local t0 t1
+	t0=$(date +%s.%N)
+	"$@" >/dev/null 2>"$dir/stderr" || { cat "$dir/stderr" >&2; return 1; }
+	t1=$(date +%s.%N)
+	python3 -c "print(f'{$t1 - $t0:.3f}')"
+}
+
+median() {
+	printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+alone=$(iops)
+no_snap=$(iops_during --no-snapshot)
+memory=$(iops_during)
+store=$(iops_during --cbw-store=/dev/ram1)
+alone2=$(iops)
+
+echo
+printf '%-44s %8s %7s\n' "guest 4 KiB random writes during a full backup" "IOPS" "ratio"
+printf '%-44s %8s %7s\n' "no backup (before, after)" "$alone" "$alone2"
+ratio() { python3 -c "print(f'{$1 / $alone:.3f}')"; }
+printf '%-44s %8s %7s\n' "backup --no-snapshot" "$no_snap" "$(ratio "$no_snap")"
+printf '%-44s %8s %7s\n' "backup, snapshot, memory store (default)" "$memory" "$(ratio "$memory")"
+printf '%-44s %8s %7s\n' "backup, snapshot, store device (brd)" "$store" "$(ratio "$store")"
+
+snap=() plain=()
+for ((r = 0; r < rounds; r++)); do
+	rm -f "$dir"/*.qcow2
+	if ((r % 2)); then
+		plain+=("$(seconds cbtctl backup --sync=full --no-snapshot "$name=$dir/p.qcow2")")
+		snap+=("$(seconds cbtctl backup --sync=full "$name=$dir/s.qcow2")")
+	else
+		snap+=("$(seconds cbtctl backup --sync=full "$name=$dir/s.qcow2")")
+		plain+=("$(seconds cbtctl backup --sync=full --no-snapshot "$name=$dir/p.qcow2")")
+	fi
+done
+a=$(median "${snap[@]}")
+b=$(median "${plain[@]}")
+echo
+printf '%-44s %8s   %s\n' "full backup of the idle device" "seconds" "runs"
+printf '%-44s %8s   %s\n' "through a snapshot (default)" "$a" "${snap[*]}"
+printf '%-44s %8s   %s\n' "--no-snapshot" "$b" "${plain[*]}"
+printf '%-44s %8.3f\n' "ratio (snapshot / --no-snapshot)" "$(python3 -c "print($a / $b)")"
+echo "(${size_mb} MiB brd, fio ${runtime} s, $rounds rounds, $(uname -r))"
