@@ -12,8 +12,9 @@
 
 #define BACKUP_USAGE \
 	"backup --sync=full|incremental [--bitmap=NAME]... [--on-source-error=report|retry]\n" \
-	"              [--retries=N] [--cbw-memory=SIZE] [--cbw-timeout=SECONDS]\n" \
-	"              [--no-snapshot] [--freeze-hook=CMD] [--json] JOB...\n" \
+	"              [--retries=N] [--cbw-memory=SIZE | --cbw-store=DEV...]\n" \
+	"              [--cbw-timeout=SECONDS] [--no-snapshot] [--freeze-hook=CMD]\n" \
+	"              [--json] JOB...\n" \
 	"  JOB: DEV=TARGET[,backing=FILE][,mode=create|existing][,cluster-size=SIZE]"
 
 static struct cbt_backup *running_backup;
@@ -121,12 +122,13 @@ int cmd_backup(int argc, char **argv)
 	};
 	struct sigaction sa = { .sa_handler = on_signal };
 	struct cbt_err e = { 0 };
-	int json = 0, retry = 0, shown = 0, i, r, status;
+	int json = 0, retry = 0, shown = 0, memory_given = 0, i, r, status;
 	uint64_t n;
 
 	b.jobs = calloc(argc, sizeof(*b.jobs));
 	b.bitmaps = calloc(argc, sizeof(*b.bitmaps));
-	if (!b.jobs || !b.bitmaps) {
+	b.cbw_stores = calloc(argc, sizeof(*b.cbw_stores));
+	if (!b.jobs || !b.bitmaps || !b.cbw_stores) {
 		fprintf(stderr, "cbtctl: out of memory\n");
 		return EXIT_FAIL;
 	}
@@ -161,6 +163,13 @@ int cmd_backup(int argc, char **argv)
 				goto out;
 			}
 			b.cbw_memory = n;
+			memory_given = 1;
+		} else if (!strncmp(a, "--cbw-store=", 12) && a[12]) {
+			if (b.nr_cbw_stores == (unsigned int)argc) {
+				usage_error(BACKUP_USAGE, "too many --cbw-store");
+				goto out;
+			}
+			b.cbw_stores[b.nr_cbw_stores++] = a + 12;
 		} else if (!strncmp(a, "--cbw-timeout=", 14)) {
 			if (parse_count(a + 14, 3600, &n)) {
 				usage_error(BACKUP_USAGE, "bad --cbw-timeout '%s' (0 to 3600 seconds)",
@@ -197,6 +206,18 @@ int cmd_backup(int argc, char **argv)
 		usage_error(BACKUP_USAGE, "an incremental backup needs --bitmap=NAME");
 		goto out;
 	}
+	if (memory_given && b.nr_cbw_stores) {
+		usage_error(BACKUP_USAGE, "--cbw-memory and --cbw-store exclude each other");
+		goto out;
+	}
+	if (b.nr_cbw_stores && b.nr_cbw_stores != b.nr_jobs) {
+		usage_error(BACKUP_USAGE, "one --cbw-store per JOB, in the same order");
+		goto out;
+	}
+	if (b.nr_cbw_stores && b.no_snapshot) {
+		usage_error(BACKUP_USAGE, "--cbw-store needs a snapshot: not with --no-snapshot");
+		goto out;
+	}
 	if (!retry)
 		b.retries = 0;
 	if (isatty(STDERR_FILENO)) {
@@ -230,5 +251,6 @@ out:
 		cbt_job_free(&b.jobs[i].spec);
 	free(b.jobs);
 	free(b.bitmaps);
+	free(b.cbw_stores);
 	return status;
 }

@@ -260,13 +260,16 @@ static int prepare_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, st
 	char memory[40] = "", timeout[24] = "";
 	int r;
 
-	if (b->cbw_memory)
+	if (b->cbw_memory && !b->nr_cbw_stores)
 		snprintf(memory, sizeof(memory), " memory=%llu",
 			 (unsigned long long)((b->cbw_memory + chunk - 1) / chunk * chunk));
 	if (b->cbw_timeout >= 0)
 		snprintf(timeout, sizeof(timeout), " timeout=%d", b->cbw_timeout);
 	r = cbt_journal_add(b->journal, "snapshot", cbt_dm_name(job->spec.device), e);
-	if (!r)
+	if (!r && b->nr_cbw_stores)
+		r = cbt_dm_messagef(job->spec.device, e, "snapshot prepare %s chunk=%u store=%s%s",
+				    b->token, chunk, b->cbw_stores[job - b->jobs], timeout);
+	else if (!r)
 		r = cbt_dm_messagef(job->spec.device, e, "snapshot prepare %s chunk=%u%s%s",
 				    b->token, chunk, memory, timeout);
 	if (!r)
@@ -856,6 +859,9 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 
 	if (b->sync == CBT_SYNC_INCREMENTAL && !b->nr_bitmaps)
 		return cbt_fail(e, EINVAL, "an incremental backup needs --bitmap");
+	if (b->nr_cbw_stores && b->nr_cbw_stores != b->nr_jobs)
+		return cbt_fail(e, EINVAL, "%u --cbw-store for %u jobs: one per job, in job order",
+				b->nr_cbw_stores, b->nr_jobs);
 	for (i = 0; i < b->nr_jobs; i++)
 		for (j = 0; j < i; j++)
 			if (!strcmp(cbt_dm_name(b->jobs[i].spec.device),

@@ -66,6 +66,8 @@ struct cbt_backup {
 	 */
 	bool no_snapshot;
 	uint64_t cbw_memory;		/* per device store, bytes; 0: the kernel's default */
+	const char **cbw_stores;	/* or a store device per job, in job order */
+	unsigned int nr_cbw_stores;
 	int cbw_timeout;		/* seconds a write may wait for the store; <0: default */
 	/* Run as "HOOK freeze" before the first suspend and "HOOK thaw" after the last resume. */
 	const char *freeze_hook;

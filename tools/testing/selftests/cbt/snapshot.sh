@@ -13,7 +13,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 7
+plan 8
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -55,12 +55,20 @@ overwrite() {
 	dd if="$2" of="$1" bs=1M oflag=direct status=none || fail "a write to $1 failed"
 }
 
-# point_in_time full|incremental: the backup is held after its views exist,
-# every chunk of both devices is overwritten, and it goes on: the images are
-# the devices before the overwrite; the next incremental, the devices after.
+# point_in_time full|incremental [memory|store]: the backup is held after
+# its views exist, every chunk of both devices is overwritten, and it goes
+# on: the images are the devices before the overwrite; the next
+# incremental, the devices after. The snapshots keep what they preserve in
+# 16 MiB of memory each, or on a store device each (--cbw-store).
 point_in_time() {
-	local dir d0 d1 pid w0 w1 t0 t1 rc
+	local dir d0 d1 pid w0 w1 t0 t1 rc s0 s1 store=(--cbw-memory=16M)
 	devs "pit-$1" 2
+	if [ "${2:-memory}" = store ]; then
+		truncate -s $SIZE "$dir/s0.raw" "$dir/s1.raw"
+		make_loop s0 "$dir/s0.raw" || fail "store loop"
+		make_loop s1 "$dir/s1.raw" || fail "store loop"
+		store=(--cbw-store="$s0" --cbw-store="$s1")
+	fi
 	t0="$dir/t0.qcow2" t1="$dir/t1.qcow2"
 	if [ "$1" = incremental ]; then
 		qio "$d0" "write -P 0x51 0 512" "write -P 0x52 5M 192k"
@@ -71,12 +79,16 @@ point_in_time() {
 	dd if="$d1" of="$dir/before1.raw" bs=1M iflag=direct status=none
 	head -c $SIZE /dev/urandom >"$dir/new0.raw"
 	head -c $SIZE /dev/urandom >"$dir/new1.raw"
-	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync="$1" --bitmap=b0 --cbw-memory=16M \
+	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync="$1" --bitmap=b0 "${store[@]}" \
 		"$d0=$t0" "$d1=$t1" >"$dir/out" 2>&1 &
 	pid=$!
 	wait_stopped $pid "phase snapshot"
 	expect_eq "views while held" "$(views)" 2
 	expect_eq "d0 snapshot while held" "$(snap_state "$d0")" running
+	if [ "${2:-memory}" = store ]; then
+		dmsetup message "$d1" 0 snapshot info | grep -q " store=7:" ||
+			fail "d1's snapshot is not on its store device"
+	fi
 	overwrite "$d0" "$dir/new0.raw" & w0=$!
 	overwrite "$d1" "$dir/new1.raw" & w1=$!
 	wait $w0 || fail "overwriting d0"
@@ -97,6 +109,7 @@ point_in_time() {
 
 test_point_in_time_full() { point_in_time full; }
 test_point_in_time_incremental() { point_in_time incremental; }
+test_point_in_time_store() { point_in_time full store; }
 
 # A store of two chunks, the reader held and 16 needed chunks written: the
 # third write waits a second, the snapshot breaks, every write goes down.
@@ -240,6 +253,8 @@ test_status() {
 run_test "full backup at the instant, every chunk overwritten meanwhile" test_point_in_time_full
 run_test "incremental at the instant, every chunk overwritten meanwhile" \
 	test_point_in_time_incremental
+run_test "full backup at the instant through store devices (--cbw-store)" \
+	test_point_in_time_store
 run_test "a full store breaks the snapshot: clean failure, writes and bits kept" test_store_full
 run_test "the copy releases what it has written: later writes need no store" test_release
 run_test "freeze hook: freeze then thaw, a failing freeze aborts cleanly" test_freeze_hook
