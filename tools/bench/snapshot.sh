@@ -18,8 +18,8 @@
 set -euo pipefail
 
 rounds=${BENCH_ROUNDS:-4}
-runtime=${BENCH_SNAP_RUNTIME:-3}
-size_mb=${BENCH_SNAP_MB:-1024}
+runtime=${BENCH_SNAP_RUNTIME:-1}
+size_mb=${BENCH_SNAP_MB:-512}
 dir=$(mktemp -d /tmp/bench-snap.XXXXXX)
 name=bench-snap
 
@@ -64,7 +64,7 @@ iops_during() {
 	bpid=$!
 	# The copy runs once the snapshot does (or, without one, the image exists).
 	for ((i = 0; i < 500; i++)); do
-		if [ "$1" = --no-snapshot ]; then
+		if [ "${1:-}" = --no-snapshot ]; then
 			ls "$dir"/.during* >/dev/null 2>&1 && break
 		else
 			[ "$(snapshot_state)" = running ] && break
@@ -73,7 +73,7 @@ iops_during() {
 	done
 	n=$(iops)
 	if ! kill -0 "$bpid" 2>/dev/null; then
-		echo "bench: the backup ended before fio did: raise BENCH_SNAP_MB" >&2
+		echo "bench: the backup ($*) ended before fio did: raise BENCH_SNAP_MB" >&2
 		exit 1
 	fi
 	wait "$bpid" || { cat "$dir/backup.log" >&2; exit 1; }

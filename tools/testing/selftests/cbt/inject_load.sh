@@ -169,7 +169,7 @@ error event=read errno=EIO probability=1000000 id=x hits=0 armed"
 	cbtctl inject cbt-test-no-such-device list >/dev/null 2>&1 || rc=$?
 	expect_eq "exit status on a missing device" "$rc" 1
 	expect_eq "rules after the refusals" "$(dmsetup status "$name")" \
-		"0 $((SIZE / 512)) cbt 0 0 0 0 1 1"
+		"0 $((SIZE / 512)) cbt 0 0 0 0 1 1 -"
 }
 
 run_test "rules fire under concurrent fio load" test_fio_load
