@@ -88,6 +88,8 @@ lint: $(DEPS_STAMP)
 bench: bench-bits modules userspace
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --timeout 2700 -- \
 		sh -c "tools/bench/run.sh && tools/bench/backup.sh"
+	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --mem 4096 --timeout 2700 -- \
+		tools/bench/snapshot.sh
 
 bench-bits:
 	@mkdir -p build/bench
