@@ -470,6 +470,28 @@ static uint64_t rule_hits(snap_t *self, const char *id)
 }
 
 /*
+ * A full snapshot, its view, and RD (a read of chunk 5 through it) started
+ * in the background and held for a second by the injector on its way
+ * through the cbt device; 0 once it is held.
+ */
+static int start_held_view_read(snap_t *self, const FIXTURE_VARIANT(snap) *variant,
+				struct bg_io *rd)
+{
+	int r = start_snap(self, variant, "", "");
+
+	if (!r)
+		r = make_view(self, DEV_SECTORS);
+	if (!r)
+		r = msg(self, "inject delay event=read offset=%llu length=%llu usecs=1000000 "
+			"once id=hold", 5 * CHUNK, CHUNK);
+	if (!r)
+		r = -pthread_create(&rd->th, NULL, bg_check, rd);
+	if (!r)
+		r = wait_for(rule_hits, self, "hold", 1);
+	return r;
+}
+
+/*
  * A view read of a chunk no write has touched goes to the device; a write
  * to that chunk must wait until the read is done. The injector holds the
  * read (view reads pass through the cbt target) for a second while the
@@ -479,12 +501,7 @@ TEST_F(snap, write_waits_for_view_read)
 {
 	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
 
-	ASSERT_EQ(0, start_snap(self, variant, "", ""));
-	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
-	ASSERT_EQ(0, msg(self, "inject delay event=read offset=%llu length=%llu usecs=1000000 "
-			 "once id=hold", 5 * CHUNK, CHUNK));
-	ASSERT_EQ(0, pthread_create(&rd.th, NULL, bg_check, &rd));
-	ASSERT_EQ(0, wait_for(rule_hits, self, "hold", 1));
+	ASSERT_EQ(0, start_held_view_read(self, variant, &rd));
 	EXPECT_EQ(0, write_gen(self->s.dev, 5 * CHUNK, CHUNK, 2));
 	pthread_join(rd.th, NULL);
 	EXPECT_EQ(0, rd.r) TH_LOG("view read: %s", rd.why);
@@ -668,12 +685,7 @@ TEST_F(snap, read_of_a_released_chunk_fails)
 {
 	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
 
-	ASSERT_EQ(0, start_snap(self, variant, "", ""));
-	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
-	ASSERT_EQ(0, msg(self, "inject delay event=read offset=%llu length=%llu usecs=1000000 "
-			 "once id=hold", 5 * CHUNK, CHUNK));
-	ASSERT_EQ(0, pthread_create(&rd.th, NULL, bg_check, &rd));
-	ASSERT_EQ(0, wait_for(rule_hits, self, "hold", 1));
+	ASSERT_EQ(0, start_held_view_read(self, variant, &rd));
 	ASSERT_EQ(0, dev_discard(self->vdev, 5 * CHUNK, CHUNK, 0));
 	EXPECT_EQ(0, write_gen(self->s.dev, 5 * CHUNK, CHUNK, 2));
 	pthread_join(rd.th, NULL);
