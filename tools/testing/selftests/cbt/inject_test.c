@@ -673,9 +673,9 @@ TEST_F(inject, many_delayed_writes)
 /* ---- what a device without rules costs ---- */
 
 /*
- * The rescuer threads of injector workqueues: WQ_MEM_RECLAIM gives each
- * such queue one, "dm-cbt-inject" (newer kernels: "kworker/R-dm-cbt-inject",
- * or "kworker/R-dm-cb" cut to 15 bytes). Shared pool workers, which show
+ * The rescuer threads of the module's workqueues: WQ_MEM_RECLAIM gives
+ * each queue one, "dm-cbt-inject" and "dm-cbt-snap" (newer kernels:
+ * "kworker/R-dm-cb...", cut to 15 bytes). Shared pool workers, which show
  * the queue they last served ("kworker/u4:1-dm-cbt-inject"), do not count.
  * The names go into NAMES for the log.
  */
@@ -704,8 +704,8 @@ static int injector_queues(char *names, size_t len)
 			continue;
 		comm[r] = '\0';
 		comm[strcspn(comm, "\n")] = '\0';
-		if (!strncmp(comm, "dm-cbt-inject", 13) ||
-		    !strncmp(comm, "kworker/R-dm-cb", 15)) {
+		/* Rescuers are "dm-cbt-..." before 6.10, "kworker/R-dm-cb..." since. */
+		if (!strncmp(comm, "dm-cbt-", 7) || !strncmp(comm, "kworker/R-dm-cb", 15)) {
 			n++;
 			snprintf(names + strlen(names), len - strlen(names), "%s[%s] ",
 				 comm, de->d_name);
@@ -750,8 +750,8 @@ FIXTURE_TEARDOWN(wq_cost)
 
 /*
  * The injector's delay workqueue (and its rescuer thread) is the module's
- * one, as is the snapshots' (whose rescuer's name, cut to 15 characters,
- * reads the same): a table load, a reload, a rule, a rule added while suspended and a
+ * one, as is the snapshots' (the module's two rescuers, dm-cbt-inject and
+ * dm-cbt-snap): a table load, a reload, a rule, a rule added while suspended and a
  * removal make or free none. Making one per table costs every device a
  * thread; making one per first rule starts threads inside a message, which
  * a suspend may be waiting for.
