@@ -156,17 +156,14 @@ static void cbt_snap_put(struct cbt_snap *s)
  */
 static void __cbt_snap_end(struct cbt_snap *s, enum cbt_snap_state state)
 {
-	struct cbt_snap_slot *slot;
-
 	if (s->state == CBT_SNAP_RUNNING && state == CBT_SNAP_BROKEN)
 		s->break_event = true;
 	s->state = state;
 	bio_list_merge(&s->ready_writes, &s->space_waiters);
 	bio_list_init(&s->space_waiters);
+	/* The slots' write counts stay: nothing takes or frees a slot after the end. */
 	bio_list_merge(&s->ready_writes, &s->held_writes);
 	bio_list_init(&s->held_writes);
-	list_for_each_entry(slot, &s->used_slots, used)
-		slot->nr_writes = 0;
 }
 
 /*
@@ -227,7 +224,6 @@ static bool __cbt_snap_settle(struct cbt_snap *s, struct cbt_snap_slot *slot)
 	if (slot->released && !slot->readers && !slot->nr_writes &&
 	    bio_list_empty(&slot->reads)) {
 		hlist_del_init(&slot->hash);
-		list_del_init(&slot->used);
 		list_add(&slot->free, &s->free_slots);
 		s->nr_used--;
 		s->nr_ready--;
@@ -249,7 +245,6 @@ static struct cbt_snap_slot *__cbt_snap_take_slot(struct cbt_snap *s, unsigned l
 	slot->readers = 0;
 	slot->nr_writes = 0;
 	hlist_add_head(&slot->hash, slot_bucket(s, chunk));
-	list_add(&slot->used, &s->used_slots);
 	s->nr_used++;
 	s->copies_in_flight++;
 	return slot;
@@ -798,7 +793,6 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 	bio_list_init(&s->ready_writes);
 	bio_list_init(&s->ready_reads);
 	bio_list_init(&s->held_writes);
-	INIT_LIST_HEAD(&s->used_slots);
 	INIT_WORK(&s->work, cbt_snap_work);
 	INIT_DELAYED_WORK(&s->timeout_work, cbt_snap_timeout);
 	init_waitqueue_head(&s->idle);
@@ -860,7 +854,6 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 		slot->snap = s;
 		slot->index = i;
 		INIT_HLIST_NODE(&slot->hash);
-		INIT_LIST_HEAD(&slot->used);
 		bio_list_init(&slot->reads);
 		list_add_tail(&slot->free, &s->free_slots);
 	}
@@ -940,6 +933,7 @@ void cbt_snap_presuspend(struct cbt_dev *cd)
 {
 	struct cbt_snap_slot *slot;
 	struct cbt_snap *s;
+	struct bio *bio;
 	unsigned long flags;
 	bool kick = false;
 
@@ -949,9 +943,20 @@ void cbt_snap_presuspend(struct cbt_dev *cd)
 		spin_lock_irqsave(&s->lock, flags);
 		s->suspending = true;
 		if (s->state == CBT_SNAP_RUNNING) {
-			list_for_each_entry(slot, &s->used_slots, used)
-				if (slot->nr_writes)
+			/*
+			 * Visit the slots of the held writes (few), not every
+			 * slot. Each settle of a copied one lets its writes go,
+			 * which changes the list: start again until none is left.
+			 * Writes whose copy is in flight go when it ends.
+			 */
+again:
+			bio_list_for_each(bio, &s->held_writes) {
+				slot = __find_slot(s, snap_bio(bio)->chunk);
+				if (slot && slot->ready) {
 					kick |= __cbt_snap_settle(s, slot);
+					goto again;
+				}
+			}
 			if (!bio_list_empty(&s->space_waiters)) {
 				DMERR("snapshot %s: suspended with writes waiting: breaking it",
 				      s->token);

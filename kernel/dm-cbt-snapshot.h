@@ -33,7 +33,6 @@ enum cbt_snap_state {
  */
 struct cbt_snap_slot {
 	struct hlist_node hash;		/* in cbt_snap.slot_hash while it holds a chunk */
-	struct list_head used;		/* on cbt_snap.used_slots while it holds one */
 	struct list_head free;		/* on free_slots while free, on to_copy while queued */
 	struct cbt_snap *snap;
 	unsigned long chunk;
@@ -74,7 +73,6 @@ struct cbt_snap {
 	struct page **pages;
 	struct bio_vec *bvecs;
 	struct list_head free_slots;
-	struct list_head used_slots;
 	struct hlist_head *slot_hash;
 	unsigned int slot_hash_bits;
 	struct hlist_head read_hash[64];	/* view reads of the device in flight */
