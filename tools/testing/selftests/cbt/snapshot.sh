@@ -62,7 +62,7 @@ overwrite() {
 # 16 MiB of memory each, or on a store device each (--cbw-store).
 point_in_time() {
 	local dir d0 d1 pid w0 w1 t0 t1 rc s0 s1 store=(--cbw-memory=16M)
-	devs "pit-$1" 2
+	devs "pit-$1-${2:-memory}" 2
 	if [ "${2:-memory}" = store ]; then
 		truncate -s $SIZE "$dir/s0.raw" "$dir/s1.raw"
 		make_loop s0 "$dir/s0.raw" || fail "store loop"
@@ -146,7 +146,8 @@ test_release() {
 	local dir d0 pid n=0 info
 	devs release 1
 	dd if="$d0" of="$dir/before0.raw" bs=1M iflag=direct status=none
-	cbtctl inject "$d0" delay event=read offset=$((8 << 20)) length=4096 usecs=4000000 \
+	# Held for up to a minute: a suspend and resume let it go once the checks are done.
+	cbtctl inject "$d0" delay event=read offset=$((8 << 20)) length=4096 usecs=60000000 \
 		id=hold >/dev/null || fail "inject delay"
 	cbtctl backup --sync=full --bitmap=b0 --cbw-memory=128K --cbw-timeout=1 \
 		"$d0=$dir/t0.qcow2" >"$dir/out" 2>&1 &
@@ -162,6 +163,8 @@ test_release() {
 	overwrite "$d0" "$dir/w.raw"
 	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
 	[[ $info == *"state=running "*" waited=0 "* ]] || fail "writes waited: $info"
+	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
+		fail "suspend and resume to let the held read go"
 	wait $pid || fail "backup: $(cat "$dir/out")"
 	cbtctl inject "$d0" clear >/dev/null
 	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
