@@ -604,15 +604,33 @@ TEST_F(snap, release_frees_slots)
 	EXPECT_EQ(0, check_gen(self->vdev, CHUNK, CHUNK, 1, self->why, sizeof(self->why)));
 }
 
+/*
+ * A snapshot with a store of one chunk and a long timeout, and its view;
+ * chunk 0 written (the store is full), then WR (a write of chunk 1) started
+ * in the background; 0 once it waits for space.
+ */
+static int start_waiting_write(snap_t *self, const FIXTURE_VARIANT(snap) *variant,
+			       struct bg_io *wr)
+{
+	int r = start_snap(self, variant, "memory=65536 timeout=600", "");
+
+	if (!r)
+		r = make_view(self, DEV_SECTORS);
+	if (!r)
+		r = write_gen(self->s.dev, 0, CHUNK, 2);
+	if (!r)
+		r = -pthread_create(&wr->th, NULL, bg_write, wr);
+	if (!r)
+		r = wait_for(info_num, self, "waited", 1);
+	return r;
+}
+
 /* Stop lets a write waiting for space go at once. */
 TEST_F(snap, stop_releases_waiting_writes)
 {
 	struct bg_io wr = { .dev = self->s.dev, .off = CHUNK, .len = CHUNK, .gen = 2 };
 
-	ASSERT_EQ(0, start_snap(self, variant, "memory=65536 timeout=600", ""));
-	ASSERT_EQ(0, write_gen(self->s.dev, 0, CHUNK, 2));
-	ASSERT_EQ(0, pthread_create(&wr.th, NULL, bg_write, &wr));
-	ASSERT_EQ(0, wait_for(info_num, self, "waited", 1));
+	ASSERT_EQ(0, start_waiting_write(self, variant, &wr));
 	EXPECT_EQ(0, msg(self, "snapshot stop t1"));
 	pthread_join(wr.th, NULL);
 	EXPECT_EQ(0, wr.r);
@@ -666,11 +684,7 @@ TEST_F(snap, release_lets_a_waiting_write_go)
 {
 	struct bg_io wr = { .dev = self->s.dev, .off = CHUNK, .len = CHUNK, .gen = 2 };
 
-	ASSERT_EQ(0, start_snap(self, variant, "memory=65536 timeout=600", ""));
-	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
-	ASSERT_EQ(0, write_gen(self->s.dev, 0, CHUNK, 2));
-	ASSERT_EQ(0, pthread_create(&wr.th, NULL, bg_write, &wr));
-	ASSERT_EQ(0, wait_for(info_num, self, "waited", 1));
+	ASSERT_EQ(0, start_waiting_write(self, variant, &wr));
 	ASSERT_EQ(0, dev_discard(self->vdev, CHUNK, CHUNK, 0));
 	ASSERT_EQ(0, join_within(wr.th, 10)) TH_LOG("the write still waits");
 	EXPECT_EQ(0, wr.r);
@@ -701,10 +715,7 @@ TEST_F(snap, suspend_with_a_write_waiting)
 {
 	struct bg_io wr = { .dev = self->s.dev, .off = CHUNK, .len = CHUNK, .gen = 2 };
 
-	ASSERT_EQ(0, start_snap(self, variant, "memory=65536 timeout=600", ""));
-	ASSERT_EQ(0, write_gen(self->s.dev, 0, CHUNK, 2));
-	ASSERT_EQ(0, pthread_create(&wr.th, NULL, bg_write, &wr));
-	ASSERT_EQ(0, wait_for(info_num, self, "waited", 1));
+	ASSERT_EQ(0, start_waiting_write(self, variant, &wr));
 	ASSERT_EQ(0, dm_suspend(self->s.name));
 	EXPECT_TRUE(info_state(self, "broken"));
 	ASSERT_EQ(0, dm_resume(self->s.name));
