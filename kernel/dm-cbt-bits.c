@@ -62,17 +62,22 @@ void cbt_bits_or(struct cbt_bits *dst, const struct cbt_bits *src)
 /*
  * DST |= SRC where the granularities may differ: every DST chunk that
  * overlaps a dirty SRC chunk becomes dirty, so nothing SRC knows is lost
- * (a coarser DST over-reports, it never under-reports).
+ * (a coarser DST over-reports, it never under-reports). With WIDE_SHIFT
+ * above DST_SHIFT, each dirty range first grows to whole aligned units of
+ * 2^WIDE_SHIFT sectors.
  */
-void cbt_bits_merge(struct cbt_bits *dst, unsigned int dst_shift,
-		    const struct cbt_bits *src, unsigned int src_shift)
+void cbt_bits_merge_wide(struct cbt_bits *dst, unsigned int dst_shift,
+			 const struct cbt_bits *src, unsigned int src_shift,
+			 unsigned int wide_shift)
 {
 	unsigned long start, end = 0;
 
-	if (dst_shift == src_shift) {
+	if (dst_shift == src_shift && wide_shift <= dst_shift) {
 		cbt_bits_or(dst, src);
 		return;
 	}
+	if (wide_shift < dst_shift)
+		wide_shift = dst_shift;
 	for (;;) {
 		sector_t first, last;
 
@@ -80,14 +85,23 @@ void cbt_bits_merge(struct cbt_bits *dst, unsigned int dst_shift,
 		if (start >= src->nr_chunks)
 			break;
 		end = find_next_zero_bit(src->map, src->nr_chunks, start);
-		first = ((sector_t)start << src_shift) >> dst_shift;
-		last = (((sector_t)end << src_shift) - 1) >> dst_shift;
+		/* The units of the first and the last sector, in DST chunks. */
+		first = ((sector_t)start << src_shift) >> wide_shift;
+		last = (((sector_t)end << src_shift) - 1) >> wide_shift;
+		first <<= wide_shift - dst_shift;
+		last = ((last + 1) << (wide_shift - dst_shift)) - 1;
 		if (first >= dst->nr_chunks)
 			break;
 		if (last >= dst->nr_chunks)
 			last = dst->nr_chunks - 1;
 		cbt_bits_set_range(dst->map, first, last);
 	}
+}
+
+void cbt_bits_merge(struct cbt_bits *dst, unsigned int dst_shift,
+		    const struct cbt_bits *src, unsigned int src_shift)
+{
+	cbt_bits_merge_wide(dst, dst_shift, src, src_shift, dst_shift);
 }
 
 /*

@@ -43,6 +43,9 @@ struct cbt_bits *cbt_bits_alloc(unsigned int chunk_shift, sector_t len);
 void cbt_bits_or(struct cbt_bits *dst, const struct cbt_bits *src);
 void cbt_bits_merge(struct cbt_bits *dst, unsigned int dst_shift,
 		    const struct cbt_bits *src, unsigned int src_shift);
+void cbt_bits_merge_wide(struct cbt_bits *dst, unsigned int dst_shift,
+			 const struct cbt_bits *src, unsigned int src_shift,
+			 unsigned int wide_shift);
 void cbt_bits_zero(struct cbt_bits *bits);
 u64 cbt_bits_weight(const struct cbt_bits *bits);
 u64 cbt_bits_count(const struct cbt_bits *bits, unsigned int chunk_shift, sector_t len);

@@ -89,9 +89,16 @@ static struct hlist_head *slot_bucket(struct cbt_snap *s, unsigned long chunk)
 	return &s->slot_hash[hash_long(chunk, s->slot_hash_bits)];
 }
 
+/* Reads of the device never cross a cluster: its bucket holds them all. */
 static struct hlist_head *read_bucket(struct cbt_snap *s, unsigned long chunk)
 {
-	return &s->read_hash[hash_long(chunk, ilog2(ARRAY_SIZE(s->read_hash)))];
+	return &s->read_hash[hash_long(chunk >> (s->cluster_shift - s->chunk_shift),
+				       ilog2(ARRAY_SIZE(s->read_hash)))];
+}
+
+static bool read_covers(const struct cbt_view_bio *vb, unsigned long chunk)
+{
+	return chunk >= vb->chunk && chunk - vb->chunk < vb->nr_chunks;
 }
 
 static struct cbt_snap_slot *__find_slot(struct cbt_snap *s, unsigned long chunk)
@@ -110,7 +117,7 @@ static bool __chunk_being_read(struct cbt_snap *s, unsigned long chunk)
 	struct cbt_view_bio *vb;
 
 	hlist_for_each_entry(vb, read_bucket(s, chunk), node)
-		if (vb->chunk == chunk)
+		if (read_covers(vb, chunk))
 			return true;
 	return false;
 }
@@ -177,7 +184,7 @@ static void __cbt_snap_spoil_reads(struct cbt_snap *s, unsigned long chunk)
 	struct hlist_node *next;
 
 	hlist_for_each_entry_safe(vb, next, read_bucket(s, chunk), node) {
-		if (vb->chunk != chunk)
+		if (!read_covers(vb, chunk))
 			continue;
 		hlist_del(&vb->node);
 		vb->tracked = false;
@@ -533,22 +540,27 @@ static void cbt_snap_serve(struct cbt_snap *s, struct bio *bio, struct cbt_view_
 }
 
 /*
- * View map, for a read within one chunk at target-relative SECTOR:
+ * View map, for a read within one cluster at target-relative SECTOR:
  * DM_MAPIO_REMAPPED when it goes to ORIGIN, the cbt device (tracked, so
- * writes to the chunk wait for it), or to the store device;
+ * writes to its chunks wait for it), or to the store device;
  * DM_MAPIO_SUBMITTED when it is served from memory (now or when the
  * chunk's copy ends); DM_MAPIO_KILL when the snapshot lacks the chunk.
+ * A read of the device covers the needed chunks without a slot from its
+ * first on; one served from a slot covers its chunk; the rest of the bio
+ * comes back.
  */
 int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *vb,
 		      sector_t sector, struct block_device *origin)
 {
-	unsigned long chunk = sector >> s->chunk_shift;
+	unsigned long chunk = sector >> s->chunk_shift, last, c;
 	struct cbt_snap_slot *slot;
 	unsigned long flags;
 
 	vb->chunk = chunk;
+	vb->nr_chunks = 1;
 	vb->offset = (sector - chunk_start(s, chunk)) << SECTOR_SHIFT;
 	vb->tracked = false;
+	vb->spoiled = false;	/* per-bio data comes uninitialised */
 	vb->on_store = false;
 	vb->slot = NULL;
 	spin_lock_irqsave(&s->lock, flags);
@@ -557,15 +569,25 @@ int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *
 		spin_unlock_irqrestore(&s->lock, flags);
 		return DM_MAPIO_KILL;
 	}
+	last = min_t(sector_t, (sector + bio_sectors(bio) - 1) >> s->chunk_shift,
+		     s->needed->nr_chunks - 1);
 	slot = __find_slot(s, chunk);
 	if (!slot) {
+		for (c = chunk + 1; c <= last; c++)
+			if (!test_bit(c, s->needed->map) || __find_slot(s, c))
+				break;
+		vb->nr_chunks = c - chunk;
 		hlist_add_head(&vb->node, read_bucket(s, chunk));
 		vb->tracked = true;
 		spin_unlock_irqrestore(&s->lock, flags);
+		if (c <= last)
+			dm_accept_partial_bio(bio, chunk_start(s, c) - sector);
 		bio_set_dev(bio, origin);
 		bio->bi_iter.bi_sector = sector;
 		return DM_MAPIO_REMAPPED;
 	}
+	if (last > chunk)
+		dm_accept_partial_bio(bio, chunk_start(s, chunk + 1) - sector);
 	slot->readers++;
 	vb->slot = slot;
 	if (!slot->ready) {
@@ -591,7 +613,7 @@ int cbt_snap_map_read(struct cbt_snap *s, struct bio *bio, struct cbt_view_bio *
 bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb)
 {
 	struct cbt_snap_slot *slot;
-	unsigned long flags;
+	unsigned long flags, c;
 	bool kick = false, running;
 
 	if (!vb->tracked && !vb->on_store)
@@ -599,18 +621,22 @@ bool cbt_snap_read_done(struct cbt_snap *s, struct cbt_view_bio *vb)
 	spin_lock_irqsave(&s->lock, flags);
 	/* Released while read: a write may have gone before it finished. */
 	running = s->state == CBT_SNAP_RUNNING &&
-		  (vb->on_store || test_bit(vb->chunk, s->needed->map));
+		  (vb->on_store || find_next_zero_bit(s->needed->map, vb->chunk + vb->nr_chunks,
+						      vb->chunk) >= vb->chunk + vb->nr_chunks);
 	if (vb->tracked) {
 		hlist_del(&vb->node);
 		vb->tracked = false;
-		slot = __find_slot(s, vb->chunk);
+		for (c = vb->chunk; c < vb->chunk + vb->nr_chunks; c++) {
+			slot = __find_slot(s, c);
+			if (slot)
+				kick |= __cbt_snap_settle(s, slot);
+		}
 	} else {
 		slot = vb->slot;
 		slot->readers--;
 		vb->on_store = false;
-	}
-	if (slot)
 		kick = __cbt_snap_settle(s, slot);
+	}
 	spin_unlock_irqrestore(&s->lock, flags);
 	if (kick)
 		queue_work(cbt_snap_wq, &s->work);
@@ -764,13 +790,15 @@ static void cbt_snap_timeout(struct work_struct *work)
 }
 
 /*
- * A snapshot of LEN sectors in chunks of 2^CHUNK_SHIFT sectors with a
- * store of MEMORY bytes (a multiple of the chunk). The caller holds a
- * memalloc_noio scope: the device may be suspended.
+ * A snapshot of LEN sectors in chunks of 2^CHUNK_SHIFT sectors, read in
+ * clusters of 2^CLUSTER_SHIFT, with a store of MEMORY bytes (a multiple of
+ * the chunk). The caller holds a memalloc_noio scope: the device may be
+ * suspended.
  */
 static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sector_t len,
-				       unsigned int chunk_shift, u64 memory,
-				       unsigned int timeout_s, const char *store, int *r)
+				       unsigned int chunk_shift, unsigned int cluster_shift,
+				       u64 memory, unsigned int timeout_s, const char *store,
+				       int *r)
 {
 	const gfp_t gfp = GFP_KERNEL | __GFP_NOWARN;
 	struct cbt_snap *s = kzalloc(sizeof(*s), GFP_KERNEL);
@@ -783,6 +811,7 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 	s->devt = cc->cdev->devt;
 	strscpy(s->token, token, sizeof(s->token));
 	s->chunk_shift = chunk_shift;
+	s->cluster_shift = cluster_shift;
 	s->len = len;
 	s->timeout_s = timeout_s;
 	spin_lock_init(&s->lock);
@@ -1061,6 +1090,7 @@ struct cbt_snap_msg {
 	bool force;
 	u64 memory;
 	unsigned int chunk_shift;
+	unsigned int cluster_shift;
 	unsigned int timeout_s;
 	unsigned int nr_bitmaps;
 	char (*bitmaps)[DM_CBT_NAME_MAX + 1];
@@ -1069,10 +1099,12 @@ struct cbt_snap_msg {
 /* KEY=VALUE with KEY one of prepare's keys: 0, -ENOENT for another word, or -EINVAL. */
 static int parse_prepare_key(struct cbt_snap_msg *m, const char *arg, unsigned long *seen)
 {
-	static const char * const keys[] = { "memory=", "chunk=", "timeout=", "store=" };
+	static const char * const keys[] = {
+		"memory=", "chunk=", "timeout=", "store=", "cluster=",
+	};
 	static const char * const want[] = {
 		"a multiple of the chunk, at most 16 GiB", "a power of two from 4096 to 2097152",
-		"0 to 3600 seconds", "a block device",
+		"0 to 3600 seconds", "a block device", "a power of two from 4096 to 2097152",
 	};
 	unsigned int k;
 	u64 v;
@@ -1094,9 +1126,13 @@ static int parse_prepare_key(struct cbt_snap_msg *m, const char *arg, unsigned l
 		m->memory = v;
 		return 0;
 	case 1:
+	case 4:
 		if (v < CBT_SNAP_CHUNK_MIN || v > CBT_SNAP_CHUNK_MAX || !is_power_of_2(v))
 			goto bad;
-		m->chunk_shift = ilog2(v) - SECTOR_SHIFT;
+		if (k == 1)
+			m->chunk_shift = ilog2(v) - SECTOR_SHIFT;
+		else
+			m->cluster_shift = ilog2(v) - SECTOR_SHIFT;
 		return 0;
 	default:
 		if (v > CBT_SNAP_TIMEOUT_MAX)
@@ -1129,6 +1165,12 @@ static int parse_prepare(struct cbt_snap_msg *m, unsigned int argc, char **argv)
 		DMERR("snapshot prepare: memory= and store= exclude each other");
 		return -EINVAL;
 	}
+	if (!test_bit(4, &seen))
+		m->cluster_shift = m->chunk_shift;
+	if (m->cluster_shift < m->chunk_shift) {
+		DMERR("snapshot prepare: the cluster cannot be smaller than the chunk");
+		return -EINVAL;
+	}
 	if (m->memory < (1ULL << (m->chunk_shift + SECTOR_SHIFT)) ||
 	    m->memory > CBT_SNAP_MEMORY_MAX ||
 	    m->memory & ((1ULL << (m->chunk_shift + SECTOR_SHIFT)) - 1)) {
@@ -1159,8 +1201,8 @@ static int run_prepare(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_m
 	if (r)
 		goto busy;
 	/* Outside the lock: a large store takes a while. */
-	s = cbt_snap_alloc(cc, m->token, len, m->chunk_shift, m->memory, m->timeout_s,
-			   m->store, &r);
+	s = cbt_snap_alloc(cc, m->token, len, m->chunk_shift, m->cluster_shift, m->memory,
+			   m->timeout_s, m->store, &r);
 	if (!s) {
 		if (r == -ENOMEM)
 			DMERR("snapshot prepare: cannot allocate the store or its maps");
@@ -1267,7 +1309,8 @@ static int run_start(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg
 	if (!r) {
 		for (i = 0; i < m->nr_bitmaps; i++) {
 			bm = __cbt_dev_find(cd, m->bitmaps[i]);
-			cbt_bits_merge(s->needed, s->chunk_shift, bm->frozen, bm->chunk_shift);
+			cbt_bits_merge_wide(s->needed, s->chunk_shift, bm->frozen,
+					    bm->chunk_shift, s->cluster_shift);
 		}
 		if (!m->nr_bitmaps && s->needed->nr_chunks)
 			cbt_bits_set_range(s->needed->map, 0, s->needed->nr_chunks - 1);
@@ -1309,7 +1352,7 @@ static int run_stop(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg 
 /*
  *   token=T state=S chunk=BYTES length=BYTES needed=CHUNKS preserved=CHUNKS
  *   used=BYTES limit=BYTES waited=WRITES timeout=SECONDS views=N
- *   store=memory|MAJOR:MINOR
+ *   store=memory|MAJOR:MINOR cluster=BYTES
  * or "state=none"; fields are only ever appended.
  */
 static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg *m,
@@ -1334,10 +1377,11 @@ static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg 
 		       (u64)s->nr_used * chunk_bytes, (u64)s->nr_slots * chunk_bytes,
 		       s->nr_waited, s->timeout_s, s->nr_views);
 		if (s->store_bdev)
-			DMEMIT(" store=%u:%u\n", MAJOR(s->store_bdev->bd_dev),
+			DMEMIT(" store=%u:%u", MAJOR(s->store_bdev->bd_dev),
 			       MINOR(s->store_bdev->bd_dev));
 		else
-			DMEMIT(" store=memory\n");
+			DMEMIT(" store=memory");
+		DMEMIT(" cluster=%u\n", 1U << (s->cluster_shift + SECTOR_SHIFT));
 		spin_unlock_irqrestore(&s->lock, flags);
 	}
 	mutex_unlock(&cd->lock);

@@ -51,6 +51,12 @@ struct cbt_snap {
 	dev_t devt;			/* the cbt device, for events */
 	char token[DM_CBT_NAME_MAX + 1];
 	unsigned int chunk_shift;	/* log2(chunk sectors) */
+	/*
+	 * log2(sectors of the reader's cluster), at least chunk_shift: a
+	 * bitmap's dirty chunk makes its whole clusters needed, and a view
+	 * read of the device never crosses a cluster.
+	 */
+	unsigned int cluster_shift;
 	sector_t len;			/* sectors at prepare (= at the instant) */
 	unsigned int timeout_s;		/* a write waits this long for a free slot */
 
@@ -75,7 +81,7 @@ struct cbt_snap {
 	struct list_head free_slots;
 	struct hlist_head *slot_hash;
 	unsigned int slot_hash_bits;
-	struct hlist_head read_hash[64];	/* view reads of the device in flight */
+	struct hlist_head read_hash[64];	/* view reads of the device, by cluster */
 
 	/* A store device instead of memory: slot i is at sector i << chunk_shift. */
 	struct cbt_bdev_handle store;
@@ -105,7 +111,8 @@ struct cbt_snap_bio {
 /* A view read (the view's per-bio data). */
 struct cbt_view_bio {
 	struct hlist_node node;		/* in read_hash while it reads the device */
-	unsigned long chunk;
+	unsigned long chunk;		/* the first */
+	unsigned int nr_chunks;		/* several if it reads the device, else 1 */
 	unsigned int offset;		/* bytes into the chunk */
 	struct cbt_snap_slot *slot;	/* the slot it waits for or copies from */
 	bool tracked;

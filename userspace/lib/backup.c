@@ -250,13 +250,16 @@ static void snapshot_error(struct cbt_backup *b, const struct cbt_err *err)
 
 /*
  * Before any suspend: the snapshot's store is allocated while the guest
- * runs, one chunk per cluster of the image, so that a cluster-widened
- * extent covers whole chunks and its discard releases them.
+ * runs. Its chunk is small (a guest write preserves one: 4 KiB unless the
+ * device is large); its cluster is the image's, so that the cluster-widened
+ * extents the copy reads are needed as a whole, and their discards release
+ * whole chunks.
  */
 static int prepare_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
 	struct cbt_backup_job_priv *p = job->priv;
-	uint32_t chunk = cbt_snapshot_chunk(qcow2_cluster_size(p->img));
+	uint32_t cluster = cbt_snapshot_cluster(qcow2_cluster_size(p->img));
+	uint32_t chunk = cbt_snapshot_chunk(cluster, qcow2_virtual_size(p->img));
 	char memory[40] = "", timeout[24] = "";
 	int r;
 
@@ -267,11 +270,12 @@ static int prepare_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, st
 		snprintf(timeout, sizeof(timeout), " timeout=%d", b->cbw_timeout);
 	r = cbt_journal_add(b->journal, "snapshot", cbt_dm_name(job->spec.device), e);
 	if (!r && b->nr_cbw_stores)
-		r = cbt_dm_messagef(job->spec.device, e, "snapshot prepare %s chunk=%u store=%s%s",
-				    b->token, chunk, b->cbw_stores[job - b->jobs], timeout);
+		r = cbt_dm_messagef(job->spec.device, e,
+				    "snapshot prepare %s chunk=%u cluster=%u store=%s%s",
+				    b->token, chunk, cluster, b->cbw_stores[job - b->jobs], timeout);
 	else if (!r)
-		r = cbt_dm_messagef(job->spec.device, e, "snapshot prepare %s chunk=%u%s%s",
-				    b->token, chunk, memory, timeout);
+		r = cbt_dm_messagef(job->spec.device, e, "snapshot prepare %s chunk=%u cluster=%u%s%s",
+				    b->token, chunk, cluster, memory, timeout);
 	if (!r)
 		p->snapshot = true;
 	return r;

@@ -113,13 +113,22 @@ int cbt_snapshot_info(const char *dev, struct cbt_snapshot_info *info, struct cb
 	return r;
 }
 
-uint32_t cbt_snapshot_chunk(uint32_t cluster)
+uint32_t cbt_snapshot_cluster(uint32_t cluster)
 {
 	if (cluster < CBT_SNAPSHOT_CHUNK_MIN)
 		return CBT_SNAPSHOT_CHUNK_MIN;
 	if (cluster > CBT_SNAPSHOT_CHUNK_MAX)
 		return CBT_SNAPSHOT_CHUNK_MAX;
 	return cluster;
+}
+
+uint32_t cbt_snapshot_chunk(uint32_t cluster, uint64_t size)
+{
+	uint32_t chunk = CBT_SNAPSHOT_CHUNK_MIN, limit = cbt_snapshot_cluster(cluster);
+
+	while (chunk < limit && size / chunk > CBT_SNAPSHOT_MAP_CHUNKS)
+		chunk <<= 1;
+	return chunk;
 }
 
 int cbt_view_create(const char *name, const char *dev, const char *token, uint64_t bytes,

@@ -14,6 +14,8 @@
 /* The kernel's limits on "snapshot prepare" chunk=. */
 #define CBT_SNAPSHOT_CHUNK_MIN (4u << 10)
 #define CBT_SNAPSHOT_CHUNK_MAX (2u << 20)
+/* The most chunks cbtctl gives a snapshot's maps before it takes larger chunks. */
+#define CBT_SNAPSHOT_MAP_CHUNKS (1ull << 24)
 
 enum cbt_snapshot_state {
 	CBT_SNAPSHOT_NONE,
@@ -44,8 +46,16 @@ int cbt_snapshot_parse(const char *answer, struct cbt_snapshot_info *info);
 /* The snapshot of DEV (state CBT_SNAPSHOT_NONE without one). */
 int cbt_snapshot_info(const char *dev, struct cbt_snapshot_info *info, struct cbt_err *e);
 
-/* The chunk a snapshot read into clusters of CLUSTER bytes uses: the cluster, within the kernel's limits. */
-uint32_t cbt_snapshot_chunk(uint32_t cluster);
+/* A snapshot's cluster for an image's clusters of CLUSTER bytes: it, within the kernel's limits. */
+uint32_t cbt_snapshot_cluster(uint32_t cluster);
+
+/*
+ * The chunk (what a guest write preserves) of a snapshot of a device of
+ * SIZE bytes read into clusters of CLUSTER bytes: 4 KiB, so that a small
+ * write copies little, unless its maps would pass 2^24 chunks (2 MiB
+ * each, 64 GiB of device); never above the snapshot's cluster.
+ */
+uint32_t cbt_snapshot_chunk(uint32_t cluster, uint64_t size);
 
 /*
  * Creates NAME, a view of DEV's running snapshot TOKEN, BYTES long (at

@@ -48,11 +48,19 @@ static void parse_info(void)
 
 static void chunks(void)
 {
-	CHECK(cbt_snapshot_chunk(512) == 4096);
-	CHECK(cbt_snapshot_chunk(4096) == 4096);
-	CHECK(cbt_snapshot_chunk(65536) == 65536);
-	CHECK(cbt_snapshot_chunk(2u << 20) == 2u << 20);
-	CHECK(cbt_snapshot_chunk(4u << 20) == 2u << 20);
+	CHECK(cbt_snapshot_cluster(512) == 4096);
+	CHECK(cbt_snapshot_cluster(4096) == 4096);
+	CHECK(cbt_snapshot_cluster(65536) == 65536);
+	CHECK(cbt_snapshot_cluster(2u << 20) == 2u << 20);
+	CHECK(cbt_snapshot_cluster(4u << 20) == 2u << 20);
+	/* 4 KiB chunks up to 64 GiB of device, then larger, never above the cluster. */
+	CHECK(cbt_snapshot_chunk(65536, 512ull << 20) == 4096);
+	CHECK(cbt_snapshot_chunk(512, 512ull << 20) == 4096);
+	CHECK(cbt_snapshot_chunk(65536, 64ull << 30) == 4096);
+	CHECK(cbt_snapshot_chunk(65536, (64ull << 30) + 4096) == 8192);
+	CHECK(cbt_snapshot_chunk(65536, 1ull << 40) == 65536);
+	CHECK(cbt_snapshot_chunk(65536, 16ull << 40) == 65536);
+	CHECK(cbt_snapshot_chunk(2u << 20, 16ull << 40) == 1u << 20);
 }
 
 static void events(void)

@@ -2,7 +2,7 @@
 /*
  * kernel/dm-cbt-bits.c on the host (over tools/kernel-shim): ranges across
  * word boundaries, counts clipped to the device, extents, OR across sizes
- * and merges across granularities.
+ * and merges across granularities, widened to larger units.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +72,20 @@ int main(void)
 	cbt_bits_merge(b, 3, c, 11);
 	CHECK(cbt_bits_count(b, 3, len) == cbt_bits_count(c, 11, len));
 	EXTENTS(b, 3, len, "3145728+2097152 8388608+16777216 65011712+522752 ");
+
+	/*
+	 * Into 4 KiB chunks widened to 256 KiB units (shift 9): chunks 60-70
+	 * (3.75-4.4375 MiB) grow to 3.75-4.5 MiB, 999 to its unit's start.
+	 */
+	free(b);
+	b = cbt_bits_alloc(3, len);
+	cbt_bits_merge_wide(b, 3, a, 7, 9);
+	EXTENTS(b, 3, len, "3932160+786432 8388608+16777216 65273856+260608 ");
+	/* The same granularity, widened. */
+	free(b);
+	b = cbt_bits_alloc(7, len);
+	cbt_bits_merge_wide(b, 7, a, 7, 9);
+	EXTENTS(b, 7, len, "3932160+786432 8388608+16777216 65273856+260608 ");
 
 	cbt_bits_zero(a);
 	CHECK(cbt_bits_count(a, 7, len) == 0);

@@ -242,6 +242,11 @@ TEST_F(snap, refusals)
 		"snapshot prepare t1 chunk=65537",
 		"snapshot prepare t1 chunk=2048",
 		"snapshot prepare t1 chunk=4194304",
+		"snapshot prepare t1 chunk=65536 cluster=32768",
+		"snapshot prepare t1 cluster=2048",
+		"snapshot prepare t1 cluster=98304",
+		"snapshot prepare t1 cluster=4194304",
+		"snapshot prepare t1 cluster=65536 cluster=65536",
 		"snapshot prepare t1 memory=100000",
 		"snapshot prepare t1 memory=0",
 		"snapshot prepare t1 memory=34359738368",
@@ -277,6 +282,7 @@ TEST_F(snap, refusals)
 	EXPECT_TRUE(info_state(self, "prepared"));
 	EXPECT_EQ(131072, info_num(self, "limit"));
 	EXPECT_EQ(7, info_num(self, "timeout"));
+	EXPECT_EQ(65536, info_num(self, "cluster")) TH_LOG("the chunk by default");
 	EXPECT_EQ(-EBUSY, msg(self, "snapshot prepare t2"));
 	/* The suspend is the instant: refused while writes could be in flight. */
 	EXPECT_EQ(-EBUSY, msg(self, "snapshot start t1"));
@@ -470,14 +476,15 @@ static uint64_t rule_hits(snap_t *self, const char *id)
 }
 
 /*
- * A full snapshot, its view, and RD (a read of chunk 5 through it) started
- * in the background and held for a second by the injector on its way
- * through the cbt device; 0 once it is held.
+ * A full snapshot prepared with ARGS, its view, and RD (a read of the
+ * 64 KiB at chunk 5 through it) started in the background and held for a
+ * second by the injector on its way through the cbt device; 0 once it is
+ * held.
  */
 static int start_held_view_read(snap_t *self, const FIXTURE_VARIANT(snap) *variant,
-				struct bg_io *rd)
+				const char *args, struct bg_io *rd)
 {
-	int r = start_snap(self, variant, "", "");
+	int r = start_snap(self, variant, args, "");
 
 	if (!r)
 		r = make_view(self, DEV_SECTORS);
@@ -501,13 +508,68 @@ TEST_F(snap, write_waits_for_view_read)
 {
 	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
 
-	ASSERT_EQ(0, start_held_view_read(self, variant, &rd));
+	ASSERT_EQ(0, start_held_view_read(self, variant, "", &rd));
 	EXPECT_EQ(0, write_gen(self->s.dev, 5 * CHUNK, CHUNK, 2));
 	pthread_join(rd.th, NULL);
 	EXPECT_EQ(0, rd.r) TH_LOG("view read: %s", rd.why);
 	EXPECT_EQ(0, check_gen(self->s.dev, 5 * CHUNK, CHUNK, 2, self->why, sizeof(self->why)));
 	EXPECT_EQ(0, check_gen(self->vdev, 5 * CHUNK, CHUNK, 1, self->why, sizeof(self->why)))
 		TH_LOG("view again: %s", self->why);
+}
+
+/*
+ * Chunks of 4 KiB read in clusters of 64 KiB: one view read of the device
+ * covers the cluster's 16 chunks, and a write to any of them, here the
+ * eleventh, waits for it.
+ */
+TEST_F(snap, write_waits_for_cluster_read)
+{
+	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
+
+	ASSERT_EQ(0, start_held_view_read(self, variant, "chunk=4096 cluster=65536", &rd));
+	EXPECT_EQ(4096, info_num(self, "chunk"));
+	EXPECT_EQ(0, write_gen(self->s.dev, 5 * CHUNK + 10 * BLK, BLK, 2));
+	pthread_join(rd.th, NULL);
+	EXPECT_EQ(0, rd.r) TH_LOG("view read: %s", rd.why);
+	EXPECT_EQ(1, info_num(self, "preserved")) TH_LOG("one 4 KiB chunk");
+	EXPECT_EQ(0, check_gen(self->s.dev, 5 * CHUNK + 10 * BLK, BLK, 2, self->why,
+			       sizeof(self->why)));
+	EXPECT_EQ(0, check_gen(self->vdev, 5 * CHUNK, CHUNK, 1, self->why, sizeof(self->why)))
+		TH_LOG("view again: %s", self->why);
+}
+
+/*
+ * An incremental snapshot of 4 KiB chunks in 64 KiB clusters: a dirty
+ * 4 KiB block of a 4 KiB bitmap makes its whole cluster needed (the
+ * reader copies whole clusters), the partial last one too. Every other
+ * block of those clusters is then written: a read of a cluster mixes
+ * preserved chunks and chunks read from the device, all as at the instant.
+ */
+TEST_F(snap, clusters_of_small_chunks)
+{
+	const uint64_t last = (NR_CHUNKS - 1) * CHUNK, c3 = 3 * CHUNK;
+	uint64_t b;
+
+	ASSERT_EQ(0, msg(self, "bitmap add small granularity=4096"));
+	ASSERT_EQ(0, write_gen(self->s.dev, c3 + 8 * KiB, BLK, 1));
+	ASSERT_EQ(0, write_gen(self->s.dev, DEV_SIZE - BLK, BLK, 1));
+	ASSERT_EQ(0, start_snap(self, variant, "chunk=4096 cluster=65536", "small"));
+	EXPECT_EQ(16 + (DEV_SIZE - last) / BLK, info_num(self, "needed"));
+	EXPECT_EQ(65536, info_num(self, "cluster"));
+	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
+	for (b = 0; b < CHUNK; b += 2 * BLK) {
+		ASSERT_EQ(0, write_gen(self->s.dev, c3 + b, BLK, 2));
+		if (last + b < DEV_SIZE)
+			ASSERT_EQ(0, write_gen(self->s.dev, last + b, BLK, 2));
+	}
+	EXPECT_EQ(0, check_gen(self->vdev, c3, CHUNK, 1, self->why, sizeof(self->why)))
+		TH_LOG("cluster 3: %s", self->why);
+	EXPECT_EQ(0, check_gen(self->vdev, last, DEV_SIZE - last, 1, self->why,
+			       sizeof(self->why))) TH_LOG("last cluster: %s", self->why);
+	EXPECT_EQ(-EIO, check_gen(self->vdev, 2 * CHUNK, CHUNK, 1, self->why, sizeof(self->why)))
+		TH_LOG("cluster 2 is not in the snapshot");
+	EXPECT_EQ(-EIO, check_gen(self->vdev, c3 - BLK, 2 * BLK, 1, self->why,
+				  sizeof(self->why))) TH_LOG("a read reaching into cluster 2");
 }
 
 /* Many rounds of a view read and a write to the same chunk at the same time. */
@@ -692,16 +754,17 @@ TEST_F(snap, release_lets_a_waiting_write_go)
 }
 
 /*
- * A view read of the device whose chunk is released while it is in flight
- * fails: the write it no longer holds back may land before it finishes.
+ * A view read of the device one of whose chunks is released while it is
+ * in flight fails: the write it no longer holds back may land before it
+ * finishes. The read covers a cluster of 16 chunks; the eleventh goes.
  */
 TEST_F(snap, read_of_a_released_chunk_fails)
 {
 	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
 
-	ASSERT_EQ(0, start_held_view_read(self, variant, &rd));
-	ASSERT_EQ(0, dev_discard(self->vdev, 5 * CHUNK, CHUNK, 0));
-	EXPECT_EQ(0, write_gen(self->s.dev, 5 * CHUNK, CHUNK, 2));
+	ASSERT_EQ(0, start_held_view_read(self, variant, "chunk=4096 cluster=65536", &rd));
+	ASSERT_EQ(0, dev_discard(self->vdev, 5 * CHUNK + 10 * BLK, BLK, 0));
+	EXPECT_EQ(0, write_gen(self->s.dev, 5 * CHUNK + 10 * BLK, BLK, 2));
 	pthread_join(rd.th, NULL);
 	EXPECT_EQ(-EIO, rd.r) TH_LOG("view read: %s", rd.why);
 }
