@@ -37,6 +37,8 @@
 #define CBT_SNAP_CHUNK_DEFAULT	(64U << 10)
 #define CBT_SNAP_CHUNK_MIN	max_t(unsigned int, 4096, PAGE_SIZE)
 #define CBT_SNAP_CHUNK_MAX	(2U << 20)
+/* Runs one "snapshot preserved" answers: 64 of up to 40 bytes fit in a page. */
+#define CBT_SNAP_PRESERVED_RUNS	64
 #define CBT_SNAP_TIMEOUT_DEFAULT 30
 #define CBT_SNAP_TIMEOUT_MAX	3600
 /* A store device serves at most this many chunks (slot metadata is in memory). */
@@ -136,6 +138,7 @@ static void cbt_snap_free(struct cbt_snap *s)
 	kvfree(s->slot_hash);
 	kvfree(s->cow);
 	kvfree(s->needed);
+	kvfree(s->preserved);
 	if (!IS_ERR_OR_NULL(s->kc))
 		dm_kcopyd_client_destroy(s->kc);
 	if (s->store.bdev)
@@ -231,6 +234,7 @@ static bool __cbt_snap_settle(struct cbt_snap *s, struct cbt_snap_slot *slot)
 	if (slot->released && !slot->readers && !slot->nr_writes &&
 	    bio_list_empty(&slot->reads)) {
 		hlist_del_init(&slot->hash);
+		clear_bit(slot->chunk, s->preserved->map);
 		list_add(&slot->free, &s->free_slots);
 		s->nr_used--;
 		s->nr_ready--;
@@ -274,6 +278,8 @@ static void cbt_snap_copied(struct cbt_snap_slot *slot, int err)
 	}
 	slot->ready = true;
 	s->nr_ready++;
+	if (!err && !slot->released)
+		set_bit(slot->chunk, s->preserved->map);
 	bio_list_merge(&s->ready_reads, &slot->reads);
 	bio_list_init(&slot->reads);
 	__cbt_snap_settle(s, slot);
@@ -671,6 +677,7 @@ void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors,
 				break;
 			clear_bit(c, s->needed->map);
 			clear_bit(c, s->cow->map);
+			clear_bit(c, s->preserved->map);
 			s->nr_needed--;
 			/* A write waiting for space to preserve it may go. */
 			if (!bio_list_empty(&s->space_waiters))
@@ -861,14 +868,15 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 	s->slot_hash_bits = ilog2(roundup_pow_of_two(max(s->nr_slots, 64U)));
 	s->cow = cbt_bits_alloc(chunk_shift, len);
 	s->needed = cbt_bits_alloc(chunk_shift, len);
+	s->preserved = cbt_bits_alloc(chunk_shift, len);
 	s->slots = kvcalloc(s->nr_slots, sizeof(*s->slots), gfp);
 	if (nr_pages) {
 		s->pages = kvcalloc(nr_pages, sizeof(*s->pages), gfp);
 		s->bvecs = kvcalloc(nr_pages, sizeof(*s->bvecs), gfp);
 	}
 	s->slot_hash = kvcalloc(1U << s->slot_hash_bits, sizeof(*s->slot_hash), gfp);
-	if (!s->cow || !s->needed || !s->slots || (nr_pages && (!s->pages || !s->bvecs)) ||
-	    !s->slot_hash)
+	if (!s->cow || !s->needed || !s->preserved || !s->slots || !s->slot_hash ||
+	    (nr_pages && (!s->pages || !s->bvecs)))
 		goto bad;
 	for (i = 0; i < nr_pages; i++) {
 		s->pages[i] = alloc_page(gfp);
@@ -1350,6 +1358,43 @@ static int run_stop(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg 
 }
 
 /*
+ * "snapshot preserved [FROM]": up to CBT_SNAP_PRESERVED_RUNS runs of
+ * chunks from byte FROM on whose old data is in the store and that the
+ * reader has not released, as "OFFSET+LENGTH" in bytes, the last chunk
+ * clipped to the length; nothing unless running. A reader copies these
+ * first to free the store. The map is read without the lock: a hint.
+ */
+static int run_preserved(struct cbt_c *cc, u64 from, char *result, unsigned int maxlen)
+{
+	struct cbt_dev *cd = cc->cdev;
+	unsigned long c, end;
+	unsigned int sz = 0, n;
+	struct cbt_snap *s;
+	u64 off, last;
+
+	mutex_lock(&cd->lock);
+	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	if (s && READ_ONCE(s->state) == CBT_SNAP_RUNNING &&
+	    from < (u64)s->len << SECTOR_SHIFT) {
+		c = from >> (s->chunk_shift + SECTOR_SHIFT);
+		for (n = 0; n < CBT_SNAP_PRESERVED_RUNS; n++) {
+			c = find_next_bit(s->preserved->map, s->preserved->nr_chunks, c);
+			if (c >= s->preserved->nr_chunks)
+				break;
+			end = find_next_zero_bit(s->preserved->map, s->preserved->nr_chunks, c);
+			off = (u64)chunk_start(s, c) << SECTOR_SHIFT;
+			last = min_t(u64, (u64)chunk_start(s, end) << SECTOR_SHIFT,
+				     (u64)s->len << SECTOR_SHIFT);
+			DMEMIT("%s%llu+%llu", n ? " " : "", off, last - off);
+			c = end;
+		}
+	}
+	mutex_unlock(&cd->lock);
+	DMEMIT("\n");
+	return 1;
+}
+
+/*
  *   token=T state=S chunk=BYTES length=BYTES needed=CHUNKS preserved=CHUNKS
  *   used=BYTES limit=BYTES waited=WRITES timeout=SECONDS views=N
  *   store=memory|MAJOR:MINOR cluster=BYTES
@@ -1409,6 +1454,15 @@ int cbt_snap_message(struct cbt_c *cc, struct dm_target *ti, unsigned int argc,
 			return -EINVAL;
 		}
 		return run_info(cc, ti, &m, result, maxlen);
+	}
+	if (!strcmp(cmd, "preserved")) {
+		u64 from = 0;
+
+		if (argc > 1 || (argc && cbt_parse_u64(argv[0], &from))) {
+			DMERR("snapshot preserved: [FROM] (bytes) expected");
+			return -EINVAL;
+		}
+		return run_preserved(cc, from, result, maxlen);
 	}
 	if (strcmp(cmd, "prepare") && strcmp(cmd, "start") && strcmp(cmd, "stop")) {
 		DMERR("unrecognised snapshot command '%s'", cmd);

@@ -66,6 +66,8 @@ struct cbt_snap {
 	struct cbt_bits *cow;
 	/* Chunks the reader has not released. */
 	struct cbt_bits *needed;
+	/* Of those, chunks whose copy is in the store: what a reader may copy first. */
+	struct cbt_bits *preserved;
 	u64 nr_needed;
 	u64 nr_waited;			/* writes that waited for a free slot */
 	unsigned int nr_used;		/* slots holding a chunk */

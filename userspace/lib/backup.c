@@ -566,6 +566,26 @@ static void copy_progress(void *arg, uint64_t done)
 	__atomic_store_n(&job->bytes_done, done, __ATOMIC_RELAXED);
 }
 
+/*
+ * What the copy takes first: once the snapshot's store is half full, the
+ * runs whose old data is in it, so that their slots are freed long before
+ * the copy would reach them in order and guest writes do not wait.
+ */
+static int urgent_runs(void *arg, uint64_t pos, struct cbt_extent *runs, size_t max,
+		       struct cbt_err *e)
+{
+	struct cbt_backup_job *job = arg;
+	struct cbt_snapshot_info info;
+	int r;
+
+	r = cbt_snapshot_info(job->spec.device, &info, e);
+	if (r)
+		return r;
+	if (info.state != CBT_SNAPSHOT_RUNNING || info.used * 2 < info.limit)
+		return 0;
+	return cbt_snapshot_preserved(job->spec.device, pos, runs, max, e);
+}
+
 static void *copy_thread(void *arg)
 {
 	struct cbt_backup_job *job = arg;
@@ -589,6 +609,8 @@ static void *copy_thread(void *arg)
 		.cancel = &b->cancel,
 		.progress = copy_progress,
 		.progress_arg = job,
+		.urgent = p->view_fd >= 0 ? urgent_runs : NULL,
+		.urgent_arg = job,
 	};
 	struct cbt_err err = { 0 };
 	int r;

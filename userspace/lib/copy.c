@@ -131,13 +131,129 @@ static int write_clusters(struct cbt_copy *c, const char *buf, size_t len, uint6
 	return 0;
 }
 
+/*
+ * Reads [START, START+LEN) (whole clusters, the device's last perhaps
+ * partial), hands it to the image and releases it.
+ */
+static int copy_run(struct cbt_copy *c, void *buf, uint64_t start, size_t len,
+		    uint32_t cluster, struct cbt_err *e)
+{
+	uint64_t vsize = qcow2_virtual_size(c->img);
+	size_t wlen = len;
+	int r;
+
+	r = read_source(c, buf, len, start, e);
+	if (!r && start + len == c->size && c->size % cluster && vsize > c->size) {
+		/*
+		 * An image larger than the device: the device's last cluster is
+		 * written whole, zeros past its end, since a partial cluster
+		 * cannot be written over a backing file.
+		 */
+		wlen = (c->size / cluster + 1) * cluster;
+		wlen = (wlen < vsize ? wlen : vsize) - start;
+		memset((char *)buf + len, 0, wlen - len);
+	}
+	if (!r)
+		r = write_clusters(c, buf, wlen, start, cluster, e);
+	if (!r && c->release)
+		r = release_run(c, start, len, e);
+	return r;
+}
+
+/* Clusters copied ahead of the copy's order, one bit each. */
+struct done_map {
+	uint64_t *bits;
+	uint64_t nr;
+	bool any;
+};
+
+/* The most memory the map may take; past it nothing is copied ahead. */
+#define DONE_MAP_MAX (64ull << 20)
+
+static bool done_test(const struct done_map *d, uint64_t i)
+{
+	return d->any && i < d->nr && (d->bits[i / 64] >> (i % 64) & 1);
+}
+
+/*
+ * Copies the clusters of [START, END) that are not done, in runs of at
+ * most BUFSIZE; with MARK, marks them done.
+ */
+static int copy_not_done(struct cbt_copy *c, struct done_map *d, void *buf, size_t bufsize,
+			 uint64_t start, uint64_t end, bool mark, struct cbt_err *e)
+{
+	uint32_t cluster = qcow2_cluster_size(c->img);
+	uint64_t i, j, run_end;
+	int r;
+
+	while (start < end) {
+		i = start / cluster;
+		if (done_test(d, i)) {
+			start += cluster;
+			continue;
+		}
+		run_end = start;
+		for (j = i; run_end < end && run_end - start < bufsize && !done_test(d, j); j++)
+			run_end += cluster;
+		if (run_end > end)
+			run_end = end;
+		r = copy_run(c, buf, start, run_end - start, cluster, e);
+		if (r)
+			return r;
+		for (; mark && i < j; i++) {
+			d->bits[i / 64] |= 1ull << (i % 64);
+			d->any = true;
+		}
+		start = run_end;
+	}
+	return 0;
+}
+
+/* Takes the runs the source says are urgent, from POS on, before going on in order. */
+static int copy_urgent(struct cbt_copy *c, struct done_map *d, void *buf, size_t bufsize,
+		       uint64_t pos, struct cbt_err *e)
+{
+	uint32_t cluster = qcow2_cluster_size(c->img);
+	struct cbt_extent runs[64];
+	uint64_t from = pos, s, t;
+	int i, n, r;
+
+	if (!d->bits) {
+		d->nr = (c->size + cluster - 1) / cluster;
+		if ((d->nr + 63) / 64 * 8 > DONE_MAP_MAX)
+			return 0;
+		d->bits = calloc((d->nr + 63) / 64, 8);
+		if (!d->bits)
+			return cbt_fail(e, ENOMEM, "%s: map of %llu clusters", c->device,
+					(unsigned long long)d->nr);
+	}
+	do {
+		n = c->urgent(c->urgent_arg, from, runs, sizeof(runs) / sizeof(runs[0]), e);
+		if (n < 0)
+			return n;
+		for (i = 0; i < n; i++) {
+			s = runs[i].offset / cluster * cluster;
+			t = (runs[i].offset + runs[i].length + cluster - 1) / cluster * cluster;
+			if (s < pos)
+				s = pos;
+			if (t > c->size)
+				t = c->size;
+			r = copy_not_done(c, d, buf, bufsize, s, t, true, e);
+			if (r)
+				return r;
+			from = t;
+		}
+	} while (n == (int)(sizeof(runs) / sizeof(runs[0])) && from < c->size);
+	return 0;
+}
+
 int cbt_copy_extents(struct cbt_copy *c, const struct cbt_extent *extents,
 		     size_t nr_extents, struct cbt_err *e)
 {
 	uint32_t cluster = qcow2_cluster_size(c->img);
-	uint64_t vsize = qcow2_virtual_size(c->img);
 	uint64_t pos = 0, start, end, done = 0;
-	size_t i, len, wlen, bufsize;
+	struct done_map d = { 0 };
+	size_t i, len, bufsize;
 	void *buf;
 	int r = 0;
 
@@ -159,23 +275,13 @@ int cbt_copy_extents(struct cbt_copy *c, const struct cbt_extent *extents,
 					     (unsigned long long)start);
 				break;
 			}
-			len = end - start < bufsize ? end - start : bufsize;
-			r = read_source(c, buf, len, start, e);
-			wlen = len;
-			if (!r && start + len == c->size && c->size % cluster && vsize > c->size) {
-				/*
-				 * An image larger than the device: the device's last
-				 * cluster is written whole, zeros past its end, since a
-				 * partial cluster cannot be written over a backing file.
-				 */
-				wlen = (c->size / cluster + 1) * cluster;
-				wlen = (wlen < vsize ? wlen : vsize) - start;
-				memset((char *)buf + len, 0, wlen - len);
+			if (c->urgent) {
+				r = copy_urgent(c, &d, buf, bufsize, start, e);
+				if (r)
+					break;
 			}
-			if (!r)
-				r = write_clusters(c, buf, wlen, start, cluster, e);
-			if (!r && c->release)
-				r = release_run(c, start, len, e);
+			len = end - start < bufsize ? end - start : bufsize;
+			r = copy_not_done(c, &d, buf, bufsize, start, start + len, false, e);
 			if (r)
 				break;
 			start += len;
@@ -185,6 +291,7 @@ int cbt_copy_extents(struct cbt_copy *c, const struct cbt_extent *extents,
 		}
 		pos = end;
 	}
+	free(d.bits);
 	free(buf);
 	return r;
 }

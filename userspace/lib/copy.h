@@ -49,6 +49,15 @@ struct cbt_copy {
 	const volatile int *cancel;	/* non-zero: stop with -ECANCELED */
 	void (*progress)(void *arg, uint64_t done);
 	void *progress_arg;
+	/*
+	 * A snapshot view's source: called before each read at POS, returns
+	 * how many byte ranges (at most MAX, from POS on) it put in RUNS for
+	 * the copy to take first, ahead of its order, or -errno. The copy
+	 * takes their whole clusters, and skips them when it gets there.
+	 */
+	int (*urgent)(void *arg, uint64_t pos, struct cbt_extent *runs, size_t max,
+		      struct cbt_err *e);
+	void *urgent_arg;
 
 	/* Results. */
 	uint64_t bytes_read;		/* from the source */

@@ -113,6 +113,46 @@ int cbt_snapshot_info(const char *dev, struct cbt_snapshot_info *info, struct cb
 	return r;
 }
 
+int cbt_snapshot_parse_runs(const char *answer, struct cbt_extent *runs, size_t max)
+{
+	unsigned long long off, len;
+	size_t n = 0;
+	int used;
+
+	for (;;) {
+		while (*answer == ' ' || *answer == '\n')
+			answer++;
+		if (!*answer)
+			return n;
+		if (n == max || *answer < '0' || *answer > '9' ||
+		    sscanf(answer, "%llu+%llu%n", &off, &len, &used) != 2 || !len ||
+		    off + len < off || (answer[used] && answer[used] != ' ' && answer[used] != '\n'))
+			return -EPROTO;
+		runs[n].offset = off;
+		runs[n].length = len;
+		n++;
+		answer += used;
+	}
+}
+
+int cbt_snapshot_preserved(const char *dev, uint64_t from, struct cbt_extent *runs, size_t max,
+			   struct cbt_err *e)
+{
+	char msg[48], *answer = NULL;
+	int r;
+
+	snprintf(msg, sizeof(msg), "snapshot preserved %llu", (unsigned long long)from);
+	r = cbt_dm_message(dev, msg, &answer, e);
+	if (r)
+		return r;
+	r = cbt_snapshot_parse_runs(answer ? answer : "", runs, max);
+	if (r < 0)
+		cbt_fail(e, -r, "%s: cannot parse the preserved runs '%s'", cbt_dm_name(dev),
+			 answer ? answer : "");
+	free(answer);
+	return r;
+}
+
 uint32_t cbt_snapshot_cluster(uint32_t cluster)
 {
 	if (cluster < CBT_SNAPSHOT_CHUNK_MIN)

@@ -46,6 +46,19 @@ int cbt_snapshot_parse(const char *answer, struct cbt_snapshot_info *info);
 /* The snapshot of DEV (state CBT_SNAPSHOT_NONE without one). */
 int cbt_snapshot_info(const char *dev, struct cbt_snapshot_info *info, struct cbt_err *e);
 
+/*
+ * Parses a "snapshot preserved" answer ("OFFSET+LENGTH ..." in bytes) into
+ * RUNS (at most MAX): how many, or -EPROTO.
+ */
+int cbt_snapshot_parse_runs(const char *answer, struct cbt_extent *runs, size_t max);
+
+/*
+ * The runs of DEV's running snapshot, from byte FROM on, whose old data is
+ * in its store (at most MAX): how many, or -errno.
+ */
+int cbt_snapshot_preserved(const char *dev, uint64_t from, struct cbt_extent *runs, size_t max,
+			   struct cbt_err *e);
+
 /* A snapshot's cluster for an image's clusters of CLUSTER bytes: it, within the kernel's limits. */
 uint32_t cbt_snapshot_cluster(uint32_t cluster);
 

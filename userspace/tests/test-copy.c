@@ -3,7 +3,8 @@
  * The copy engine (cbt_copy_extents) and extent lists: a raw "device" file
  * is copied into qcow2 images, full and incremental, for cluster sizes
  * smaller and larger than the extents, and every chain is compared with
- * the device by qemu-img compare and checked by qemu-img check.
+ * the device by qemu-img compare and checked by qemu-img check; runs a
+ * snapshot's source asks for are copied first.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -174,6 +175,75 @@ static void test_read_error(void)
 	cbt_extents_free(&all);
 }
 
+/*
+ * The source's urgent runs. The first call (at 0) asks for 4 KiB in the
+ * middle of a cluster at 20 MiB and the device's last 512 bytes; every
+ * later call first overwrites those runs on the device, as a guest would
+ * once they are released, and asks for a run behind the copy, which it
+ * must not take again.
+ */
+struct urgent_fake {
+	int fd;
+	unsigned int calls;
+};
+
+static int urgent_fake_runs(void *arg, uint64_t pos, struct cbt_extent *runs, size_t max,
+			    struct cbt_err *e)
+{
+	struct urgent_fake *f = arg;
+
+	(void)e;
+	CHECK(max >= 2);
+	if (f->calls++ == 0) {
+		CHECK(pos == 0);
+		runs[0] = (struct cbt_extent){ 20 * MiB + 8 * KiB, 4 * KiB };
+		runs[1] = (struct cbt_extent){ DEV_SIZE - 512, 512 };
+		return 2;
+	}
+	fill(f->fd, 20 * MiB, 64 * KiB, 0x99);
+	fill(f->fd, DEV_SIZE - 512, 512, 0x99);
+	if (pos < 8 * MiB)
+		return 0;
+	runs[0] = (struct cbt_extent){ 0, 64 * KiB };
+	return 1;
+}
+
+static void test_urgent(void)
+{
+	struct cbt_extent_list all = { 0 };
+	struct urgent_fake f = { 0 };
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	struct cbt_copy c = { .device = "device" };
+	char path[128];
+
+	snprintf(path, sizeof(path), "%s/device", dir);
+	f.fd = open(path, O_RDWR);
+	CHECK(f.fd >= 0);
+	fill(f.fd, 0, DEV_SIZE, 0x5a);
+	fill(f.fd, 20 * MiB, 64 * KiB, 0x6f);
+	fill(f.fd, DEV_SIZE - 512, 512, 0x7e);
+	CHECK(cbt_open_source(path, &c.fd, &c.size, &e) == 0);
+	snprintf(path, sizeof(path), "%s/urgent.qcow2", dir);
+	CHECK(qcow2_create(path, c.size, 65536, NULL, NULL, &img, &e) == 0);
+	c.img = img;
+	c.urgent = urgent_fake_runs;
+	c.urgent_arg = &f;
+	cbt_extents_add(&all, 0, DEV_SIZE);
+	CHECK(cbt_copy_extents(&c, all.v, all.n, &e) == 0);
+	/* Every byte read once: the urgent clusters were skipped in order. */
+	CHECK(c.bytes_read == DEV_SIZE);
+	CHECK(f.calls > 2);
+	CHECK(qcow2_close(img, true, &e) == 0);
+	close(c.fd);
+	/* The image holds what the urgent runs held when they were taken. */
+	fill(f.fd, 20 * MiB, 64 * KiB, 0x6f);
+	fill(f.fd, DEV_SIZE - 512, 512, 0x7e);
+	close(f.fd);
+	CHECK(sh("qemu-img compare -q -f qcow2 -F raw %s/urgent.qcow2 %s/device", dir, dir) == 0);
+	cbt_extents_free(&all);
+}
+
 int main(void)
 {
 	static const uint32_t clusters[] = { 512, 64 * 1024, 128 * 1024, 2 * 1024 * 1024 };
@@ -190,6 +260,7 @@ int main(void)
 	for (i = 0; i < sizeof(clusters) / sizeof(clusters[0]); i++)
 		test_chain(clusters[i]);
 	test_read_error();
+	test_urgent();
 	sh("rm -rf %s", dir);
 	return unit_done("test-copy");
 }

@@ -46,6 +46,22 @@ static void parse_info(void)
 	CHECK(!strcmp(cbt_snapshot_state_name(99), "unknown"));
 }
 
+static void runs(void)
+{
+	struct cbt_extent r[3];
+
+	CHECK(cbt_snapshot_parse_runs("\n", r, 3) == 0);
+	CHECK(cbt_snapshot_parse_runs("0+4096 65536+8192\n", r, 3) == 2);
+	CHECK(r[0].offset == 0 && r[0].length == 4096);
+	CHECK(r[1].offset == 65536 && r[1].length == 8192);
+	CHECK(cbt_snapshot_parse_runs("1+1 2+1 3+1 4+1", r, 3) == -EPROTO);
+	CHECK(cbt_snapshot_parse_runs("1+0", r, 3) == -EPROTO);
+	CHECK(cbt_snapshot_parse_runs("1-2", r, 3) == -EPROTO);
+	CHECK(cbt_snapshot_parse_runs("-1+2", r, 3) == -EPROTO);
+	CHECK(cbt_snapshot_parse_runs("1+2x", r, 3) == -EPROTO);
+	CHECK(cbt_snapshot_parse_runs("18446744073709551615+2", r, 3) == -EPROTO);
+}
+
 static void chunks(void)
 {
 	CHECK(cbt_snapshot_cluster(512) == 4096);
@@ -129,6 +145,7 @@ int main(void)
 {
 	parse_info();
 	chunks();
+	runs();
 	events();
 	hooks();
 	return unit_done("test-snapshot");

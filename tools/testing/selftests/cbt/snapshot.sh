@@ -6,14 +6,15 @@
 # both was overwritten while the controller was held after it (full and
 # incremental); a store that fills breaks the snapshot and fails the backup
 # cleanly, every write on the device and every dirty bit kept; the copy
-# releases what it has written; the freeze hook; --no-snapshot; status.
+# releases what it has written, and takes first what fills the store; the
+# freeze hook; --no-snapshot; status.
 # (transaction.sh kills the controller with a snapshot prepared, started
 # and viewed.)
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 8
+plan 9
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -174,6 +175,52 @@ test_release() {
 	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
 }
 
+# scatter DEV FIRST N: 4 KiB writes at 8 MiB + FIRST + i * 256 KiB, i < N.
+scatter() {
+	local i cmds=()
+	for ((i = 0; i < $3; i++)); do
+		cmds+=("write -P 0x71 $(((8 << 20) + $2 + i * (256 << 10))) 4k")
+	done
+	qio "$1" "${cmds[@]}" || fail "scattered writes"
+}
+
+# The copy takes first what fills the store. With the copy stopped at the
+# instant, 16 scattered 4 KiB writes fill half the 128 KiB store; the copy
+# copies their clusters before its first read, so when its second read is
+# held (at 4 MiB) the store is empty, and 24 more scattered writes fit
+# without a wait (without that they would need 160 KiB of store and break
+# the snapshot after a second).
+test_urgent() {
+	local dir d0 pid n=0 info
+	devs urgent 1
+	dd if="$d0" of="$dir/before0.raw" bs=1M iflag=direct status=none
+	cbtctl inject "$d0" delay event=read offset=$((4 << 20)) length=4096 usecs=60000000 \
+		id=hold >/dev/null || fail "inject delay"
+	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync=full --bitmap=b0 --cbw-memory=128K \
+		--cbw-timeout=1 "$d0=$dir/t0.qcow2" >"$dir/out" 2>&1 &
+	pid=$!
+	wait_stopped $pid "phase snapshot"
+	scatter "$d0" 0 16
+	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
+	[[ $info == *" used=65536 "* ]] || fail "half the store used: $info"
+	kill -CONT $pid
+	until cbtctl inject "$d0" list | grep -q "id=hold hits=1 "; do
+		n=$((n + 1))
+		[ $n -lt 300 ] || { kill -9 $pid; fail "the copy never reached 4 MiB"; }
+		sleep 0.1
+	done
+	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
+	[[ $info == *" preserved=0 used=0 "* ]] || fail "not taken first: $info"
+	scatter "$d0" $((128 << 10)) 24
+	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
+	[[ $info == *"state=running "*" used=98304 "*" waited=0 "* ]] || fail "writes waited: $info"
+	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
+		fail "suspend and resume to let the held read go"
+	wait $pid || fail "backup: $(cat "$dir/out")"
+	cbtctl inject "$d0" clear >/dev/null
+	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
+}
+
 # write_hook FILE LOG DEV [FAIL]: a hook logging "ARG STATE BUSY SNAPSHOT"
 # of DEV per call; FAIL makes its freeze exit 3.
 write_hook() {
@@ -264,6 +311,7 @@ run_test "full backup at the instant through store devices (--cbw-store)" \
 	test_point_in_time_store
 run_test "a full store breaks the snapshot: clean failure, writes and bits kept" test_store_full
 run_test "the copy releases what it has written: later writes need no store" test_release
+run_test "the copy takes first what fills the store" test_urgent
 run_test "freeze hook: freeze then thaw, a failing freeze aborts cleanly" test_freeze_hook
 run_test "--no-snapshot reads the live devices" test_no_snapshot
 run_test "status shows a snapshot while it runs, none after" test_status

@@ -572,6 +572,44 @@ TEST_F(snap, clusters_of_small_chunks)
 				  sizeof(self->why))) TH_LOG("a read reaching into cluster 2");
 }
 
+/*
+ * "snapshot preserved" lists the runs whose old data is in the store, for
+ * a reader to copy first: from an offset on, without what it released,
+ * nothing once stopped.
+ */
+static const char *preserved(snap_t *self, const char *from)
+{
+	static char line[512];
+	char m[64];
+
+	snprintf(m, sizeof(m), "snapshot preserved%s%s", *from ? " " : "", from);
+	if (dm_message(self->s.name, m, line, sizeof(line)))
+		return "(refused)";
+	line[strcspn(line, "\n")] = '\0';
+	return line;
+}
+
+TEST_F(snap, preserved_runs)
+{
+
+	ASSERT_EQ(0, start_snap(self, variant, "chunk=4096 cluster=65536", ""));
+	ASSERT_EQ(0, make_view(self, DEV_SECTORS));
+	EXPECT_STREQ("", preserved(self, ""));
+	ASSERT_EQ(0, write_gen(self->s.dev, 5 * CHUNK + 8 * KiB, 2 * BLK, 2));
+	ASSERT_EQ(0, write_gen(self->s.dev, 100 * CHUNK, BLK, 2));
+	ASSERT_EQ(0, write_gen(self->s.dev, DEV_SIZE - BLK, BLK, 2));
+	EXPECT_STREQ("335872+8192 6553600+4096 16785408+4096", preserved(self, ""));
+	EXPECT_STREQ("6553600+4096 16785408+4096", preserved(self, "6553600"));
+	ASSERT_EQ(0, dev_discard(self->vdev, 100 * CHUNK, CHUNK, 0));
+	EXPECT_STREQ("335872+8192 16785408+4096", preserved(self, "1"));
+	EXPECT_STREQ("", preserved(self, "16789504"));
+	EXPECT_EQ(-EINVAL, msg(self, "snapshot preserved x"));
+	EXPECT_EQ(-EINVAL, msg(self, "snapshot preserved 1 2"));
+	ASSERT_EQ(0, dm_remove(self->view));
+	ASSERT_EQ(0, msg(self, "snapshot stop t1"));
+	EXPECT_STREQ("", preserved(self, ""));
+}
+
 /* Many rounds of a view read and a write to the same chunk at the same time. */
 TEST_F(snap, racing_reads_and_writes)
 {
