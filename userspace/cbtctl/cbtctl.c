@@ -115,8 +115,8 @@ static int cmd_help(int argc, char **argv)
 	optind = 0;
 	while ((c = next_opt(argc, argv, "-:h", longopts)) != -1) {
 		if (c == 'h') {
-			list_commands(stdout);
-			return 0;
+			return usage_help("help [COMMAND]",
+					  "Lists the commands; with COMMAND, runs 'cbtctl COMMAND --help'.\n");
 		} else if (c == 1 && !name) {
 			name = optarg;
 		} else if (c == 1) {

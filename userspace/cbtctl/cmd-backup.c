@@ -18,7 +18,7 @@
 	"              [--json] JOB...\n" \
 	"  JOB: DEV=TARGET[,backing=FILE][,mode=create|existing][,cluster-size=SIZE]"
 #define BACKUP_HELP \
-	"Options take their value as --opt=VALUE or --opt VALUE. The progress is\n" \
+	"An option's value follows its '=' or is the next argument. The progress is\n" \
 	"drawn on standard error when it is a terminal and TERM is set and not\n" \
 	"'dumb'; -p forces it (plain lines when standard error is not a terminal),\n" \
 	"-q turns it off and prints nothing on success but --json's object.\n"
