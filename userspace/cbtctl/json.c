@@ -61,21 +61,20 @@ void json_string(FILE *f, const char *str)
 			s++;
 			continue;
 		}
-		if (n > 1) {
+		if (n > 1)
 			fwrite(s, 1, n, f);
-		} else if (c == '"' || c == '\\') {
+		else if (c == '"' || c == '\\')
 			fprintf(f, "\\%c", c);
-		} else if (c == '\n') {
+		else if (c == '\n')
 			fputs("\\n", f);
-		} else if (c == '\t') {
+		else if (c == '\t')
 			fputs("\\t", f);
-		} else if (c == '\r') {
+		else if (c == '\r')
 			fputs("\\r", f);
-		} else if (c < 0x20 || c == 0x7f) {
+		else if (c < 0x20 || c == 0x7f)
 			fprintf(f, "\\u%04x", c);
-		} else {
+		else
 			fputc(c, f);
-		}
 		s += n;
 	}
 	fputc('"', f);

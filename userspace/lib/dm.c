@@ -337,13 +337,14 @@ int cbt_dm_list(char ***names, size_t *count, struct cbt_err *e)
 		}
 		if (cbt > 0) {
 			nv = realloc(v, (n + 1) * sizeof(*v));
-			if (!nv || !(nv[n] = strdup(dn->name))) {
-				if (nv)
-					v = nv;
+			if (nv) {
+				v = nv;
+				v[n] = strdup(dn->name);
+			}
+			if (!nv || !v[n]) {
 				r = cbt_fail(e, ENOMEM, "device-mapper: listing the devices");
 				goto out;
 			}
-			v = nv;
 			n++;
 		}
 		off = dn->next;
