@@ -10,12 +10,18 @@
 
 #include "cbtctl.h"
 
+#ifndef CBT_VERSION
+#error "CBT_VERSION (dkms.conf's PACKAGE_VERSION) must be defined by the Makefile"
+#endif
+
 static int cmd_help(int argc, char **argv);
+static int cmd_version(int argc, char **argv);
 
 static const struct command commands[] = {
 	{ "bitmap", cmd_bitmap, "bitmap add|remove|clear|enable|disable|merge DEV ...",
 	  "manage the dirty bitmaps of a cbt device" },
 	{ "status", cmd_status, "status DEV [--json]", "show a cbt device and its bitmaps" },
+	{ "list", cmd_list, "list [--json]", "list every cbt device, its bitmaps and snapshot" },
 	{ "backup", cmd_backup, "backup --sync=full|incremental [OPTIONS] JOB...",
 	  "back up cbt devices into qcow2 images at one instant, all or nothing" },
 	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",
@@ -24,10 +30,12 @@ static const struct command commands[] = {
 	  "error-injection rules (Documentation/dm-cbt-inject.rst)" },
 	{ "recover", cmd_recover, "recover [--force] [DEV...]",
 	  "undo what a killed backup left: views, snapshots, suspends, frozen bitmaps, temporaries" },
-	{ "help", cmd_help, "help", "list the commands" },
+	{ "help", cmd_help, "help [COMMAND]", "list the commands, or describe one" },
+	{ "version", cmd_version, "version", "print cbtctl's version" },
 };
 
 #define NR_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+#define MAIN_USAGE "[-h|--help] [-V|--version] COMMAND [ARGS...]"
 
 int report(const struct cbt_err *e)
 {
@@ -47,51 +55,142 @@ int usage_error(const char *usage, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-int is_help(const char *arg)
+int usage_help(const char *usage, const char *extra)
 {
-	return !strcmp(arg, "-h") || !strcmp(arg, "--help");
+	printf("usage: cbtctl %s\n", usage);
+	if (extra)
+		printf("\n%s", extra);
+	return 0;
 }
 
-void json_string(FILE *f, const char *s)
+int next_opt(int argc, char **argv, const char *opts, const struct option *longopts)
 {
-	fputc('"', f);
-	for (; *s; s++) {
-		unsigned char c = *s;
+	opterr = 0;
+	return getopt_long(argc, argv, opts, longopts, NULL);
+}
 
-		if (c == '"' || c == '\\')
-			fprintf(f, "\\%c", c);
-		else if (c < 0x20)
-			fprintf(f, "\\u%04x", c);
-		else
-			fputc(c, f);
-	}
-	fputc('"', f);
+int opt_error(const char *usage, int c, char **argv)
+{
+	const char *arg = optind > 0 ? argv[optind - 1] : "";
+	int is_long = !strncmp(arg, "--", 2) &&
+		      (!optopt || optopt > 255 || c == ':' || strchr(arg, '='));
+
+	if (c == ':' && is_long)
+		return usage_error(usage, "option '%s' needs a value", arg);
+	if (c == ':')
+		return usage_error(usage, "option '-%c' needs a value", optopt);
+	if (is_long)
+		return usage_error(usage, "unknown or malformed option '%s'", arg);
+	return usage_error(usage, "unknown option '-%c'", optopt);
+}
+
+static const struct command *find_command(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < NR_COMMANDS; i++)
+		if (!strcmp(name, commands[i].name))
+			return &commands[i];
+	return NULL;
+}
+
+static void list_commands(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "usage: cbtctl %s\n\ncommands:\n", MAIN_USAGE);
+	for (i = 0; i < NR_COMMANDS; i++)
+		fprintf(f, "  %-52s %s\n", commands[i].usage, commands[i].help);
+	fprintf(f, "\n'cbtctl COMMAND --help' describes one command; see cbtctl(8).\n");
 }
 
 static int cmd_help(int argc, char **argv)
 {
-	size_t i;
+	static const struct option longopts[] = { { "help", no_argument, NULL, 'h' }, { 0 } };
+	const struct command *cmd;
+	char *args[] = { NULL, "--help", NULL };
+	const char *name = NULL;
+	int c;
 
-	(void)argc;
-	(void)argv;
-	printf("usage: cbtctl COMMAND [ARGS...]\n\ncommands:\n");
-	for (i = 0; i < NR_COMMANDS; i++)
-		printf("  %-52s %s\n", commands[i].usage, commands[i].help);
-	printf("\n'cbtctl COMMAND --help' describes one command; see cbtctl(8).\n");
+	optind = 0;
+	while ((c = next_opt(argc, argv, "-:h", longopts)) != -1) {
+		if (c == 'h') {
+			return usage_help("help [COMMAND]",
+					  "Lists the commands; with COMMAND, runs 'cbtctl COMMAND --help'.\n");
+		} else if (c == 1 && !name) {
+			name = optarg;
+		} else if (c == 1) {
+			return usage_error("help [COMMAND]", "too many arguments");
+		} else {
+			return opt_error("help [COMMAND]", c, argv);
+		}
+	}
+	if (optind < argc && !name)
+		name = argv[optind++];
+	if (optind < argc)
+		return usage_error("help [COMMAND]", "too many arguments");
+	if (!name) {
+		list_commands(stdout);
+		return 0;
+	}
+	cmd = find_command(name);
+	if (!cmd)
+		return usage_error("help [COMMAND]", "unknown command '%s'", name);
+	args[0] = (char *)cmd->name;
+	return cmd->fn(2, args);
+}
+
+static int cmd_version(int argc, char **argv)
+{
+	static const struct option longopts[] = { { "help", no_argument, NULL, 'h' }, { 0 } };
+	int c;
+
+	optind = 0;
+	while ((c = next_opt(argc, argv, "-:h", longopts)) != -1) {
+		if (c == 'h')
+			return usage_help("version", "Prints cbtctl's version (that of dkms.conf).\n");
+		if (c == 1)
+			return usage_error("version", "too many arguments");
+		return opt_error("version", c, argv);
+	}
+	if (optind < argc)
+		return usage_error("version", "too many arguments");
+	printf("cbtctl %s\n", CBT_VERSION);
 	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	size_t i;
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ 0 }
+	};
+	const struct command *cmd;
+	int c;
 
-	if (argc < 2 || is_help(argv[1])) {
-		cmd_help(0, NULL);
-		return argc < 2 ? EXIT_USAGE : 0;
+	/* "+": the options before COMMAND only; COMMAND parses the rest. */
+	optind = 0;
+	while ((c = next_opt(argc, argv, "+:hV", longopts)) != -1) {
+		switch (c) {
+		case 'h':
+			list_commands(stdout);
+			return 0;
+		case 'V':
+			printf("cbtctl %s\n", CBT_VERSION);
+			return 0;
+		default:
+			return opt_error(MAIN_USAGE, c, argv);
+		}
 	}
-	for (i = 0; i < NR_COMMANDS; i++)
-		if (!strcmp(argv[1], commands[i].name))
-			return commands[i].fn(argc - 1, argv + 1);
-	fprintf(stderr, "cbtctl: unknown command '%s' (try 'cbtctl help')\n", argv[1]);
-	return EXIT_USAGE;
+	if (optind >= argc) {
+		list_commands(stderr);
+		return EXIT_USAGE;
+	}
+	cmd = find_command(argv[optind]);
+	if (!cmd) {
+		fprintf(stderr, "cbtctl: unknown command '%s' (try 'cbtctl help')\n", argv[optind]);
+		return EXIT_USAGE;
+	}
+	return cmd->fn(argc - optind, argv + optind);
 }

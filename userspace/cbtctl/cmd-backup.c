@@ -11,11 +11,17 @@
 #include "backup.h"
 
 #define BACKUP_USAGE \
-	"backup --sync=full|incremental [--bitmap=NAME]... [--on-source-error=report|retry]\n" \
-	"              [--retries=N] [--cbw-memory=SIZE | --cbw-store=DEV...]\n" \
-	"              [--cbw-timeout=SECONDS] [--no-snapshot] [--freeze-hook=CMD]\n" \
+	"backup -s|--sync=full|incremental [-b|--bitmap=NAME]...\n" \
+	"              [--on-source-error=report|retry [--retries=N]]\n" \
+	"              [--cbw-memory=SIZE | --cbw-store=DEV...] [--cbw-timeout=SECONDS]\n" \
+	"              [--no-snapshot] [--freeze-hook=CMD] [-p|--progress] [-q|--quiet]\n" \
 	"              [--json] JOB...\n" \
 	"  JOB: DEV=TARGET[,backing=FILE][,mode=create|existing][,cluster-size=SIZE]"
+#define BACKUP_HELP \
+	"An option's value follows its '=' or is the next argument. The progress is\n" \
+	"drawn on standard error when it is a terminal and TERM is set and not\n" \
+	"'dumb'; -p forces it (plain lines when standard error is not a terminal),\n" \
+	"-q turns it off and prints nothing on success but --json's object.\n"
 
 static struct cbt_backup *running_backup;
 
@@ -26,11 +32,34 @@ static void on_signal(int sig)
 		running_backup->cancel = 1;
 }
 
+/* How the progress shows: not at all, as a redrawn bar, or as plain lines. */
+enum progress_mode { PROGRESS_OFF, PROGRESS_BAR, PROGRESS_LINES };
+
+struct progress {
+	enum progress_mode mode;
+	int shown;		/* a bar is on the screen */
+	int last;		/* the last tenth printed as a line, -1 before any */
+};
+
+/*
+ * The default: a bar only on an interactive terminal that can redraw it (a
+ * TERM of "dumb", or none, as in a serial console or an editor's shell,
+ * cannot be relied on for \r).
+ */
+static enum progress_mode default_progress(void)
+{
+	const char *term = getenv("TERM");
+
+	if (!isatty(STDERR_FILENO) || !term || !*term || !strcmp(term, "dumb"))
+		return PROGRESS_OFF;
+	return PROGRESS_BAR;
+}
+
 static void show_progress(struct cbt_backup *b, void *arg)
 {
 	uint64_t done = 0, total = 0;
-	unsigned int i, width = 30, filled, shift;
-	int *shown = arg;
+	unsigned int i, width = 30, filled, shift, pct;
+	struct progress *p = arg;
 
 	for (i = 0; i < b->nr_jobs; i++) {
 		done += __atomic_load_n(&b->jobs[i].bytes_done, __ATOMIC_RELAXED);
@@ -39,20 +68,32 @@ static void show_progress(struct cbt_backup *b, void *arg)
 	if (done > total)	/* extents widen to whole clusters */
 		done = total;
 	filled = total ? (unsigned int)(done * width / total) : width;
+	pct = total ? (unsigned int)(done * 100 / total) : 100;
 	/* Small copies in KiB, so that the numbers move. */
 	shift = total < (64 << 20) ? 10 : 20;
+	if (p->mode == PROGRESS_LINES) {
+		/* A line per tenth reached, nothing redrawn: fit for logs. */
+		if ((int)(pct / 10) <= p->last)
+			return;
+		p->last = pct / 10;
+		fprintf(stderr, "cbtctl: backup %u%% (%llu/%llu %s)\n", pct,
+			(unsigned long long)(done >> shift), (unsigned long long)(total >> shift),
+			shift == 10 ? "KiB" : "MiB");
+		return;
+	}
 	fprintf(stderr, "\r[%-*.*s] %3u%% %llu/%llu %s", width, filled,
-		"##############################", total ? (unsigned int)(done * 100 / total) : 100,
+		"##############################", pct,
 		(unsigned long long)(done >> shift), (unsigned long long)(total >> shift),
 		shift == 10 ? "KiB" : "MiB");
-	*shown = 1;
+	p->shown = 1;
 }
 
 static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *e)
 {
 	unsigned int i;
 
-	printf("{\"status\": \"%s\", ", r ? "failed" : "completed");
+	printf("{\"version\": %d, \"status\": \"%s\", ", CBTCTL_JSON_VERSION,
+	       r ? "failed" : "completed");
 	printf("\"error\": ");
 	if (r)
 		json_string(stdout, e->msg);
@@ -80,11 +121,11 @@ static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *
 	printf("]}\n");
 }
 
-static void print_text(const struct cbt_backup *b, int r, const struct cbt_err *e)
+static void print_text(const struct cbt_backup *b, int r, const struct cbt_err *e, int quiet)
 {
 	unsigned int i;
 
-	for (i = 0; i < b->nr_jobs; i++) {
+	for (i = 0; i < b->nr_jobs && (r || !quiet); i++) {
 		const struct cbt_backup_job *j = &b->jobs[i];
 
 		fprintf(r ? stderr : stdout, "%s -> %s: %s, %llu dirty bytes, %llu bytes written",
@@ -112,8 +153,29 @@ static int parse_count(const char *s, uint64_t max, uint64_t *n)
 	return errno || end == s || *end || *s == '-' || *n > max ? -EINVAL : 0;
 }
 
+enum {
+	OPT_ON_SOURCE_ERROR = 256, OPT_RETRIES, OPT_CBW_MEMORY, OPT_CBW_STORE, OPT_CBW_TIMEOUT,
+	OPT_NO_SNAPSHOT, OPT_FREEZE_HOOK, OPT_JSON,
+};
+
 int cmd_backup(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "sync", required_argument, NULL, 's' },
+		{ "bitmap", required_argument, NULL, 'b' },
+		{ "on-source-error", required_argument, NULL, OPT_ON_SOURCE_ERROR },
+		{ "retries", required_argument, NULL, OPT_RETRIES },
+		{ "cbw-memory", required_argument, NULL, OPT_CBW_MEMORY },
+		{ "cbw-store", required_argument, NULL, OPT_CBW_STORE },
+		{ "cbw-timeout", required_argument, NULL, OPT_CBW_TIMEOUT },
+		{ "no-snapshot", no_argument, NULL, OPT_NO_SNAPSHOT },
+		{ "freeze-hook", required_argument, NULL, OPT_FREEZE_HOOK },
+		{ "progress", no_argument, NULL, 'p' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
 	struct cbt_backup b = {
 		.sync = -1,
 		.retry_delay_ms = 200,
@@ -121,8 +183,10 @@ int cmd_backup(int argc, char **argv)
 		.cbw_timeout = 30,
 	};
 	struct sigaction sa = { .sa_handler = on_signal };
+	struct progress prog = { .last = -1 };
 	struct cbt_err e = { 0 };
-	int json = 0, retry = 0, shown = 0, memory_given = 0, i, r, status;
+	int json = 0, retry = 0, retries_given = 0, memory_given = 0, progress = 0, quiet = 0;
+	int i, c, r, status;
 	uint64_t n;
 
 	b.jobs = calloc(argc, sizeof(*b.jobs));
@@ -130,69 +194,115 @@ int cmd_backup(int argc, char **argv)
 	b.cbw_stores = calloc(argc, sizeof(*b.cbw_stores));
 	if (!b.jobs || !b.bitmaps || !b.cbw_stores) {
 		fprintf(stderr, "cbtctl: out of memory\n");
-		return EXIT_FAIL;
+		status = EXIT_FAIL;
+		goto out;
 	}
 	b.retries = 3;
 	status = EXIT_USAGE;
-	for (i = 1; i < argc; i++) {
-		const char *a = argv[i];
+	optind = 0;
+	while ((c = next_opt(argc, argv, "-:s:b:pqh", longopts)) != -1) {
+		const char *a = optarg;
 
-		if (is_help(a)) {
-			printf("usage: cbtctl %s\n", BACKUP_USAGE);
-			status = 0;
+		switch (c) {
+		case 'h':
+			status = usage_help(BACKUP_USAGE, BACKUP_HELP);
 			goto out;
-		} else if (!strcmp(a, "--sync=full")) {
-			b.sync = CBT_SYNC_FULL;
-		} else if (!strcmp(a, "--sync=incremental")) {
-			b.sync = CBT_SYNC_INCREMENTAL;
-		} else if (!strncmp(a, "--bitmap=", 9) && a[9]) {
-			b.bitmaps[b.nr_bitmaps++] = a + 9;
-		} else if (!strcmp(a, "--on-source-error=report")) {
-			retry = 0;
-		} else if (!strcmp(a, "--on-source-error=retry")) {
-			retry = 1;
-		} else if (!strncmp(a, "--retries=", 10)) {
-			if (parse_count(a + 10, 1000, &n)) {
-				usage_error(BACKUP_USAGE, "bad --retries '%s'", a + 10);
+		case 's':
+			if (!strcmp(a, "full")) {
+				b.sync = CBT_SYNC_FULL;
+			} else if (!strcmp(a, "incremental")) {
+				b.sync = CBT_SYNC_INCREMENTAL;
+			} else {
+				usage_error(BACKUP_USAGE, "bad --sync '%s' (full or incremental)", a);
+				goto out;
+			}
+			break;
+		case 'b':
+			if (!*a) {
+				usage_error(BACKUP_USAGE, "empty --bitmap");
+				goto out;
+			}
+			b.bitmaps[b.nr_bitmaps++] = a;
+			break;
+		case OPT_ON_SOURCE_ERROR:
+			if (!strcmp(a, "report")) {
+				retry = 0;
+			} else if (!strcmp(a, "retry")) {
+				retry = 1;
+			} else {
+				usage_error(BACKUP_USAGE,
+					    "bad --on-source-error '%s' (report or retry)", a);
+				goto out;
+			}
+			break;
+		case OPT_RETRIES:
+			if (parse_count(a, 1000, &n)) {
+				usage_error(BACKUP_USAGE, "bad --retries '%s'", a);
 				goto out;
 			}
 			b.retries = n;
-		} else if (!strncmp(a, "--cbw-memory=", 13)) {
-			if (cbt_parse_size(a + 13, &n) || !n) {
-				usage_error(BACKUP_USAGE, "bad --cbw-memory '%s'", a + 13);
+			retries_given = 1;
+			break;
+		case OPT_CBW_MEMORY:
+			if (cbt_parse_size(a, &n) || !n) {
+				usage_error(BACKUP_USAGE, "bad --cbw-memory '%s'", a);
 				goto out;
 			}
 			b.cbw_memory = n;
 			memory_given = 1;
-		} else if (!strncmp(a, "--cbw-store=", 12) && a[12]) {
-			if (b.nr_cbw_stores == (unsigned int)argc) {
-				usage_error(BACKUP_USAGE, "too many --cbw-store");
+			break;
+		case OPT_CBW_STORE:
+			if (!*a) {
+				usage_error(BACKUP_USAGE, "empty --cbw-store");
 				goto out;
 			}
-			b.cbw_stores[b.nr_cbw_stores++] = a + 12;
-		} else if (!strncmp(a, "--cbw-timeout=", 14)) {
-			if (parse_count(a + 14, 3600, &n)) {
+			b.cbw_stores[b.nr_cbw_stores++] = a;
+			break;
+		case OPT_CBW_TIMEOUT:
+			if (parse_count(a, 3600, &n)) {
 				usage_error(BACKUP_USAGE, "bad --cbw-timeout '%s' (0 to 3600 seconds)",
-					    a + 14);
+					    a);
 				goto out;
 			}
 			b.cbw_timeout = n;
-		} else if (!strcmp(a, "--no-snapshot")) {
+			break;
+		case OPT_NO_SNAPSHOT:
 			b.no_snapshot = true;
-		} else if (!strncmp(a, "--freeze-hook=", 14) && a[14]) {
-			b.freeze_hook = a + 14;
-		} else if (!strcmp(a, "--json")) {
+			break;
+		case OPT_FREEZE_HOOK:
+			if (!*a) {
+				usage_error(BACKUP_USAGE, "empty --freeze-hook");
+				goto out;
+			}
+			b.freeze_hook = a;
+			break;
+		case 'p':
+			progress = 1;
+			break;
+		case 'q':
+			quiet = 1;
+			break;
+		case OPT_JSON:
 			json = 1;
-		} else if (a[0] == '-') {
-			usage_error(BACKUP_USAGE, "unknown or malformed option '%s'", a);
-			goto out;
-		} else {
+			break;
+		case 1:
 			if (cbt_job_parse(a, &b.jobs[b.nr_jobs].spec, &e)) {
 				usage_error(BACKUP_USAGE, "%s", e.msg);
 				goto out;
 			}
 			b.nr_jobs++;
+			break;
+		default:
+			opt_error(BACKUP_USAGE, c, argv);
+			goto out;
 		}
+	}
+	for (; optind < argc; optind++) {
+		if (cbt_job_parse(argv[optind], &b.jobs[b.nr_jobs].spec, &e)) {
+			usage_error(BACKUP_USAGE, "%s", e.msg);
+			goto out;
+		}
+		b.nr_jobs++;
 	}
 	if ((int)b.sync < 0) {
 		usage_error(BACKUP_USAGE, "--sync=full or --sync=incremental is required");
@@ -218,11 +328,23 @@ int cmd_backup(int argc, char **argv)
 		usage_error(BACKUP_USAGE, "--cbw-store needs a snapshot: not with --no-snapshot");
 		goto out;
 	}
+	if (retries_given && !retry) {
+		usage_error(BACKUP_USAGE, "--retries needs --on-source-error=retry");
+		goto out;
+	}
+	if (progress && quiet) {
+		usage_error(BACKUP_USAGE, "--progress and --quiet exclude each other");
+		goto out;
+	}
 	if (!retry)
 		b.retries = 0;
-	if (isatty(STDERR_FILENO)) {
+	if (progress)
+		prog.mode = isatty(STDERR_FILENO) ? PROGRESS_BAR : PROGRESS_LINES;
+	else if (!quiet)
+		prog.mode = default_progress();
+	if (prog.mode != PROGRESS_OFF) {
 		b.progress = show_progress;
-		b.progress_arg = &shown;
+		b.progress_arg = &prog;
 	}
 	running_backup = &b;
 	sigaction(SIGINT, &sa, NULL);
@@ -230,12 +352,12 @@ int cmd_backup(int argc, char **argv)
 	sigaction(SIGHUP, &sa, NULL);
 	r = cbt_backup_run(&b, &e);
 	running_backup = NULL;
-	if (shown)
+	if (prog.shown)
 		fprintf(stderr, "\n");
 	if (json)
 		print_json(&b, r, &e);
 	else
-		print_text(&b, r, &e);
+		print_text(&b, r, &e, quiet);
 	if (b.bitmap_errors)
 		fprintf(stderr, "cbtctl: warning: %u bitmap commit/abort refused (first: %s); "
 			"run 'cbtctl recover' on the devices\n", b.bitmap_errors, b.bitmap_err.msg);
@@ -247,7 +369,7 @@ int cmd_backup(int argc, char **argv)
 			b.thaw_err.msg);
 	status = r ? EXIT_FAIL : 0;
 out:
-	for (i = 0; i < (int)b.nr_jobs; i++)
+	for (i = 0; b.jobs && i < (int)b.nr_jobs; i++)
 		cbt_job_free(&b.jobs[i].spec);
 	free(b.jobs);
 	free(b.bitmaps);

@@ -5,7 +5,7 @@
 
 #include "cbtctl.h"
 
-#define EXTENTS_USAGE "extents DEV BITMAP [--frozen]"
+#define EXTENTS_USAGE "extents DEV BITMAP [-f|--frozen]"
 
 static int print_extent(const struct cbt_extent *ext, void *ctx)
 {
@@ -16,18 +16,40 @@ static int print_extent(const struct cbt_extent *ext, void *ctx)
 
 int cmd_extents(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "frozen", no_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
+	const char *args[2] = { NULL, NULL };
 	struct cbt_err e = { 0 };
-	int frozen = 0;
+	int frozen = 0, nargs = 0, c;
 
-	if (argc > 1 && is_help(argv[1])) {
-		printf("usage: cbtctl %s\n", EXTENTS_USAGE);
-		return 0;
+	optind = 0;
+	while ((c = next_opt(argc, argv, "-:fh", longopts)) != -1) {
+		switch (c) {
+		case 'h':
+			return usage_help(EXTENTS_USAGE, NULL);
+		case 'f':
+			frozen = 1;
+			break;
+		case 1:
+			if (nargs == 2)
+				return usage_error(EXTENTS_USAGE, "too many arguments");
+			args[nargs++] = optarg;
+			break;
+		default:
+			return opt_error(EXTENTS_USAGE, c, argv);
+		}
 	}
-	if (argc == 4 && !strcmp(argv[3], "--frozen"))
-		frozen = 1;
-	else if (argc != 3)
+	for (; optind < argc; optind++) {
+		if (nargs == 2)
+			return usage_error(EXTENTS_USAGE, "too many arguments");
+		args[nargs++] = argv[optind];
+	}
+	if (nargs != 2)
 		return usage_error(EXTENTS_USAGE, "expected DEV and BITMAP");
-	if (cbt_extents(argv[1], argv[2], frozen, 0, print_extent, NULL, &e))
+	if (cbt_extents(args[0], args[1], frozen, 0, print_extent, NULL, &e))
 		return report(&e);
 	return 0;
 }

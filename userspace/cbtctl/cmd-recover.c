@@ -1,45 +1,72 @@
 // SPDX-License-Identifier: GPL-2.0
 /* cbtctl recover [--force] [DEV...] */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cbtctl.h"
 #include "recover.h"
 
-#define RECOVER_USAGE "recover [--force] [DEV...]"
+#define RECOVER_USAGE "recover [-f|--force] [DEV...]"
+#define RECOVER_HELP \
+	"Undoes what killed cbtctl runs left behind: removes their snapshot\n" \
+	"views, stops their snapshots, resumes the devices they suspended,\n" \
+	"aborts the bitmaps they froze (their bits merge back) and removes their\n" \
+	"temporary images. With DEVs, also stops snapshots and aborts bitmaps on\n" \
+	"them made by any cbtctl that is no longer running; --force stops any\n" \
+	"snapshot and aborts every frozen bitmap on them, whoever made it.\n"
 
 int cmd_recover(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "force", no_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
 	struct cbt_recover_report rep = { .log = stdout };
 	struct cbt_err e = { 0 };
-	const char **devs = (const char **)argv + 1;
-	unsigned int nr = argc - 1;
+	const char **devs;
+	unsigned int nr = 0;
 	bool force = false;
+	int c, status;
 
-	if (nr && is_help(argv[1])) {
-		printf("usage: cbtctl %s\n\n"
-		       "Undoes what killed cbtctl runs left behind: removes their snapshot\n"
-		       "views, stops their snapshots, resumes the devices they suspended,\n"
-		       "aborts the bitmaps they froze (their bits merge back) and removes their\n"
-		       "temporary images. With DEVs, also stops snapshots and aborts bitmaps on\n"
-		       "them made by any cbtctl that is no longer running; --force stops any\n"
-		       "snapshot and aborts every frozen bitmap on them, whoever made it.\n",
-		       RECOVER_USAGE);
-		return 0;
+	devs = calloc(argc, sizeof(*devs));
+	if (!devs) {
+		fprintf(stderr, "cbtctl: out of memory\n");
+		return EXIT_FAIL;
 	}
-	if (nr && !strcmp(argv[1], "--force")) {
-		force = true;
-		devs++;
-		nr--;
+	optind = 0;
+	while ((c = next_opt(argc, argv, "-:fh", longopts)) != -1) {
+		switch (c) {
+		case 'h':
+			status = usage_help(RECOVER_USAGE, RECOVER_HELP);
+			goto out;
+		case 'f':
+			force = true;
+			break;
+		case 1:
+			devs[nr++] = optarg;
+			break;
+		default:
+			status = opt_error(RECOVER_USAGE, c, argv);
+			goto out;
+		}
 	}
-	if (force && !nr)
-		return usage_error(RECOVER_USAGE, "--force needs at least one DEV");
-	if (nr && devs[0][0] == '-')
-		return usage_error(RECOVER_USAGE, "unknown option '%s'", devs[0]);
-	if (cbt_recover(devs, nr, force, &rep, &e))
-		return report(&e);
+	while (optind < argc)
+		devs[nr++] = argv[optind++];
+	if (force && !nr) {
+		status = usage_error(RECOVER_USAGE, "--force needs at least one DEV");
+		goto out;
+	}
+	if (cbt_recover(devs, nr, force, &rep, &e)) {
+		status = report(&e);
+		goto out;
+	}
 	printf("recovered: %u views removed, %u snapshots stopped, %u devices resumed, "
 	       "%u bitmaps aborted, %u temporary images removed\n",
 	       rep.views, rep.snapshots, rep.resumed, rep.aborted, rep.removed);
-	return 0;
+	status = 0;
+out:
+	free(devs);
+	return status;
 }

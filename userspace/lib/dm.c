@@ -3,11 +3,13 @@
  * The dm ioctls libcbt needs, one function per call, through libdevmapper.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <libdevmapper.h>
 
 #include <linux/dm-cbt.h>
@@ -47,12 +49,40 @@ static struct dm_task *dm_task_for(int type, const char *dev)
 	return dmt;
 }
 
+/*
+ * Whether the kernel has no device-mapper driver: its control node (under
+ * dm_dir(), which libdevmapper makes when it is missing) cannot be opened
+ * because it is not there or no driver answers it. libdevmapper itself then
+ * fails with ENOMEM and "Incompatible libdevmapper ... and kernel driver".
+ */
+static int dm_driver_missing(void)
+{
+	char path[4096];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/control", dm_dir());
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd >= 0) {
+		close(fd);
+		return 0;
+	}
+	return errno == ENOENT || errno == ENODEV || errno == ENXIO;
+}
+
 /* errno of a failed dm_task_run, with libdevmapper's words when it had any. */
 static int dm_task_fail(struct dm_task *dmt, struct cbt_err *e, const char *what,
 			const char *dev)
 {
 	int err = dmt ? dm_task_get_errno(dmt) : ENOMEM;
 
+	if (dm_driver_missing()) {
+		/* The errno text would only repeat it: say it once. */
+		cbt_fail(e, 0, "%s: %s: no device-mapper driver (is dm_mod loaded?)",
+			 cbt_dm_name(dev), what);
+		if (e)
+			e->errnum = ENODEV;
+		return -ENODEV;
+	}
 	if (!err)
 		err = EIO;
 	if (dm_last_error[0])
@@ -243,4 +273,94 @@ int cbt_dm_remove(const char *name, struct cbt_err *e)
 		nanosleep(&pause, NULL);
 	}
 	return r;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Whether NAME's live table is a single cbt target; -ENXIO when NAME is gone. */
+static int is_cbt(const char *name, struct cbt_err *e)
+{
+	struct dm_task *dmt;
+	struct dm_info info;
+	uint64_t start, length;
+	char *type = NULL, *params = NULL;
+	void *next;
+	int r;
+
+	dmt = dm_task_for(DM_DEVICE_TABLE, name);
+	if (!dmt || !dm_task_run(dmt)) {
+		r = dm_task_fail(dmt, e, "table ioctl failed", name);
+		goto out;
+	}
+	if (!dm_task_get_info(dmt, &info) || !info.exists) {
+		r = -ENXIO;
+		goto out;
+	}
+	next = dm_get_next_target(dmt, NULL, &start, &length, &type, &params);
+	r = type && !strcmp(type, DM_CBT_TARGET_NAME) && !next;
+out:
+	if (dmt)
+		dm_task_destroy(dmt);
+	return r;
+}
+
+int cbt_dm_list(char ***names, size_t *count, struct cbt_err *e)
+{
+	struct dm_task *dmt;
+	struct dm_names *dn;
+	char **v = NULL, **nv;
+	size_t n = 0;
+	unsigned int off;
+	int r = 0;
+
+	*names = NULL;
+	*count = 0;
+	dm_log_with_errno_init(dm_log_quiet);
+	dm_last_error[0] = '\0';
+	dmt = dm_task_create(DM_DEVICE_LIST);
+	if (!dmt || !dm_task_run(dmt)) {
+		r = dm_task_fail(dmt, e, "list ioctl failed", "device-mapper");
+		goto out;
+	}
+	dn = dm_task_get_names(dmt);
+	if (!dn || !dn->dev)
+		goto out;	/* no dm devices at all */
+	do {
+		int cbt = is_cbt(dn->name, e);
+
+		if (cbt < 0 && cbt != -ENXIO) {
+			r = cbt;
+			goto out;
+		}
+		if (cbt > 0) {
+			nv = realloc(v, (n + 1) * sizeof(*v));
+			if (nv) {
+				v = nv;
+				v[n] = strdup(dn->name);
+			}
+			if (!nv || !v[n]) {
+				r = cbt_fail(e, ENOMEM, "device-mapper: listing the devices");
+				goto out;
+			}
+			n++;
+		}
+		off = dn->next;
+		dn = (struct dm_names *)((char *)dn + off);
+	} while (off);
+	qsort(v, n, sizeof(*v), cmp_names);
+out:
+	if (dmt)
+		dm_task_destroy(dmt);
+	if (r) {
+		while (n)
+			free(v[--n]);
+		free(v);
+		return r;
+	}
+	*names = v;
+	*count = n;
+	return 0;
 }

@@ -163,7 +163,7 @@ static int dev_number(const char *dev, dev_t *devt, uint64_t *size, struct cbt_e
 	else
 		snprintf(path, sizeof(path), "/dev/mapper/%s", dev);
 	if (stat(path, &st))
-		return cbt_fail(e, errno, "%s: %s", path, strerror(errno));
+		return cbt_fail(e, errno, "%s", path);
 	if (!S_ISBLK(st.st_mode))
 		return cbt_fail(e, ENOTBLK, "%s: not a block device", path);
 	*devt = st.st_rdev;

@@ -6,6 +6,7 @@
 #ifndef LIBCBT_H
 #define LIBCBT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct cbt_err {
@@ -13,7 +14,11 @@ struct cbt_err {
 	char msg[512];		/* what failed, naming the device/file/offset */
 };
 
-/* Records a failure; returns -errnum so callers can "return cbt_fail(...)". */
+/*
+ * Records a failure: the message, then ": " and strerror(errnum) unless the
+ * message holds that text already (errnum 0: the message alone). Returns
+ * -errnum so callers can "return cbt_fail(...)".
+ */
 int cbt_fail(struct cbt_err *e, int errnum, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -27,6 +32,7 @@ int cbt_parse_size(const char *s, uint64_t *bytes);
 /*
  * For tests only: stops this process (SIGSTOP) when CBT_TEST_STOP_AT names
  * PHASE, so that a test can look at the devices there, kill it or let it go.
+ * Only in a build with -DCBT_TEST_HOOKS; otherwise it does nothing.
  */
 void cbt_test_stop(const char *phase);
 
@@ -89,6 +95,12 @@ int cbt_dm_resume(const char *dev, struct cbt_err *e);
 /* Creates NAME with one target, TYPE over SECTORS with PARAMS, and waits for its node. */
 int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const char *params,
 		  struct cbt_err *e);
+/*
+ * The names of every dm device whose table is one cbt target, sorted;
+ * free() each name and *NAMES. A device removed meanwhile is left out.
+ */
+int cbt_dm_list(char ***names, size_t *n, struct cbt_err *e);
+
 /* Removes NAME, trying again for a while when it is busy (-ENXIO: there is none). */
 int cbt_dm_remove(const char *name, struct cbt_err *e);
 
