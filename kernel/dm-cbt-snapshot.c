@@ -37,6 +37,10 @@
 #define CBT_SNAP_CHUNK_DEFAULT	(64U << 10)
 #define CBT_SNAP_CHUNK_MIN	max_t(unsigned int, 4096, PAGE_SIZE)
 #define CBT_SNAP_CHUNK_MAX	(2U << 20)
+/* The store's memory comes in blocks of up to 2^9 pages (2 MiB). */
+#define CBT_SNAP_BLOCK_ORDER	9
+/* A view read of the device covers up to 1 MiB (or a larger cluster) of chunks. */
+#define CBT_SNAP_READ_UNIT_SHIFT (20 - SECTOR_SHIFT)
 /* Runs one "snapshot preserved" answers: 64 of up to 40 bytes fit in a page. */
 #define CBT_SNAP_PRESERVED_RUNS	64
 #define CBT_SNAP_TIMEOUT_DEFAULT 30
@@ -91,10 +95,10 @@ static struct hlist_head *slot_bucket(struct cbt_snap *s, unsigned long chunk)
 	return &s->slot_hash[hash_long(chunk, s->slot_hash_bits)];
 }
 
-/* Reads of the device never cross a cluster: its bucket holds them all. */
+/* Reads of the device never cross a read unit: its bucket holds them all. */
 static struct hlist_head *read_bucket(struct cbt_snap *s, unsigned long chunk)
 {
-	return &s->read_hash[hash_long(chunk >> (s->cluster_shift - s->chunk_shift),
+	return &s->read_hash[hash_long(chunk >> (s->read_shift - s->chunk_shift),
 				       ilog2(ARRAY_SIZE(s->read_hash)))];
 }
 
@@ -128,11 +132,12 @@ static void cbt_snap_free(struct cbt_snap *s)
 {
 	size_t i;
 
-	if (s->pages)
+	if (s->pages && s->page_orders)
 		for (i = 0; i < (size_t)s->nr_slots * s->pages_per_chunk; i++)
-			if (s->pages[i])
-				__free_page(s->pages[i]);
+			if (s->page_orders[i])
+				__free_pages(s->pages[i], s->page_orders[i] - 1);
 	kvfree(s->pages);
+	kvfree(s->page_orders);
 	kvfree(s->bvecs);
 	kvfree(s->slots);
 	kvfree(s->slot_hash);
@@ -546,7 +551,7 @@ static void cbt_snap_serve(struct cbt_snap *s, struct bio *bio, struct cbt_view_
 }
 
 /*
- * View map, for a read within one cluster at target-relative SECTOR:
+ * View map, for a read within one read unit at target-relative SECTOR:
  * DM_MAPIO_REMAPPED when it goes to ORIGIN, the cbt device (tracked, so
  * writes to its chunks wait for it), or to the store device;
  * DM_MAPIO_SUBMITTED when it is served from memory (now or when the
@@ -809,6 +814,7 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 {
 	const gfp_t gfp = GFP_KERNEL | __GFP_NOWARN;
 	struct cbt_snap *s = kzalloc(sizeof(*s), GFP_KERNEL);
+	unsigned int order;
 	size_t i, nr_pages;
 
 	*r = -ENOMEM;
@@ -819,6 +825,7 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 	strscpy(s->token, token, sizeof(s->token));
 	s->chunk_shift = chunk_shift;
 	s->cluster_shift = cluster_shift;
+	s->read_shift = max_t(unsigned int, cluster_shift, CBT_SNAP_READ_UNIT_SHIFT);
 	s->len = len;
 	s->timeout_s = timeout_s;
 	spin_lock_init(&s->lock);
@@ -872,18 +879,31 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 	s->slots = kvcalloc(s->nr_slots, sizeof(*s->slots), gfp);
 	if (nr_pages) {
 		s->pages = kvcalloc(nr_pages, sizeof(*s->pages), gfp);
+		s->page_orders = kvcalloc(nr_pages, sizeof(*s->page_orders), gfp);
 		s->bvecs = kvcalloc(nr_pages, sizeof(*s->bvecs), gfp);
 	}
 	s->slot_hash = kvcalloc(1U << s->slot_hash_bits, sizeof(*s->slot_hash), gfp);
 	if (!s->cow || !s->needed || !s->preserved || !s->slots || !s->slot_hash ||
-	    (nr_pages && (!s->pages || !s->bvecs)))
+	    (nr_pages && (!s->pages || !s->page_orders || !s->bvecs)))
 		goto bad;
-	for (i = 0; i < nr_pages; i++) {
-		s->pages[i] = alloc_page(gfp);
-		if (!s->pages[i])
+	/*
+	 * Blocks of up to 2 MiB where memory allows, so that a large store
+	 * takes few allocations and frees; single pages otherwise. The pages
+	 * of a block are used one by one (no slot needs them contiguous).
+	 */
+	for (i = 0; i < nr_pages; i += 1U << order) {
+		struct page *page;
+		unsigned int j;
+
+		order = min_t(unsigned int, CBT_SNAP_BLOCK_ORDER, ilog2(nr_pages - i));
+		while (!(page = alloc_pages(order ? gfp | __GFP_NORETRY : gfp, order)) && order)
+			order--;
+		if (!page)
 			goto bad;
-		if (!(i % 4096))
-			cond_resched();
+		s->page_orders[i] = order + 1;
+		for (j = 0; j < 1U << order; j++)
+			s->pages[i + j] = page + j;
+		cond_resched();
 	}
 	for (i = 0; i < s->nr_slots; i++) {
 		struct cbt_snap_slot *slot = &s->slots[i];

@@ -53,10 +53,11 @@ struct cbt_snap {
 	unsigned int chunk_shift;	/* log2(chunk sectors) */
 	/*
 	 * log2(sectors of the reader's cluster), at least chunk_shift: a
-	 * bitmap's dirty chunk makes its whole clusters needed, and a view
-	 * read of the device never crosses a cluster.
+	 * bitmap's dirty chunk makes its whole clusters needed.
 	 */
 	unsigned int cluster_shift;
+	/* log2(sectors) of the units a view read stays within: the cluster, or 1 MiB. */
+	unsigned int read_shift;
 	sector_t len;			/* sectors at prepare (= at the instant) */
 	unsigned int timeout_s;		/* a write waits this long for a free slot */
 
@@ -79,11 +80,13 @@ struct cbt_snap {
 	unsigned int pages_per_chunk;
 	struct cbt_snap_slot *slots;
 	struct page **pages;
+	/* Per page: 1 + the order of the block it starts, 0 inside a block. */
+	u8 *page_orders;
 	struct bio_vec *bvecs;
 	struct list_head free_slots;
 	struct hlist_head *slot_hash;
 	unsigned int slot_hash_bits;
-	struct hlist_head read_hash[64];	/* view reads of the device, by cluster */
+	struct hlist_head read_hash[64];	/* view reads of the device, by read unit */
 
 	/* A store device instead of memory: slot i is at sector i << chunk_shift. */
 	struct cbt_bdev_handle store;

@@ -59,10 +59,10 @@ static int cbt_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		r = -EINVAL;
 		goto bad_snap;
 	}
-	/* A read of the device holds writes to the chunks it covers: one cluster's. */
-	r = dm_set_target_max_io_len(ti, 1U << v->snap->cluster_shift);
+	/* A read of the device holds writes to the chunks it covers: one read unit's. */
+	r = dm_set_target_max_io_len(ti, 1U << v->snap->read_shift);
 	if (r) {
-		ti->error = "Cannot set the cluster size";
+		ti->error = "Cannot set the read unit";
 		goto bad_snap;
 	}
 	ti->num_flush_bios = 1;

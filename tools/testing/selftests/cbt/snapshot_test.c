@@ -519,22 +519,22 @@ TEST_F(snap, write_waits_for_view_read)
 
 /*
  * Chunks of 4 KiB read in clusters of 64 KiB: one view read of the device
- * covers the cluster's 16 chunks, and a write to any of them, here the
- * eleventh, waits for it.
+ * covers up to 1 MiB of chunks, here four clusters' 64 chunks, and a write
+ * to any of them, here the eleventh of the third cluster, waits for it.
  */
-TEST_F(snap, write_waits_for_cluster_read)
+TEST_F(snap, write_waits_for_a_read_of_many_chunks)
 {
-	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
+	const uint64_t at = 7 * CHUNK + 10 * BLK;
+	struct bg_io rd = { .dev = self->vdev, .off = 5 * CHUNK, .len = 4 * CHUNK, .gen = 1 };
 
 	ASSERT_EQ(0, start_held_view_read(self, variant, "chunk=4096 cluster=65536", &rd));
 	EXPECT_EQ(4096, info_num(self, "chunk"));
-	EXPECT_EQ(0, write_gen(self->s.dev, 5 * CHUNK + 10 * BLK, BLK, 2));
+	EXPECT_EQ(0, write_gen(self->s.dev, at, BLK, 2));
 	pthread_join(rd.th, NULL);
 	EXPECT_EQ(0, rd.r) TH_LOG("view read: %s", rd.why);
 	EXPECT_EQ(1, info_num(self, "preserved")) TH_LOG("one 4 KiB chunk");
-	EXPECT_EQ(0, check_gen(self->s.dev, 5 * CHUNK + 10 * BLK, BLK, 2, self->why,
-			       sizeof(self->why)));
-	EXPECT_EQ(0, check_gen(self->vdev, 5 * CHUNK, CHUNK, 1, self->why, sizeof(self->why)))
+	EXPECT_EQ(0, check_gen(self->s.dev, at, BLK, 2, self->why, sizeof(self->why)));
+	EXPECT_EQ(0, check_gen(self->vdev, 5 * CHUNK, 4 * CHUNK, 1, self->why, sizeof(self->why)))
 		TH_LOG("view again: %s", self->why);
 }
 
