@@ -145,7 +145,7 @@ test_store_full() {
 # the first 8 MiB are no longer needed, and writes there need no store slot
 # even with a store of two chunks and a timeout of one second.
 test_release() {
-	local dir d0 pid n=0 info needed chunk
+	local dir d0 pid info needed chunk
 	devs release 1
 	dd if="$d0" of="$dir/before0.raw" bs=1M iflag=direct status=none
 	# Held for up to a minute: a suspend and resume let it go once the checks are done.
@@ -154,11 +154,7 @@ test_release() {
 	cbtctl backup --sync=full --bitmap=b0 --cbw-memory=128K --cbw-timeout=1 \
 		"$d0=$dir/t0.qcow2" >"$dir/out" 2>&1 &
 	pid=$!
-	until cbtctl inject "$d0" list | grep -q "id=hold hits=1 "; do
-		n=$((n + 1))
-		[ $n -lt 300 ] || { kill -9 $pid; fail "the copy never reached 8 MiB"; }
-		sleep 0.1
-	done
+	wait_held "$d0" $pid "8 MiB" || return 1
 	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
 	# The second half is still needed, whatever the chunk.
 	needed=$(sed -n 's/.* needed=\([0-9]*\) .*/\1/p' <<<"$info")
@@ -173,6 +169,17 @@ test_release() {
 	wait $pid || fail "backup: $(cat "$dir/out")"
 	cbtctl inject "$d0" clear >/dev/null
 	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
+}
+
+# wait_held DEV PID WHERE: waits until rule "hold" on DEV holds a read of
+# the copy (cbtctl PID); after 30 s kills it and fails.
+wait_held() {
+	local n=0
+	until cbtctl inject "$1" list | grep -q "id=hold hits=1 "; do
+		n=$((n + 1))
+		[ $n -lt 300 ] || { kill -9 "$2"; fail "the copy never reached $3"; return 1; }
+		sleep 0.1
+	done
 }
 
 # scatter DEV FIRST N: 4 KiB writes at 8 MiB + FIRST + i * 256 KiB, i < N.
@@ -191,7 +198,7 @@ scatter() {
 # without a wait (without that they would need 160 KiB of store and break
 # the snapshot after a second).
 test_urgent() {
-	local dir d0 pid n=0 info
+	local dir d0 pid info
 	devs urgent 1
 	dd if="$d0" of="$dir/before0.raw" bs=1M iflag=direct status=none
 	cbtctl inject "$d0" delay event=read offset=$((4 << 20)) length=4096 usecs=60000000 \
@@ -204,11 +211,7 @@ test_urgent() {
 	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
 	[[ $info == *" used=65536 "* ]] || fail "half the store used: $info"
 	kill -CONT $pid
-	until cbtctl inject "$d0" list | grep -q "id=hold hits=1 "; do
-		n=$((n + 1))
-		[ $n -lt 300 ] || { kill -9 $pid; fail "the copy never reached 4 MiB"; }
-		sleep 0.1
-	done
+	wait_held "$d0" $pid "4 MiB" || return 1
 	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
 	[[ $info == *" preserved=0 used=0 "* ]] || fail "not taken first: $info"
 	scatter "$d0" $((128 << 10)) 24
