@@ -88,7 +88,7 @@ lint: $(DEPS_STAMP)
 bench: bench-bits modules userspace
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --timeout 2700 -- \
 		sh -c "tools/bench/run.sh && tools/bench/backup.sh"
-	$(VM)/vmrun -k $(firstword $(KERNELS)) --cpus 2 --mem 4096 --timeout 2700 -- \
+	$(VM)/vmrun -k $(firstword $(KERNELS)) --cpus 2 --mem 6144 --timeout 2700 -- \
 		tools/bench/snapshot.sh
 
 bench-bits:

@@ -21,8 +21,8 @@
 set -euo pipefail
 
 rounds=${BENCH_ROUNDS:-4}
-runtime=${BENCH_SNAP_RUNTIME:-1}
-size_mb=${BENCH_SNAP_MB:-512}
+runtime=${BENCH_SNAP_RUNTIME:-2}
+size_mb=${BENCH_SNAP_MB:-1024}
 dir=$(mktemp -d /tmp/bench-snap.XXXXXX)
 name=bench-snap
 

@@ -42,6 +42,7 @@ struct cbt_backup_job_priv {
 	char *view_path;		/* /dev/mapper/VIEW */
 	bool view_made;
 	int view_fd;			/* the view, read and released by the copy */
+	uint64_t store_calm_until;	/* ns: the store was under half full, no need to ask before */
 	pthread_t thread;
 	bool running;
 };
@@ -575,14 +576,24 @@ static int urgent_runs(void *arg, uint64_t pos, struct cbt_extent *runs, size_t 
 		       struct cbt_err *e)
 {
 	struct cbt_backup_job *job = arg;
+	struct cbt_backup_job_priv *p = job->priv;
 	struct cbt_snapshot_info info;
+	struct timespec ts;
+	uint64_t now;
 	int r;
 
+	/* A store under half full is asked again 50 ms later at the soonest, not per read. */
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
+	if (now < p->store_calm_until)
+		return 0;
 	r = cbt_snapshot_info(job->spec.device, &info, e);
 	if (r)
 		return r;
-	if (info.state != CBT_SNAPSHOT_RUNNING || info.used * 2 < info.limit)
+	if (info.state != CBT_SNAPSHOT_RUNNING || info.used * 2 < info.limit) {
+		p->store_calm_until = now + 50000000u;
 		return 0;
+	}
 	return cbt_snapshot_preserved(job->spec.device, pos, runs, max, e);
 }
 
