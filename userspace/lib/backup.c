@@ -15,7 +15,6 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <linux/fs.h>
 
 #include "backup.h"
@@ -23,6 +22,7 @@
 #include "copy.h"
 #include "hook.h"
 #include "lock.h"
+#include "place.h"
 #include "qcow2.h"
 #include "recover.h"
 #include "snapshot.h"
@@ -733,11 +733,9 @@ static int finish_images(struct cbt_backup *b, struct cbt_err *e)
 
 		if (!job->priv->tmp_path)
 			continue;
-		/* RENAME_NOREPLACE: never clobber a file that appeared meanwhile. */
-		if (syscall(SYS_renameat2, AT_FDCWD, job->priv->tmp_path, AT_FDCWD,
-			    job->spec.target, 1 /* RENAME_NOREPLACE */)) {
-			r = cbt_fail(e, errno, "%s: cannot move the finished image into place",
-				     job->spec.target);
+		/* Never clobber a file that appeared meanwhile (see place.h). */
+		r = cbt_place_file(job->priv->tmp_path, job->spec.target, e);
+		if (r) {
 			job_fail(job, e);
 			break;
 		}
@@ -785,28 +783,44 @@ static void discard_images(struct cbt_backup *b)
 	}
 }
 
-static void commit_bitmaps(struct cbt_backup *b)
+/*
+ * Commits every bitmap this run froze. A refused commit fails the run (the
+ * images are complete and in place, but the bitmap was not reset as the
+ * backup promised): *E says which, and the bitmap is aborted, its frozen
+ * bits merged back, losing nothing, when it is still frozen under this
+ * run's token.
+ */
+static int commit_bitmaps(struct cbt_backup *b, struct cbt_err *e)
 {
+	struct cbt_bitmap_info info;
 	struct cbt_err err;
 	unsigned int i, j;
 
 	cbt_test_stop("renamed");
 	for (i = 0; i < b->nr_jobs; i++) {
 		struct cbt_backup_job_priv *p = b->jobs[i].priv;
+		const char *dev = b->jobs[i].spec.device;
 
 		for (j = 0; j < b->nr_bitmaps; j++) {
 			if (!p->frozen[j])
 				continue;
-			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "bitmap commit %s %s",
-					    b->bitmaps[j], b->token))
+			if (cbt_dm_messagef(dev, &err, "bitmap commit %s %s", b->bitmaps[j], b->token)) {
 				bitmap_error(b, &err);
-			else
+				/* Nothing of ours left to abort (e.g. someone aborted it with force). */
+				if (!cbt_bitmap_get(dev, b->bitmaps[j], &info, &err) &&
+				    strcmp(info.token, b->token))
+					p->frozen[j] = false;
+			} else {
 				p->frozen[j] = false;
+			}
 			cbt_test_stop("committing");
 		}
 	}
-	/* A commit that failed leaves extra bits: abort merges them back, losing nothing. */
 	abort_bitmaps(b);
+	if (!b->bitmap_errors)
+		return 0;
+	return cbt_fail(e, b->bitmap_err.errnum, "%u bitmap commits refused (first: %s); "
+			"the images are complete and in place", b->bitmap_errors, b->bitmap_err.msg);
 }
 
 static void free_privs(struct cbt_backup *b)
@@ -965,7 +979,7 @@ out:
 		discard_images(b);
 		abort_bitmaps(b);
 	} else {
-		commit_bitmaps(b);
+		r = commit_bitmaps(b, e);
 	}
 	free_privs(b);
 	cbt_journal_release(b->journal, b->keep_journal);
