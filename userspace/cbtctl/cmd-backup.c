@@ -370,6 +370,9 @@ int cmd_backup(int argc, char **argv)
 	if (b.snapshot_errors)
 		fprintf(stderr, "cbtctl: warning: %u snapshot views or snapshots would not go "
 			"(first: %s); run 'cbtctl recover'\n", b.snapshot_errors, b.snapshot_err.msg);
+	if (b.mlock_failed)
+		fprintf(stderr, "cbtctl: warning: %s; suspended them all the same\n",
+			b.mlock_err.msg);
 	if (b.thaw_failed)
 		fprintf(stderr, "cbtctl: warning: %s: the guest may still be frozen\n",
 			b.thaw_err.msg);

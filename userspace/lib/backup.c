@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <linux/fs.h>
 
@@ -81,17 +82,24 @@ static int job_fail(struct cbt_backup_job *job, const struct cbt_err *err)
 }
 
 /* mode=create: a temporary name beside the target, renamed on success. */
+/*
+ * The temporary's path is absolute (its directory resolved), so that
+ * "cbtctl recover" run from anywhere finds it from the journal.
+ */
 static int temp_path_for(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
-	char *dup1 = strdup(job->spec.target), *dup2 = strdup(job->spec.target);
+	char *dup1 = strdup(job->spec.target), *dup2 = strdup(job->spec.target), *dir = NULL;
 	int r = 0;
 
-	if (!dup1 || !dup2 ||
-	    asprintf(&job->priv->tmp_path, "%s/.%s.%s.tmp", dirname(dup1), basename(dup2),
-		     b->token) < 0) {
-		job->priv->tmp_path = NULL;
+	if (dup1 && !(dir = realpath(dirname(dup1), NULL)) && errno != ENOMEM)
+		r = cbt_fail(e, errno, "%s: cannot resolve its directory", job->spec.target);
+	else if (!dir || !dup2 ||
+		 asprintf(&job->priv->tmp_path, "%s%s.%s.%s.tmp", strcmp(dir, "/") ? dir : "",
+			  "/", basename(dup2), b->token) < 0)
 		r = cbt_fail(e, ENOMEM, "%s: temporary name", job->spec.target);
-	}
+	if (r)
+		job->priv->tmp_path = NULL;
+	free(dir);
 	free(dup1);
 	free(dup2);
 	return r;
@@ -333,7 +341,7 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	sigset_t all, old;
 	unsigned int i, j, suspended = 0;
 	struct cbt_err err2;
-	bool hooked;
+	bool hooked, locked = false;
 	int r = 0;
 
 	order = calloc(b->nr_jobs, sizeof(*order));
@@ -351,6 +359,19 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 		r = cbt_run_hook(b->freeze_hook, "freeze", e);
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
+	/*
+	 * As lvm2 does: while a device is suspended, no page of ours may have
+	 * to be read back (from swap, or a file that lives on that device),
+	 * or we would wait on the I/O we hold. Without the lock (no
+	 * CAP_IPC_LOCK, RLIMIT_MEMLOCK) the backup goes on, warned.
+	 */
+	if (!r && mlockall(MCL_CURRENT | MCL_FUTURE)) {
+		cbt_fail(&b->mlock_err, errno, "cannot lock cbtctl's memory while the devices "
+			 "are suspended");
+		b->mlock_failed = true;
+	} else if (!r) {
+		locked = true;
+	}
 	for (i = 0; i < b->nr_jobs && !r; i++) {
 		const char *dev = order[i]->spec.device;
 		struct cbt_dm_info info;
@@ -398,6 +419,8 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 			*e = err2;
 		}
 	}
+	if (locked)
+		munlockall();
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (hooked && cbt_run_hook(b->freeze_hook, "thaw", &b->thaw_err))
 		b->thaw_failed = true;
