@@ -383,8 +383,12 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 				     "not backing it up", cbt_dm_name(dev));
 		if (!r)
 			r = cbt_journal_add(b->journal, "suspend", cbt_dm_name(dev), e);
-		if (!r)
+		if (!r) {
 			r = cbt_dm_suspend(dev, e);
+			/* Not suspended after all: nothing for a recovery to resume. */
+			if (r)
+				cbt_journal_add(b->journal, "resumed", cbt_dm_name(dev), &err2);
+		}
 		if (!r)
 			suspended++;
 	}
