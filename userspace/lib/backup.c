@@ -81,10 +81,10 @@ static int job_fail(struct cbt_backup_job *job, const struct cbt_err *err)
 	return -err->errnum;
 }
 
-/* mode=create: a temporary name beside the target, renamed on success. */
 /*
- * The temporary's path is absolute (its directory resolved), so that
- * "cbtctl recover" run from anywhere finds it from the journal.
+ * mode=create: a temporary name beside the target, renamed on success. Its
+ * path is absolute (the directory resolved), so that "cbtctl recover" run
+ * from anywhere finds it from the journal.
  */
 static int temp_path_for(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
