@@ -99,7 +99,8 @@ static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *
 		json_string(stdout, e->msg);
 	else
 		printf("null");
-	printf(", \"jobs\": [");
+	/* Refused commits and aborts: non-zero fails the backup even when every job completed. */
+	printf(", \"bitmap_errors\": %u, \"jobs\": [", b->bitmap_errors);
 	for (i = 0; i < b->nr_jobs; i++) {
 		const struct cbt_backup_job *j = &b->jobs[i];
 
@@ -137,7 +138,12 @@ static void print_text(const struct cbt_backup *b, int r, const struct cbt_err *
 			fprintf(stderr, "; %s is not a usable image now", j->spec.target);
 		fprintf(r ? stderr : stdout, "\n");
 	}
-	if (r)
+	for (i = 0; i < b->nr_jobs && b->jobs[i].status == CBT_JOB_COMPLETED; i++)
+		;
+	/* Every job completed: only bitmap commits failed, and E says so. */
+	if (r && i == b->nr_jobs)
+		fprintf(stderr, "cbtctl: backup failed: %s\n", e->msg);
+	else if (r)
 		fprintf(stderr, "cbtctl: backup failed: %s; %s\n", e->msg,
 			b->bitmap_errors ? "some bitmaps could not be restored (see below)" :
 					   "every bitmap was restored");
@@ -364,6 +370,9 @@ int cmd_backup(int argc, char **argv)
 	if (b.snapshot_errors)
 		fprintf(stderr, "cbtctl: warning: %u snapshot views or snapshots would not go "
 			"(first: %s); run 'cbtctl recover'\n", b.snapshot_errors, b.snapshot_err.msg);
+	if (b.mlock_failed)
+		fprintf(stderr, "cbtctl: warning: %s; suspended them all the same\n",
+			b.mlock_err.msg);
 	if (b.thaw_failed)
 		fprintf(stderr, "cbtctl: warning: %s: the guest may still be frozen\n",
 			b.thaw_err.msg);

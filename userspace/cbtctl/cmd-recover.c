@@ -9,12 +9,14 @@
 
 #define RECOVER_USAGE "recover [-f|--force] [DEV...]"
 #define RECOVER_HELP \
-	"Undoes what killed cbtctl runs left behind: removes their snapshot\n" \
-	"views, stops their snapshots, resumes the devices they suspended,\n" \
-	"aborts the bitmaps they froze (their bits merge back) and removes their\n" \
-	"temporary images. With DEVs, also stops snapshots and aborts bitmaps on\n" \
-	"them made by any cbtctl that is no longer running; --force stops any\n" \
-	"snapshot and aborts every frozen bitmap on them, whoever made it.\n"
+	"Undoes what killed cbtctl runs left behind, for every dead run's journal\n" \
+	"in the run directory: removes their snapshot views, stops their\n" \
+	"snapshots, resumes the devices they suspended (never one a running\n" \
+	"cbtctl holds), aborts the bitmaps they froze (their bits merge back) and\n" \
+	"removes their temporary images. With DEVs, also stops snapshots and\n" \
+	"aborts bitmaps on them made by any cbtctl that is no longer running;\n" \
+	"--force stops any snapshot and aborts every frozen bitmap on them,\n" \
+	"whoever made it.\n"
 
 int cmd_recover(int argc, char **argv)
 {

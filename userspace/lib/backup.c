@@ -14,8 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <linux/fs.h>
 
 #include "backup.h"
@@ -23,6 +23,7 @@
 #include "copy.h"
 #include "hook.h"
 #include "lock.h"
+#include "place.h"
 #include "qcow2.h"
 #include "recover.h"
 #include "snapshot.h"
@@ -81,18 +82,25 @@ static int job_fail(struct cbt_backup_job *job, const struct cbt_err *err)
 	return -err->errnum;
 }
 
-/* mode=create: a temporary name beside the target, renamed on success. */
+/*
+ * mode=create: a temporary name beside the target, renamed on success. Its
+ * path is absolute (the directory resolved), so that "cbtctl recover" run
+ * from anywhere finds it from the journal.
+ */
 static int temp_path_for(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
-	char *dup1 = strdup(job->spec.target), *dup2 = strdup(job->spec.target);
+	char *dup1 = strdup(job->spec.target), *dup2 = strdup(job->spec.target), *dir = NULL;
 	int r = 0;
 
-	if (!dup1 || !dup2 ||
-	    asprintf(&job->priv->tmp_path, "%s/.%s.%s.tmp", dirname(dup1), basename(dup2),
-		     b->token) < 0) {
-		job->priv->tmp_path = NULL;
+	if (dup1 && !(dir = realpath(dirname(dup1), NULL)) && errno != ENOMEM)
+		r = cbt_fail(e, errno, "%s: cannot resolve its directory", job->spec.target);
+	else if (!dir || !dup2 ||
+		 asprintf(&job->priv->tmp_path, "%s%s.%s.%s.tmp", strcmp(dir, "/") ? dir : "",
+			  "/", basename(dup2), b->token) < 0)
 		r = cbt_fail(e, ENOMEM, "%s: temporary name", job->spec.target);
-	}
+	if (r)
+		job->priv->tmp_path = NULL;
+	free(dir);
 	free(dup1);
 	free(dup2);
 	return r;
@@ -334,7 +342,7 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 	sigset_t all, old;
 	unsigned int i, j, suspended = 0;
 	struct cbt_err err2;
-	bool hooked;
+	bool hooked, locked = false;
 	int r = 0;
 
 	order = calloc(b->nr_jobs, sizeof(*order));
@@ -352,6 +360,19 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 		r = cbt_run_hook(b->freeze_hook, "freeze", e);
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
+	/*
+	 * As lvm2 does: while a device is suspended, no page of ours may have
+	 * to be read back (from swap, or a file that lives on that device),
+	 * or we would wait on the I/O we hold. Without the lock (no
+	 * CAP_IPC_LOCK, RLIMIT_MEMLOCK) the backup goes on, warned.
+	 */
+	if (!r && mlockall(MCL_CURRENT | MCL_FUTURE)) {
+		cbt_fail(&b->mlock_err, errno, "cannot lock cbtctl's memory while the devices "
+			 "are suspended");
+		b->mlock_failed = true;
+	} else if (!r) {
+		locked = true;
+	}
 	for (i = 0; i < b->nr_jobs && !r; i++) {
 		const char *dev = order[i]->spec.device;
 		struct cbt_dm_info info;
@@ -363,8 +384,12 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 				     "not backing it up", cbt_dm_name(dev));
 		if (!r)
 			r = cbt_journal_add(b->journal, "suspend", cbt_dm_name(dev), e);
-		if (!r)
+		if (!r) {
 			r = cbt_dm_suspend(dev, e);
+			/* Not suspended after all: nothing for a recovery to resume. */
+			if (r)
+				cbt_journal_add(b->journal, "resumed", cbt_dm_name(dev), &err2);
+		}
 		if (!r)
 			suspended++;
 	}
@@ -399,6 +424,8 @@ static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
 			*e = err2;
 		}
 	}
+	if (locked)
+		munlockall();
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (hooked && cbt_run_hook(b->freeze_hook, "thaw", &b->thaw_err))
 		b->thaw_failed = true;
@@ -744,11 +771,9 @@ static int finish_images(struct cbt_backup *b, struct cbt_err *e)
 
 		if (!job->priv->tmp_path)
 			continue;
-		/* RENAME_NOREPLACE: never clobber a file that appeared meanwhile. */
-		if (syscall(SYS_renameat2, AT_FDCWD, job->priv->tmp_path, AT_FDCWD,
-			    job->spec.target, 1 /* RENAME_NOREPLACE */)) {
-			r = cbt_fail(e, errno, "%s: cannot move the finished image into place",
-				     job->spec.target);
+		/* Never clobber a file that appeared meanwhile (see place.h). */
+		r = cbt_place_file(job->priv->tmp_path, job->spec.target, e);
+		if (r) {
 			job_fail(job, e);
 			break;
 		}
@@ -796,28 +821,44 @@ static void discard_images(struct cbt_backup *b)
 	}
 }
 
-static void commit_bitmaps(struct cbt_backup *b)
+/*
+ * Commits every bitmap this run froze. A refused commit fails the run (the
+ * images are complete and in place, but the bitmap was not reset as the
+ * backup promised): *E says which, and the bitmap is aborted, its frozen
+ * bits merged back, losing nothing, when it is still frozen under this
+ * run's token.
+ */
+static int commit_bitmaps(struct cbt_backup *b, struct cbt_err *e)
 {
+	struct cbt_bitmap_info info;
 	struct cbt_err err;
 	unsigned int i, j;
 
 	cbt_test_stop("renamed");
 	for (i = 0; i < b->nr_jobs; i++) {
 		struct cbt_backup_job_priv *p = b->jobs[i].priv;
+		const char *dev = b->jobs[i].spec.device;
 
 		for (j = 0; j < b->nr_bitmaps; j++) {
 			if (!p->frozen[j])
 				continue;
-			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "bitmap commit %s %s",
-					    b->bitmaps[j], b->token))
+			if (cbt_dm_messagef(dev, &err, "bitmap commit %s %s", b->bitmaps[j], b->token)) {
 				bitmap_error(b, &err);
-			else
+				/* Nothing of ours left to abort (e.g. someone aborted it with force). */
+				if (!cbt_bitmap_get(dev, b->bitmaps[j], &info, &err) &&
+				    strcmp(info.token, b->token))
+					p->frozen[j] = false;
+			} else {
 				p->frozen[j] = false;
+			}
 			cbt_test_stop("committing");
 		}
 	}
-	/* A commit that failed leaves extra bits: abort merges them back, losing nothing. */
 	abort_bitmaps(b);
+	if (!b->bitmap_errors)
+		return 0;
+	return cbt_fail(e, b->bitmap_err.errnum, "%u bitmap commits refused (first: %s); "
+			"the images are complete and in place", b->bitmap_errors, b->bitmap_err.msg);
 }
 
 static void free_privs(struct cbt_backup *b)
@@ -976,7 +1017,7 @@ out:
 		discard_images(b);
 		abort_bitmaps(b);
 	} else {
-		commit_bitmaps(b);
+		r = commit_bitmaps(b, e);
 	}
 	free_privs(b);
 	cbt_journal_release(b->journal, b->keep_journal);

@@ -78,6 +78,8 @@ struct cbt_backup {
 	struct cbt_err bitmap_err;	/* the first of them */
 	unsigned int snapshot_errors;	/* views or snapshots that would not go */
 	struct cbt_err snapshot_err;	/* the first of them */
+	bool mlock_failed;		/* mlockall() refused: suspended with our memory unlocked */
+	struct cbt_err mlock_err;
 	bool thaw_failed;		/* "HOOK thaw" failed: the guest may still be frozen */
 	struct cbt_err thaw_err;
 };

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,8 +12,11 @@
 #include "lock.h"
 #include "recover.h"
 
-/* Takes the lock of DEV into *FD; EBUSY naming the holder when it is taken. */
-static int lock_one(const char *dir, const char *dev, int *fd, struct cbt_err *e)
+/*
+ * Takes the lock of DEV into *FD; EBUSY naming the holder when it is taken,
+ * except by this very process when SELF_OK (then 0 and *FD -1).
+ */
+static int lock_one(const char *dir, const char *dev, bool self_ok, int *fd, struct cbt_err *e)
 {
 	char path[4096 + 256], holder[32] = "";
 	ssize_t n;
@@ -33,6 +37,8 @@ static int lock_one(const char *dir, const char *dev, int *fd, struct cbt_err *e
 		*fd = -1;
 		if (err != EWOULDBLOCK)
 			return cbt_fail(e, err, "%s: cannot lock %s", cbt_dm_name(dev), path);
+		if (self_ok && holder[0] && atoi(holder) == (int)getpid())
+			return 0;
 		if (holder[0])
 			return cbt_fail(e, EBUSY, "%s: in use by another cbtctl (pid %s)",
 					cbt_dm_name(dev), holder);
@@ -48,23 +54,35 @@ static int lock_one(const char *dir, const char *dev, int *fd, struct cbt_err *e
 	return 0;
 }
 
-int cbt_lock_devices(const char *const *devs, unsigned int n, int *fds, struct cbt_err *e)
+static int lock_devices(const char *const *devs, unsigned int n, bool self_ok, int *fds,
+			struct cbt_err *e)
 {
 	char dir[4096];
 	unsigned int i;
-	int r = 0;
+	int r;
 
-	snprintf(dir, sizeof(dir), "%s/locks", cbt_journal_dir());
-	if ((mkdir(cbt_journal_dir(), 0700) && errno != EEXIST) ||
-	    (mkdir(dir, 0700) && errno != EEXIST))
-		return cbt_fail(e, errno, "%s: cannot make the lock directory", dir);
 	for (i = 0; i < n; i++)
 		fds[i] = -1;
+	r = cbt_run_dir_check(e);
+	if (r)
+		return r;
+	snprintf(dir, sizeof(dir), "%s/locks", cbt_journal_dir());
+	r = cbt_private_dir(dir, e);
 	for (i = 0; i < n && !r; i++)
-		r = lock_one(dir, devs[i], &fds[i], e);
+		r = lock_one(dir, devs[i], self_ok, &fds[i], e);
 	if (r)
 		cbt_unlock_devices(fds, n);
 	return r;
+}
+
+int cbt_lock_devices(const char *const *devs, unsigned int n, int *fds, struct cbt_err *e)
+{
+	return lock_devices(devs, n, false, fds, e);
+}
+
+int cbt_lock_for_recovery(const char *dev, int *fd, struct cbt_err *e)
+{
+	return lock_devices(&dev, 1, true, fd, e);
 }
 
 void cbt_unlock_devices(int *fds, unsigned int n)

@@ -17,6 +17,13 @@
  * busy and, when known, the pid of the cbtctl that holds it (EBUSY).
  */
 int cbt_lock_devices(const char *const *devs, unsigned int n, int *fds, struct cbt_err *e);
+/*
+ * Recovery's lock of DEV, taken before it resumes DEV or aborts its bitmaps
+ * for a dead run, so that it never undoes what a live cbtctl holds: as
+ * cbt_lock_devices for one device, except that a lock this process holds
+ * already (a backup recovering its own devices) is 0 with *FD -1.
+ */
+int cbt_lock_for_recovery(const char *dev, int *fd, struct cbt_err *e);
 /* Releases what cbt_lock_devices took. */
 void cbt_unlock_devices(int *fds, unsigned int n);
 

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "bitmap.h"
+#include "lock.h"
 #include "recover.h"
 #include "snapshot.h"
 
@@ -23,6 +24,43 @@ const char *cbt_journal_dir(void)
 	const char *d = getenv("CBT_RUN_DIR");
 
 	return d && *d ? d : "/run/cbtctl";
+}
+
+/*
+ * DIR exists (made 0700 when missing and MAKE), is a directory, not a
+ * symbolic link, owned by this user and writable by nobody else: what is
+ * in it decides which devices recovery resumes and which files it removes.
+ */
+static int private_dir(const char *dir, bool make, struct cbt_err *e)
+{
+	struct stat st;
+
+	if (make && mkdir(dir, 0700) && errno != EEXIST)
+		return cbt_fail(e, errno, "%s: cannot make the directory", dir);
+	if (lstat(dir, &st))
+		return cbt_fail(e, errno, "%s: cannot check the directory", dir);
+	if (!S_ISDIR(st.st_mode))
+		return cbt_fail(e, ENOTDIR, "%s: not a directory (a symbolic link?): refusing it "
+				"as cbtctl's run directory", dir);
+	if (st.st_uid != geteuid())
+		return cbt_fail(e, EPERM, "%s: owned by uid %u, not by this user (uid %u): refusing "
+				"it as cbtctl's run directory", dir, (unsigned int)st.st_uid,
+				(unsigned int)geteuid());
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return cbt_fail(e, EPERM, "%s: writable by its group or by others (mode %04o): "
+				"refusing it as cbtctl's run directory", dir,
+				(unsigned int)(st.st_mode & 07777));
+	return 0;
+}
+
+int cbt_private_dir(const char *dir, struct cbt_err *e)
+{
+	return private_dir(dir, true, e);
+}
+
+int cbt_run_dir_check(struct cbt_err *e)
+{
+	return private_dir(cbt_journal_dir(), true, e);
 }
 
 /* "cbtctl.PID.START": both plain decimal numbers. */
@@ -90,8 +128,7 @@ int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err
 
 	if (!j)
 		return cbt_fail(e, ENOMEM, "journal");
-	if (mkdir(dir, 0700) && errno != EEXIST) {
-		cbt_fail(e, errno, "%s: cannot make the journal directory", dir);
+	if (cbt_run_dir_check(e)) {
 		free(j);
 		return -e->errnum;
 	}
@@ -226,24 +263,57 @@ static bool journal_has(char **lines, size_t n, const char *kind, const char *na
 	return false;
 }
 
-/* Undoes one device of a dead run: resume it if the run left it suspended, abort its bitmaps. */
+/*
+ * Undoes one device of a dead run: resume it if the run left it suspended,
+ * abort its bitmaps; under the device's lock, so that a device a live
+ * cbtctl holds (its own suspend, perhaps) is left alone: EBUSY, the journal
+ * stays for later.
+ */
 static int recover_device(const char *dev, const char *token, bool resume,
 			  struct cbt_recover_report *rep, struct cbt_err *e)
 {
 	struct cbt_dm_info info;
-	int r;
+	int r, lock;
 
-	r = cbt_dm_info(dev, &info, e);
+	r = cbt_lock_for_recovery(dev, &lock, e);
 	if (r)
-		return e->errnum == ENODEV || e->errnum == ENXIO ? 0 : r;	/* gone since */
+		return r;
+	r = cbt_dm_info(dev, &info, e);
+	if (r) {
+		if (e->errnum == ENODEV || e->errnum == ENXIO)
+			r = 0;	/* gone since */
+		goto out;
+	}
 	if (resume && info.suspended) {
 		r = cbt_dm_resume(dev, e);
 		if (r)
-			return r;
+			goto out;
 		rep->resumed++;
 		note(rep, "%s: resumed (left suspended by %s)", dev, token);
 	}
-	return abort_frozen(dev, token, false, rep, e);
+	r = abort_frozen(dev, token, false, rep, e);
+out:
+	cbt_unlock_devices(&lock, 1);
+	return r;
+}
+
+/*
+ * Whether PATH can be a temporary image of the run TOKEN: an absolute
+ * path whose last name is ".NAME.TOKEN.tmp" (NAME not empty), as backups
+ * make them beside their targets. Anything else a journal names is left
+ * alone.
+ */
+static bool own_temporary(const char *path, const char *token)
+{
+	const char *base = strrchr(path, '/');
+	size_t blen, tlen = strlen(token);
+
+	if (path[0] != '/' || !base)
+		return false;
+	base++;
+	blen = strlen(base);
+	return base[0] == '.' && blen > tlen + 6 && !strcmp(base + blen - 4, ".tmp") &&
+	       !strncmp(base + blen - 4 - tlen, token, tlen) && base[blen - 5 - tlen] == '.';
 }
 
 /*
@@ -272,6 +342,10 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 		return recover_device(what, token, journal_has(lines, n, "suspend", what) &&
 				      !journal_has(lines, n, "resumed", what), rep, e);
 	if (LINE_IS("temp")) {
+		if (!own_temporary(what, token))
+			return cbt_fail(e, EINVAL, "%s: the journal of %s names it as a temporary, "
+					"but it is not one of that run's (/DIR/.NAME.%s.tmp): left "
+					"alone", what, token, token);
 		if (!unlink(what)) {
 			rep->removed++;
 			note(rep, "%s: removed (a temporary image of %s)", what, token);
@@ -291,11 +365,17 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 	size_t n = 0, i;
 	struct cbt_err err;
 	int first = 0, pass, r;
+	struct stat st;
 	FILE *f;
 
-	f = fopen(path, "r");
+	f = fopen(path, "re");
 	if (!f)
 		return errno == ENOENT ? 0 : cbt_fail(e, errno, "%s: cannot read the journal", path);
+	/* Only this user's own journals are believed. */
+	if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+		fclose(f);
+		return cbt_fail(e, EPERM, "%s: not a journal of this user: left alone", path);
+	}
 	while (fgets(line, sizeof(line), f)) {
 		line[strcspn(line, "\n")] = '\0';
 		nl = realloc(lines, (n + 1) * sizeof(*lines));
@@ -337,8 +417,12 @@ int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
 	int first = 0, r;
 	DIR *dp;
 
-	dp = opendir(dir);
-	if (!dp && errno != ENOENT)
+	/* No run directory: no journal. One that others could write into is not read. */
+	if (access(dir, F_OK) && errno == ENOENT)
+		dp = NULL;
+	else if (private_dir(dir, false, e))
+		return -e->errnum;
+	else if (!(dp = opendir(dir)) && errno != ENOENT)
 		first = cbt_fail(e, errno, "%s: cannot read the journals", dir);
 	while (dp && (d = readdir(dp))) {
 		if (!cbt_token_is_ours(d->d_name) || cbt_token_alive(d->d_name))

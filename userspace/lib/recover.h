@@ -19,6 +19,16 @@
 /* Where journals live; $CBT_RUN_DIR overrides it. */
 const char *cbt_journal_dir(void);
 
+/*
+ * Checks the run directory (made 0700 when missing): a directory, not a
+ * symbolic link, owned by this user and writable by nobody else; otherwise
+ * -EPERM (or -ENOTDIR) with a message naming it and what is wrong. What is
+ * in it decides what recovery resumes and removes.
+ */
+int cbt_run_dir_check(struct cbt_err *e);
+/* The same check of DIR (e.g. its locks directory), made 0700 when missing. */
+int cbt_private_dir(const char *dir, struct cbt_err *e);
+
 /* The start time (clock ticks since boot) of PID, or 0 when it is gone. */
 unsigned long long cbt_process_start(int pid);
 

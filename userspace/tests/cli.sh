@@ -126,13 +126,30 @@ fi
 grep -qa CBT_TEST_STOP_AT "$cbtctl" && ok || bad "the test build has no CBT_TEST_STOP_AT"
 grep -qa CBT_TEST_STOP_AT "$release" && bad "the release build has CBT_TEST_STOP_AT" || ok
 make -s --no-print-directory -C "$top/userspace" install DESTDIR="$tmp/inst" PREFIX=/usr \
-	BASH_COMPLETION_DIR=/usr/share/bash-completion/completions >"$tmp/make.log" 2>&1 ||
+	BASH_COMPLETION_DIR=/usr/share/bash-completion/completions \
+	SYSTEMD_UNIT_DIR=/lib/systemd/system >"$tmp/make.log" 2>&1 ||
 	bad "make install: $(cat "$tmp/make.log")"
 [ -x "$tmp/inst/usr/sbin/cbtctl" ] && ok || bad "make install installed no cbtctl"
 grep -qa CBT_TEST_STOP_AT "$tmp/inst/usr/sbin/cbtctl" && bad "installed cbtctl has test hooks" || ok
 grep -qa CBT_TEST_STOP_AT "$tmp/inst/usr/lib/libcbt.a" && bad "installed libcbt.a has test hooks" || ok
 cmp -s "$completion" "$tmp/inst/usr/share/bash-completion/completions/cbtctl" && ok ||
 	bad "make install did not install the bash completion"
+
+# The recovery unit: installed, running the installed cbtctl; systemd-analyze
+# verify accepts it (pointed at the release build, which exists here).
+unit=$tmp/inst/lib/systemd/system/cbtctl-recover.service
+grep -qx "ExecStart=/usr/sbin/cbtctl recover" "$unit" && ok ||
+	bad "make install installed no cbtctl-recover.service running /usr/sbin/cbtctl recover"
+if command -v systemd-analyze >/dev/null; then
+	mkdir -p "$tmp/unit"
+	sed "s|^ExecStart=/usr/sbin/cbtctl |ExecStart=$release |" "$unit" \
+		>"$tmp/unit/cbtctl-recover.service"
+	SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no \
+		"$tmp/unit/cbtctl-recover.service" >"$tmp/verify" 2>&1 && ! [ -s "$tmp/verify" ] &&
+		ok || bad "systemd-analyze verify cbtctl-recover.service: $(cat "$tmp/verify")"
+else
+	echo "cli.sh: systemd-analyze is not installed: cbtctl-recover.service not verified"
+fi
 
 # The bash completion: every command, and options as the man page has them.
 # shellcheck source=/dev/null

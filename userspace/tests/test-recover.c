@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "lock.h"
 #include "recover.h"
 #include "unit.h"
 
@@ -31,6 +32,100 @@ static int exists(const char *name)
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	return access(path, F_OK) == 0;
+}
+
+/* Writes the journal of TOKEN (a dead run's) with one "temp" line naming PATH. */
+static void dead_journal(const char *token, const char *path)
+{
+	char jp[256];
+	FILE *f;
+
+	snprintf(jp, sizeof(jp), "%s/%s", dir, token);
+	f = fopen(jp, "w");
+	CHECK(f != NULL);
+	if (!f)
+		return;
+	fprintf(f, "temp %s\n", path);
+	fclose(f);
+}
+
+/*
+ * A journal's "temp" line is believed only for an absolute path whose name
+ * is .NAME.TOKEN.tmp with the journal's own token: anything else is left
+ * alone, recover fails naming it, and the journal stays.
+ */
+static void bad_journal_paths(const char *dead)
+{
+	static const char *const bad[] = {
+		"victim",				/* not a temporary's name */
+		".victim.cbtctl.1.2.tmp",		/* another run's token */
+		"..%s.tmp",				/* no NAME */
+		".victim.%s.tmpx",
+		"x.victim.%s.tmp",
+	};
+	struct cbt_recover_report rep = { 0 };
+	struct cbt_err e = { 0 };
+	char name[128], path[256], rel[256];
+	unsigned int i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(name, sizeof(name), bad[i], dead);
+		touch(name);
+		snprintf(path, sizeof(path), "%s/%s", dir, name);
+		dead_journal(dead, path);
+		CHECK(cbt_recover(NULL, 0, false, &rep, &e) == -EINVAL);
+		CHECK(strstr(e.msg, path) && strstr(e.msg, "left alone"));
+		CHECK(exists(name) && exists(dead));
+		CHECK(rep.removed == 0);
+		unlink(path);
+	}
+	/* A relative path, even of the right form, is not followed. */
+	snprintf(name, sizeof(name), ".victim.%s.tmp", dead);
+	touch(name);
+	snprintf(rel, sizeof(rel), "%s/%s", dir + 1, name);	/* "tmp/test-recover..." */
+	dead_journal(dead, rel);
+	CHECK(chdir("/") == 0);
+	CHECK(cbt_recover(NULL, 0, false, &rep, &e) == -EINVAL && exists(name));
+	/* The right one goes, and the journal with it. */
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	dead_journal(dead, path);
+	CHECK(cbt_recover(NULL, 0, false, &rep, &e) == 0);
+	CHECK(!exists(name) && !exists(dead) && rep.removed == 1);
+}
+
+/*
+ * The run directory must be this user's and writable by nobody else: a
+ * journal, a lock and recovery are refused otherwise, naming it.
+ */
+static void bad_run_dir(void)
+{
+	struct cbt_recover_report rep = { 0 };
+	struct cbt_err e = { 0 };
+	struct cbt_journal *j = NULL;
+	const char *dev = "vm1-disk";
+	char token[64];
+	int fd = -1;
+
+	snprintf(token, sizeof(token), "cbtctl.%d.%llu", getpid(), cbt_process_start(getpid()));
+	CHECK(chmod(dir, 0777) == 0);
+	CHECK(cbt_journal_open(token, &j, &e) == -EPERM && j == NULL);
+	CHECK(strstr(e.msg, dir) && strstr(e.msg, "writable by its group or by others"));
+	CHECK(cbt_recover(NULL, 0, false, &rep, &e) == -EPERM && strstr(e.msg, dir));
+	CHECK(cbt_lock_devices(&dev, 1, &fd, &e) == -EPERM && fd == -1);
+	CHECK(chmod(dir, 0720) == 0);
+	CHECK(cbt_run_dir_check(&e) == -EPERM);
+	CHECK(chmod(dir, 0755) == 0);
+	CHECK(cbt_run_dir_check(&e) == 0);
+	/* Owned by another user: only root can make one to try. */
+	if (!geteuid()) {
+		CHECK(chown(dir, 1, 0) == 0);
+		CHECK(cbt_run_dir_check(&e) == -EPERM && strstr(e.msg, "owned by uid 1"));
+		CHECK(cbt_lock_devices(&dev, 1, &fd, &e) == -EPERM);
+		CHECK(chown(dir, 0, 0) == 0);
+	}
+	CHECK(cbt_lock_devices(&dev, 1, &fd, &e) == 0 && fd >= 0);
+	cbt_unlock_devices(&fd, 1);
+	CHECK(chmod(dir, 0700) == 0);
 }
 
 int main(void)
@@ -83,14 +178,15 @@ int main(void)
 	CHECK(exists(".other.tmp") && exists("full.qcow2"));
 
 	/* A run killed with its journal open: its temporaries go, the journal too. */
-	snprintf(jpath, sizeof(jpath), "%s/victim.tmp", dir);
-	touch("victim.tmp");
 	child = fork();
 	if (!child) {
 		char token[64];
 
 		snprintf(token, sizeof(token), "cbtctl.%d.%llu", getpid(),
 			 cbt_process_start(getpid()));
+		snprintf(name, sizeof(name), ".victim.qcow2.%s.tmp", token);
+		touch(name);
+		snprintf(jpath, sizeof(jpath), "%s/%s", dir, name);
 		if (cbt_journal_open(token, &j, &e) || cbt_journal_add(j, "temp", jpath, &e))
 			_exit(1);
 		_exit(0);	/* as if killed: the journal stays */
@@ -103,7 +199,13 @@ int main(void)
 	}
 	rep.removed = 0;
 	CHECK(cbt_recover(NULL, 0, false, &rep, &e) == 0);
-	CHECK(rep.removed == 1 && !exists("victim.tmp"));
+	CHECK(rep.removed == 1);
+	{
+		char cmd[160];
+
+		snprintf(cmd, sizeof(cmd), "ls -A %s | grep -q victim", dir);
+		CHECK(system(cmd) != 0);
+	}
 	/* The dead run's journal went with what it named. */
 	{
 		char cmd[160];
@@ -127,6 +229,9 @@ int main(void)
 		CHECK(strstr(e.msg, mine) != NULL);
 	}
 	cbt_journal_close(j);
+
+	bad_journal_paths(dead);
+	bad_run_dir();
 
 	char cmd[128];
 

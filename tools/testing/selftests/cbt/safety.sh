@@ -1,0 +1,155 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Data safety around the backup transaction: a bitmap commit the kernel
+# refuses fails the backup; "cbtctl recover" with no device undoes a backup
+# killed while it copies; the suspend is journalled before it happens and
+# its resume after, with cbtctl's memory locked in between; recovery leaves
+# alone a device that a live cbtctl holds.
+. "$(dirname "$0")/lib.sh"
+
+require_root
+require_tools dmsetup losetup qemu-io qemu-img cbtctl
+plan 4
+
+SIZE=$((16 << 20))
+export CBT_RUN_DIR=/tmp/cbtctl-run.$$
+_tmp_dirs+=("$CBT_RUN_DIR")
+
+# one_dev TAG: in a new $dir, a device $d0 ($n0 its dm name) with bitmap b0
+# and a full backup of it, full.qcow2; then a write, so that b0 is dirty.
+one_dev() {
+	make_tmpdir dir
+	pattern_dev d0 "$1" 0x41
+	n0=${d0#/dev/mapper/}
+	cbtctl bitmap add "$d0" b0 || fail "bitmap add"
+	cbtctl backup -q --sync=full --bitmap=b0 "$d0=$dir/full.qcow2" || fail "full backup"
+	qio "$d0" "write -P 0x5a 4M 64k"
+}
+
+journals() {
+	ls -A "$CBT_RUN_DIR" 2>/dev/null | grep -vx locks || true
+}
+
+is_active() {
+	dmsetup info "$1" | grep -q "State: *ACTIVE"
+}
+
+# The kernel refuses the commit (the bitmap was aborted with force while
+# cbtctl was stopped before it): exit 1, "bitmap_errors": 1, the image
+# complete and in place, the bitmap's bits kept.
+test_commit_refused() {
+	local dir d0 n0 pid rc
+	one_dev commit
+	cbtctl backup -q --json --sync=incremental --bitmap=b0 \
+		"$d0=$dir/ok.qcow2,backing=$dir/full.qcow2" >"$dir/ok.json" || fail "incremental"
+	expect_eq "bitmap_errors of a good backup" "$(json_field bitmap_errors <"$dir/ok.json")" 0
+	qio "$d0" "write -P 0x5b 8M 64k"
+	CBT_TEST_STOP_AT=renamed cbtctl backup -q --json --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc.qcow2,backing=$dir/ok.qcow2" >"$dir/out.json" 2>"$dir/err" &
+	pid=$!
+	wait_stopped $pid "phase renamed"
+	dmsetup message "$n0" 0 bitmap abort b0 force || fail "abort force"
+	kill -CONT $pid
+	wait $pid && rc=0 || rc=$?
+	expect_eq "exit status" "$rc" 1
+	expect_eq "bitmap_errors" "$(json_field bitmap_errors <"$dir/out.json")" 1
+	expect_eq "status" "$(sed 's/, "jobs".*//' "$dir/out.json" | json_field status)" failed
+	expect_eq "job status" "$(job_field "$dir/out.json" 0 status)" completed
+	grep -q "bitmap commit b0" "$dir/err" || fail "the error names no commit: $(cat "$dir/err")"
+	chain_matches "$dir/inc.qcow2" "$d0"
+	expect_eq "bits kept" "$(bitmap_field "$d0" b0)" 65536
+	expect_eq "not busy" "$(bitmap_field "$d0" b0 busy)" false
+	expect_eq "journals" "$(journals)" ""
+}
+
+# Killed while it copies (a relative target, recovered from elsewhere):
+# "cbtctl recover" with no device leaves no view, snapshot, suspend,
+# frozen bitmap, temporary or journal, and the dirty bits are kept.
+test_recover_all() {
+	local dir d0 n0 pid
+	one_dev all
+	( cd "$dir" && CBT_TEST_STOP_AT=copy exec cbtctl backup -q --sync=incremental \
+		--bitmap=b0 "$d0=inc.qcow2,backing=full.qcow2" >/dev/null 2>&1 ) &
+	pid=$!
+	wait_stopped $pid "phase copy"
+	expect_eq "views while copying" "$(views)" 1
+	[ -n "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "no temporary while copying"
+	[ -n "$(journals)" ] || fail "no journal while copying"
+	kill -9 $pid
+	wait $pid 2>/dev/null || true
+	(cd / && cbtctl recover) >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
+	grep -q "1 views removed, 1 snapshots stopped, 0 devices resumed, 1 bitmaps aborted, 1 temporary" \
+		"$dir/recover.out" || fail "recover said: $(cat "$dir/recover.out")"
+	is_active "$n0" || fail "$d0 left suspended"
+	expect_eq "views" "$(views)" 0
+	expect_eq "snapshot" "$(snap_state "$d0")" none
+	expect_eq "not busy" "$(bitmap_field "$d0" b0 busy)" false
+	expect_eq "bits kept" "$(bitmap_field "$d0" b0)" 65536
+	expect_eq "files" "$(ls -A "$dir" | grep -v -e '\.raw$' -e '\.out$' | tr '\n' ' ')" \
+		"full.qcow2 "
+	expect_eq "journals" "$(journals)" ""
+}
+
+# At phase suspended the journal has "suspend NAME" and no "resumed NAME"
+# and cbtctl's memory is locked; once copying, "resumed NAME" and unlocked.
+test_suspend_journal() {
+	local dir d0 n0 pid phase prev
+	one_dev susp
+	prev=$dir/full.qcow2
+	for phase in suspended copy; do
+		CBT_TEST_STOP_AT=$phase cbtctl backup -q --sync=incremental --bitmap=b0 \
+			"$d0=$dir/inc-$phase.qcow2,backing=$prev" >/dev/null &
+		pid=$!
+		wait_stopped $pid "phase $phase"
+		local j lck
+		j=$(grep -l . "$CBT_RUN_DIR"/cbtctl.$pid.*) || fail "no journal at $phase"
+		lck=$(awk '/^VmLck:/ {print $2}' /proc/$pid/status)
+		grep -qx "suspend $n0" "$j" || fail "no suspend line at $phase: $(cat "$j")"
+		if [ $phase = suspended ]; then
+			is_active "$n0" && fail "not suspended at phase suspended"
+			grep -qx "resumed $n0" "$j" && fail "resumed already: $(cat "$j")"
+			[ "$lck" -gt 0 ] || fail "memory not locked while suspended (VmLck $lck kB)"
+		else
+			grep -qx "resumed $n0" "$j" || fail "no resumed line: $(cat "$j")"
+			expect_eq "VmLck while copying" "$lck" 0
+		fi
+		kill -CONT $pid
+		wait $pid || fail "the backup stopped at $phase failed"
+		chain_matches "$dir/inc-$phase.qcow2" "$d0"
+		prev=$dir/inc-$phase.qcow2
+	done
+}
+
+# A dead run's journal says it suspended the device, which a live backup
+# holds (suspended, at its instant): recover leaves the device and the
+# journal alone, naming the holder; once that backup is done, it finishes.
+test_recover_locked() {
+	local dir d0 n0 pid rc dead=cbtctl.999999.1
+	one_dev locked
+	CBT_TEST_STOP_AT=suspended cbtctl backup -q --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc.qcow2,backing=$dir/full.qcow2" >/dev/null &
+	pid=$!
+	wait_stopped $pid "phase suspended"
+	# Written now: the backup recovered what it found dead when it started.
+	printf 'device %s\nsuspend %s\n' "$n0" "$n0" >"$CBT_RUN_DIR/$dead"
+	cbtctl recover >"$dir/out" 2>&1 && rc=0 || rc=$?
+	expect_eq "recover's exit status" "$rc" 1
+	grep -q "$n0: in use by another cbtctl (pid $pid)" "$dir/out" ||
+		fail "recover said: $(cat "$dir/out")"
+	is_active "$n0" && fail "recover resumed a device that a live backup holds suspended"
+	[ -e "$CBT_RUN_DIR/$dead" ] || fail "the dead run's journal went"
+	kill -CONT $pid
+	wait $pid || fail "the live backup failed"
+	chain_matches "$dir/inc.qcow2" "$d0"
+	cbtctl recover >"$dir/out" || fail "recover after: $(cat "$dir/out")"
+	expect_eq "journals" "$(journals)" ""
+	is_active "$n0" || fail "left suspended"
+}
+
+run_test "a refused bitmap commit fails the backup (exit 1, bitmap_errors)" test_commit_refused
+run_test "recover with no device after a kill while copying" test_recover_all
+run_test "the suspend journalled before, its resume after; memory locked between" \
+	test_suspend_journal
+run_test "recover leaves a device that a live cbtctl holds" test_recover_locked
+finish
