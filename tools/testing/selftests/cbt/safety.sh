@@ -11,7 +11,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 5
+plan 6
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -187,10 +187,25 @@ test_existing_killed() {
 	expect_eq "journals" "$(journals)" ""
 }
 
+# A target on a file system that refuses RENAME_NOREPLACE (9p: the guest's
+# run directory, shared with the host): the image is placed by link and
+# unlink, whole, with no temporary left.
+test_no_noreplace() {
+	local dir d0 n0 t
+	one_dev noreplace
+	t=$(mktemp -d /run/vmrun/noreplace.XXXXXX) || fail "no 9p directory"
+	cbtctl backup -q --sync=full "$d0=$t/f.qcow2" 2>"$dir/err" ||
+		{ rm -rf "$t"; fail "backup onto 9p: $(cat "$dir/err")"; return 1; }
+	chain_matches "$t/f.qcow2" "$d0"
+	[ -z "$(ls -A "$t" | grep -v '^f\.qcow2$')" ] || fail "left beside it: $(ls -A "$t")"
+	rm -rf "$t"
+}
+
 run_test "a refused bitmap commit fails the backup (exit 1, bitmap_errors)" test_commit_refused
 run_test "recover with no device after a kill while copying" test_recover_all
 run_test "the suspend journalled before, its resume after; memory locked between" \
 	test_suspend_journal
 run_test "recover leaves a device that a live cbtctl holds" test_recover_locked
 run_test "an existing image cbtctl died writing into is marked unusable" test_existing_killed
+run_test "a target on 9p (no RENAME_NOREPLACE): placed by link and unlink" test_no_noreplace
 finish
