@@ -65,8 +65,8 @@ int cmd_recover(int argc, char **argv)
 		goto out;
 	}
 	printf("recovered: %u views removed, %u snapshots stopped, %u devices resumed, "
-	       "%u bitmaps aborted, %u temporary images removed\n",
-	       rep.views, rep.snapshots, rep.resumed, rep.aborted, rep.removed);
+	       "%u bitmaps aborted, %u temporary images removed, %u existing images unusable\n",
+	       rep.views, rep.snapshots, rep.resumed, rep.aborted, rep.removed, rep.unusable);
 	status = 0;
 out:
 	free(devs);

@@ -33,6 +33,7 @@ struct cbt_backup_job_priv {
 	struct cbt_backup_job *job;
 	char *dm_dev;			/* /dev/mapper/NAME */
 	char *tmp_path;			/* mode=create: where the image is written */
+	char *existing_path;		/* mode=existing: the target's absolute path */
 	int fd;
 	struct qcow2_image *img;
 	struct cbt_extent_list extents;
@@ -163,6 +164,9 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 		r = qcow2_open_existing(job->spec.target, &p->img, e);
 		if (!r)
 			r = qcow2_require_size(p->img, job->size, e);
+		if (!r && !(p->existing_path = realpath(job->spec.target, NULL)))
+			r = cbt_fail(e, errno, "%s: cannot resolve the target's path",
+				     job->spec.target);
 		return r;
 	}
 	/* Temporaries of dead runs beside the target go first. */
@@ -678,10 +682,18 @@ static int run_copies(struct cbt_backup *b)
 
 	cbt_test_stop("copy");
 	for (i = 0; i < b->nr_jobs; i++) {
+		struct cbt_backup_job_priv *p = b->jobs[i].priv;
+		struct cbt_err err;
+
+		/* From its first write on, an existing image is unusable until it is closed. */
+		if (p->existing_path && cbt_journal_add(b->journal, "existing", p->existing_path,
+							&err)) {
+			job_fail(&b->jobs[i], &err);
+			b->cancel = 1;
+			break;
+		}
 		r = pthread_create(&b->jobs[i].priv->thread, NULL, copy_thread, &b->jobs[i]);
 		if (r) {
-			struct cbt_err err;
-
 			cbt_fail(&err, r, "%s: cannot start the copy", b->jobs[i].spec.device);
 			job_fail(&b->jobs[i], &err);
 			b->cancel = 1;
@@ -743,6 +755,20 @@ static int fsync_dir_of(const char *path)
 	return r;
 }
 
+/*
+ * An existing image JOB wrote into but could not finish: reported, and
+ * marked corrupt so that neither QEMU nor a later mode=existing backup
+ * takes it for a backup (best effort: the report stands either way).
+ */
+static void mark_unusable(struct cbt_backup_job *job)
+{
+	struct cbt_err err;
+
+	job->target_unusable = true;
+	if (job->priv->existing_path)
+		qcow2_mark_corrupt(job->priv->existing_path, &err);
+}
+
 /* Closes every image (synced); then moves each mode=create image into place. */
 static int finish_images(struct cbt_backup *b, struct cbt_err *e)
 {
@@ -756,11 +782,14 @@ static int finish_images(struct cbt_backup *b, struct cbt_err *e)
 		if (qcow2_close(job->priv->img, true, &err)) {
 			job_fail(job, &err);
 			if (job->spec.mode == CBT_MODE_EXISTING)
-				job->target_unusable = true;
+				mark_unusable(job);
 			if (!r) {
 				r = -err.errnum;
 				*e = err;
 			}
+		} else if (job->priv->existing_path) {
+			/* Whole and synced: recovery must not mark it (best effort). */
+			cbt_journal_add(b->journal, "closed", job->priv->existing_path, &err);
 		}
 		job->priv->img = NULL;
 	}
@@ -811,7 +840,7 @@ static void discard_images(struct cbt_backup *b)
 			qcow2_abort(p->img, false);
 			p->img = NULL;
 			if (b->jobs[i].spec.mode == CBT_MODE_EXISTING && p->running)
-				b->jobs[i].target_unusable = true;
+				mark_unusable(&b->jobs[i]);
 		}
 		if (p->tmp_path) {
 			unlink(p->tmp_path);
@@ -878,6 +907,7 @@ static void free_privs(struct cbt_backup *b)
 		free(p->view_path);
 		free(p->dm_dev);
 		free(p->tmp_path);
+		free(p->existing_path);
 		free(p);
 		b->jobs[i].priv = NULL;
 	}

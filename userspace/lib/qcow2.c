@@ -907,6 +907,31 @@ static int find_next_free(struct qcow2_image *img, uint64_t file_size,
 	return 0;
 }
 
+int qcow2_mark_corrupt(const char *path, struct cbt_err *e)
+{
+	uint8_t h[HDR_V3_LENGTH], v[8];
+	struct stat st;
+	int fd, r = 0;
+
+	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return cbt_fail(e, errno, "%s: cannot open image", path);
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid())
+		r = cbt_fail(e, EPERM, "%s: not a regular file of this user", path);
+	else if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
+		 get_be32(h + HDR_MAGIC) != QCOW_MAGIC || get_be32(h + HDR_VERSION) != 3)
+		r = cbt_fail(e, EINVAL, "%s: not a version-3 qcow2 image", path);
+	if (!r) {
+		put_be64(v, get_be64(h + HDR_INCOMPATIBLE_FEATURES) | INCOMPAT_CORRUPT);
+		if (pwrite(fd, v, sizeof(v), HDR_INCOMPATIBLE_FEATURES) != (ssize_t)sizeof(v) ||
+		    fsync(fd))
+			r = cbt_fail(e, errno ? errno : EIO, "%s: cannot mark the image corrupt",
+				     path);
+	}
+	close(fd);
+	return r;
+}
+
 int qcow2_open_existing(const char *path, struct qcow2_image **out,
 			struct cbt_err *e)
 {

@@ -57,6 +57,13 @@ int qcow2_create(const char *path, uint64_t virtual_size,
  * L2 entries, dirty/corrupt images and unknown incompatible features.
  * Existing compressed clusters are left alone unless overwritten whole.
  */
+/*
+ * Sets the "corrupt" incompatible feature bit of the version-3 image at
+ * PATH (a regular file of this user's), durably: QEMU then opens it
+ * read-only at best, and qcow2_open_existing() refuses it.
+ */
+int qcow2_mark_corrupt(const char *path, struct cbt_err *e);
+
 int qcow2_open_existing(const char *path, struct qcow2_image **out,
 			struct cbt_err *e);
 

@@ -11,6 +11,7 @@
 
 #include "bitmap.h"
 #include "lock.h"
+#include "qcow2.h"
 #include "recover.h"
 #include "snapshot.h"
 
@@ -317,6 +318,24 @@ static bool own_temporary(const char *path, const char *token)
 }
 
 /*
+ * An existing image a dead run was writing into (PATH, absolute, as the
+ * journal says): half-written, so marked corrupt, and reported.
+ */
+static int mark_existing(const char *path, const char *token, struct cbt_recover_report *rep,
+			 struct cbt_err *e)
+{
+	if (path[0] != '/')
+		return cbt_fail(e, EINVAL, "%s: the journal of %s names it as an existing image, "
+				"but not by an absolute path: left alone", path, token);
+	if (qcow2_mark_corrupt(path, e))
+		return e->errnum == ENOENT ? 0 : -e->errnum;
+	rep->unusable++;
+	note(rep, "%s: unusable, marked corrupt (%s died writing into it): restore it or "
+	     "take a full backup", path, token);
+	return 0;
+}
+
+/*
  * Undoes what line I of a dead run's journal (LINES, N of them) names, in
  * PASS 0 a view, in 1 a snapshot, in 2 a device or a temporary image.
  */
@@ -341,6 +360,8 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 		 */
 		return recover_device(what, token, journal_has(lines, n, "suspend", what) &&
 				      !journal_has(lines, n, "resumed", what), rep, e);
+	if (LINE_IS("existing") && !journal_has(lines, n, "closed", what))
+		return mark_existing(what, token, rep, e);
 	if (LINE_IS("temp")) {
 		if (!own_temporary(what, token))
 			return cbt_fail(e, EINVAL, "%s: the journal of %s names it as a temporary, "

@@ -60,6 +60,7 @@ struct cbt_recover_report {
 	unsigned int removed;		/* temporary images removed */
 	unsigned int views;		/* snapshot views removed */
 	unsigned int snapshots;		/* snapshots stopped */
+	unsigned int unusable;		/* existing images marked corrupt */
 	FILE *log;			/* if set, one line per action */
 };
 

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include "lock.h"
+#include "qcow2.h"
 #include "recover.h"
 #include "unit.h"
 
@@ -47,6 +48,70 @@ static void dead_journal(const char *token, const char *path)
 		return;
 	fprintf(f, "temp %s\n", path);
 	fclose(f);
+}
+
+/* Makes NAME, an empty 1 MiB qcow2 image in DIR; its absolute path into PATH. */
+static void make_image(const char *name, char *path, size_t len)
+{
+	struct qcow2_image *img;
+	struct cbt_err e = { 0 };
+
+	snprintf(path, len, "%s/%s", dir, name);
+	CHECK(qcow2_create(path, 1 << 20, 65536, NULL, NULL, &img, &e) == 0);
+	CHECK(qcow2_close(img, true, &e) == 0);
+}
+
+/* Whether the image at PATH opens for writing; else the errno why not. */
+static int opens(const char *path)
+{
+	struct qcow2_image *img;
+	struct cbt_err e = { 0 };
+	int r = qcow2_open_existing(path, &img, &e);
+
+	if (!r)
+		qcow2_close(img, false, &e);
+	return -r;
+}
+
+/*
+ * Existing images a dead run was writing into: the one it never closed is
+ * marked corrupt and counted, the one it closed is left alone, and the
+ * journal goes. A file that is not qcow2 is refused.
+ */
+static void existing_images(void)
+{
+	char half[256], whole[256], token[64], jp[256];
+	struct cbt_recover_report rep = { 0 };
+	struct cbt_err e = { 0 };
+	pid_t child;
+	FILE *f;
+
+	make_image("half.qcow2", half, sizeof(half));
+	make_image("whole.qcow2", whole, sizeof(whole));
+	CHECK(opens(half) == 0 && opens(whole) == 0);
+	child = fork();
+	if (!child)
+		_exit(0);
+	waitpid(child, NULL, 0);
+	snprintf(token, sizeof(token), "cbtctl.%d.%llu", child, cbt_process_start(getpid()));
+	snprintf(jp, sizeof(jp), "%s/%s", dir, token);
+	f = fopen(jp, "w");
+	CHECK(f != NULL);
+	if (!f)
+		return;
+	fprintf(f, "existing %s\nexisting %s\nclosed %s\n", half, whole, whole);
+	fclose(f);
+	CHECK(cbt_recover(NULL, 0, false, &rep, &e) == 0);
+	CHECK(rep.unusable == 1);
+	CHECK(opens(half) == EUCLEAN);
+	CHECK(opens(whole) == 0);
+	CHECK(access(jp, F_OK) != 0);
+	/* Marking twice is harmless; a file that is not qcow2 is refused. */
+	CHECK(qcow2_mark_corrupt(half, &e) == 0 && opens(half) == EUCLEAN);
+	touch("plain");
+	snprintf(jp, sizeof(jp), "%s/plain", dir);
+	CHECK(qcow2_mark_corrupt(jp, &e) == -EINVAL);
+	CHECK(strstr(e.msg, "plain") != NULL);
 }
 
 /*
@@ -231,6 +296,7 @@ int main(void)
 	cbt_journal_close(j);
 
 	bad_journal_paths(dead);
+	existing_images();
 	bad_run_dir();
 
 	char cmd[128];

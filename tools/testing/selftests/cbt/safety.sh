@@ -5,12 +5,13 @@
 # refuses fails the backup; "cbtctl recover" with no device undoes a backup
 # killed while it copies; the suspend is journalled before it happens and
 # its resume after, with cbtctl's memory locked in between; recovery leaves
-# alone a device that a live cbtctl holds.
+# alone a device that a live cbtctl holds; an existing image that cbtctl
+# died writing into is marked unusable, one it never wrote into is not.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 4
+plan 6
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -147,9 +148,64 @@ test_recover_locked() {
 	is_active "$n0" || fail "left suspended"
 }
 
+# mode=existing: killed before its first write (phase copy), the target is
+# untouched and recover leaves it usable; killed with the copy held at
+# 8 MiB, recover marks it corrupt and says so, and cbtctl refuses it.
+test_existing_killed() {
+	local dir d0 n0 pid out
+	one_dev existing
+	qemu-img create -q -f qcow2 "$dir/t0.qcow2" $SIZE
+	CBT_TEST_STOP_AT=copy cbtctl backup -q --sync=full --bitmap=b0 \
+		"$d0=$dir/t0.qcow2,mode=existing" &
+	pid=$!
+	wait_stopped $pid "phase copy"
+	kill -9 $pid
+	wait $pid 2>/dev/null || true
+	out=$(cbtctl recover) || fail "recover: $out"
+	[[ $out == *", 0 existing images unusable" ]] || fail "recover said: $out"
+	cbtctl inject "$d0" delay event=read offset=$((8 << 20)) length=4096 usecs=60000000 \
+		id=hold >/dev/null || fail "inject delay"
+	cbtctl backup -q --sync=full --bitmap=b0 "$d0=$dir/t0.qcow2,mode=existing" &
+	pid=$!
+	until cbtctl inject "$d0" list | grep -q "id=hold hits=1 "; do
+		sleep 0.1
+	done
+	kill -9 $pid
+	dmsetup suspend "$n0" && dmsetup resume "$n0" || fail "suspend and resume"
+	wait $pid 2>/dev/null || true
+	cbtctl inject "$d0" clear >/dev/null
+	out=$(cbtctl recover) || fail "recover: $out"
+	[[ $out == *"t0.qcow2: unusable, marked corrupt"*", 1 existing images unusable" ]] ||
+		fail "recover said: $out"
+	qemu-img info --output=json "$dir/t0.qcow2" | grep -q '"corrupt": true' ||
+		fail "not marked corrupt: $(qemu-img info "$dir/t0.qcow2")"
+	if cbtctl backup -q --sync=full --bitmap=b0 "$d0=$dir/t0.qcow2,mode=existing" \
+		2>"$dir/err"; then
+		fail "a backup into the corrupt image was taken"
+	fi
+	grep -q "marked corrupt" "$dir/err" || fail "the refusal: $(cat "$dir/err")"
+	expect_eq "journals" "$(journals)" ""
+}
+
+# A target on a file system that refuses RENAME_NOREPLACE (9p: the guest's
+# run directory, shared with the host): the image is placed by link and
+# unlink, whole, with no temporary left.
+test_no_noreplace() {
+	local dir d0 n0 t
+	one_dev noreplace
+	t=$(mktemp -d /run/vmrun/noreplace.XXXXXX) || fail "no 9p directory"
+	cbtctl backup -q --sync=full "$d0=$t/f.qcow2" 2>"$dir/err" ||
+		{ rm -rf "$t"; fail "backup onto 9p: $(cat "$dir/err")"; return 1; }
+	chain_matches "$t/f.qcow2" "$d0"
+	[ -z "$(ls -A "$t" | grep -v '^f\.qcow2$')" ] || fail "left beside it: $(ls -A "$t")"
+	rm -rf "$t"
+}
+
 run_test "a refused bitmap commit fails the backup (exit 1, bitmap_errors)" test_commit_refused
 run_test "recover with no device after a kill while copying" test_recover_all
 run_test "the suspend journalled before, its resume after; memory locked between" \
 	test_suspend_journal
 run_test "recover leaves a device that a live cbtctl holds" test_recover_locked
+run_test "an existing image cbtctl died writing into is marked unusable" test_existing_killed
+run_test "a target on 9p (no RENAME_NOREPLACE): placed by link and unlink" test_no_noreplace
 finish

@@ -264,6 +264,8 @@ test_existing_unusable() {
 	# The existing target was written in place: reported, not hidden.
 	expect_eq "job 0" "$(job_field "$dir/out.json" 0 status)" cancelled
 	expect_eq "job 0 reported unusable" "$(job_field "$dir/out.json" 0 target_unusable)" true
+	qemu-img info --output=json "$dir/t0.qcow2" | grep -q '"corrupt": true' ||
+		fail "the half-written target is not marked corrupt"
 	expect_eq "d0 count kept" "$(bitmap_field "$d0" b0)" 196608
 }
 
