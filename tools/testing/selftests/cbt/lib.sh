@@ -162,10 +162,27 @@ views() {
 	dmsetup table | grep -c ' cbt-snapshot ' || true
 }
 
+# snap_info DEV: DEV's answer to "snapshot info".
+snap_info() {
+	dmsetup message "${1#/dev/mapper/}" 0 snapshot info
+}
+
 # snap_state DEV: the state= field of DEV's "snapshot info".
 snap_state() {
-	dmsetup message "${1#/dev/mapper/}" 0 snapshot info | sed -n 's/.*state=\([a-z]*\).*/\1/p'
+	snap_info "$1" | sed -n 's/.*state=\([a-z]*\).*/\1/p'
 }
+
+# wait_held DEV PID WHERE: waits until rule "hold" on DEV holds a read of
+# the copy (cbtctl PID); after 30 s kills it and fails.
+wait_held() {
+	local n=0
+	until cbtctl inject "$1" list | grep -q "id=hold hits=1 "; do
+		n=$((n + 1))
+		[ $n -lt 300 ] || { kill -9 "$2"; fail "the copy never reached $3"; return 1; }
+		sleep 0.1
+	done
+}
+
 
 # wait_stopped PID WHAT: waits (up to 60 s) until PID has stopped itself.
 wait_stopped() {

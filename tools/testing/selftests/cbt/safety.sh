@@ -167,9 +167,7 @@ test_existing_killed() {
 		id=hold >/dev/null || fail "inject delay"
 	cbtctl backup -q --sync=full --bitmap=b0 "$d0=$dir/t0.qcow2,mode=existing" &
 	pid=$!
-	until cbtctl inject "$d0" list | grep -q "id=hold hits=1 "; do
-		sleep 0.1
-	done
+	wait_held "$d0" $pid "8 MiB" || return 1
 	kill -9 $pid
 	dmsetup suspend "$n0" && dmsetup resume "$n0" || fail "suspend and resume"
 	wait $pid 2>/dev/null || true

@@ -87,7 +87,7 @@ point_in_time() {
 	expect_eq "views while held" "$(views)" 2
 	expect_eq "d0 snapshot while held" "$(snap_state "$d0")" running
 	if [ "${2:-memory}" = store ]; then
-		dmsetup message "$d1" 0 snapshot info | grep -q " store=7:" ||
+		snap_info "$d1" | grep -q " store=7:" ||
 			fail "d1's snapshot is not on its store device"
 	fi
 	overwrite "$d0" "$dir/new0.raw" & w0=$!
@@ -155,31 +155,20 @@ test_release() {
 		"$d0=$dir/t0.qcow2" >"$dir/out" 2>&1 &
 	pid=$!
 	wait_held "$d0" $pid "8 MiB" || return 1
-	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
+	info=$(snap_info "$d0")
 	# The second half is still needed, whatever the chunk.
 	needed=$(sed -n 's/.* needed=\([0-9]*\) .*/\1/p' <<<"$info")
 	chunk=$(sed -n 's/.* chunk=\([0-9]*\) .*/\1/p' <<<"$info")
 	[ "$((needed * chunk))" = $((8 << 20)) ] || fail "not released: $info"
 	head -c $((8 << 20)) /dev/urandom >"$dir/w.raw"
 	overwrite "$d0" "$dir/w.raw"
-	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
+	info=$(snap_info "$d0")
 	[[ $info == *"state=running "*" waited=0 "* ]] || fail "writes waited: $info"
 	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
 		fail "suspend and resume to let the held read go"
 	wait $pid || fail "backup: $(cat "$dir/out")"
 	cbtctl inject "$d0" clear >/dev/null
 	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
-}
-
-# wait_held DEV PID WHERE: waits until rule "hold" on DEV holds a read of
-# the copy (cbtctl PID); after 30 s kills it and fails.
-wait_held() {
-	local n=0
-	until cbtctl inject "$1" list | grep -q "id=hold hits=1 "; do
-		n=$((n + 1))
-		[ $n -lt 300 ] || { kill -9 "$2"; fail "the copy never reached $3"; return 1; }
-		sleep 0.1
-	done
 }
 
 # scatter DEV FIRST N: 4 KiB writes at 8 MiB + FIRST + i * 256 KiB, i < N.
@@ -208,14 +197,14 @@ test_urgent() {
 	pid=$!
 	wait_stopped $pid "phase snapshot"
 	scatter "$d0" 0 16
-	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
+	info=$(snap_info "$d0")
 	[[ $info == *" used=65536 "* ]] || fail "half the store used: $info"
 	kill -CONT $pid
 	wait_held "$d0" $pid "4 MiB" || return 1
-	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
+	info=$(snap_info "$d0")
 	[[ $info == *" preserved=0 used=0 "* ]] || fail "not taken first: $info"
 	scatter "$d0" $((128 << 10)) 24
-	info=$(dmsetup message "${d0#/dev/mapper/}" 0 snapshot info)
+	info=$(snap_info "$d0")
 	[[ $info == *"state=running "*" used=98304 "*" waited=0 "* ]] || fail "writes waited: $info"
 	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
 		fail "suspend and resume to let the held read go"
@@ -231,8 +220,7 @@ write_hook() {
 	#!/bin/bash
 	. "$cbt_selftest_dir/lib.sh"
 	echo "\$1 \$(dmsetup info -c --noheadings -o attr "${3#/dev/mapper/}" | cut -c3)" \\
-		"\$(bitmap_field "$3" b0 busy) \$(dmsetup message "${3#/dev/mapper/}" 0 snapshot info |
-		sed -n 's/.*state=\\([a-z]*\\).*/\\1/p')" >>"$2"
+		"\$(bitmap_field "$3" b0 busy) \$(snap_state "$3")" >>"$2"
 	[ "\$1" != freeze ] || [ -z "$4" ] || exit 3
 	EOF
 	chmod +x "$1"

@@ -203,12 +203,7 @@ test_interrupt() {
 		id=hold >/dev/null || fail "inject delay"
 	cbtctl backup --sync=full --bitmap=b0 --json "$d0=$dir/full.qcow2" >"$dir/out.json" &
 	pid=$!
-	local n=0
-	until cbtctl inject "$d0" list | grep -q "id=hold hits=1 "; do
-		n=$((n + 1))
-		[ $n -lt 300 ] || { kill -9 $pid; fail "the copy never reached 16 MiB"; }
-		sleep 0.1
-	done
+	wait_held "$d0" $pid "16 MiB" || return 1
 	kill -INT $pid
 	wait $pid && rc=0 || rc=$?
 	cbtctl inject "$d0" clear >/dev/null
