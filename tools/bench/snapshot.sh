@@ -101,6 +101,9 @@ median() {
 	printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
+parts=${BENCH_SNAP_PARTS:-iops idle}
+
+if [[ " $parts " == *" iops "* ]]; then
 iops >/dev/null	# the first run after the fill is slower: not counted
 alone=$(iops)
 no_snap=$(iops_during --no-snapshot)
@@ -116,6 +119,9 @@ ratio() { python3 -c "print(f'{$1 / $base:.3f}')"; }	# to the mean of the two
 printf '%-44s %8s %7s\n' "backup --no-snapshot" "$no_snap" "$(ratio "$no_snap")"
 printf '%-44s %8s %7s\n' "backup, snapshot, memory store (default)" "$memory" "$(ratio "$memory")"
 printf '%-44s %8s %7s\n' "backup, snapshot, store device (brd)" "$store" "$(ratio "$store")"
+fi
+
+if [[ " $parts " == *" idle "* ]]; then
 
 snap=() plain=()
 for ((r = 0; r < rounds; r++)); do
@@ -135,4 +141,5 @@ printf '%-44s %8s   %s\n' "full backup of the idle device" "seconds" "runs"
 printf '%-44s %8s   %s\n' "through a snapshot (default)" "$a" "${snap[*]}"
 printf '%-44s %8s   %s\n' "--no-snapshot" "$b" "${plain[*]}"
 printf '%-44s %8.3f\n' "ratio (snapshot / --no-snapshot)" "$(python3 -c "print($a / $b)")"
+fi
 echo "(${size_mb} MiB brd, fio ${runtime} s, $rounds rounds, $(nproc) CPUs, $(uname -r))"
