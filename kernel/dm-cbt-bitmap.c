@@ -42,6 +42,7 @@ struct cbt_bitmap *cbt_bitmap_alloc(const char *name, unsigned int chunk_shift,
 void cbt_bitmap_free(struct cbt_bitmap *bm)
 {
 	kvfree(rcu_dereference_protected(bm->live, 1));
+	kvfree(rcu_dereference_protected(bm->durable, 1));
 	kvfree(bm->frozen);
 	kfree(bm);
 }

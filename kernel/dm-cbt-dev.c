@@ -30,6 +30,7 @@ static void cbt_dev_release(struct kref *kref)
 
 	cbt_snap_dev_release(cd);
 	cancel_work_sync(&cd->event_work);
+	cbt_meta_destroy(cd);
 	/* No table is left, so no bio can reach the bitmaps. */
 	list_for_each_entry_safe(bm, tmp, &cd->bitmaps, list) {
 		list_del(&bm->list);
@@ -82,6 +83,8 @@ int cbt_dev_attach(struct cbt_c *cc)
 	struct cbt_c *other;
 	int r = 0;
 
+	bool created = false;
+
 	mutex_lock(&cbt_devs_lock);
 	cd = __cbt_dev_lookup(devt);
 	if (cd) {
@@ -91,6 +94,13 @@ int cbt_dev_attach(struct cbt_c *cc)
 				r = -EINVAL;
 				goto out;
 			}
+		}
+		/* The bitmaps live where they were loaded from, or in memory only. */
+		if (!cbt_meta_same(cd, cc->meta_dev)) {
+			ti->error = cd->meta ? "A reload must keep the metadata device" :
+				    "A metadata device is only taken when the device is created";
+			r = -EINVAL;
+			goto out;
 		}
 		kref_get(&cd->kref);
 	} else {
@@ -107,12 +117,23 @@ int cbt_dev_attach(struct cbt_c *cc)
 		mutex_init(&cd->lock);
 		INIT_WORK(&cd->event_work, cbt_dev_event_work);
 		cd->len = ti->len;
+		if (cc->meta_dev) {
+			r = cbt_meta_create(cd, cc->meta_dev, ti);
+			if (r) {
+				mutex_destroy(&cd->lock);
+				kfree(cd);
+				goto out;
+			}
+		}
 		list_add(&cd->node, &cbt_devs);
+		created = true;
 	}
 	list_add(&cc->node, &cd->targets);
 	cc->cdev = cd;
 out:
 	mutex_unlock(&cbt_devs_lock);
+	if (created && cd->meta)
+		cbt_meta_loaded_events(cd);
 	return r;
 }
 
@@ -199,18 +220,27 @@ static void __cbt_dev_record(struct cbt_dev *cd, sector_t sector, sector_t nr_se
  * Map: records a write before it goes down, and remembers the epoch it
  * saw first. Reading the epoch before the arrays is what makes end_io
  * right: if a message published its change after this load, the epoch
- * has moved by the time end_io looks.
+ * has moved by the time end_io looks. With a metadata device, returns
+ * false when the write must wait for its bits to be on it (tested in the
+ * same read-side section as they were set: see cbt_meta_rewrite()).
  */
-void cbt_dev_track_start(struct cbt_dev *cd, struct cbt_track_bio *tb,
+bool cbt_dev_track_start(struct cbt_dev *cd, struct cbt_track_bio *tb,
 			 sector_t sector, sector_t nr_sectors)
 {
+	bool durable = true;
+
 	rcu_read_lock();
 	/* Acquire: pairs with __cbt_dev_new_epoch(); the arrays are read after. */
 	tb->epoch = smp_load_acquire(&cd->write_epoch);
 	tb->sector = sector;
 	tb->nr_sectors = nr_sectors;
+	if (cd->meta)
+		cbt_meta_inflight_start(cd, tb->epoch);
 	__cbt_dev_record(cd, sector, nr_sectors);
+	if (cd->meta)
+		durable = __cbt_meta_durable(cd, sector, nr_sectors);
 	rcu_read_unlock();
+	return durable;
 }
 
 /*
@@ -231,17 +261,23 @@ void cbt_dev_track_end(struct cbt_dev *cd, struct cbt_track_bio *tb)
 	if (smp_load_acquire(&cd->write_epoch) != tb->epoch)
 		__cbt_dev_record(cd, tb->sector, tb->nr_sectors);
 	rcu_read_unlock();
+	/* After the mark: a message draining this epoch then finds it. */
+	if (cd->meta)
+		cbt_meta_inflight_end(cd, tb->epoch);
 }
 
 /*
  * After a message published a change that writes in flight must not miss
  * (its caller then waits for a grace period): see cbt_dev_track_end().
  */
-void __cbt_dev_new_epoch(struct cbt_dev *cd)
+unsigned long __cbt_dev_new_epoch(struct cbt_dev *cd)
 {
+	unsigned long old = cd->write_epoch;
+
 	lockdep_assert_held(&cd->lock);
 	/* Release: whoever sees the new epoch sees the change published before. */
-	smp_store_release(&cd->write_epoch, cd->write_epoch + 1);
+	smp_store_release(&cd->write_epoch, old + 1);
+	return old;
 }
 
 /* A copy of OLD for a device of LEN sectors; the tail beyond it is dropped. */
@@ -269,11 +305,6 @@ static void cbt_bits_mark_grown(struct cbt_bits *bits, unsigned int chunk_shift,
 		cbt_bits_set_range(bits->map, first, bits->nr_chunks - 1);
 }
 
-struct cbt_resize {
-	struct cbt_bits *live;
-	struct cbt_bits *frozen;
-};
-
 /*
  * Preresume: fits every bitmap (and frozen copy) to LEN sectors; a grown
  * range is dirty in the live arrays. All new arrays are allocated first,
@@ -289,6 +320,7 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 {
 	struct cbt_resize *rs;
 	struct cbt_bitmap *bm;
+	unsigned long old_epoch;
 	bool resized = false;
 	unsigned int i;
 	int r = 0;
@@ -308,14 +340,22 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 			cbt_bits_mark_grown(rs[i].live, bm->chunk_shift, cd->len, len);
 		if (bm->frozen)
 			rs[i].frozen = cbt_bits_resized(bm->frozen, bm->chunk_shift, len);
-		if (!rs[i].live || (bm->frozen && !rs[i].frozen)) {
+		if (cd->meta)
+			rs[i].durable = cbt_bits_alloc(bm->chunk_shift, len);
+		if (!rs[i].live || (bm->frozen && !rs[i].frozen) || (cd->meta && !rs[i].durable)) {
 			r = -ENOMEM;
 			i++;
 			goto free_new;
 		}
 		i++;
 	}
+	if (cd->meta) {
+		r = cbt_meta_resize_prepare(cd, len, rs);
+		if (r)
+			goto free_new;
+	}
 	i = 0;
+	cbt_meta_lock(cd);
 	list_for_each_entry(bm, &cd->bitmaps, list) {
 		struct cbt_bits *old = __cbt_bitmap_live(bm, cd);
 
@@ -326,10 +366,17 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 			WRITE_ONCE(bm->frozen, rs[i].frozen);
 			rs[i].frozen = old;
 		}
+		if (cd->meta) {
+			/* Nothing is durable until the areas are written again. */
+			old = rcu_dereference_protected(bm->durable, 1);
+			rcu_assign_pointer(bm->durable, rs[i].durable);
+			rs[i].durable = old;
+		}
 		bm->gen++;
 		i++;
 	}
-	__cbt_dev_new_epoch(cd);
+	old_epoch = __cbt_dev_new_epoch(cd);
+	cbt_meta_unlock(cd);
 	synchronize_rcu();
 	i = 0;
 	list_for_each_entry(bm, &cd->bitmaps, list) {
@@ -337,12 +384,15 @@ int cbt_dev_resize(struct cbt_dev *cd, sector_t len)
 		i++;
 	}
 	WRITE_ONCE(cd->len, len);
+	if (cd->meta)
+		cbt_meta_resize_commit(cd, rs, old_epoch);
 	resized = true;
 	i = cd->nr_bitmaps;
 free_new:
 	while (i--) {
 		kvfree(rs[i].live);
 		kvfree(rs[i].frozen);
+		kvfree(rs[i].durable);
 	}
 	kfree(rs);
 out:

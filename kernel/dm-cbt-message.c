@@ -19,6 +19,7 @@
 #include <linux/log2.h>
 #include <linux/mm.h>
 #include <linux/string.h>
+#include <linux/uuid.h>
 
 #include "dm-cbt.h"
 
@@ -43,7 +44,7 @@ struct cbt_bitmap_cmd {
 };
 
 /* 1-63 characters of [A-Za-z0-9_.-]. */
-static bool cbt_valid_name(const char *s)
+bool cbt_valid_name(const char *s)
 {
 	size_t i;
 
@@ -171,6 +172,19 @@ static bool cbt_busy(struct cbt_bitmap *bm, const char *what)
 	return true;
 }
 
+/*
+ * After a change that writes in flight must not miss: a new write epoch
+ * and a grace period; with a metadata device, the writes mapped before
+ * have completed and every bit is on it when this returns.
+ */
+static int cbt_new_record(struct cbt_dev *cd)
+{
+	unsigned long old = __cbt_dev_new_epoch(cd);
+
+	synchronize_rcu();
+	return cd->meta ? cbt_meta_settle(cd, old) : 0;
+}
+
 static int run_add(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
 {
 	struct cbt_bitmap *bm;
@@ -186,17 +200,28 @@ static int run_add(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned
 		r = -ENOSPC;
 	} else {
 		bm = cbt_bitmap_alloc(m->name, m->chunk_shift, cd->len, !m->disabled);
-		if (bm) {
-			bm->id = cd->next_bm_id++;
-			list_add_tail_rcu(&bm->list, &cd->bitmaps);
-			cd->nr_bitmaps++;
-			__cbt_dev_new_epoch(cd);
-			synchronize_rcu();
-		} else {
+		if (!bm) {
 			DMERR("cannot allocate bitmap '%s'", m->name);
 			r = -ENOMEM;
+			goto out;
 		}
+		generate_random_uuid(bm->uuid);
+		bm->generation = 1;
+		if (cd->meta) {
+			/* On disk, zeroed, before any write can find it in the list. */
+			r = cbt_meta_add(cd, bm);
+			if (r) {
+				cbt_bitmap_free(bm);
+				goto out;
+			}
+		} else {
+			list_add_tail_rcu(&bm->list, &cd->bitmaps);
+		}
+		bm->id = cd->next_bm_id++;
+		cd->nr_bitmaps++;
+		r = cbt_new_record(cd);
 	}
+out:
 	mutex_unlock(&cd->lock);
 	return r;
 }
@@ -211,16 +236,34 @@ static int run_remove(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 	if (bm && cbt_busy(bm, "removing it")) {
 		r = -EBUSY;
 	} else if (bm) {
-		list_del_rcu(&bm->list);
-		cd->nr_bitmaps--;
 		r = 0;
-	}
-	mutex_unlock(&cd->lock);
-	if (!r) {
+		if (cd->meta)
+			r = cbt_meta_remove(cd, bm);
+		else
+			list_del_rcu(&bm->list);
+		cd->nr_bitmaps--;
 		synchronize_rcu();
 		cbt_bitmap_free(bm);
 	}
+	mutex_unlock(&cd->lock);
 	return r;
+}
+
+/*
+ * Clear and commit: BM's record restarts from its live array. With a
+ * metadata device, the writes mapped before have completed (marked again
+ * in it) and its area on disk is that array when this returns.
+ */
+static int cbt_rewrite(struct cbt_dev *cd, struct cbt_bitmap *bm)
+{
+	unsigned long old = __cbt_dev_new_epoch(cd);
+	int r;
+
+	synchronize_rcu();
+	if (!cd->meta)
+		return 0;
+	r = cbt_meta_settle(cd, old);
+	return r ? r : cbt_meta_rewrite(cd, bm);
 }
 
 static int run_clear(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
@@ -238,9 +281,8 @@ static int run_clear(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 		clear_bit(CBT_BM_INCONSISTENT, &bm->flags);
 		clear_bit(CBT_BM_REPORTED, &bm->flags);
 		bm->gen++;
-		__cbt_dev_new_epoch(cd);
-		synchronize_rcu();
-		r = 0;
+		bm->generation++;
+		r = cbt_rewrite(cd, bm);
 	}
 	mutex_unlock(&cd->lock);
 	return r;
@@ -255,13 +297,14 @@ static int cbt_set_recording(struct cbt_dev *cd, struct cbt_msg *m, bool recordi
 	bm = cbt_find(cd, m->name);
 	if (bm && recording && !test_bit(CBT_BM_RECORDING, &bm->flags)) {
 		set_bit(CBT_BM_RECORDING, &bm->flags);
-		__cbt_dev_new_epoch(cd);
-		synchronize_rcu();
-		r = 0;
+		r = cbt_new_record(cd);
 	} else if (bm) {
-		if (!recording)
-			clear_bit(CBT_BM_RECORDING, &bm->flags);
 		r = 0;
+		if (!recording && test_bit(CBT_BM_RECORDING, &bm->flags)) {
+			clear_bit(CBT_BM_RECORDING, &bm->flags);
+			if (cd->meta)
+				r = cbt_meta_update(cd);
+		}
 	}
 	mutex_unlock(&cd->lock);
 	return r;
@@ -290,7 +333,7 @@ static int run_merge(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 	} else if (src) {
 		cbt_bits_merge(__cbt_bitmap_live(dst, cd), dst->chunk_shift,
 			       __cbt_bitmap_live(src, cd), src->chunk_shift);
-		r = 0;
+		r = cd->meta ? cbt_new_record(cd) : 0;
 	}
 	mutex_unlock(&cd->lock);
 	return r;
@@ -320,13 +363,13 @@ static int run_freeze(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 	} else if (bm) {
 		successor = cbt_bits_alloc(bm->chunk_shift, cd->len);
 		if (successor) {
+			cbt_meta_lock(cd);
 			WRITE_ONCE(bm->frozen, __cbt_bitmap_live(bm, cd));
 			rcu_assign_pointer(bm->live, successor);
+			cbt_meta_unlock(cd);
 			strscpy(bm->token, m->arg, sizeof(bm->token));
 			bm->gen++;
-			__cbt_dev_new_epoch(cd);
-			synchronize_rcu();
-			r = 0;
+			r = cbt_new_record(cd);
 		} else {
 			DMERR("cannot allocate the successor of bitmap '%s'", m->name);
 			r = -ENOMEM;
@@ -370,10 +413,15 @@ static int run_commit(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 	bm = cbt_find_frozen(cd, m, &r);
 	if (bm) {
 		/* Freeze waited for the last writer of the frozen copy. */
+		cbt_meta_lock(cd);
 		kvfree(bm->frozen);
 		WRITE_ONCE(bm->frozen, NULL);
+		cbt_meta_unlock(cd);
 		bm->token[0] = '\0';
 		bm->gen++;
+		bm->generation++;
+		if (cd->meta)
+			r = cbt_rewrite(cd, bm);
 	}
 	mutex_unlock(&cd->lock);
 	if (!r)
@@ -391,11 +439,16 @@ static int run_abort(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 	bm = cbt_find_frozen(cd, m, &r);
 	if (bm) {
 		strscpy(m->arg, bm->token, sizeof(m->arg));
+		cbt_meta_lock(cd);
 		cbt_bits_or(__cbt_bitmap_live(bm, cd), bm->frozen);
 		kvfree(bm->frozen);
 		WRITE_ONCE(bm->frozen, NULL);
+		cbt_meta_unlock(cd);
 		bm->token[0] = '\0';
 		bm->gen++;
+		/* On disk the area holds the union already. */
+		if (cd->meta)
+			r = cbt_meta_update(cd);
 	}
 	mutex_unlock(&cd->lock);
 	if (!r)
@@ -405,8 +458,9 @@ static int run_abort(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 
 /*
  * One line per bitmap (fields are only ever appended):
- *   NAME granularity=BYTES count=BYTES recording=0|1 busy=0|1 persistent=0
+ *   NAME granularity=BYTES count=BYTES recording=0|1 busy=0|1 persistent=0|1
  *   inconsistent=0|1 frozen=BYTES token=TOKEN|- length=BYTES
+ *   generation=UUID:N
  */
 static unsigned int cbt_emit_bitmap(struct cbt_dev *cd, struct cbt_bitmap *bm,
 				    char *result, unsigned int maxlen, unsigned int sz)
@@ -418,11 +472,12 @@ static unsigned int cbt_emit_bitmap(struct cbt_dev *cd, struct cbt_bitmap *bm,
 	DMEMIT("%s granularity=%llu count=%llu", bm->name,
 	       (unsigned long long)(1ULL << (bm->chunk_shift + SECTOR_SHIFT)),
 	       cbt_bits_count(__cbt_bitmap_live(bm, cd), bm->chunk_shift, cd->len));
-	DMEMIT(" recording=%d busy=%d persistent=0 inconsistent=%d",
-	       test_bit(CBT_BM_RECORDING, &bm->flags), !!bm->frozen,
+	DMEMIT(" recording=%d busy=%d persistent=%d inconsistent=%d",
+	       test_bit(CBT_BM_RECORDING, &bm->flags), !!bm->frozen, !!cd->meta,
 	       test_bit(CBT_BM_INCONSISTENT, &bm->flags));
-	DMEMIT(" frozen=%llu token=%s length=%llu\n", frozen, bm->frozen ? bm->token : "-",
-	       (unsigned long long)cd->len << SECTOR_SHIFT);
+	DMEMIT(" frozen=%llu token=%s length=%llu generation=%pUb:%llu\n", frozen,
+	       bm->frozen ? bm->token : "-", (unsigned long long)cd->len << SECTOR_SHIFT,
+	       bm->uuid, (unsigned long long)bm->generation);
 	return sz;
 }
 

@@ -20,15 +20,17 @@
 
 /*
  * Feature arguments:
- *   write_cache  the device claims a volatile write cache whatever the
- *                device below has, so that flushes reach the target (and
- *                its injection rules) even over brd or a loop device
- *                without one: for test devices.
+ *   write_cache     the device claims a volatile write cache whatever the
+ *                   device below has, so that flushes reach the target (and
+ *                   its injection rules) even over brd or a loop device
+ *                   without one: for test devices.
+ *   metadata <dev>  the bitmaps live on DEV as well (dm-cbt-metadata.c).
  */
-static int parse_features(struct dm_arg_set *as, struct cbt_c *cc, struct dm_target *ti)
+static int parse_features(struct dm_arg_set *as, struct cbt_c *cc, struct dm_target *ti,
+			  const char **meta_path)
 {
 	static const struct dm_arg _args[] = {
-		{0, 1, "Invalid number of feature arguments"},
+		{0, 3, "Invalid number of feature arguments"},
 	};
 	unsigned int argc;
 	const char *arg;
@@ -42,8 +44,14 @@ static int parse_features(struct dm_arg_set *as, struct cbt_c *cc, struct dm_tar
 		return r;
 	while (argc--) {
 		arg = dm_shift_arg(as);
-		if (!strcasecmp(arg, "write_cache")) {
+		if (!strcasecmp(arg, "write_cache") && !cc->write_cache) {
 			cc->write_cache = true;
+		} else if (!strcasecmp(arg, "metadata") && !*meta_path) {
+			if (!argc--) {
+				ti->error = "Missing metadata device path";
+				return -EINVAL;
+			}
+			*meta_path = dm_shift_arg(as);
 		} else {
 			ti->error = "Unrecognised feature argument";
 			return -EINVAL;
@@ -59,8 +67,8 @@ static int parse_features(struct dm_arg_set *as, struct cbt_c *cc, struct dm_tar
 static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 {
 	struct dm_arg_set as = { .argc = argc, .argv = argv };
+	const char *path, *meta_path = NULL;
 	struct cbt_c *cc;
-	const char *path;
 	int r;
 
 	if (argc < 1) {
@@ -76,7 +84,7 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	cbt_inject_init(cc);
 
 	path = dm_shift_arg(&as);
-	r = parse_features(&as, cc, ti);
+	r = parse_features(&as, cc, ti, &meta_path);
 	if (r)
 		goto bad;
 
@@ -98,17 +106,26 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	 */
 	if (bdev_is_zoned(cc->dev->bdev)) {
 		ti->error = "Zoned devices are not supported";
-		dm_put_device(ti, cc->dev);
 		r = -EINVAL;
-		goto bad;
+		goto bad_dev;
+	}
+	if (meta_path) {
+		r = dm_get_device(ti, meta_path, dm_table_get_mode(ti->table), &cc->meta_dev);
+		if (r) {
+			ti->error = "Metadata device lookup failed";
+			goto bad_dev;
+		}
+		if (cc->meta_dev->bdev == cc->dev->bdev) {
+			ti->error = "The metadata device is the data device";
+			r = -EINVAL;
+			goto bad_meta;
+		}
 	}
 
 	cc->ti = ti;
 	r = cbt_dev_attach(cc);
-	if (r) {
-		dm_put_device(ti, cc->dev);
-		goto bad;
-	}
+	if (r)
+		goto bad_meta;
 
 	ti->num_flush_bios = 1;
 	/* Otherwise the device has the write cache of the one below. */
@@ -120,6 +137,11 @@ static int cbt_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	ti->private = cc;
 	return 0;
 
+bad_meta:
+	if (cc->meta_dev)
+		dm_put_device(ti, cc->meta_dev);
+bad_dev:
+	dm_put_device(ti, cc->dev);
 bad:
 	cbt_inject_destroy(cc);
 	kfree(cc);
@@ -132,6 +154,8 @@ static void cbt_dtr(struct dm_target *ti)
 
 	cbt_inject_destroy(cc);
 	cbt_dev_detach(cc);
+	if (cc->meta_dev)
+		dm_put_device(ti, cc->meta_dev);
 	dm_put_device(ti, cc->dev);
 	kfree(cc);
 }
@@ -154,14 +178,22 @@ static int cbt_map(struct dm_target *ti, struct bio *bio)
 	bool dirties = cbt_bio_dirties(bio);
 	int r;
 
+	bool durable = true;
+
 	/* First, before anything can complete, fail or hold the bio. */
 	tb->nr_sectors = 0;
 	if (dirties)
-		cbt_dev_track_start(cc->cdev, tb, sector, bio_sectors(bio));
+		durable = cbt_dev_track_start(cc->cdev, tb, sector, bio_sectors(bio));
 
 	bio_set_dev(bio, cc->dev->bdev);
 	if (bio_sectors(bio))
 		bio->bi_iter.bi_sector = sector;
+
+	/* Its chunks are not dirty on the metadata device yet: wait for that. */
+	if (!durable) {
+		cbt_meta_defer(cc, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
 
 	/* A running snapshot may have to preserve what the write overwrites. */
 	if (dirties) {
@@ -183,6 +215,15 @@ void cbt_map_resume(struct cbt_c *cc, struct bio *bio)
 {
 	if (cbt_inject_map(cc, bio) == CBT_INJECT_CONTINUE)
 		dm_submit_bio_remap(bio, NULL);
+}
+
+/* A write the metadata held, its chunks now dirty there: map's remaining steps. */
+void cbt_map_continue(struct cbt_c *cc, struct bio *bio)
+{
+	int r = cbt_snap_map_write(cc, bio, cbt_per_bio(bio)->track.sector);
+
+	if (r == CBT_SNAP_CONTINUE)
+		cbt_map_resume(cc, bio);
 }
 
 /* A write done: marked again if a message started a new record meanwhile. */
@@ -234,7 +275,7 @@ static int cbt_preresume(struct dm_target *ti)
 /*
  * Status INFO line (fields are only ever appended):
  *   <#bitmaps> <#recording> <#frozen> <#inconsistent> <inject state> <#inject rules>
- *   <snapshot: -|prepared|running|broken>
+ *   <snapshot: -|prepared|running|broken> <metadata: -|ok|failed>
  * The injection fields (cbt_inject_status_info) come after the tracking
  * fields. TABLE line: the constructor arguments.
  */
@@ -251,19 +292,23 @@ static void cbt_status(struct dm_target *ti, status_type_t type,
 			       &nr_inconsistent);
 		DMEMIT("%u %u %u %u", nr_bitmaps, nr_recording, nr_frozen, nr_inconsistent);
 		cbt_inject_status_info(cc, result, maxlen, &sz);
-		DMEMIT(" %s", cbt_snap_state_name(cc->cdev));
+		DMEMIT(" %s %s", cbt_snap_state_name(cc->cdev), cbt_meta_state(cc->cdev));
 		break;
 
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s", cc->dev->name);
+		if (cc->write_cache || cc->meta_dev)
+			DMEMIT(" %u", (cc->write_cache ? 1 : 0) + (cc->meta_dev ? 2 : 0));
 		if (cc->write_cache)
-			DMEMIT(" 1 write_cache");
+			DMEMIT(" write_cache");
+		if (cc->meta_dev)
+			DMEMIT(" metadata %s", cc->meta_dev->name);
 		break;
 
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
-		DMEMIT(",device_name=%s,write_cache=%c;", cc->dev->name,
-		       cc->write_cache ? 'y' : 'n');
+		DMEMIT(",device_name=%s,write_cache=%c,metadata=%s;", cc->dev->name,
+		       cc->write_cache ? 'y' : 'n', cc->meta_dev ? cc->meta_dev->name : "none");
 		break;
 	}
 }
@@ -339,6 +384,11 @@ static int __init dm_cbt_init(void)
 		DMERR("cannot allocate the snapshot workqueue");
 		goto bad_snap;
 	}
+	r = cbt_meta_module_init();
+	if (r) {
+		DMERR("cannot allocate the metadata workqueue");
+		goto bad_meta;
+	}
 	r = cbt_netlink_init();
 	if (r) {
 		DMERR("generic netlink family registration failed %d", r);
@@ -361,6 +411,8 @@ bad_view:
 bad_target:
 	cbt_netlink_exit();
 bad_netlink:
+	cbt_meta_module_exit();
+bad_meta:
 	cbt_snap_module_exit();
 bad_snap:
 	cbt_inject_module_exit();
@@ -372,6 +424,7 @@ static void __exit dm_cbt_exit(void)
 	cbt_view_unregister();
 	dm_unregister_target(&cbt_target);
 	cbt_netlink_exit();
+	cbt_meta_module_exit();
 	cbt_snap_module_exit();
 	cbt_inject_module_exit();
 }

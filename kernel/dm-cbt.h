@@ -40,6 +40,13 @@ struct cbt_bitmap {
 	char token[DM_CBT_NAME_MAX + 1];
 	u64 id;				/* unique in its device, never reused */
 	u64 gen;			/* bumped when an array is swapped, cleared or resized */
+	/* Identity: a new uuid at add, generation 1 then bumped by clear and commit. */
+	u8 uuid[16];
+	u64 generation;
+	/* With a metadata device (dm-cbt-metadata.c); NULL and 0 without. */
+	struct cbt_bits __rcu *durable;	/* chunks dirty on the metadata device */
+	u64 area_start;			/* its area there, in 4 KiB blocks */
+	u64 area_blocks;
 };
 
 /*
@@ -66,6 +73,7 @@ struct cbt_dev {
 	 */
 	unsigned long write_epoch;
 	struct cbt_snap __rcu *snap;	/* the snapshot, prepared or started; RCU for map */
+	struct cbt_meta *meta;		/* the metadata device's state, or NULL; set at creation */
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
 };
 
@@ -82,6 +90,7 @@ struct cbt_track_bio {
 /* One per cbt target instance. */
 struct cbt_c {
 	struct dm_dev *dev;
+	struct dm_dev *meta_dev;	/* feature "metadata <dev>", or NULL */
 	struct dm_target *ti;
 	struct cbt_dev *cdev;
 	struct list_head node;		/* in cdev->targets */
@@ -103,16 +112,48 @@ struct cbt_dev *cbt_dev_get(dev_t devt);
 bool cbt_dev_detached(struct cbt_dev *cd);
 void cbt_dev_put(struct cbt_dev *cd);
 int cbt_dev_resize(struct cbt_dev *cd, sector_t len);
-void cbt_dev_track_start(struct cbt_dev *cd, struct cbt_track_bio *tb,
+bool cbt_dev_track_start(struct cbt_dev *cd, struct cbt_track_bio *tb,
 			 sector_t sector, sector_t nr_sectors);
 void cbt_dev_track_end(struct cbt_dev *cd, struct cbt_track_bio *tb);
-void __cbt_dev_new_epoch(struct cbt_dev *cd);
+unsigned long __cbt_dev_new_epoch(struct cbt_dev *cd);
 struct cbt_bitmap *__cbt_dev_find(struct cbt_dev *cd, const char *name);
 void cbt_dev_counts(struct cbt_dev *cd, unsigned int *nr_bitmaps,
 		    unsigned int *nr_recording, unsigned int *nr_frozen,
 		    unsigned int *nr_inconsistent);
 
+/* Resize: the new arrays of one bitmap and, with a metadata device, its area. */
+struct cbt_resize {
+	struct cbt_bits *live;
+	struct cbt_bits *frozen;
+	struct cbt_bits *durable;
+	u64 area_start;
+	u64 area_blocks;
+};
+
+/* dm-cbt-metadata.c: bitmaps kept on a metadata device. */
+int cbt_meta_create(struct cbt_dev *cd, struct dm_dev *dev, struct dm_target *ti);
+void cbt_meta_destroy(struct cbt_dev *cd);
+void cbt_meta_loaded_events(struct cbt_dev *cd);
+bool cbt_meta_same(struct cbt_dev *cd, struct dm_dev *dev);
+const char *cbt_meta_state(struct cbt_dev *cd);
+bool __cbt_meta_durable(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors);
+void cbt_meta_defer(struct cbt_c *cc, struct bio *bio);
+void cbt_meta_inflight_start(struct cbt_dev *cd, unsigned long epoch);
+void cbt_meta_inflight_end(struct cbt_dev *cd, unsigned long epoch);
+int cbt_meta_settle(struct cbt_dev *cd, unsigned long old_epoch);
+int cbt_meta_update(struct cbt_dev *cd);
+int cbt_meta_rewrite(struct cbt_dev *cd, struct cbt_bitmap *bm);
+int cbt_meta_add(struct cbt_dev *cd, struct cbt_bitmap *bm);
+int cbt_meta_remove(struct cbt_dev *cd, struct cbt_bitmap *bm);
+void cbt_meta_lock(struct cbt_dev *cd);
+void cbt_meta_unlock(struct cbt_dev *cd);
+int cbt_meta_resize_prepare(struct cbt_dev *cd, sector_t len, struct cbt_resize *rs);
+void cbt_meta_resize_commit(struct cbt_dev *cd, struct cbt_resize *rs, unsigned long old_epoch);
+int cbt_meta_module_init(void);
+void cbt_meta_module_exit(void);
+
 /* dm-cbt-message.c: the "bitmap ..." messages. */
+bool cbt_valid_name(const char *s);
 int cbt_copy_name(char *dst, const char *s, const char *what);
 int cbt_bitmap_message(struct cbt_dev *cd, unsigned int argc, char **argv,
 		       char *result, unsigned int maxlen);
@@ -135,6 +176,7 @@ static inline int cbt_parse_u64(const char *s, u64 *v)
 /* Per-bio data (ti->per_io_data_size): one member per part that needs it. */
 struct cbt_per_bio {
 	struct cbt_track_bio track;
+	struct cbt_c *meta_cc;		/* a write deferred for the metadata device */
 	struct cbt_inject_bio inject;
 	struct cbt_snap_bio snap;
 };
@@ -144,8 +186,9 @@ static inline struct cbt_per_bio *cbt_per_bio(struct bio *bio)
 	return dm_per_bio_data(bio, sizeof(struct cbt_per_bio));
 }
 
-/* dm-cbt-target.c: sends on a write the snapshot held back. */
+/* dm-cbt-target.c: sends on a write the snapshot or the metadata held back. */
 void cbt_map_resume(struct cbt_c *cc, struct bio *bio);
+void cbt_map_continue(struct cbt_c *cc, struct bio *bio);
 
 /*
  * Called each time an injection rule fires, from map context with the

@@ -27,6 +27,8 @@ const char *cbt_event_name(unsigned int event)
 		return "view_create";
 	case DM_CBT_EVENT_VIEW_REMOVE:
 		return "view_remove";
+	case DM_CBT_EVENT_LOADED:
+		return "loaded";
 	default:
 		return "unknown";
 	}

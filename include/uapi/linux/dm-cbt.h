@@ -66,6 +66,7 @@ enum dm_cbt_event {
 	DM_CBT_EVENT_SNAPSHOT_BREAK,	/* snapshot TOKEN broke: its views fail */
 	DM_CBT_EVENT_VIEW_CREATE,	/* a view of snapshot TOKEN was created */
 	DM_CBT_EVENT_VIEW_REMOVE,	/* a view of snapshot TOKEN went away */
+	DM_CBT_EVENT_LOADED,		/* the bitmap was loaded from the metadata device */
 };
 
 enum dm_cbt_attr {

@@ -86,6 +86,21 @@ static const char *token(bitmap_t *self, const char *name, char *buf, size_t len
 	return buf;
 }
 
+/* The generation= field (UUID:N) of bitmap NAME, into BUF. */
+static const char *generation(bitmap_t *self, const char *name, char *buf, size_t len)
+{
+	char m[128], line[512], *p;
+
+	snprintf(m, sizeof(m), "bitmap info %s", name);
+	buf[0] = '\0';
+	if (dm_message(self->s.name, m, line, sizeof(line)))
+		return buf;
+	p = strstr(line, " generation=");
+	if (p)
+		sscanf(p + 12, "%63s", buf);
+	return buf;
+}
+
 static int write_all(bitmap_t *self, const uint64_t (*w)[2], size_t n)
 {
 	size_t i;
@@ -148,8 +163,13 @@ TEST_F(bitmap, detail_and_status)
 	ASSERT_EQ(0, msg(self, "bitmap add plain"));
 	ASSERT_EQ(0, msg(self, "bitmap add off disabled granularity=4096"));
 	ASSERT_EQ(0, dm_message(self->s.name, "bitmap info plain", line, sizeof(line)));
-	EXPECT_STREQ("plain granularity=65536 count=0 recording=1 busy=0 persistent=0 "
-		     "inconsistent=0 frozen=0 token=- length=67108864\n", line);
+	/* Then the generation: a random uuid, and 1 after the add. */
+	EXPECT_EQ(0, strncmp("plain granularity=65536 count=0 recording=1 busy=0 persistent=0 "
+			     "inconsistent=0 frozen=0 token=- length=67108864 generation=", line,
+			     strlen("plain granularity=65536 count=0 recording=1 busy=0 persistent=0 "
+				    "inconsistent=0 frozen=0 token=- length=67108864 generation=")))
+		TH_LOG("info: %s", line);
+	EXPECT_NE(NULL, strstr(line, ":1\n")) TH_LOG("info: %s", line);
 	EXPECT_EQ(4096, field(self, "off", "granularity"));
 	EXPECT_EQ(0, field(self, "off", "recording"));
 	/* A disabled bitmap records nothing. */
@@ -157,17 +177,50 @@ TEST_F(bitmap, detail_and_status)
 	EXPECT_EQ(0, field(self, "off", "count"));
 	EXPECT_EQ(65536, field(self, "plain", "count"));
 	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 0 0 1 0 -", line);	/* + inject state 1, no rules, no snapshot */
+	/* + inject state 1, no rules, no snapshot, no metadata device */
+	EXPECT_STREQ("2 1 0 0 1 0 - -", line);
 	ASSERT_EQ(0, msg(self, "bitmap freeze plain backup-1.a_b"));
 	EXPECT_STREQ("backup-1.a_b", token(self, "plain", tok, sizeof(tok)));
 	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 1 0 1 0 -", line);
+	EXPECT_STREQ("2 1 1 0 1 0 - -", line);
 	ASSERT_EQ(0, list(self, line, sizeof(line)));
 	EXPECT_NE(NULL, strstr(line, "plain granularity=65536 count=0 recording=1 busy=1 "
 			       "persistent=0 inconsistent=0 frozen=65536 token=backup-1.a_b "
-			       "length=67108864\n"))
+			       "length=67108864 generation="))
 		TH_LOG("list: %s", line);
 	EXPECT_NE(NULL, strstr(line, "\noff granularity=4096 ")) TH_LOG("list: %s", line);
+}
+
+/*
+ * The identity a backup chain is checked against: a new uuid at add, a
+ * counter bumped by clear and commit, and by nothing else.
+ */
+TEST_F(bitmap, generation_changes_on_clear_and_commit)
+{
+	char g1[64], g[64], uuid[40];
+
+	ASSERT_EQ(0, msg(self, "bitmap add g"));
+	generation(self, "g", g1, sizeof(g1));
+	ASSERT_EQ(38, strlen(g1)) TH_LOG("generation=%s", g1);
+	snprintf(uuid, sizeof(uuid), "%.36s", g1);
+	EXPECT_STREQ(":1", g1 + 36);
+	ASSERT_EQ(0, msg(self, "bitmap clear g"));
+	EXPECT_EQ(0, strncmp(uuid, generation(self, "g", g, sizeof(g)), 36));
+	EXPECT_STREQ(":2", g + 36);
+	ASSERT_EQ(0, msg(self, "bitmap freeze g t1"));
+	ASSERT_EQ(0, msg(self, "bitmap abort g t1"));
+	ASSERT_EQ(0, msg(self, "bitmap disable g"));
+	ASSERT_EQ(0, msg(self, "bitmap enable g"));
+	EXPECT_STREQ(":2", generation(self, "g", g, sizeof(g)) + 36);
+	ASSERT_EQ(0, msg(self, "bitmap freeze g t2"));
+	ASSERT_EQ(0, msg(self, "bitmap commit g t2"));
+	EXPECT_STREQ(":3", generation(self, "g", g, sizeof(g)) + 36);
+	/* Added again under its name, it is another bitmap. */
+	ASSERT_EQ(0, msg(self, "bitmap remove g"));
+	ASSERT_EQ(0, msg(self, "bitmap add g"));
+	generation(self, "g", g, sizeof(g));
+	EXPECT_NE(0, strncmp(uuid, g, 36)) TH_LOG("same uuid after remove and add: %s", g);
+	EXPECT_STREQ(":1", g + 36);
 }
 
 TEST_F(bitmap, bad_messages_change_nothing)

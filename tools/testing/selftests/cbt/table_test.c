@@ -67,7 +67,7 @@ TEST_F(table, good_lines_load)
 			TH_LOG("'%s' refused: %s", good[i][0], log);
 		ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
 		/* No bitmaps; inject state 1, no rules. */
-		EXPECT_STREQ("0 0 0 0 1 0 -", line);
+		EXPECT_STREQ("0 0 0 0 1 0 - -", line);
 		ASSERT_EQ(0, dm_status_line(self->s.name, 1, line, sizeof(line)));
 		/* The table names the device by major:minor, then the features. */
 		rest = line + strcspn(line, " ");
@@ -91,8 +91,13 @@ TEST_F(table, bad_lines_refused)
 		{ "", DEV_SECTORS, "Missing device path" },
 		{ "/dev/cbt-no-such-device", DEV_SECTORS, "Device lookup failed" },
 		{ "%s 1 foo", DEV_SECTORS, "Unrecognised feature argument" },
-		{ "%s 2 write_cache write_cache", DEV_SECTORS,
+		{ "%s 2 write_cache write_cache", DEV_SECTORS, "Unrecognised feature argument" },
+		{ "%s 4 write_cache metadata /dev/null x", DEV_SECTORS,
 		  "Invalid number of feature arguments" },
+		{ "%s 2 metadata", DEV_SECTORS, "Invalid number of feature arguments" },
+		{ "%s 2 write_cache metadata", DEV_SECTORS, "Missing metadata device path" },
+		{ "%s 2 metadata /dev/cbt-no-such-device", DEV_SECTORS,
+		  "Metadata device lookup failed" },
 		{ "%s 1", DEV_SECTORS, "Invalid number of feature arguments" },
 		{ "%s x", DEV_SECTORS, "Invalid number of feature arguments" },
 		{ "%s -1", DEV_SECTORS, "Invalid number of feature arguments" },

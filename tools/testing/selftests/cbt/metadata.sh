@@ -1,0 +1,233 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Bitmaps on a metadata device (table feature "metadata <dev>"): formatted
+# on first use, loaded again when the device is created again (names,
+# granularity, recording state, counts, generation), clear and commit
+# durable, a frozen bitmap back as its union, resize, refusals that change
+# nothing, and a metadata device that fails under writes. The crash-point
+# test (crash.sh) checks the write ordering itself.
+. "$(dirname "$0")/lib.sh"
+
+require_root
+require_tools dmsetup losetup qemu-io
+plan 6
+
+SIZE=$((16 << 20))
+
+# setup TAG [META_BYTES]: a data file and a zeroed metadata file under loop
+# devices (dloop, mloop) and a cbt device over them ($name, $dev).
+setup() {
+	make_tmpdir dir
+	truncate -s "$SIZE" "$dir/data" || return 1
+	truncate -s "${2:-$((1 << 20))}" "$dir/meta" || return 1
+	make_loop dloop "$dir/data" || return 1
+	make_loop mloop "$dir/meta" || return 1
+	name=$(dm_name "$1")
+	dev=/dev/mapper/$name
+	create
+}
+
+# create [SECTORS]: (re)creates $name over the loops; fails like dmsetup.
+create() {
+	dm_create "$name" "0 ${1:-$((SIZE / 512))} cbt $dloop 2 metadata $mloop"
+}
+
+gone() {
+	dmsetup remove "$name"
+}
+
+msg() {
+	dmsetup message "$name" 0 "$@"
+}
+
+# field BITMAP KEY: a key=value of "bitmap info BITMAP".
+field() {
+	msg bitmap info "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"
+}
+
+# status_field N: field N of the status line after "<start> <len> cbt".
+status_field() {
+	dmsetup status "$name" | awk -v n="$1" '{ print $(n + 3) }'
+}
+
+# kernel_said TEXT: the kernel logged TEXT since the test began.
+kernel_said() {
+	dmesg | tail -n 30 | grep -qF "$1" || fail "the kernel log lacks '$1'"
+}
+
+test_persist() {
+	local before after
+	setup persist
+	expect_eq "metadata state" "$(status_field 8)" ok
+	dmsetup table "$name" | grep -q " 2 metadata [0-9]*:[0-9]*$" ||
+		fail "table: $(dmsetup table "$name")"
+	msg bitmap add b0
+	msg bitmap add fine granularity=4096
+	msg bitmap add off granularity=1048576 disabled
+	expect_eq "persistent" "$(field b0 persistent)" 1
+	qio "$dev" "write -P 0x11 0 4k" "write -P 0x22 5M 100k" "write -P 0x33 $((SIZE - 512)) 512"
+	before=$(msg bitmap list)
+	gone
+	create || return 1
+	after=$(msg bitmap list)
+	expect_eq "bitmaps after create again" "$after" "$before"
+	expect_eq "b0 count" "$(field b0 count)" $(((1 + 2 + 1) * 65536))
+	expect_eq "fine count" "$(field fine count)" $((4096 + 102400 + 4096))
+	expect_eq "off count" "$(field off count)" 0
+	expect_eq "off recording" "$(field off recording)" 0
+	expect_eq "generation" "$(field b0 generation | cut -d: -f2)" 1
+	# A remove is durable too.
+	msg bitmap remove fine
+	gone
+	create || return 1
+	expect_eq "bitmaps after remove" "$(msg bitmap list | cut -d' ' -f1 | tr '\n' ' ')" "b0 off "
+}
+
+test_commit_clear() {
+	local gen uuid
+	setup commit
+	msg bitmap add b0
+	qio "$dev" "write -P 0x11 0 64k"
+	uuid=$(field b0 generation | cut -d: -f1)
+	msg bitmap freeze b0 t1
+	qio "$dev" "write -P 0x22 1M 64k"
+	# Removed while frozen: it comes back as frozen | live, not frozen.
+	gone
+	create || return 1
+	expect_eq "busy after create" "$(field b0 busy)" 0
+	expect_eq "union count" "$(field b0 count)" $((2 * 65536))
+	expect_eq "generation kept" "$(field b0 generation)" "$uuid:1"
+	msg bitmap freeze b0 t2
+	qio "$dev" "write -P 0x33 2M 64k"
+	msg bitmap commit b0 t2
+	gen=$(field b0 generation)
+	expect_eq "generation after commit" "$gen" "$uuid:2"
+	gone
+	create || return 1
+	expect_eq "count after commit" "$(field b0 count)" 65536
+	expect_eq "generation after commit, loaded" "$(field b0 generation)" "$gen"
+	msg bitmap clear b0
+	gone
+	create || return 1
+	expect_eq "count after clear" "$(field b0 count)" 0
+	expect_eq "generation after clear" "$(field b0 generation)" "$uuid:3"
+	# Abort keeps the union, and the generation.
+	qio "$dev" "write -P 0x44 3M 64k"
+	msg bitmap freeze b0 t3
+	qio "$dev" "write -P 0x55 4M 64k"
+	msg bitmap abort b0 t3
+	gone
+	create || return 1
+	expect_eq "count after abort" "$(field b0 count)" $((2 * 65536))
+	expect_eq "generation after abort" "$(field b0 generation)" "$uuid:3"
+}
+
+test_resize() {
+	setup resize
+	msg bitmap add b0 granularity=512
+	qio "$dev" "write -P 0x11 0 512"
+	truncate -s $((SIZE * 2)) "$dir/data"
+	losetup -c "$dloop"
+	dmsetup reload "$name" --table "0 $((SIZE / 256)) cbt $dloop 2 metadata $mloop"
+	dmsetup resume "$name"
+	expect_eq "count after growth" "$(field b0 count)" $((512 + SIZE))
+	qio "$dev" "write -P 0x22 $((SIZE + 4096)) 512"
+	gone
+	create $((SIZE / 256)) || return 1
+	expect_eq "count after growth, loaded" "$(field b0 count)" $((512 + SIZE))
+	# Loaded at the old length it is refused: the bitmaps cover the new one.
+	gone
+	if create; then
+		fail "a table at another length than the bitmaps' was taken"
+	fi
+	kernel_said "Metadata device made for another length"
+}
+
+test_refusals() {
+	local other before
+	setup refuse $((20 << 10))
+	# 20 KiB: four superblock blocks and one area block.
+	msg bitmap add b0 granularity=512
+	before=$(msg bitmap list)
+	if msg bitmap add b1 granularity=512 2>/dev/null; then
+		fail "a bitmap past the metadata device's end was added"
+	fi
+	kernel_said "no room for bitmap 'b1'"
+	expect_eq "list after a refused add" "$(msg bitmap list)" "$before"
+	# A reload must keep the metadata device, and may not drop it.
+	if dmsetup reload "$name" --table "0 $((SIZE / 512)) cbt $dloop"; then
+		fail "a reload without the metadata device was taken"
+	fi
+	kernel_said "A reload must keep the metadata device"
+	gone
+	# Another dm device may not take it.
+	other=$(dm_name other)
+	if dm_create "$other" "0 $((SIZE / 512)) cbt $dloop 2 metadata $mloop"; then
+		fail "another dm device took the metadata"
+	fi
+	kernel_said "belongs to another dm device"
+	# Nor garbage, nor a device too small to hold anything.
+	dd if=/dev/urandom of="$mloop" bs=4k count=4 oflag=direct status=none
+	if create; then
+		fail "a metadata device of random bytes was taken"
+	fi
+	kernel_said "Not a dm-cbt metadata device"
+	# Unknown feature words and a missing path are refused.
+	if dm_create "$name" "0 $((SIZE / 512)) cbt $dloop 1 metadata"; then
+		fail "metadata without a path was taken"
+	fi
+	kernel_said "Missing metadata device path"
+	if dm_create "$name" "0 $((SIZE / 512)) cbt $dloop 2 metadata $dloop"; then
+		fail "the data device as its own metadata device was taken"
+	fi
+}
+
+# The metadata device starts failing: writes keep flowing, the bitmaps say
+# they are inconsistent, and so does the status line.
+test_io_error() {
+	local mname
+	make_tmpdir dir
+	truncate -s "$SIZE" "$dir/data"
+	truncate -s $((1 << 20)) "$dir/meta"
+	make_loop dloop "$dir/data"
+	make_loop mloop "$dir/meta"
+	mname=$(dm_name meta)
+	dm_create "$mname" "0 2048 linear $mloop 0"
+	name=$(dm_name ioerr)
+	dev=/dev/mapper/$name
+	dm_create "$name" "0 $((SIZE / 512)) cbt $dloop 2 metadata /dev/mapper/$mname"
+	msg bitmap add b0
+	qio "$dev" "write -P 0x11 0 4k"
+	dmsetup suspend "$mname"
+	dmsetup load "$mname" --table "0 2048 error"
+	dmsetup resume "$mname"
+	qio "$dev" "write -P 0x22 1M 4k" "read -P 0x22 1M 4k"
+	expect_eq "metadata state" "$(status_field 8)" failed
+	expect_eq "inconsistent" "$(field b0 inconsistent)" 1
+	expect_eq "count" "$(field b0 count)" $((2 * 65536))
+	kernel_said "metadata write failed"
+}
+
+# Writes to chunks already dirty on the metadata device do not wait; the
+# first write to a clean chunk writes the metadata device first.
+test_first_writes() {
+	local r1 r2
+	setup first
+	msg bitmap add b0
+	r1=$(awk '{ print $5 }' "/sys/block/${mloop#/dev/}/stat")
+	qio "$dev" "write -P 0x11 0 4k"
+	r2=$(awk '{ print $5 }' "/sys/block/${mloop#/dev/}/stat")
+	[ "$r2" -gt "$r1" ] || fail "a first write did not write the metadata device"
+	qio "$dev" "write -P 0x22 4k 4k" "write -P 0x33 8k 4k"
+	r1=$(awk '{ print $5 }' "/sys/block/${mloop#/dev/}/stat")
+	expect_eq "metadata writes for writes to a dirty chunk" "$r1" "$r2"
+}
+
+run_test "bitmaps survive a remove and a create" test_persist
+run_test "commit and clear are durable; frozen comes back as its union" test_commit_clear
+run_test "resize grows the bitmaps on the metadata device" test_resize
+run_test "refusals change nothing" test_refusals
+run_test "a failing metadata device: writes go on, bitmaps inconsistent" test_io_error
+run_test "only first writes to a chunk write the metadata device" test_first_writes
+finish
