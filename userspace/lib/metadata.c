@@ -5,6 +5,7 @@
  */
 #include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -279,6 +280,7 @@ static int read_at(int fd, const char *dev, void *buf, size_t len, uint64_t off,
 
 int cbt_meta_read(int fd, const char *dev, struct cbt_meta *m, struct cbt_err *e)
 {
+	struct stat st;
 	uint64_t size;
 	void *head;
 	int r;
@@ -286,6 +288,13 @@ int cbt_meta_read(int fd, const char *dev, struct cbt_meta *m, struct cbt_err *e
 	r = cbt_meta_dev_size(fd, dev, &size, e);
 	if (r)
 		return r;
+	/*
+	 * The target writes with bios, past the block device's page cache, and
+	 * holds the device open so that the cache is never dropped on close:
+	 * drop it here, or an earlier reader's pages would show.
+	 */
+	if (!fstat(fd, &st) && S_ISBLK(st.st_mode))
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 	if (size < CBT_META_HEAD_SIZE)
 		return cbt_fail(e, ENOSPC, "%s: %llu bytes, smaller than the %zu of the superblocks",
 				dev, (unsigned long long)size, CBT_META_HEAD_SIZE);

@@ -71,7 +71,11 @@ int cbt_meta_pick(const void *head, uint64_t dev_bytes, const char *dev, struct 
 /* The size of FD (a file or a block device) in bytes. */
 int cbt_meta_dev_size(int fd, const char *dev, uint64_t *bytes, struct cbt_err *e);
 
-/* cbt_meta_pick() of what FD (DEV, for messages) holds; read errors name the offset. */
+/*
+ * cbt_meta_pick() of what FD (DEV, for messages) holds; read errors name the
+ * offset. On a block device it first drops FD's page cache (clean pages),
+ * which the target's writes do not update.
+ */
 int cbt_meta_read(int fd, const char *dev, struct cbt_meta *m, struct cbt_err *e);
 
 /* The bytes of B's bitmap that hold chunks: ceil(nr_chunks / 8). */
