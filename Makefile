@@ -27,7 +27,7 @@ MODULE_TARGETS := $(KERNELS)
 endif
 
 .PHONY: all deps modules userspace selftests check unit vmcheck demo lint bench bench-bits unit-bits \
-	install dkms-install clean
+	unit-logcheck install dkms-install clean
 
 all: modules userspace selftests
 
@@ -54,7 +54,7 @@ userspace: $(DEPS_STAMP)
 selftests: userspace
 	$(MAKE) -C $(SELFTESTS) KSFT_DIR=$(LINUX_SRC)/tools/testing/selftests
 
-unit: $(DEPS_STAMP) unit-bits
+unit: $(DEPS_STAMP) unit-bits unit-logcheck
 	$(MAKE) -C userspace check
 
 # kernel/dm-cbt-bits.c on the host, with ASan and UBSan.
@@ -64,6 +64,19 @@ unit-bits:
 		-Itools/kernel-shim -Ikernel -Iuserspace/tests \
 		-o build/unit/test-bits tools/testing/unit/test-bits.c kernel/dm-cbt-bits.c
 	build/unit/test-bits
+
+# The crash-point checker (a selftests helper) on synthetic dm-log-writes
+# logs, with ASan and UBSan.
+LOGCHECK_SRCS := $(SELFTESTS)/logcheck.c userspace/lib/metadata.c userspace/lib/err.c
+unit-logcheck:
+	@mkdir -p build/unit
+	$(CC) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -Wall -Wextra -Werror \
+		-D_GNU_SOURCE -Iinclude/uapi -Iuserspace/lib \
+		-o build/unit/logcheck $(LOGCHECK_SRCS) -lz
+	$(CC) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -Wall -Wextra -Werror \
+		-Iinclude/uapi -Iuserspace/tests \
+		-o build/unit/logcheck-gen tools/testing/unit/logcheck-gen.c -lz
+	bash tools/testing/unit/test-logcheck.sh build/unit
 
 # The kselftests on every test kernel; each kernel's TAP log is kept in build/.
 vmcheck: modules selftests

@@ -30,6 +30,8 @@ static const struct command commands[] = {
 	  "error-injection rules (Documentation/dm-cbt-inject.rst)" },
 	{ "recover", cmd_recover, "recover [--force] [DEV...]",
 	  "undo what a killed backup left: views, snapshots, suspends, frozen bitmaps, temporaries" },
+	{ "metadata", cmd_metadata, "metadata size|show|format ...",
+	  "size, show or format a metadata device (a block device or a file)" },
 	{ "help", cmd_help, "help [COMMAND]", "list the commands, or describe one" },
 	{ "version", cmd_version, "version", "print cbtctl's version" },
 };

@@ -30,6 +30,7 @@ int cmd_backup(int argc, char **argv);
 int cmd_extents(int argc, char **argv);
 int cmd_inject(int argc, char **argv);
 int cmd_recover(int argc, char **argv);
+int cmd_metadata(int argc, char **argv);
 
 /* Prints "cbtctl: MSG" from a library error; returns EXIT_FAIL. */
 int report(const struct cbt_err *e);

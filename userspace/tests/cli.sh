@@ -5,11 +5,14 @@
 # --version, usage errors (exit 2, nothing done), options as --opt=V and
 # --opt V and after --, that the installed build has no test hooks, the bash
 # completion and the man page against `cbtctl help`.
-# usage: cli.sh TEST_CBTCTL RELEASE_CBTCTL (run by `make unit`).
+# usage: cli.sh TEST_CBTCTL RELEASE_CBTCTL [META_IMAGE] (run by `make unit`);
+# META_IMAGE (tests/meta-image.c) writes a metadata device into a file for
+# the metadata show/format tests.
 # shellcheck disable=SC2015 # "check && ok || bad": ok never fails
 set -u
 cbtctl=$1
 release=$2
+meta_image=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 man=$top/Documentation/cbtctl.8
@@ -45,7 +48,7 @@ mapfile -t commands < <("$cbtctl" help | sed -n 's/^  \([a-z]\+\) .*/\1/p')
 
 # --help and -h on every command and bitmap subcommand, usage on stdout, exit 0.
 for c in "${commands[@]}" "bitmap add" "bitmap remove" "bitmap clear" "bitmap enable" \
-	"bitmap disable" "bitmap merge"; do
+	"bitmap disable" "bitmap merge" "metadata size" "metadata show" "metadata format"; do
 	for h in --help -h; do
 		# shellcheck disable=SC2086
 		expect 0 $c $h
@@ -67,7 +70,8 @@ for v in --version -V version; do
 done
 
 # Unknown or malformed options: exit 2, the option named, nothing done.
-for c in "${commands[@]}" "bitmap add" "bitmap remove" "bitmap merge"; do
+for c in "${commands[@]}" "bitmap add" "bitmap remove" "bitmap merge" "metadata size" \
+	"metadata show" "metadata format"; do
 	# shellcheck disable=SC2086
 	expect 2 $c --no-such-option
 	has "$tmp/err" "'--no-such-option'"
@@ -120,6 +124,79 @@ if ! grep -q device-mapper /proc/misc 2>/dev/null; then
 	expect 1 status "$dev"
 	has "$tmp/err" "no device-mapper driver (is dm_mod loaded?)"
 	grep -q "Cannot allocate memory" "$tmp/err" && bad "ENOMEM shown: $(cat "$tmp/err")" || ok
+fi
+
+# metadata: on plain files, no device-mapper needed.
+expect 0 metadata size --length 1T
+[ "$(cat "$tmp/out")" = $(((4 + 512) * 4096)) ] && ok || bad "metadata size 1T: $(cat "$tmp/out")"
+expect 0 metadata size -l 1G -g 512 -b 64
+[ "$(cat "$tmp/out")" = $(((4 + 64 * 64) * 4096)) ] && ok || bad "metadata size -b 64: $(cat "$tmp/out")"
+expect 0 metadata size --length=1000 --granularity=4K --bitmaps=0 --json
+[ "$(cat "$tmp/out")" = '{"version": 1, "length": 1000, "granularity": 4096, "bitmaps": 0, "bytes": 16384}' ] &&
+	ok || bad "metadata size --json: $(cat "$tmp/out")"
+expect 2 metadata size
+has "$tmp/err" "needs --length"
+expect 2 metadata size -l 1G -g 3K
+expect 2 metadata size -l 1G -g 2G
+expect 2 metadata size -l 1G -b 65
+expect 2 metadata size -l 1G extra
+expect 2 metadata frobnicate
+expect 2 metadata
+expect 2 metadata show
+expect 2 metadata format "$tmp/a" "$tmp/b"
+expect 1 metadata show "$tmp/no-such-file"
+has "$tmp/err" "$tmp/no-such-file: cannot open for reading: No such file or directory"
+truncate -s 1M "$tmp/meta"
+expect 0 metadata show "$tmp/meta"
+has "$tmp/out" "unformatted"
+expect 0 metadata show "$tmp/meta" --json
+has "$tmp/out" '"formatted": false'
+truncate -s 100 "$tmp/short"
+expect 1 metadata show "$tmp/short"
+has "$tmp/err" "smaller than the 16384 of the superblocks"
+expect 1 metadata format "$tmp/short"
+if [ -n "$meta_image" ]; then
+	"$meta_image" "$tmp/meta" && ok || bad "meta-image failed"
+	expect 0 metadata show "$tmp/meta"
+	has "$tmp/out" "superblock: copy 1, seq 3"
+	has "$tmp/out" "dm name: cbt-test"
+	has "$tmp/out" "dm uuid: CBT-test-uuid"
+	has "$tmp/out" "metadata uuid: a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf"
+	has "$tmp/out" "data size: 1073793024"
+	has "$tmp/out" "b0: granularity 65536, recording, generation 00010203-0405-0607-0809-0a0b0c0d0e0f:3, area 4+1 blocks, 3 of 16385 chunks dirty (182272 bytes)"
+	has "$tmp/out" "b1: granularity 65536, disabled, INCONSISTENT, frozen, generation 20212223-2425-2627-2829-2a2b2c2d2e2f:1, area 5+1 blocks, 0 of 16385 chunks dirty (0 bytes)"
+	expect 0 metadata show --json "$tmp/meta"
+	if command -v python3 >/dev/null; then
+		python3 -c 'import json, sys; o = json.load(sys.stdin); sys.exit(not (o["seq"] == 3 and o["bitmaps"][0]["dirty_bytes"] == 182272 and o["bitmaps"][1]["frozen"]))' \
+			<"$tmp/out" && ok || bad "metadata show --json: $(cat "$tmp/out")"
+	fi
+	# A torn copy 1: copy 0 (seq 2) is current, copy 1's fault is shown.
+	printf 'torn' | dd of="$tmp/meta" bs=1 seek=9000 conv=notrunc status=none
+	expect 0 metadata show "$tmp/meta"
+	has "$tmp/out" "superblock: copy 0, seq 2 (copy 1 invalid: bad checksum"
+	# Neither copy valid: refused, exit 1, both reasons.
+	printf 'torn' | dd of="$tmp/meta" bs=1 seek=0 conv=notrunc status=none
+	expect 1 metadata show "$tmp/meta"
+	has "$tmp/err" "no valid superblock (copy 0 at offset 0: bad magic"
+	# format: refuses valid metadata without --force; damaged or forced, zeroes both copies.
+	"$meta_image" "$tmp/meta"
+	expect 1 metadata format "$tmp/meta"
+	has "$tmp/err" "holds valid cbt metadata (seq 3, 2 bitmaps, dm name 'cbt-test'); use --force"
+	expect 0 metadata show "$tmp/meta"
+	has "$tmp/out" "seq 3"
+	expect 0 metadata format --force "$tmp/meta"
+	expect 0 metadata show "$tmp/meta"
+	has "$tmp/out" "unformatted"
+	[ "$(stat -c %s "$tmp/meta")" = 32768 ] && ok || bad "format changed the size"
+	cmp -s -n 16384 "$tmp/meta" /dev/zero && ok || bad "format left non-zero superblocks"
+	"$meta_image" "$tmp/meta"
+	printf 'torn' | dd of="$tmp/meta" bs=1 seek=9000 conv=notrunc status=none
+	printf 'torn' | dd of="$tmp/meta" bs=1 seek=0 conv=notrunc status=none
+	expect 0 metadata format "$tmp/meta"
+	expect 0 metadata show "$tmp/meta"
+	has "$tmp/out" "unformatted"
+	# The area beyond the superblocks is left alone.
+	cmp -s -i 16384 -n 1 "$tmp/meta" /dev/zero && bad "format zeroed b0's area" || ok
 fi
 
 # CBT_TEST_STOP_AT is in the test build only; make install installs the other.
