@@ -88,8 +88,9 @@ static void events(void)
 	CHECK(!strcmp(cbt_event_name(DM_CBT_EVENT_SNAPSHOT_BREAK), "snapshot_break"));
 	CHECK(!strcmp(cbt_event_name(DM_CBT_EVENT_VIEW_CREATE), "view_create"));
 	CHECK(!strcmp(cbt_event_name(DM_CBT_EVENT_VIEW_REMOVE), "view_remove"));
+	CHECK(!strcmp(cbt_event_name(DM_CBT_EVENT_LOADED), "loaded"));
 	CHECK(!strcmp(cbt_event_name(0), "unknown"));
-	CHECK(!strcmp(cbt_event_name(DM_CBT_EVENT_VIEW_REMOVE + 1), "unknown"));
+	CHECK(!strcmp(cbt_event_name(DM_CBT_EVENT_LOADED + 1), "unknown"));
 }
 
 /* The file's content, or "" */
