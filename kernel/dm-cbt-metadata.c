@@ -141,11 +141,28 @@ static u32 sb_csum(struct dm_cbt_meta_sb *sb)
 }
 
 /*
- * Block BLOCK of a bitmap's area as it must be on disk: live | frozen,
- * little-endian, zero past the last chunk.
+ * Block BLOCK of a bitmap's area as it must be on disk: live | frozen |
+ * durable, little-endian, zero past the last chunk. The durable bits are
+ * what the block holds on disk now: only a rewrite (which clears them
+ * first, after a new generation is on disk) may take a bit away. Without
+ * them, a block written after a clear or commit zeroed the live array in
+ * memory, but before the new generation reached the superblock, would
+ * drop bits of the old generation.
  */
+/* The 64 bits of BITS from word W (of unsigned long) on. */
+static u64 word64(const struct cbt_bits *bits, unsigned long w)
+{
+#if BITS_PER_LONG == 64
+	return READ_ONCE(bits->map[w]);
+#else
+	return READ_ONCE(bits->map[w]) |
+	       ((u64)(w + 1 < BITS_TO_LONGS(bits->nr_chunks) ?
+		      READ_ONCE(bits->map[w + 1]) : 0) << 32);
+#endif
+}
+
 static void fill_block(__le64 *dst, const struct cbt_bits *live, const struct cbt_bits *frozen,
-		       u64 block)
+		       const struct cbt_bits *durable, u64 block)
 {
 	unsigned long first = block * CHUNKS_PER_BLOCK, w, i;
 	unsigned long nr = live->nr_chunks;
@@ -160,17 +177,11 @@ static void fill_block(__le64 *dst, const struct cbt_bits *live, const struct cb
 		if (c >= nr)
 			break;
 		w = c / BITS_PER_LONG;
-#if BITS_PER_LONG == 64
-		v = live->map[w];
+		v = word64(live, w);
 		if (frozen && c < frozen->nr_chunks)
-			v |= frozen->map[w];
-#else
-		v = live->map[w] | ((u64)(w + 1 < BITS_TO_LONGS(nr) ? live->map[w + 1] : 0) << 32);
-		if (frozen && c < frozen->nr_chunks)
-			v |= frozen->map[w] |
-			     ((u64)(w + 1 < BITS_TO_LONGS(frozen->nr_chunks) ?
-				    frozen->map[w + 1] : 0) << 32);
-#endif
+			v |= word64(frozen, w);
+		if (c < durable->nr_chunks)
+			v |= word64(durable, w);
 		if (nr - c < 64)
 			v &= (1ULL << (nr - c)) - 1;
 		dst[i] = cpu_to_le64(v);
@@ -276,7 +287,7 @@ static int meta_stage_block(struct cbt_meta *m, unsigned int *nr, struct cbt_bit
 	}
 	m->stage_bm[*nr] = bm;
 	m->stage_block[*nr] = block;
-	fill_block(stage_addr(m, *nr), bm_live(bm), READ_ONCE(bm->frozen), block);
+	fill_block(stage_addr(m, *nr), bm_live(bm), READ_ONCE(bm->frozen), bm_durable(bm), block);
 	(*nr)++;
 	return 0;
 }
@@ -874,7 +885,7 @@ static int meta_check_owner(struct cbt_meta *m, struct dm_target *ti)
 		return -EINVAL;
 	}
 	if (le64_to_cpu(sb->data_sectors) != ti->len) {
-		DMERR("%pg: the bitmaps cover %llu sectors, the table %llu: load that length, resize",
+		DMERR("%pg: bitmaps cover %llu sectors, not %llu: load that length, then resize",
 		      m->bdev, (unsigned long long)le64_to_cpu(sb->data_sectors),
 		      (unsigned long long)ti->len);
 		ti->error = "Metadata device made for another length";
