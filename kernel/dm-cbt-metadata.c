@@ -418,7 +418,7 @@ static void cbt_meta_work(struct work_struct *work)
 	mutex_unlock(&m->io_lock);
 
 	while ((bio = bio_list_pop(&bios)))
-		cbt_map_continue(cbt_per_bio(bio)->meta_cc, bio);
+		cbt_map_resume(cbt_per_bio(bio)->meta_cc, bio);
 }
 
 /*

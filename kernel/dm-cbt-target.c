@@ -178,28 +178,31 @@ static int cbt_map(struct dm_target *ti, struct bio *bio)
 	bool dirties = cbt_bio_dirties(bio);
 	int r;
 
-	bool durable = true;
+	bool *meta_wait = &cbt_per_bio(bio)->meta_wait;
 
 	/* First, before anything can complete, fail or hold the bio. */
 	tb->nr_sectors = 0;
-	if (dirties)
-		durable = cbt_dev_track_start(cc->cdev, tb, sector, bio_sectors(bio));
+	*meta_wait = dirties && !cbt_dev_track_start(cc->cdev, tb, sector, bio_sectors(bio));
 
 	bio_set_dev(bio, cc->dev->bdev);
 	if (bio_sectors(bio))
 		bio->bi_iter.bi_sector = sector;
 
-	/* Its chunks are not dirty on the metadata device yet: wait for that. */
-	if (!durable) {
-		cbt_meta_defer(cc, bio);
-		return DM_MAPIO_SUBMITTED;
-	}
-
-	/* A running snapshot may have to preserve what the write overwrites. */
+	/*
+	 * A running snapshot may have to preserve what the write overwrites.
+	 * It may shorten the bio, which only map may do: it comes first.
+	 */
 	if (dirties) {
 		r = cbt_snap_map_write(cc, bio, sector);
 		if (r != CBT_SNAP_CONTINUE)
 			return r;
+	}
+
+	/* Its chunks are not dirty on the metadata device yet: wait for that. */
+	if (*meta_wait) {
+		*meta_wait = false;
+		cbt_meta_defer(cc, bio);
+		return DM_MAPIO_SUBMITTED;
 	}
 
 	/* After tracking: a write that a rule fails or drops still marked what it touched. */
@@ -210,20 +213,21 @@ static int cbt_map(struct dm_target *ti, struct bio *bio)
 	return DM_MAPIO_REMAPPED;
 }
 
-/* A write the snapshot held, its chunk preserved: map's last steps. */
+/*
+ * A write the snapshot held, its chunk preserved, or the metadata device
+ * held, its chunks dirty there: map's last steps.
+ */
 void cbt_map_resume(struct cbt_c *cc, struct bio *bio)
 {
+	bool *meta_wait = &cbt_per_bio(bio)->meta_wait;
+
+	if (*meta_wait) {
+		*meta_wait = false;
+		cbt_meta_defer(cc, bio);
+		return;
+	}
 	if (cbt_inject_map(cc, bio) == CBT_INJECT_CONTINUE)
 		dm_submit_bio_remap(bio, NULL);
-}
-
-/* A write the metadata held, its chunks now dirty there: map's remaining steps. */
-void cbt_map_continue(struct cbt_c *cc, struct bio *bio)
-{
-	int r = cbt_snap_map_write(cc, bio, cbt_per_bio(bio)->track.sector);
-
-	if (r == CBT_SNAP_CONTINUE)
-		cbt_map_resume(cc, bio);
 }
 
 /* A write done: marked again if a message started a new record meanwhile. */

@@ -177,6 +177,7 @@ static inline int cbt_parse_u64(const char *s, u64 *v)
 struct cbt_per_bio {
 	struct cbt_track_bio track;
 	struct cbt_c *meta_cc;		/* a write deferred for the metadata device */
+	bool meta_wait;			/* it must wait for the metadata device */
 	struct cbt_inject_bio inject;
 	struct cbt_snap_bio snap;
 };
@@ -188,7 +189,6 @@ static inline struct cbt_per_bio *cbt_per_bio(struct bio *bio)
 
 /* dm-cbt-target.c: sends on a write the snapshot or the metadata held back. */
 void cbt_map_resume(struct cbt_c *cc, struct bio *bio);
-void cbt_map_continue(struct cbt_c *cc, struct bio *bio);
 
 /*
  * Called each time an injection rule fires, from map context with the
