@@ -10,8 +10,8 @@
 . "$(dirname "$0")/lib.sh"
 
 require_root
-require_tools dmsetup losetup qemu-io
-plan 6
+require_tools dmsetup losetup qemu-io qemu-img cbtctl
+plan 7
 
 SIZE=$((16 << 20))
 
@@ -224,10 +224,39 @@ test_first_writes() {
 	expect_eq "metadata writes for writes to a dirty chunk" "$r1" "$r2"
 }
 
+# A point-in-time backup of a persistent device: 1 MiB writes over every
+# chunk while the copy is held are split by the snapshot and wait for the
+# metadata device too; the image is the device before them, and after a
+# remove and a create the next incremental is the device after them.
+test_point_in_time() {
+	local pid rc
+	setup pit
+	msg bitmap add b0
+	qio "$dev" "write -P 0x5a 0 $SIZE"
+	dd if="$dev" of="$dir/before.raw" bs=1M iflag=direct status=none
+	head -c $SIZE /dev/urandom >"$dir/new.raw"
+	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync=full --bitmap=b0 --cbw-memory=32M \
+		"$dev=$dir/full.qcow2" >"$dir/out" 2>&1 &
+	pid=$!
+	wait_stopped $pid "phase snapshot"
+	dd if="$dir/new.raw" of="$dev" bs=1M oflag=direct status=none || fail "overwrite"
+	kill -CONT $pid
+	wait $pid && rc=0 || rc=$?
+	expect_eq "backup exit status ($(cat "$dir/out"))" "$rc" 0
+	chain_matches "$dir/full.qcow2" "$dir/before.raw"
+	cmp -s "$dev" "$dir/new.raw" || fail "the device does not hold what was written"
+	gone
+	create || return 1
+	cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" \
+		>/dev/null || fail "incremental"
+	chain_matches "$dir/inc.qcow2" "$dev"
+}
+
 run_test "bitmaps survive a remove and a create" test_persist
 run_test "commit and clear are durable; frozen comes back as its union" test_commit_clear
 run_test "resize grows the bitmaps on the metadata device" test_resize
 run_test "refusals change nothing" test_refusals
 run_test "a failing metadata device: writes go on, bitmaps inconsistent" test_io_error
 run_test "only first writes to a chunk write the metadata device" test_first_writes
+run_test "a point-in-time backup of a persistent device under 1 MiB writes" test_point_in_time
 finish
