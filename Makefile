@@ -100,7 +100,7 @@ lint: $(DEPS_STAMP)
 # then fio in a VM.
 bench: bench-bits modules userspace
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --timeout 2700 -- \
-		sh -c "tools/bench/run.sh && tools/bench/backup.sh"
+		sh -c "tools/bench/run.sh && tools/bench/backup.sh && tools/bench/metadata.sh"
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --cpus 2 --mem 6144 --timeout 2700 -- \
 		tools/bench/snapshot.sh
 
