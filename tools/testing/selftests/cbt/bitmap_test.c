@@ -996,6 +996,48 @@ TEST_F(bitmap, snapshot_events)
 	}
 }
 
+/*
+ * A device created over a metadata device reports each bitmap it loads
+ * from it ("loaded", the bitmap's name, no token), in the order added.
+ */
+TEST_F(bitmap, loaded_events)
+{
+	char mfile[128], mloop[32], params[96], want[160];
+	struct events ev = { 0 };
+	struct nl_sock *sk;
+	struct stat st;
+	int mfd;
+
+	snprintf(mfile, sizeof(mfile), "%s/meta", self->s.dir);
+	ASSERT_EQ(0, loop_create(mfile, 1 << 20, mloop, sizeof(mloop), &mfd));
+	snprintf(params, sizeof(params), "%s 2 metadata %s", self->s.loop, mloop);
+	ASSERT_EQ(0, dm_remove(self->s.name));
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", params));
+	ASSERT_EQ(0, msg(self, "bitmap add first"));
+	ASSERT_EQ(0, msg(self, "bitmap add second granularity=4096"));
+	ASSERT_EQ(0, dm_remove(self->s.name));
+
+	sk = events_listen(&ev);
+	ASSERT_NE(NULL, sk);
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", params));
+	ASSERT_EQ(0, stat(self->s.dev, &st));
+	while (nl_recvmsgs_default(sk) >= 0)
+		;
+	nl_socket_free(sk);
+	ASSERT_EQ(2, ev.n);
+	snprintf(want, sizeof(want), "%d %u:%u first -", DM_CBT_EVENT_LOADED,
+		 major(st.st_rdev), minor(st.st_rdev));
+	EXPECT_STREQ(want, ev.seen[0]);
+	snprintf(want, sizeof(want), "%d %u:%u second -", DM_CBT_EVENT_LOADED,
+		 major(st.st_rdev), minor(st.st_rdev));
+	EXPECT_STREQ(want, ev.seen[1]);
+	/* The fixture's teardown removes the device; the metadata loop goes with its fd. */
+	ASSERT_EQ(0, dm_remove(self->s.name));
+	ASSERT_EQ(0, dm_create_one(self->s.name, DEV_SECTORS, "cbt", self->s.loop));
+	loop_destroy(mfd);
+	unlink(mfile);
+}
+
 /* An error-injection rule that fires is reported on the events group. */
 TEST_F(bitmap, rule_fired_event)
 {
