@@ -11,7 +11,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 7
+plan 8
 
 SIZE=$((16 << 20))
 
@@ -144,6 +144,29 @@ test_resize() {
 	kernel_said "Metadata device made for another length"
 }
 
+# A growth the metadata device has no room for: the resume fails with
+# ENOSPC and changes nothing; the old table resumes.
+test_resize_no_room() {
+	local before
+	setup noroom $((20 << 10))
+	msg bitmap add b0 granularity=512
+	qio "$dev" "write -P 0x11 0 512"
+	before=$(msg bitmap list)
+	truncate -s $((SIZE * 2)) "$dir/data"
+	losetup -c "$dloop"
+	dmsetup reload "$name" --table "0 $((SIZE / 256)) cbt $dloop 2 metadata $mloop"
+	if dmsetup resume "$name" 2>/dev/null; then
+		fail "a growth past the metadata device's end resumed"
+	fi
+	kernel_said "no room to grow bitmap 'b0'"
+	dmsetup reload "$name" --table "0 $((SIZE / 512)) cbt $dloop 2 metadata $mloop"
+	dmsetup resume "$name"
+	expect_eq "bitmaps after the refused growth" "$(msg bitmap list)" "$before"
+	gone
+	create || return 1
+	expect_eq "bitmaps loaded after the refused growth" "$(msg bitmap list)" "$before"
+}
+
 test_refusals() {
 	local other before
 	setup refuse $((20 << 10))
@@ -198,6 +221,7 @@ test_io_error() {
 	dev=/dev/mapper/$name
 	dm_create "$name" "0 $((SIZE / 512)) cbt $dloop 2 metadata /dev/mapper/$mname"
 	msg bitmap add b0
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null || fail "full backup"
 	qio "$dev" "write -P 0x11 0 4k"
 	dmsetup suspend "$mname"
 	dmsetup load "$mname" --table "0 2048 error"
@@ -207,6 +231,12 @@ test_io_error() {
 	expect_eq "inconsistent" "$(field b0 inconsistent)" 1
 	expect_eq "count" "$(field b0 count)" $((2 * 65536))
 	kernel_said "metadata write failed"
+	# The next incremental refuses: the bitmap may have missed writes.
+	if cbtctl backup --sync=incremental --bitmap=b0 \
+		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" >"$dir/out" 2>&1; then
+		fail "an incremental through a bitmap whose metadata failed was taken"
+	fi
+	grep -q inconsistent "$dir/out" || fail "the refusal does not say why: $(cat "$dir/out")"
 }
 
 # Writes to chunks already dirty on the metadata device do not wait; the
@@ -255,6 +285,7 @@ test_point_in_time() {
 run_test "bitmaps survive a remove and a create" test_persist
 run_test "commit and clear are durable; frozen comes back as its union" test_commit_clear
 run_test "resize grows the bitmaps on the metadata device" test_resize
+run_test "a growth without room on the metadata device is refused" test_resize_no_room
 run_test "refusals change nothing" test_refusals
 run_test "a failing metadata device: writes go on, bitmaps inconsistent" test_io_error
 run_test "only first writes to a chunk write the metadata device" test_first_writes
