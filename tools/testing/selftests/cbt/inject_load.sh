@@ -76,7 +76,7 @@ test_fio_load() {
 
 	# Without rules, the same load runs clean and its data verifies.
 	cbtctl inject "$name" clear
-	expect_eq "status after clear" "$(dmsetup status "$name")" "0 $((SIZE / 512)) cbt 0 0 0 0 1 0 -"
+	expect_eq "status after clear" "$(dmsetup status "$name")" "0 $((SIZE / 512)) cbt 0 0 0 0 1 0 - -"
 	fio --name=verify --filename="$dev" --direct=1 --ioengine=libaio --iodepth=8 \
 		--rw=randwrite --bs=4k --size=16m --verify=crc32c --do_verify=1 \
 		>"$out" 2>&1 || fail "fio verify without rules failed: $(cat "$out")"
@@ -126,7 +126,7 @@ test_reload_releases_delayed() {
 	timeout 30 tail --pid=$pid -f /dev/null || fail "the delayed read was not released"
 	wait $pid || fail "the delayed read failed"
 	expect_eq "status of the new table" "$(dmsetup status "$name")" \
-		"0 $((SIZE / 512)) cbt 0 0 0 0 1 0 -"
+		"0 $((SIZE / 512)) cbt 0 0 0 0 1 0 - -"
 	dd if=/dev/zero of="$dev" bs=4k count=1 oflag=direct status=none ||
 		fail "the new table kept the old write rule"
 }
@@ -169,7 +169,7 @@ error event=read errno=EIO probability=1000000 id=x hits=0 armed"
 	cbtctl inject cbt-test-no-such-device list >/dev/null 2>&1 || rc=$?
 	expect_eq "exit status on a missing device" "$rc" 1
 	expect_eq "rules after the refusals" "$(dmsetup status "$name")" \
-		"0 $((SIZE / 512)) cbt 0 0 0 0 1 1 -"
+		"0 $((SIZE / 512)) cbt 0 0 0 0 1 1 - -"
 }
 
 run_test "rules fire under concurrent fio load" test_fio_load

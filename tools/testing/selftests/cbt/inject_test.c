@@ -674,7 +674,7 @@ TEST_F(inject, many_delayed_writes)
 
 /*
  * The rescuer threads of the module's workqueues: WQ_MEM_RECLAIM gives
- * each queue one, "dm-cbt-inject" and "dm-cbt-snap" (newer kernels:
+ * each queue one, "dm-cbt-inject", "dm-cbt-snap" and "dm-cbt-meta" (newer kernels:
  * "kworker/R-dm-cb...", cut to 15 bytes). Shared pool workers, which show
  * the queue they last served ("kworker/u4:1-dm-cbt-inject"), do not count.
  * The names go into NAMES for the log.
@@ -750,13 +750,13 @@ FIXTURE_TEARDOWN(wq_cost)
 
 /*
  * The injector's delay workqueue (and its rescuer thread) is the module's
- * one, as is the snapshots' (the module's two rescuers, dm-cbt-inject and
- * dm-cbt-snap): a table load, a reload, a rule, a rule added while suspended and a
+ * one, as are the snapshots' and the metadata devices' (the module's three
+ * rescuers, dm-cbt-inject, dm-cbt-snap and dm-cbt-meta): a table load, a reload, a rule, a rule added while suspended and a
  * removal make or free none. Making one per table costs every device a
  * thread; making one per first rule starts threads inside a message, which
  * a suspend may be waiting for.
  */
-#define MODULE_QUEUES 2
+#define MODULE_QUEUES 3
 
 TEST_F(wq_cost, one_workqueue_for_the_module)
 {

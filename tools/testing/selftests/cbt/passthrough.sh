@@ -81,7 +81,7 @@ test_table_reports() {
 	table=$(dmsetup table "$name")
 	expect_eq "table" "$table" "0 $((SIZE / 512)) cbt $(stat -Lc '%Hr:%Lr' "$loop")"
 	status=$(dmsetup status "$name")
-	expect_eq "status" "$status" "0 $((SIZE / 512)) cbt 0 0 0 0 1 0 -"
+	expect_eq "status" "$status" "0 $((SIZE / 512)) cbt 0 0 0 0 1 0 - -"
 	# The same table loads again from what `dmsetup table` printed.
 	dmsetup reload "$name" --table "$table" || fail "reload of the printed table failed"
 	dmsetup resume "$name" || fail "resume failed"
