@@ -35,13 +35,13 @@ static bool valid_uuid(const char *s)
 	return s[36] == '\0';
 }
 
-/* A dm name or uuid: printable, no '\n' (the line's end), not empty. */
+/* A dm name or uuid: any bytes but '\n' (the line's end), not empty. */
 static bool valid_text(const char *s, size_t max)
 {
 	size_t i;
 
 	for (i = 0; s[i]; i++)
-		if (i + 1 >= max || s[i] < 0x20 || s[i] > 0x7e)
+		if (i + 1 >= max || s[i] == '\n')
 			return false;
 	return i > 0;
 }

@@ -6,14 +6,15 @@
  * brought it to. An incremental backup checks its backing image's against
  * the device's bitmaps before it changes anything.
  *
- * Its content is ASCII text, one KEY=VALUE a line, each ending in '\n':
+ * Its content is text, one KEY=VALUE a line, each ending in '\n':
  *
  *   dm-cbt-identity=1                      first, the format's version
  *   device=NAME                            the dm name
  *   device-uuid=UUID                       the dm uuid; only when it has one
  *   bitmap=UUID:GENERATION:NAME            one per committed bitmap (0 to 16)
  *
- * in this order; UUID of a bitmap is 36 characters of [0-9a-f-], GENERATION
+ * in this order; a dm name or uuid is any bytes but '\n' and NUL, the
+ * UUID of a bitmap 36 characters of [0-9a-f-], GENERATION
  * a decimal number from 1, NAME 1 to 63 characters of [A-Za-z0-9_.-].
  */
 #ifndef CBT_IDENTITY_H

@@ -139,6 +139,7 @@ static void test_text(void)
 	CHECK(parse("device=d\ndm-cbt-identity=1\n") == EINVAL);		/* order */
 	CHECK(parse("dm-cbt-identity=1\ndevice=d") == EINVAL);			/* no line end */
 	CHECK(parse("dm-cbt-identity=1\ndevice=\n") == EINVAL);
+	CHECK(parse("dm-cbt-identity=1\ndevice=d\xc3\xa9 x=y\n") == 0);	/* any dm name */
 	CHECK(parse("dm-cbt-identity=1\ndevice=d\ncolour=red\n") == EINVAL);	/* unknown key */
 	CHECK(parse("dm-cbt-identity=1\ndevice=d\nno equals sign\n") == EINVAL);
 	CHECK(parse("dm-cbt-identity=1\ndevice=d\nbitmap=b\n") == EINVAL);
