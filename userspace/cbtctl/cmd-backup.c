@@ -88,6 +88,35 @@ static void show_progress(struct cbt_backup *b, void *arg)
 	p->shown = 1;
 }
 
+/*
+ * What a completed job's image records: "bitmap_uuid" and "generation" of
+ * its (first) bitmap, null without one, and every bitmap under "bitmaps".
+ */
+static void print_identity(const struct cbt_backup_job *j)
+{
+	const struct cbt_identity *id = &j->identity;
+	unsigned int k, n = j->status == CBT_JOB_COMPLETED ? id->nr_bitmaps : 0;
+
+	printf(", \"bitmap_uuid\": ");
+	if (n)
+		json_string(stdout, id->bitmaps[0].uuid);
+	else
+		printf("null");
+	if (n)
+		printf(", \"generation\": %llu", (unsigned long long)id->bitmaps[0].generation);
+	else
+		printf(", \"generation\": null");
+	printf(", \"bitmaps\": [");
+	for (k = 0; k < n; k++) {
+		printf("%s{\"name\": ", k ? ", " : "");
+		json_string(stdout, id->bitmaps[k].name);
+		printf(", \"bitmap_uuid\": ");
+		json_string(stdout, id->bitmaps[k].uuid);
+		printf(", \"generation\": %llu}", (unsigned long long)id->bitmaps[k].generation);
+	}
+	printf("]");
+}
+
 static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *e)
 {
 	unsigned int i;
@@ -117,6 +146,7 @@ static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *
 			printf("null");
 		else
 			json_string(stdout, j->err.msg[0] ? j->err.msg : "not run");
+		print_identity(j);
 		printf("}");
 	}
 	printf("]}\n");

@@ -22,6 +22,7 @@
 #include "bitmap.h"
 #include "copy.h"
 #include "hook.h"
+#include "identity.h"
 #include "lock.h"
 #include "place.h"
 #include "qcow2.h"
@@ -47,6 +48,9 @@ struct cbt_backup_job_priv {
 	uint64_t store_calm_until;	/* ns: the store was under half full, no need to ask before */
 	pthread_t thread;
 	bool running;
+	/* An incremental's backing image checked: the bitmaps as they were then. */
+	bool checked;
+	struct cbt_identity_bitmap seen[CBT_IDENTITY_MAX_BITMAPS];
 };
 
 const char *cbt_job_status_name(enum cbt_job_status s)
@@ -115,6 +119,161 @@ static int create_image(struct cbt_backup_job *job, uint64_t size, struct cbt_er
 	return qcow2_create(p->tmp_path, size,
 			    job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE,
 			    job->spec.backing, job->spec.backing ? "qcow2" : NULL, &p->img, e);
+}
+
+/*
+ * The backing image an incremental JOB follows (*PATH, or NULL when it has
+ * none): backing=, or the backing file of a mode=existing target. A
+ * relative name is resolved against the target's directory, as QEMU does.
+ */
+static int backing_of(struct cbt_backup_job *job, char **path, struct cbt_err *e)
+{
+	struct qcow2_peek pk = { 0 };
+	const char *name = job->spec.backing;
+	char *dup = NULL;
+	int r = 0;
+
+	*path = NULL;
+	if (job->spec.mode == CBT_MODE_EXISTING) {
+		r = qcow2_peek(job->spec.target, &pk, e);
+		if (r)
+			return r;
+		name = pk.backing_file;
+	}
+	if (name && name[0] != '/' && !(dup = strdup(job->spec.target)))
+		r = cbt_fail(e, ENOMEM, "%s", job->spec.target);
+	else if (name && asprintf(path, "%s%s%s", dup ? dirname(dup) : "", dup ? "/" : "",
+				  name) < 0)
+		r = cbt_fail(e, ENOMEM, "%s", job->spec.target);
+	if (r)
+		*path = NULL;
+	free(dup);
+	qcow2_peek_free(&pk);
+	return r;
+}
+
+/*
+ * Before anything changes: an incremental follows the image its bitmaps
+ * were last committed at. The backing image must open as qcow2 (as for
+ * "qemu-img create -b IMG -F qcow2"), and record this device, and each
+ * bitmap with its uuid and current generation.
+ */
+static int check_identity(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	const struct cbt_identity_bitmap *rec;
+	struct qcow2_peek pk = { 0 };
+	struct cbt_bitmap_info info;
+	struct cbt_identity id;
+	struct cbt_dm_info dm;
+	struct cbt_err was;
+	unsigned int j;
+	char *img;
+	int r;
+
+	r = cbt_dm_info(job->spec.device, &dm, e);
+	if (!r)
+		r = backing_of(job, &img, e);
+	if (r || !img)
+		return r;
+	r = qcow2_peek(img, &pk, e);
+	if (r == -ENOENT) {
+		r = cbt_fail(e, ENOENT, "%s: the backing image %s does not exist", dm.name, img);
+	} else if (r) {
+		was = *e;
+		r = cbt_fail(e, was.errnum, "%s: the backing image is not usable: %s", dm.name,
+			     was.msg);
+	} else if (pk.corrupt) {
+		r = cbt_fail(e, EUCLEAN, "%s: the backing image %s is marked corrupt (a backup "
+			     "into it failed): take a full backup", dm.name, img);
+	} else if (!pk.cbt_ext) {
+		r = cbt_fail(e, EINVAL, "%s: the backing image %s was made without an identity: "
+			     "take a full backup", dm.name, img);
+	} else {
+		r = cbt_identity_parse(pk.cbt_ext, pk.cbt_ext_len, img, &id, e);
+	}
+	if (!r && strcmp(id.device, dm.name))
+		r = cbt_fail(e, EINVAL, "%s: the backing image %s is a backup of device %s, "
+			     "not of %s", dm.name, img, id.device, dm.name);
+	if (!r && id.device_uuid[0] && dm.uuid[0] && strcmp(id.device_uuid, dm.uuid))
+		r = cbt_fail(e, EINVAL, "%s: the backing image %s is a backup of a device of "
+			     "uuid %s; this one has uuid %s", dm.name, img, id.device_uuid, dm.uuid);
+	for (j = 0; j < b->nr_bitmaps && !r; j++) {
+		r = cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, e);
+		if (r)
+			break;
+		rec = cbt_identity_find(&id, info.name);
+		if (!rec)
+			r = cbt_fail(e, EINVAL, "%s: the backing image %s records no generation of "
+				     "bitmap %s (it did not commit it): take a full backup",
+				     dm.name, img, info.name);
+		else if (strcmp(rec->uuid, info.uuid))
+			r = cbt_fail(e, EINVAL, "%s: bitmap %s was re-created since %s (uuid %s "
+				     "there, %s now): take a full backup", dm.name, info.name, img,
+				     rec->uuid, info.uuid);
+		else if (rec->generation != info.generation)
+			r = cbt_fail(e, EINVAL, "%s: %s was taken at generation %llu, bitmap %s is "
+				     "at %llu: a backup in between or a failed commit; use the newest "
+				     "image or take a full backup", dm.name, img,
+				     (unsigned long long)rec->generation, info.name,
+				     (unsigned long long)info.generation);
+		else
+			p->seen[j] = *rec;
+	}
+	p->checked = !r;
+	qcow2_peek_free(&pk);
+	free(img);
+	return r;
+}
+
+/*
+ * At the instant (the bitmaps frozen under this run's token, which keeps
+ * their generations until the commit): what JOB's image records, the
+ * generation each bitmap will have once committed. A bitmap that changed
+ * since check_identity() fails the job.
+ */
+static int record_identity(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	struct cbt_identity *id = &job->identity;
+	struct cbt_bitmap_info info;
+	struct cbt_dm_info dm;
+	unsigned int j;
+	size_t len;
+	char *text;
+	int r;
+
+	memset(id, 0, sizeof(*id));
+	r = cbt_dm_info(job->spec.device, &dm, e);
+	if (r)
+		return r;
+	memcpy(id->device, dm.name, sizeof(id->device));
+	memcpy(id->device_uuid, dm.uuid, sizeof(id->device_uuid));
+	for (j = 0; j < b->nr_bitmaps; j++) {
+		r = cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, e);
+		if (r)
+			return r;
+		if (!p->frozen[j] || strcmp(info.token, b->token))
+			return cbt_fail(e, EBUSY, "%s: bitmap %s is not frozen by this backup",
+					dm.name, info.name);
+		if (p->checked && (strcmp(info.uuid, p->seen[j].uuid) ||
+				   info.generation != p->seen[j].generation))
+			return cbt_fail(e, EINVAL, "%s: bitmap %s changed between the check of the "
+					"backing image (%s:%llu) and the backup instant (%s:%llu)",
+					dm.name, info.name, p->seen[j].uuid,
+					(unsigned long long)p->seen[j].generation, info.uuid,
+					(unsigned long long)info.generation);
+		snprintf(id->bitmaps[j].name, sizeof(id->bitmaps[j].name), "%s", info.name);
+		memcpy(id->bitmaps[j].uuid, info.uuid, sizeof(info.uuid));
+		id->bitmaps[j].generation = info.generation + 1;
+	}
+	id->nr_bitmaps = b->nr_bitmaps;
+	r = cbt_identity_format(id, &text, &len, e);
+	if (r)
+		return r;
+	r = qcow2_set_cbt_extension(p->img, text, len, e);
+	free(text);
+	return r;
 }
 
 /* Checks one job and opens its source and image; touches no bitmap. */
@@ -967,6 +1126,9 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 
 	if (b->sync == CBT_SYNC_INCREMENTAL && !b->nr_bitmaps)
 		return cbt_fail(e, EINVAL, "an incremental backup needs --bitmap");
+	if (b->nr_bitmaps > CBT_IDENTITY_MAX_BITMAPS)
+		return cbt_fail(e, EINVAL, "%u bitmaps: %u at most", b->nr_bitmaps,
+				CBT_IDENTITY_MAX_BITMAPS);
 	if (b->nr_cbw_stores && b->nr_cbw_stores != b->nr_jobs)
 		return cbt_fail(e, EINVAL, "%u --cbw-store for %u jobs: one per job, in job order",
 				b->nr_cbw_stores, b->nr_jobs);
@@ -997,6 +1159,10 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		p->b = b;
 		p->job = &b->jobs[i];
 	}
+	/* Every job's backing image before any job changes anything. */
+	for (i = 0; i < b->nr_jobs && !r && b->sync == CBT_SYNC_INCREMENTAL; i++)
+		if (check_identity(b, &b->jobs[i], e))
+			r = job_fail(&b->jobs[i], e);
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		if (prepare_job(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
@@ -1014,6 +1180,9 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		r = freeze_all(b, e);
 	for (i = 0; i < b->nr_jobs && !r && instant; i++)
 		if (fit_to_instant(&b->jobs[i], e))
+			r = job_fail(&b->jobs[i], e);
+	for (i = 0; i < b->nr_jobs && !r; i++)
+		if (record_identity(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
 	for (i = 0; i < b->nr_jobs && !r && !b->no_snapshot; i++)
 		if (make_view(b, &b->jobs[i], i, e))

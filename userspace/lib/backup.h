@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "libcbt.h"
+#include "identity.h"
 #include "job.h"
 
 struct cbt_journal;
@@ -44,6 +45,12 @@ struct cbt_backup_job {
 	uint64_t bytes_done;		/* progress, device bytes walked */
 	enum cbt_job_status status;
 	bool target_unusable;		/* mode=existing image left half-written */
+	/*
+	 * What the image records (its dm-cbt header extension): the device,
+	 * and per bitmap in --bitmap order the generation it has once this
+	 * backup committed it. Set at the instant.
+	 */
+	struct cbt_identity identity;
 	struct cbt_err err;
 	struct cbt_backup_job_priv *priv;
 };

@@ -9,12 +9,17 @@
 
 #include "bitmap.h"
 
-/* Parses "NAME granularity=G count=C recording=R busy=B persistent=P inconsistent=I frozen=F token=T". */
+/*
+ * Parses "NAME granularity=G count=C recording=R busy=B persistent=P
+ * inconsistent=I frozen=F token=T", then (fields are only ever appended)
+ * the identity "generation=UUID:N" wherever it follows.
+ */
 static int parse_line(const char *line, struct cbt_bitmap_info *b)
 {
 	unsigned int rec, busy, pers, inc;
 	char token[64];
-	int n = -1;
+	const char *gen;
+	int n = -1, m = -1;
 
 	memset(b, 0, sizeof(*b));
 	if (sscanf(line, "%63s granularity=%llu count=%llu recording=%u busy=%u persistent=%u "
@@ -29,6 +34,11 @@ static int parse_line(const char *line, struct cbt_bitmap_info *b)
 	b->inconsistent = inc;
 	if (strcmp(token, "-"))
 		snprintf(b->token, sizeof(b->token), "%s", token);
+	gen = strstr(line + n, " generation=");
+	if (!gen || sscanf(gen, " generation=%36[0-9a-f-]:%llu%n", b->uuid,
+			   (unsigned long long *)&b->generation, &m) != 2 || m < 0 ||
+	    strlen(b->uuid) != 36 || (gen[m] && gen[m] != ' '))
+		return -EPROTO;
 	return 0;
 }
 

@@ -28,6 +28,12 @@ struct cbt_bitmap_info {
 	bool recording, busy, persistent, inconsistent;
 	uint64_t frozen;	/* dirty bytes in the frozen copy */
 	char token[64];		/* "" when not frozen */
+	/*
+	 * Identity: a random uuid when the bitmap was added, and a generation
+	 * (1 at add) that "bitmap clear" and "bitmap commit" bump.
+	 */
+	char uuid[37];
+	uint64_t generation;
 };
 
 /* All bitmaps of DEV; free(*v). */

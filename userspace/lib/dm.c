@@ -195,6 +195,8 @@ int cbt_dm_info(const char *dev, struct cbt_dm_info *out, struct cbt_err *e)
 	out->major = info.major;
 	out->minor = info.minor;
 	out->suspended = info.suspended;
+	snprintf(out->name, sizeof(out->name), "%s", dm_task_get_name(dmt) ?: "");
+	snprintf(out->uuid, sizeof(out->uuid), "%s", dm_task_get_uuid(dmt) ?: "");
 out:
 	if (dmt)
 		dm_task_destroy(dmt);

@@ -84,6 +84,8 @@ int cbt_extents(const char *dev, const char *bitmap, int frozen, uint64_t size,
 struct cbt_dm_info {
 	uint32_t major, minor;
 	int suspended;
+	char name[128];		/* the dm name */
+	char uuid[129];		/* the dm uuid, "" when it has none */
 };
 
 int cbt_dm_info(const char *dev, struct cbt_dm_info *info, struct cbt_err *e);

@@ -51,6 +51,7 @@
 #define EXT_BITMAPS			0x23852875u
 #define EXT_CRYPTO			0x0537be77u
 #define EXT_DATA_FILE			0x44415441u
+/* dm-cbt's own (QCOW2_EXT_CBT_IDENTITY), in qcow2.h */
 
 /* L1 and L2 entries. */
 #define L1E_OFFSET_MASK			0x00fffffffffffe00ULL
@@ -106,6 +107,14 @@ struct qcow2_image {
 	uint64_t autoclear_features;
 	bool header_dirty;
 	char *backing_file, *backing_format;	/* created images only */
+	/* The dm-cbt identity extension to write (NULL: none). */
+	uint8_t *cbt_ext;
+	size_t cbt_ext_len;
+	/*
+	 * An existing image whose extensions changed: its first cluster as
+	 * it is to be written, the fields we own patched in at each write.
+	 */
+	uint8_t *hdr0;
 
 	/*
 	 * References to drop once the metadata that stops using the clusters
@@ -546,6 +555,13 @@ static int write_header(struct qcow2_image *img, struct cbt_err *e)
 	size_t pos, n;
 	int r;
 
+	if (!img->created && img->hdr0) {
+		/* Extensions rebuilt by qcow2_set_cbt_extension(): the whole cluster. */
+		put_be64(img->hdr0 + HDR_REFCOUNT_TABLE_OFFSET, img->refcount_table_offset);
+		put_be32(img->hdr0 + HDR_REFCOUNT_TABLE_CLUSTERS, img->refcount_table_clusters);
+		put_be64(img->hdr0 + HDR_AUTOCLEAR_FEATURES, img->autoclear_features);
+		return pwrite_all(img, img->hdr0, img->cluster_size, 0, e);
+	}
 	if (!img->created) {
 		/* Rewrite only the fields we own; extensions stay as they are. */
 		put_be64(f, img->refcount_table_offset);
@@ -581,6 +597,12 @@ static int write_header(struct qcow2_image *img, struct cbt_err *e)
 		put_be32(h + pos + 4, (uint32_t)n);
 		memcpy(h + pos + 8, img->backing_format, n);
 		pos += 8 + (n + 7) / 8 * 8;
+	}
+	if (img->cbt_ext) {
+		put_be32(h + pos, QCOW2_EXT_CBT_IDENTITY);
+		put_be32(h + pos + 4, (uint32_t)img->cbt_ext_len);
+		memcpy(h + pos + 8, img->cbt_ext, img->cbt_ext_len);
+		pos += 8 + (img->cbt_ext_len + 7) / 8 * 8;
 	}
 	put_be32(h + pos, EXT_END);	/* end of the extension area */
 	put_be32(h + pos + 4, 0);
@@ -746,6 +768,8 @@ static void image_free(struct qcow2_image *img)
 	free(img->unref);
 	free(img->backing_file);
 	free(img->backing_format);
+	free(img->cbt_ext);
+	free(img->hdr0);
 	free(img->bounce);
 	free(img->path);
 	free(img);
@@ -1426,4 +1450,254 @@ void qcow2_abort(struct qcow2_image *img, bool unlink_created)
 	if (unlink_created && img->created)
 		unlink(img->path);
 	image_free(img);
+}
+
+/* ---- the dm-cbt identity extension ------------------------------------- */
+
+static uint64_t ext_bytes(size_t len)
+{
+	return 8 + ((uint64_t)len + 7) / 8 * 8;
+}
+
+/*
+ * An existing image's first cluster rebuilt into img->hdr0: its extensions
+ * but ours as they are, then ours (DATA, or none), the end of the area and
+ * the backing file name, moved to follow them.
+ */
+static int rebuild_first_cluster(struct qcow2_image *img, const uint8_t *data, size_t len,
+				 struct cbt_err *e)
+{
+	uint64_t cs = img->cluster_size, pos, out, step, boff;
+	uint8_t *old = img->hdr0, *h;
+	uint32_t header_length, bsize, type;
+	int r = 0;
+
+	h = calloc(1, cs);
+	if (!h)
+		return cbt_fail(e, ENOMEM, "%s: header", img->path);
+	if (!old) {
+		old = img->bounce;
+		r = pread_all(img, old, cs, 0, e);
+		if (r)
+			goto out;
+	}
+	header_length = get_be32(old + HDR_HEADER_LENGTH);
+	memcpy(h, old, header_length);
+	for (pos = out = header_length;; pos += step) {
+		if (pos + 8 > cs) {
+			r = cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster",
+				     img->path);
+			goto out;
+		}
+		type = get_be32(old + pos);
+		if (type == EXT_END)
+			break;
+		step = ext_bytes(get_be32(old + pos + 4));
+		if (pos + step > cs) {
+			r = cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster",
+				     img->path);
+			goto out;
+		}
+		if (type == QCOW2_EXT_CBT_IDENTITY)
+			continue;
+		memcpy(h + out, old + pos, step);
+		out += step;
+	}
+	boff = get_be64(old + HDR_BACKING_FILE_OFFSET);
+	bsize = boff ? get_be32(old + HDR_BACKING_FILE_SIZE) : 0;
+	if (boff && (boff > cs || bsize > cs - boff)) {
+		r = cbt_fail(e, EINVAL, "%s: the backing file name lies outside the first cluster",
+			     img->path);
+		goto out;
+	}
+	if (out + (data ? ext_bytes(len) : 0) + 8 + bsize > cs) {
+		r = cbt_fail(e, ENOSPC, "%s: the dm-cbt identity (%zu bytes) does not fit into the "
+			     "first %llu-byte cluster beside the other header extensions",
+			     img->path, len, (unsigned long long)cs);
+		goto out;
+	}
+	if (data) {
+		put_be32(h + out, QCOW2_EXT_CBT_IDENTITY);
+		put_be32(h + out + 4, (uint32_t)len);
+		memcpy(h + out + 8, data, len);
+		out += ext_bytes(len);
+	}
+	put_be32(h + out, EXT_END);
+	put_be32(h + out + 4, 0);
+	out += 8;
+	if (boff) {
+		memcpy(h + out, old + boff, bsize);
+		put_be64(h + HDR_BACKING_FILE_OFFSET, out);
+	}
+out:
+	if (r) {
+		free(h);
+		return r;
+	}
+	free(img->hdr0);
+	img->hdr0 = h;
+	img->header_dirty = true;
+	return 0;
+}
+
+int qcow2_set_cbt_extension(struct qcow2_image *img, const void *data, size_t len,
+			    struct cbt_err *e)
+{
+	uint64_t need;
+	uint8_t *copy = NULL;
+
+	if (data && (!len || len > QCOW2_CBT_EXT_MAX))
+		return cbt_fail(e, EINVAL, "%s: a dm-cbt identity of %zu bytes (1 to %u allowed)",
+				img->path, len, QCOW2_CBT_EXT_MAX);
+	if (!img->created)
+		return rebuild_first_cluster(img, data, len, e);
+	need = HDR_V3_LENGTH + 8 + (data ? ext_bytes(len) : 0);
+	if (img->backing_format)
+		need += ext_bytes(strlen(img->backing_format));
+	if (img->backing_file)
+		need += strlen(img->backing_file);
+	if (need > img->cluster_size)
+		return cbt_fail(e, ENOSPC, "%s: the dm-cbt identity (%zu bytes) and the backing file "
+				"name do not fit into the first %llu-byte cluster (use a larger "
+				"cluster-size)", img->path, len,
+				(unsigned long long)img->cluster_size);
+	if (data) {
+		copy = malloc(len);
+		if (!copy)
+			return cbt_fail(e, ENOMEM, "%s: header", img->path);
+		memcpy(copy, data, len);
+	}
+	free(img->cbt_ext);
+	img->cbt_ext = copy;
+	img->cbt_ext_len = data ? len : 0;
+	img->header_dirty = true;
+	return 0;
+}
+
+void qcow2_peek_free(struct qcow2_peek *p)
+{
+	free(p->backing_file);
+	free(p->cbt_ext);
+	memset(p, 0, sizeof(*p));
+}
+
+/*
+ * As QEMU's qcow2 driver reads a header before it opens the image (the
+ * check "qemu-img create -b" makes of a backing file): the magic, a
+ * version of 2 or 3, a sane cluster size and header length, no unknown
+ * incompatible feature, extensions and backing file name in the first
+ * cluster.
+ */
+int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e)
+{
+	uint8_t h[HDR_V3_LENGTH], *first = NULL;
+	uint32_t header_length, cluster_bits, type, len, bsize;
+	uint64_t cs, pos, boff, incompat;
+	ssize_t got;
+	int fd, r = 0;
+
+	memset(out, 0, sizeof(*out));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cbt_fail(e, errno, "%s: cannot open image", path);
+	memset(h, 0, sizeof(h));
+	got = pread(fd, h, sizeof(h), 0);
+	if (got < 0) {
+		r = cbt_fail(e, errno, "%s: cannot read header", path);
+		goto out;
+	}
+	if (got < 72 || get_be32(h + HDR_MAGIC) != QCOW_MAGIC) {
+		r = cbt_fail(e, EINVAL, "%s: not a qcow2 image", path);
+		goto out;
+	}
+	out->version = get_be32(h + HDR_VERSION);
+	cluster_bits = get_be32(h + HDR_CLUSTER_BITS);
+	if (out->version != 2 && out->version != 3) {
+		r = cbt_fail(e, ENOTSUP, "%s: unsupported qcow2 version %u", path, out->version);
+		goto out;
+	}
+	if (cluster_bits < 9 || cluster_bits > 21) {
+		r = cbt_fail(e, EINVAL, "%s: cluster_bits %u not in 9..21", path, cluster_bits);
+		goto out;
+	}
+	cs = 1ULL << cluster_bits;
+	header_length = 72;
+	if (out->version == 3) {
+		if (got < HDR_V3_LENGTH) {
+			r = cbt_fail(e, EINVAL, "%s: truncated qcow2 header", path);
+			goto out;
+		}
+		header_length = get_be32(h + HDR_HEADER_LENGTH);
+		if (header_length < HDR_V3_LENGTH || header_length % 8 || header_length > cs) {
+			r = cbt_fail(e, EINVAL, "%s: bad header_length %u", path, header_length);
+			goto out;
+		}
+		incompat = get_be64(h + HDR_INCOMPATIBLE_FEATURES);
+		out->corrupt = incompat & INCOMPAT_CORRUPT;
+		if (incompat & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE |
+				 INCOMPAT_COMPRESSION | INCOMPAT_EXTL2)) {
+			r = cbt_fail(e, ENOTSUP, "%s: unknown incompatible features 0x%llx", path,
+				     (unsigned long long)incompat);
+			goto out;
+		}
+	}
+	first = calloc(1, cs);
+	if (!first) {
+		r = cbt_fail(e, ENOMEM, "%s: header", path);
+		goto out;
+	}
+	got = pread(fd, first, cs, 0);
+	if (got < 0) {
+		r = cbt_fail(e, errno, "%s: cannot read header", path);
+		goto out;
+	}
+	for (pos = header_length;; pos += ext_bytes(len)) {
+		if (pos + 8 > (uint64_t)got) {
+			r = cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster",
+				     path);
+			goto out;
+		}
+		type = get_be32(first + pos);
+		len = get_be32(first + pos + 4);
+		if (type == EXT_END)
+			break;
+		if (pos + ext_bytes(len) > (uint64_t)got) {
+			r = cbt_fail(e, EINVAL, "%s: header extension 0x%08x runs past the first "
+				     "cluster", path, type);
+			goto out;
+		}
+		if (type != QCOW2_EXT_CBT_IDENTITY)
+			continue;
+		if (out->cbt_ext) {
+			r = cbt_fail(e, EINVAL, "%s: two dm-cbt identity extensions", path);
+			goto out;
+		}
+		out->cbt_ext = malloc(len + 1);
+		if (!out->cbt_ext) {
+			r = cbt_fail(e, ENOMEM, "%s: header", path);
+			goto out;
+		}
+		memcpy(out->cbt_ext, first + pos + 8, len);
+		out->cbt_ext[len] = '\0';
+		out->cbt_ext_len = len;
+	}
+	boff = get_be64(h + HDR_BACKING_FILE_OFFSET);
+	bsize = get_be32(h + HDR_BACKING_FILE_SIZE);
+	if (boff) {
+		if (boff > (uint64_t)got || bsize > (uint64_t)got - boff || !bsize ||
+		    bsize > MAX_BACKING_FILE_SIZE) {
+			r = cbt_fail(e, EINVAL, "%s: bad backing file name (offset %llu, %u bytes)",
+				     path, (unsigned long long)boff, bsize);
+			goto out;
+		}
+		out->backing_file = strndup((const char *)first + boff, bsize);
+		if (!out->backing_file)
+			r = cbt_fail(e, ENOMEM, "%s: header", path);
+	}
+out:
+	free(first);
+	close(fd);
+	if (r)
+		qcow2_peek_free(out);
+	return r;
 }

@@ -121,4 +121,39 @@ int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e);
  */
 void qcow2_abort(struct qcow2_image *img, bool unlink_created);
 
+/*
+ * dm-cbt's header extension (Documentation/cbtctl.8, IMAGE IDENTITY): not
+ * listed in QEMU's qcow2.txt, so QEMU skips it (and keeps it when it
+ * rewrites the header); its content is the text of identity.h.
+ */
+#define QCOW2_EXT_CBT_IDENTITY	0x63627469u	/* "cbti" */
+#define QCOW2_CBT_EXT_MAX	4096u
+
+/*
+ * Sets the dm-cbt extension to LEN bytes at DATA (NULL: removes it),
+ * written with the header at the next flush. -ENOSPC when it does not fit
+ * into the first cluster beside the other extensions and the backing file
+ * name. In an existing image the other extensions are kept as they are.
+ */
+int qcow2_set_cbt_extension(struct qcow2_image *img, const void *data, size_t len,
+			    struct cbt_err *e);
+
+/* What qcow2_peek() reads of an image's header. */
+struct qcow2_peek {
+	uint32_t version;
+	bool corrupt;		/* the "corrupt" incompatible feature is set */
+	char *backing_file;	/* as stored; NULL: none */
+	char *cbt_ext;		/* the dm-cbt extension, NUL added; NULL: none */
+	size_t cbt_ext_len;
+};
+
+/*
+ * Reads PATH's header read-only, checked as QEMU's qcow2 driver checks it
+ * before opening the image (what "qemu-img create -b PATH -F qcow2" does):
+ * -EINVAL "not a qcow2 image" and the like otherwise, the open's errno
+ * (-ENOENT ...) when it cannot be opened. Free with qcow2_peek_free().
+ */
+int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e);
+void qcow2_peek_free(struct qcow2_peek *p);
+
 #endif /* CBT_QCOW2_H */

@@ -228,8 +228,10 @@ seed_read_error() {
 test_incremental_failure() {
 	local dir loop name dev rc
 	setup failure
-	cbtctl backup --sync=full "$dev=$dir/anchor.qcow2" >/dev/null || fail "anchor backup"
+	# The anchor commits b0: an incremental follows the image that did (identity.sh).
 	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/anchor.qcow2" >/dev/null ||
+		fail "anchor backup"
 	seed_read_error
 	cbtctl backup --sync=incremental --bitmap=b0 \
 		"$dev=$dir/inc.qcow2,backing=$dir/anchor.qcow2" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
@@ -303,8 +305,10 @@ test_grown_after_prepare() {
 test_incremental_pause() {
 	local dir loop name dev pid rc
 	setup pause
-	cbtctl backup --sync=full "$dev=$dir/anchor.qcow2" >/dev/null || fail "anchor backup"
+	# The anchor commits b0: an incremental follows the image that did (identity.sh).
 	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/anchor.qcow2" >/dev/null ||
+		fail "anchor backup"
 	seed_read_error
 	# The controller stops itself where it would pause before the retry.
 	CBT_TEST_STOP_AT=retry cbtctl backup --sync=incremental --bitmap=b0 \

@@ -139,11 +139,12 @@ killed_at() {
 	expect_eq "dev1 not busy" "$(bitmap_field "$d1" b0 busy)" false
 	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
 	qio "$d0" "write -P 0x78 38M 4k"
-	# Killed after the images were in place: they are complete backups,
-	# and the next incremental goes on from them; before that, from the full.
+	# Killed after the images were in place: they are complete backups, but
+	# the next incremental goes on from those whose bitmap was committed
+	# (at phase committing, dev0's: jobs commit in order); from the full
+	# otherwise (the image's identity says so: identity.sh).
 	local b0=$dir/full0.qcow2 b1=$dir/full1.qcow2
-	[ -e "$dir/inc0.qcow2" ] && b0=$dir/inc0.qcow2
-	[ -e "$dir/inc1.qcow2" ] && b1=$dir/inc1.qcow2
+	[ "$1" = committing ] && b0=$dir/inc0.qcow2
 	case $1 in
 	renamed|committing)
 		[ -e "$dir/inc0.qcow2" ] && [ -e "$dir/inc1.qcow2" ] ||
