@@ -102,7 +102,9 @@ bench: bench-bits modules userspace
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --timeout 2700 -- \
 		sh -c "tools/bench/run.sh && tools/bench/backup.sh && tools/bench/metadata.sh"
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --cpus 2 --mem 6144 --timeout 2700 -- \
-		tools/bench/snapshot.sh
+		env BENCH_SNAP_PARTS=iops tools/bench/snapshot.sh
+	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --mem 6144 --timeout 2700 -- \
+		env BENCH_SNAP_PARTS=idle BENCH_SNAP_MB=512 tools/bench/snapshot.sh
 
 bench-bits:
 	@mkdir -p build/bench

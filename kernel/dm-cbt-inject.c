@@ -690,6 +690,8 @@ static int inject_add(struct cbt_c *cc, struct dm_target *ti, enum cbt_inject_ki
 	rule = kzalloc(sizeof(*rule), GFP_KERNEL);
 	if (!rule)
 		return -ENOMEM;
+	/* Before the rule can fire: view reads mapped from now on come through here. */
+	cbt_snap_injected(cc->cdev);
 	r = parse_rule(rule, kind, argc, argv, (u64)ti->len << SECTOR_SHIFT);
 	if (r)
 		goto bad;

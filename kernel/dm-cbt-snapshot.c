@@ -552,8 +552,10 @@ static void cbt_snap_serve(struct cbt_snap *s, struct bio *bio, struct cbt_view_
 
 /*
  * View map, for a read within one read unit at target-relative SECTOR:
- * DM_MAPIO_REMAPPED when it goes to ORIGIN, the cbt device (tracked, so
- * writes to its chunks wait for it), or to the store device;
+ * DM_MAPIO_REMAPPED when it goes to ORIGIN, the device below the cbt
+ * target or (on a test device, for its injection rules) the cbt device
+ * itself, at the same sector (tracked, so writes to its chunks wait for
+ * it), or to the store device;
  * DM_MAPIO_SUBMITTED when it is served from memory (now or when the
  * chunk's copy ends); DM_MAPIO_KILL when the snapshot lacks the chunk.
  * A read of the device covers the needed chunks without a slot from its
@@ -981,8 +983,25 @@ void cbt_snap_table_changed(struct cbt_dev *cd, sector_t len, dev_t origin)
 }
 
 /*
- * Presuspend of the cbt device: from now until resume, view reads of the
- * device may wait behind the suspend, which waits for every held write.
+ * An injection rule is about to be added to CD: the views of its snapshot,
+ * and of any later one, read through the cbt device from now on.
+ */
+void cbt_snap_injected(struct cbt_dev *cd)
+{
+	struct cbt_snap *s;
+
+	mutex_lock(&cd->lock);
+	cd->injected = true;
+	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	if (s)
+		WRITE_ONCE(s->injected, true);
+	mutex_unlock(&cd->lock);
+}
+
+/*
+ * Presuspend of the cbt device: from now until resume, view reads that go
+ * through it (on a test device: cbt_snap.injected) may wait behind the
+ * suspend, which waits for every held write.
  * Writes held for such reads go (the reads fail), and a write that needs
  * a slot when none is free breaks the snapshot instead of waiting.
  */
@@ -1237,12 +1256,14 @@ static int run_prepare(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_m
 		return r;
 	}
 	mutex_lock(&cd->lock);
-	if (rcu_access_pointer(cd->snap))
+	if (rcu_access_pointer(cd->snap)) {
 		r = -EBUSY;
-	else if (cd->len != len)
+	} else if (cd->len != len) {
 		r = -EAGAIN;
-	else
+	} else {
+		s->injected = cd->injected;
 		rcu_assign_pointer(cd->snap, s);
+	}
 	mutex_unlock(&cd->lock);
 	if (r == -EAGAIN)
 		DMERR("snapshot prepare: the device was resized meanwhile");

@@ -98,6 +98,7 @@ struct cbt_snap {
 	struct bio_list held_writes;	/* writes waiting for their chunk's copy (and reads) */
 	bool suspending;		/* presuspend to resume: reads of the device may stall */
 	dev_t origin;			/* the device below the cbt target at the instant */
+	bool injected;			/* cbt_dev.injected: views read through the cbt device */
 	struct bio_list ready_writes;	/* writes free to go down */
 	struct bio_list ready_reads;	/* view reads to serve from their slot */
 	bool break_event;		/* the break still has to be reported */
@@ -140,6 +141,7 @@ void cbt_snap_table_changed(struct cbt_dev *cd, sector_t len, dev_t origin);
 void cbt_snap_presuspend(struct cbt_dev *cd);
 void cbt_snap_resume(struct cbt_dev *cd);
 void cbt_snap_dev_release(struct cbt_dev *cd);
+void cbt_snap_injected(struct cbt_dev *cd);
 
 /* The view's side. */
 struct cbt_snap *cbt_snap_get_running(dev_t devt, const char *token);

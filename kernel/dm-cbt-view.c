@@ -15,6 +15,13 @@
 
 struct cbt_view {
 	struct dm_dev *dev;		/* the cbt device */
+	/*
+	 * The device below its cbt target at the instant, which reads go to
+	 * directly (one device-mapper layer less), open for as long as the
+	 * view: a table that maps the cbt device elsewhere breaks the
+	 * snapshot, and its reads fail.
+	 */
+	struct dm_dev *origin;
 	struct cbt_snap *snap;
 };
 
@@ -26,6 +33,7 @@ static int cbt_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 {
 	struct cbt_view *v;
 	unsigned int noio;
+	char origin[24];
 	int r;
 
 	if (argc != 2) {
@@ -54,16 +62,26 @@ static int cbt_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		r = -EINVAL;
 		goto bad_put;
 	}
+	/* Running: its origin, set at start, does not change. */
+	snprintf(origin, sizeof(origin), "%u:%u", MAJOR(v->snap->origin),
+		 MINOR(v->snap->origin));
+	noio = memalloc_noio_save();
+	r = dm_get_device(ti, origin, CBT_OPEN_READ, &v->origin);
+	memalloc_noio_restore(noio);
+	if (r) {
+		ti->error = "Cannot open the device below the cbt device";
+		goto bad_snap;
+	}
 	if (ti->len > v->snap->len) {
 		ti->error = "Longer than the snapshot";
 		r = -EINVAL;
-		goto bad_snap;
+		goto bad_origin;
 	}
 	/* A read of the device holds writes to the chunks it covers: one read unit's. */
 	r = dm_set_target_max_io_len(ti, 1U << v->snap->read_shift);
 	if (r) {
 		ti->error = "Cannot set the read unit";
-		goto bad_snap;
+		goto bad_origin;
 	}
 	ti->num_flush_bios = 1;
 	ti->num_discard_bios = 1;
@@ -72,8 +90,12 @@ static int cbt_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	ti->private = v;
 	return 0;
 
+bad_origin:
+	dm_put_device(ti, v->origin);
 bad_snap:
+	noio = memalloc_noio_save();
 	cbt_snap_put_view(v->snap);
+	memalloc_noio_restore(noio);
 bad_put:
 	dm_put_device(ti, v->dev);
 bad:
@@ -88,6 +110,7 @@ static void cbt_view_dtr(struct dm_target *ti)
 
 	cbt_snap_put_view(v->snap);
 	memalloc_noio_restore(noio);
+	dm_put_device(ti, v->origin);
 	dm_put_device(ti, v->dev);
 	kfree(v);
 }
@@ -99,8 +122,13 @@ static int cbt_view_map(struct dm_target *ti, struct bio *bio)
 
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
+		/*
+		 * Tracked by the snapshot whichever way it goes: through the
+		 * cbt device only on a test device, for its injection rules.
+		 */
 		return cbt_snap_map_read(v->snap, bio, dm_per_bio_data(bio, ti->per_io_data_size),
-					 sector, v->dev->bdev);
+					 sector, READ_ONCE(v->snap->injected) ?
+					 v->dev->bdev : v->origin->bdev);
 	case REQ_OP_DISCARD:
 		cbt_snap_release(v->snap, sector, bio_sectors(bio), ti->len);
 		bio_endio(bio);
@@ -162,7 +190,7 @@ static int cbt_view_iterate_devices(struct dm_target *ti,
 {
 	struct cbt_view *v = ti->private;
 
-	return fn(ti, v->dev, 0, ti->len, data);
+	return fn(ti, v->dev, 0, ti->len, data) ?: fn(ti, v->origin, 0, ti->len, data);
 }
 
 static struct target_type cbt_view_target = {

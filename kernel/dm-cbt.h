@@ -74,6 +74,13 @@ struct cbt_dev {
 	unsigned long write_epoch;
 	struct cbt_snap __rcu *snap;	/* the snapshot, prepared or started; RCU for map */
 	struct cbt_meta *meta;		/* the metadata device's state, or NULL; set at creation */
+	/*
+	 * An injection rule was added to one of its tables (a test device):
+	 * from then on the views of its snapshots read through the cbt
+	 * device, where the rules see their reads, instead of from the device
+	 * below (cbt_snap.injected). Under lock; never cleared.
+	 */
+	bool injected;
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
 };
 
