@@ -13,7 +13,7 @@
  * tests the durable bits of its chunks (a word load for a small write).
  * If all are set, the write goes down and pays nothing more. Otherwise it
  * is deferred: the worker copies the area blocks that hold the new bits
- * from the live arrays, writes them, flushes, sets the durable bits from
+ * from the live arrays, writes them with FUA, sets the durable bits from
  * what it wrote and only then sends the deferred writes on. One worker run
  * serves every write deferred before it started: first writes are batched
  * into one metadata commit.
@@ -115,16 +115,6 @@ static int meta_io_sb(struct cbt_meta *m, blk_opf_t opf, unsigned int copy, void
 	for (off = 0; off < DM_CBT_META_SB_SIZE; off += META_BLOCK)
 		__bio_add_page(bio, virt_to_page(buf + off), META_BLOCK, offset_in_page(buf + off));
 	r = submit_bio_wait(bio);
-	bio_put(bio);
-	return r;
-}
-
-static int meta_flush(struct cbt_meta *m)
-{
-	struct bio *bio = bio_alloc_bioset(m->bdev, 0, REQ_OP_WRITE | REQ_PREFLUSH, GFP_NOIO,
-					   &m->bs);
-	int r = submit_bio_wait(bio);
-
 	bio_put(bio);
 	return r;
 }
@@ -239,8 +229,12 @@ static void meta_fail(struct cbt_meta *m, int err, const char *what)
 }
 
 /*
- * Writes the NR staged blocks, flushes, and sets the durable bits from
- * them. On an error the device has failed. Caller holds io_lock.
+ * Writes the NR staged blocks with FUA and sets the durable bits from
+ * them. On an error the device has failed. Caller holds io_lock. FUA
+ * rather than writes and a flush: each block is durable when its write
+ * completes, whatever flushes others send meanwhile (a flush another
+ * writer sent before ours may complete after it, and a log of the device,
+ * dm-log-writes, puts our blocks with that one).
  */
 static int meta_write_stage(struct cbt_meta *m, unsigned int nr)
 {
@@ -254,12 +248,10 @@ static int meta_write_stage(struct cbt_meta *m, unsigned int nr)
 		for (j = i + 1; j < nr && m->stage_bm[j] == m->stage_bm[i] &&
 		     m->stage_block[j] == m->stage_block[j - 1] + 1; j++)
 			;
-		r = meta_io_pages(m, REQ_OP_WRITE | REQ_SYNC,
+		r = meta_io_pages(m, REQ_OP_WRITE | REQ_SYNC | REQ_FUA,
 				  m->stage_bm[i]->area_start + m->stage_block[i],
 				  &m->stage[i], j - i);
 	}
-	if (!r)
-		r = meta_flush(m);
 	if (r) {
 		meta_fail(m, r, "write");
 		return r;
@@ -1062,7 +1054,7 @@ void cbt_meta_destroy(struct cbt_dev *cd)
 int cbt_meta_module_init(void)
 {
 	/* Deferred writes wait for it: it must run under memory pressure. */
-	cbt_meta_wq = alloc_workqueue("dm-cbt-meta", WQ_MEM_RECLAIM, 0);
+	cbt_meta_wq = alloc_workqueue("dm-cbt-meta", WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
 	return cbt_meta_wq ? 0 : -ENOMEM;
 }
 
