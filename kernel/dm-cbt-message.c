@@ -182,7 +182,7 @@ static int cbt_new_record(struct cbt_dev *cd)
 	unsigned long old = __cbt_dev_new_epoch(cd);
 
 	synchronize_rcu();
-	return cd->meta ? cbt_meta_settle(cd, old) : 0;
+	return cd->meta ? cbt_meta_settle(cd, old, true) : 0;
 }
 
 static int run_add(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned int maxlen)
@@ -262,7 +262,8 @@ static int cbt_rewrite(struct cbt_dev *cd, struct cbt_bitmap *bm)
 	synchronize_rcu();
 	if (!cd->meta)
 		return 0;
-	r = cbt_meta_settle(cd, old);
+	/* The rewrite writes the superblock, with the new generation. */
+	r = cbt_meta_settle(cd, old, false);
 	return r ? r : cbt_meta_rewrite(cd, bm);
 }
 

@@ -213,19 +213,84 @@ static struct cbt_bits *bm_live(struct cbt_bitmap *bm)
 	return rcu_dereference_protected(bm->live, 1);
 }
 
-/* Gives up on the device: every bitmap is inconsistent, nothing waits any more. */
+/*
+ * Writes the next superblock copy, from the bitmaps as they are. Caller
+ * holds io_lock.
+ */
+static int meta_put_sb(struct cbt_meta *m)
+{
+	struct dm_cbt_meta_sb *sb = m->sb;
+	struct cbt_bitmap *bm;
+	unsigned int i = 0;
+	u64 seq;
+
+	lockdep_assert_held(&m->io_lock);
+	seq = le64_to_cpu(sb->seq) + 1;
+	memset(sb->bitmaps, 0, sizeof(sb->bitmaps));
+	list_for_each_entry(bm, &m->cd->bitmaps, list) {
+		struct dm_cbt_meta_bitmap *d = &sb->bitmaps[i++];
+		u32 flags = 0;
+
+		strscpy(d->name, bm->name, sizeof(d->name));
+		memcpy(d->uuid, bm->uuid, sizeof(d->uuid));
+		d->generation = cpu_to_le64(bm->generation);
+		d->area_start = cpu_to_le64(bm->area_start);
+		d->area_blocks = cpu_to_le64(bm->area_blocks);
+		d->chunk_shift = cpu_to_le32(bm->chunk_shift);
+		if (test_bit(CBT_BM_RECORDING, &bm->flags))
+			flags |= DM_CBT_META_BM_RECORDING;
+		if (test_bit(CBT_BM_INCONSISTENT, &bm->flags))
+			flags |= DM_CBT_META_BM_INCONSISTENT;
+		if (bm->frozen)
+			flags |= DM_CBT_META_BM_FROZEN;
+		d->flags = cpu_to_le32(flags);
+	}
+	sb->nr_bitmaps = cpu_to_le32(i);
+	sb->data_sectors = cpu_to_le64(m->cd->len);
+	sb->seq = cpu_to_le64(seq);
+	sb->csum = cpu_to_le32(sb_csum(sb));
+	/* The preflush orders it after the area writes before it. */
+	return meta_io_sb(m, REQ_OP_WRITE | REQ_SYNC | REQ_PREFLUSH | REQ_FUA, seq % 2, sb);
+}
+
+/*
+ * Gives up on the device: every bitmap is inconsistent, nothing waits any
+ * more, and no I/O is sent to it again but one last superblock write
+ * that records the bitmaps as inconsistent: the device may work again at
+ * the next load (a path that came back, one bad block), and its record
+ * misses the writes made from now on.
+ */
 static void meta_fail(struct cbt_meta *m, int err, const char *what)
 {
 	struct cbt_bitmap *bm;
+	int r;
 
 	lockdep_assert_held(&m->io_lock);
-	if (!m->failed)
-		DMERR("%pg: metadata %s failed (%d): the bitmaps are inconsistent from now on",
-		      m->bdev, what, err);
+	if (m->failed)
+		return;
+	DMERR("%pg: metadata %s failed (%d): the bitmaps are inconsistent from now on",
+	      m->bdev, what, err);
 	WRITE_ONCE(m->failed, true);
 	list_for_each_entry(bm, &m->cd->bitmaps, list)
 		set_bit(CBT_BM_INCONSISTENT, &bm->flags);
+	r = meta_put_sb(m);
+	if (r)
+		DMERR("%pg: cannot record on it that the bitmaps are inconsistent (%d)",
+		      m->bdev, r);
 	schedule_work(&m->cd->event_work);
+}
+
+/* The next superblock; on an error the device has failed. Caller holds io_lock. */
+static int meta_write_sb(struct cbt_meta *m)
+{
+	int r;
+
+	if (m->failed)
+		return -EIO;
+	r = meta_put_sb(m);
+	if (r)
+		meta_fail(m, r, "superblock write");
+	return r;
 }
 
 /*
@@ -292,49 +357,6 @@ static bool range_durable(const struct cbt_bits *d, unsigned long first, unsigne
 	if (first > last)
 		return true;
 	return find_next_zero_bit(d->map, last + 1, first) > last;
-}
-
-/* The next superblock, from the bitmaps as they are. Caller holds io_lock. */
-static int meta_write_sb(struct cbt_meta *m)
-{
-	struct dm_cbt_meta_sb *sb = m->sb;
-	struct cbt_bitmap *bm;
-	unsigned int i = 0;
-	u64 seq;
-	int r;
-
-	lockdep_assert_held(&m->io_lock);
-	if (m->failed)
-		return -EIO;
-	seq = le64_to_cpu(sb->seq) + 1;
-	memset(sb->bitmaps, 0, sizeof(sb->bitmaps));
-	list_for_each_entry(bm, &m->cd->bitmaps, list) {
-		struct dm_cbt_meta_bitmap *d = &sb->bitmaps[i++];
-		u32 flags = 0;
-
-		strscpy(d->name, bm->name, sizeof(d->name));
-		memcpy(d->uuid, bm->uuid, sizeof(d->uuid));
-		d->generation = cpu_to_le64(bm->generation);
-		d->area_start = cpu_to_le64(bm->area_start);
-		d->area_blocks = cpu_to_le64(bm->area_blocks);
-		d->chunk_shift = cpu_to_le32(bm->chunk_shift);
-		if (test_bit(CBT_BM_RECORDING, &bm->flags))
-			flags |= DM_CBT_META_BM_RECORDING;
-		if (test_bit(CBT_BM_INCONSISTENT, &bm->flags))
-			flags |= DM_CBT_META_BM_INCONSISTENT;
-		if (bm->frozen)
-			flags |= DM_CBT_META_BM_FROZEN;
-		d->flags = cpu_to_le32(flags);
-	}
-	sb->nr_bitmaps = cpu_to_le32(i);
-	sb->data_sectors = cpu_to_le64(m->cd->len);
-	sb->seq = cpu_to_le64(seq);
-	sb->csum = cpu_to_le32(sb_csum(sb));
-	/* The preflush orders it after the area writes before it. */
-	r = meta_io_sb(m, REQ_OP_WRITE | REQ_SYNC | REQ_PREFLUSH | REQ_FUA, seq % 2, sb);
-	if (r)
-		meta_fail(m, r, "superblock write");
-	return r;
 }
 
 /* Writes the area blocks of BM that hold live or frozen bits not yet durable. */
@@ -470,10 +492,15 @@ static void meta_drain(struct cbt_meta *m, unsigned long old_epoch)
 /*
  * After a message moved the write epoch from OLD_EPOCH and waited for a
  * grace period: waits for the writes mapped before it (their end_io marks
- * them again where it must), then makes every bit of every bitmap durable.
- * Caller holds cd->lock.
+ * them again where it must), then makes every bit of every bitmap durable,
+ * and writes the superblock when WRITE_SB (a rewrite that follows writes
+ * its own). Caller holds cd->lock.
+ *
+ * This and the other messages' calls answer -EIO when the device fails
+ * during them; once it has failed they do nothing and answer 0 (the
+ * change in memory is the message's effect; the status says failed).
  */
-int cbt_meta_settle(struct cbt_dev *cd, unsigned long old_epoch)
+int cbt_meta_settle(struct cbt_dev *cd, unsigned long old_epoch, bool write_sb)
 {
 	struct cbt_meta *m = cd->meta;
 	struct cbt_bitmap *bm;
@@ -490,12 +517,12 @@ int cbt_meta_settle(struct cbt_dev *cd, unsigned long old_epoch)
 		if (r)
 			break;
 	}
-	if (!m->failed)
+	if (!r && !m->failed)
 		r = meta_write_stage(m, nr);
-	if (!r)
+	if (!r && !m->failed && write_sb)
 		r = meta_write_sb(m);
 	mutex_unlock(&m->io_lock);
-	return m->failed ? -EIO : r;
+	return r;
 }
 
 /* Writes the superblock as the bitmaps are now (disable, abort). */
@@ -505,7 +532,7 @@ int cbt_meta_update(struct cbt_dev *cd)
 	int r;
 
 	mutex_lock(&m->io_lock);
-	r = meta_write_sb(m);
+	r = m->failed ? 0 : meta_write_sb(m);
 	mutex_unlock(&m->io_lock);
 	return r;
 }
@@ -525,10 +552,9 @@ int cbt_meta_rewrite(struct cbt_dev *cd, struct cbt_bitmap *bm)
 
 	lockdep_assert_held(&cd->lock);
 	mutex_lock(&m->io_lock);
-	if (m->failed) {
-		r = -EIO;
+	r = 0;
+	if (m->failed)
 		goto out;
-	}
 	cbt_bits_zero(bm_durable(bm));
 	synchronize_rcu();
 	r = meta_write_sb(m);

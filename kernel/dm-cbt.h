@@ -147,7 +147,7 @@ bool __cbt_meta_durable(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors
 void cbt_meta_defer(struct cbt_c *cc, struct bio *bio);
 void cbt_meta_inflight_start(struct cbt_dev *cd, unsigned long epoch);
 void cbt_meta_inflight_end(struct cbt_dev *cd, unsigned long epoch);
-int cbt_meta_settle(struct cbt_dev *cd, unsigned long old_epoch);
+int cbt_meta_settle(struct cbt_dev *cd, unsigned long old_epoch, bool write_sb);
 int cbt_meta_update(struct cbt_dev *cd);
 int cbt_meta_rewrite(struct cbt_dev *cd, struct cbt_bitmap *bm);
 int cbt_meta_add(struct cbt_dev *cd, struct cbt_bitmap *bm);

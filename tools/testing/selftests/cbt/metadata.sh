@@ -51,6 +51,11 @@ status_field() {
 	dmsetup status "$name" | awk -v n="$1" '{ print $(n + 3) }'
 }
 
+# sb_seq: the seq of the newest superblock on $mloop.
+sb_seq() {
+	cbtctl metadata show "$mloop" --json | json_field seq
+}
+
 # kernel_said TEXT: the kernel logged TEXT since the test began.
 kernel_said() {
 	dmesg | tail -n 30 | grep -qF "$1" || fail "the kernel log lacks '$1'"
@@ -85,7 +90,7 @@ test_persist() {
 }
 
 test_commit_clear() {
-	local gen uuid
+	local gen uuid seq
 	setup commit
 	msg bitmap add b0
 	qio "$dev" "write -P 0x11 0 64k"
@@ -107,7 +112,10 @@ test_commit_clear() {
 	create || return 1
 	expect_eq "count after commit" "$(field b0 count)" 65536
 	expect_eq "generation after commit, loaded" "$(field b0 generation)" "$gen"
+	# One superblock write: the one with the new generation.
+	seq=$(sb_seq)
 	msg bitmap clear b0
+	expect_eq "superblocks written by a clear" $(($(sb_seq) - seq)) 1
 	gone
 	create || return 1
 	expect_eq "count after clear" "$(field b0 count)" 0
@@ -206,8 +214,30 @@ test_refusals() {
 	fi
 }
 
-# The metadata device starts failing: writes keep flowing, the bitmaps say
-# they are inconsistent, and so does the status line.
+# areas_fail NAME, areas_work NAME: the linear metadata device NAME fails
+# past its two superblock copies (16 KiB), or works again.
+areas_fail() {
+	dmsetup suspend "$1"
+	printf '0 32 linear %s 0\n32 2016 error\n' "$mloop" | dmsetup load "$1"
+	dmsetup resume "$1"
+}
+
+areas_work() {
+	dmsetup suspend "$1"
+	dmsetup load "$1" --table "0 2048 linear $mloop 0"
+	dmsetup resume "$1"
+}
+
+# create_on METADEV: (re)creates $name over $dloop with METADEV.
+create_on() {
+	dm_create "$name" "0 $((SIZE / 512)) cbt $dloop 2 metadata $1"
+}
+
+# The metadata device starts failing past its superblocks (a bad area):
+# the message that meets the error answers EIO, writes keep flowing, the
+# bitmaps say they are inconsistent and so does the status line; later
+# messages work in memory; and the last superblock written records the
+# bitmaps as inconsistent, so they load so when the device works again.
 test_io_error() {
 	local mname
 	make_tmpdir dir
@@ -219,13 +249,12 @@ test_io_error() {
 	dm_create "$mname" "0 2048 linear $mloop 0"
 	name=$(dm_name ioerr)
 	dev=/dev/mapper/$name
-	dm_create "$name" "0 $((SIZE / 512)) cbt $dloop 2 metadata /dev/mapper/$mname"
+	create_on "/dev/mapper/$mname"
 	msg bitmap add b0
 	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" >/dev/null || fail "full backup"
 	qio "$dev" "write -P 0x11 0 4k"
-	dmsetup suspend "$mname"
-	dmsetup load "$mname" --table "0 2048 error"
-	dmsetup resume "$mname"
+	# Both superblock copies (16 KiB) still work, the areas fail.
+	areas_fail "$mname"
 	qio "$dev" "write -P 0x22 1M 4k" "read -P 0x22 1M 4k"
 	expect_eq "metadata state" "$(status_field 8)" failed
 	expect_eq "inconsistent" "$(field b0 inconsistent)" 1
@@ -237,6 +266,33 @@ test_io_error() {
 		fail "an incremental through a bitmap whose metadata failed was taken"
 	fi
 	grep -q inconsistent "$dir/out" || fail "the refusal does not say why: $(cat "$dir/out")"
+	# From now on: add refused, the rest in memory.
+	if msg bitmap add b1 2>/dev/null; then
+		fail "add on a failed metadata device answered success"
+	fi
+	msg bitmap info b1 >/dev/null 2>&1 && fail "a refused add left bitmap b1"
+	msg bitmap disable b0 || fail "disable after the failure"
+	expect_eq "recording after disable" "$(field b0 recording)" 0
+	msg bitmap enable b0 || fail "enable after the failure"
+	msg bitmap clear b0 || fail "clear after the failure"
+	expect_eq "count after clear" "$(field b0 count)" 0
+	expect_eq "inconsistent after clear" "$(field b0 inconsistent)" 0
+	# The device works again at the next create: b0 comes back
+	# inconsistent, from the last superblock written.
+	gone
+	areas_work "$mname"
+	create_on "/dev/mapper/$mname" || { fail "create after the metadata device works again"; return; }
+	expect_eq "loaded inconsistent" "$(field b0 inconsistent)" 1
+	expect_eq "metadata state after the create" "$(status_field 8)" ok
+	# A clear meets the error: it answers EIO (its change made in memory).
+	msg bitmap clear b0
+	areas_fail "$mname"
+	if msg bitmap clear b0 2>/dev/null; then
+		fail "a clear whose area write failed answered success"
+	fi
+	expect_eq "metadata state after the failed clear" "$(status_field 8)" failed
+	expect_eq "count after the failed clear" "$(field b0 count)" 0
+	expect_eq "inconsistent after the failed clear" "$(field b0 inconsistent)" 1
 }
 
 # Writes to chunks already dirty on the metadata device do not wait; the
@@ -287,7 +343,7 @@ run_test "commit and clear are durable; frozen comes back as its union" test_com
 run_test "resize grows the bitmaps on the metadata device" test_resize
 run_test "a growth without room on the metadata device is refused" test_resize_no_room
 run_test "refusals change nothing" test_refusals
-run_test "a failing metadata device: writes go on, bitmaps inconsistent" test_io_error
+run_test "a failing metadata device: writes go on, bitmaps inconsistent, also when loaded again" test_io_error
 run_test "only first writes to a chunk write the metadata device" test_first_writes
 run_test "a point-in-time backup of a persistent device under 1 MiB writes" test_point_in_time
 finish
