@@ -200,8 +200,20 @@ run_test() {
 	local name=$1 rc why start=$SECONDS
 	shift
 	_nr_tests=$((_nr_tests + 1))
+	# CBT_SUBTEST (a grep -E pattern) runs only the subtests it names.
+	if [ -n "${CBT_SUBTEST:-}" ] && ! grep -qE "$CBT_SUBTEST" <<<"$name"; then
+		echo "ok $_nr_tests $name # SKIP not selected by CBT_SUBTEST"
+		return
+	fi
 	_skip_why=$(mktemp)
-	( set -e; "$@" )
+	# A subshell does not inherit the EXIT trap: what the subtest makes
+	# goes when it ends, not with the program.
+	(
+		_dm_devs=() _loop_devs=() _tmp_dirs=()
+		trap "set +e; _cleanup" EXIT
+		set -e
+		"$@"
+	)
 	rc=$?
 	why=$(cat "$_skip_why")
 	rm -f "$_skip_why"
