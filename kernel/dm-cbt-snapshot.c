@@ -39,6 +39,9 @@
 #define CBT_SNAP_CHUNK_MAX	(2U << 20)
 /* The store's memory comes in blocks of up to 2^9 pages (2 MiB). */
 #define CBT_SNAP_BLOCK_ORDER	9
+/* A memory store grows by a sixteenth of its size, at least 4 MiB. */
+#define CBT_SNAP_GROW_MIN	(4U << 20)
+#define CBT_SNAP_GROW_SHIFT	4
 /* A view read of the device covers up to 1 MiB (or a larger cluster) of chunks. */
 #define CBT_SNAP_READ_UNIT_SHIFT (20 - SECTOR_SHIFT)
 /* Runs one "snapshot preserved" answers: 64 of up to 40 bytes fit in a page. */
@@ -395,6 +398,86 @@ static void cbt_snap_start_copy(struct cbt_snap *s, struct cbt_snap_slot *slot,
 }
 
 /*
+ * Backs up to NR more slots from nr_backed on (pages for a memory store)
+ * and puts them on the free list; answers how many. Only prepare and then
+ * the worker call it, so nr_backed changes under the lock but is read
+ * here without it. Pages come in blocks of up to 2 MiB where memory
+ * allows, so that a large store takes few allocations and frees, single
+ * pages otherwise; the pages of a block are used one by one (no slot needs
+ * them contiguous).
+ */
+static unsigned int cbt_snap_add_pages(struct cbt_snap *s, unsigned int nr, gfp_t gfp)
+{
+	unsigned int first = s->nr_backed, order, j, added;
+	size_t i, end, done;
+	unsigned long flags;
+
+	nr = min(nr, s->nr_slots - first);
+	i = (size_t)first * s->pages_per_chunk;
+	end = (size_t)(first + nr) * s->pages_per_chunk;
+	/* A slot may start inside a block the last growth allocated. */
+	while (i < end && s->pages[i])
+		i++;
+	for (; i < end; i += 1U << order) {
+		struct page *page;
+
+		order = min_t(unsigned int, CBT_SNAP_BLOCK_ORDER, ilog2(end - i));
+		while (!(page = alloc_pages(order ? gfp | __GFP_NORETRY : gfp, order)) && order)
+			order--;
+		if (!page)
+			break;
+		s->page_orders[i] = order + 1;
+		for (j = 0; j < 1U << order; j++)
+			s->pages[i + j] = page + j;
+		cond_resched();
+	}
+	done = s->pages_per_chunk ? i / s->pages_per_chunk : first + nr;
+	added = done - first;
+	spin_lock_irqsave(&s->lock, flags);
+	for (j = first; j < done; j++)
+		list_add_tail(&s->slots[j].free, &s->free_slots);
+	s->nr_backed = done;
+	spin_unlock_irqrestore(&s->lock, flags);
+	return added;
+}
+
+/* Under the lock: whether the worker should add a step of slots now. */
+static bool __cbt_snap_low(struct cbt_snap *s)
+{
+	return s->nr_backed < s->nr_slots && !s->grow_failed &&
+	       s->nr_backed - s->nr_used < s->grow_step;
+}
+
+/*
+ * Worker: a memory store with less than a step of free slots gets the
+ * next step of pages (GFP_NOIO: the device may be suspended, and this
+ * allocation must not write to it; NORETRY: under pressure it fails
+ * rather than loops). If memory cannot be had, the store stays as it is:
+ * a write that finds no free slot waits for one, as with a full store.
+ */
+static void cbt_snap_grow(struct cbt_snap *s)
+{
+	unsigned int want, got;
+	unsigned long flags;
+	bool low;
+
+	spin_lock_irqsave(&s->lock, flags);
+	low = s->state <= CBT_SNAP_RUNNING && __cbt_snap_low(s);
+	spin_unlock_irqrestore(&s->lock, flags);
+	if (!low)
+		return;
+	want = min(s->grow_step, s->nr_slots - s->nr_backed);
+	got = cbt_snap_add_pages(s, want, GFP_NOIO | __GFP_NOWARN | __GFP_NORETRY);
+	if (got < want) {
+		DMWARN("snapshot %s: no memory to grow the store past %llu bytes",
+		       s->token, (u64)s->nr_backed << (s->chunk_shift + SECTOR_SHIFT));
+		spin_lock_irqsave(&s->lock, flags);
+		s->grow_failed = true;
+		spin_unlock_irqrestore(&s->lock, flags);
+	}
+}
+
+/*
  * Under the lock: BIO, a write to CHUNK in the cow set, waits for the
  * chunk's copy. Returns the slot whose copy the caller must start, or NULL;
  * *go is set when the write may go down after all.
@@ -443,7 +526,7 @@ int cbt_snap_map_write(struct cbt_c *cc, struct bio *bio, sector_t sector)
 	int r = CBT_SNAP_CONTINUE;
 	unsigned long first, last, c, flags;
 	struct cbt_snap *s;
-	bool go = false;
+	bool go = false, grow = false;
 
 	rcu_read_lock();
 	s = rcu_dereference(cc->cdev->snap);
@@ -472,10 +555,12 @@ int cbt_snap_map_write(struct cbt_c *cc, struct bio *bio, sector_t sector)
 		copy = __cbt_snap_hold(s, bio, first, &go);
 		if (!go)
 			r = DM_MAPIO_SUBMITTED;
+		grow = __cbt_snap_low(s);
 	}
 	spin_unlock_irqrestore(&s->lock, flags);
-	if (go)
-		queue_work(cbt_snap_wq, &s->work);	/* the break lets others go */
+	/* A break lets the other writes go; a low store grows. */
+	if (go || grow)
+		queue_work(cbt_snap_wq, &s->work);
 	rcu_read_unlock();
 	/* The copy in flight keeps S: stop waits for it. */
 	if (copy)
@@ -756,6 +841,7 @@ static void cbt_snap_work(struct work_struct *work)
 	struct bio *bio;
 	bool report;
 
+	cbt_snap_grow(s);
 	spin_lock_irqsave(&s->lock, flags);
 	writes = s->ready_writes;
 	bio_list_init(&s->ready_writes);
@@ -816,7 +902,6 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 {
 	const gfp_t gfp = GFP_KERNEL | __GFP_NOWARN;
 	struct cbt_snap *s = kzalloc(sizeof(*s), GFP_KERNEL);
-	unsigned int order;
 	size_t i, nr_pages;
 
 	*r = -ENOMEM;
@@ -888,25 +973,6 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 	if (!s->cow || !s->needed || !s->preserved || !s->slots || !s->slot_hash ||
 	    (nr_pages && (!s->pages || !s->page_orders || !s->bvecs)))
 		goto bad;
-	/*
-	 * Blocks of up to 2 MiB where memory allows, so that a large store
-	 * takes few allocations and frees; single pages otherwise. The pages
-	 * of a block are used one by one (no slot needs them contiguous).
-	 */
-	for (i = 0; i < nr_pages; i += 1U << order) {
-		struct page *page;
-		unsigned int j;
-
-		order = min_t(unsigned int, CBT_SNAP_BLOCK_ORDER, ilog2(nr_pages - i));
-		while (!(page = alloc_pages(order ? gfp | __GFP_NORETRY : gfp, order)) && order)
-			order--;
-		if (!page)
-			goto bad;
-		s->page_orders[i] = order + 1;
-		for (j = 0; j < 1U << order; j++)
-			s->pages[i + j] = page + j;
-		cond_resched();
-	}
 	for (i = 0; i < s->nr_slots; i++) {
 		struct cbt_snap_slot *slot = &s->slots[i];
 
@@ -914,8 +980,21 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 		slot->index = i;
 		INIT_HLIST_NODE(&slot->hash);
 		bio_list_init(&slot->reads);
-		list_add_tail(&slot->free, &s->free_slots);
+		INIT_LIST_HEAD(&slot->free);
 	}
+	/*
+	 * A memory store starts with one step of pages and grows as it
+	 * fills; with no timeout a write could not wait for it to grow, so
+	 * it gets all of them now. A store device has every slot.
+	 */
+	s->grow_step = s->nr_slots;
+	if (nr_pages && timeout_s)
+		s->grow_step = min_t(u64, s->nr_slots,
+				     max_t(u64, s->nr_slots >> CBT_SNAP_GROW_SHIFT,
+					   CBT_SNAP_GROW_MIN >> (chunk_shift + SECTOR_SHIFT)));
+	if (nr_pages ? cbt_snap_add_pages(s, s->grow_step, gfp) < s->grow_step :
+	    cbt_snap_add_pages(s, s->nr_slots, gfp) < s->nr_slots)
+		goto bad;
 	*r = 0;
 	return s;
 bad:
@@ -1438,7 +1517,7 @@ static int run_preserved(struct cbt_c *cc, u64 from, char *result, unsigned int 
 /*
  *   token=T state=S chunk=BYTES length=BYTES needed=CHUNKS preserved=CHUNKS
  *   used=BYTES limit=BYTES waited=WRITES timeout=SECONDS views=N
- *   store=memory|MAJOR:MINOR cluster=BYTES
+ *   store=memory|MAJOR:MINOR cluster=BYTES allocated=BYTES
  * or "state=none"; fields are only ever appended.
  */
 static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg *m,
@@ -1467,7 +1546,8 @@ static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg 
 			       MINOR(s->store_bdev->bd_dev));
 		else
 			DMEMIT(" store=memory");
-		DMEMIT(" cluster=%u\n", 1U << (s->cluster_shift + SECTOR_SHIFT));
+		DMEMIT(" cluster=%u allocated=%llu\n", 1U << (s->cluster_shift + SECTOR_SHIFT),
+		       (u64)s->nr_backed << (s->chunk_shift + SECTOR_SHIFT));
 		spin_unlock_irqrestore(&s->lock, flags);
 	}
 	mutex_unlock(&cd->lock);

@@ -77,6 +77,13 @@ struct cbt_snap {
 	unsigned int copies_in_flight;
 
 	unsigned int nr_slots;
+	/*
+	 * A memory store gets its pages as it fills (see cbt_snap_grow()):
+	 * slots below nr_backed have them. A store device: all of them.
+	 */
+	unsigned int nr_backed;
+	unsigned int grow_step;		/* slots the worker adds at a time */
+	bool grow_failed;		/* no memory: the store stays at nr_backed */
 	unsigned int pages_per_chunk;
 	struct cbt_snap_slot *slots;
 	struct page **pages;
