@@ -278,11 +278,17 @@ static int run_clear(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 		r = -EBUSY;
 	} else if (bm) {
 		cbt_bits_zero(__cbt_bitmap_live(bm, cd));
-		/* Empty and complete again: what it missed is forgotten with the rest. */
+		/*
+		 * Empty and complete again: what it missed is forgotten with
+		 * the rest. Under io_lock, as all the superblock records: the
+		 * metadata worker may write it (a failure's last superblock).
+		 */
+		cbt_meta_lock(cd);
 		clear_bit(CBT_BM_INCONSISTENT, &bm->flags);
 		clear_bit(CBT_BM_REPORTED, &bm->flags);
-		bm->gen++;
 		bm->generation++;
+		cbt_meta_unlock(cd);
+		bm->gen++;
 		r = cbt_rewrite(cd, bm);
 	}
 	mutex_unlock(&cd->lock);
@@ -297,12 +303,16 @@ static int cbt_set_recording(struct cbt_dev *cd, struct cbt_msg *m, bool recordi
 	mutex_lock(&cd->lock);
 	bm = cbt_find(cd, m->name);
 	if (bm && recording && !test_bit(CBT_BM_RECORDING, &bm->flags)) {
+		cbt_meta_lock(cd);
 		set_bit(CBT_BM_RECORDING, &bm->flags);
+		cbt_meta_unlock(cd);
 		r = cbt_new_record(cd);
 	} else if (bm) {
 		r = 0;
 		if (!recording && test_bit(CBT_BM_RECORDING, &bm->flags)) {
+			cbt_meta_lock(cd);
 			clear_bit(CBT_BM_RECORDING, &bm->flags);
+			cbt_meta_unlock(cd);
 			if (cd->meta)
 				r = cbt_meta_update(cd);
 		}
@@ -417,10 +427,10 @@ static int run_commit(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 		cbt_meta_lock(cd);
 		kvfree(bm->frozen);
 		WRITE_ONCE(bm->frozen, NULL);
+		bm->generation++;
 		cbt_meta_unlock(cd);
 		bm->token[0] = '\0';
 		bm->gen++;
-		bm->generation++;
 		if (cd->meta)
 			r = cbt_rewrite(cd, bm);
 	}

@@ -258,7 +258,8 @@ static int meta_put_sb(struct cbt_meta *m)
  * more, and no I/O is sent to it again but one last superblock write
  * that records the bitmaps as inconsistent: the device may work again at
  * the next load (a path that came back, one bad block), and its record
- * misses the writes made from now on.
+ * misses the writes made from now on. Caller holds io_lock, under which
+ * messages change what the superblock records (flags, generation).
  */
 static void meta_fail(struct cbt_meta *m, int err, const char *what)
 {
@@ -270,13 +271,17 @@ static void meta_fail(struct cbt_meta *m, int err, const char *what)
 		return;
 	DMERR("%pg: metadata %s failed (%d): the bitmaps are inconsistent from now on",
 	      m->bdev, what, err);
-	WRITE_ONCE(m->failed, true);
 	list_for_each_entry(bm, &m->cd->bitmaps, list)
 		set_bit(CBT_BM_INCONSISTENT, &bm->flags);
+	/*
+	 * Before writes stop waiting (failed): a power loss until this write
+	 * is done leaves the old record, but no write went down unrecorded.
+	 */
 	r = meta_put_sb(m);
 	if (r)
 		DMERR("%pg: cannot record on it that the bitmaps are inconsistent (%d)",
 		      m->bdev, r);
+	WRITE_ONCE(m->failed, true);
 	schedule_work(&m->cd->event_work);
 }
 
@@ -639,9 +644,11 @@ int cbt_meta_add(struct cbt_dev *cd, struct cbt_bitmap *bm)
 	bm->area_blocks = blocks;
 	rcu_assign_pointer(bm->durable, d);
 	list_add_tail_rcu(&bm->list, &cd->bitmaps);
-	r = meta_write_sb(m);
+	r = meta_put_sb(m);
 	if (r) {
+		/* Out of the list first: the last superblock must not name it. */
 		list_del_rcu(&bm->list);
+		meta_fail(m, r, "superblock write");
 		mutex_unlock(&m->io_lock);
 		synchronize_rcu();
 		return r;
@@ -874,8 +881,9 @@ static int meta_format(struct cbt_meta *m, struct dm_target *ti)
 		ti->error = "Cannot read the dm device's name";
 		return r;
 	}
+	/* Not meta_write_sb(): a failure here refuses the table, nothing more. */
 	mutex_lock(&m->io_lock);
-	r = meta_write_sb(m);
+	r = meta_put_sb(m);
 	mutex_unlock(&m->io_lock);
 	if (r)
 		ti->error = "Cannot write the metadata superblock";

@@ -10,9 +10,10 @@
  * device while no write has touched it; a write waits for such reads of
  * its chunk, so a view read never returns data written after the instant.
  * The reader releases what it has copied with discards on the view, which
- * frees slots. Nothing here allocates after prepare: a write that finds no
- * free slot waits for one, up to the timeout, and then the snapshot breaks
- * and lets every write go.
+ * frees slots. A memory store grows as it fills (the worker allocates it
+ * step by step, never the I/O path): a write that finds no free slot
+ * waits for one, from growth or from a release, up to the timeout, and
+ * then the snapshot breaks and lets every write go.
  *
  * Locking: cbt_dev.lock orders the messages (prepare, start, stop, and
  * the bitmaps start reads); cbt_snap.lock, taken with irqs off (the copy
@@ -39,8 +40,9 @@
 #define CBT_SNAP_CHUNK_MAX	(2U << 20)
 /* The store's memory comes in blocks of up to 2^9 pages (2 MiB). */
 #define CBT_SNAP_BLOCK_ORDER	9
-/* A memory store grows by a sixteenth of its size, at least 4 MiB. */
+/* A memory store grows by a sixteenth of its size, 4 MiB to 64 MiB. */
 #define CBT_SNAP_GROW_MIN	(4U << 20)
+#define CBT_SNAP_GROW_MAX	(64U << 20)
 #define CBT_SNAP_GROW_SHIFT	4
 /* A view read of the device covers up to 1 MiB (or a larger cluster) of chunks. */
 #define CBT_SNAP_READ_UNIT_SHIFT (20 - SECTOR_SHIFT)
@@ -415,9 +417,7 @@ static unsigned int cbt_snap_add_pages(struct cbt_snap *s, unsigned int nr, gfp_
 	nr = min(nr, s->nr_slots - first);
 	i = (size_t)first * s->pages_per_chunk;
 	end = (size_t)(first + nr) * s->pages_per_chunk;
-	/* A slot may start inside a block the last growth allocated. */
-	while (i < end && s->pages[i])
-		i++;
+	/* After a failure (a slot partly backed) nothing grows the store again. */
 	for (; i < end; i += 1U << order) {
 		struct page *page;
 
@@ -441,11 +441,16 @@ static unsigned int cbt_snap_add_pages(struct cbt_snap *s, unsigned int nr, gfp_
 	return added;
 }
 
+/* Under the lock: whether the store may still get more slots. */
+static bool __cbt_snap_can_grow(struct cbt_snap *s)
+{
+	return s->nr_backed < s->nr_slots && !s->grow_failed;
+}
+
 /* Under the lock: whether the worker should add a step of slots now. */
 static bool __cbt_snap_low(struct cbt_snap *s)
 {
-	return s->nr_backed < s->nr_slots && !s->grow_failed &&
-	       s->nr_backed - s->nr_used < s->grow_step;
+	return __cbt_snap_can_grow(s) && s->nr_backed - s->nr_used < s->grow_step;
 }
 
 /*
@@ -473,7 +478,17 @@ static void cbt_snap_grow(struct cbt_snap *s)
 		       s->token, (u64)s->nr_backed << (s->chunk_shift + SECTOR_SHIFT));
 		spin_lock_irqsave(&s->lock, flags);
 		s->grow_failed = true;
+		/* Now full: the writes waiting for growth go by the full store's rules. */
+		low = s->state == CBT_SNAP_RUNNING && list_empty(&s->free_slots) &&
+		      !bio_list_empty(&s->space_waiters) && (!s->timeout_s || s->suspending);
+		if (low) {
+			DMERR("snapshot %s: store full: breaking it", s->token);
+			__cbt_snap_end(s, CBT_SNAP_BROKEN);
+		}
 		spin_unlock_irqrestore(&s->lock, flags);
+		/* This run took its lists already: the next lets the writes go. */
+		if (low)
+			queue_work(cbt_snap_wq, &s->work);
 	}
 }
 
@@ -494,8 +509,12 @@ static struct cbt_snap_slot *__cbt_snap_hold(struct cbt_snap *s, struct bio *bio
 	}
 	/* First come, first served: no write overtakes one waiting for space. */
 	if (list_empty(&s->free_slots) || !bio_list_empty(&s->space_waiters)) {
-		/* While suspending the reader cannot release: waiting would only stall it. */
-		if (!s->timeout_s || s->suspending) {
+		/*
+		 * While suspending the reader cannot release: waiting would
+		 * only stall it. Growth needs no reader: a store that can grow
+		 * is not full, and the write waits for the worker.
+		 */
+		if (!__cbt_snap_can_grow(s) && (!s->timeout_s || s->suspending)) {
 			DMERR("snapshot %s: store full: breaking it", s->token);
 			__cbt_snap_end(s, CBT_SNAP_BROKEN);
 			*go = true;
@@ -841,7 +860,6 @@ static void cbt_snap_work(struct work_struct *work)
 	struct bio *bio;
 	bool report;
 
-	cbt_snap_grow(s);
 	spin_lock_irqsave(&s->lock, flags);
 	writes = s->ready_writes;
 	bio_list_init(&s->ready_writes);
@@ -856,6 +874,8 @@ static void cbt_snap_work(struct work_struct *work)
 		cbt_snap_serve(s, bio, view_bio(bio));
 	while ((bio = bio_list_pop(&writes)))
 		cbt_map_resume(snap_bio(bio)->cc, bio);
+	/* After the writes and reads that need no slot: they wait for no allocation. */
+	cbt_snap_grow(s);
 	cbt_snap_serve_waiters(s);
 	if (report)
 		cbt_event_notify(s->devt, DM_CBT_EVENT_SNAPSHOT_BREAK, NULL, s->token, GFP_NOIO);
@@ -990,8 +1010,9 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 	s->grow_step = s->nr_slots;
 	if (nr_pages && timeout_s)
 		s->grow_step = min_t(u64, s->nr_slots,
-				     max_t(u64, s->nr_slots >> CBT_SNAP_GROW_SHIFT,
-					   CBT_SNAP_GROW_MIN >> (chunk_shift + SECTOR_SHIFT)));
+				     clamp_t(u64, s->nr_slots >> CBT_SNAP_GROW_SHIFT,
+					     CBT_SNAP_GROW_MIN >> (chunk_shift + SECTOR_SHIFT),
+					     CBT_SNAP_GROW_MAX >> (chunk_shift + SECTOR_SHIFT)));
 	if (nr_pages ? cbt_snap_add_pages(s, s->grow_step, gfp) < s->grow_step :
 	    cbt_snap_add_pages(s, s->nr_slots, gfp) < s->nr_slots)
 		goto bad;
@@ -1115,7 +1136,7 @@ again:
 					goto again;
 				}
 			}
-			if (!bio_list_empty(&s->space_waiters)) {
+			if (!bio_list_empty(&s->space_waiters) && !__cbt_snap_can_grow(s)) {
 				DMERR("snapshot %s: suspended with writes waiting: breaking it",
 				      s->token);
 				s->break_event = true;

@@ -21,7 +21,7 @@ struct cbt_bits;
 struct dm_target;
 
 enum cbt_snap_state {
-	CBT_SNAP_PREPARED,	/* store allocated; writes pay nothing */
+	CBT_SNAP_PREPARED,	/* maps and the store's first step allocated; writes pay nothing */
 	CBT_SNAP_RUNNING,	/* writes to preserved chunks copy first */
 	CBT_SNAP_BROKEN,	/* gave up: writes go, views fail */
 	CBT_SNAP_STOPPED,	/* gone from its device; freed with its last view */

@@ -96,6 +96,8 @@ FIXTURE(snap)
 	int store_made;
 	char view[80];		/* the view's dm name */
 	char vdev[96];		/* its node */
+	char upper[80];		/* a cbt device stacked on the first, or "" */
+	char uview[96];		/* its view */
 	char why[160];
 };
 
@@ -131,6 +133,12 @@ FIXTURE_SETUP(snap)
 
 FIXTURE_TEARDOWN(snap)
 {
+	if (self->uview[0] && dm_exists(self->uview))
+		dm_remove(self->uview);
+	if (self->upper[0] && dm_exists(self->upper)) {
+		dm_messagef(self->upper, "snapshot stop force");
+		dm_remove(self->upper);
+	}
 	if (dm_exists(self->view))
 		dm_remove(self->view);
 	if (dm_exists(self->s.name))
@@ -530,6 +538,46 @@ TEST_F(snap, write_waits_for_view_read)
 	EXPECT_EQ(0, check_gen(self->s.dev, 5 * CHUNK, CHUNK, 2, self->why, sizeof(self->why)));
 	EXPECT_EQ(0, check_gen(self->vdev, 5 * CHUNK, CHUNK, 1, self->why, sizeof(self->why)))
 		TH_LOG("view again: %s", self->why);
+}
+
+/*
+ * The same on the path views take on a device without injection rules:
+ * they read the device below the cbt target directly. A second cbt
+ * device (upper) is stacked on the fixture's (lower): upper's snapshot
+ * view reads lower directly, and a rule on lower holds the read there for
+ * a second while a write to upper's chunk comes. (A memory store in both
+ * variants: the rule is what matters here.)
+ */
+TEST_F(snap, write_waits_for_view_read_of_the_device_below)
+{
+	struct bg_io rd = { .off = 5 * CHUNK, .len = CHUNK, .gen = 1 };
+	char udev[112], uvdev[128], params[160];
+
+	snprintf(self->upper, sizeof(self->upper), "%s-up", self->s.name);
+	snprintf(self->uview, sizeof(self->uview), "%s-view", self->upper);
+	snprintf(udev, sizeof(udev), "/dev/mapper/%s", self->upper);
+	snprintf(uvdev, sizeof(uvdev), "/dev/mapper/%s", self->uview);
+	ASSERT_EQ(0, dm_create_one(self->upper, DEV_SECTORS, "cbt", self->s.dev));
+	ASSERT_EQ(0, dm_messagef(self->upper, "snapshot prepare t1"));
+	ASSERT_EQ(0, dm_suspend(self->upper));
+	EXPECT_EQ(0, dm_messagef(self->upper, "snapshot start t1"));
+	ASSERT_EQ(0, dm_resume(self->upper));
+	snprintf(params, sizeof(params), "%s t1", udev);
+	ASSERT_EQ(0, dm_create_one(self->uview, DEV_SECTORS, "cbt-snapshot", params));
+	ASSERT_EQ(0, msg(self, "inject delay event=read offset=%llu length=%llu usecs=1000000 "
+			 "once id=hold", 5 * CHUNK, CHUNK));
+	rd.dev = uvdev;
+	ASSERT_EQ(0, -pthread_create(&rd.th, NULL, bg_check, &rd));
+	ASSERT_EQ(0, wait_for(rule_hits, self, "hold", 1)) TH_LOG("the view read never reached lower");
+	EXPECT_EQ(0, write_gen(udev, 5 * CHUNK, CHUNK, 2));
+	pthread_join(rd.th, NULL);
+	EXPECT_EQ(0, rd.r) TH_LOG("view read: %s", rd.why);
+	EXPECT_EQ(0, check_gen(self->s.dev, 5 * CHUNK, CHUNK, 2, self->why, sizeof(self->why)));
+	EXPECT_EQ(0, check_gen(uvdev, 5 * CHUNK, CHUNK, 1, self->why, sizeof(self->why)))
+		TH_LOG("view again: %s", self->why);
+	EXPECT_EQ(0, dm_remove(self->uview));
+	EXPECT_EQ(0, dm_messagef(self->upper, "snapshot stop t1"));
+	EXPECT_EQ(0, dm_remove(self->upper));
 }
 
 /*
