@@ -464,7 +464,7 @@ static void cbt_snap_grow(struct cbt_snap *s)
 {
 	unsigned int want, got;
 	unsigned long flags;
-	bool low;
+	bool low, broke;
 
 	spin_lock_irqsave(&s->lock, flags);
 	low = s->state <= CBT_SNAP_RUNNING && __cbt_snap_low(s);
@@ -479,15 +479,15 @@ static void cbt_snap_grow(struct cbt_snap *s)
 		spin_lock_irqsave(&s->lock, flags);
 		s->grow_failed = true;
 		/* Now full: the writes waiting for growth go by the full store's rules. */
-		low = s->state == CBT_SNAP_RUNNING && list_empty(&s->free_slots) &&
-		      !bio_list_empty(&s->space_waiters) && (!s->timeout_s || s->suspending);
-		if (low) {
+		broke = s->state == CBT_SNAP_RUNNING && list_empty(&s->free_slots) &&
+			!bio_list_empty(&s->space_waiters) && (!s->timeout_s || s->suspending);
+		if (broke) {
 			DMERR("snapshot %s: store full: breaking it", s->token);
 			__cbt_snap_end(s, CBT_SNAP_BROKEN);
 		}
 		spin_unlock_irqrestore(&s->lock, flags);
 		/* This run took its lists already: the next lets the writes go. */
-		if (low)
+		if (broke)
 			queue_work(cbt_snap_wq, &s->work);
 	}
 }
@@ -1013,8 +1013,7 @@ static struct cbt_snap *cbt_snap_alloc(struct cbt_c *cc, const char *token, sect
 				     clamp_t(u64, s->nr_slots >> CBT_SNAP_GROW_SHIFT,
 					     CBT_SNAP_GROW_MIN >> (chunk_shift + SECTOR_SHIFT),
 					     CBT_SNAP_GROW_MAX >> (chunk_shift + SECTOR_SHIFT)));
-	if (nr_pages ? cbt_snap_add_pages(s, s->grow_step, gfp) < s->grow_step :
-	    cbt_snap_add_pages(s, s->nr_slots, gfp) < s->nr_slots)
+	if (cbt_snap_add_pages(s, s->grow_step, gfp) < s->grow_step)
 		goto bad;
 	*r = 0;
 	return s;
