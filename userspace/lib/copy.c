@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +12,9 @@
 
 #include "copy.h"
 
-/* Bytes read per request: large enough to stream, a multiple of any cluster size. */
-#define COPY_BUFFER (4u << 20)
 #define COPY_ALIGN 4096
+/* Image bytes written between two steps of write-behind. */
+#define WRITEBACK_WINDOW (32ull << 20)
 
 int cbt_open_source(const char *path, int *fd, uint64_t *size, struct cbt_err *e)
 {
@@ -48,9 +49,54 @@ static void sleep_ms(unsigned int ms)
 		;
 }
 
-/* Reads exactly LEN bytes at OFF, retrying failed reads as configured. */
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
+}
+
+void cbt_rate_init(struct cbt_rate *r, uint64_t bytes_per_sec)
+{
+	r->bytes_per_sec = bytes_per_sec;
+	r->next_ns = 0;
+	pthread_mutex_init(&r->lock, NULL);
+}
+
+void cbt_rate_destroy(struct cbt_rate *r)
+{
+	pthread_mutex_destroy(&r->lock);
+}
+
+/*
+ * Waits for LEN bytes' share of the rate: reads start no faster than the
+ * rate allows, whichever copy asks. A cancel cuts the wait short.
+ */
+static void rate_wait(struct cbt_rate *r, uint64_t len, const volatile int *cancel)
+{
+	uint64_t start, now;
+
+	if (!r || !r->bytes_per_sec)
+		return;
+	pthread_mutex_lock(&r->lock);
+	now = now_ns();
+	if (r->next_ns < now)
+		r->next_ns = now;
+	start = r->next_ns;
+	r->next_ns += len * 1000000000u / r->bytes_per_sec;
+	pthread_mutex_unlock(&r->lock);
+	while ((now = now_ns()) < start && !(cancel && *cancel))
+		sleep_ms((start - now) / 1000000u > 100 ? 100 : (start - now) / 1000000u + 1);
+}
+
+/*
+ * Reads exactly LEN bytes at OFF, retrying failed reads as configured;
+ * *RETRIES counts the failed reads tried again. Called by reader threads.
+ */
 static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
-		       struct cbt_err *e)
+		       unsigned int *retries, struct cbt_err *e)
 {
 	unsigned int attempt = 0;
 	size_t done;
@@ -66,10 +112,8 @@ static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
 			if (n <= 0)
 				break;
 		}
-		if (done == len) {
-			c->bytes_read += len;
+		if (done == len)
 			return 0;
-		}
 		if (n == 0) {
 			return cbt_fail(e, EIO, "%s: short read at offset %llu (device ended?)",
 					c->device, (unsigned long long)(off + done));
@@ -83,7 +127,7 @@ static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
 					(unsigned long long)(off + done),
 					attempt ? " after retries" : "");
 		attempt++;
-		c->read_retries++;
+		(*retries)++;
 		cbt_test_stop("retry");
 		sleep_ms(c->retry_delay_ms);
 	}
@@ -131,35 +175,6 @@ static int write_clusters(struct cbt_copy *c, const char *buf, size_t len, uint6
 	return 0;
 }
 
-/*
- * Reads [START, START+LEN) (whole clusters, the device's last perhaps
- * partial), hands it to the image and releases it.
- */
-static int copy_run(struct cbt_copy *c, void *buf, uint64_t start, size_t len,
-		    uint32_t cluster, struct cbt_err *e)
-{
-	uint64_t vsize = qcow2_virtual_size(c->img);
-	size_t wlen = len;
-	int r;
-
-	r = read_source(c, buf, len, start, e);
-	if (!r && start + len == c->size && c->size % cluster && vsize > c->size) {
-		/*
-		 * An image larger than the device: the device's last cluster is
-		 * written whole, zeros past its end, since a partial cluster
-		 * cannot be written over a backing file.
-		 */
-		wlen = (c->size / cluster + 1) * cluster;
-		wlen = (wlen < vsize ? wlen : vsize) - start;
-		memset((char *)buf + len, 0, wlen - len);
-	}
-	if (!r)
-		r = write_clusters(c, buf, wlen, start, cluster, e);
-	if (!r && c->release)
-		r = release_run(c, start, len, e);
-	return r;
-}
-
 /* Clusters copied ahead of the copy's order, one bit each. */
 struct done_map {
 	uint64_t *bits;
@@ -175,123 +190,537 @@ static bool done_test(const struct done_map *d, uint64_t i)
 	return d->any && i < d->nr && (d->bits[i / 64] >> (i % 64) & 1);
 }
 
-/*
- * Copies the clusters of [START, END) that are not done, in runs of at
- * most BUFSIZE; with MARK, marks them done.
- */
-static int copy_not_done(struct cbt_copy *c, struct done_map *d, void *buf, size_t bufsize,
-			 uint64_t start, uint64_t end, bool mark, struct cbt_err *e)
+static void done_set(struct done_map *d, uint64_t i)
 {
-	uint32_t cluster = qcow2_cluster_size(c->img);
-	uint64_t i, j, run_end;
+	d->bits[i / 64] |= 1ull << (i % 64);
+	d->any = true;
+}
+
+/* A dirty run of a request: whole clusters, the device's last perhaps partial. */
+struct part {
+	uint64_t off, len;
+};
+
+enum req_state { REQ_FREE, REQ_QUEUED, REQ_READING, REQ_DONE };
+
+/* One read, and the runs of it the image gets. */
+struct request {
+	enum req_state state;
+	uint64_t seq;			/* order of issue */
+	uint64_t start;			/* the read: [start, start + len) */
+	size_t len;
+	struct part *parts;
+	unsigned int nr_parts;
+	uint64_t progress;		/* bytes of the copy's order it accounts for */
+	char *buf;			/* len, and a cluster of slack */
+	int r;				/* the read's result, in err */
+	struct cbt_err err;
+};
+
+#define URGENT_BATCH 64
+
+struct engine {
+	struct cbt_copy *c;
+	uint32_t cluster;
+	size_t bufsize;			/* bytes per request */
+	unsigned int max_parts;
+	struct request *reqs;
+	unsigned int nr_reqs;
+	pthread_t *threads;
+	unsigned int nr_threads;
+
+	/* Between the reader threads and the copy's thread. */
+	pthread_mutex_t lock;
+	pthread_cond_t work;		/* a request was queued, or stop */
+	pthread_cond_t completion;	/* a read completed */
+	bool stop;
+	bool draining;			/* failed: completed reads are dropped as they come */
+	unsigned int reading;
+	uint64_t bytes_read;
+	unsigned int retries;
+
+	/* The copy's thread only. */
+	uint64_t next_seq, write_seq;
+	unsigned int in_flight;		/* requests queued, read or not, not yet written */
+	uint64_t progress;
+	struct cbt_extent_src *src;
+	struct cbt_extent cur;		/* what is left of the current extent */
+	bool have_cur, src_end;
+	uint64_t pos;			/* everything before is handed out, in order */
+	struct done_map done;
+	struct cbt_extent urgent[URGENT_BATCH];
+	unsigned int nr_urgent, urgent_idx;
+	bool urgent_scan, urgent_more;
+	uint64_t urgent_from;
+	int img_fd;			/* write-behind; -1: off */
+	uint64_t wb_written;
+	off_t wb_prev, wb_mark;
+};
+
+static void *reader(void *arg)
+{
+	struct engine *g = arg;
+	struct request *q, *pick;
+	unsigned int i, retries;
 	int r;
 
-	while (start < end) {
-		i = start / cluster;
-		if (done_test(d, i)) {
-			start += cluster;
+	pthread_mutex_lock(&g->lock);
+	for (;;) {
+		pick = NULL;
+		for (i = 0; i < g->nr_reqs; i++) {
+			q = &g->reqs[i];
+			if (q->state == REQ_QUEUED && (!pick || q->seq < pick->seq))
+				pick = q;
+		}
+		if (!pick) {
+			if (g->stop)
+				break;
+			pthread_cond_wait(&g->work, &g->lock);
 			continue;
 		}
-		run_end = start;
-		for (j = i; run_end < end && run_end - start < bufsize && !done_test(d, j); j++)
-			run_end += cluster;
-		if (run_end > end)
-			run_end = end;
-		r = copy_run(c, buf, start, run_end - start, cluster, e);
+		pick->state = REQ_READING;
+		if (++g->reading > g->c->max_in_flight)
+			g->c->max_in_flight = g->reading;
+		pthread_mutex_unlock(&g->lock);
+		retries = 0;
+		r = read_source(g->c, pick->buf, pick->len, pick->start, &retries, &pick->err);
+		pthread_mutex_lock(&g->lock);
+		g->reading--;
+		g->retries += retries;
+		if (!r)
+			g->bytes_read += pick->len;
+		pick->r = r;
+		pick->state = REQ_DONE;
+		pthread_cond_signal(&g->completion);
+	}
+	pthread_mutex_unlock(&g->lock);
+	return NULL;
+}
+
+static uint64_t round_up(uint64_t v, uint64_t to)
+{
+	return (v + to - 1) / to * to;
+}
+
+/* Adds [OFF, END) to Q's runs, joining the last one when they touch. */
+static void add_part(struct request *q, uint64_t off, uint64_t end)
+{
+	struct part *last = q->nr_parts ? &q->parts[q->nr_parts - 1] : NULL;
+
+	if (last && last->off + last->len == off)
+		last->len = end - last->off;
+	else
+		q->parts[q->nr_parts++] = (struct part){ off, end - off };
+	q->len = end - q->start;
+}
+
+/*
+ * The next run the source says is urgent, from the scan's position on:
+ * 1 with Q filled (its clusters marked done), 0 when there is none left.
+ */
+static int next_urgent(struct engine *g, struct request *q, struct cbt_err *e)
+{
+	struct cbt_copy *c = g->c;
+	uint64_t s, t, end;
+	int n;
+
+	for (;;) {
+		if (g->urgent_idx < g->nr_urgent) {
+			struct cbt_extent *u = &g->urgent[g->urgent_idx];
+
+			s = u->offset / g->cluster * g->cluster;
+			t = round_up(u->offset + u->length, g->cluster);
+			if (s < g->pos)
+				s = g->pos;
+			if (t > c->size)
+				t = c->size;
+			while (s < t && done_test(&g->done, s / g->cluster))
+				s += g->cluster;
+			if (s >= t) {
+				g->urgent_idx++;
+				continue;
+			}
+			for (end = s; end < t && end - s < g->bufsize &&
+			     !done_test(&g->done, end / g->cluster); end += g->cluster)
+				done_set(&g->done, end / g->cluster);
+			if (end > t)
+				end = t;
+			q->start = s;
+			add_part(q, s, end);
+			/* The rest of the run, if any, comes next time. */
+			u->length = u->offset + u->length > end ? u->offset + u->length - end : 0;
+			u->offset = end;
+			if (!u->length)
+				g->urgent_idx++;
+			return 1;
+		}
+		if (!g->urgent_more || g->urgent_from >= c->size)
+			return 0;
+		n = c->urgent(c->urgent_arg, g->urgent_from, g->urgent, URGENT_BATCH, e);
+		if (n < 0)
+			return n;
+		g->nr_urgent = n;
+		g->urgent_idx = 0;
+		g->urgent_more = n == URGENT_BATCH;
+		if (!n)
+			return 0;
+		g->urgent_from = round_up(g->urgent[n - 1].offset + g->urgent[n - 1].length,
+					  g->cluster);
+	}
+}
+
+/*
+ * The next request in the copy's order: dirty runs from the source, gaps
+ * of at most merge_gap read with them, clusters copied ahead skipped.
+ * 1 with Q filled, 0 at the end, or -errno.
+ */
+static int next_in_order(struct engine *g, struct request *q, struct cbt_err *e)
+{
+	struct cbt_copy *c = g->c;
+	struct cbt_extent ext;
+	uint64_t s, t, end, limit = 0;
+	int r;
+
+	for (;;) {
+		if (!g->have_cur) {
+			if (g->src_end)
+				break;
+			r = g->src->next(g->src->arg, &ext, e);
+			if (r < 0)
+				return r;
+			if (!r) {
+				g->src_end = true;
+				break;
+			}
+			s = ext.offset / g->cluster * g->cluster;
+			t = round_up(ext.offset + ext.length, g->cluster);
+			if (s < g->pos)
+				s = g->pos;	/* its first cluster went with the extent before */
+			if (t > c->size)
+				t = c->size;
+			if (s >= t)
+				continue;
+			g->cur = (struct cbt_extent){ s, t - s };
+			g->have_cur = true;
+		}
+		s = g->cur.offset;
+		t = s + g->cur.length;
+		while (s < t && done_test(&g->done, s / g->cluster))
+			s += g->cluster;
+		if (s >= t) {
+			q->progress += t - g->cur.offset;
+			g->have_cur = false;
+			g->pos = t;
+			continue;
+		}
+		q->progress += s - g->cur.offset;
+		g->cur = (struct cbt_extent){ s, t - s };
+		if (q->nr_parts) {
+			if (s - (q->start + q->len) > c->merge_gap || s >= limit ||
+			    q->nr_parts == g->max_parts)
+				break;
+		} else {
+			q->start = s;
+			limit = s + g->bufsize;
+		}
+		for (end = s; end < t && end < limit && !done_test(&g->done, end / g->cluster);
+		     end += g->cluster)
+			;
+		if (end > t)
+			end = t;
+		add_part(q, s, end);
+		q->progress += end - s;
+		g->pos = end;
+		g->cur = (struct cbt_extent){ end, t - end };
+		g->have_cur = end < t;
+		if (end >= limit)
+			break;
+	}
+	return q->nr_parts > 0;
+}
+
+static int next_request(struct engine *g, struct request *q, struct cbt_err *e)
+{
+	int r;
+
+	q->nr_parts = 0;
+	q->len = 0;
+	q->progress = 0;
+	if (g->c->urgent && g->done.bits) {
+		if (!g->urgent_scan) {
+			g->urgent_scan = true;
+			g->urgent_more = true;
+			g->urgent_from = g->pos;
+			g->nr_urgent = 0;
+			g->urgent_idx = 0;
+		}
+		r = next_urgent(g, q, e);
 		if (r)
 			return r;
-		for (; mark && i < j; i++) {
-			d->bits[i / 64] |= 1ull << (i % 64);
-			d->any = true;
+	}
+	/* The source is asked again before the next request in order. */
+	g->urgent_scan = false;
+	return next_in_order(g, q, e);
+}
+
+/*
+ * Write-behind: once WRITEBACK_WINDOW more bytes are in the image, starts
+ * writing out what was appended since the last step, and waits for and
+ * drops from the cache what was appended the step before.
+ */
+static int write_behind(struct engine *g, uint64_t written, struct cbt_err *e)
+{
+	struct stat st;
+
+	if (g->img_fd < 0)
+		return 0;
+	g->wb_written += written;
+	if (g->wb_written < WRITEBACK_WINDOW)
+		return 0;
+	g->wb_written = 0;
+	if (fstat(g->img_fd, &st))
+		return cbt_fail(e, errno, "%s: cannot stat the image", g->c->device);
+	if (st.st_size > g->wb_mark &&
+	    sync_file_range(g->img_fd, g->wb_mark, st.st_size - g->wb_mark,
+			    SYNC_FILE_RANGE_WRITE))
+		goto fail;
+	if (g->wb_mark > g->wb_prev) {
+		if (sync_file_range(g->img_fd, g->wb_prev, g->wb_mark - g->wb_prev,
+				    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+				    SYNC_FILE_RANGE_WAIT_AFTER))
+			goto fail;
+		posix_fadvise(g->img_fd, g->wb_prev, g->wb_mark - g->wb_prev,
+			      POSIX_FADV_DONTNEED);
+	}
+	g->wb_prev = g->wb_mark;
+	g->wb_mark = st.st_size;
+	return 0;
+fail:
+	if (errno == EINVAL || errno == ENOSYS || errno == ESPIPE) {
+		g->img_fd = -1;	/* not a file that can do it: the final fsync does all */
+		return 0;
+	}
+	return cbt_fail(e, errno, "%s: cannot write the image back near file offset %llu",
+			g->c->device, (unsigned long long)g->wb_mark);
+}
+
+/* Writes a read request's runs into the image and releases them on the source. */
+static int write_request(struct engine *g, struct request *q, struct cbt_err *e)
+{
+	struct cbt_copy *c = g->c;
+	uint64_t vsize = qcow2_virtual_size(c->img), before = c->bytes_written;
+	unsigned int i;
+	size_t wlen;
+	int r;
+
+	for (i = 0; i < q->nr_parts; i++) {
+		struct part *p = &q->parts[i];
+		char *buf = q->buf + (p->off - q->start);
+
+		wlen = p->len;
+		if (p->off + p->len == c->size && c->size % g->cluster && vsize > c->size) {
+			/*
+			 * An image larger than the device: the device's last
+			 * cluster is written whole, zeros past its end, since a
+			 * partial cluster cannot be written over a backing file.
+			 */
+			wlen = round_up(c->size, g->cluster);
+			wlen = (wlen < vsize ? wlen : vsize) - p->off;
+			memset(buf + p->len, 0, wlen - p->len);
 		}
-		start = run_end;
+		r = write_clusters(c, buf, wlen, p->off, g->cluster, e);
+		if (!r && c->release)
+			r = release_run(c, p->off, p->len, e);
+		if (r)
+			return r;
+	}
+	return write_behind(g, c->bytes_written - before, e);
+}
+
+/* The request to write next: the oldest read in ordered mode, any done one otherwise. */
+static struct request *completed(struct engine *g)
+{
+	struct request *q, *pick = NULL;
+	unsigned int i;
+
+	for (i = 0; i < g->nr_reqs; i++) {
+		q = &g->reqs[i];
+		if (q->state != REQ_DONE)
+			continue;
+		if (q->r)
+			return q;	/* a failure ends the copy at once */
+		if (g->c->unordered || g->draining ? !pick || q->seq < pick->seq :
+		    q->seq == g->write_seq)
+			pick = q;
+	}
+	return pick;
+}
+
+static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_src *src,
+		       struct cbt_err *e)
+{
+	unsigned int i, parallel = c->parallel ? c->parallel : CBT_COPY_PARALLEL_DEFAULT;
+	struct stat st;
+
+	if (parallel > CBT_COPY_PARALLEL_MAX)
+		parallel = CBT_COPY_PARALLEL_MAX;
+	g->c = c;
+	g->src = src;
+	g->cluster = qcow2_cluster_size(c->img);
+	g->bufsize = g->cluster > CBT_COPY_REQUEST ? g->cluster : CBT_COPY_REQUEST;
+	g->max_parts = g->bufsize / g->cluster;
+	g->img_fd = -1;
+	if (c->writeback && !fstat(qcow2_fd(c->img), &st) && S_ISREG(st.st_mode)) {
+		g->img_fd = qcow2_fd(c->img);
+		g->wb_prev = g->wb_mark = st.st_size;
+	}
+	pthread_mutex_init(&g->lock, NULL);
+	pthread_cond_init(&g->work, NULL);
+	pthread_cond_init(&g->completion, NULL);
+	/* Twice the reads in flight: completed reads wait for their write without stalling reads. */
+	g->nr_reqs = 2 * parallel;
+	g->reqs = calloc(g->nr_reqs, sizeof(*g->reqs));
+	g->threads = calloc(parallel, sizeof(*g->threads));
+	if (!g->reqs || !g->threads)
+		return cbt_fail(e, ENOMEM, "%s: copy requests", c->device);
+	for (i = 0; i < g->nr_reqs; i++) {
+		g->reqs[i].parts = calloc(g->max_parts, sizeof(struct part));
+		if (!g->reqs[i].parts ||
+		    posix_memalign((void **)&g->reqs[i].buf, COPY_ALIGN, g->bufsize + g->cluster))
+			return cbt_fail(e, ENOMEM, "%s: copy buffers of %zu bytes", c->device,
+					g->bufsize);
+	}
+	if (c->urgent) {
+		g->done.nr = (c->size + g->cluster - 1) / g->cluster;
+		if ((g->done.nr + 63) / 64 * 8 <= DONE_MAP_MAX) {
+			g->done.bits = calloc((g->done.nr + 63) / 64, 8);
+			if (!g->done.bits)
+				return cbt_fail(e, ENOMEM, "%s: map of %llu clusters", c->device,
+						(unsigned long long)g->done.nr);
+		}
+	}
+	for (i = 0; i < parallel; i++) {
+		int r = pthread_create(&g->threads[i], NULL, reader, g);
+
+		if (r)
+			return cbt_fail(e, r, "%s: cannot start reader thread %u", c->device, i);
+		g->nr_threads++;
 	}
 	return 0;
 }
 
-/* Takes the runs the source says are urgent, from POS on, before going on in order. */
-static int copy_urgent(struct cbt_copy *c, struct done_map *d, void *buf, size_t bufsize,
-		       uint64_t pos, struct cbt_err *e)
+static void engine_exit(struct engine *g)
 {
-	uint32_t cluster = qcow2_cluster_size(c->img);
-	struct cbt_extent runs[64];
-	uint64_t from = pos, s, t;
-	int i, n, r;
+	unsigned int i;
 
-	if (!d->bits) {
-		d->nr = (c->size + cluster - 1) / cluster;
-		if ((d->nr + 63) / 64 * 8 > DONE_MAP_MAX)
-			return 0;
-		d->bits = calloc((d->nr + 63) / 64, 8);
-		if (!d->bits)
-			return cbt_fail(e, ENOMEM, "%s: map of %llu clusters", c->device,
-					(unsigned long long)d->nr);
+	pthread_mutex_lock(&g->lock);
+	g->stop = true;
+	pthread_cond_broadcast(&g->work);
+	pthread_mutex_unlock(&g->lock);
+	for (i = 0; i < g->nr_threads; i++)
+		pthread_join(g->threads[i], NULL);
+	g->c->bytes_read += g->bytes_read;
+	g->c->read_retries += g->retries;
+	for (i = 0; g->reqs && i < g->nr_reqs; i++) {
+		free(g->reqs[i].parts);
+		free(g->reqs[i].buf);
 	}
-	do {
-		n = c->urgent(c->urgent_arg, from, runs, sizeof(runs) / sizeof(runs[0]), e);
-		if (n < 0)
-			return n;
-		for (i = 0; i < n; i++) {
-			s = runs[i].offset / cluster * cluster;
-			t = (runs[i].offset + runs[i].length + cluster - 1) / cluster * cluster;
-			if (s < pos)
-				s = pos;
-			if (t > c->size)
-				t = c->size;
-			r = copy_not_done(c, d, buf, bufsize, s, t, true, e);
-			if (r)
-				return r;
-			from = t;
+	free(g->reqs);
+	free(g->threads);
+	free(g->done.bits);
+	pthread_cond_destroy(&g->completion);
+	pthread_cond_destroy(&g->work);
+	pthread_mutex_destroy(&g->lock);
+}
+
+static struct request *free_request(struct engine *g)
+{
+	unsigned int i;
+
+	for (i = 0; i < g->nr_reqs; i++)
+		if (g->reqs[i].state == REQ_FREE)
+			return &g->reqs[i];
+	return NULL;
+}
+
+int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err *e)
+{
+	struct engine g = { 0 };
+	bool more = true;
+	struct request *q;
+	int r;
+
+	r = engine_init(&g, c, src, e);
+	while (!r || g.in_flight) {
+		/* Queue reads while a buffer is free and there is something to read. */
+		while (!r && more && (q = free_request(&g))) {
+			if (c->cancel && *c->cancel) {
+				r = cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu",
+					     c->device, (unsigned long long)g.pos);
+				break;
+			}
+			r = next_request(&g, q, e);
+			if (r <= 0) {
+				more = false;
+				break;
+			}
+			r = 0;
+			rate_wait(c->rate, q->len, c->cancel);
+			pthread_mutex_lock(&g.lock);
+			q->seq = g.next_seq++;
+			q->state = REQ_QUEUED;
+			pthread_cond_signal(&g.work);
+			pthread_mutex_unlock(&g.lock);
+			g.in_flight++;
+			c->requests++;
 		}
-	} while (n == (int)(sizeof(runs) / sizeof(runs[0])) && from < c->size);
-	return 0;
+		if (!g.in_flight)
+			break;
+		pthread_mutex_lock(&g.lock);
+		while (!(q = completed(&g)))
+			pthread_cond_wait(&g.completion, &g.lock);
+		pthread_mutex_unlock(&g.lock);
+		if (!r && q->r) {
+			*e = q->err;
+			r = q->r;
+		} else if (!r) {
+			r = write_request(&g, q, e);
+			g.progress += q->progress;
+			if (!r && c->progress)
+				c->progress(c->progress_arg, g.progress);
+		}
+		if (q->seq == g.write_seq)
+			g.write_seq++;
+		/* After a failure, what is still being read is dropped in any order. */
+		g.draining = r != 0;
+		q->state = REQ_FREE;
+		g.in_flight--;
+	}
+	engine_exit(&g);
+	return r;
+}
+
+struct array_src {
+	const struct cbt_extent *v;
+	size_t n, i;
+};
+
+static int array_next(void *arg, struct cbt_extent *ext, struct cbt_err *e)
+{
+	struct array_src *a = arg;
+
+	(void)e;
+	if (a->i == a->n)
+		return 0;
+	*ext = a->v[a->i++];
+	return 1;
 }
 
 int cbt_copy_extents(struct cbt_copy *c, const struct cbt_extent *extents,
 		     size_t nr_extents, struct cbt_err *e)
 {
-	uint32_t cluster = qcow2_cluster_size(c->img);
-	uint64_t pos = 0, start, end, done = 0;
-	struct done_map d = { 0 };
-	size_t i, len, bufsize;
-	void *buf;
-	int r = 0;
+	struct array_src a = { .v = extents, .n = nr_extents };
+	struct cbt_extent_src src = { .next = array_next, .arg = &a };
 
-	bufsize = cluster > COPY_BUFFER ? cluster : COPY_BUFFER;
-	if (posix_memalign(&buf, COPY_ALIGN, bufsize))
-		return cbt_fail(e, ENOMEM, "%s: copy buffer", c->device);
-
-	for (i = 0; i < nr_extents && !r; i++) {
-		start = extents[i].offset / cluster * cluster;
-		if (start < pos)
-			start = pos;	/* already copied with the previous extent's cluster */
-		end = extents[i].offset + extents[i].length;
-		end = (end + cluster - 1) / cluster * cluster;
-		if (end > c->size)
-			end = c->size;
-		while (start < end) {
-			if (c->cancel && *c->cancel) {
-				r = cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu", c->device,
-					     (unsigned long long)start);
-				break;
-			}
-			if (c->urgent) {
-				r = copy_urgent(c, &d, buf, bufsize, start, e);
-				if (r)
-					break;
-			}
-			len = end - start < bufsize ? end - start : bufsize;
-			r = copy_not_done(c, &d, buf, bufsize, start, start + len, false, e);
-			if (r)
-				break;
-			start += len;
-			done += len;
-			if (c->progress)
-				c->progress(c->progress_arg, done);
-		}
-		pos = end;
-	}
-	free(d.bits);
-	free(buf);
-	return r;
+	return cbt_copy_run(c, &src, e);
 }

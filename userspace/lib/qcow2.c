@@ -1148,6 +1148,11 @@ uint32_t qcow2_cluster_size(const struct qcow2_image *img)
 	return (uint32_t)img->cluster_size;
 }
 
+int qcow2_fd(const struct qcow2_image *img)
+{
+	return img->fd;
+}
+
 int qcow2_require_size(const struct qcow2_image *img, uint64_t min_size,
 		       struct cbt_err *e)
 {

@@ -70,6 +70,8 @@ int qcow2_open_existing(const char *path, struct qcow2_image **out,
 /* The guest-visible size in bytes. */
 uint64_t qcow2_virtual_size(const struct qcow2_image *img);
 uint32_t qcow2_cluster_size(const struct qcow2_image *img);
+/* The image's open file (for write-behind hints; the writer owns it). */
+int qcow2_fd(const struct qcow2_image *img);
 
 /* -EFBIG (naming the file) when the image is smaller than MIN_SIZE bytes. */
 int qcow2_require_size(const struct qcow2_image *img, uint64_t min_size,

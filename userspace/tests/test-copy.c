@@ -149,6 +149,63 @@ static void test_chain(uint32_t cluster)
 	cbt_extents_free(&dirty);
 }
 
+/*
+ * Worst scatter: every other 64 KiB chunk of 8 MiB dirty. The clean chunks
+ * change on the device too (after the instant, as it were): merged reads
+ * take them along, but the image must get the dirty chunks only. Ordered
+ * and out of order, with and without merging.
+ */
+static void test_scatter(bool unordered, uint64_t merge_gap)
+{
+	struct cbt_extent_list all = { 0 }, dirty = { 0 };
+	struct cbt_copy c = { .device = "device" };
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	char path[128], full[128];
+	uint64_t i, size;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/device", dir);
+	sh("rm -f %s %s/scatter-*.qcow2 && truncate -s %llu %s", path, dir, DEV_SIZE, path);
+	fd = open(path, O_RDWR);
+	CHECK(fd >= 0);
+	for (i = 0; i < 128; i++)
+		fill(fd, 4 * MiB + i * 64 * KiB, 64 * KiB, 1 + i);
+	cbt_extents_add(&all, 0, DEV_SIZE);
+	snprintf(full, sizeof(full), "scatter-full.qcow2");
+	CHECK(copy_into(full, NULL, 65536, &all, 0, &i) == 0);
+	for (i = 0; i < 128; i += 2) {
+		fill(fd, 4 * MiB + i * 64 * KiB, 64 * KiB, 0x80 + i / 2);
+		cbt_extents_add(&dirty, 4 * MiB + i * 64 * KiB, 64 * KiB);
+	}
+	sh("cp %s %s/expected", path, dir);
+	for (i = 1; i < 128; i += 2)
+		fill(fd, 4 * MiB + i * 64 * KiB, 64 * KiB, 0xee);
+	close(fd);
+
+	CHECK(cbt_open_source(path, &c.fd, &size, &e) == 0);
+	c.size = size;
+	snprintf(path, sizeof(path), "%s/scatter-inc.qcow2", dir);
+	CHECK(qcow2_create(path, size, 65536, full, "qcow2", &img, &e) == 0);
+	c.img = img;
+	c.zero_clusters = true;
+	c.unordered = unordered;
+	c.merge_gap = merge_gap;
+	c.writeback = true;
+	CHECK(cbt_copy_extents(&c, dirty.v, dirty.n, &e) == 0);
+	/* Merged: 8 reads of 1 MiB less the clean chunk at their end; else one per chunk. */
+	CHECK(c.requests == (merge_gap ? 8 : 64));
+	CHECK(c.bytes_read == (merge_gap ? 8 * (MiB - 64 * KiB) : 4 * MiB));
+	CHECK(c.bytes_written == 4 * MiB);
+	CHECK(c.max_in_flight >= 1 && c.max_in_flight <= CBT_COPY_PARALLEL_DEFAULT);
+	CHECK(qcow2_close(img, true, &e) == 0);
+	close(c.fd);
+	CHECK(sh("qemu-img check -q %s", path) == 0);
+	CHECK(sh("qemu-img compare -q -f qcow2 -F raw %s %s/expected", path, dir) == 0);
+	cbt_extents_free(&all);
+	cbt_extents_free(&dirty);
+}
+
 static void test_read_error(void)
 {
 	struct cbt_extent_list all = { 0 };
@@ -177,10 +234,12 @@ static void test_read_error(void)
 
 /*
  * The source's urgent runs. The first call (at 0) asks for 4 KiB in the
- * middle of a cluster at 20 MiB and the device's last 512 bytes; every
- * later call first overwrites those runs on the device, as a guest would
- * once they are released, and asks for a run behind the copy, which it
- * must not take again.
+ * middle of a cluster at 20 MiB and the device's last 512 bytes. Calls
+ * from 12 MiB on first overwrite those runs on the device, as a guest
+ * would once they are released (with 4 reads in flight, 8 buffers and
+ * ordered writes, the urgent request is written before the copy gets
+ * that far), and calls from 8 MiB on ask for a run behind the copy,
+ * which it must not take again.
  */
 struct urgent_fake {
 	int fd;
@@ -200,8 +259,10 @@ static int urgent_fake_runs(void *arg, uint64_t pos, struct cbt_extent *runs, si
 		runs[1] = (struct cbt_extent){ DEV_SIZE - 512, 512 };
 		return 2;
 	}
-	fill(f->fd, 20 * MiB, 64 * KiB, 0x99);
-	fill(f->fd, DEV_SIZE - 512, 512, 0x99);
+	if (pos >= 12 * MiB) {
+		fill(f->fd, 20 * MiB, 64 * KiB, 0x99);
+		fill(f->fd, DEV_SIZE - 512, 512, 0x99);
+	}
 	if (pos < 8 * MiB)
 		return 0;
 	runs[0] = (struct cbt_extent){ 0, 64 * KiB };
@@ -229,6 +290,7 @@ static void test_urgent(void)
 	c.img = img;
 	c.urgent = urgent_fake_runs;
 	c.urgent_arg = &f;
+	c.parallel = 4;
 	cbt_extents_add(&all, 0, DEV_SIZE);
 	CHECK(cbt_copy_extents(&c, all.v, all.n, &e) == 0);
 	/* Every byte read once: the urgent clusters were skipped in order. */
@@ -259,6 +321,9 @@ int main(void)
 	test_extent_lists();
 	for (i = 0; i < sizeof(clusters) / sizeof(clusters[0]); i++)
 		test_chain(clusters[i]);
+	test_scatter(false, CBT_COPY_MERGE_GAP);
+	test_scatter(true, CBT_COPY_MERGE_GAP);
+	test_scatter(false, 0);
 	test_read_error();
 	test_urgent();
 	sh("rm -rf %s", dir);
