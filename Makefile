@@ -105,6 +105,8 @@ bench: bench-bits modules userspace
 		env BENCH_SNAP_PARTS=iops tools/bench/snapshot.sh
 	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --mem 6144 --timeout 2700 -- \
 		env BENCH_SNAP_PARTS=idle BENCH_SNAP_MB=512 tools/bench/snapshot.sh
+	$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --mem 4096 --timeout 2700 -- \
+		tools/bench/copy.sh
 
 bench-bits:
 	@mkdir -p build/bench

@@ -19,6 +19,7 @@
 # guest's vCPU and a host's backup would: what is measured is what the
 # snapshot costs the writes, not a share of one CPU.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 rounds=${BENCH_ROUNDS:-4}
 runtime=${BENCH_SNAP_RUNTIME:-2}
@@ -103,19 +104,7 @@ seconds() {	# CMD...: wall time of one run
 }
 
 tmpfs_cbtctl() {	# prints the command that runs the copy
-	local bin=$dir/bin exe lib loader=
-	exe=$(command -v cbtctl)
-	mkdir -p "$bin"
-	cp "$exe" "$bin/cbtctl"
-	while read -r lib; do
-		cp -L "$lib" "$bin/"
-		case $lib in */ld-linux*) loader=$bin/${lib##*/} ;; esac
-	done < <(ldd "$exe" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /ld-linux/ { print $1 }')
-	if [ -n "$loader" ]; then
-		echo "$loader --library-path $bin $bin/cbtctl"
-	else
-		echo "$bin/cbtctl"
-	fi
+	tmpfs_prog "$dir" cbtctl
 }
 
 median() {

@@ -14,7 +14,8 @@
 	"backup -s|--sync=full|incremental [-b|--bitmap=NAME]...\n" \
 	"              [--on-source-error=report|retry [--retries=N]]\n" \
 	"              [--cbw-memory=SIZE | --cbw-store=DEV...] [--cbw-timeout=SECONDS]\n" \
-	"              [--no-snapshot] [--freeze-hook=CMD] [-p|--progress] [-q|--quiet]\n" \
+	"              [--no-snapshot] [--freeze-hook=CMD] [--parallel=N] [-W|--out-of-order]\n" \
+	"              [-r|--rate-limit=RATE] [-p|--progress] [-q|--quiet]\n" \
 	"              [--json] JOB...\n" \
 	"  JOB: DEV=TARGET[,backing=FILE][,mode=create|existing][,cluster-size=SIZE]"
 #define BACKUP_HELP \
@@ -138,9 +139,10 @@ static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *
 		printf(", \"target\": ");
 		json_string(stdout, j->spec.target);
 		printf(", \"dirty_bytes\": %llu, \"bytes_written\": %llu, \"read_retries\": %u, "
+		       "\"max_reads_in_flight\": %u, "
 		       "\"status\": \"%s\", \"target_unusable\": %s, \"error\": ",
 		       (unsigned long long)j->dirty_bytes, (unsigned long long)j->bytes_written,
-		       j->read_retries,
+		       j->read_retries, j->max_in_flight,
 		       cbt_job_status_name(j->status), j->target_unusable ? "true" : "false");
 		if (j->status == CBT_JOB_COMPLETED)
 			printf("null");
@@ -191,7 +193,7 @@ static int parse_count(const char *s, uint64_t max, uint64_t *n)
 
 enum {
 	OPT_ON_SOURCE_ERROR = 256, OPT_RETRIES, OPT_CBW_MEMORY, OPT_CBW_STORE, OPT_CBW_TIMEOUT,
-	OPT_NO_SNAPSHOT, OPT_FREEZE_HOOK, OPT_JSON,
+	OPT_NO_SNAPSHOT, OPT_FREEZE_HOOK, OPT_JSON, OPT_PARALLEL,
 };
 
 int cmd_backup(int argc, char **argv)
@@ -209,6 +211,9 @@ int cmd_backup(int argc, char **argv)
 		{ "progress", no_argument, NULL, 'p' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "json", no_argument, NULL, OPT_JSON },
+		{ "parallel", required_argument, NULL, OPT_PARALLEL },
+		{ "out-of-order", no_argument, NULL, 'W' },
+		{ "rate-limit", required_argument, NULL, 'r' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -236,7 +241,7 @@ int cmd_backup(int argc, char **argv)
 	b.retries = 3;
 	status = EXIT_USAGE;
 	optind = 0;
-	while ((c = next_opt(argc, argv, "-:s:b:pqh", longopts)) != -1) {
+	while ((c = next_opt(argc, argv, "-:s:b:pqhWr:", longopts)) != -1) {
 		const char *a = optarg;
 
 		switch (c) {
@@ -304,6 +309,25 @@ int cmd_backup(int argc, char **argv)
 			break;
 		case OPT_NO_SNAPSHOT:
 			b.no_snapshot = true;
+			break;
+		case OPT_PARALLEL:
+			if (parse_count(a, CBT_COPY_PARALLEL_MAX, &n) || !n) {
+				usage_error(BACKUP_USAGE, "bad --parallel '%s' (1 to %u reads in flight)",
+					    a, CBT_COPY_PARALLEL_MAX);
+				goto out;
+			}
+			b.parallel = n;
+			break;
+		case 'W':
+			b.unordered = true;
+			break;
+		case 'r':
+			if (cbt_parse_size(a, &n) || !n) {
+				usage_error(BACKUP_USAGE, "bad --rate-limit '%s' (bytes per second, "
+					    "K/M/G suffixes)", a);
+				goto out;
+			}
+			b.rate_limit = n;
 			break;
 		case OPT_FREEZE_HOOK:
 			if (!*a) {

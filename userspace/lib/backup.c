@@ -17,10 +17,12 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <linux/fs.h>
+#include <linux/dm-cbt.h>
 
 #include "backup.h"
 #include "bitmap.h"
 #include "copy.h"
+#include "extent-stream.h"
 #include "hook.h"
 #include "identity.h"
 #include "lock.h"
@@ -37,7 +39,6 @@ struct cbt_backup_job_priv {
 	char *existing_path;		/* mode=existing: the target's absolute path */
 	int fd;
 	struct qcow2_image *img;
-	struct cbt_extent_list extents;
 	uint64_t instant_size;		/* bytes, read while the devices were suspended */
 	bool *frozen;			/* per bitmap: frozen by this run */
 	bool snapshot;			/* a snapshot of this run's token is on the device */
@@ -726,27 +727,46 @@ static void explain_broken(struct cbt_backup *b)
 	}
 }
 
-/* What each job copies: the whole device, or the union of its frozen bitmaps. */
-static int collect_extents(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+/*
+ * The union of a job's frozen bitmaps, streamed from one dump per bitmap.
+ * WALKS holds b->nr_bitmaps entries.
+ */
+static int open_stream(struct cbt_backup *b, struct cbt_backup_job *job,
+		       struct cbt_bitmap_walk *walks, struct cbt_extent_stream **s,
+		       struct cbt_err *e)
 {
-	struct cbt_backup_job_priv *p = job->priv;
-	struct cbt_extent_list one = { 0 };
+	void *args[DM_CBT_MAX_BITMAPS];
 	unsigned int j;
-	int r = 0;
 
-	if (b->sync == CBT_SYNC_FULL) {
-		if (cbt_extents_add(&p->extents, 0, job->size))
-			return cbt_fail(e, ENOMEM, "%s: extents", job->spec.device);
-	} else {
-		for (j = 0; j < b->nr_bitmaps && !r; j++) {
-			r = cbt_bitmap_extents(job->spec.device, b->bitmaps[j], true, job->size,
-					       &one, e);
-			if (!r && cbt_extents_union(&p->extents, &one))
-				r = cbt_fail(e, ENOMEM, "%s: extents", job->spec.device);
-			cbt_extents_free(&one);
-		}
+	for (j = 0; j < b->nr_bitmaps && j < DM_CBT_MAX_BITMAPS; j++) {
+		walks[j] = (struct cbt_bitmap_walk){ job->spec.device, b->bitmaps[j], job->size };
+		args[j] = &walks[j];
 	}
-	job->dirty_bytes = cbt_extents_bytes(&p->extents);
+	return cbt_stream_open(j, cbt_bitmap_walk, args, s, e);
+}
+
+/*
+ * What each job copies, counted: the whole device, or the union of its
+ * frozen bitmaps (one pass over the dumps; the copy streams them again).
+ */
+static int count_extents(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct cbt_bitmap_walk walks[DM_CBT_MAX_BITMAPS];
+	struct cbt_extent_stream *s;
+	struct cbt_extent ext;
+	int r;
+
+	job->dirty_bytes = 0;
+	if (b->sync == CBT_SYNC_FULL) {
+		job->dirty_bytes = job->size;
+		return 0;
+	}
+	r = open_stream(b, job, walks, &s, e);
+	while (!r && (r = cbt_stream_next(s, &ext, e)) == 1) {
+		job->dirty_bytes += ext.length;
+		r = 0;
+	}
+	cbt_stream_close(s);
 	return r;
 }
 
@@ -807,18 +827,35 @@ static void *copy_thread(void *arg)
 				 job->spec.mode == CBT_MODE_EXISTING || job->spec.backing,
 		.retries = b->retries,
 		.retry_delay_ms = b->retry_delay_ms,
+		.parallel = b->parallel,
+		.unordered = b->unordered,
+		/* A view fails reads of chunks its snapshot does not preserve: no gaps. */
+		.merge_gap = p->view_fd >= 0 ? 0 : CBT_COPY_MERGE_GAP,
+		.writeback = true,
+		.rate = &b->rate,
 		.cancel = &b->cancel,
 		.progress = copy_progress,
 		.progress_arg = job,
 		.urgent = p->view_fd >= 0 ? urgent_runs : NULL,
 		.urgent_arg = job,
 	};
+	struct cbt_bitmap_walk walks[DM_CBT_MAX_BITMAPS];
+	struct cbt_extent_stream *s = NULL;
+	struct cbt_extent_src src;
 	struct cbt_err err = { 0 };
-	int r;
+	struct cbt_extent all = { 0, job->size };
+	int r = 0;
 
-	r = cbt_copy_extents(&c, p->extents.v, p->extents.n, &err);
+	if (b->sync == CBT_SYNC_FULL)
+		r = cbt_copy_extents(&c, &all, 1, &err);
+	else if (!(r = open_stream(b, job, walks, &s, &err))) {
+		src = (struct cbt_extent_src){ cbt_stream_next, s };
+		r = cbt_copy_run(&c, &src, &err);
+	}
+	cbt_stream_close(s);
 	job->bytes_written = c.bytes_written;
 	job->read_retries = c.read_retries;
+	job->max_in_flight = c.max_in_flight;
 	/* The main thread reads the status while this thread may still run. */
 	if (r == -ECANCELED && b->cancel) {
 		job->err = err;
@@ -1060,7 +1097,6 @@ static void free_privs(struct cbt_backup *b)
 			continue;
 		if (p->fd >= 0)
 			close(p->fd);
-		cbt_extents_free(&p->extents);
 		free(p->frozen);
 		free(p->view_name);
 		free(p->view_path);
@@ -1098,6 +1134,9 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 
 	if (!b->nr_jobs)
 		return cbt_fail(e, EINVAL, "no backup jobs");
+	if (b->nr_bitmaps > DM_CBT_MAX_BITMAPS)
+		return cbt_fail(e, EINVAL, "%u bitmaps: a device has at most %u", b->nr_bitmaps,
+				DM_CBT_MAX_BITMAPS);
 	devs = calloc(b->nr_jobs, sizeof(*devs));
 	locks = calloc(b->nr_jobs, sizeof(*locks));
 	if (!devs || !locks) {
@@ -1110,7 +1149,9 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 	r = cbt_lock_devices(devs, b->nr_jobs, locks, e);
 	if (!r) {
 		recover_before(b, devs);
+		cbt_rate_init(&b->rate, b->rate_limit);
 		r = run_locked(b, e);
+		cbt_rate_destroy(&b->rate);
 		cbt_unlock_devices(locks, b->nr_jobs);
 	}
 	free(devs);
@@ -1190,7 +1231,7 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 	if (!r && !b->no_snapshot)
 		cbt_test_stop("snapshot");
 	for (i = 0; i < b->nr_jobs && !r; i++)
-		if (collect_extents(b, &b->jobs[i], e))
+		if (count_extents(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
 	if (!r && b->cancel)
 		r = cbt_fail(e, ECANCELED, "backup cancelled");

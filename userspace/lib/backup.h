@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "libcbt.h"
+#include "copy.h"
 #include "identity.h"
 #include "job.h"
 
@@ -42,6 +43,7 @@ struct cbt_backup_job {
 	uint64_t dirty_bytes;		/* what the job had to copy */
 	uint64_t bytes_written;		/* data written to the image */
 	unsigned int read_retries;	/* failed reads tried again */
+	unsigned int max_in_flight;	/* most reads the copy had in flight at once */
 	uint64_t bytes_done;		/* progress, device bytes walked */
 	enum cbt_job_status status;
 	bool target_unusable;		/* mode=existing image left half-written */
@@ -61,6 +63,9 @@ struct cbt_backup {
 	unsigned int nr_bitmaps;
 	unsigned int retries;		/* extra reads after a source error (0: report) */
 	unsigned int retry_delay_ms;
+	unsigned int parallel;		/* reads in flight per job (0: the default) */
+	bool unordered;			/* image writes in completion order */
+	uint64_t rate_limit;		/* bytes/s read by all jobs together; 0: none */
 	struct cbt_backup_job *jobs;
 	unsigned int nr_jobs;
 	volatile int cancel;		/* set (e.g. by a signal handler) to cancel */
@@ -89,6 +94,7 @@ struct cbt_backup {
 	struct cbt_err mlock_err;
 	bool thaw_failed;		/* "HOOK thaw" failed: the guest may still be frozen */
 	struct cbt_err thaw_err;
+	struct cbt_rate rate;		/* the run's, from rate_limit */
 };
 
 /*

@@ -61,7 +61,8 @@ void cbt_rate_destroy(struct cbt_rate *r);
  * Clean bytes between two dirty runs that one read takes with them rather
  * than paying for a second request: what a device streams in about the
  * time of one request's latency (64 KiB at 1 GB/s and 64 us, an SSD's 4K
- * read). Read, not written: the image gets the dirty runs only.
+ * read). Read, not written: the image gets the dirty runs only. Not for
+ * a snapshot view's source, which fails reads of chunks it does not preserve.
  */
 #define CBT_COPY_MERGE_GAP		(64u << 10)
 

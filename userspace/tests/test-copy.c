@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
+#include <sys/vfs.h>
 
 #include "copy.h"
 #include "qcow2.h"
@@ -206,6 +209,77 @@ static void test_scatter(bool unordered, uint64_t merge_gap)
 	cbt_extents_free(&dirty);
 }
 
+/* Bytes of FD's first LEN bytes in the page cache. */
+static uint64_t resident(int fd, uint64_t len)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	size_t i, n = (len + page - 1) / page;
+	unsigned char *vec = malloc(n);
+	uint64_t bytes = 0;
+	void *map;
+
+	map = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	CHECK(map != MAP_FAILED && vec);
+	if (map == MAP_FAILED || !vec || mincore(map, len, vec)) {
+		free(vec);
+		return UINT64_MAX;
+	}
+	for (i = 0; i < n; i++)
+		bytes += (vec[i] & 1) * page;
+	munmap(map, len);
+	free(vec);
+	return bytes;
+}
+
+/*
+ * Write-behind: a 128 MiB copy leaves at most the last two 32 MiB windows
+ * of the image in the page cache; without it, all of it. Not on tmpfs,
+ * whose pages cannot be dropped.
+ */
+static void test_writeback(void)
+{
+	struct cbt_copy c = { .device = "big" };
+	struct cbt_extent all = { 0, 128 * MiB };
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	struct statfs sf;
+	char path[128];
+	uint64_t i, size, res;
+	int fd, on;
+
+	if (statfs(dir, &sf) || sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC) {
+		printf("test-copy: %s is on tmpfs, write-behind not checked\n", dir);
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/big", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	CHECK(fd >= 0);
+	for (i = 0; i < 128; i++)
+		fill(fd, i * MiB, MiB, 1 + i);
+	close(fd);
+	for (on = 1; on >= 0; on--) {
+		snprintf(path, sizeof(path), "%s/big", dir);
+		CHECK(cbt_open_source(path, &c.fd, &size, &e) == 0);
+		c.size = size;
+		snprintf(path, sizeof(path), "%s/big-%d.qcow2", dir, on);
+		CHECK(qcow2_create(path, size, 65536, NULL, NULL, &img, &e) == 0);
+		c.img = img;
+		c.writeback = on;
+		CHECK(cbt_copy_extents(&c, &all, 1, &e) == 0);
+		res = resident(qcow2_fd(img), 128 * MiB);
+		if (on)
+			CHECK(res <= 64 * MiB);
+		else
+			CHECK(res >= 120 * MiB && res != UINT64_MAX);
+		CHECK(qcow2_close(img, true, &e) == 0);
+		close(c.fd);
+		CHECK(sh("qemu-img compare -q -f qcow2 -F raw %s %s/big", path, dir) == 0);
+		unlink(path);
+	}
+	snprintf(path, sizeof(path), "%s/big", dir);
+	unlink(path);
+}
+
 static void test_read_error(void)
 {
 	struct cbt_extent_list all = { 0 };
@@ -324,6 +398,7 @@ int main(void)
 	test_scatter(false, CBT_COPY_MERGE_GAP);
 	test_scatter(true, CBT_COPY_MERGE_GAP);
 	test_scatter(false, 0);
+	test_writeback();
 	test_read_error();
 	test_urgent();
 	sh("rm -rf %s", dir);

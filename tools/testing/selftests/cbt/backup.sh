@@ -10,7 +10,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
-plan 14
+plan 16
 
 SIZE=$((64 << 20))
 
@@ -330,6 +330,62 @@ test_incremental_pause() {
 	chain_matches "$dir/inc.qcow2" "$dev"
 }
 
+# Reads in flight, counted by the copy: a cbt device over dm-delay (20 ms
+# reads) over a loop device, so that every read is still in flight when
+# the next ones start. Then an incremental of two bitmaps' union, out of
+# order, and its dirty bytes.
+test_parallel_reads() {
+	local dir loop name dev dname
+	make_tmpdir dir
+	truncate -s $((32 << 20)) "$dir/disk"
+	make_loop loop "$dir/disk"
+	dname=$(dm_name delay)
+	dm_create "$dname" "0 65536 delay $loop 0 20 $loop 0 0" || fail "dm-delay"
+	name=$(dm_name par)
+	dm_create "$name" "0 65536 cbt /dev/mapper/$dname" || fail "cbt over dm-delay"
+	dev=/dev/mapper/$name
+	qio "$dev" "write -P 0x51 0 4M" "write -P 0x52 9M 3M" "write -P 0x53 31M 1M"
+	cbtctl bitmap add "$dev" b1 || fail "bitmap add b1"
+	cbtctl bitmap add "$dev" b2 --granularity=4K || fail "bitmap add b2"
+	cbtctl backup --sync=full -b b1 -b b2 --parallel=4 --json "$dev=$dir/p4.qcow2" \
+		>"$dir/p4.json" || fail "full backup, 4 in flight: $(cat "$dir/p4.json")"
+	expect_eq "most reads in flight, --parallel=4" "$(job_field "$dir/p4.json" 0 max_reads_in_flight)" 4
+	chain_matches "$dir/p4.qcow2" "$dev"
+	cbtctl backup --sync=full --parallel=1 --json "$dev=$dir/p1.qcow2" >"$dir/p1.json" ||
+		fail "full backup, 1 in flight"
+	expect_eq "most reads in flight, --parallel=1" "$(job_field "$dir/p1.json" 0 max_reads_in_flight)" 1
+	chain_matches "$dir/p1.qcow2" "$dev"
+	# b1 sees the first write and both of the second; b2 the second only.
+	qio "$dev" "write -P 0x61 2M 128k" "write -P 0x62 20M 4k"
+	cbtctl backup --sync=incremental -b b1 --json "$dev=$dir/i1.qcow2,backing=$dir/p4.qcow2" \
+		>/dev/null || fail "incremental of b1"
+	qio "$dev" "write -P 0x63 20M 4k" "write -P 0x64 30M 512"
+	cbtctl backup --sync=incremental -b b1 -b b2 -W --json \
+		"$dev=$dir/i2.qcow2,backing=$dir/p4.qcow2" >"$dir/i2.json" ||
+		fail "incremental of the union: $(cat "$dir/i2.json")"
+	# b1: 20M and 30M in 64K chunks; b2: 2M+128K, 20M, 30M in 4K chunks: 128K + 64K + 64K.
+	expect_eq "union's dirty bytes" "$(job_field "$dir/i2.json" 0 dirty_bytes)" $((256 << 10))
+	chain_matches "$dir/i2.qcow2" "$dev"
+}
+
+# --rate-limit: 16 MiB at 8 MiB/s cannot take less than 15/8 s (the first
+# read goes at once), on the guest's clock.
+test_rate_limit() {
+	local dir loop name dev t0 t1
+	make_tmpdir dir
+	cbt_over_file "$dir/disk" $((16 << 20)) rate
+	qio "$dev" "write -P 0x71 0 16M"
+	t0=$(date +%s%N)
+	cbtctl backup --sync=full --rate-limit=8M "$dev=$dir/r.qcow2" >/dev/null ||
+		fail "rate-limited backup"
+	t1=$(date +%s%N)
+	(((t1 - t0) / 1000000 >= 1875)) || fail "16 MiB at 8M/s took $(((t1 - t0) / 1000000)) ms"
+	chain_matches "$dir/r.qcow2" "$dev"
+	rm -f "$dir/r.qcow2"
+	expect_exit 2 cbtctl backup --sync=full --rate-limit=0 "$dev=$dir/x.qcow2"
+	expect_exit 2 cbtctl backup --sync=full --parallel=65 "$dev=$dir/x.qcow2"
+}
+
 run_test "incremental simple (64K granularity)" test_simple_64k
 run_test "small granularity (32K)" test_small_granularity
 run_test "large granularity (128K)" test_large_granularity
@@ -344,4 +400,6 @@ run_test "a granularity that is not a power of two is refused" test_bad_granular
 run_test "other usage errors change nothing" test_usage_errors
 run_test "failed incremental (read error), then a good one" test_incremental_failure
 run_test "read error retried to success, bitmap busy meanwhile" test_incremental_pause
+run_test "reads in flight (dm-delay), the union of two bitmaps" test_parallel_reads
+run_test "--rate-limit holds the copy to its rate" test_rate_limit
 finish
