@@ -9,6 +9,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -1098,6 +1099,218 @@ zlib:
 	free(buf);
 }
 
+/*
+ * A zstd frame of LEN bytes (16 to CS + 16; CS at most 128 KiB, one block
+ * each) that decompresses to CS bytes: LEN - 16 bytes from DATA in a raw
+ * block, then FILL repeated in an RLE block. Written into DST; the
+ * decompressed cluster into PLAIN. Frame lengths chosen to the byte make
+ * the packing's edge cases.
+ */
+static void exact_frame(uint8_t *dst, uint8_t *plain, uint32_t cs, size_t len,
+			const uint8_t *data, uint8_t fill)
+{
+	size_t n = len - 16, p = 0;
+	uint32_t bh;
+
+	memcpy(dst + p, "\x28\xb5\x2f\xfd", 4);	/* magic, little-endian */
+	dst[4] = 0xa0;				/* single segment, 4-byte content size */
+	dst[5] = (uint8_t)cs;
+	dst[6] = (uint8_t)(cs >> 8);
+	dst[7] = (uint8_t)(cs >> 16);
+	dst[8] = (uint8_t)(cs >> 24);
+	p = 9;
+	bh = (uint32_t)n << 3 | 0 << 1 | 0;	/* raw, not last */
+	dst[p++] = (uint8_t)bh;
+	dst[p++] = (uint8_t)(bh >> 8);
+	dst[p++] = (uint8_t)(bh >> 16);
+	memcpy(dst + p, data, n);
+	p += n;
+	bh = (uint32_t)(cs - n) << 3 | 1 << 1 | 1;	/* RLE, last */
+	dst[p++] = (uint8_t)bh;
+	dst[p++] = (uint8_t)(bh >> 8);
+	dst[p++] = (uint8_t)(bh >> 16);
+	dst[p++] = fill;
+	memcpy(plain, data, n);
+	memset(plain + n, fill, cs - n);
+}
+
+/*
+ * Packing to the byte: frames that end exactly at a host cluster's end,
+ * run on into the next cluster, fill the rest of a cluster after another
+ * allocation came between, and one that no longer fits there; then a
+ * flush, more frames and an abort. Host clusters end up shared by several
+ * compressed clusters, so qemu-img check sees every refcount.
+ */
+static void test_compressed_packing(uint32_t cs)
+{
+	const uint64_t size = 4 * MiB;
+	/* Frame lengths, in a new image: host clusters A, B, C, D follow. */
+	const size_t lens[] = {
+		cs / 2 + 40,		/* new host cluster A */
+		cs / 2 - 40,		/* fills A exactly: the next starts anew */
+		cs / 4,			/* B */
+		cs / 2 + 1,		/* ends 1 byte into B's last sector */
+		cs / 2,			/* runs on into C */
+		cs,			/* the largest: on into D */
+	};
+	char name[64], rname[64];
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *data = malloc(cs), *plain = malloc(cs), *frame = malloc(cs + 16);
+	uint64_t c = 0, ncomp = 0, fsize;
+	size_t i, total = 0, len;
+	int st;
+
+	snprintf(name, sizeof(name), "zp%u.qcow2", cs);
+	snprintf(rname, sizeof(rname), "zp%u.raw", cs);
+	raw = raw_create(in_dir(rname), size);
+	OK(qcow2_create(in_dir(name), size, cs, NULL, NULL, &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++, c++) {
+		len = lens[i] < 16 ? 16 : lens[i];
+		pattern(data, cs, c * cs, 30);
+		exact_frame(frame, plain, cs, len, data, (uint8_t)c);
+		raw_write(&raw, c * cs, plain, cs);
+		OK(qcow2_write_compressed(img, c * cs, frame, len, &err));
+		total += len;
+		ncomp++;
+	}
+	/* Another allocation in between (plain data): a frame that fits still
+	 * goes into the rest of D, one that does not into a new cluster. */
+	pattern(data, cs, 50 * (uint64_t)cs, 31);
+	OK(both_write(img, &raw, 50 * (uint64_t)cs, data, cs));
+	for (len = 16; len <= cs; len = len == 16 ? cs - 16 : cs + 1, c++) {
+		pattern(data, cs, c * cs, 32);
+		exact_frame(frame, plain, cs, len, data, 0x5a);
+		raw_write(&raw, c * cs, plain, cs);
+		OK(qcow2_write_compressed(img, c * cs, frame, len, &err));
+		total += len;
+		ncomp++;
+	}
+	/* Rewrite one of those sharing A and C. */
+	pattern(data, cs, 1 * (uint64_t)cs, 33);
+	exact_frame(frame, plain, cs, cs / 3 + 16, data, 1);
+	raw_write(&raw, cs, plain, cs);
+	OK(qcow2_write_compressed(img, cs, frame, cs / 3 + 16, &err));
+	OK(qcow2_close(img, true, &err));
+	raw_close(&raw);
+	CHECK_IMAGE(in_dir(name));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+	COMPRESSED_COUNT(in_dir(name), ncomp);
+	/* Header, refcount table and block, L1, L2, a plain cluster; the frames
+	 * packed but for the ends of A... (exactly full), D (cut short) and
+	 * the rewrite's. */
+	fsize = file_size(in_dir(name));
+	CHECK(fsize <= (6 + 3 + (total + cs / 3 + 16 + cs - 1) / cs) * (uint64_t)cs);
+	printf("  packing, %u-byte clusters: %zu bytes of frames, file %llu bytes\n", cs,
+	       total + cs / 3 + 16, (unsigned long long)fsize);
+
+	/* Reopened: a flush, then more, aborted: still reads as flushed. */
+	OK(qcow2_open_existing(in_dir(name), &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	raw = (struct raw){ open(in_dir(rname), O_RDWR), in_dir(rname) };
+	for (i = 0; i < 5; i++, c++) {
+		pattern(data, cs, c * cs, 34);
+		exact_frame(frame, plain, cs, cs / 3, data, 7);
+		raw_write(&raw, c * cs, plain, cs);
+		OK(qcow2_write_compressed(img, c * cs, frame, cs / 3, &err));
+	}
+	raw_close(&raw);
+	OK(qcow2_flush(img, &err));
+	for (i = 0; i < 5; i++) {
+		pattern(data, cs, i * cs, 35);
+		exact_frame(frame, plain, cs, cs / 3, data, 8);
+		OK(qcow2_write_compressed(img, i * (uint64_t)cs, frame, cs / 3, &err));
+	}
+	qcow2_abort(img, true);
+	st = run("qemu-img check '%s'", in_dir(name));
+	CHECK(ok_run(__LINE__, "qemu-img check after abort", 0, st == 3 ? 0 : st));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+out:
+	unlink(in_dir(name));
+	unlink(in_dir(rname));
+	free(data);
+	free(plain);
+	free(frame);
+}
+
+/* Refcounts of 1 bit: no host cluster can hold two compressed clusters. */
+static void test_compressed_refcount_bits(void)
+{
+	const uint64_t size = MiB, cs = 4 * KiB;
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(cs);
+	uint64_t c;
+
+	CHECK(run("qemu-img create -q -f qcow2 -o compression_type=zstd,cluster_size=4k,refcount_bits=1 '%s' %llu",
+		  in_dir("zr.qcow2"), (unsigned long long)size) == 0);
+	raw = raw_create(in_dir("zr.raw"), size);
+	OK(qcow2_open_existing(in_dir("zr.qcow2"), &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	for (c = 0; c < 16; c++) {
+		text(buf, cs, c * cs, 40);
+		CHECK(put_cluster(img, &raw, c, buf, false) == 1);
+	}
+	text(buf, cs, 3 * cs, 41);
+	CHECK(put_cluster(img, &raw, 3, buf, false) == 1);
+	OK(qcow2_close(img, true, &err));
+	CHECK_IMAGE(in_dir("zr.qcow2"));
+	COMPARE_RAW(in_dir("zr.qcow2"), in_dir("zr.raw"));
+	COMPRESSED_COUNT(in_dir("zr.qcow2"), 16);
+out:
+	raw_close(&raw);
+	free(buf);
+}
+
+struct compress_job {
+	uint32_t cs;
+	const uint8_t *src;
+	ssize_t want;
+	int bad;
+};
+
+static void *compress_thread(void *arg)
+{
+	struct compress_job *j = arg;
+	uint8_t *dst = malloc(j->cs);
+	int i;
+
+	for (i = 0; i < 50; i++)
+		if (qcow2_compress_cluster(j->cs, j->src, dst, j->cs) != j->want)
+			j->bad++;
+	free(dst);
+	return NULL;
+}
+
+/* Many threads at once get what one gets (under ASan: no shared state). */
+static void test_compress_threads(void)
+{
+	const uint32_t cs = 64 * KiB;
+	struct compress_job jobs[6];
+	pthread_t th[6];
+	uint8_t *src = malloc(cs);
+	int i;
+
+	text(src, cs, 0, 50);
+	for (i = 0; i < 6; i++) {
+		jobs[i] = (struct compress_job){ cs, src, 0, 0 };
+		jobs[i].want = qcow2_compress_cluster(cs, src, zbuf, sizeof(zbuf));
+		CHECK(pthread_create(&th[i], NULL, compress_thread, &jobs[i]) == 0);
+	}
+	for (i = 0; i < 6; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(jobs[i].want > 0 && jobs[i].bad == 0);
+	}
+	free(src);
+}
+
 /* ---- fuzz -------------------------------------------------------------- */
 
 static uint64_t rng_state;
@@ -1265,6 +1478,11 @@ int main(void)
 		test_compressed(zsizes[i]);
 	}
 	test_compressed_existing();
+	test_compressed_packing(512);
+	test_compressed_packing(4096);
+	test_compressed_packing(65536);
+	test_compressed_refcount_bits();
+	test_compress_threads();
 	lap("compressed clusters");
 	for (i = 1; i <= 8; i++)
 		fuzz(i);
