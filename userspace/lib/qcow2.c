@@ -8,10 +8,13 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
+#include <zstd_errors.h>
 
 #include "qcow2.h"
 
@@ -35,6 +38,12 @@
 #define HDR_REFCOUNT_ORDER		96
 #define HDR_HEADER_LENGTH		100
 #define HDR_V3_LENGTH			104
+#define HDR_COMPRESSION_TYPE		104
+#define HDR_V3_COMPRESSION_LENGTH	112	/* with compression_type, padded */
+
+/* compression_type values. */
+#define COMPRESSION_TYPE_ZLIB		0
+#define COMPRESSION_TYPE_ZSTD		1
 
 #define QCOW_MAGIC			0x514649fbu	/* "QFI\xfb" */
 
@@ -105,6 +114,7 @@ struct qcow2_image {
 
 	/* Header bits we may rewrite. */
 	uint64_t autoclear_features;
+	uint8_t compression_type;	/* the header's (to be written, if created) */
 	bool header_dirty;
 	char *backing_file, *backing_format;	/* created images only */
 	/* The dm-cbt identity extension to write (NULL: none). */
@@ -123,6 +133,11 @@ struct qcow2_image {
 	 */
 	uint64_t *unref;
 	size_t nr_unref, unref_cap;
+
+	/* Compressed clusters. */
+	bool compress;			/* qcow2_set_compression(ZSTD) accepted */
+	bool data_written;		/* by any of the guest writes */
+	uint64_t compressed_next;	/* host byte offset to pack at; 0: none */
 
 	size_t cache_bytes, cache_limit;
 	uint8_t *bounce;		/* one cluster */
@@ -159,6 +174,12 @@ static void put_be64(uint8_t *p, uint64_t v)
 static uint64_t div_round_up(uint64_t a, uint64_t b)
 {
 	return a / b + (a % b != 0);
+}
+
+/* Bytes of a header extension with LEN bytes of data. */
+static uint64_t ext_bytes(size_t len)
+{
+	return 8 + ((uint64_t)len + 7) / 8 * 8;
 }
 
 /* ---- file I/O ---------------------------------------------------------- */
@@ -548,6 +569,12 @@ static int get_l2(struct qcow2_image *img, uint64_t i, bool alloc,
 
 /* ---- metadata write-out ------------------------------------------------ */
 
+/* The header_length a created image's header is written with. */
+static uint32_t created_header_length(const struct qcow2_image *img)
+{
+	return img->compression_type ? HDR_V3_COMPRESSION_LENGTH : HDR_V3_LENGTH;
+}
+
 static int write_header(struct qcow2_image *img, struct cbt_err *e)
 {
 	uint8_t *h = img->bounce;
@@ -585,12 +612,15 @@ static int write_header(struct qcow2_image *img, struct cbt_err *e)
 	put_be32(h + HDR_REFCOUNT_TABLE_CLUSTERS, img->refcount_table_clusters);
 	put_be32(h + HDR_NB_SNAPSHOTS, 0);
 	put_be64(h + HDR_SNAPSHOTS_OFFSET, 0);
-	put_be64(h + HDR_INCOMPATIBLE_FEATURES, 0);
+	put_be64(h + HDR_INCOMPATIBLE_FEATURES,
+		 img->compression_type ? INCOMPAT_COMPRESSION : 0);
 	put_be64(h + HDR_COMPATIBLE_FEATURES, 0);
 	put_be64(h + HDR_AUTOCLEAR_FEATURES, 0);
 	put_be32(h + HDR_REFCOUNT_ORDER, img->refcount_order);
-	put_be32(h + HDR_HEADER_LENGTH, HDR_V3_LENGTH);
-	pos = HDR_V3_LENGTH;
+	put_be32(h + HDR_HEADER_LENGTH, created_header_length(img));
+	if (img->compression_type)
+		h[HDR_COMPRESSION_TYPE] = img->compression_type;	/* then 7 bytes padding */
+	pos = created_header_length(img);
 	if (img->backing_format) {
 		n = strlen(img->backing_format);
 		put_be32(h + pos, EXT_BACKING_FORMAT);
@@ -959,13 +989,13 @@ int qcow2_mark_corrupt(const char *path, struct cbt_err *e)
 int qcow2_open_existing(const char *path, struct qcow2_image **out,
 			struct cbt_err *e)
 {
-	uint8_t h[HDR_V3_LENGTH];
+	uint8_t h[HDR_V3_COMPRESSION_LENGTH];
 	uint8_t *first;
 	struct qcow2_image *img;
 	struct stat st;
 	uint32_t version, cluster_bits, header_length, refcount_order;
 	uint64_t incompat, l1_needed, i, n;
-	uint8_t *buf;
+	uint8_t *buf, compression_type;
 	ssize_t got;
 	int fd, r;
 
@@ -973,6 +1003,7 @@ int qcow2_open_existing(const char *path, struct qcow2_image **out,
 	fd = open(path, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return cbt_fail(e, errno, "%s: cannot open image", path);
+	memset(h, 0, sizeof(h));
 	got = pread(fd, h, sizeof(h), 0);
 	if (got < 0) {
 		r = cbt_fail(e, errno, "%s: cannot read header", path);
@@ -1028,6 +1059,19 @@ int qcow2_open_existing(const char *path, struct qcow2_image **out,
 		return cbt_fail(e, ENOTSUP, "%s: unknown incompatible features 0x%llx",
 				path, (unsigned long long)(incompat & ~INCOMPAT_COMPRESSION));
 	}
+	/* Present when header_length covers it, and then with the bit set unless zlib. */
+	compression_type = header_length > HDR_COMPRESSION_TYPE ? h[HDR_COMPRESSION_TYPE] : 0;
+	if ((compression_type != COMPRESSION_TYPE_ZLIB) != !!(incompat & INCOMPAT_COMPRESSION)) {
+		close(fd);
+		return cbt_fail(e, EINVAL, "%s: compression_type %u with the compression type incompatible feature %s",
+				path, compression_type,
+				incompat & INCOMPAT_COMPRESSION ? "set" : "clear");
+	}
+	if (compression_type > COMPRESSION_TYPE_ZSTD) {
+		close(fd);
+		return cbt_fail(e, ENOTSUP, "%s: unknown compression_type %u", path,
+				compression_type);
+	}
 	if (get_be32(h + HDR_CRYPT_METHOD)) {
 		close(fd);
 		return cbt_fail(e, ENOTSUP, "%s: image is encrypted", path);
@@ -1061,6 +1105,7 @@ int qcow2_open_existing(const char *path, struct qcow2_image **out,
 	img->refcount_table_offset = get_be64(h + HDR_REFCOUNT_TABLE_OFFSET);
 	img->refcount_table_clusters = get_be32(h + HDR_REFCOUNT_TABLE_CLUSTERS);
 	img->autoclear_features = get_be64(h + HDR_AUTOCLEAR_FEATURES);
+	img->compression_type = compression_type;
 
 	r = 0;
 	l1_needed = l1_size_for(img, img->size);
@@ -1325,6 +1370,8 @@ int qcow2_write(struct qcow2_image *img, uint64_t offset, const void *buf,
 	r = check_range(img, offset, len, e);
 	if (!r)
 		r = trim_cache(img, e);
+	if (!r && len)
+		img->data_written = true;
 	while (!r && len) {
 		struct piece pc = first_piece(img, offset, len);
 
@@ -1381,6 +1428,8 @@ int qcow2_write_zeroes(struct qcow2_image *img, uint64_t offset,
 	r = check_range(img, offset, len, e);
 	if (!r)
 		r = trim_cache(img, e);
+	if (!r && len)
+		img->data_written = true;
 	while (!r && len) {
 		struct piece pc = first_piece(img, offset, len);
 
@@ -1401,6 +1450,222 @@ int qcow2_write_zeroes(struct qcow2_image *img, uint64_t offset,
 		len -= pc.n;
 	}
 	return r;
+}
+
+/* ---- compressed clusters ----------------------------------------------- */
+
+int qcow2_set_compression(struct qcow2_image *img, enum qcow2_compression type,
+			  struct cbt_err *e)
+{
+	uint8_t compression_type;
+	uint64_t need;
+
+	if (type != QCOW2_COMPRESSION_NONE && type != QCOW2_COMPRESSION_ZSTD)
+		return cbt_fail(e, EINVAL, "%s: unknown compression %d", img->path, (int)type);
+	if (!img->created) {
+		if (type == QCOW2_COMPRESSION_ZSTD &&
+		    img->compression_type != COMPRESSION_TYPE_ZSTD)
+			return cbt_fail(e, ENOTSUP, "%s: the image's compression_type is %s; only zstd-compressed clusters can be written (qemu-img create -o compression_type=zstd)",
+					img->path,
+					img->compression_type == COMPRESSION_TYPE_ZLIB ? "zlib" : "unknown");
+		img->compress = type == QCOW2_COMPRESSION_ZSTD;
+		return 0;
+	}
+	compression_type = type == QCOW2_COMPRESSION_ZSTD ? COMPRESSION_TYPE_ZSTD :
+		COMPRESSION_TYPE_ZLIB;
+	if (compression_type == img->compression_type)
+		return 0;
+	if (img->data_written)
+		return cbt_fail(e, EBUSY, "%s: the compression type can only be set before the first data write",
+				img->path);
+	/* The header grows by 8 bytes: the first cluster must still hold it all. */
+	need = (compression_type ? HDR_V3_COMPRESSION_LENGTH : HDR_V3_LENGTH) + 8;
+	if (img->backing_format)
+		need += ext_bytes(strlen(img->backing_format));
+	if (img->cbt_ext)
+		need += ext_bytes(img->cbt_ext_len);
+	if (img->backing_file)
+		need += strlen(img->backing_file);
+	if (need > img->cluster_size)
+		return cbt_fail(e, ENOSPC, "%s: the header with compression_type, the extensions and the backing file name do not fit into the first %llu-byte cluster",
+				img->path, (unsigned long long)img->cluster_size);
+	img->compression_type = compression_type;
+	img->compress = type == QCOW2_COMPRESSION_ZSTD;
+	img->header_dirty = true;
+	return 0;
+}
+
+size_t qcow2_compress_bound(uint32_t cluster_size)
+{
+	/* More would not save a sector: the compressor gives up instead. */
+	return cluster_size;
+}
+
+/*
+ * One zstd compression context per thread, made on first use and freed
+ * when the thread exits (the key's destructor); the thread-local pointer
+ * keeps the main thread's reachable until the process ends.
+ */
+static pthread_once_t cctx_once = PTHREAD_ONCE_INIT;
+static pthread_key_t cctx_key;
+static bool cctx_key_made;
+static __thread ZSTD_CCtx *thread_cctx;
+
+static void cctx_free(void *cctx)
+{
+	ZSTD_freeCCtx(cctx);
+	thread_cctx = NULL;
+}
+
+static void cctx_key_make(void)
+{
+	cctx_key_made = pthread_key_create(&cctx_key, cctx_free) == 0;
+}
+
+ssize_t qcow2_compress_cluster(uint32_t cluster_size, const void *src, void *dst,
+			       size_t dst_cap)
+{
+	ZSTD_CCtx *cctx;
+	size_t n;
+	bool own = false;
+
+	if (cluster_size < QCOW2_MIN_CLUSTER_SIZE || cluster_size > QCOW2_MAX_CLUSTER_SIZE ||
+	    (cluster_size & (cluster_size - 1)) || dst_cap < qcow2_compress_bound(cluster_size))
+		return -EINVAL;
+	if (cluster_size <= 512)
+		return 0;	/* nothing left to save */
+
+	pthread_once(&cctx_once, cctx_key_make);
+	cctx = thread_cctx;
+	if (!cctx) {
+		cctx = ZSTD_createCCtx();
+		if (!cctx)
+			return -ENOMEM;
+		if (cctx_key_made && !pthread_setspecific(cctx_key, cctx))
+			thread_cctx = cctx;
+		else
+			own = true;
+	}
+	/* One frame with its content size; a result over this does not pay. */
+	n = ZSTD_compressCCtx(cctx, dst, cluster_size - 512, src, cluster_size,
+			      ZSTD_CLEVEL_DEFAULT);
+	if (own)
+		ZSTD_freeCCtx(cctx);
+	if (ZSTD_isError(n))
+		return ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall ? 0 : -EIO;
+	return (ssize_t)n;
+}
+
+/*
+ * Host bytes for LEN bytes of compressed data, their refcounts counted:
+ * packed after the previous compressed cluster when it fits into the rest
+ * of its host cluster or may run on into new clusters right after it (and
+ * that host cluster's refcount can count one more), else from the start
+ * of new clusters.
+ */
+static int alloc_compressed(struct qcow2_image *img, size_t len, uint64_t *host,
+			    struct cbt_err *e)
+{
+	uint64_t pos = img->compressed_next, c, last, first, rc, max_rc;
+	int r;
+
+	max_rc = img->refcount_order == 6 ? UINT64_MAX : (1ULL << (1u << img->refcount_order)) - 1;
+	if (pos) {
+		c = pos >> img->cluster_bits;
+		last = (pos + len - 1) >> img->cluster_bits;
+		if (last != c && c + 1 != img->next_free) {
+			pos = 0;
+		} else {
+			r = get_refcount(img, c, &rc, e);
+			if (r)
+				return r;
+			if (rc >= max_rc)
+				pos = 0;
+		}
+	}
+	if (pos) {
+		if (last != c) {
+			r = alloc_clusters(img, last - c, &first, e);
+			if (r)
+				return r;
+		}
+		r = set_refcount(img, c, rc + 1, e);
+		if (r)
+			return r;
+	} else {
+		r = alloc_clusters(img, div_round_up(len, img->cluster_size), &first, e);
+		if (r)
+			return r;
+		pos = first << img->cluster_bits;
+	}
+	/* A full host cluster: the next one starts anew. */
+	img->compressed_next = (pos + len) & (img->cluster_size - 1) ? pos + len : 0;
+	*host = pos;
+	return 0;
+}
+
+int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset, const void *data,
+			   size_t len, struct cbt_err *e)
+{
+	uint32_t x = 62 - (img->cluster_bits - 8);	/* host offset bits */
+	uint64_t c = offset >> img->cluster_bits, l1_index, l2_index;
+	uint64_t entry, old, host, nb_sectors;
+	unsigned long long content;
+	uint8_t *l2;
+	int r;
+
+	if (!img->compress)
+		return cbt_fail(e, EINVAL, "%s: compressed write without qcow2_set_compression(zstd)",
+				img->path);
+	if (offset & (img->cluster_size - 1) || offset >= img->size)
+		return cbt_fail(e, EINVAL, "%s: compressed write at offset %llu: not the start of a guest cluster",
+				img->path, (unsigned long long)offset);
+	content = len ? ZSTD_getFrameContentSize(data, len) : ZSTD_CONTENTSIZE_ERROR;
+	if (!len || len > img->cluster_size || content != img->cluster_size ||
+	    ZSTD_findFrameCompressedSize(data, len) != len)
+		return cbt_fail(e, EINVAL, "%s: compressed write at offset %llu: %zu bytes that are not one zstd frame of a %llu-byte cluster",
+				img->path, (unsigned long long)offset, len,
+				(unsigned long long)img->cluster_size);
+	r = trim_cache(img, e);
+	if (r)
+		return r;
+	img->data_written = true;
+
+	l1_index = c / img->l2_entries;
+	l2_index = c % img->l2_entries;
+	r = get_l2(img, l1_index, true, &l2, e);
+	if (r)
+		return r;
+	entry = get_be64(l2 + l2_index * 8);
+	old = entry & L2E_OFFSET_MASK;
+	if (!(entry & OFLAG_COMPRESSED) && old && !(entry & OFLAG_COPIED))
+		return cbt_fail(e, ENOTSUP, "%s: guest cluster %llu is shared (refcount is not 1)",
+				img->path, (unsigned long long)c);
+
+	/* Failing from here on leaks clusters at worst. */
+	r = alloc_compressed(img, len, &host, e);
+	if (r)
+		return r;
+	if ((host + len - 1) >> x)
+		return cbt_fail(e, EFBIG, "%s: compressed data at offset %llu lies beyond what an L2 entry can address with %llu-byte clusters",
+				img->path, (unsigned long long)host,
+				(unsigned long long)img->cluster_size);
+	r = pwrite_all(img, data, len, host, e);
+	if (r)
+		return r;
+	/* The old allocation, compressed or not (a preallocated zero cluster too). */
+	if (entry & OFLAG_COMPRESSED)
+		r = release_compressed(img, entry, e);
+	else if (old)
+		r = defer_unref(img, old >> img->cluster_bits, e);
+	if (r)
+		return r;
+	/* Sectors after the one HOST is in, up to the one holding the last byte. */
+	nb_sectors = ((host + len - 1) >> 9) - (host >> 9);
+	/* Nothing since get_l2() drops cached tables: l2 is still valid. */
+	put_be64(l2 + l2_index * 8, OFLAG_COMPRESSED | nb_sectors << x | host);
+	img->l2_cache[l1_index].dirty = true;
+	return 0;
 }
 
 /* ---- closing ----------------------------------------------------------- */
@@ -1458,11 +1723,6 @@ void qcow2_abort(struct qcow2_image *img, bool unlink_created)
 }
 
 /* ---- the dm-cbt identity extension ------------------------------------- */
-
-static uint64_t ext_bytes(size_t len)
-{
-	return 8 + ((uint64_t)len + 7) / 8 * 8;
-}
 
 /*
  * An existing image's first cluster rebuilt into img->hdr0: its extensions
@@ -1556,7 +1816,7 @@ int qcow2_set_cbt_extension(struct qcow2_image *img, const void *data, size_t le
 				img->path, len, QCOW2_CBT_EXT_MAX);
 	if (!img->created)
 		return rebuild_first_cluster(img, data, len, e);
-	need = HDR_V3_LENGTH + 8 + (data ? ext_bytes(len) : 0);
+	need = created_header_length(img) + 8 + (data ? ext_bytes(len) : 0);
 	if (img->backing_format)
 		need += ext_bytes(strlen(img->backing_format));
 	if (img->backing_file)

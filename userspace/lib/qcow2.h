@@ -29,6 +29,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "libcbt.h"
 
@@ -100,6 +101,59 @@ int qcow2_write_zeroes(struct qcow2_image *img, uint64_t offset,
 
 /* True when LEN bytes at BUF are all zero. */
 bool qcow2_is_zero(const void *buf, size_t len);
+
+/*
+ * Compressed clusters (qcow2 v3 compression_type). A compressed cluster is
+ * stored as one zstd frame (default level, 3) of the whole cluster, packed
+ * byte-tight after the previous one; QEMU 5.1 and later read it.
+ */
+enum qcow2_compression { QCOW2_COMPRESSION_NONE, QCOW2_COMPRESSION_ZSTD };
+
+/*
+ * Makes IMG write compressed clusters with TYPE (NONE: refuse them again).
+ * For an image made by qcow2_create(): sets compression_type (and the
+ * incompatible feature bit, header_length 112) in the header written at
+ * the next flush; only before the first data write (-EBUSY after it), and
+ * -ENOSPC when the longer header no longer fits beside the extensions and
+ * the backing file name. For an existing image: ZSTD is accepted only when
+ * its header already says zstd; otherwise -ENOTSUP naming the file and
+ * what it says (zlib). The header of an existing image is never changed.
+ */
+int qcow2_set_compression(struct qcow2_image *img, enum qcow2_compression type,
+			  struct cbt_err *e);
+
+/* Upper bound of what qcow2_compress_cluster() may need for DST. */
+size_t qcow2_compress_bound(uint32_t cluster_size);
+
+/*
+ * Compresses one whole cluster (CLUSTER_SIZE bytes at SRC; for the image's
+ * last, partial cluster the part past the virtual size must be zeros) into
+ * DST (DST_CAP bytes, at least qcow2_compress_bound()) for
+ * qcow2_write_compressed(): thread-safe, touches no image (called from
+ * many threads at once; each thread keeps a zstd context until it exits).
+ * Returns the compressed length, or 0 when compressing does not pay (the
+ * result would not save at least one 512-byte sector: always with 512-byte
+ * clusters), or -errno (-EINVAL for a bad CLUSTER_SIZE or a too small DST).
+ */
+ssize_t qcow2_compress_cluster(uint32_t cluster_size, const void *src, void *dst,
+			       size_t dst_cap);
+
+/*
+ * Writes one guest cluster at OFFSET (cluster aligned; the image's last,
+ * partial cluster counts) as the LEN compressed bytes at DATA (from
+ * qcow2_compress_cluster(): one zstd frame that decompresses to exactly
+ * one cluster, else -EINVAL). Needs qcow2_set_compression(ZSTD) first.
+ * Compressed data of consecutive calls is packed tightly into host
+ * clusters (each host cluster's refcount counts the compressed clusters in
+ * it), as QEMU does; an existing allocation of that guest cluster is
+ * released as qcow2_write does. The packing position lives in IMG only: it
+ * survives qcow2_flush(), a host cluster allocated in between (an L2 table,
+ * plain data) ends packing into the current host cluster once the next
+ * compressed cluster does not fit into its rest, and an image reopened
+ * starts a new host cluster.
+ */
+int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset, const void *data,
+			   size_t len, struct cbt_err *e);
 
 /*
  * Bytes of L2 tables and refcount blocks kept in memory before they are

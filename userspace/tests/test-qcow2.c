@@ -2,12 +2,14 @@
 /*
  * The qcow2 writer, checked against qemu-img and qemu-io: every image made
  * here must pass "qemu-img check" and read back like a raw file built with
- * the same writes ("qemu-img compare -f qcow2 -F raw"). Runs in a mkdtemp
+ * the same writes ("qemu-img compare -f qcow2 -F raw"); compressed
+ * clusters are also counted by "qemu-img check". Runs in a mkdtemp
  * directory; exits 4 (skip) when qemu-img is not installed.
  */
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -19,6 +21,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "qcow2.h"
 #include "unit.h"
@@ -782,6 +785,532 @@ out:
 	free(buf);
 }
 
+/* ---- compressed clusters ---------------------------------------------- */
+
+/* Compressible bytes: numbered lines of text. */
+static void text(uint8_t *buf, size_t len, uint64_t off, uint32_t seed)
+{
+	char line[96];
+	size_t i = 0, k;
+	int n;
+
+	while (i < len) {
+		n = snprintf(line, sizeof(line), "%010llx/%u: all work and no play makes a dull backup\n",
+			     (unsigned long long)(off + i), seed);
+		k = (size_t)n < len - i ? (size_t)n : len - i;
+		memcpy(buf + i, line, k);
+		i += k;
+	}
+}
+
+/* "qemu-img check" counts COUNT compressed clusters in PATH. */
+static bool compressed_count(int line, const char *path, uint64_t count)
+{
+	char what[300];
+
+	snprintf(what, sizeof(what), "%s has %llu compressed clusters", path,
+		 (unsigned long long)count);
+	return ok_run(line, what, 0,
+		      run("qemu-img check --output=json '%s' | grep -q '\"compressed-clusters\": %llu,'",
+			  path, (unsigned long long)count));
+}
+#define COMPRESSED_COUNT(p, n)	CHECK(compressed_count(__LINE__, p, n))
+
+static bool info_zstd(int line, const char *path)
+{
+	char what[300];
+
+	snprintf(what, sizeof(what), "qemu-img info %s says compression-type zstd", path);
+	return ok_run(line, what, 0,
+		      run("qemu-img info --output=json '%s' | grep -q '\"compression-type\": \"zstd\"'",
+			  path));
+}
+#define INFO_ZSTD(p)	CHECK(info_zstd(__LINE__, p))
+
+static uint8_t zbuf[QCOW2_MAX_CLUSTER_SIZE];
+
+/*
+ * Writes guest cluster C from BUF (a whole cluster, zeros past the image's
+ * end) into IMG and RAW: compressed when qcow2_compress_cluster() says it
+ * pays, or (FORCE) whenever zstd makes a frame no larger than a cluster;
+ * plainly otherwise. Returns 1 when written compressed, 0 when plainly,
+ * -1 on error (in err).
+ */
+static int put_cluster(struct qcow2_image *img, struct raw *raw, uint64_t c,
+		       const uint8_t *buf, bool force)
+{
+	uint32_t cs = qcow2_cluster_size(img);
+	uint64_t off = c * cs, size = qcow2_virtual_size(img);
+	size_t n = size - off < cs ? size - off : cs, fl;
+	ssize_t len;
+
+	len = qcow2_compress_cluster(cs, buf, zbuf, sizeof(zbuf));
+	if (len < 0) {
+		snprintf(err.msg, sizeof(err.msg), "qcow2_compress_cluster: %zd", len);
+		return -1;
+	}
+	if (!len && force) {
+		/* A frame as QEMU or qcow2_compress_cluster() makes it. */
+		fl = ZSTD_compress(zbuf, sizeof(zbuf), buf, cs, ZSTD_CLEVEL_DEFAULT);
+		if (!ZSTD_isError(fl) && fl <= cs)
+			len = (ssize_t)fl;
+	}
+	raw_write(raw, off, buf, n);
+	if (len)
+		return qcow2_write_compressed(img, off, zbuf, (size_t)len, &err) ? -1 : 1;
+	return qcow2_write(img, off, buf, n, &err) ? -1 : 0;
+}
+
+/* Host bytes PATH takes. */
+static uint64_t file_size(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) ? 0 : (uint64_t)st.st_size;
+}
+
+/*
+ * A new image of compressed (text; half text, half noise), plain (noise:
+ * compressing does not pay), zero and unwritten clusters, the last one
+ * partial; then overwrites of compressed clusters with plain, compressed
+ * and zero ones and the other way round, a flush in between, and a second
+ * run into the reopened image.
+ */
+static void test_compressed(uint32_t cs)
+{
+	const uint64_t size = (cs >= MiB ? 40 * MiB : 2 * MiB) + (cs > 512 ? 3 * 512 : 0);
+	const uint64_t clusters = (size + cs - 1) / cs;
+	char name[64], rname[64];
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(cs);
+	bool *comp = calloc(clusters, sizeof(*comp));
+	uint64_t c, ncomp = 0, plain_bytes = 0;
+	bool force = cs == 512;	/* compressing never pays with 512-byte clusters */
+	int got, bad = 0;
+
+	snprintf(name, sizeof(name), "z%u.qcow2", cs);
+	snprintf(rname, sizeof(rname), "z%u.raw", cs);
+	raw = raw_create(in_dir(rname), size);
+	OK(qcow2_create(in_dir(name), size, cs, NULL, NULL, &img, &err));
+	if (!img)
+		goto out;
+	REFUSED(qcow2_write_compressed(img, 0, zbuf, 100, &err), EINVAL, name);
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	if (cs == 4096)
+		qcow2_set_cache_limit(img, 4 * cs);	/* write-back churn */
+
+	/* Compression does not pay for noise, nor ever for 512-byte clusters. */
+	pattern(buf, cs, 0, 1);
+	CHECK(qcow2_compress_cluster(cs, buf, zbuf, sizeof(zbuf)) == 0);
+	text(buf, cs, 0, 1);
+	CHECK(qcow2_compress_cluster(cs, buf, zbuf, sizeof(zbuf)) > 0 || cs == 512);
+	CHECK(qcow2_compress_cluster(cs, buf, zbuf, cs - 1) == -EINVAL);
+	CHECK(qcow2_compress_cluster(cs + 1, buf, zbuf, sizeof(zbuf)) == -EINVAL);
+
+	for (c = 0; c < clusters; c++) {
+		uint64_t off = c * cs;
+
+		memset(buf, 0, cs);
+		switch (c % 7) {
+		case 0: case 1: case 2:
+			text(buf, cs, off, 1);
+			break;
+		case 3:
+			pattern(buf, cs, off, 1);
+			break;
+		case 4:
+			if (both_zero(img, &raw, off, size - off < cs ? size - off : cs) && !bad++)
+				fprintf(stderr, "cs %u: zero at %llu: %s\n", cs,
+					(unsigned long long)off, err.msg);
+			continue;
+		case 5:
+			text(buf, cs / 2, off, 1);
+			pattern(buf + cs / 2, cs - cs / 2, off, 1);
+			break;
+		case 6:
+			continue;	/* unwritten */
+		}
+		if (c == clusters - 1 && size % cs)
+			memset(buf + size % cs, 0, cs - size % cs);
+		got = put_cluster(img, &raw, c, buf, force);
+		if (got < 0 && !bad++)
+			fprintf(stderr, "cs %u: cluster %llu: %s\n", cs, (unsigned long long)c,
+				err.msg);
+		comp[c] = got == 1;
+		if (c % 7 == 3)
+			CHECK(got == 0);	/* noise */
+		if (c % 7 <= 2)
+			CHECK(got == 1);	/* text */
+		if (c == clusters / 2)
+			OK(qcow2_flush(img, &err));
+	}
+	CHECK(!bad);
+	/* The last, partial cluster, compressed (again). */
+	c = clusters - 1;
+	memset(buf, 0, cs);
+	text(buf, size - c * cs, c * cs, 2);
+	CHECK((got = put_cluster(img, &raw, c, buf, force)) == 1);
+	comp[c] = got == 1;
+	REFUSED(qcow2_set_compression(img, QCOW2_COMPRESSION_NONE, &err), EBUSY, name);
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));	/* as it is */
+
+	/* Compressed -> plain; compressed -> compressed, twice; -> zero. */
+	pattern(buf, cs, 0, 2);
+	OK(both_write(img, &raw, 0, buf, cs));
+	comp[0] = false;
+	text(buf, cs, cs, 3);
+	CHECK(put_cluster(img, &raw, 1, buf, force) == 1);
+	text(buf, cs, cs, 4);
+	CHECK(put_cluster(img, &raw, 1, buf, force) == 1);
+	OK(both_zero(img, &raw, 2 * (uint64_t)cs, cs));
+	comp[2] = false;
+	/* Plain -> compressed; preallocated zero -> compressed; unwritten -> compressed. */
+	text(buf, cs, 3 * (uint64_t)cs, 5);
+	CHECK((got = put_cluster(img, &raw, 3, buf, force)) == 1);
+	comp[3] = got == 1;
+	OK(both_zero(img, &raw, 10 * (uint64_t)cs, cs));
+	text(buf, cs, 10 * (uint64_t)cs, 6);
+	CHECK((got = put_cluster(img, &raw, 10, buf, force)) == 1);
+	comp[10] = got == 1;
+	text(buf, cs, 6 * (uint64_t)cs, 7);
+	CHECK((got = put_cluster(img, &raw, 6, buf, force)) == 1);
+	comp[6] = got == 1;
+	/* A part of a compressed cluster cannot be rewritten in place. */
+	REFUSED(qcow2_write(img, 3 * (uint64_t)cs, buf, 100, &err), ENOTSUP, name);
+	/* Not a frame of one cluster: refused. */
+	REFUSED(qcow2_write_compressed(img, 5 * (uint64_t)cs, buf, 64, &err), EINVAL, name);
+	REFUSED(qcow2_write_compressed(img, 5 * (uint64_t)cs + 512, zbuf, 64, &err), EINVAL, name);
+	OK(qcow2_close(img, true, &err));
+
+	for (c = 0; c < clusters; c++)
+		ncomp += comp[c];
+	CHECK_IMAGE(in_dir(name));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+	COMPRESSED_COUNT(in_dir(name), ncomp);
+	INFO_ZSTD(in_dir(name));
+	/* Compressed text takes a fraction of its clusters. */
+	for (c = 0; c < clusters; c++)
+		if (!comp[c] && c % 7 != 4 && c % 7 != 6)
+			plain_bytes += cs;
+	printf("  %u-byte clusters: %llu compressed, file %llu bytes (%llu of plain data)\n", cs,
+	       (unsigned long long)ncomp, (unsigned long long)file_size(in_dir(name)),
+	       (unsigned long long)plain_bytes);
+	CHECK(file_size(in_dir(name)) < plain_bytes + ncomp * cs / 2 + 16 * (uint64_t)cs +
+	      clusters * 16);	/* L2 tables, refcount blocks */
+
+	/* Reopened: writes on, the header (rewritten with an extension) keeps zstd. */
+	OK(qcow2_open_existing(in_dir(name), &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	OK(qcow2_set_cbt_extension(img, "reopened", 8, &err));
+	for (c = 7; c < 14 && c < clusters; c++) {
+		text(buf, cs, c * cs, 8);
+		got = put_cluster(img, &raw, c, buf, force);
+		CHECK(got == 1);
+		ncomp += (got == 1) - comp[c];
+		comp[c] = got == 1;
+	}
+	pattern(buf, cs, 14 * (uint64_t)cs, 9);
+	OK(both_write(img, &raw, 14 * (uint64_t)cs, buf, cs));
+	ncomp -= comp[14];
+	OK(qcow2_close(img, true, &err));
+	raw_close(&raw);
+	CHECK_IMAGE(in_dir(name));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+	COMPRESSED_COUNT(in_dir(name), ncomp);
+	INFO_ZSTD(in_dir(name));
+out:
+	unlink(in_dir(rname));
+	unlink(in_dir(name));
+	free(comp);
+	free(buf);
+}
+
+/*
+ * Existing images: one made with compression_type=zstd and compressed
+ * clusters written by QEMU itself, rewritten compressed and plainly; a
+ * zlib one refused.
+ */
+static void test_compressed_existing(void)
+{
+	const uint64_t size = 8 * MiB, cs = 64 * KiB;
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(cs);
+	uint64_t c;
+	int i;
+
+	CHECK(run("qemu-img create -q -f qcow2 -o compression_type=zstd,cluster_size=64k '%s' %llu",
+		  in_dir("zx.qcow2"), (unsigned long long)size) == 0);
+	CHECK(run("qemu-io -c 'write -c -P 0x33 0 64k' -c 'write -c -P 0x44 64k 64k' -c 'write -c -P 0x45 128k 64k' -c 'write -P 0x55 1M 64k' '%s'",
+		  in_dir("zx.qcow2")) == 0);
+	raw = raw_create(in_dir("zx.raw"), size);
+	for (i = 0; i < 3; i++) {
+		memset(buf, (int[]){ 0x33, 0x44, 0x45 }[i], cs);
+		raw_write(&raw, i * cs, buf, cs);
+	}
+	memset(buf, 0x55, cs);
+	raw_write(&raw, MiB, buf, cs);
+
+	OK(qcow2_open_existing(in_dir("zx.qcow2"), &img, &err));
+	if (!img)
+		goto zlib;
+	REFUSED(qcow2_write_compressed(img, 0, zbuf, 100, &err), EINVAL, "zx.qcow2");
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	/* QEMU's compressed clusters: -> compressed, -> plain; QEMU's plain -> compressed. */
+	text(buf, cs, 0, 10);
+	CHECK(put_cluster(img, &raw, 0, buf, false) == 1);
+	pattern(buf, cs, cs, 10);
+	CHECK(put_cluster(img, &raw, 1, buf, false) == 0);
+	text(buf, cs, MiB, 10);
+	CHECK(put_cluster(img, &raw, MiB / cs, buf, false) == 1);
+	for (c = 40; c < 60; c++) {
+		if (c % 3)
+			text(buf, cs, c * cs, 11);
+		else
+			pattern(buf, cs, c * cs, 11);
+		CHECK(put_cluster(img, &raw, c, buf, false) == (c % 3 ? 1 : 0));
+	}
+	OK(qcow2_close(img, true, &err));
+	raw_close(&raw);
+	CHECK_IMAGE(in_dir("zx.qcow2"));
+	COMPARE_RAW(in_dir("zx.qcow2"), in_dir("zx.raw"));
+	/* 0, 2 (QEMU's), 16, and 40..59 but the six multiples of 3. */
+	COMPRESSED_COUNT(in_dir("zx.qcow2"), 3 + 14);
+	INFO_ZSTD(in_dir("zx.qcow2"));
+
+zlib:
+	/* zlib (the default): refused, naming what the image says. */
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 1M", in_dir("zl.qcow2")) == 0);
+	OK(qcow2_open_existing(in_dir("zl.qcow2"), &img, &err));
+	if (img) {
+		REFUSED(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err), ENOTSUP,
+			"zl.qcow2");
+		CHECK(strstr(err.msg, "zlib") != NULL);
+		OK(qcow2_set_compression(img, QCOW2_COMPRESSION_NONE, &err));
+		OK(qcow2_close(img, false, &err));
+	}
+	CHECK_IMAGE(in_dir("zl.qcow2"));
+	/* The compression type bit without a compression_type field. */
+	set_header_bit(in_dir("zl.qcow2"), 79, 0x08);
+	REFUSED(qcow2_open_existing(in_dir("zl.qcow2"), &img, &err), EINVAL, "zl.qcow2");
+	free(buf);
+}
+
+/*
+ * A zstd frame of LEN bytes (16 to CS + 16; CS at most 128 KiB, one block
+ * each) that decompresses to CS bytes: LEN - 16 bytes from DATA in a raw
+ * block, then FILL repeated in an RLE block. Written into DST; the
+ * decompressed cluster into PLAIN. Frame lengths chosen to the byte make
+ * the packing's edge cases.
+ */
+static void exact_frame(uint8_t *dst, uint8_t *plain, uint32_t cs, size_t len,
+			const uint8_t *data, uint8_t fill)
+{
+	size_t n = len - 16, p = 0;
+	uint32_t bh;
+
+	memcpy(dst + p, "\x28\xb5\x2f\xfd", 4);	/* magic, little-endian */
+	dst[4] = 0xa0;				/* single segment, 4-byte content size */
+	dst[5] = (uint8_t)cs;
+	dst[6] = (uint8_t)(cs >> 8);
+	dst[7] = (uint8_t)(cs >> 16);
+	dst[8] = (uint8_t)(cs >> 24);
+	p = 9;
+	bh = (uint32_t)n << 3 | 0 << 1 | 0;	/* raw, not last */
+	dst[p++] = (uint8_t)bh;
+	dst[p++] = (uint8_t)(bh >> 8);
+	dst[p++] = (uint8_t)(bh >> 16);
+	memcpy(dst + p, data, n);
+	p += n;
+	bh = (uint32_t)(cs - n) << 3 | 1 << 1 | 1;	/* RLE, last */
+	dst[p++] = (uint8_t)bh;
+	dst[p++] = (uint8_t)(bh >> 8);
+	dst[p++] = (uint8_t)(bh >> 16);
+	dst[p++] = fill;
+	memcpy(plain, data, n);
+	memset(plain + n, fill, cs - n);
+}
+
+/*
+ * Packing to the byte: frames that end exactly at a host cluster's end,
+ * run on into the next cluster, fill the rest of a cluster after another
+ * allocation came between, and one that no longer fits there; then a
+ * flush, more frames and an abort. Host clusters end up shared by several
+ * compressed clusters, so qemu-img check sees every refcount.
+ */
+static void test_compressed_packing(uint32_t cs)
+{
+	const uint64_t size = 4 * MiB;
+	/* Frame lengths, in a new image: host clusters A, B, C, D follow. */
+	const size_t lens[] = {
+		cs / 2 + 40,		/* new host cluster A */
+		cs / 2 - 40,		/* fills A exactly: the next starts anew */
+		cs / 4,			/* B */
+		cs / 2 + 1,		/* ends 1 byte into B's last sector */
+		cs / 2,			/* runs on into C */
+		cs,			/* the largest: on into D */
+	};
+	char name[64], rname[64];
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *data = malloc(cs), *plain = malloc(cs), *frame = malloc(cs + 16);
+	uint64_t c = 0, ncomp = 0, fsize;
+	size_t i, total = 0, len;
+	int st;
+
+	snprintf(name, sizeof(name), "zp%u.qcow2", cs);
+	snprintf(rname, sizeof(rname), "zp%u.raw", cs);
+	raw = raw_create(in_dir(rname), size);
+	OK(qcow2_create(in_dir(name), size, cs, NULL, NULL, &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++, c++) {
+		len = lens[i] < 16 ? 16 : lens[i];
+		pattern(data, cs, c * cs, 30);
+		exact_frame(frame, plain, cs, len, data, (uint8_t)c);
+		raw_write(&raw, c * cs, plain, cs);
+		OK(qcow2_write_compressed(img, c * cs, frame, len, &err));
+		total += len;
+		ncomp++;
+	}
+	/* Another allocation in between (plain data): a frame that fits still
+	 * goes into the rest of D, one that does not into a new cluster. */
+	pattern(data, cs, 50 * (uint64_t)cs, 31);
+	OK(both_write(img, &raw, 50 * (uint64_t)cs, data, cs));
+	for (len = 16; len <= cs; len = len == 16 ? cs - 16 : cs + 1, c++) {
+		pattern(data, cs, c * cs, 32);
+		exact_frame(frame, plain, cs, len, data, 0x5a);
+		raw_write(&raw, c * cs, plain, cs);
+		OK(qcow2_write_compressed(img, c * cs, frame, len, &err));
+		total += len;
+		ncomp++;
+	}
+	/* Rewrite one of those sharing A and C. */
+	pattern(data, cs, 1 * (uint64_t)cs, 33);
+	exact_frame(frame, plain, cs, cs / 3 + 16, data, 1);
+	raw_write(&raw, cs, plain, cs);
+	OK(qcow2_write_compressed(img, cs, frame, cs / 3 + 16, &err));
+	OK(qcow2_close(img, true, &err));
+	raw_close(&raw);
+	CHECK_IMAGE(in_dir(name));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+	COMPRESSED_COUNT(in_dir(name), ncomp);
+	/* Header, refcount table and block, L1, L2, a plain cluster; the frames
+	 * packed but for the ends of A... (exactly full), D (cut short) and
+	 * the rewrite's. */
+	fsize = file_size(in_dir(name));
+	CHECK(fsize <= (6 + 3 + (total + cs / 3 + 16 + cs - 1) / cs) * (uint64_t)cs);
+	printf("  packing, %u-byte clusters: %zu bytes of frames, file %llu bytes\n", cs,
+	       total + cs / 3 + 16, (unsigned long long)fsize);
+
+	/* Reopened: a flush, then more, aborted: still reads as flushed. */
+	OK(qcow2_open_existing(in_dir(name), &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	raw = (struct raw){ open(in_dir(rname), O_RDWR), in_dir(rname) };
+	for (i = 0; i < 5; i++, c++) {
+		pattern(data, cs, c * cs, 34);
+		exact_frame(frame, plain, cs, cs / 3, data, 7);
+		raw_write(&raw, c * cs, plain, cs);
+		OK(qcow2_write_compressed(img, c * cs, frame, cs / 3, &err));
+	}
+	raw_close(&raw);
+	OK(qcow2_flush(img, &err));
+	for (i = 0; i < 5; i++) {
+		pattern(data, cs, i * cs, 35);
+		exact_frame(frame, plain, cs, cs / 3, data, 8);
+		OK(qcow2_write_compressed(img, i * (uint64_t)cs, frame, cs / 3, &err));
+	}
+	qcow2_abort(img, true);
+	st = run("qemu-img check '%s'", in_dir(name));
+	CHECK(ok_run(__LINE__, "qemu-img check after abort", 0, st == 3 ? 0 : st));
+	COMPARE_RAW(in_dir(name), in_dir(rname));
+out:
+	unlink(in_dir(name));
+	unlink(in_dir(rname));
+	free(data);
+	free(plain);
+	free(frame);
+}
+
+/* Refcounts of 1 bit: no host cluster can hold two compressed clusters. */
+static void test_compressed_refcount_bits(void)
+{
+	const uint64_t size = MiB, cs = 4 * KiB;
+	struct qcow2_image *img;
+	struct raw raw;
+	uint8_t *buf = malloc(cs);
+	uint64_t c;
+
+	CHECK(run("qemu-img create -q -f qcow2 -o compression_type=zstd,cluster_size=4k,refcount_bits=1 '%s' %llu",
+		  in_dir("zr.qcow2"), (unsigned long long)size) == 0);
+	raw = raw_create(in_dir("zr.raw"), size);
+	OK(qcow2_open_existing(in_dir("zr.qcow2"), &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &err));
+	for (c = 0; c < 16; c++) {
+		text(buf, cs, c * cs, 40);
+		CHECK(put_cluster(img, &raw, c, buf, false) == 1);
+	}
+	text(buf, cs, 3 * cs, 41);
+	CHECK(put_cluster(img, &raw, 3, buf, false) == 1);
+	OK(qcow2_close(img, true, &err));
+	CHECK_IMAGE(in_dir("zr.qcow2"));
+	COMPARE_RAW(in_dir("zr.qcow2"), in_dir("zr.raw"));
+	COMPRESSED_COUNT(in_dir("zr.qcow2"), 16);
+out:
+	raw_close(&raw);
+	free(buf);
+}
+
+struct compress_job {
+	uint32_t cs;
+	const uint8_t *src;
+	ssize_t want;
+	int bad;
+};
+
+static void *compress_thread(void *arg)
+{
+	struct compress_job *j = arg;
+	uint8_t *dst = malloc(j->cs);
+	int i;
+
+	for (i = 0; i < 50; i++)
+		if (qcow2_compress_cluster(j->cs, j->src, dst, j->cs) != j->want)
+			j->bad++;
+	free(dst);
+	return NULL;
+}
+
+/* Many threads at once get what one gets (under ASan: no shared state). */
+static void test_compress_threads(void)
+{
+	const uint32_t cs = 64 * KiB;
+	struct compress_job jobs[6];
+	pthread_t th[6];
+	uint8_t *src = malloc(cs);
+	int i;
+
+	text(src, cs, 0, 50);
+	for (i = 0; i < 6; i++) {
+		jobs[i] = (struct compress_job){ cs, src, 0, 0 };
+		jobs[i].want = qcow2_compress_cluster(cs, src, zbuf, sizeof(zbuf));
+		CHECK(pthread_create(&th[i], NULL, compress_thread, &jobs[i]) == 0);
+	}
+	for (i = 0; i < 6; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(jobs[i].want > 0 && jobs[i].bad == 0);
+	}
+	free(src);
+}
+
 /* ---- fuzz -------------------------------------------------------------- */
 
 static uint64_t rng_state;
@@ -943,6 +1472,18 @@ int main(void)
 	test_write_error();
 	test_flush_abort();
 	lap("refusals, errors, abort");
+	for (i = 0; i < 4; i++) {
+		static const uint32_t zsizes[] = { 512, 4096, 65536, 2u << 20 };
+
+		test_compressed(zsizes[i]);
+	}
+	test_compressed_existing();
+	test_compressed_packing(512);
+	test_compressed_packing(4096);
+	test_compressed_packing(65536);
+	test_compressed_refcount_bits();
+	test_compress_threads();
+	lap("compressed clusters");
 	for (i = 1; i <= 8; i++)
 		fuzz(i);
 	lap("fuzz");
