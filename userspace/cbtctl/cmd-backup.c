@@ -15,7 +15,7 @@
 	"              [--on-source-error=report|retry [--retries=N]]\n" \
 	"              [--cbw-memory=SIZE | --cbw-store=DEV...] [--cbw-timeout=SECONDS]\n" \
 	"              [--no-snapshot] [--freeze-hook=CMD] [--parallel=N] [-W|--out-of-order]\n" \
-	"              [-r|--rate-limit=RATE] [-p|--progress] [-q|--quiet]\n" \
+	"              [-r|--rate-limit=RATE] [-c|--compress] [-p|--progress] [-q|--quiet]\n" \
 	"              [--json] JOB...\n" \
 	"  JOB: DEV=TARGET[,backing=FILE][,mode=create|existing][,cluster-size=SIZE]"
 #define BACKUP_HELP \
@@ -214,6 +214,7 @@ int cmd_backup(int argc, char **argv)
 		{ "parallel", required_argument, NULL, OPT_PARALLEL },
 		{ "out-of-order", no_argument, NULL, 'W' },
 		{ "rate-limit", required_argument, NULL, 'r' },
+		{ "compress", no_argument, NULL, 'c' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -241,7 +242,7 @@ int cmd_backup(int argc, char **argv)
 	b.retries = 3;
 	status = EXIT_USAGE;
 	optind = 0;
-	while ((c = next_opt(argc, argv, "-:s:b:pqhWr:", longopts)) != -1) {
+	while ((c = next_opt(argc, argv, "-:s:b:pqhWr:c", longopts)) != -1) {
 		const char *a = optarg;
 
 		switch (c) {
@@ -320,6 +321,9 @@ int cmd_backup(int argc, char **argv)
 			break;
 		case 'W':
 			b.unordered = true;
+			break;
+		case 'c':
+			b.compress = true;
 			break;
 		case 'r':
 			if (cbt_parse_size(a, &n) || !n) {

@@ -116,10 +116,14 @@ static int temp_path_for(struct cbt_backup *b, struct cbt_backup_job *job, struc
 static int create_image(struct cbt_backup_job *job, uint64_t size, struct cbt_err *e)
 {
 	struct cbt_backup_job_priv *p = job->priv;
+	int r;
 
-	return qcow2_create(p->tmp_path, size,
-			    job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE,
-			    job->spec.backing, job->spec.backing ? "qcow2" : NULL, &p->img, e);
+	r = qcow2_create(p->tmp_path, size,
+			 job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE,
+			 job->spec.backing, job->spec.backing ? "qcow2" : NULL, &p->img, e);
+	if (!r && p->b->compress)
+		r = qcow2_set_compression(p->img, QCOW2_COMPRESSION_ZSTD, e);
+	return r;
 }
 
 /*
@@ -324,6 +328,8 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 		r = qcow2_open_existing(job->spec.target, &p->img, e);
 		if (!r)
 			r = qcow2_require_size(p->img, job->size, e);
+		if (!r && b->compress)
+			r = qcow2_set_compression(p->img, QCOW2_COMPRESSION_ZSTD, e);
 		if (!r && !(p->existing_path = realpath(job->spec.target, NULL)))
 			r = cbt_fail(e, errno, "%s: cannot resolve the target's path",
 				     job->spec.target);
@@ -832,6 +838,7 @@ static void *copy_thread(void *arg)
 		/* A view fails reads of chunks its snapshot does not preserve: no gaps. */
 		.merge_gap = p->view_fd >= 0 ? 0 : CBT_COPY_MERGE_GAP,
 		.writeback = true,
+		.compress = b->compress,
 		.rate = &b->rate,
 		.cancel = &b->cancel,
 		.progress = copy_progress,

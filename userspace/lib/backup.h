@@ -65,6 +65,7 @@ struct cbt_backup {
 	unsigned int retry_delay_ms;
 	unsigned int parallel;		/* reads in flight per job (0: the default) */
 	bool unordered;			/* image writes in completion order */
+	bool compress;			/* zstd-compressed clusters */
 	uint64_t rate_limit;		/* bytes/s read by all jobs together; 0: none */
 	struct cbt_backup_job *jobs;
 	unsigned int nr_jobs;

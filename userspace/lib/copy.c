@@ -144,37 +144,6 @@ static int release_run(struct cbt_copy *c, uint64_t off, uint64_t len, struct cb
 	return 0;
 }
 
-/* Hands one buffer of whole clusters at OFF to the image, run by run. */
-static int write_clusters(struct cbt_copy *c, const char *buf, size_t len, uint64_t off,
-			  uint32_t cluster, struct cbt_err *e)
-{
-	size_t i = 0, j, step;
-	bool zero;
-	int r;
-
-	while (i < len) {
-		step = len - i < cluster ? len - i : cluster;
-		zero = qcow2_is_zero(buf + i, step);
-		for (j = i + step; j < len; j += step) {
-			step = len - j < cluster ? len - j : cluster;
-			if (qcow2_is_zero(buf + j, step) != zero)
-				break;
-		}
-		if (!zero) {
-			r = qcow2_write(c->img, off + i, buf + i, j - i, e);
-			c->bytes_written += j - i;
-		} else if (c->zero_clusters) {
-			r = qcow2_write_zeroes(c->img, off + i, j - i, e);
-		} else {
-			r = 0;
-		}
-		if (r)
-			return r;
-		i = j;
-	}
-	return 0;
-}
-
 /* Clusters copied ahead of the copy's order, one bit each. */
 struct done_map {
 	uint64_t *bits;
@@ -203,6 +172,8 @@ struct part {
 
 enum req_state { REQ_FREE, REQ_QUEUED, REQ_READING, REQ_DONE };
 
+enum cluster_kind { CL_DATA, CL_ZERO, CL_COMPRESSED };
+
 /* One read, and the runs of it the image gets. */
 struct request {
 	enum req_state state;
@@ -213,6 +184,13 @@ struct request {
 	unsigned int nr_parts;
 	uint64_t progress;		/* bytes of the copy's order it accounts for */
 	char *buf;			/* len, and a cluster of slack */
+	/*
+	 * Per cluster of the read, set by the reader: what the image gets
+	 * (CL_*) and, compressed, its length in cbuf at i * cbound.
+	 */
+	unsigned char *kind;
+	uint32_t *clen;
+	char *cbuf;
 	int r;				/* the read's result, in err */
 	struct cbt_err err;
 };
@@ -223,7 +201,9 @@ struct engine {
 	struct cbt_copy *c;
 	uint32_t cluster;
 	size_t bufsize;			/* bytes per request */
-	unsigned int max_parts;
+	unsigned int max_parts;		/* clusters per request, too */
+	size_t cbound;			/* compressed bytes a cluster may take */
+	uint64_t vsize;			/* the image's virtual size */
 	struct request *reqs;
 	unsigned int nr_reqs;
 	pthread_t *threads;
@@ -257,11 +237,75 @@ struct engine {
 	off_t wb_prev, wb_mark;
 };
 
+static uint64_t round_up(uint64_t v, uint64_t to)
+{
+	return (v + to - 1) / to * to;
+}
+
+/* The bytes of the image's cluster at OFF that the image holds (its last may be partial). */
+static size_t cluster_len(const struct engine *g, uint64_t off)
+{
+	return g->vsize - off < g->cluster ? g->vsize - off : g->cluster;
+}
+
+/*
+ * On the reader's thread, once Q is read: pads the device's last cluster,
+ * sorts each cluster of Q's runs into zero, data or (with c->compress)
+ * compressed, and compresses, so that the copy's thread only writes.
+ */
+static int sort_clusters(struct engine *g, struct request *q, struct cbt_err *e)
+{
+	struct cbt_copy *c = g->c;
+	unsigned int i;
+	uint64_t off, end;
+	size_t len, n;
+	ssize_t z;
+
+	for (i = 0; i < q->nr_parts; i++) {
+		struct part *p = &q->parts[i];
+
+		end = p->off + p->len;
+		if (end == c->size && c->size % g->cluster && g->vsize > c->size) {
+			/*
+			 * An image larger than the device: the device's last
+			 * cluster is written whole, zeros past its end, since a
+			 * partial cluster cannot be written over a backing file.
+			 */
+			end = round_up(c->size, g->cluster);
+			if (end > g->vsize)
+				end = g->vsize;
+			memset(q->buf + (c->size - q->start), 0, end - c->size);
+			p->len = end - p->off;
+		}
+		for (off = p->off; off < end; off += len) {
+			n = (off - q->start) / g->cluster;
+			len = end - off < g->cluster ? end - off : g->cluster;
+			q->kind[n] = qcow2_is_zero(q->buf + (off - q->start), len) ? CL_ZERO : CL_DATA;
+			if (q->kind[n] != CL_DATA || !c->compress)
+				continue;
+			/* A partial last cluster compresses whole: zeros past the image's end. */
+			if (len < g->cluster)
+				memset(q->buf + (off - q->start) + len, 0, g->cluster - len);
+			z = qcow2_compress_cluster(g->cluster, q->buf + (off - q->start),
+						   q->cbuf + n * g->cbound, g->cbound);
+			if (z < 0)
+				return cbt_fail(e, (int)-z, "%s: cannot compress the cluster at offset "
+						"%llu", c->device, (unsigned long long)off);
+			if (z > 0) {
+				q->kind[n] = CL_COMPRESSED;
+				q->clen[n] = z;
+			}
+		}
+	}
+	return 0;
+}
+
 static void *reader(void *arg)
 {
 	struct engine *g = arg;
 	struct request *q, *pick;
 	unsigned int i, retries;
+	bool read;
 	int r;
 
 	pthread_mutex_lock(&g->lock);
@@ -284,10 +328,13 @@ static void *reader(void *arg)
 		pthread_mutex_unlock(&g->lock);
 		retries = 0;
 		r = read_source(g->c, pick->buf, pick->len, pick->start, &retries, &pick->err);
+		read = !r;
+		if (!r)
+			r = sort_clusters(g, pick, &pick->err);
 		pthread_mutex_lock(&g->lock);
 		g->reading--;
 		g->retries += retries;
-		if (!r)
+		if (read)
 			g->bytes_read += pick->len;
 		pick->r = r;
 		pick->state = REQ_DONE;
@@ -295,11 +342,6 @@ static void *reader(void *arg)
 	}
 	pthread_mutex_unlock(&g->lock);
 	return NULL;
-}
-
-static uint64_t round_up(uint64_t v, uint64_t to)
-{
-	return (v + to - 1) / to * to;
 }
 
 /* Adds [OFF, END) to Q's runs, joining the last one when they touch. */
@@ -504,37 +546,44 @@ fail:
 			g->c->device, (unsigned long long)g->wb_mark);
 }
 
-/* Writes a read request's runs into the image and releases them on the source. */
+/*
+ * Writes a read request's runs into the image, clusters of a kind together,
+ * and releases them on the source.
+ */
 static int write_request(struct engine *g, struct request *q, struct cbt_err *e)
 {
 	struct cbt_copy *c = g->c;
-	uint64_t vsize = qcow2_virtual_size(c->img), before = c->bytes_written;
-	unsigned int i;
-	size_t wlen;
-	int r;
+	uint64_t before = c->bytes_written, off, run, end;
+	unsigned int i, n, kind;
+	int r = 0;
 
-	for (i = 0; i < q->nr_parts; i++) {
+	for (i = 0; i < q->nr_parts && !r; i++) {
 		struct part *p = &q->parts[i];
-		char *buf = q->buf + (p->off - q->start);
 
-		wlen = p->len;
-		if (p->off + p->len == c->size && c->size % g->cluster && vsize > c->size) {
-			/*
-			 * An image larger than the device: the device's last
-			 * cluster is written whole, zeros past its end, since a
-			 * partial cluster cannot be written over a backing file.
-			 */
-			wlen = round_up(c->size, g->cluster);
-			wlen = (wlen < vsize ? wlen : vsize) - p->off;
-			memset(buf + p->len, 0, wlen - p->len);
+		end = p->off + p->len;
+		for (off = p->off; off < end && !r; off = run) {
+			n = (off - q->start) / g->cluster;
+			kind = q->kind[n];
+			run = off + cluster_len(g, off);
+			if (kind == CL_COMPRESSED) {
+				r = qcow2_write_compressed(c->img, off, q->cbuf + n * g->cbound,
+							   q->clen[n], e);
+				c->bytes_written += run - off;
+				continue;
+			}
+			while (run < end && q->kind[(run - q->start) / g->cluster] == kind)
+				run += run + g->cluster < end ? g->cluster : end - run;
+			if (kind == CL_DATA) {
+				r = qcow2_write(c->img, off, q->buf + (off - q->start), run - off, e);
+				c->bytes_written += run - off;
+			} else if (c->zero_clusters) {
+				r = qcow2_write_zeroes(c->img, off, run - off, e);
+			}
 		}
-		r = write_clusters(c, buf, wlen, p->off, g->cluster, e);
 		if (!r && c->release)
-			r = release_run(c, p->off, p->len, e);
-		if (r)
-			return r;
+			r = release_run(c, p->off, (end > c->size ? c->size : end) - p->off, e);
 	}
-	return write_behind(g, c->bytes_written - before, e);
+	return r ? r : write_behind(g, c->bytes_written - before, e);
 }
 
 /* The request to write next: the oldest read in ordered mode, any done one otherwise. */
@@ -569,6 +618,8 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 	g->cluster = qcow2_cluster_size(c->img);
 	g->bufsize = g->cluster > CBT_COPY_REQUEST ? g->cluster : CBT_COPY_REQUEST;
 	g->max_parts = g->bufsize / g->cluster;
+	g->vsize = qcow2_virtual_size(c->img);
+	g->cbound = qcow2_compress_bound(g->cluster);
 	g->img_fd = -1;
 	if (c->writeback && !fstat(qcow2_fd(c->img), &st) && S_ISREG(st.st_mode)) {
 		g->img_fd = qcow2_fd(c->img);
@@ -584,9 +635,16 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 	if (!g->reqs || !g->threads)
 		return cbt_fail(e, ENOMEM, "%s: copy requests", c->device);
 	for (i = 0; i < g->nr_reqs; i++) {
-		g->reqs[i].parts = calloc(g->max_parts, sizeof(struct part));
-		if (!g->reqs[i].parts ||
-		    posix_memalign((void **)&g->reqs[i].buf, COPY_ALIGN, g->bufsize + g->cluster))
+		struct request *q = &g->reqs[i];
+
+		q->parts = calloc(g->max_parts, sizeof(struct part));
+		q->kind = calloc(g->max_parts, 1);
+		if (c->compress) {
+			q->clen = calloc(g->max_parts, sizeof(*q->clen));
+			q->cbuf = malloc(g->max_parts * g->cbound);
+		}
+		if (!q->parts || !q->kind || (c->compress && (!q->clen || !q->cbuf)) ||
+		    posix_memalign((void **)&q->buf, COPY_ALIGN, g->bufsize + g->cluster))
 			return cbt_fail(e, ENOMEM, "%s: copy buffers of %zu bytes", c->device,
 					g->bufsize);
 	}
@@ -623,6 +681,9 @@ static void engine_exit(struct engine *g)
 	g->c->read_retries += g->retries;
 	for (i = 0; g->reqs && i < g->nr_reqs; i++) {
 		free(g->reqs[i].parts);
+		free(g->reqs[i].kind);
+		free(g->reqs[i].clen);
+		free(g->reqs[i].cbuf);
 		free(g->reqs[i].buf);
 	}
 	free(g->reqs);

@@ -101,6 +101,12 @@ struct cbt_copy {
 	 * (POSIX_FADV_DONTNEED) once the next 32 MiB is written.
 	 */
 	bool writeback;
+	/*
+	 * Write data clusters zstd-compressed where that saves a sector
+	 * (qcow2_set_compression() done on the image), compressed on the
+	 * reader threads.
+	 */
+	bool compress;
 	struct cbt_rate *rate;		/* NULL: no limit */
 	const volatile int *cancel;	/* non-zero: stop with -ECANCELED */
 	void (*progress)(void *arg, uint64_t done);
@@ -118,7 +124,7 @@ struct cbt_copy {
 
 	/* Results. */
 	uint64_t bytes_read;		/* from the source */
-	uint64_t bytes_written;		/* data handed to the image */
+	uint64_t bytes_written;		/* data handed to the image (before compression) */
 	uint64_t requests;		/* read requests */
 	unsigned int read_retries;	/* failed reads that were tried again */
 	unsigned int max_in_flight;	/* most reads seen in flight at once */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/vfs.h>
 
 #include "copy.h"
@@ -280,6 +281,86 @@ static void test_writeback(void)
 	unlink(path);
 }
 
+/*
+ * --compress: text-like data (compressed), random data (written plainly),
+ * zeros and the partial last cluster, a full and an incremental over it;
+ * the chain equals the device and the image is smaller than its data.
+ */
+static void test_compress(uint32_t cluster)
+{
+	struct cbt_extent_list all = { 0 }, dirty = { 0 };
+	struct cbt_copy c = { .device = "device" };
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	char path[128], full[128], line[256];
+	uint64_t size, x = 88172645463325252ull;
+	int fd, pass;
+	size_t i;
+	char *text = malloc(4 * MiB), *noise = malloc(MiB);
+	struct stat st;
+
+	for (i = 0; i < 4 * MiB; i++)	/* words from a small alphabet: compresses well */
+		text[i] = i % 7 == 6 ? ' ' : 'a' + (i * 2654435761u >> 13) % 8;
+	for (i = 0; i < MiB; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		noise[i] = (char)x;
+	}
+	snprintf(path, sizeof(path), "%s/device", dir);
+	sh("rm -f %s %s/zc-*.qcow2 && truncate -s %llu %s", path, dir, DEV_SIZE, path);
+	fd = open(path, O_RDWR);
+	CHECK(fd >= 0);
+	CHECK(pwrite(fd, text, 4 * MiB, MiB) == (ssize_t)(4 * MiB));
+	CHECK(pwrite(fd, noise, MiB, 8 * MiB) == (ssize_t)MiB);
+	CHECK(pwrite(fd, text, 1536, DEV_SIZE - 1536) == 1536);
+	cbt_extents_add(&all, 0, DEV_SIZE);
+	for (pass = 0; pass < 2; pass++) {
+		snprintf(full, sizeof(full), "%s/zc-full-%u.qcow2", dir, cluster);
+		snprintf(path, sizeof(path), "%s/zc-%s-%u.qcow2", dir, pass ? "inc" : "full",
+			 cluster);
+		if (pass) {
+			/* Changes: text over noise, noise over text, zeros, the last sector. */
+			CHECK(pwrite(fd, text, MiB, 8 * MiB) == (ssize_t)MiB);
+			CHECK(pwrite(fd, noise, 256 * KiB, 2 * MiB) == (ssize_t)(256 * KiB));
+			fill(fd, 3 * MiB, 256 * KiB, 0);
+			CHECK(pwrite(fd, noise, 512, DEV_SIZE - 512) == 512);
+			cbt_extents_add(&dirty, 2 * MiB, 2 * MiB);
+			cbt_extents_add(&dirty, 8 * MiB, MiB);
+			cbt_extents_add(&dirty, DEV_SIZE - 512, 512);
+		}
+		snprintf(line, sizeof(line), "%s/device", dir);
+		CHECK(cbt_open_source(line, &c.fd, &size, &e) == 0);
+		c.size = size;
+		CHECK(qcow2_create(path, size, cluster, pass ? full : NULL, pass ? "qcow2" : NULL,
+				   &img, &e) == 0);
+		CHECK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &e) == 0);
+		c.img = img;
+		c.compress = true;
+		c.zero_clusters = pass;
+		c.bytes_written = 0;
+		CHECK(cbt_copy_extents(&c, pass ? dirty.v : all.v, pass ? dirty.n : all.n, &e) == 0);
+		CHECK(qcow2_close(img, true, &e) == 0);
+		close(c.fd);
+		CHECK(sh("qemu-img check -q %s", path) == 0);
+		CHECK(sh("qemu-img compare -q -f qcow2 -F raw %s %s/device", path, dir) == 0);
+		CHECK(sh("qemu-img info %s | grep -q 'compression type: zstd'", path) == 0);
+		/*
+		 * Compressed clusters are there (the text's), and a full image of
+		 * small clusters is smaller than its data (2 MiB L2 tables and
+		 * refcount blocks outweigh what compression saves here).
+		 */
+		CHECK(sh("qemu-img check --output=json %s | grep -q '\"compressed-clusters\": [1-9]'",
+			 path) == 0);
+		CHECK(stat(path, &st) == 0);
+		if (!pass && cluster <= 65536)
+			CHECK((uint64_t)st.st_size < c.bytes_written * 3 / 4);
+	}
+	close(fd);
+	cbt_extents_free(&all);
+	cbt_extents_free(&dirty);
+	free(text);
+	free(noise);
+}
+
 static void test_read_error(void)
 {
 	struct cbt_extent_list all = { 0 };
@@ -399,6 +480,9 @@ int main(void)
 	test_scatter(true, CBT_COPY_MERGE_GAP);
 	test_scatter(false, 0);
 	test_writeback();
+	test_compress(4096);
+	test_compress(65536);
+	test_compress(2 * 1024 * 1024);
 	test_read_error();
 	test_urgent();
 	sh("rm -rf %s", dir);

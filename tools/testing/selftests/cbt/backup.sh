@@ -10,7 +10,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
-plan 16
+plan 17
 
 SIZE=$((64 << 20))
 
@@ -386,6 +386,37 @@ test_rate_limit() {
 	expect_exit 2 cbtctl backup --sync=full --parallel=65 "$dev=$dir/x.qcow2"
 }
 
+# --compress: a full and an incremental backup of text-like data, zstd
+# clusters that QEMU reads back as the device; a zlib target is refused.
+test_compress() {
+	local dir loop name dev n
+	make_tmpdir dir
+	cbt_over_file "$dir/disk" $((16 << 20)) zstd
+	yes "the quick brown fox $RANDOM" | head -c $((6 << 20)) >"$dir/text"
+	dd if="$dir/text" of="$dev" bs=1M oflag=direct status=none
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup --sync=full -b b0 --compress "$dev=$dir/full.qcow2" >/dev/null ||
+		fail "compressed full backup"
+	chain_matches "$dir/full.qcow2" "$dev"
+	qemu-img info "$dir/full.qcow2" | grep -q "compression type: zstd" || fail "not zstd"
+	n=$(qemu-img check --output=json "$dir/full.qcow2" | json_field compressed-clusters)
+	expect_eq "compressed clusters (6 MiB of text in 64K clusters)" "$n" 96
+	qio "$dev" "write -P 0x33 1M 64k" "write -P 0 2M 64k"
+	dd if="$dir/text" of="$dev" bs=1M seek=10 count=1 oflag=direct status=none
+	cbtctl backup --sync=incremental -b b0 -c "$dev=$dir/inc.qcow2,backing=$dir/full.qcow2" \
+		>/dev/null || fail "compressed incremental"
+	chain_matches "$dir/inc.qcow2" "$dev"
+	n=$(qemu-img check --output=json "$dir/inc.qcow2" | json_field compressed-clusters)
+	# 0x33 compresses as the text does; zeros are a zero cluster.
+	expect_eq "compressed clusters of the incremental" "$n" 17
+	qio "$dev" "write -P 0x34 5M 4k"
+	qemu-img create -q -f qcow2 -o compression_type=zlib "$dir/zlib.qcow2" 16M
+	cbtctl backup --sync=full --compress "$dev=$dir/zlib.qcow2,mode=existing" 2>"$dir/err" &&
+		fail "a zlib target was taken"
+	grep -q zlib "$dir/err" || fail "the refusal does not name zlib: $(cat "$dir/err")"
+	expect_eq "count after the refusal" "$(bitmap_field "$dev" b0)" 65536
+}
+
 run_test "incremental simple (64K granularity)" test_simple_64k
 run_test "small granularity (32K)" test_small_granularity
 run_test "large granularity (128K)" test_large_granularity
@@ -402,4 +433,5 @@ run_test "failed incremental (read error), then a good one" test_incremental_fai
 run_test "read error retried to success, bitmap busy meanwhile" test_incremental_pause
 run_test "reads in flight (dm-delay), the union of two bitmaps" test_parallel_reads
 run_test "--rate-limit holds the copy to its rate" test_rate_limit
+run_test "--compress: zstd clusters, a zlib target refused" test_compress
 finish
