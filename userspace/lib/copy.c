@@ -628,8 +628,12 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 	pthread_mutex_init(&g->lock, NULL);
 	pthread_cond_init(&g->work, NULL);
 	pthread_cond_init(&g->completion, NULL);
-	/* Twice the reads in flight: completed reads wait for their write without stalling reads. */
-	g->nr_reqs = 2 * parallel;
+	/*
+	 * A few buffers more than reads in flight, so that completed reads
+	 * wait for their write without stalling reads; no more, since every
+	 * buffer costs its first touch (a page fault per page).
+	 */
+	g->nr_reqs = parallel + (parallel < 4 ? parallel : 4);
 	g->reqs = calloc(g->nr_reqs, sizeof(*g->reqs));
 	g->threads = calloc(parallel, sizeof(*g->threads));
 	if (!g->reqs || !g->threads)

@@ -392,7 +392,7 @@ static void test_read_error(void)
  * middle of a cluster at 20 MiB and the device's last 512 bytes. Calls
  * from 12 MiB on first overwrite those runs on the device, as a guest
  * would once they are released (with 4 reads in flight, 8 buffers and
- * ordered writes, the urgent request is written before the copy gets
+ * ordered writes, the urgent requests are written before the copy gets
  * that far), and calls from 8 MiB on ask for a run behind the copy,
  * which it must not take again.
  */
