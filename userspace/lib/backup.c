@@ -835,8 +835,8 @@ static void *copy_thread(void *arg)
 		.retry_delay_ms = b->retry_delay_ms,
 		.parallel = b->parallel,
 		.unordered = b->unordered,
-		/* A view fails reads of chunks its snapshot does not preserve: no gaps. */
-		.merge_gap = p->view_fd >= 0 ? 0 : CBT_COPY_MERGE_GAP,
+		/* Not through a view (release): it fails reads of chunks it does not keep. */
+		.merge_gap = CBT_COPY_MERGE_GAP,
 		.writeback = true,
 		.compress = b->compress,
 		.rate = &b->rate,

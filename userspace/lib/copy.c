@@ -92,11 +92,12 @@ static void rate_wait(struct cbt_rate *r, uint64_t len, const volatile int *canc
 }
 
 /*
- * Reads exactly LEN bytes at OFF, retrying failed reads as configured;
- * *RETRIES counts the failed reads tried again. Called by reader threads.
+ * Reads exactly LEN bytes at OFF, retrying failed reads as configured
+ * unless the copy was cancelled or *FAILED; *RETRIES counts the failed
+ * reads tried again. Called by reader threads.
  */
 static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
-		       unsigned int *retries, struct cbt_err *e)
+		       unsigned int *retries, const bool *failed, struct cbt_err *e)
 {
 	unsigned int attempt = 0;
 	size_t done;
@@ -118,7 +119,7 @@ static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
 			return cbt_fail(e, EIO, "%s: short read at offset %llu (device ended?)",
 					c->device, (unsigned long long)(off + done));
 		}
-		if (c->cancel && *c->cancel)
+		if ((c->cancel && *c->cancel) || __atomic_load_n(failed, __ATOMIC_RELAXED))
 			return cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu", c->device,
 					(unsigned long long)(off + done));
 		if (attempt >= c->retries)
@@ -203,6 +204,7 @@ struct engine {
 	size_t bufsize;			/* bytes per request */
 	unsigned int max_parts;		/* clusters per request, too */
 	size_t cbound;			/* compressed bytes a cluster may take */
+	uint64_t merge_gap;
 	uint64_t vsize;			/* the image's virtual size */
 	struct request *reqs;
 	unsigned int nr_reqs;
@@ -214,7 +216,7 @@ struct engine {
 	pthread_cond_t work;		/* a request was queued, or stop */
 	pthread_cond_t completion;	/* a read completed */
 	bool stop;
-	bool draining;			/* failed: completed reads are dropped as they come */
+	bool draining;			/* failed: reads are dropped as they come, or not made */
 	unsigned int reading;
 	uint64_t bytes_read;
 	unsigned int retries;
@@ -223,6 +225,7 @@ struct engine {
 	uint64_t next_seq, write_seq;
 	unsigned int in_flight;		/* requests queued, read or not, not yet written */
 	uint64_t progress;
+	uint64_t progress_tail;		/* copied ahead, skipped after the last request */
 	struct cbt_extent_src *src;
 	struct cbt_extent cur;		/* what is left of the current extent */
 	bool have_cur, src_end;
@@ -322,12 +325,20 @@ static void *reader(void *arg)
 			pthread_cond_wait(&g->work, &g->lock);
 			continue;
 		}
+		if (g->draining) {
+			/* The copy failed: what is queued is dropped unread. */
+			pick->r = -ECANCELED;
+			pick->state = REQ_DONE;
+			pthread_cond_signal(&g->completion);
+			continue;
+		}
 		pick->state = REQ_READING;
 		if (++g->reading > g->c->max_in_flight)
 			g->c->max_in_flight = g->reading;
 		pthread_mutex_unlock(&g->lock);
 		retries = 0;
-		r = read_source(g->c, pick->buf, pick->len, pick->start, &retries, &pick->err);
+		r = read_source(g->c, pick->buf, pick->len, pick->start, &retries, &g->draining,
+				&pick->err);
 		read = !r;
 		if (!r)
 			r = sort_clusters(g, pick, &pick->err);
@@ -458,7 +469,7 @@ static int next_in_order(struct engine *g, struct request *q, struct cbt_err *e)
 		q->progress += s - g->cur.offset;
 		g->cur = (struct cbt_extent){ s, t - s };
 		if (q->nr_parts) {
-			if (s - (q->start + q->len) > c->merge_gap || s >= limit ||
+			if (s - (q->start + q->len) > g->merge_gap || s >= limit ||
 			    q->nr_parts == g->max_parts)
 				break;
 		} else {
@@ -478,6 +489,8 @@ static int next_in_order(struct engine *g, struct request *q, struct cbt_err *e)
 		if (end >= limit)
 			break;
 	}
+	if (!q->nr_parts)
+		g->progress_tail += q->progress;
 	return q->nr_parts > 0;
 }
 
@@ -618,6 +631,8 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 	g->cluster = qcow2_cluster_size(c->img);
 	g->bufsize = g->cluster > CBT_COPY_REQUEST ? g->cluster : CBT_COPY_REQUEST;
 	g->max_parts = g->bufsize / g->cluster;
+	/* A gap may hold clusters copied ahead and released: not read again. */
+	g->merge_gap = c->release || c->urgent ? 0 : c->merge_gap;
 	g->vsize = qcow2_virtual_size(c->img);
 	g->cbound = qcow2_compress_bound(g->cluster);
 	g->img_fd = -1;
@@ -700,12 +715,15 @@ static void engine_exit(struct engine *g)
 
 static struct request *free_request(struct engine *g)
 {
+	struct request *q = NULL;
 	unsigned int i;
 
-	for (i = 0; i < g->nr_reqs; i++)
+	pthread_mutex_lock(&g->lock);
+	for (i = 0; i < g->nr_reqs && !q; i++)
 		if (g->reqs[i].state == REQ_FREE)
-			return &g->reqs[i];
-	return NULL;
+			q = &g->reqs[i];
+	pthread_mutex_unlock(&g->lock);
+	return q;
 }
 
 int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err *e)
@@ -756,11 +774,16 @@ int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err 
 		}
 		if (q->seq == g.write_seq)
 			g.write_seq++;
-		/* After a failure, what is still being read is dropped in any order. */
-		g.draining = r != 0;
+		pthread_mutex_lock(&g.lock);
+		/* After a failure, what is still queued or being read is dropped in any order. */
+		if (r)
+			__atomic_store_n(&g.draining, true, __ATOMIC_RELAXED);
 		q->state = REQ_FREE;
+		pthread_mutex_unlock(&g.lock);
 		g.in_flight--;
 	}
+	if (!r && g.progress_tail && c->progress)
+		c->progress(c->progress_arg, g.progress + g.progress_tail);
 	engine_exit(&g);
 	return r;
 }

@@ -93,7 +93,10 @@ struct cbt_copy {
 	 * laid out in completion order.
 	 */
 	bool unordered;
-	/* Gap merged into one read (CBT_COPY_MERGE_GAP is the backup's); 0: none. */
+	/*
+	 * Gap merged into one read (CBT_COPY_MERGE_GAP is the backup's); 0:
+	 * none, nor with release or urgent (a gap may hold released clusters).
+	 */
 	uint64_t merge_gap;
 	/*
 	 * Keep the image's data out of the page cache as the copy goes: each

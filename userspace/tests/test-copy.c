@@ -424,6 +424,55 @@ static int urgent_fake_runs(void *arg, uint64_t pos, struct cbt_extent *runs, si
 	return 1;
 }
 
+static void last_progress(void *arg, uint64_t done)
+{
+	*(uint64_t *)arg = done;
+}
+
+/* The urgent source of test_progress(): the last extent, once. */
+static int urgent_last(void *arg, uint64_t pos, struct cbt_extent *runs, size_t max,
+		       struct cbt_err *e)
+{
+	unsigned int *calls = arg;
+
+	(void)e;
+	(void)max;
+	if ((*calls)++ || pos)
+		return 0;
+	runs[0] = (struct cbt_extent){ 7 * MiB, MiB };
+	return 1;
+}
+
+/*
+ * Progress counts every extent's bytes once, also those copied ahead that
+ * the copy's order skips after its last request.
+ */
+static void test_progress(void)
+{
+	struct cbt_extent ext[2] = { { 0, MiB }, { 7 * MiB, MiB } };
+	struct cbt_copy c = { .device = "device" };
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	uint64_t progress = 0;
+	unsigned int calls = 0;
+	char path[128];
+
+	snprintf(path, sizeof(path), "%s/device", dir);
+	CHECK(cbt_open_source(path, &c.fd, &c.size, &e) == 0);
+	snprintf(path, sizeof(path), "%s/progress.qcow2", dir);
+	CHECK(qcow2_create(path, c.size, 65536, NULL, NULL, &img, &e) == 0);
+	c.img = img;
+	c.urgent = urgent_last;
+	c.urgent_arg = &calls;
+	c.progress = last_progress;
+	c.progress_arg = &progress;
+	CHECK(cbt_copy_extents(&c, ext, 2, &e) == 0);
+	CHECK(c.bytes_read == 2 * MiB);
+	CHECK(progress == 2 * MiB);
+	qcow2_abort(img, true);
+	close(c.fd);
+}
+
 static void test_urgent(void)
 {
 	struct cbt_extent_list all = { 0 };
@@ -485,6 +534,7 @@ int main(void)
 	test_compress(2 * 1024 * 1024);
 	test_read_error();
 	test_urgent();
+	test_progress();
 	sh("rm -rf %s", dir);
 	return unit_done("test-copy");
 }
