@@ -53,7 +53,7 @@ seconds() {
 	esac
 	shift
 	t0=$EPOCHREALTIME
-	"${cmd[@]}" "$@" >"$dir/out" 2>"$dir/stderr" || { cat "$dir/stderr" >&2; return 1; }
+	"${cmd[@]}" "$@" >"$dir/out" 2>"$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
 	t1=$EPOCHREALTIME
 	python3 -c "print(f'{$t1 - $t0:.3f}')"
 }
@@ -105,18 +105,21 @@ if [[ " $parts " == *" seq "* ]]; then
 	row "cbtctl backup --sync=full" "$ours" "$(calc "$fio_s / $ours") of fio's throughput"
 	ns=$(seconds cbtctl backup --sync=full --no-snapshot "bench-copy=$dir/n.qcow2")
 	row "cbtctl backup --sync=full --no-snapshot" "$ns" "$(calc "$fio_s / $ns") of fio's throughput"
+	rm -f "$dir/n.qcow2"
 	for p in 1 4 16; do
 		t=$(seconds cbtctl backup --sync=full --parallel=$p "bench-copy=$dir/p$p.qcow2")
 		row "cbtctl backup --sync=full --parallel=$p" "$t" "$(calc "$fio_s / $t") of fio's throughput"
+		rm -f "$dir/p$p.qcow2"
 	done
 	ours_w=$(seconds cbtctl backup --sync=full -W "bench-copy=$dir/w.qcow2")
 	row "cbtctl backup --sync=full -W" "$ours_w" "$(calc "$fio_s / $ours_w") of fio's throughput"
 	qemu=$(seconds qemu-img convert -m 16 -W -O qcow2 -T none "$dev" "$dir/q.qcow2")
 	row "qemu-img convert -m 16 -W -O qcow2" "$qemu" "cbtctl $(calc "$qemu / $ours")x faster"
+	qemu-img compare -q "$dir/c.qcow2" "$dir/q.qcow2"
+	rm -f "$dir/c.qcow2"
 	qemu1=$(seconds qemu-img convert -O qcow2 -T none "$dev" "$dir/q1.qcow2")
 	row "qemu-img convert -O qcow2" "$qemu1" "cbtctl $(calc "$qemu1 / $ours")x faster"
-	qemu-img compare -q "$dir/c.qcow2" "$dir/q.qcow2"
-	qemu-img compare -q "$dir/w.qcow2" "$dir/q.qcow2"
+	qemu-img compare -q "$dir/w.qcow2" "$dir/q1.qcow2"
 	rm -f "$dir"/*.qcow2
 fi
 
