@@ -52,8 +52,12 @@ struct cbt_rate {
 void cbt_rate_init(struct cbt_rate *r, uint64_t bytes_per_sec);
 void cbt_rate_destroy(struct cbt_rate *r);
 
-/* Reads in flight per copy when the caller sets none (make bench measures it). */
-#define CBT_COPY_PARALLEL_DEFAULT	8u
+/*
+ * Reads in flight per copy when the caller sets none: make bench's copy of
+ * a device with 40 ms reads ran 6.2 times as fast as with 1 (8: 5.1), and
+ * a fast device's copy no slower.
+ */
+#define CBT_COPY_PARALLEL_DEFAULT	16u
 #define CBT_COPY_PARALLEL_MAX		64u
 /* Bytes per read request: a multiple of any cluster size but the largest (2 MiB). */
 #define CBT_COPY_REQUEST		(1u << 20)
