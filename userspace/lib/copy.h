@@ -3,6 +3,12 @@
  * Copying extents of a block device into a qcow2 image: the data path of a
  * backup. Reads are large, aligned, O_DIRECT where the source allows it,
  * and many in flight; each range is widened to whole clusters of the image.
+ *
+ * Reads in flight are threads doing pread, not io_uring: a read keeps its
+ * retries as one blocking loop, the same thread compresses what it read
+ * (zstd is CPU work io_uring would not spread), and it works where
+ * io_uring is switched off (kernel.io_uring_disabled, container seccomp
+ * filters). A thread per read in flight costs little at 16 or 64.
  */
 #ifndef CBT_COPY_H
 #define CBT_COPY_H
