@@ -100,14 +100,3 @@ int cbt_bitmap_get(const char *dev, const char *name, struct cbt_bitmap_info *in
 	free(v);
 	return r;
 }
-
-static int collect_extent(const struct cbt_extent *ext, void *ctx)
-{
-	return cbt_extents_add(ctx, ext->offset, ext->length);
-}
-
-int cbt_bitmap_extents(const char *dev, const char *bitmap, bool frozen, uint64_t size,
-		       struct cbt_extent_list *out, struct cbt_err *e)
-{
-	return cbt_extents(dev, bitmap, frozen, size, collect_extent, out, e);
-}

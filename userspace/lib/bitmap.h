@@ -10,15 +10,6 @@
 #include <stdint.h>
 
 #include "libcbt.h"
-#include "copy.h"
-
-/*
- * Appends the dirty extents (bytes, merged runs, sorted) of BITMAP on DEV
- * to OUT, from its frozen copy (FROZEN) or its live one, over netlink;
- * each must end within SIZE bytes (see cbt_extents()).
- */
-int cbt_bitmap_extents(const char *dev, const char *bitmap, bool frozen, uint64_t size,
-		       struct cbt_extent_list *out, struct cbt_err *e);
 
 /* One line of the target's "bitmap list" answer. */
 struct cbt_bitmap_info {
