@@ -245,10 +245,10 @@ static uint64_t round_up(uint64_t v, uint64_t to)
 	return (v + to - 1) / to * to;
 }
 
-/* The bytes of the image's cluster at OFF that the image holds (its last may be partial). */
-static size_t cluster_len(const struct engine *g, uint64_t off)
+/* Where the cluster at OFF ends within a run that ends at END. */
+static uint64_t cluster_end(const struct engine *g, uint64_t off, uint64_t end)
 {
-	return g->vsize - off < g->cluster ? g->vsize - off : g->cluster;
+	return end - off < g->cluster ? end : off + g->cluster;
 }
 
 /*
@@ -260,7 +260,7 @@ static int sort_clusters(struct engine *g, struct request *q, struct cbt_err *e)
 {
 	struct cbt_copy *c = g->c;
 	unsigned int i;
-	uint64_t off, end;
+	uint64_t off, end, next;
 	size_t len, n;
 	ssize_t z;
 
@@ -280,9 +280,10 @@ static int sort_clusters(struct engine *g, struct request *q, struct cbt_err *e)
 			memset(q->buf + (c->size - q->start), 0, end - c->size);
 			p->len = end - p->off;
 		}
-		for (off = p->off; off < end; off += len) {
+		for (off = p->off; off < end; off = next) {
 			n = (off - q->start) / g->cluster;
-			len = end - off < g->cluster ? end - off : g->cluster;
+			next = cluster_end(g, off, end);
+			len = next - off;
 			q->kind[n] = qcow2_is_zero(q->buf + (off - q->start), len) ? CL_ZERO : CL_DATA;
 			if (q->kind[n] != CL_DATA || !c->compress)
 				continue;
@@ -577,7 +578,7 @@ static int write_request(struct engine *g, struct request *q, struct cbt_err *e)
 		for (off = p->off; off < end && !r; off = run) {
 			n = (off - q->start) / g->cluster;
 			kind = q->kind[n];
-			run = off + cluster_len(g, off);
+			run = cluster_end(g, off, end);
 			if (kind == CL_COMPRESSED) {
 				r = qcow2_write_compressed(c->img, off, q->cbuf + n * g->cbound,
 							   q->clen[n], e);
@@ -585,7 +586,7 @@ static int write_request(struct engine *g, struct request *q, struct cbt_err *e)
 				continue;
 			}
 			while (run < end && q->kind[(run - q->start) / g->cluster] == kind)
-				run += run + g->cluster < end ? g->cluster : end - run;
+				run = cluster_end(g, run, end);
 			if (kind == CL_DATA) {
 				r = qcow2_write(c->img, off, q->buf + (off - q->start), run - off, e);
 				c->bytes_written += run - off;
