@@ -88,6 +88,27 @@ static int copy_into(const char *image, const char *backing, uint32_t cluster,
 	return r;
 }
 
+/*
+ * Opens DIR/SOURCE as C's source and creates DIR/IMAGE (its path into
+ * PATH) as C's image: the source's size, CLUSTER-byte clusters, BACKING
+ * (a qcow2 name as given, or NULL).
+ */
+static struct qcow2_image *copy_setup(struct cbt_copy *c, const char *source, const char *image,
+				      uint32_t cluster, const char *backing, char *path,
+				      size_t len)
+{
+	struct qcow2_image *img = NULL;
+	struct cbt_err e = { 0 };
+
+	snprintf(path, len, "%s/%s", dir, source);
+	CHECK(cbt_open_source(path, &c->fd, &c->size, &e) == 0);
+	snprintf(path, len, "%s/%s", dir, image);
+	CHECK(qcow2_create(path, c->size, cluster, backing, backing ? "qcow2" : NULL, &img,
+			   &e) == 0);
+	c->img = img;
+	return img;
+}
+
 static void test_extent_lists(void)
 {
 	struct cbt_extent_list a = { 0 }, b = { 0 };
@@ -166,7 +187,7 @@ static void test_scatter(bool unordered, uint64_t merge_gap)
 	struct cbt_err e = { 0 };
 	struct qcow2_image *img;
 	char path[128], full[128];
-	uint64_t i, size;
+	uint64_t i;
 	int fd;
 
 	snprintf(path, sizeof(path), "%s/device", dir);
@@ -187,11 +208,7 @@ static void test_scatter(bool unordered, uint64_t merge_gap)
 		fill(fd, 4 * MiB + i * 64 * KiB, 64 * KiB, 0xee);
 	close(fd);
 
-	CHECK(cbt_open_source(path, &c.fd, &size, &e) == 0);
-	c.size = size;
-	snprintf(path, sizeof(path), "%s/scatter-inc.qcow2", dir);
-	CHECK(qcow2_create(path, size, 65536, full, "qcow2", &img, &e) == 0);
-	c.img = img;
+	img = copy_setup(&c, "device", "scatter-inc.qcow2", 65536, full, path, sizeof(path));
 	c.zero_clusters = true;
 	c.unordered = unordered;
 	c.merge_gap = merge_gap;
@@ -245,7 +262,7 @@ static void test_writeback(void)
 	struct qcow2_image *img;
 	struct statfs sf;
 	char path[128];
-	uint64_t i, size, res;
+	uint64_t i, res;
 	int fd, on;
 
 	if (statfs(dir, &sf) || sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC) {
@@ -259,12 +276,8 @@ static void test_writeback(void)
 		fill(fd, i * MiB, MiB, 1 + i);
 	close(fd);
 	for (on = 1; on >= 0; on--) {
-		snprintf(path, sizeof(path), "%s/big", dir);
-		CHECK(cbt_open_source(path, &c.fd, &size, &e) == 0);
-		c.size = size;
-		snprintf(path, sizeof(path), "%s/big-%d.qcow2", dir, on);
-		CHECK(qcow2_create(path, size, 65536, NULL, NULL, &img, &e) == 0);
-		c.img = img;
+		img = copy_setup(&c, "big", on ? "big-1.qcow2" : "big-0.qcow2", 65536, NULL, path,
+				 sizeof(path));
 		c.writeback = on;
 		CHECK(cbt_copy_extents(&c, &all, 1, &e) == 0);
 		res = resident(qcow2_fd(img), 128 * MiB);
@@ -292,8 +305,8 @@ static void test_compress(uint32_t cluster)
 	struct cbt_copy c = { .device = "device" };
 	struct cbt_err e = { 0 };
 	struct qcow2_image *img;
-	char path[128], full[128], line[256];
-	uint64_t size, x = 88172645463325252ull;
+	char path[128], full[128], name[64];
+	uint64_t x = 88172645463325252ull;
 	int fd, pass;
 	size_t i;
 	char *text = malloc(4 * MiB), *noise = malloc(MiB);
@@ -315,8 +328,7 @@ static void test_compress(uint32_t cluster)
 	cbt_extents_add(&all, 0, DEV_SIZE);
 	for (pass = 0; pass < 2; pass++) {
 		snprintf(full, sizeof(full), "%s/zc-full-%u.qcow2", dir, cluster);
-		snprintf(path, sizeof(path), "%s/zc-%s-%u.qcow2", dir, pass ? "inc" : "full",
-			 cluster);
+		snprintf(name, sizeof(name), "zc-%s-%u.qcow2", pass ? "inc" : "full", cluster);
 		if (pass) {
 			/* Changes: text over noise, noise over text, zeros, the last sector. */
 			CHECK(pwrite(fd, text, MiB, 8 * MiB) == (ssize_t)MiB);
@@ -327,13 +339,8 @@ static void test_compress(uint32_t cluster)
 			cbt_extents_add(&dirty, 8 * MiB, MiB);
 			cbt_extents_add(&dirty, DEV_SIZE - 512, 512);
 		}
-		snprintf(line, sizeof(line), "%s/device", dir);
-		CHECK(cbt_open_source(line, &c.fd, &size, &e) == 0);
-		c.size = size;
-		CHECK(qcow2_create(path, size, cluster, pass ? full : NULL, pass ? "qcow2" : NULL,
-				   &img, &e) == 0);
+		img = copy_setup(&c, "device", name, cluster, pass ? full : NULL, path, sizeof(path));
 		CHECK(qcow2_set_compression(img, QCOW2_COMPRESSION_ZSTD, &e) == 0);
-		c.img = img;
 		c.compress = true;
 		c.zero_clusters = pass;
 		c.bytes_written = 0;
@@ -457,11 +464,7 @@ static void test_progress(void)
 	unsigned int calls = 0;
 	char path[128];
 
-	snprintf(path, sizeof(path), "%s/device", dir);
-	CHECK(cbt_open_source(path, &c.fd, &c.size, &e) == 0);
-	snprintf(path, sizeof(path), "%s/progress.qcow2", dir);
-	CHECK(qcow2_create(path, c.size, 65536, NULL, NULL, &img, &e) == 0);
-	c.img = img;
+	img = copy_setup(&c, "device", "progress.qcow2", 65536, NULL, path, sizeof(path));
 	c.urgent = urgent_last;
 	c.urgent_arg = &calls;
 	c.progress = last_progress;
@@ -488,10 +491,7 @@ static void test_urgent(void)
 	fill(f.fd, 0, DEV_SIZE, 0x5a);
 	fill(f.fd, 20 * MiB, 64 * KiB, 0x6f);
 	fill(f.fd, DEV_SIZE - 512, 512, 0x7e);
-	CHECK(cbt_open_source(path, &c.fd, &c.size, &e) == 0);
-	snprintf(path, sizeof(path), "%s/urgent.qcow2", dir);
-	CHECK(qcow2_create(path, c.size, 65536, NULL, NULL, &img, &e) == 0);
-	c.img = img;
+	img = copy_setup(&c, "device", "urgent.qcow2", 65536, NULL, path, sizeof(path));
 	c.urgent = urgent_fake_runs;
 	c.urgent_arg = &f;
 	c.parallel = 4;
