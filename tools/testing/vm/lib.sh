@@ -3,15 +3,16 @@
 
 cbt_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 cbt_cache=${CBT_CACHE:-$cbt_top/.cache}
-cbt_kernels=(6.1 6.12 sid)
+cbt_kernels=(6.1 6.12 sid debug)
 
 # The Debian suite each test kernel comes from; "host" is this machine's own
-# apt configuration (bookworm with its security updates).
+# apt configuration (bookworm with its security updates). The debug kernel
+# is built by deps from sid's linux-source.
 kernel_suite() {
 	case $1 in
 	6.1) echo host ;;
 	6.12) echo bookworm-backports ;;
-	sid) echo sid ;;
+	sid|debug) echo sid ;;
 	*) echo "unknown test kernel '$1' (known: ${cbt_kernels[*]})" >&2; return 1 ;;
 	esac
 }
