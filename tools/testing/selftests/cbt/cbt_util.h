@@ -89,4 +89,10 @@ int kmsg_mark(void);
 /* Appends the kernel log records since the mark to BUF; closes FD. */
 void kmsg_since(int fd, char *buf, size_t buflen);
 
+/* Writes TEXT into the file at PATH (sysfs, debugfs); 0 or -errno. */
+int write_file(const char *path, const char *text);
+
+/* A libdevmapper log function that drops everything (refusals on purpose). */
+void dm_log_quiet(int level, const char *file, int line, int dm_errno, const char *f, ...);
+
 #endif /* CBT_SELFTEST_UTIL_H */

@@ -89,24 +89,12 @@ static const struct fcase cases[] = {
 	{ "frozen extent dump", OP_EXTENTS_FROZEN, NULL, { "bitmap add b1", "bitmap freeze b1 t9" } },
 };
 
-static int write_str(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY), r = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (write(fd, s, strlen(s)) != (ssize_t)strlen(s))
-		r = -errno;
-	close(fd);
-	return r;
-}
-
 static int write_u64(const char *path, unsigned long long v)
 {
 	char b[32];
 
 	snprintf(b, sizeof(b), "%llu", v);
-	return write_str(path, b);
+	return write_file(path, b);
 }
 
 /* dm-cbt's text, from /proc/kallsyms: the failslab stack filter's range. */
@@ -134,11 +122,6 @@ static int module_text(unsigned long long *start, unsigned long long *end)
 		return -ENOENT;
 	*end += 4096;	/* past the last function's start */
 	return 0;
-}
-
-static void quiet_log(int level, const char *file, int line, int dm_errno, const char *f, ...)
-{
-	(void)level, (void)file, (void)line, (void)dm_errno, (void)f;
 }
 
 /* What a failed operation must leave as it was. */
@@ -185,8 +168,8 @@ FIXTURE_SETUP(fault)
 		SKIP(return, "no failslab in this kernel (debug kernel only)");
 	ASSERT_EQ(0, module_text(&start, &end));
 	/* Sleeping allocations too; only those with dm-cbt on the stack. */
-	ASSERT_EQ(0, write_str(FAILSLAB "ignore-gfp-wait", "N"));
-	ASSERT_EQ(0, write_str(FAILSLAB "verbose", "0"));
+	ASSERT_EQ(0, write_file(FAILSLAB "ignore-gfp-wait", "N"));
+	ASSERT_EQ(0, write_file(FAILSLAB "verbose", "0"));
 	ASSERT_EQ(0, write_u64(FAILSLAB "require-start", start));
 	ASSERT_EQ(0, write_u64(FAILSLAB "require-end", end));
 	ASSERT_EQ(0, write_u64(FAILSLAB "stacktrace-depth", 32));
@@ -200,15 +183,15 @@ FIXTURE_SETUP(fault)
 		snprintf(self->params, sizeof(self->params), "%s 2 metadata %s",
 			 self->s.loop, self->mloop);
 	}
-	dm_log_with_errno_init(quiet_log);
+	dm_log_with_errno_init(dm_log_quiet);
 }
 
 FIXTURE_TEARDOWN(fault)
 {
 	dm_log_with_errno_init(NULL);
-	write_str("/proc/thread-self/fail-nth", "0");
-	write_str(FAILSLAB "require-start", "0");
-	write_str(FAILSLAB "require-end", "0");
+	write_file("/proc/thread-self/fail-nth", "0");
+	write_file(FAILSLAB "require-start", "0");
+	write_file(FAILSLAB "require-end", "0");
 	if (self->s.name[0] && dm_exists(self->s.name))
 		dm_messagef(self->s.name, "snapshot stop force");
 	scratch_remove(&self->s);
@@ -219,8 +202,7 @@ FIXTURE_TEARDOWN(fault)
 }
 
 /* Runs the operation of C with the Nth allocation failing; its result. */
-static int run_op(struct __test_metadata *_metadata, FIXTURE_DATA(fault) *self,
-		  const struct fcase *c)
+static int run_op(FIXTURE_DATA(fault) *self, const struct fcase *c)
 {
 	struct extent_list l = { 0 };
 	char big[160], answer[4096];
@@ -246,7 +228,6 @@ static int run_op(struct __test_metadata *_metadata, FIXTURE_DATA(fault) *self,
 	default:
 		return dm_message(self->s.name, c->msg, answer, sizeof(answer));
 	}
-	(void)_metadata;
 }
 
 TEST_F_TIMEOUT(fault, every_allocation_fails_once, 1500)
@@ -300,7 +281,7 @@ TEST_F_TIMEOUT(fault, every_allocation_fails_once, 1500)
 			ASSERT_LE(0, fd);
 			snprintf(nth, sizeof(nth), "%u", n);
 			ASSERT_EQ((ssize_t)strlen(nth), write(fd, nth, strlen(nth)));
-			r = run_op(_metadata, self, c);
+			r = run_op(self, c);
 			ASSERT_LT(0, pread(fd, nth, sizeof(nth) - 1, 0));
 			ASSERT_EQ(1, write(fd, "0", 1));
 			close(fd);

@@ -254,20 +254,6 @@ TEST_F(inv, nowait_io_is_accepted)
 
 #define TRACING "/sys/kernel/tracing"
 
-static int write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-	int r = 0;
-
-	if (!f)
-		return -errno;
-	if (fputs(text, f) < 0)
-		r = -EIO;
-	if (fclose(f))
-		r = -errno;
-	return r;
-}
-
 /*
  * Page allocations of order 3 or more made by this process, traced with
  * the flags the page allocator actually used (kmem:mm_page_alloc reports

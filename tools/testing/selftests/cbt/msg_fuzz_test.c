@@ -29,12 +29,6 @@
 
 static uint64_t rng;
 
-/* libdevmapper reports every refused message on stderr: thousands here. */
-static void quiet_log(int level, const char *file, int line, int dm_errno, const char *f, ...)
-{
-	(void)level, (void)file, (void)line, (void)dm_errno, (void)f;
-}
-
 static uint64_t next_rand(void)
 {
 	rng ^= rng << 13;
@@ -299,7 +293,7 @@ TEST_F_TIMEOUT(fuzz, messages_under_writes, 1200)
 	rng = seed;
 	ksft_print_msg("fuzz seed %llu, %lu messages (CBT_FUZZ_SEED=%llu replays it)\n",
 		       (unsigned long long)seed, count, (unsigned long long)seed);
-	dm_log_with_errno_init(quiet_log);
+	dm_log_with_errno_init(dm_log_quiet);
 	ASSERT_EQ(0, pthread_create(&t, NULL, write_loop, &w));
 	for (i = 0; i < count; i++) {
 		if (i % 250 == 125)
