@@ -419,7 +419,7 @@ void cbt_dev_counts(struct cbt_dev *cd, unsigned int *nr_bitmaps,
 		(*nr_bitmaps)++;
 		*nr_recording += test_bit(CBT_BM_RECORDING, &bm->flags);
 		*nr_frozen += !!READ_ONCE(bm->frozen);
-		*nr_inconsistent += test_bit(CBT_BM_INCONSISTENT, &bm->flags);
+		*nr_inconsistent += cbt_bitmap_inconsistent(bm);
 	}
 	rcu_read_unlock();
 }

@@ -377,6 +377,15 @@ static int run_freeze(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 			cbt_meta_lock(cd);
 			WRITE_ONCE(bm->frozen, __cbt_bitmap_live(bm, cd));
 			rcu_assign_pointer(bm->live, successor);
+			/*
+			 * What the bitmap missed is the frozen copy's: the
+			 * successor records every write from here on, so a
+			 * full backup of this instant starts a complete chain.
+			 */
+			if (test_and_clear_bit(CBT_BM_INCONSISTENT, &bm->flags)) {
+				set_bit(CBT_BM_FROZEN_INCONSISTENT, &bm->flags);
+				clear_bit(CBT_BM_REPORTED, &bm->flags);
+			}
 			cbt_meta_unlock(cd);
 			strscpy(bm->token, m->arg, sizeof(bm->token));
 			bm->gen++;
@@ -427,6 +436,7 @@ static int run_commit(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 		cbt_meta_lock(cd);
 		kvfree(bm->frozen);
 		WRITE_ONCE(bm->frozen, NULL);
+		clear_bit(CBT_BM_FROZEN_INCONSISTENT, &bm->flags);
 		bm->generation++;
 		cbt_meta_unlock(cd);
 		bm->token[0] = '\0';
@@ -454,6 +464,11 @@ static int run_abort(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 		cbt_bits_or(__cbt_bitmap_live(bm, cd), bm->frozen);
 		kvfree(bm->frozen);
 		WRITE_ONCE(bm->frozen, NULL);
+		/* Back in the live bitmap, with what it missed (reported already). */
+		if (test_and_clear_bit(CBT_BM_FROZEN_INCONSISTENT, &bm->flags)) {
+			set_bit(CBT_BM_REPORTED, &bm->flags);
+			set_bit(CBT_BM_INCONSISTENT, &bm->flags);
+		}
 		cbt_meta_unlock(cd);
 		bm->token[0] = '\0';
 		bm->gen++;
@@ -485,7 +500,7 @@ static unsigned int cbt_emit_bitmap(struct cbt_dev *cd, struct cbt_bitmap *bm,
 	       cbt_bits_count(__cbt_bitmap_live(bm, cd), bm->chunk_shift, cd->len));
 	DMEMIT(" recording=%d busy=%d persistent=%d inconsistent=%d",
 	       test_bit(CBT_BM_RECORDING, &bm->flags), !!bm->frozen, !!cd->meta,
-	       test_bit(CBT_BM_INCONSISTENT, &bm->flags));
+	       cbt_bitmap_inconsistent(bm));
 	DMEMIT(" frozen=%llu token=%s length=%llu generation=%pUb:%llu\n", frozen,
 	       bm->frozen ? bm->token : "-", (unsigned long long)cd->len << SECTOR_SHIFT,
 	       bm->uuid, (unsigned long long)bm->generation);

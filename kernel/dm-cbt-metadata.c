@@ -239,7 +239,8 @@ static int meta_put_sb(struct cbt_meta *m)
 		d->chunk_shift = cpu_to_le32(bm->chunk_shift);
 		if (test_bit(CBT_BM_RECORDING, &bm->flags))
 			flags |= DM_CBT_META_BM_RECORDING;
-		if (test_bit(CBT_BM_INCONSISTENT, &bm->flags))
+		/* A frozen bitmap loads as its union: inconsistent if either is. */
+		if (cbt_bitmap_inconsistent(bm))
 			flags |= DM_CBT_META_BM_INCONSISTENT;
 		if (bm->frozen)
 			flags |= DM_CBT_META_BM_FROZEN;

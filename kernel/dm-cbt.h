@@ -21,7 +21,8 @@
 /* struct cbt_bitmap flags */
 enum {
 	CBT_BM_RECORDING,	/* writes are recorded */
-	CBT_BM_INCONSISTENT,	/* it may have missed writes */
+	CBT_BM_INCONSISTENT,	/* it (the successor while frozen) may have missed writes */
+	CBT_BM_FROZEN_INCONSISTENT, /* the frozen copy may have missed writes */
 	CBT_BM_REPORTED,	/* the inconsistent event was sent */
 };
 
@@ -48,6 +49,13 @@ struct cbt_bitmap {
 	u64 area_start;			/* its area there, in 4 KiB blocks */
 	u64 area_blocks;
 };
+
+/* Whether BM, or its frozen copy, may have missed writes. */
+static inline bool cbt_bitmap_inconsistent(const struct cbt_bitmap *bm)
+{
+	return test_bit(CBT_BM_INCONSISTENT, &bm->flags) ||
+	       test_bit(CBT_BM_FROZEN_INCONSISTENT, &bm->flags);
+}
 
 /*
  * The tracking state of one dm device. It outlives table instances: every

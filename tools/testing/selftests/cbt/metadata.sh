@@ -235,7 +235,8 @@ create_on() {
 
 # The metadata device starts failing past its superblocks (a bad area):
 # the message that meets the error answers EIO, writes keep flowing, the
-# bitmaps say they are inconsistent and so does the status line; later
+# bitmaps say they are inconsistent and so does the status line; a full
+# backup starts a new chain; later
 # messages work in memory; and the last superblock written records the
 # bitmaps as inconsistent, so they load so when the device works again.
 test_io_error() {
@@ -266,6 +267,21 @@ test_io_error() {
 		fail "an incremental through a bitmap whose metadata failed was taken"
 	fi
 	grep -q inconsistent "$dir/out" || fail "the refusal does not say why: $(cat "$dir/out")"
+	# What the bitmap missed is before a freeze: the frozen copy keeps it
+	# (an abort gives it back), the successor is complete, so a full
+	# backup starts a chain that holds while the device stays.
+	msg bitmap freeze b0 t1
+	expect_eq "inconsistent while frozen" "$(field b0 inconsistent)" 1
+	msg bitmap abort b0 t1
+	expect_eq "inconsistent after an abort" "$(field b0 inconsistent)" 1
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full2.qcow2" >/dev/null ||
+		fail "a full backup after the failure"
+	expect_eq "inconsistent after a full backup" "$(field b0 inconsistent)" 0
+	qio "$dev" "write -P 0x33 2M 4k"
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$dev=$dir/inc2.qcow2,backing=$dir/full2.qcow2" >/dev/null ||
+		fail "the incremental on the full backup after the failure"
+	chain_matches "$dir/inc2.qcow2" "$dev"
 	# From now on: add refused, the rest in memory.
 	if msg bitmap add b1 2>/dev/null; then
 		fail "add on a failed metadata device answered success"
