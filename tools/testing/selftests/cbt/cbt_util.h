@@ -9,6 +9,17 @@
 #include <stdint.h>
 #include <stddef.h>
 
+/*
+ * The harness gives each test 30 s, as a hang detector. On the debug
+ * kernel (KASAN, lockdep, kmemleak) beside the other kernels' VMs, the
+ * snapshot and injection tests that move thousands of writes take longer;
+ * a test that hangs is still cut, later. Included after the harness.
+ */
+#ifdef TEST_TIMEOUT_DEFAULT
+#undef TEST_TIMEOUT_DEFAULT
+#define TEST_TIMEOUT_DEFAULT 300
+#endif
+
 /* A loop device over a sparse file of SIZE bytes; 0 or -errno. */
 int loop_create(const char *file, uint64_t size, char *dev, size_t devlen, int *fd);
 void loop_destroy(int fd);

@@ -284,6 +284,29 @@ static int trace_start(void)
 	return write_file(TRACING "/tracing_on", "1");
 }
 
+/*
+ * Whether the gfp_flags of a traced allocation allow I/O: __GFP_IO, alone
+ * or in one of the names the trace prints for flag sets that hold it. The
+ * trace shows the flags after the memalloc_noio scope took __GFP_IO away;
+ * an allocation without it (GFP_NOIO, GFP_NOWAIT, GFP_ATOMIC, or a slab's
+ * first try at a higher order without reclaim) cannot start I/O.
+ */
+static int gfp_may_io(const char *line)
+{
+	static const char *const with_io[] = {
+		"__GFP_IO", "GFP_KERNEL", "GFP_NOFS", "GFP_USER", "GFP_HIGHUSER", "GFP_TRANSHUGE",
+	};
+	const char *flags = strstr(line, "gfp_flags=");
+	size_t i;
+
+	if (!flags)
+		return 1;
+	for (i = 0; i < sizeof(with_io) / sizeof(with_io[0]); i++)
+		if (strstr(flags, with_io[i]))
+			return 1;
+	return 0;
+}
+
 /* Stops tracing; counts the traced allocations, and those that could start I/O. */
 static int trace_stop(int *allocs, int *may_io, char *example, size_t len)
 {
@@ -303,9 +326,7 @@ static int trace_stop(int *allocs, int *may_io, char *example, size_t len)
 		if (line[0] == '#' || !strstr(line, "mm_page_alloc"))
 			continue;
 		(*allocs)++;
-		/* GFP_KERNEL and GFP_NOFS may write pages back; GFP_NOIO may not. */
-		if (!strstr(line, "GFP_NOIO") && !strstr(line, "GFP_NOWAIT") &&
-		    !strstr(line, "GFP_ATOMIC")) {
+		if (gfp_may_io(line)) {
 			(*may_io)++;
 			snprintf(example, len, "%s", line);
 		}
