@@ -33,8 +33,9 @@ all: modules userspace selftests
 
 # What `make deps` installs is done once per content of the scripts that
 # install it: demo, check and everything that builds run it first when its
-# stamp is missing (a fresh clone, or the scripts changed).
-DEPS_KEY := $(shell cat $(VM)/deps $(VM)/lib.sh | sha256sum | cut -c1-16)
+# stamp is missing (a fresh clone, or the scripts or the debug kernel's
+# config changed).
+DEPS_KEY := $(shell cat $(VM)/deps $(VM)/lib.sh $(VM)/debug.config | sha256sum | cut -c1-16)
 DEPS_STAMP := $(CACHE)/deps-$(DEPS_KEY).stamp
 
 deps:
