@@ -124,30 +124,46 @@ qio() {
 		args+=(-c "$c")
 	done
 	out=$(qemu-io "${args[@]}" "$target" 2>&1) || fail "qemu-io on $target: $out"
-	if grep -qiE 'error|fail|invalid|cannot' <<<"$out"; then
+	if [[ ${out,,} =~ error|fail|invalid|cannot ]]; then
 		fail "qemu-io on $target: $out"
 	fi
 }
 
-# json_field FIELD: the value of FIELD in the one-line JSON object on
-# standard input (strings without their quotes). Python would do, but takes
-# most of a second to start in a TCG guest, and tests ask often.
+# The helpers below parse with bash alone: in a TCG guest every program
+# started costs a tenth of a second on Debian's kernels and up to a second
+# on the debug kernel (sed, grep), and tests ask often.
+
+# json_field FIELD: the value of FIELD (its last on a line) in each line of
+# one-line JSON objects on standard input (strings without their quotes).
 json_field() {
-	sed -n -e 's/.*"'"$1"'": "\(\([^"\\]\|\\.\)*\)".*/\1/p' \
-		-e t -e 's/.*"'"$1"'": \([^,}]*\).*/\1/p'
+	local line str='^.*"'"$1"'": "(([^"\\]|\\.)*)"' val='^.*"'"$1"'": ([^,}]*)'
+	while IFS= read -r line || [ -n "$line" ]; do
+		if [[ $line =~ $str ]] || [[ $line =~ $val ]]; then
+			printf '%s\n' "${BASH_REMATCH[1]}"
+		fi
+	done
 }
 
 # bitmap_field DEV BITMAP [FIELD]: a field (default count) of the bitmap in
 # `cbtctl status --json`.
 bitmap_field() {
 	local out
+	local seg
 	out=$(cbtctl status "$1" --json) || return 1
-	tr '{' '\n' <<<"$out" | grep -F "\"name\": \"$2\"," | json_field "${3:-count}"
+	# Each object from one '{' to the next.
+	while [[ $out == *'{'* ]]; do
+		out=${out#*'{'}
+		seg=${out%%'{'*}
+		[[ $seg != *"\"name\": \"$2\","* ]] || json_field "${3:-count}" <<<"$seg"
+	done
 }
 
 # job_field JSON INDEX FIELD: a field of job INDEX in `cbtctl backup --json` output.
 job_field() {
-	sed 's/{"device"/\n&/g' "$1" | sed -n "$(($2 + 2))p" | json_field "$3"
+	local out lines
+	out=$(<"$1")
+	mapfile -t lines <<<"${out//'{"device"'/$'\n''{"device"'}"
+	json_field "$3" <<<"${lines[$2 + 1]:-}"
 }
 
 # chain_matches IMAGE DEV: qemu-img check passes on IMAGE and its chain
@@ -159,7 +175,11 @@ chain_matches() {
 
 # views: the number of snapshot views (cbt-snapshot devices) on the system.
 views() {
-	dmsetup table | grep -c ' cbt-snapshot ' || true
+	local line n=0
+	while IFS= read -r line; do
+		[[ $line != *' cbt-snapshot '* ]] || n=$((n + 1))
+	done < <(dmsetup table)
+	echo $n
 }
 
 # snap_info DEV: DEV's answer to "snapshot info".
@@ -169,14 +189,16 @@ snap_info() {
 
 # snap_state DEV: the state= field of DEV's "snapshot info".
 snap_state() {
-	snap_info "$1" | sed -n 's/.*state=\([a-z]*\).*/\1/p'
+	if [[ $(snap_info "$1") =~ ^.*state=([a-z]*) ]]; then
+		echo "${BASH_REMATCH[1]}"
+	fi
 }
 
 # wait_held DEV PID WHERE: waits until rule "hold" on DEV holds a read of
 # the copy (cbtctl PID); after 30 s kills it and fails.
 wait_held() {
 	local n=0
-	until cbtctl inject "$1" list | grep -q "id=hold hits=1 "; do
+	until [[ $(cbtctl inject "$1" list) == *"id=hold hits=1 "* ]]; do
 		n=$((n + 1))
 		[ $n -lt 300 ] || { kill -9 "$2"; fail "the copy never reached $3"; return 1; }
 		sleep 0.1
@@ -186,8 +208,9 @@ wait_held() {
 
 # wait_stopped PID WHAT: waits (up to 60 s) until PID has stopped itself.
 wait_stopped() {
-	local n=0
-	until [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = T ]; do
+	local n=0 stat
+	until { read -r stat <"/proc/$1/stat"; } 2>/dev/null && stat=${stat##*) } &&
+		[ "${stat%% *}" = T ]; do
 		n=$((n + 1))
 		[ $n -lt 600 ] || { kill -9 "$1"; fail "cbtctl never reached $2"; return 1; }
 		sleep 0.1
@@ -201,7 +224,7 @@ run_test() {
 	shift
 	_nr_tests=$((_nr_tests + 1))
 	# CBT_SUBTEST (a grep -E pattern) runs only the subtests it names.
-	if [ -n "${CBT_SUBTEST:-}" ] && ! grep -qE "$CBT_SUBTEST" <<<"$name"; then
+	if [ -n "${CBT_SUBTEST:-}" ] && ! [[ $name =~ $CBT_SUBTEST ]]; then
 		echo "ok $_nr_tests $name # SKIP not selected by CBT_SUBTEST"
 		return
 	fi
