@@ -7,6 +7,10 @@
 # because a tool is not installed (or, on a kernel other than the debug
 # kernel, because it needs the debug kernel).
 # CBT_TEST_FILTER (a grep -E pattern) selects tests by name.
+# CBT_TEST_QUEUE (a directory shared by several VMs of one kernel) splits the
+# list between them: each runs the next test no other has claimed (mkdir is
+# atomic on the host), leaves NAME.rc there when it is done, and prints its
+# plan at the end.
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../../../.." && pwd)
 list=$top/build/selftests/tests.list
@@ -16,12 +20,16 @@ kernel=${CBT_KERNEL:-$(uname -r)}
 [ -f "$list" ] || { echo "run_tests.sh: $list is missing: run 'make selftests'" >&2; exit 1; }
 mapfile -t tests < <(grep -E "${CBT_TEST_FILTER:-.}" "$list")
 
+queue=${CBT_TEST_QUEUE:-}
 echo "TAP version 13"
-echo "1..${#tests[@]}"
+[ -n "$queue" ] || echo "1..${#tests[@]}"
 passed=0 failed=0 skipped=0 n=0
 for t in "${tests[@]}"; do
-	n=$((n + 1))
 	name=$(basename "$t")
+	if [ -n "$queue" ] && ! mkdir "$queue/$name" 2>/dev/null; then
+		continue
+	fi
+	n=$((n + 1))
 	echo "# selftests: cbt: $name"
 	start=$(date +%s)
 	out=$(mktemp)
@@ -53,6 +61,8 @@ for t in "${tests[@]}"; do
 		failed=$((failed + 1))
 	fi
 	rm -f "$out"
+	[ -z "$queue" ] || echo "$rc" >"$queue/$name.rc"
 done
+[ -z "$queue" ] || echo "1..$n"
 echo "cbt-selftests-$kernel: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
