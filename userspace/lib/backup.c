@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,7 @@ struct cbt_backup_job_priv {
 	uint64_t store_calm_until;	/* ns: the store was under half full, no need to ask before */
 	pthread_t thread;
 	bool running;
+	sem_t *done;			/* posted when the copy thread ends */
 	/* An incremental's backing image checked: the bitmaps as they were then. */
 	bool checked;
 	struct cbt_identity_bitmap seen[CBT_IDENTITY_MAX_BITMAPS];
@@ -874,15 +876,23 @@ static void *copy_thread(void *arg)
 	} else {
 		__atomic_store_n(&job->status, CBT_JOB_COMPLETED, __ATOMIC_RELEASE);
 	}
+	sem_post(p->done);
 	return NULL;
 }
 
+/*
+ * Starts a copy thread per job and waits for them all, reporting progress
+ * about ten times a second; a thread that ends wakes the wait at once (a
+ * small incremental is not held to the next tick).
+ */
 static int run_copies(struct cbt_backup *b)
 {
-	struct timespec tick = { 0, 100 * 1000 * 1000 };
+	struct timespec tick;
 	unsigned int i, running;
+	sem_t done;
 	int r;
 
+	sem_init(&done, 0, 0);	/* (fails only for a value over SEM_VALUE_MAX) */
 	cbt_test_stop("copy");
 	for (i = 0; i < b->nr_jobs; i++) {
 		struct cbt_backup_job_priv *p = b->jobs[i].priv;
@@ -895,6 +905,7 @@ static int run_copies(struct cbt_backup *b)
 			b->cancel = 1;
 			break;
 		}
+		b->jobs[i].priv->done = &done;
 		r = pthread_create(&b->jobs[i].priv->thread, NULL, copy_thread, &b->jobs[i]);
 		if (r) {
 			cbt_fail(&err, r, "%s: cannot start the copy", b->jobs[i].spec.device);
@@ -912,12 +923,21 @@ static int run_copies(struct cbt_backup *b)
 				running++;
 		if (b->progress)
 			b->progress(b, b->progress_arg);
-		if (running)
-			nanosleep(&tick, NULL);
+		if (!running)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &tick);
+		tick.tv_nsec += 100 * 1000 * 1000;
+		if (tick.tv_nsec >= 1000 * 1000 * 1000) {
+			tick.tv_sec++;
+			tick.tv_nsec -= 1000 * 1000 * 1000;
+		}
+		/* Woken early by a thread's end (or a signal): count again. */
+		sem_clockwait(&done, CLOCK_MONOTONIC, &tick);
 	} while (running);
 	for (i = 0; i < b->nr_jobs; i++)
 		if (b->jobs[i].priv->running)
 			pthread_join(b->jobs[i].priv->thread, NULL);
+	sem_destroy(&done);
 	for (i = 0; i < b->nr_jobs; i++)
 		if (b->jobs[i].status != CBT_JOB_COMPLETED)
 			return -1;

@@ -210,6 +210,7 @@ struct engine {
 	unsigned int nr_reqs;
 	pthread_t *threads;
 	unsigned int nr_threads;
+	unsigned int max_threads;	/* reads in flight at most: --parallel */
 
 	/* Between the reader threads and the copy's thread. */
 	pthread_mutex_t lock;
@@ -218,6 +219,8 @@ struct engine {
 	bool stop;
 	bool draining;			/* failed: reads are dropped as they come, or not made */
 	unsigned int reading;
+	unsigned int queued;		/* requests queued that no reader took yet */
+	unsigned int idle;		/* readers waiting for one */
 	uint64_t bytes_read;
 	unsigned int retries;
 
@@ -323,9 +326,12 @@ static void *reader(void *arg)
 		if (!pick) {
 			if (g->stop)
 				break;
+			g->idle++;
 			pthread_cond_wait(&g->work, &g->lock);
+			g->idle--;
 			continue;
 		}
+		g->queued--;
 		if (g->draining) {
 			/* The copy failed: what is queued is dropped unread. */
 			pick->r = -ECANCELED;
@@ -644,6 +650,7 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 	pthread_mutex_init(&g->lock, NULL);
 	pthread_cond_init(&g->work, NULL);
 	pthread_cond_init(&g->completion, NULL);
+	g->max_threads = parallel;
 	/*
 	 * A few buffers more than reads in flight, so that completed reads
 	 * wait for their write without stalling reads; no more, since every
@@ -677,14 +684,40 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 						(unsigned long long)g->done.nr);
 		}
 	}
-	for (i = 0; i < parallel; i++) {
-		int r = pthread_create(&g->threads[i], NULL, reader, g);
-
-		if (r)
-			return cbt_fail(e, r, "%s: cannot start reader thread %u", c->device, i);
-		g->nr_threads++;
-	}
 	return 0;
+}
+
+/*
+ * Queues Q for the readers. A reader thread starts when no idle one is left
+ * to take it, up to max_threads: a small incremental starts one or two, not
+ * --parallel. If none can start at all, Q fails with the reason.
+ */
+static void queue_request(struct engine *g, struct request *q)
+{
+	bool start;
+	int r;
+
+	pthread_mutex_lock(&g->lock);
+	q->seq = g->next_seq++;
+	q->state = REQ_QUEUED;
+	g->queued++;
+	start = g->queued > g->idle && g->nr_threads < g->max_threads;
+	pthread_cond_signal(&g->work);
+	pthread_mutex_unlock(&g->lock);
+	if (!start)
+		return;
+	r = pthread_create(&g->threads[g->nr_threads], NULL, reader, g);
+	if (!r) {
+		g->nr_threads++;
+		return;
+	}
+	if (g->nr_threads)
+		return;		/* the readers there are take it in turn */
+	pthread_mutex_lock(&g->lock);
+	g->queued--;
+	q->r = cbt_fail(&q->err, r, "%s: cannot start a reader thread", g->c->device);
+	q->state = REQ_DONE;
+	pthread_mutex_unlock(&g->lock);
 }
 
 static void engine_exit(struct engine *g)
@@ -698,6 +731,7 @@ static void engine_exit(struct engine *g)
 	for (i = 0; i < g->nr_threads; i++)
 		pthread_join(g->threads[i], NULL);
 	g->c->bytes_read += g->bytes_read;
+	g->c->readers += g->nr_threads;
 	g->c->read_retries += g->retries;
 	for (i = 0; g->reqs && i < g->nr_reqs; i++) {
 		free(g->reqs[i].parts);
@@ -750,11 +784,7 @@ int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err 
 			}
 			r = 0;
 			rate_wait(c->rate, q->len, c->cancel);
-			pthread_mutex_lock(&g.lock);
-			q->seq = g.next_seq++;
-			q->state = REQ_QUEUED;
-			pthread_cond_signal(&g.work);
-			pthread_mutex_unlock(&g.lock);
+			queue_request(&g, q);
 			g.in_flight++;
 			c->requests++;
 		}

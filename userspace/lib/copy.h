@@ -141,11 +141,13 @@ struct cbt_copy {
 	uint64_t requests;		/* read requests */
 	unsigned int read_retries;	/* failed reads that were tried again */
 	unsigned int max_in_flight;	/* most reads seen in flight at once */
+	unsigned int readers;		/* reader threads started */
 };
 
 /*
  * Copies the extents SRC yields from the source into the image: reads run
- * on c->parallel threads, the image is written by the caller's thread.
+ * on up to c->parallel threads (one more starts only when a read is queued
+ * and every reader is busy), the image is written by the caller's thread.
  * The image's cluster size sets the unit: an extent smaller than a
  * cluster copies the whole cluster, a larger one several. Memory is
  * bounded by c->parallel requests, whatever the number of extents.

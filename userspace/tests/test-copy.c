@@ -219,6 +219,7 @@ static void test_scatter(bool unordered, uint64_t merge_gap)
 	CHECK(c.bytes_read == (merge_gap ? 8 * (MiB - 64 * KiB) : 4 * MiB));
 	CHECK(c.bytes_written == 4 * MiB);
 	CHECK(c.max_in_flight >= 1 && c.max_in_flight <= CBT_COPY_PARALLEL_DEFAULT);
+	CHECK(c.readers >= c.max_in_flight && c.readers <= CBT_COPY_PARALLEL_DEFAULT);
 	CHECK(qcow2_close(img, true, &e) == 0);
 	close(c.fd);
 	CHECK(sh("qemu-img check -q %s", path) == 0);
@@ -510,6 +511,34 @@ static void test_urgent(void)
 	cbt_extents_free(&all);
 }
 
+/*
+ * Reader threads start as reads need them: one chunk copied with the
+ * default --parallel starts one, not sixteen; an empty copy starts none.
+ */
+static void test_lazy_readers(void)
+{
+	struct cbt_extent one = { 8 * MiB, 64 * KiB };
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	struct cbt_copy c = { .device = "device" };
+	char path[128];
+
+	img = copy_setup(&c, "device", "lazy.qcow2", 65536, NULL, path, sizeof(path));
+	CHECK(cbt_copy_extents(&c, &one, 1, &e) == 0);
+	CHECK(c.requests == 1 && c.readers == 1 && c.bytes_written == 64 * KiB);
+	CHECK(qcow2_close(img, true, &e) == 0);
+	close(c.fd);
+	CHECK(sh("qemu-img check -q %s", path) == 0);
+
+	memset(&c, 0, sizeof(c));
+	c.device = "device";
+	img = copy_setup(&c, "device", "lazy-empty.qcow2", 65536, NULL, path, sizeof(path));
+	CHECK(cbt_copy_extents(&c, NULL, 0, &e) == 0);
+	CHECK(c.requests == 0 && c.readers == 0);
+	CHECK(qcow2_close(img, true, &e) == 0);
+	close(c.fd);
+}
+
 int main(void)
 {
 	static const uint32_t clusters[] = { 512, 64 * 1024, 128 * 1024, 2 * 1024 * 1024 };
@@ -534,6 +563,7 @@ int main(void)
 	test_compress(2 * 1024 * 1024);
 	test_read_error();
 	test_urgent();
+	test_lazy_readers();
 	test_progress();
 	sh("rm -rf %s", dir);
 	return unit_done("test-copy");
