@@ -11,7 +11,7 @@
 . "$(dirname "$0")/lib.sh"
 
 require_root
-require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
+require_tools dmsetup losetup qemu-io qemu-img cbtctl
 plan 17
 
 SIZE=$((64 << 20))
@@ -42,7 +42,7 @@ incremental_simple() {
 		"$dev=$dir/inc1.qcow2,backing=$dir/inc0.qcow2" >"$dir/out.json" ||
 		fail "incremental 1 failed: $(cat "$dir/out.json")"
 	expect_eq "dirty bytes copied" \
-		"$(python3 -c "import json; print(json.load(open('$dir/out.json'))['jobs'][0]['dirty_bytes'])")" "$want"
+		"$(job_field "$dir/out.json" 0 dirty_bytes)" "$want"
 	chain_matches "$dir/inc1.qcow2" "$dev"
 	qio "$dev" "${SEED_ROUND2[@]}"
 	cbtctl backup --sync=incremental --bitmap=b0 \
@@ -159,8 +159,7 @@ refused_setup() {
 nothing_changed() {
 	expect_eq "count after the refusal" "$(bitmap_field "$dev" b0)" 65536
 	expect_eq "busy after the refusal" "$(bitmap_field "$dev" b0 busy)" false
-	expect_eq "bitmaps" "$(cbtctl status "$dev" --json |
-		python3 -c 'import json,sys; print(len(json.load(sys.stdin)["bitmaps"]))')" 1
+	expect_eq "bitmaps" "$(bitmaps "$dev")" 1
 }
 
 test_sync_bitmap_missing() {
@@ -210,7 +209,7 @@ test_usage_errors() {
 	expect_exit 1 cbtctl backup --sync=full "$dev=$dir/existing.qcow2"
 	expect_exit 1 cbtctl backup --sync=full "$dev=$dir/existing.qcow2,mode=existing"
 	expect_eq "existing image untouched" "$(qemu-img info --output=json "$dir/existing.qcow2" |
-		python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" $((32 << 20))
+		json_field virtual-size)" $((32 << 20))
 	expect_exit 1 cbtctl bitmap remove "$dev" nosuch
 	expect_exit 2 cbtctl frobnicate
 	nothing_changed

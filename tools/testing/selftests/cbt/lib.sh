@@ -158,6 +158,24 @@ bitmap_field() {
 	done
 }
 
+# bitmaps DEV: how many bitmaps `cbtctl status --json` lists on DEV.
+bitmaps() {
+	local out n=0
+	out=$(cbtctl status "$1" --json) || return 1
+	while [[ $out == *'{"name": '* ]]; do
+		out=${out#*'{"name": '}
+		n=$((n + 1))
+	done
+	echo $n
+}
+
+# inject_state DEV: the error-injection engine's state on DEV.
+inject_state() {
+	local out
+	out=$(cbtctl status "$1" --json) || return 1
+	[[ $out =~ \"inject\":\ \{\"state\":\ ([0-9]+) ]] && echo "${BASH_REMATCH[1]}"
+}
+
 # job_field JSON INDEX FIELD: a field of job INDEX in `cbtctl backup --json` output.
 job_field() {
 	local out lines

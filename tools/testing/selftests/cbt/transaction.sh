@@ -10,7 +10,7 @@
 . "$(dirname "$0")/lib.sh"
 
 require_root
-require_tools dmsetup losetup qemu-io qemu-img cbtctl python3
+require_tools dmsetup losetup qemu-io qemu-img cbtctl
 plan 10
 
 SIZE=$((40 << 20))
@@ -51,8 +51,7 @@ grouped() {
 	cbtctl inject "$d1" set-state event=flush state=1 new-state=2 >/dev/null &&
 		cbtctl inject "$d1" error event=read state=2 errno=5 once >/dev/null || fail "inject"
 	qio "$d1" "write -P 0xef 0 512" "write -P 0x56 16M 256k" "write -P 0x66 32736k 64k" "flush"
-	expect_eq "state after the flush" "$(cbtctl status "$d1" --json |
-		python3 -c 'import json,sys; print(json.load(sys.stdin)["inject"]["state"])')" 2
+	expect_eq "state after the flush" "$(inject_state "$d1")" 2
 	c0=$(bitmap_field "$d0" b0)
 	c1=$(bitmap_field "$d1" b0)
 	expect_eq "dev0 count" "$c0" "$([ "$1" = race ] && echo 0 || echo 458752)"
