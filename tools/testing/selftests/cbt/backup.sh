@@ -50,7 +50,7 @@ incremental_simple() {
 	chain_matches "$dir/inc2.qcow2" "$dev"
 	expect_eq "count after the last incremental" "$(bitmap_field "$dev" b0)" 0
 	# The incremental's backing file and format are recorded.
-	qemu-img info --output=json "$dir/inc2.qcow2" | grep -q '"backing-filename-format": "qcow2"' ||
+	[[ $(qemu-img info --output=json "$dir/inc2.qcow2") == *'"backing-filename-format": "qcow2"'* ]] ||
 		fail "no backing format in inc2"
 }
 
@@ -138,13 +138,20 @@ test_resized_device() {
 # expect_exit CODE CMD...: the exit status, an error message, and no file
 # left in the scratch directory.
 expect_exit() {
-	local want=$1 rc
+	local want=$1 rc err names n left=()
 	shift
 	"$@" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
-	expect_eq "exit status of '$*' ($(cat "$dir/err"))" "$rc" "$want"
-	grep -q . "$dir/err" || fail "'$*' gave no error message"
-	[ -z "$(ls "$dir" | grep -v -e '^disk$' -e '^err$' -e '^existing.qcow2$')" ] ||
-		fail "'$*' left files: $(ls "$dir")"
+	slurp err "$dir/err"
+	expect_eq "exit status of '$*' ($err)" "$rc" "$want"
+	[ -n "$err" ] || fail "'$*' gave no error message"
+	entries names "$dir"
+	for n in "${names[@]}"; do
+		case $n in
+		disk | err | existing.qcow2 | .*) ;;
+		*) left+=("$n") ;;
+		esac
+	done
+	[ ${#left[@]} = 0 ] || fail "'$*' left files: ${left[*]}"
 }
 
 # refused_setup TAG: a device whose bitmap b0 has one dirty chunk.
@@ -166,7 +173,7 @@ test_sync_bitmap_missing() {
 	local dir loop name dev
 	refused_setup missing
 	expect_exit 2 cbtctl backup --sync=incremental "$dev=$dir/t.qcow2"
-	grep -q -- "--bitmap" "$dir/err" || fail "the error does not ask for --bitmap: $(cat "$dir/err")"
+	has "$dir/err" "--bitmap" || fail "the error does not ask for --bitmap: $(cat "$dir/err")"
 	nothing_changed
 }
 
@@ -174,7 +181,7 @@ test_sync_bitmap_not_found() {
 	local dir loop name dev
 	refused_setup notfound
 	expect_exit 1 cbtctl backup --sync=incremental --bitmap=unknown "$dev=$dir/t.qcow2"
-	grep -q "unknown" "$dir/err" || fail "the error does not name the bitmap: $(cat "$dir/err")"
+	has "$dir/err" "unknown" || fail "the error does not name the bitmap: $(cat "$dir/err")"
 	nothing_changed
 }
 
@@ -204,7 +211,7 @@ test_usage_errors() {
 	expect_exit 2 cbtctl backup --sync=full --retries=x "$dev=$dir/t.qcow2"
 	expect_exit 1 cbtctl backup --sync=full "/dev/mapper/cbt-no-such-dev=$dir/t.qcow2"
 	expect_exit 1 cbtctl backup --sync=full "$dev=/nonexistent-dir/t.qcow2"
-	grep -q "nonexistent-dir" "$dir/err" || fail "the error does not name the target"
+	has "$dir/err" "nonexistent-dir" || fail "the error does not name the target"
 	qemu-img create -q -f qcow2 "$dir/existing.qcow2" 32M
 	expect_exit 1 cbtctl backup --sync=full "$dev=$dir/existing.qcow2"
 	expect_exit 1 cbtctl backup --sync=full "$dev=$dir/existing.qcow2,mode=existing"
@@ -237,10 +244,10 @@ test_incremental_failure() {
 	cbtctl backup --sync=incremental --bitmap=b0 \
 		"$dev=$dir/inc.qcow2,backing=$dir/anchor.qcow2" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
 	expect_eq "exit status with a read error" "$rc" 1
-	grep -q "Input/output error" "$dir/err" || fail "error text: $(cat "$dir/err")"
-	grep -q "offset" "$dir/err" || fail "the error names no offset: $(cat "$dir/err")"
+	has "$dir/err" "Input/output error" || fail "error text: $(cat "$dir/err")"
+	has "$dir/err" "offset" || fail "the error names no offset: $(cat "$dir/err")"
 	[ ! -e "$dir/inc.qcow2" ] || fail "a failed backup left its target"
-	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
+	[ -z "$(tmp_files "$dir")" ] || fail "temporaries left: $(ls -A "$dir")"
 	expect_eq "count kept after the failure" "$(bitmap_field "$dev" b0)" 458752
 	expect_eq "not busy after the failure" "$(bitmap_field "$dev" b0 busy)" false
 	# The guest goes on writing; the next incremental has both rounds.
@@ -279,7 +286,7 @@ test_grown_after_prepare() {
 	qio "$dev" "write -P 0x7f 64M 64k"
 	kill -CONT $pid
 	wait $pid && rc=0 || rc=$?
-	expect_eq "exit status ($(cat "$dir/out.json"))" "$rc" 0
+	expect_eq "exit status ($(<"$dir/out.json"))" "$rc" 0
 	expect_eq "image size" "$(qemu-img info --output=json "$dir/inc.qcow2" |
 		json_field virtual-size)" $((65 << 20))
 	chain_matches "$dir/inc.qcow2" "$dev"
@@ -297,7 +304,7 @@ test_grown_after_prepare() {
 	kill -CONT $pid
 	wait $pid && rc=0 || rc=$?
 	expect_eq "exit status, existing target too small" "$rc" 1
-	job_field "$dir/out.json" 0 error | grep -q "grew from $((65 << 20)) to $((66 << 20)) bytes" ||
+	[[ $(job_field "$dir/out.json" 0 error) == *"grew from $((65 << 20)) to $((66 << 20)) bytes"* ]] ||
 		fail "job error: $(job_field "$dir/out.json" 0 error)"
 	expect_eq "count kept" "$(bitmap_field "$dev" b0)" "$count"
 	expect_eq "not busy" "$(bitmap_field "$dev" b0 busy)" false
@@ -323,7 +330,7 @@ test_incremental_pause() {
 	expect_eq "nothing written since the freeze" "$(bitmap_field "$dev" b0)" 0
 	kill -CONT $pid
 	wait $pid && rc=0 || rc=$?
-	expect_eq "exit status after the retry ($(cat "$dir/out.json"))" "$rc" 0
+	expect_eq "exit status after the retry ($(<"$dir/out.json"))" "$rc" 0
 	expect_eq "reads retried" "$(job_field "$dir/out.json" 0 read_retries)" 1
 	expect_eq "count after" "$(bitmap_field "$dev" b0)" 0
 	expect_eq "frozen after" "$(bitmap_field "$dev" b0 frozen)" 0
@@ -400,7 +407,7 @@ test_compress() {
 	cbtctl backup --sync=full -b b0 --compress "$dev=$dir/full.qcow2" >/dev/null ||
 		fail "compressed full backup"
 	chain_matches "$dir/full.qcow2" "$dev"
-	qemu-img info "$dir/full.qcow2" | grep -q "compression type: zstd" || fail "not zstd"
+	[[ $(qemu-img info "$dir/full.qcow2") == *"compression type: zstd"* ]] || fail "not zstd"
 	n=$(qemu-img check --output=json "$dir/full.qcow2" | json_field compressed-clusters)
 	expect_eq "compressed clusters (6 MiB of text in 64K clusters)" "$n" 96
 	qio "$dev" "write -P 0x33 1M 64k" "write -P 0 2M 64k"
@@ -416,7 +423,7 @@ test_compress() {
 	cbtctl backup --sync=full -b b0 --compress "$dev=$dir/zlib.qcow2,mode=existing" \
 		2>"$dir/err" &&
 		fail "a zlib target was taken"
-	grep -q zlib "$dir/err" || fail "the refusal does not name zlib: $(cat "$dir/err")"
+	has "$dir/err" zlib || fail "the refusal does not name zlib: $(cat "$dir/err")"
 	expect_eq "count after the refusal" "$(bitmap_field "$dev" b0)" 65536
 }
 

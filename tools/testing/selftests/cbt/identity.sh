@@ -36,7 +36,9 @@ info() {
 
 # generation DEV: b0's generation (N of generation=UUID:N).
 generation() {
-	info "$1" | sed -n 's/.* generation=[0-9a-f-]*:\([0-9]*\).*/\1/p'
+	if [[ $(info "$1") =~ \ generation=[0-9a-f-]*:([0-9]*) ]]; then
+		echo "${BASH_REMATCH[1]}"
+	fi
 }
 
 # state DEV...: what a refusal must leave as it is: each device's bitmaps
@@ -79,7 +81,7 @@ incremental() {
 test_chain() {
 	local dir out name dev uuid
 	start chain
-	uuid=$(info "$dev" | sed -n 's/.* generation=\([0-9a-f-]*\):.*/\1/p')
+	[[ $(info "$dev") =~ \ generation=([0-9a-f-]*): ]] && uuid=${BASH_REMATCH[1]}
 	expect_eq "generation after the full backup" "$(generation "$dev")" 2
 	qio "$dev" "write -P 0x51 1M 64k" "write -P 0x52 15M 4k"
 	incremental "$dev" "$dir/inc1.qcow2" "$dir/chain-full.qcow2"

@@ -21,7 +21,9 @@ setup() {
 
 # hits ID: the hit count of rule ID from "inject list".
 hits() {
-	cbtctl inject "$name" list | sed -n "s/.* id=$1 hits=\([0-9]*\) .*/\1/p"
+	if [[ $(cbtctl inject "$name" list) =~ \ id=$1\ hits=([0-9]*)\  ]]; then
+		echo "${BASH_REMATCH[1]}"
+	fi
 }
 
 # wait_hits ID N: waits (up to 30 s) until rule ID has fired N times.

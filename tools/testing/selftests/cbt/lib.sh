@@ -44,18 +44,26 @@ require_tools() {
 	done
 }
 
-# Every dm device, loop device and directory made here goes on exit.
+# Every dm device, loop device and directory made here goes on exit: one
+# program for each kind (the newest dm device first, as devices stack), or
+# one per device when a batch fails (a device held open), so that a busy
+# device does not keep the others.
 _cleanup() {
-	local i
+	local i rev=()
 	for ((i = ${#_dm_devs[@]} - 1; i >= 0; i--)); do
-		dmsetup remove --retry "${_dm_devs[i]}" >/dev/null 2>&1
+		rev+=("${_dm_devs[i]}")
 	done
-	for i in "${_loop_devs[@]}"; do
-		losetup -d "$i" 2>/dev/null
-	done
-	for i in "${_tmp_dirs[@]}"; do
-		rm -rf "$i"
-	done
+	if [ ${#rev[@]} -gt 0 ] && ! dmsetup remove --retry "${rev[@]}" >/dev/null 2>&1; then
+		for i in "${rev[@]}"; do
+			[ -e "/dev/mapper/$i" ] && dmsetup remove --retry "$i" >/dev/null 2>&1
+		done
+	fi
+	if [ ${#_loop_devs[@]} -gt 0 ] && ! losetup -d "${_loop_devs[@]}" 2>/dev/null; then
+		for i in "${_loop_devs[@]}"; do
+			losetup -d "$i" 2>/dev/null
+		done
+	fi
+	[ ${#_tmp_dirs[@]} = 0 ] || rm -rf "${_tmp_dirs[@]}"
 }
 trap _cleanup EXIT
 
@@ -142,6 +150,66 @@ json_field() {
 			printf '%s\n' "${BASH_REMATCH[1]}"
 		fi
 	done
+}
+
+# slurp VAR FILE: FILE's contents in VAR without their final newlines, as
+# $(cat FILE) gives them.
+slurp() {
+	local __s=
+	IFS= read -r -d '' __s <"$2" || :
+	while [[ $__s == *$'\n' ]]; do
+		__s=${__s%$'\n'}
+	done
+	printf -v "$1" '%s' "$__s"
+}
+
+# has FILE STRING: FILE contains STRING (grep -qF).
+has() {
+	local __c
+	slurp __c "$1"
+	[[ $__c == *"$2"* ]]
+}
+
+# has_line FILE LINE: one of FILE's lines is LINE (grep -qxF).
+has_line() {
+	local __c
+	slurp __c "$1"
+	[[ $'\n'$__c$'\n' == *$'\n'"$2"$'\n'* ]]
+}
+
+# entries VAR DIR: the names in DIR, dot files too (ls -A), in array VAR.
+entries() {
+	local -n __e=$1
+	local __f
+	__e=()
+	for __f in "$2"/.[!.]* "$2"/..?* "$2"/*; do
+		[ -e "$__f" ] || [ -L "$__f" ] || continue
+		__e+=("${__f##*/}")
+	done
+}
+
+# tmp_files DIR: the names in DIR ending in .tmp (a copy's temporaries).
+tmp_files() {
+	local __n __all
+	entries __all "$1"
+	for __n in "${__all[@]}"; do
+		[[ $__n != *.tmp ]] || echo "$__n"
+	done
+}
+
+# journals: what is in $CBT_RUN_DIR besides its locks directory.
+journals() {
+	local __n __all
+	[ -d "$CBT_RUN_DIR" ] || return 0
+	entries __all "$CBT_RUN_DIR"
+	for __n in "${__all[@]}"; do
+		[ "$__n" = locks ] || echo "$__n"
+	done
+}
+
+# active DM_NAME: the dm device is not suspended.
+active() {
+	[[ $(dmsetup info "$1") =~ State:\ *ACTIVE ]]
 }
 
 # bitmap_field DEV BITMAP [FIELD]: a field (default count) of the bitmap in
@@ -246,7 +314,13 @@ run_test() {
 		echo "ok $_nr_tests $name # SKIP not selected by CBT_SUBTEST"
 		return
 	fi
-	_skip_why=$(mktemp)
+	# skip_test's reason, in a file of the program's (no program started
+	# here: each costs up to a second on the debug kernel).
+	if [ -z "${_skip_why:-}" ]; then
+		_skip_why=${TMPDIR:-/tmp}/cbt-skip.$$
+		_tmp_dirs+=("$_skip_why")
+	fi
+	: >"$_skip_why"
 	# A subshell does not inherit the EXIT trap: what the subtest makes
 	# goes when it ends, not with the program.
 	(
@@ -256,8 +330,8 @@ run_test() {
 		"$@"
 	)
 	rc=$?
-	why=$(cat "$_skip_why")
-	rm -f "$_skip_why"
+	why=
+	read -r why <"$_skip_why"
 	echo "# $name: $((SECONDS - start)) s"
 	if [ $rc = 0 ]; then
 		echo "ok $_nr_tests $name"

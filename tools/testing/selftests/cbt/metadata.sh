@@ -43,12 +43,18 @@ msg() {
 
 # field BITMAP KEY: a key=value of "bitmap info BITMAP".
 field() {
-	msg bitmap info "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"
+	local w words
+	read -r -a words <<<"$(msg bitmap info "$1")"
+	for w in "${words[@]}"; do
+		[[ $w != "$2="* ]] || echo "${w#*=}"
+	done
 }
 
 # status_field N: field N of the status line after "<start> <len> cbt".
 status_field() {
-	dmsetup status "$name" | awk -v n="$1" '{ print $(n + 3) }'
+	local f
+	read -r -a f <<<"$(dmsetup status "$name")"
+	echo "${f[$1 + 2]}"
 }
 
 # sb_seq: the seq of the newest superblock on $mloop.
@@ -65,7 +71,7 @@ test_persist() {
 	local before after
 	setup persist
 	expect_eq "metadata state" "$(status_field 8)" ok
-	dmsetup table "$name" | grep -q " 2 metadata [0-9]*:[0-9]*$" ||
+	[[ $(dmsetup table "$name") =~ \ 2\ metadata\ [0-9]*:[0-9]*$ ]] ||
 		fail "table: $(dmsetup table "$name")"
 	msg bitmap add b0
 	msg bitmap add fine granularity=4096

@@ -28,14 +28,6 @@ one_dev() {
 	qio "$d0" "write -P 0x5a 4M 64k"
 }
 
-journals() {
-	ls -A "$CBT_RUN_DIR" 2>/dev/null | grep -vx locks || true
-}
-
-is_active() {
-	dmsetup info "$1" | grep -q "State: *ACTIVE"
-}
-
 # The kernel refuses the commit (the bitmap was aborted with force while
 # cbtctl was stopped before it): exit 1, "bitmap_errors": 1, the image
 # complete and in place, the bitmap's bits kept.
@@ -57,7 +49,7 @@ test_commit_refused() {
 	expect_eq "bitmap_errors" "$(json_field bitmap_errors <"$dir/out.json")" 1
 	expect_eq "status" "$(sed 's/, "jobs".*//' "$dir/out.json" | json_field status)" failed
 	expect_eq "job status" "$(job_field "$dir/out.json" 0 status)" completed
-	grep -q "bitmap commit b0" "$dir/err" || fail "the error names no commit: $(cat "$dir/err")"
+	has "$dir/err" "bitmap commit b0" || fail "the error names no commit: $(cat "$dir/err")"
 	chain_matches "$dir/inc.qcow2" "$d0"
 	expect_eq "bits kept" "$(bitmap_field "$d0" b0)" 65536
 	expect_eq "not busy" "$(bitmap_field "$d0" b0 busy)" false
@@ -75,14 +67,14 @@ test_recover_all() {
 	pid=$!
 	wait_stopped $pid "phase copy"
 	expect_eq "views while copying" "$(views)" 1
-	[ -n "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "no temporary while copying"
+	[ -n "$(tmp_files "$dir")" ] || fail "no temporary while copying"
 	[ -n "$(journals)" ] || fail "no journal while copying"
 	kill -9 $pid
 	wait $pid 2>/dev/null || true
 	(cd / && cbtctl recover) >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
-	grep -q "1 views removed, 1 snapshots stopped, 0 devices resumed, 1 bitmaps aborted, 1 temporary" \
-		"$dir/recover.out" || fail "recover said: $(cat "$dir/recover.out")"
-	is_active "$n0" || fail "$d0 left suspended"
+	has "$dir/recover.out" \
+		"1 views removed, 1 snapshots stopped, 0 devices resumed, 1 bitmaps aborted, 1 temporary" || fail "recover said: $(cat "$dir/recover.out")"
+	active "$n0" || fail "$d0 left suspended"
 	expect_eq "views" "$(views)" 0
 	expect_eq "snapshot" "$(snap_state "$d0")" none
 	expect_eq "not busy" "$(bitmap_field "$d0" b0 busy)" false
@@ -103,16 +95,19 @@ test_suspend_journal() {
 			"$d0=$dir/inc-$phase.qcow2,backing=$prev" >/dev/null &
 		pid=$!
 		wait_stopped $pid "phase $phase"
-		local j lck
+		local j lck k v
 		j=$(grep -l . "$CBT_RUN_DIR"/cbtctl.$pid.*) || fail "no journal at $phase"
-		lck=$(awk '/^VmLck:/ {print $2}' /proc/$pid/status)
-		grep -qx "suspend $n0" "$j" || fail "no suspend line at $phase: $(cat "$j")"
+		lck=
+		while read -r k v _; do
+			[ "$k" != VmLck: ] || lck=$v
+		done </proc/$pid/status
+		has_line "$j" "suspend $n0" || fail "no suspend line at $phase: $(cat "$j")"
 		if [ $phase = suspended ]; then
-			is_active "$n0" && fail "not suspended at phase suspended"
-			grep -qx "resumed $n0" "$j" && fail "resumed already: $(cat "$j")"
+			active "$n0" && fail "not suspended at phase suspended"
+			has_line "$j" "resumed $n0" && fail "resumed already: $(cat "$j")"
 			[ "$lck" -gt 0 ] || fail "memory not locked while suspended (VmLck $lck kB)"
 		else
-			grep -qx "resumed $n0" "$j" || fail "no resumed line: $(cat "$j")"
+			has_line "$j" "resumed $n0" || fail "no resumed line: $(cat "$j")"
 			expect_eq "VmLck while copying" "$lck" 0
 		fi
 		kill -CONT $pid
@@ -136,16 +131,16 @@ test_recover_locked() {
 	printf 'device %s\nsuspend %s\n' "$n0" "$n0" >"$CBT_RUN_DIR/$dead"
 	cbtctl recover >"$dir/out" 2>&1 && rc=0 || rc=$?
 	expect_eq "recover's exit status" "$rc" 1
-	grep -q "$n0: in use by another cbtctl (pid $pid)" "$dir/out" ||
+	has "$dir/out" "$n0: in use by another cbtctl (pid $pid)" ||
 		fail "recover said: $(cat "$dir/out")"
-	is_active "$n0" && fail "recover resumed a device that a live backup holds suspended"
+	active "$n0" && fail "recover resumed a device that a live backup holds suspended"
 	[ -e "$CBT_RUN_DIR/$dead" ] || fail "the dead run's journal went"
 	kill -CONT $pid
 	wait $pid || fail "the live backup failed"
 	chain_matches "$dir/inc.qcow2" "$d0"
 	cbtctl recover >"$dir/out" || fail "recover after: $(cat "$dir/out")"
 	expect_eq "journals" "$(journals)" ""
-	is_active "$n0" || fail "left suspended"
+	active "$n0" || fail "left suspended"
 }
 
 # mode=existing: killed before its first write (phase copy), the target is
@@ -175,13 +170,13 @@ test_existing_killed() {
 	out=$(cbtctl recover) || fail "recover: $out"
 	[[ $out == *"t0.qcow2: unusable, marked corrupt"*", 1 existing images unusable" ]] ||
 		fail "recover said: $out"
-	qemu-img info --output=json "$dir/t0.qcow2" | grep -q '"corrupt": true' ||
+	[[ $(qemu-img info --output=json "$dir/t0.qcow2") == *'"corrupt": true'* ]] ||
 		fail "not marked corrupt: $(qemu-img info "$dir/t0.qcow2")"
 	if cbtctl backup -q --sync=full --bitmap=b0 "$d0=$dir/t0.qcow2,mode=existing" \
 		2>"$dir/err"; then
 		fail "a backup into the corrupt image was taken"
 	fi
-	grep -q "marked corrupt" "$dir/err" || fail "the refusal: $(cat "$dir/err")"
+	has "$dir/err" "marked corrupt" || fail "the refusal: $(cat "$dir/err")"
 	expect_eq "journals" "$(journals)" ""
 }
 
@@ -189,13 +184,14 @@ test_existing_killed() {
 # run directory, shared with the host): the image is placed by link and
 # unlink, whole, with no temporary left.
 test_no_noreplace() {
-	local dir d0 n0 t
+	local dir d0 n0 t left
 	one_dev noreplace
 	t=$(mktemp -d /run/vmrun/noreplace.XXXXXX) || fail "no 9p directory"
 	cbtctl backup -q --sync=full "$d0=$t/f.qcow2" 2>"$dir/err" ||
 		{ rm -rf "$t"; fail "backup onto 9p: $(cat "$dir/err")"; return 1; }
 	chain_matches "$t/f.qcow2" "$d0"
-	[ -z "$(ls -A "$t" | grep -v '^f\.qcow2$')" ] || fail "left beside it: $(ls -A "$t")"
+	entries left "$t"
+	expect_eq "beside it" "${left[*]}" f.qcow2
 	rm -rf "$t"
 }
 

@@ -27,11 +27,11 @@ nothing_left() {
 	for d in "$@"; do
 		expect_eq "$d snapshot" "$(snap_state "$d")" none
 		expect_eq "$d busy" "$(bitmap_field "$d" b0 busy)" false
-		dmsetup info "${d#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d left suspended"
+		active "${d#/dev/mapper/}" || fail "$d left suspended"
 	done
-	left=$(ls -A "$CBT_RUN_DIR" 2>/dev/null | grep -vx locks || true)
+	left=$(journals)
 	[ -z "$left" ] || fail "journals left behind: $left"
-	left=$(ls -A "$dir" | grep '\.tmp$' || true)
+	left=$(tmp_files "$dir")
 	[ -z "$left" ] || fail "temporaries left behind: $left"
 }
 
@@ -87,7 +87,7 @@ point_in_time() {
 	expect_eq "views while held" "$(views)" 2
 	expect_eq "d0 snapshot while held" "$(snap_state "$d0")" running
 	if [ "${2:-memory}" = store ]; then
-		snap_info "$d1" | grep -q " store=7:" ||
+		[[ $(snap_info "$d1") == *" store=7:"* ]] ||
 			fail "d1's snapshot is not on its store device"
 	fi
 	overwrite "$d0" "$dir/new0.raw" & w0=$!
@@ -96,7 +96,7 @@ point_in_time() {
 	wait $w1 || fail "overwriting d1"
 	kill -CONT $pid
 	wait $pid && rc=0 || rc=$?
-	expect_eq "backup exit status ($(cat "$dir/out"))" "$rc" 0
+	expect_eq "backup exit status ($(<"$dir/out"))" "$rc" 0
 	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
 	chain_matches "$dir/t1.qcow2" "$dir/before1.raw"
 	cmp -s "$d0" "$dir/new0.raw" || fail "d0 does not hold what was written"
@@ -130,7 +130,7 @@ test_store_full() {
 	kill -CONT $pid
 	wait $pid && rc=0 || rc=$?
 	expect_eq "exit status" "$rc" 1
-	grep -q "snapshot broke" "$dir/err" || fail "error: $(cat "$dir/err")"
+	has "$dir/err" "snapshot broke" || fail "error: $(cat "$dir/err")"
 	cmp -s -n $((1 << 20)) "$d0" "$dir/w.raw" || fail "the writes are not on the device"
 	[ ! -e "$dir/inc0.qcow2" ] || fail "a failed backup left its target"
 	nothing_left "$d0"
@@ -157,8 +157,9 @@ test_release() {
 	wait_held "$d0" $pid "8 MiB" || return 1
 	info=$(snap_info "$d0")
 	# The second half is still needed, whatever the chunk.
-	needed=$(sed -n 's/.* needed=\([0-9]*\) .*/\1/p' <<<"$info")
-	chunk=$(sed -n 's/.* chunk=\([0-9]*\) .*/\1/p' <<<"$info")
+	needed= chunk=
+	[[ $info =~ \ needed=([0-9]*)\  ]] && needed=${BASH_REMATCH[1]}
+	[[ $info =~ \ chunk=([0-9]*)\  ]] && chunk=${BASH_REMATCH[1]}
 	[ "$((needed * chunk))" = $((8 << 20)) ] || fail "not released: $info"
 	head -c $((8 << 20)) /dev/urandom >"$dir/w.raw"
 	overwrite "$d0" "$dir/w.raw"
@@ -244,7 +245,7 @@ test_freeze_hook() {
 	cbtctl backup --sync=incremental --bitmap=b0 --freeze-hook="$dir/hook" \
 		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" >/dev/null || fail "backup with a hook"
 	# attr's third letter is s when suspended.
-	expect_eq "hook calls" "$(cat "$dir/log")" "$(printf 'freeze - false prepared\nthaw - true running')"
+	expect_eq "hook calls" "$(<"$dir/log")" $'freeze - false prepared\nthaw - true running'
 	chain_matches "$dir/inc0.qcow2" "$d0"
 
 	write_hook "$dir/bad" "$dir/badlog" "$d0" fail
@@ -252,10 +253,10 @@ test_freeze_hook() {
 	cbtctl backup --sync=incremental --bitmap=b0 --freeze-hook="$dir/bad" \
 		"$d0=$dir/inc1.qcow2,backing=$dir/inc0.qcow2" >/dev/null 2>"$dir/err" && rc=0 || rc=$?
 	expect_eq "exit status after a failed freeze" "$rc" 1
-	grep -q "hook '$dir/bad freeze' exited with status 3" "$dir/err" ||
+	has "$dir/err" "hook '$dir/bad freeze' exited with status 3" ||
 		fail "error: $(cat "$dir/err")"
-	expect_eq "hook calls" "$(cat "$dir/badlog")" \
-		"$(printf 'freeze - false prepared\nthaw - false prepared')"
+	expect_eq "hook calls" "$(<"$dir/badlog")" \
+		$'freeze - false prepared\nthaw - false prepared'
 	[ ! -e "$dir/inc1.qcow2" ] || fail "target left"
 	nothing_left "$d0"
 	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 65536

@@ -29,15 +29,18 @@ two_devs() {
 }
 
 no_leftovers() {
-	local left
-	left=$(ls -A "$dir" | grep -E '\.tmp$|^inc' || true)
-	[ -z "$left" ] || fail "files left behind: $left"
-	left=$(ls -A "$CBT_RUN_DIR" 2>/dev/null | grep -vx locks || true)
-	[ -z "$left" ] || fail "journals left behind: $left"
+	local left=() n all lock
+	entries all "$dir"
+	for n in "${all[@]}"; do
+		[[ $n != *.tmp && $n != inc* ]] || left+=("$n")
+	done
+	[ ${#left[@]} = 0 ] || fail "files left behind: ${left[*]}"
+	n=$(journals)
+	[ -z "$n" ] || fail "journals left behind: $n"
 	# Lock files stay (removing them would race a new run); none is held.
-	for left in "$CBT_RUN_DIR"/locks/*.lock; do
-		[ -e "$left" ] || continue
-		flock -n "$left" true || fail "a device lock is still held: $left"
+	for lock in "$CBT_RUN_DIR"/locks/*.lock; do
+		[ -e "$lock" ] || continue
+		flock -n "$lock" true || fail "a device lock is still held: $lock"
 	done
 }
 
@@ -62,7 +65,7 @@ grouped() {
 	expect_eq "exit status" "$rc" 1
 	expect_eq "job 0" "$(job_field "$dir/out.json" 0 status)" cancelled
 	expect_eq "job 1" "$(job_field "$dir/out.json" 1 status)" failed
-	job_field "$dir/out.json" 1 error | grep -q "Input/output error" ||
+	[[ $(job_field "$dir/out.json" 1 error) == *"Input/output error"* ]] ||
 		fail "job 1 error: $(job_field "$dir/out.json" 1 error)"
 	expect_eq "dev0 count kept" "$(bitmap_field "$d0" b0)" "$c0"
 	expect_eq "dev1 count kept" "$(bitmap_field "$d1" b0)" "$c1"
@@ -129,14 +132,14 @@ killed_at() {
 	kill -9 $pid
 	wait $pid 2>/dev/null || true
 	cbtctl recover "$d0" "$d1" >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
-	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d0 left suspended"
-	dmsetup info "${d1#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "$d1 left suspended"
+	active "${d0#/dev/mapper/}" || fail "$d0 left suspended"
+	active "${d1#/dev/mapper/}" || fail "$d1 left suspended"
 	expect_eq "views after recover" "$(views)" 0
 	expect_eq "dev0 snapshot" "$(snap_state "$d0")" none
 	expect_eq "dev1 snapshot" "$(snap_state "$d1")" none
 	expect_eq "dev0 not busy" "$(bitmap_field "$d0" b0 busy)" false
 	expect_eq "dev1 not busy" "$(bitmap_field "$d1" b0 busy)" false
-	[ -z "$(ls -A "$dir" | grep '\.tmp$')" ] || fail "temporaries left: $(ls -A "$dir")"
+	[ -z "$(tmp_files "$dir")" ] || fail "temporaries left: $(ls -A "$dir")"
 	qio "$d0" "write -P 0x78 38M 4k"
 	# Killed after the images were in place: they are complete backups, but
 	# the next incremental goes on from those whose bitmap was committed
@@ -181,12 +184,12 @@ test_enospc() {
 	cbtctl backup --sync=full --bitmap=b0 "$d0=$small/full.qcow2" >/dev/null 2>"$dir/err" &&
 		rc=0 || rc=$?
 	local left
-	left=$(ls -A "$small")
+	entries left "$small"
 	umount "$small"
 	expect_eq "exit status on a full file system" "$rc" 1
-	grep -q "No space left on device" "$dir/err" || fail "error: $(cat "$dir/err")"
-	grep -q "$small" "$dir/err" || fail "the error does not name the target: $(cat "$dir/err")"
-	[ -z "$left" ] || fail "left on the full file system: $left"
+	has "$dir/err" "No space left on device" || fail "error: $(cat "$dir/err")"
+	has "$dir/err" "$small" || fail "the error does not name the target: $(cat "$dir/err")"
+	[ ${#left[@]} = 0 ] || fail "left on the full file system: ${left[*]}"
 	expect_eq "count kept" "$(bitmap_field "$d0" b0)" $((8 << 20))
 	expect_eq "not busy" "$(bitmap_field "$d0" b0 busy)" false
 }
@@ -212,7 +215,7 @@ test_interrupt() {
 	[ ! -e "$dir/full.qcow2" ] || fail "an interrupted backup left its target"
 	no_leftovers
 	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 196608
-	dmsetup info "${d0#/dev/mapper/}" | grep -q "State: *ACTIVE" || fail "left suspended"
+	active "${d0#/dev/mapper/}" || fail "left suspended"
 }
 
 # A backup of d0 stopped while it copies holds d0: a second backup of d0
@@ -228,7 +231,7 @@ test_one_per_device() {
 	wait_stopped $pid "phase copy"
 	cbtctl backup --sync=full --bitmap=b0 "$d1=$dir/x1.qcow2" "$d0=$dir/x0.qcow2" \
 		>/dev/null 2>"$dir/err" && fail "a second backup of a busy device ran"
-	grep -q "in use by another cbtctl (pid $pid)" "$dir/err" ||
+	has "$dir/err" "in use by another cbtctl (pid $pid)" ||
 		fail "the refusal does not name the holder: $(cat "$dir/err")"
 	[ ! -e "$dir/x0.qcow2" ] && [ ! -e "$dir/x1.qcow2" ] || fail "the refused run made a target"
 	expect_eq "d1 not frozen by the refused run" "$(bitmap_field "$d1" b0 busy)" false
@@ -259,7 +262,7 @@ test_existing_unusable() {
 	# The existing target was written in place: reported, not hidden.
 	expect_eq "job 0" "$(job_field "$dir/out.json" 0 status)" cancelled
 	expect_eq "job 0 reported unusable" "$(job_field "$dir/out.json" 0 target_unusable)" true
-	qemu-img info --output=json "$dir/t0.qcow2" | grep -q '"corrupt": true' ||
+	[[ $(qemu-img info --output=json "$dir/t0.qcow2") == *'"corrupt": true'* ]] ||
 		fail "the half-written target is not marked corrupt"
 	expect_eq "d0 count kept" "$(bitmap_field "$d0" b0)" 196608
 }
