@@ -76,11 +76,13 @@ test_fio_load() {
 	done
 	expect_eq "count=40 rule hits" "$(hits wcount)" 40
 
-	# Without rules, the same load runs clean and its data verifies.
+	# Without rules, random writes run clean and their data verifies: 16 MiB
+	# in 16 KiB blocks (in 4 KiB blocks the debug kernel took 81 s here,
+	# each I/O's allocations recorded by KASAN and kmemleak; 6.1 3 s).
 	cbtctl inject "$name" clear
 	expect_eq "status after clear" "$(dmsetup status "$name")" "0 $((SIZE / 512)) cbt 0 0 0 0 1 0 - -"
 	fio --name=verify --filename="$dev" --direct=1 --ioengine=libaio --iodepth=8 \
-		--rw=randwrite --bs=4k --size=16m --verify=crc32c --do_verify=1 \
+		--rw=randwrite --bs=16k --size=16m --verify=crc32c --do_verify=1 \
 		>"$out" 2>&1 || fail "fio verify without rules failed: $(cat "$out")"
 }
 

@@ -109,15 +109,17 @@ test_two_bitmaps() {
 	chain_matches "$dir/inc-b1.qcow2" "$d0"
 }
 
-# killed_at PHASE: cbtctl stopped at PHASE and killed; recover; nothing lost.
+# killed_at PHASE K: cbtctl stopped at PHASE and killed; recover; nothing
+# lost. One pair of devices for every phase: the chain goes on from $b0 and
+# $b1 (the images the last incremental made) and each phase writes its own
+# patterns (K), so a bit lost at any phase leaves its chain unlike the device.
 killed_at() {
-	local dir d0 d1 pid
-	two_devs "k$1" 0x42
-	qio "$d0" "${SEED_ROUND1[@]}"
-	qio "$d1" "write -P 0xcd 5M 4k"
+	local pid inc0=$dir/$1-inc0.qcow2 inc1=$dir/$1-inc1.qcow2
+	qio "$d0" "write -P $((0x10 + $2)) 0 512" "write -P $((0x20 + $2)) 16M 256k" \
+		"write -P $((0x30 + $2)) 32736k 64k"
+	qio "$d1" "write -P $((0xc0 + $2)) 5M 4k"
 	CBT_TEST_STOP_AT=$1 cbtctl backup --sync=incremental --bitmap=b0 \
-		"$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
-		"$d1=$dir/inc1.qcow2,backing=$dir/full1.qcow2" >/dev/null 2>&1 &
+		"$d0=$inc0,backing=$b0" "$d1=$inc1,backing=$b1" >/dev/null 2>&1 &
 	pid=$!
 	wait_stopped $pid "phase $1"
 	case $1 in
@@ -127,7 +129,7 @@ killed_at() {
 	[ "$1" != copy ] || expect_eq "views before the kill" "$(views)" 2
 	# Writes while the controller is dead (and, for early phases, the devices suspended).
 	if [ "$1" != suspended ] && [ "$1" != frozen ]; then
-		qio "$d0" "write -P 0x77 36M 64k"
+		qio "$d0" "write -P $((0x70 + $2)) 36M 64k"
 	fi
 	kill -9 $pid
 	wait $pid 2>/dev/null || true
@@ -140,35 +142,37 @@ killed_at() {
 	expect_eq "dev0 not busy" "$(bitmap_field "$d0" b0 busy)" false
 	expect_eq "dev1 not busy" "$(bitmap_field "$d1" b0 busy)" false
 	[ -z "$(tmp_files "$dir")" ] || fail "temporaries left: $(ls -A "$dir")"
-	qio "$d0" "write -P 0x78 38M 4k"
+	qio "$d0" "write -P $((0x80 + $2)) 38M 4k"
 	# Killed after the images were in place: they are complete backups, but
 	# the next incremental goes on from those whose bitmap was committed
-	# (at phase committing, dev0's: jobs commit in order); from the full
-	# otherwise (the image's identity says so: identity.sh).
-	local b0=$dir/full0.qcow2 b1=$dir/full1.qcow2
-	[ "$1" = committing ] && b0=$dir/inc0.qcow2
+	# (at phase committing, dev0's: jobs commit in order); from the last
+	# base otherwise (the image's identity says so: identity.sh).
+	[ "$1" != committing ] || b0=$inc0
 	case $1 in
 	renamed|committing)
-		[ -e "$dir/inc0.qcow2" ] && [ -e "$dir/inc1.qcow2" ] ||
+		[ -e "$inc0" ] && [ -e "$inc1" ] ||
 			fail "the images were not in place at phase $1" ;;
 	*)
-		[ ! -e "$dir/inc0.qcow2" ] && [ ! -e "$dir/inc1.qcow2" ] ||
+		[ ! -e "$inc0" ] && [ ! -e "$inc1" ] ||
 			fail "a target appeared before phase renamed" ;;
 	esac
 	cbtctl backup --sync=incremental --bitmap=b0 \
-		"$d0=$dir/next0.qcow2,backing=$b0" \
-		"$d1=$dir/next1.qcow2,backing=$b1" >/dev/null ||
+		"$d0=$dir/$1-next0.qcow2,backing=$b0" \
+		"$d1=$dir/$1-next1.qcow2,backing=$b1" >/dev/null ||
 		fail "incremental after recovery"
-	chain_matches "$dir/next0.qcow2" "$d0"
-	chain_matches "$dir/next1.qcow2" "$d1"
+	b0=$dir/$1-next0.qcow2 b1=$dir/$1-next1.qcow2
+	chain_matches "$b0" "$d0"
+	chain_matches "$b1" "$d1"
 }
 
 test_killed() {
-	local phase
+	local dir d0 d1 b0 b1 phase k=0
+	two_devs killed 0x42
+	b0=$dir/full0.qcow2 b1=$dir/full1.qcow2
 	# prepared: a snapshot prepared; frozen: started, devices suspended; copy: viewed.
 	for phase in prepared suspended frozen copy renamed committing; do
 		echo "# killed at phase: $phase"
-		killed_at $phase
+		killed_at $phase $((k += 1))
 	done
 }
 
