@@ -63,7 +63,7 @@ wait_dirty() {
 	until [ "$(bitmap_field "$dev" b0)" -gt 0 ]; do
 		n=$((n + 1))
 		[ $n -lt 120 ] || { fail "no dirty chunk: $1"; return 1; }
-		sleep 0.5
+		nap 0.5
 	done
 }
 

@@ -58,7 +58,7 @@ writer_start() {
 			dd if=/dev/urandom of="$dev" bs=4k count=1 oflag=direct conv=notrunc \
 				seek=$((RANDOM % (SIZE / 4096))) status=none 2>>"$dir/werr" ||
 				echo "write failed" >>"$dir/werr"
-			sleep 0.05
+			nap 0.05
 		done
 	) &
 	writer=$!

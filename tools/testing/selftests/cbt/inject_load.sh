@@ -31,7 +31,7 @@ wait_hits() {
 	local i
 	for ((i = 0; i < 300; i++)); do
 		[ "$(hits "$1")" = "$2" ] && return 0
-		sleep 0.1
+		nap 0.1
 	done
 	fail "rule $1 did not reach $2 hits (has $(hits "$1"))"
 }

@@ -188,7 +188,7 @@ scatter() {
 # without a wait (without that they would need 160 KiB of store and break
 # the snapshot after a second).
 test_urgent() {
-	local dir d0 pid info
+	local dir d0 pid info i
 	devs urgent 1
 	dd if="$d0" of="$dir/before0.raw" bs=1M iflag=direct status=none
 	cbtctl inject "$d0" delay event=read offset=$((4 << 20)) length=4096 usecs=60000000 \
@@ -205,10 +205,10 @@ test_urgent() {
 	# The reads of the urgent clusters may still be in flight beside the
 	# held one (8 at once): they are written and released, the copy's
 	# order being stuck at 4 MiB.
-	for _ in $(seq 50); do
+	for ((i = 0; i < 50; i++)); do
 		info=$(snap_info "$d0")
 		[[ $info == *" preserved=0 used=0 "* ]] && break
-		sleep 0.2
+		nap 0.2
 	done
 	[[ $info == *" preserved=0 used=0 "* ]] || fail "not taken first: $info"
 	scatter "$d0" $((128 << 10)) 24
