@@ -10,7 +10,7 @@
 #   make bench    benchmarks
 #   make install  module for the running kernel, cbtctl, libcbt (or use dkms.conf)
 
-KERNELS ?= 6.1 6.12 sid
+KERNELS ?= 6.1 6.12 sid debug
 VM := tools/testing/vm
 SELFTESTS := tools/testing/selftests/cbt
 CACHE ?= $(CURDIR)/.cache
