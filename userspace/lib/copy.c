@@ -134,7 +134,7 @@ static int read_source(struct cbt_copy *c, void *buf, size_t len, uint64_t off,
 	}
 }
 
-/* Tells a snapshot view that [OFF, OFF+LEN) is copied: one BLKDISCARD for the run. */
+/* Tells a snapshot view that [OFF, OFF+LEN) is copied: one BLKDISCARD for the span. */
 static int release_run(struct cbt_copy *c, uint64_t off, uint64_t len, struct cbt_err *e)
 {
 	uint64_t range[2] = { off, len };
@@ -219,6 +219,7 @@ struct engine {
 	bool stop;
 	bool draining;			/* failed: reads are dropped as they come, or not made */
 	unsigned int reading;
+	uint64_t reads;
 	unsigned int queued;		/* requests queued that no reader took yet */
 	unsigned int idle;		/* readers waiting for one */
 	uint64_t bytes_read;
@@ -307,11 +308,42 @@ static int sort_clusters(struct engine *g, struct request *q, struct cbt_err *e)
 	return 0;
 }
 
+/*
+ * Reads Q's runs into its buffer: runs at most merge_gap apart in one read
+ * (the gap read and not written), farther ones each in a read of its own.
+ * Counts the reads made in *NR_READS and the bytes read in *BYTES.
+ */
+static int read_request(struct engine *g, struct request *q, unsigned int *retries,
+			unsigned int *nr_reads, uint64_t *bytes)
+{
+	unsigned int i = 0, j;
+	uint64_t s, t;
+	int r;
+
+	*nr_reads = 0;
+	*bytes = 0;
+	while (i < q->nr_parts) {
+		s = q->parts[i].off;
+		t = s + q->parts[i].len;
+		for (j = i + 1; j < q->nr_parts && q->parts[j].off - t <= g->merge_gap; j++)
+			t = q->parts[j].off + q->parts[j].len;
+		(*nr_reads)++;
+		r = read_source(g->c, q->buf + (s - q->start), t - s, s, retries, &g->draining,
+				&q->err);
+		if (r)
+			return r;
+		*bytes += t - s;
+		i = j;
+	}
+	return 0;
+}
+
 static void *reader(void *arg)
 {
 	struct engine *g = arg;
 	struct request *q, *pick;
-	unsigned int i, retries;
+	unsigned int i, retries, nr_reads;
+	uint64_t bytes;
 	bool read;
 	int r;
 
@@ -344,16 +376,16 @@ static void *reader(void *arg)
 			g->c->max_in_flight = g->reading;
 		pthread_mutex_unlock(&g->lock);
 		retries = 0;
-		r = read_source(g->c, pick->buf, pick->len, pick->start, &retries, &g->draining,
-				&pick->err);
+		r = read_request(g, pick, &retries, &nr_reads, &bytes);
 		read = !r;
 		if (!r)
 			r = sort_clusters(g, pick, &pick->err);
 		pthread_mutex_lock(&g->lock);
 		g->reading--;
 		g->retries += retries;
+		g->reads += nr_reads;
 		if (read)
-			g->bytes_read += pick->len;
+			g->bytes_read += bytes;
 		pick->r = r;
 		pick->state = REQ_DONE;
 		pthread_cond_signal(&g->completion);
@@ -430,9 +462,9 @@ static int next_urgent(struct engine *g, struct request *q, struct cbt_err *e)
 }
 
 /*
- * The next request in the copy's order: dirty runs from the source, gaps
- * of at most merge_gap read with them, clusters copied ahead skipped.
- * 1 with Q filled, 0 at the end, or -errno.
+ * The next request in the copy's order: the dirty runs of the source
+ * within one buffer's span, clusters copied ahead skipped. 1 with Q
+ * filled, 0 at the end, or -errno.
  */
 static int next_in_order(struct engine *g, struct request *q, struct cbt_err *e)
 {
@@ -476,8 +508,8 @@ static int next_in_order(struct engine *g, struct request *q, struct cbt_err *e)
 		q->progress += s - g->cur.offset;
 		g->cur = (struct cbt_extent){ s, t - s };
 		if (q->nr_parts) {
-			if (s - (q->start + q->len) > g->merge_gap || s >= limit ||
-			    q->nr_parts == g->max_parts)
+			/* Runs apart share the request; the reader reads them apart. */
+			if (s >= limit || q->nr_parts == g->max_parts)
 				break;
 		} else {
 			q->start = s;
@@ -600,8 +632,14 @@ static int write_request(struct engine *g, struct request *q, struct cbt_err *e)
 				r = qcow2_write_zeroes(c->img, off, run - off, e);
 			}
 		}
-		if (!r && c->release)
-			r = release_run(c, p->off, (end > c->size ? c->size : end) - p->off, e);
+	}
+	/*
+	 * One release for the request's span: its gaps hold no chunk the view
+	 * still needs (clean, or copied ahead and released already).
+	 */
+	if (!r && c->release) {
+		end = q->start + q->len;
+		r = release_run(c, q->start, (end > c->size ? c->size : end) - q->start, e);
 	}
 	return r ? r : write_behind(g, c->bytes_written - before, e);
 }
@@ -731,6 +769,7 @@ static void engine_exit(struct engine *g)
 	for (i = 0; i < g->nr_threads; i++)
 		pthread_join(g->threads[i], NULL);
 	g->c->bytes_read += g->bytes_read;
+	g->c->reads += g->reads;
 	g->c->readers += g->nr_threads;
 	g->c->read_retries += g->retries;
 	for (i = 0; g->reqs && i < g->nr_reqs; i++) {

@@ -69,7 +69,7 @@ void cbt_rate_destroy(struct cbt_rate *r);
 #define CBT_COPY_REQUEST		(1u << 20)
 /*
  * Clean bytes between two dirty runs that one read takes with them rather
- * than paying for a second request: what a device streams in about the
+ * than paying for a second read: what a device streams in about the
  * time of one request's latency (64 KiB at 1 GB/s and 64 us, an SSD's 4K
  * read). Read, not written: the image gets the dirty runs only. Not for
  * a snapshot view's source, which fails reads of chunks it does not preserve.
@@ -138,7 +138,8 @@ struct cbt_copy {
 	/* Results. */
 	uint64_t bytes_read;		/* from the source */
 	uint64_t bytes_written;		/* data handed to the image (before compression) */
-	uint64_t requests;		/* read requests */
+	uint64_t requests;		/* read requests (buffers handed to a reader) */
+	uint64_t reads;			/* reads made: a request's runs apart, each one */
 	unsigned int read_retries;	/* failed reads that were tried again */
 	unsigned int max_in_flight;	/* most reads seen in flight at once */
 	unsigned int readers;		/* reader threads started */

@@ -214,8 +214,12 @@ static void test_scatter(bool unordered, uint64_t merge_gap)
 	c.merge_gap = merge_gap;
 	c.writeback = true;
 	CHECK(cbt_copy_extents(&c, dirty.v, dirty.n, &e) == 0);
-	/* Merged: 8 reads of 1 MiB less the clean chunk at their end; else one per chunk. */
-	CHECK(c.requests == (merge_gap ? 8 : 64));
+	/*
+	 * A request per 1 MiB of the device; merged, one read of it less the
+	 * clean chunk at its end, else one read per dirty chunk.
+	 */
+	CHECK(c.requests == 8);
+	CHECK(c.reads == (merge_gap ? 8 : 64));
 	CHECK(c.bytes_read == (merge_gap ? 8 * (MiB - 64 * KiB) : 4 * MiB));
 	CHECK(c.bytes_written == 4 * MiB);
 	CHECK(c.max_in_flight >= 1 && c.max_in_flight <= CBT_COPY_PARALLEL_DEFAULT);

@@ -170,6 +170,43 @@ test_release() {
 	wait $pid || fail "backup: $(cat "$dir/out")"
 	cbtctl inject "$d0" clear >/dev/null
 	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
+	release_scattered
+}
+
+# Every other 64 KiB chunk dirty, the read at 8 MiB held: a request takes
+# the runs of 1 MiB of the device, each read on its own, and releases them
+# together once written. Every dirty chunk before 8 MiB is then released,
+# every one from 8 MiB on still needed (4 MiB of them).
+release_scattered() {
+	local cmds=() i info needed chunk pid
+	cbtctl backup --sync=incremental --bitmap=b0 "$d0=$dir/i0.qcow2,backing=$dir/t0.qcow2" \
+		>/dev/null || fail "incremental"
+	for ((i = 0; i < 256; i += 2)); do
+		cmds+=("write -P $((0x80 + i % 64)) $((i << 16)) 64k")
+	done
+	qio "$d0" "${cmds[@]}" || fail "scattered writes"
+	dd if="$d0" of="$dir/before1.raw" bs=1M iflag=direct status=none
+	cbtctl inject "$d0" delay event=read offset=$((8 << 20)) length=4096 usecs=60000000 \
+		id=hold >/dev/null || fail "inject delay"
+	cbtctl backup --sync=incremental --bitmap=b0 --cbw-memory=128K --cbw-timeout=1 \
+		"$d0=$dir/i1.qcow2,backing=$dir/i0.qcow2" >"$dir/out" 2>&1 &
+	pid=$!
+	wait_held "$d0" $pid "8 MiB" || return 1
+	# The requests before the held one may still be being written.
+	for ((i = 0; i < 50; i++)); do
+		info=$(snap_info "$d0")
+		needed= chunk=
+		[[ $info =~ \ needed=([0-9]*)\  ]] && needed=${BASH_REMATCH[1]}
+		[[ $info =~ \ chunk=([0-9]*)\  ]] && chunk=${BASH_REMATCH[1]}
+		[ "$((needed * chunk))" = $((4 << 20)) ] && break
+		nap 0.1
+	done
+	[ "$((needed * chunk))" = $((4 << 20)) ] || fail "scattered, not released: $info"
+	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
+		fail "suspend and resume to let the held read go"
+	wait $pid || fail "scattered backup: $(cat "$dir/out")"
+	cbtctl inject "$d0" clear >/dev/null
+	chain_matches "$dir/i1.qcow2" "$dir/before1.raw"
 }
 
 # scatter DEV FIRST N: 4 KiB writes at 8 MiB + FIRST + i * 256 KiB, i < N.
