@@ -10,14 +10,18 @@
 # BENCH_COPY_MB (default 256) sizes the devices; BENCH_COPY_DELAY_MS
 # (default 40) is the read latency dm-delay adds (TCG makes the CPU's
 # share of a 1 MiB request about 40 times what it is on hardware, so 40 ms
-# here stands for about 1 ms there); BENCH_COPY_PARTS
-# (default "seq delay scatter rss compress") picks rows.
+# here stands for about 1 ms there); BENCH_COPY_BW_MBPS (default 400) and
+# BENCH_COPY_BW_MB (default 1024) are the bandwidth and size of the
+# null_blk device whose transfers, not the vCPU, set the pace;
+# BENCH_COPY_PARTS (default "seq bw delay scatter rss compress") picks rows.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 size_mb=${BENCH_COPY_MB:-256}
 delay_ms=${BENCH_COPY_DELAY_MS:-40}
-parts=${BENCH_COPY_PARTS:-seq delay scatter rss compress}
+bw_mbps=${BENCH_COPY_BW_MBPS:-400}
+bw_mb=${BENCH_COPY_BW_MB:-1024}
+parts=${BENCH_COPY_PARTS:-seq bw delay scatter rss compress}
 dir=$(mktemp -d /tmp/bench-copy.XXXXXX)
 devs=()
 
@@ -31,6 +35,7 @@ cleanup() {
 		dmsetup remove --retry "${devs[d]}" >/dev/null 2>&1 || true
 	done
 	rmmod brd 2>/dev/null || true
+	rmdir /sys/kernel/config/nullb/bench 2>/dev/null || true
 	umount "$dir" 2>/dev/null || true
 	rm -rf "$dir"
 }
@@ -42,13 +47,14 @@ make_dev() {	# NAME TABLE
 }
 
 # Seconds CMD... takes on the guest's clock, read without starting a
-# program; its output goes to $dir/out. CMD is cbtctl or qemu-img, run from
-# their copies on tmpfs (tools/bench/lib.sh).
+# program; its output goes to $dir/out. CMD is cbtctl, qemu-img or dd,
+# run from their copies on tmpfs (tools/bench/lib.sh).
 seconds() {
 	local t0 t1 cmd
 	case $1 in
 	cbtctl) cmd=("${cbtctl[@]}") ;;
 	qemu-img) cmd=("${qemu_img[@]}") ;;
+	dd) cmd=("${dd[@]}") ;;
 	*) echo "bench: seconds $1" >&2; return 1 ;;
 	esac
 	shift
@@ -72,9 +78,12 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)' "$@"
 
 row() { printf '%-58s %10s   %s\n' "$@"; }
 
-mount -t tmpfs -o size=$((size_mb * 4 + 256))m tmpfs "$dir"
+tmpfs_mb=$((size_mb * 4 + 256))
+[[ " $parts " != *" bw "* ]] || tmpfs_mb=$((tmpfs_mb + bw_mb * 2))
+mount -t tmpfs -o size=${tmpfs_mb}m tmpfs "$dir"
 read -ra cbtctl <<<"$(tmpfs_prog "$dir" cbtctl)"
 read -ra qemu_img <<<"$(tmpfs_prog "$dir" qemu-img)"
+read -ra dd <<<"$(tmpfs_prog "$dir" dd)"
 "${cbtctl[@]}" --help >/dev/null 2>&1 || { echo "bench: the tmpfs cbtctl does not run" >&2; exit 1; }
 "${qemu_img[@]}" --version >/dev/null 2>&1 || { echo "bench: the tmpfs qemu-img does not run" >&2; exit 1; }
 
@@ -101,6 +110,10 @@ if [[ " $parts " == *" seq "* ]]; then
 	fio_bw=$(python3 -c "import json; print(json.load(open('$dir/fio.json'))['jobs'][0]['read']['bw_bytes'])")
 	fio_s=$(calc "$size_mb * 1048576 / $fio_bw")
 	row "fio sequential read, 1M, iodepth 8" "$fio_s" ""
+	# The least any copy into a file on tmpfs costs here: no format, no zeros skipped.
+	t=$(seconds dd if=$dev of="$dir/raw" bs=1M iflag=direct)
+	row "dd of the device into a file on tmpfs, 1M" "$t" "$(calc "$fio_s / $t") of fio's throughput"
+	rm -f "$dir/raw"
 	ours=$(seconds cbtctl backup --sync=full "bench-copy=$dir/c.qcow2")
 	row "cbtctl backup --sync=full" "$ours" "$(calc "$fio_s / $ours") of fio's throughput"
 	ns=$(seconds cbtctl backup --sync=full --no-snapshot "bench-copy=$dir/n.qcow2")
@@ -123,6 +136,48 @@ if [[ " $parts " == *" seq "* ]]; then
 	rm -f "$dir"/*.qcow2
 fi
 
+if [[ " $parts " == *" bw "* ]]; then
+	# A device that moves bw_mbps MiB/s (null_blk's throttle, on the
+	# guest's clock) and costs the vCPU little: the device sets the pace,
+	# as an SSD or a SAN link does on hardware, and a copy keeps up if it
+	# overlaps its own work (two copies of each byte, the image's pages)
+	# with the device's transfers. Filled with the brd's first half (3/4
+	# random, 1/4 zeros) over and over.
+	modprobe null_blk nr_devices=0
+	mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+	nb=/sys/kernel/config/nullb/bench
+	mkdir "$nb"
+	echo $bw_mb >"$nb/size"
+	echo 1 >"$nb/memory_backed"
+	echo 4096 >"$nb/blocksize"
+	echo $bw_mbps >"$nb/mbps"
+	echo 1 >"$nb/power"
+	for ((i = 0; i < bw_mb; i += size_mb)); do
+		dd if=/dev/ram0 of=/dev/bench bs=1M seek=$i \
+			count=$((bw_mb - i < size_mb ? bw_mb - i : size_mb)) \
+			iflag=direct oflag=direct status=none
+	done
+	make_dev bench-bw "0 $((bw_mb * 2048)) cbt /dev/bench"
+	fio --name=bw --filename=/dev/mapper/bench-bw --rw=read --bs=1M --direct=1 \
+		--ioengine=libaio --iodepth=8 --output-format=json >"$dir/fio.json"
+	fio_bw=$(python3 -c "import json; print(json.load(open('$dir/fio.json'))['jobs'][0]['read']['bw_bytes'])")
+	fio_s=$(calc "$bw_mb * 1048576 / $fio_bw")
+	row "$bw_mb MiB at $bw_mbps MiB/s: fio sequential read" "$fio_s" ""
+	ours=$(seconds cbtctl backup --sync=full "bench-bw=$dir/c.qcow2")
+	row "$bw_mb MiB at $bw_mbps MiB/s: cbtctl backup --sync=full" "$ours" \
+		"$(calc "$fio_s / $ours") of fio's throughput"
+	rm -f "$dir/c.qcow2"
+	ns=$(seconds cbtctl backup --sync=full --no-snapshot "bench-bw=$dir/n.qcow2")
+	row "$bw_mb MiB at $bw_mbps MiB/s: the same, --no-snapshot" "$ns" \
+		"$(calc "$fio_s / $ns") of fio's throughput"
+	qemu=$(seconds qemu-img convert -m 16 -W -O qcow2 -T none /dev/mapper/bench-bw \
+		"$dir/q.qcow2")
+	row "$bw_mb MiB at $bw_mbps MiB/s: qemu-img convert -m 16 -W" "$qemu" \
+		"cbtctl $(calc "$qemu / $ours")x faster"
+	qemu-img compare -q "$dir/n.qcow2" "$dir/q.qcow2"
+	rm -f "$dir"/*.qcow2
+fi
+
 if [[ " $parts " == *" delay "* ]]; then
 	# Reads wait delay_ms in dm-delay: queue depth, not bandwidth, decides.
 	dmb=$((64 * 2048))
@@ -130,12 +185,18 @@ if [[ " $parts " == *" delay "* ]]; then
 	make_dev bench-delay-cbt "0 $dmb cbt /dev/mapper/bench-delay"
 	qd1=$(seconds cbtctl backup --sync=full --parallel=1 "bench-delay-cbt=$dir/d1.qcow2")
 	row "64 MiB, ${delay_ms} ms reads: cbtctl --parallel=1" "$qd1" ""
-	for p in 8 16 32; do
+	for p in 8 16 32 64; do
 		t=$(seconds cbtctl backup --sync=full --parallel=$p "bench-delay-cbt=$dir/d$p.qcow2")
+		[ $p != 32 ] || p32=$t
 		row "64 MiB, ${delay_ms} ms reads: cbtctl --parallel=$p" "$t" \
 			"$(calc "$qd1 / $t")x the queue-depth-1 copy"
 		qemu-img compare -q "$dir/d1.qcow2" "$dir/d$p.qcow2"
 	done
+	qemu=$(seconds qemu-img convert -m 16 -W -O qcow2 -T none /dev/mapper/bench-delay-cbt \
+		"$dir/q.qcow2")
+	row "64 MiB, ${delay_ms} ms reads: qemu-img convert -m 16 -W" "$qemu" \
+		"cbtctl (--parallel=32) $(calc "$qemu / $p32")x faster"
+	qemu-img compare -q "$dir/d1.qcow2" "$dir/q.qcow2"
 	rm -f "$dir"/*.qcow2
 fi
 
@@ -171,7 +232,10 @@ fi
 
 if [[ " $parts " == *" rss "* ]]; then
 	# Peak RSS against the number of extents: every other 4K chunk dirty
-	# on 1/16 of the device, then on all of it (16 times the extents).
+	# on 1/16 of the device, then on all of it (16 times the extents),
+	# with one read in flight (two buffers). Then the second with the
+	# default 32 (36 buffers of 1 MiB): how many of them a copy touches
+	# depends on how far its reads run ahead, not on the extents.
 	for frac in 16 1; do
 		mb=$((size_mb / frac))
 		make_dev bench-rss$frac "0 $((mb * 2048)) cbt /dev/ram0"
@@ -179,11 +243,16 @@ if [[ " $parts " == *" rss "* ]]; then
 		cbtctl backup -q --sync=full -b b4k "bench-rss$frac=$dir/base$frac.qcow2" >/dev/null
 		fio --name=rss --filename=/dev/mapper/bench-rss$frac --rw=write:4k --bs=4k \
 			--direct=1 --ioengine=psync --size=${mb}M --output-format=json >/dev/null
-		kib=$(peak_rss "${cbtctl[@]}" backup -q --sync=incremental -b b4k \
+		kib=$(peak_rss "${cbtctl[@]}" backup -q --sync=incremental -b b4k --parallel=1 \
 			"bench-rss$frac=$dir/inc$frac.qcow2,backing=$dir/base$frac.qcow2,cluster-size=4K")
-		row "peak RSS, $((mb * 128)) extents of 4K (KiB)" "$kib" ""
-		rm -f "$dir"/*.qcow2
+		row "peak RSS, $((mb * 128)) extents of 4K, --parallel=1 (KiB)" "$kib" ""
 	done
+	fio --name=rss --filename=/dev/mapper/bench-rss1 --rw=write:4k --bs=4k \
+		--direct=1 --ioengine=psync --size=${size_mb}M --output-format=json >/dev/null
+	kib=$(peak_rss "${cbtctl[@]}" backup -q --sync=incremental -b b4k \
+		"bench-rss1=$dir/inc2.qcow2,backing=$dir/inc1.qcow2,cluster-size=4K")
+	row "the same, 32 reads in flight (the default; KiB)" "$kib" ""
+	rm -f "$dir"/*.qcow2
 fi
 
 if [[ " $parts " == *" compress "* ]] && cbtctl backup --help 2>&1 | grep -q -- --compress; then
