@@ -7,12 +7,23 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <linux/fs.h>
 
 #include "copy.h"
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#define poison(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define poison(p, n) ((void)(p), (void)(n))
+#define unpoison(p, n) ((void)(p), (void)(n))
+#endif
+
 #define COPY_ALIGN 4096
+#define HUGE_ALIGN (2u << 20)
 /* Image bytes written between two steps of write-behind. */
 #define WRITEBACK_WINDOW (32ull << 20)
 
@@ -239,6 +250,8 @@ struct engine {
 	unsigned int nr_urgent, urgent_idx;
 	bool urgent_scan, urgent_more;
 	uint64_t urgent_from;
+	char *map;			/* the buffers' mapping */
+	size_t map_len;
 	int img_fd;			/* write-behind; -1: off */
 	uint64_t wb_written;
 	off_t wb_prev, wb_mark;
@@ -663,6 +676,40 @@ static struct request *completed(struct engine *g)
 	return pick;
 }
 
+/*
+ * The requests' buffers (each bufsize and a cluster of slack), one after
+ * the other in one mapping aligned to huge pages: where the kernel gives
+ * anonymous memory transparent huge pages (Debian's default), a buffer's
+ * first touch costs one fault per 2 MiB, not one per page (0.357 s
+ * against 0.397 for make bench's full backup of 256 MiB of brd). No
+ * MADV_HUGEPAGE: with the default defrag setting, that would have the
+ * faults compact memory, a stall for a backup beside running guests.
+ * A page between two buffers is poisoned for AddressSanitizer, which
+ * sees into no mapping of ours.
+ */
+static int map_buffers(struct engine *g)
+{
+	size_t room = round_up(g->bufsize + g->cluster, COPY_ALIGN);
+	size_t stride = room + COPY_ALIGN, len;
+	char *base;
+	unsigned int i;
+
+	/* Whole huge pages from the aligned start on: no buffer straddles a partial one. */
+	len = round_up(stride * g->nr_reqs, HUGE_ALIGN);
+	base = mmap(NULL, len + HUGE_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		    -1, 0);
+	if (base == MAP_FAILED)
+		return -1;
+	g->map = base;
+	g->map_len = len + HUGE_ALIGN;
+	base = (char *)round_up((uintptr_t)base, HUGE_ALIGN);
+	for (i = 0; i < g->nr_reqs; i++) {
+		g->reqs[i].buf = base + i * stride;
+		poison(g->reqs[i].buf + room, COPY_ALIGN);
+	}
+	return 0;
+}
+
 static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_src *src,
 		       struct cbt_err *e)
 {
@@ -708,11 +755,13 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 			q->clen = calloc(g->max_parts, sizeof(*q->clen));
 			q->cbuf = malloc(g->max_parts * g->cbound);
 		}
-		if (!q->parts || !q->kind || (c->compress && (!q->clen || !q->cbuf)) ||
-		    posix_memalign((void **)&q->buf, COPY_ALIGN, g->bufsize + g->cluster))
+		if (!q->parts || !q->kind || (c->compress && (!q->clen || !q->cbuf)))
 			return cbt_fail(e, ENOMEM, "%s: copy buffers of %zu bytes", c->device,
 					g->bufsize);
 	}
+	if (map_buffers(g))
+		return cbt_fail(e, errno, "%s: %u copy buffers of %zu bytes", c->device,
+				g->nr_reqs, g->bufsize);
 	if (c->urgent) {
 		g->done.nr = (c->size + g->cluster - 1) / g->cluster;
 		if ((g->done.nr + 63) / 64 * 8 <= DONE_MAP_MAX) {
@@ -777,7 +826,10 @@ static void engine_exit(struct engine *g)
 		free(g->reqs[i].kind);
 		free(g->reqs[i].clen);
 		free(g->reqs[i].cbuf);
-		free(g->reqs[i].buf);
+	}
+	if (g->map) {
+		unpoison(g->map, g->map_len);
+		munmap(g->map, g->map_len);
 	}
 	free(g->reqs);
 	free(g->threads);
