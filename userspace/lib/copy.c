@@ -885,6 +885,10 @@ int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err 
 		while (!(q = completed(&g)))
 			pthread_cond_wait(&g.completion, &g.lock);
 		pthread_mutex_unlock(&g.lock);
+		/* With every request queued, a cancel is seen here: nothing more is written. */
+		if (!r && c->cancel && *c->cancel)
+			r = cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu", c->device,
+				     (unsigned long long)q->start);
 		if (!r && q->r) {
 			*e = q->err;
 			r = q->r;

@@ -481,6 +481,40 @@ static void test_progress(void)
 	close(c.fd);
 }
 
+static void cancel_now(void *arg, uint64_t done)
+{
+	(void)done;
+	*(int *)arg = 1;
+}
+
+/*
+ * A cancel once every request is queued (4 of them, 36 buffers): the
+ * request being written is the last, the copy fails with ECANCELED.
+ */
+static void test_cancel_queued(void)
+{
+	struct cbt_extent four = { 0, 4 * MiB };
+	struct cbt_copy c = { .device = "device" };
+	struct cbt_err e = { 0 };
+	struct qcow2_image *img;
+	char path[128];
+	int cancel = 0, fd;
+
+	snprintf(path, sizeof(path), "%s/device", dir);
+	fd = open(path, O_RDWR);
+	CHECK(fd >= 0);
+	fill(fd, 0, 4 * MiB, 0x3c);
+	close(fd);
+	img = copy_setup(&c, "device", "cancel.qcow2", 65536, NULL, path, sizeof(path));
+	c.cancel = &cancel;
+	c.progress = cancel_now;
+	c.progress_arg = &cancel;
+	CHECK(cbt_copy_extents(&c, &four, 1, &e) == -ECANCELED);
+	CHECK(c.requests == 4 && c.bytes_written == MiB);
+	qcow2_abort(img, true);
+	close(c.fd);
+}
+
 static void test_urgent(void)
 {
 	struct cbt_extent_list all = { 0 };
@@ -517,7 +551,7 @@ static void test_urgent(void)
 
 /*
  * Reader threads start as reads need them: one chunk copied with the
- * default --parallel starts one, not sixteen; an empty copy starts none.
+ * default --parallel starts one, not 32; an empty copy starts none.
  */
 static void test_lazy_readers(void)
 {
@@ -569,6 +603,7 @@ int main(void)
 	test_urgent();
 	test_lazy_readers();
 	test_progress();
+	test_cancel_queued();
 	sh("rm -rf %s", dir);
 	return unit_done("test-copy");
 }
