@@ -141,35 +141,59 @@ test_store_full() {
 	chain_matches "$dir/inc0.qcow2" "$d0"
 }
 
+# hold_read OFFSET: d0's read at OFFSET waits up to a minute (rule "hold")
+# or until let_go.
+hold_read() {
+	cbtctl inject "$d0" delay event=read offset="$1" length=4096 usecs=60000000 \
+		id=hold >/dev/null || fail "inject delay"
+}
+
+# held_backup OFFSET ARG...: starts a backup of d0 with bitmap b0, a
+# 128 KiB store, a timeout of one second and ARGs, its read at OFFSET held;
+# returns once that read is held, the backup's pid in pid.
+held_backup() {
+	local off=$1
+	shift
+	hold_read "$off"
+	cbtctl backup --bitmap=b0 --cbw-memory=128K --cbw-timeout=1 "$@" >"$dir/out" 2>&1 &
+	pid=$!
+	wait_held "$d0" $pid "$((off >> 20)) MiB"
+}
+
+# let_go PID IMAGE RAW: a suspend and resume of d0 lets the held read go;
+# the backup PID then ends well and IMAGE's chain holds RAW.
+let_go() {
+	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
+		fail "suspend and resume to let the held read go"
+	wait "$1" || fail "backup: $(cat "$dir/out")"
+	cbtctl inject "$d0" clear >/dev/null
+	chain_matches "$2" "$3"
+}
+
+# needed_bytes: the bytes of the chunks d0's snapshot still needs.
+needed_bytes() {
+	local info needed= chunk=
+	info=$(snap_info "$d0")
+	[[ $info =~ \ needed=([0-9]*)\  ]] && needed=${BASH_REMATCH[1]}
+	[[ $info =~ \ chunk=([0-9]*)\  ]] && chunk=${BASH_REMATCH[1]}
+	echo $((needed * chunk))
+}
+
 # The copy releases each run it has written: with the read at 8 MiB held,
 # the first 8 MiB are no longer needed, and writes there need no store slot
 # even with a store of two chunks and a timeout of one second.
 test_release() {
-	local dir d0 pid info needed chunk
+	local dir d0 pid info
 	devs release 1
 	dd if="$d0" of="$dir/before0.raw" bs=1M iflag=direct status=none
-	# Held for up to a minute: a suspend and resume let it go once the checks are done.
-	cbtctl inject "$d0" delay event=read offset=$((8 << 20)) length=4096 usecs=60000000 \
-		id=hold >/dev/null || fail "inject delay"
-	cbtctl backup --sync=full --bitmap=b0 --cbw-memory=128K --cbw-timeout=1 \
-		"$d0=$dir/t0.qcow2" >"$dir/out" 2>&1 &
-	pid=$!
-	wait_held "$d0" $pid "8 MiB" || return 1
-	info=$(snap_info "$d0")
-	# The second half is still needed, whatever the chunk.
-	needed= chunk=
-	[[ $info =~ \ needed=([0-9]*)\  ]] && needed=${BASH_REMATCH[1]}
-	[[ $info =~ \ chunk=([0-9]*)\  ]] && chunk=${BASH_REMATCH[1]}
-	[ "$((needed * chunk))" = $((8 << 20)) ] || fail "not released: $info"
+	held_backup $((8 << 20)) --sync=full "$d0=$dir/t0.qcow2" || return 1
+	# The second half is still needed.
+	expect_eq "needed, the copy held at 8 MiB" "$(needed_bytes)" $((8 << 20))
 	head -c $((8 << 20)) /dev/urandom >"$dir/w.raw"
 	overwrite "$d0" "$dir/w.raw"
 	info=$(snap_info "$d0")
 	[[ $info == *"state=running "*" waited=0 "* ]] || fail "writes waited: $info"
-	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
-		fail "suspend and resume to let the held read go"
-	wait $pid || fail "backup: $(cat "$dir/out")"
-	cbtctl inject "$d0" clear >/dev/null
-	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
+	let_go $pid "$dir/t0.qcow2" "$dir/before0.raw"
 	release_scattered
 }
 
@@ -178,7 +202,7 @@ test_release() {
 # together once written. Every dirty chunk before 8 MiB is then released,
 # every one from 8 MiB on still needed (4 MiB of them).
 release_scattered() {
-	local cmds=() i info needed chunk pid
+	local cmds=() i n pid
 	cbtctl backup --sync=incremental --bitmap=b0 "$d0=$dir/i0.qcow2,backing=$dir/t0.qcow2" \
 		>/dev/null || fail "incremental"
 	for ((i = 0; i < 256; i += 2)); do
@@ -186,27 +210,16 @@ release_scattered() {
 	done
 	qio "$d0" "${cmds[@]}" || fail "scattered writes"
 	dd if="$d0" of="$dir/before1.raw" bs=1M iflag=direct status=none
-	cbtctl inject "$d0" delay event=read offset=$((8 << 20)) length=4096 usecs=60000000 \
-		id=hold >/dev/null || fail "inject delay"
-	cbtctl backup --sync=incremental --bitmap=b0 --cbw-memory=128K --cbw-timeout=1 \
-		"$d0=$dir/i1.qcow2,backing=$dir/i0.qcow2" >"$dir/out" 2>&1 &
-	pid=$!
-	wait_held "$d0" $pid "8 MiB" || return 1
+	held_backup $((8 << 20)) --sync=incremental "$d0=$dir/i1.qcow2,backing=$dir/i0.qcow2" ||
+		return 1
 	# The requests before the held one may still be being written.
 	for ((i = 0; i < 50; i++)); do
-		info=$(snap_info "$d0")
-		needed= chunk=
-		[[ $info =~ \ needed=([0-9]*)\  ]] && needed=${BASH_REMATCH[1]}
-		[[ $info =~ \ chunk=([0-9]*)\  ]] && chunk=${BASH_REMATCH[1]}
-		[ "$((needed * chunk))" = $((4 << 20)) ] && break
+		n=$(needed_bytes)
+		[ "$n" = $((4 << 20)) ] && break
 		nap 0.1
 	done
-	[ "$((needed * chunk))" = $((4 << 20)) ] || fail "scattered, not released: $info"
-	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
-		fail "suspend and resume to let the held read go"
-	wait $pid || fail "scattered backup: $(cat "$dir/out")"
-	cbtctl inject "$d0" clear >/dev/null
-	chain_matches "$dir/i1.qcow2" "$dir/before1.raw"
+	expect_eq "needed, scattered, the copy held at 8 MiB" "$n" $((4 << 20))
+	let_go $pid "$dir/i1.qcow2" "$dir/before1.raw"
 }
 
 # scatter DEV FIRST N: 4 KiB writes at 8 MiB + FIRST + i * 256 KiB, i < N.
@@ -228,8 +241,7 @@ test_urgent() {
 	local dir d0 pid info i
 	devs urgent 1
 	dd if="$d0" of="$dir/before0.raw" bs=1M iflag=direct status=none
-	cbtctl inject "$d0" delay event=read offset=$((4 << 20)) length=4096 usecs=60000000 \
-		id=hold >/dev/null || fail "inject delay"
+	hold_read $((4 << 20))
 	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync=full --bitmap=b0 --cbw-memory=128K \
 		--cbw-timeout=1 "$d0=$dir/t0.qcow2" >"$dir/out" 2>&1 &
 	pid=$!
@@ -251,11 +263,7 @@ test_urgent() {
 	scatter "$d0" $((128 << 10)) 24
 	info=$(snap_info "$d0")
 	[[ $info == *"state=running "*" used=98304 "*" waited=0 "* ]] || fail "writes waited: $info"
-	dmsetup suspend "${d0#/dev/mapper/}" && dmsetup resume "${d0#/dev/mapper/}" ||
-		fail "suspend and resume to let the held read go"
-	wait $pid || fail "backup: $(cat "$dir/out")"
-	cbtctl inject "$d0" clear >/dev/null
-	chain_matches "$dir/t0.qcow2" "$dir/before0.raw"
+	let_go $pid "$dir/t0.qcow2" "$dir/before0.raw"
 }
 
 # write_hook FILE LOG DEV [FAIL]: a hook logging "ARG STATE BUSY SNAPSHOT"
