@@ -852,6 +852,15 @@ static struct request *free_request(struct engine *g)
 	return q;
 }
 
+/* -ECANCELED, the copy's position OFF in the message, once the copy is cancelled; else 0. */
+static int cancelled(struct cbt_copy *c, uint64_t off, struct cbt_err *e)
+{
+	if (!c->cancel || !*c->cancel)
+		return 0;
+	return cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu", c->device,
+			(unsigned long long)off);
+}
+
 int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err *e)
 {
 	struct engine g = { 0 };
@@ -863,11 +872,9 @@ int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err 
 	while (!r || g.in_flight) {
 		/* Queue reads while a buffer is free and there is something to read. */
 		while (!r && more && (q = free_request(&g))) {
-			if (c->cancel && *c->cancel) {
-				r = cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu",
-					     c->device, (unsigned long long)g.pos);
+			r = cancelled(c, g.pos, e);
+			if (r)
 				break;
-			}
 			r = next_request(&g, q, e);
 			if (r <= 0) {
 				more = false;
@@ -886,9 +893,8 @@ int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err 
 			pthread_cond_wait(&g.completion, &g.lock);
 		pthread_mutex_unlock(&g.lock);
 		/* With every request queued, a cancel is seen here: nothing more is written. */
-		if (!r && c->cancel && *c->cancel)
-			r = cbt_fail(e, ECANCELED, "%s: cancelled at offset %llu", c->device,
-				     (unsigned long long)q->start);
+		if (!r)
+			r = cancelled(c, q->start, e);
 		if (!r && q->r) {
 			*e = q->err;
 			r = q->r;
