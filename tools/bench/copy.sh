@@ -76,6 +76,16 @@ if r.returncode:
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)' "$@"
 }
 
+# fio_seconds DEV MB: the seconds fio's sequential read of MB MiB of DEV
+# takes at its throughput (1 MiB reads, 8 in flight).
+fio_seconds() {
+	fio --name=seq --filename="$1" --rw=read --bs=1M --direct=1 --ioengine=libaio \
+		--iodepth=8 --output-format=json >"$dir/fio.json"
+	python3 -c "import json
+bw = json.load(open('$dir/fio.json'))['jobs'][0]['read']['bw_bytes']
+print(f'{$2 * 1048576 / bw:.3f}')"
+}
+
 row() { printf '%-58s %10s   %s\n' "$@"; }
 
 tmpfs_mb=$((size_mb * 4 + 256))
@@ -105,10 +115,7 @@ echo
 row "copy engine ($size_mb MiB brd, $(uname -r))" "seconds" "ratio"
 
 if [[ " $parts " == *" seq "* ]]; then
-	fio --name=seq --filename=$dev --rw=read --bs=1M --direct=1 --ioengine=libaio \
-		--iodepth=8 --output-format=json >"$dir/fio.json"
-	fio_bw=$(python3 -c "import json; print(json.load(open('$dir/fio.json'))['jobs'][0]['read']['bw_bytes'])")
-	fio_s=$(calc "$size_mb * 1048576 / $fio_bw")
+	fio_s=$(fio_seconds $dev $size_mb)
 	row "fio sequential read, 1M, iodepth 8" "$fio_s" ""
 	# The least any copy into a file on tmpfs costs here: no format, no zeros skipped.
 	t=$(seconds dd if=$dev of="$dir/raw" bs=1M iflag=direct)
@@ -158,10 +165,7 @@ if [[ " $parts " == *" bw "* ]]; then
 			iflag=direct oflag=direct status=none
 	done
 	make_dev bench-bw "0 $((bw_mb * 2048)) cbt /dev/bench"
-	fio --name=bw --filename=/dev/mapper/bench-bw --rw=read --bs=1M --direct=1 \
-		--ioengine=libaio --iodepth=8 --output-format=json >"$dir/fio.json"
-	fio_bw=$(python3 -c "import json; print(json.load(open('$dir/fio.json'))['jobs'][0]['read']['bw_bytes'])")
-	fio_s=$(calc "$bw_mb * 1048576 / $fio_bw")
+	fio_s=$(fio_seconds /dev/mapper/bench-bw $bw_mb)
 	row "$bw_mb MiB at $bw_mbps MiB/s: fio sequential read" "$fio_s" ""
 	ours=$(seconds cbtctl backup --sync=full "bench-bw=$dir/c.qcow2")
 	row "$bw_mb MiB at $bw_mbps MiB/s: cbtctl backup --sync=full" "$ours" \
