@@ -52,6 +52,7 @@
 #define INCOMPAT_DATA_FILE		(1ULL << 2)
 #define INCOMPAT_COMPRESSION		(1ULL << 3)
 #define INCOMPAT_EXTL2			(1ULL << 4)
+#define AUTOCLEAR_BITMAPS		(1ULL << 0)	/* the bitmaps extension is consistent */
 
 /* Header extension types. */
 #define EXT_END				0x00000000u
@@ -75,6 +76,15 @@
 #define MAX_REFTABLE_BYTES		(8u << 20)	/* qemu's limit */
 #define MAX_HOST_OFFSET			(1ULL << 56)
 #define DEFAULT_CACHE_LIMIT		(32u << 20)
+
+/* The bitmaps extension (qcow2.txt, "Bitmaps extension"), with QEMU's limits. */
+#define BITMAPS_EXT_LENGTH		24
+#define BITMAP_TYPE_DIRTY_TRACKING	1
+#define BITMAP_MIN_GRANULARITY_BITS	9
+#define BITMAP_MAX_GRANULARITY_BITS	31
+#define BITMAP_MAX_NAME_SIZE		1023
+#define BITMAP_MAX_TABLE_SIZE		0x8000000u
+#define BITMAP_MAX_COUNT		65535u
 
 /* One cached metadata cluster (an L2 table or a refcount block), on-disk
  * (big-endian) contents. */
@@ -141,6 +151,31 @@ struct qcow2_image {
 
 	size_t cache_bytes, cache_limit;
 	uint8_t *bounce;		/* one cluster */
+
+	/* Persistent bitmaps (created images only): written, then the one being filled. */
+	struct bitmap_entry *bitmaps;
+	unsigned int nr_bitmaps;
+	uint64_t bitmap_directory_offset;	/* where the directory of those is */
+	struct bitmap_fill *fill;
+};
+
+/* A bitmap directory entry to write (qcow2.txt, "Bitmap directory"). */
+struct bitmap_entry {
+	char *name;
+	uint8_t granularity_bits;
+	uint32_t bitmap_table_size;
+	uint64_t bitmap_table_offset;
+};
+
+/* The bitmap qcow2_bitmap_add() fills: its table, and one data cluster at a time. */
+struct bitmap_fill {
+	struct bitmap_entry entry;
+	uint64_t nr_bits;		/* one per granule of the virtual disk */
+	uint64_t *bitmap_table;		/* host byte order, bitmap_table_size entries */
+	uint8_t *data;			/* the data cluster being set */
+	uint64_t data_index;		/* which one; UINT64_MAX: none yet */
+	bool data_dirty;		/* a bit in it is set */
+	uint64_t next_bit;		/* the first bit a later range may set */
 };
 
 static uint32_t get_be32(const uint8_t *p)
@@ -570,6 +605,9 @@ static int get_l2(struct qcow2_image *img, uint64_t i, bool alloc,
 /* ---- metadata write-out ------------------------------------------------ */
 
 /* The header_length a created image's header is written with. */
+static size_t write_bitmaps_ext(const struct qcow2_image *img, uint8_t *p);
+static uint64_t bitmaps_ext_bytes(const struct qcow2_image *img);
+
 static uint32_t created_header_length(const struct qcow2_image *img)
 {
 	return img->compression_type ? HDR_V3_COMPRESSION_LENGTH : HDR_V3_LENGTH;
@@ -615,7 +653,7 @@ static int write_header(struct qcow2_image *img, struct cbt_err *e)
 	put_be64(h + HDR_INCOMPATIBLE_FEATURES,
 		 img->compression_type ? INCOMPAT_COMPRESSION : 0);
 	put_be64(h + HDR_COMPATIBLE_FEATURES, 0);
-	put_be64(h + HDR_AUTOCLEAR_FEATURES, 0);
+	put_be64(h + HDR_AUTOCLEAR_FEATURES, img->autoclear_features);
 	put_be32(h + HDR_REFCOUNT_ORDER, img->refcount_order);
 	put_be32(h + HDR_HEADER_LENGTH, created_header_length(img));
 	if (img->compression_type)
@@ -634,6 +672,8 @@ static int write_header(struct qcow2_image *img, struct cbt_err *e)
 		memcpy(h + pos + 8, img->cbt_ext, img->cbt_ext_len);
 		pos += 8 + (img->cbt_ext_len + 7) / 8 * 8;
 	}
+	if (img->autoclear_features & AUTOCLEAR_BITMAPS)
+		pos += write_bitmaps_ext(img, h + pos);
 	put_be32(h + pos, EXT_END);	/* end of the extension area */
 	put_be32(h + pos + 4, 0);
 	pos += 8;
@@ -786,6 +826,8 @@ static struct qcow2_image *image_new(const char *path, uint32_t cluster_bits)
 	return img;
 }
 
+static void bitmap_fill_free(struct bitmap_fill *f);
+
 static void image_free(struct qcow2_image *img)
 {
 	drop_cache(img);
@@ -802,6 +844,10 @@ static void image_free(struct qcow2_image *img)
 	free(img->hdr0);
 	free(img->bounce);
 	free(img->path);
+	bitmap_fill_free(img->fill);
+	while (img->nr_bitmaps)
+		free(img->bitmaps[--img->nr_bitmaps].name);
+	free(img->bitmaps);
 	free(img);
 }
 
@@ -1484,6 +1530,7 @@ int qcow2_set_compression(struct qcow2_image *img, enum qcow2_compression type,
 		need += ext_bytes(strlen(img->backing_format));
 	if (img->cbt_ext)
 		need += ext_bytes(img->cbt_ext_len);
+	need += bitmaps_ext_bytes(img);
 	if (img->backing_file)
 		need += strlen(img->backing_file);
 	if (need > img->cluster_size)
@@ -1819,6 +1866,7 @@ int qcow2_set_cbt_extension(struct qcow2_image *img, const void *data, size_t le
 	need = created_header_length(img) + 8 + (data ? ext_bytes(len) : 0);
 	if (img->backing_format)
 		need += ext_bytes(strlen(img->backing_format));
+	need += bitmaps_ext_bytes(img);
 	if (img->backing_file)
 		need += strlen(img->backing_file);
 	if (need > img->cluster_size)
@@ -1965,4 +2013,245 @@ out:
 	if (r)
 		qcow2_peek_free(out);
 	return r;
+}
+
+/* ---- persistent bitmaps ------------------------------------------------- */
+
+static uint64_t bitmaps_ext_bytes(const struct qcow2_image *img)
+{
+	return img->nr_bitmaps || img->fill ? ext_bytes(BITMAPS_EXT_LENGTH) : 0;
+}
+
+/* One directory entry: 24 bytes, no extra data, the name, padded to 8 bytes. */
+static uint64_t bitmap_entry_size(const struct bitmap_entry *be)
+{
+	return (24 + strlen(be->name) + 7) / 8 * 8;
+}
+
+static uint64_t bitmap_directory_size(const struct qcow2_image *img)
+{
+	uint64_t size = 0;
+	unsigned int i;
+
+	for (i = 0; i < img->nr_bitmaps; i++)
+		size += bitmap_entry_size(&img->bitmaps[i]);
+	return size;
+}
+
+static size_t write_bitmaps_ext(const struct qcow2_image *img, uint8_t *p)
+{
+	put_be32(p, EXT_BITMAPS);
+	put_be32(p + 4, BITMAPS_EXT_LENGTH);
+	put_be32(p + 8, img->nr_bitmaps);			/* nb_bitmaps */
+	put_be32(p + 12, 0);					/* reserved32 */
+	put_be64(p + 16, bitmap_directory_size(img));		/* bitmap_directory_size */
+	put_be64(p + 24, img->bitmap_directory_offset);	/* bitmap_directory_offset */
+	return (size_t)ext_bytes(BITMAPS_EXT_LENGTH);
+}
+
+static void bitmap_fill_free(struct bitmap_fill *f)
+{
+	if (!f)
+		return;
+	free(f->entry.name);
+	free(f->bitmap_table);
+	free(f->data);
+	free(f);
+}
+
+int qcow2_bitmap_begin(struct qcow2_image *img, const char *name, uint64_t granularity,
+		       struct cbt_err *e)
+{
+	struct bitmap_fill *f;
+	uint64_t need, bits_per_cluster, table_size;
+	unsigned int i;
+	size_t len = strlen(name);
+
+	if (!img->created)
+		return cbt_fail(e, ENOTSUP, "%s: bitmaps are written into new images only", img->path);
+	if (img->fill)
+		return cbt_fail(e, EBUSY, "%s: bitmap %s is still being written", img->path,
+				img->fill->entry.name);
+	if (!len || len > BITMAP_MAX_NAME_SIZE)
+		return cbt_fail(e, EINVAL, "%s: a bitmap name must be 1 to %d bytes long",
+				img->path, BITMAP_MAX_NAME_SIZE);
+	if (granularity & (granularity - 1) ||
+	    granularity < (1ULL << BITMAP_MIN_GRANULARITY_BITS) ||
+	    granularity > (1ULL << BITMAP_MAX_GRANULARITY_BITS))
+		return cbt_fail(e, EINVAL, "%s: bitmap %s: granularity %llu is not a power of two "
+				"from 512 B to 2 GiB", img->path, name,
+				(unsigned long long)granularity);
+	for (i = 0; i < img->nr_bitmaps; i++)
+		if (!strcmp(img->bitmaps[i].name, name))
+			return cbt_fail(e, EEXIST, "%s: bitmap %s exists already", img->path, name);
+	if (img->nr_bitmaps >= BITMAP_MAX_COUNT)
+		return cbt_fail(e, ENOSPC, "%s: %u bitmaps at most", img->path, BITMAP_MAX_COUNT);
+	/* The extension must fit into the first cluster beside the others. */
+	need = created_header_length(img) + 8 + ext_bytes(BITMAPS_EXT_LENGTH);
+	if (img->backing_format)
+		need += ext_bytes(strlen(img->backing_format));
+	if (img->cbt_ext)
+		need += ext_bytes(img->cbt_ext_len);
+	if (img->backing_file)
+		need += strlen(img->backing_file);
+	if (need > img->cluster_size)
+		return cbt_fail(e, ENOSPC, "%s: the bitmaps extension does not fit into the first "
+				"%llu-byte cluster", img->path,
+				(unsigned long long)img->cluster_size);
+	bits_per_cluster = img->cluster_size * 8;
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return cbt_fail(e, ENOMEM, "%s: bitmap %s", img->path, name);
+	f->entry.granularity_bits = (uint8_t)__builtin_ctzll(granularity);
+	f->nr_bits = div_round_up(img->size, granularity);
+	table_size = div_round_up(f->nr_bits, bits_per_cluster);
+	if (table_size > BITMAP_MAX_TABLE_SIZE) {
+		free(f);
+		return cbt_fail(e, EFBIG, "%s: bitmap %s: granularity %llu is too fine for %llu bytes",
+				img->path, name, (unsigned long long)granularity,
+				(unsigned long long)img->size);
+	}
+	f->entry.bitmap_table_size = (uint32_t)table_size;
+	f->entry.name = strdup(name);
+	f->bitmap_table = calloc(table_size, sizeof(uint64_t));
+	f->data = calloc(1, img->cluster_size);
+	f->data_index = UINT64_MAX;
+	if (!f->entry.name || !f->bitmap_table || !f->data) {
+		bitmap_fill_free(f);
+		return cbt_fail(e, ENOMEM, "%s: bitmap %s", img->path, name);
+	}
+	img->fill = f;
+	return 0;
+}
+
+/* Writes the data cluster being set, if any bit of it is, and starts an empty one. */
+static int bitmap_data_flush(struct qcow2_image *img, struct cbt_err *e)
+{
+	struct bitmap_fill *f = img->fill;
+	uint64_t host = 0;
+	int r;
+
+	if (f->data_dirty) {
+		r = alloc_clusters(img, 1, &host, e);
+		if (!r)
+			r = pwrite_all(img, f->data, img->cluster_size, host << img->cluster_bits, e);
+		if (r)
+			return r;
+		f->bitmap_table[f->data_index] = host << img->cluster_bits;
+		memset(f->data, 0, img->cluster_size);
+		f->data_dirty = false;
+	}
+	return 0;
+}
+
+int qcow2_bitmap_set(struct qcow2_image *img, uint64_t offset, uint64_t len, struct cbt_err *e)
+{
+	struct bitmap_fill *f = img->fill;
+	uint64_t bit, end, bits_per_cluster = img->cluster_size * 8;
+	int r;
+
+	if (!f)
+		return cbt_fail(e, EINVAL, "%s: no bitmap is being written", img->path);
+	if (!len)
+		return 0;
+	if (offset >= img->size || len > img->size - offset)
+		return cbt_fail(e, EINVAL, "%s: bitmap %s: range %llu+%llu ends past the virtual "
+				"size %llu", img->path, f->entry.name, (unsigned long long)offset,
+				(unsigned long long)len, (unsigned long long)img->size);
+	bit = offset >> f->entry.granularity_bits;
+	end = div_round_up(offset + len, 1ULL << f->entry.granularity_bits);
+	/* A granule shared with the range before may be set twice, nothing before it. */
+	if (f->next_bit && bit + 1 < f->next_bit)
+		return cbt_fail(e, EINVAL, "%s: bitmap %s: range at %llu comes after a later one",
+				img->path, f->entry.name, (unsigned long long)offset);
+	for (; bit < end; bit++) {
+		if (bit / bits_per_cluster != f->data_index) {
+			r = bitmap_data_flush(img, e);
+			if (r)
+				return r;
+			f->data_index = bit / bits_per_cluster;
+		}
+		/* Bit 0 of byte 0 is the first granule: QEMU serializes little-endian. */
+		f->data[(bit % bits_per_cluster) / 8] |= 1u << (bit % 8);
+		f->data_dirty = true;
+	}
+	f->next_bit = end;
+	return 0;
+}
+
+/*
+ * The bitmap is complete: its last data cluster and its table are written,
+ * then a new directory with it, which the header (written at the next
+ * flush) then names, with the autoclear bit that makes QEMU trust it. The
+ * old directory's clusters are released after that header is written.
+ */
+int qcow2_bitmap_end(struct qcow2_image *img, struct cbt_err *e)
+{
+	struct bitmap_fill *f = img->fill;
+	struct bitmap_entry *entries;
+	uint64_t table_bytes, n, host = 0, i, old_offset = img->bitmap_directory_offset;
+	uint64_t old_clusters = div_round_up(bitmap_directory_size(img), img->cluster_size);
+	uint8_t *buf, *p;
+	int r;
+
+	if (!f)
+		return cbt_fail(e, EINVAL, "%s: no bitmap is being written", img->path);
+	r = bitmap_data_flush(img, e);
+	if (r)
+		return r;
+	table_bytes = (uint64_t)f->entry.bitmap_table_size * 8;
+	n = div_round_up(table_bytes, img->cluster_size);
+	buf = calloc(n, img->cluster_size);
+	if (!buf)
+		return cbt_fail(e, ENOMEM, "%s: bitmap table", img->path);
+	for (i = 0; i < f->entry.bitmap_table_size; i++)
+		put_be64(buf + i * 8, f->bitmap_table[i]);
+	r = alloc_clusters(img, n, &host, e);
+	if (!r)
+		r = pwrite_all(img, buf, n << img->cluster_bits, host << img->cluster_bits, e);
+	free(buf);
+	if (r)
+		return r;
+	f->entry.bitmap_table_offset = host << img->cluster_bits;
+
+	entries = realloc(img->bitmaps, (img->nr_bitmaps + 1) * sizeof(*entries));
+	if (!entries)
+		return cbt_fail(e, ENOMEM, "%s: bitmap directory", img->path);
+	img->bitmaps = entries;
+	img->bitmaps[img->nr_bitmaps++] = f->entry;
+	f->entry.name = NULL;
+	bitmap_fill_free(f);
+	img->fill = NULL;
+
+	n = div_round_up(bitmap_directory_size(img), img->cluster_size);
+	buf = calloc(n, img->cluster_size);
+	if (!buf)
+		return cbt_fail(e, ENOMEM, "%s: bitmap directory", img->path);
+	for (p = buf, i = 0; i < img->nr_bitmaps; i++) {
+		const struct bitmap_entry *be = &img->bitmaps[i];
+		size_t len = strlen(be->name);
+
+		put_be64(p, be->bitmap_table_offset);
+		put_be32(p + 8, be->bitmap_table_size);
+		put_be32(p + 12, 0);	/* flags: not in_use, not auto (a disabled bitmap) */
+		p[16] = BITMAP_TYPE_DIRTY_TRACKING;
+		p[17] = be->granularity_bits;
+		p[18] = (uint8_t)(len >> 8);	/* name_size, big-endian */
+		p[19] = (uint8_t)len;
+		put_be32(p + 20, 0);	/* extra_data_size */
+		memcpy(p + 24, be->name, len);
+		p += bitmap_entry_size(be);
+	}
+	r = alloc_clusters(img, n, &host, e);
+	if (!r)
+		r = pwrite_all(img, buf, n << img->cluster_bits, host << img->cluster_bits, e);
+	free(buf);
+	for (i = 0; !r && old_offset && i < old_clusters; i++)
+		r = defer_unref(img, (old_offset >> img->cluster_bits) + i, e);
+	if (r)
+		return r;
+	img->bitmap_directory_offset = host << img->cluster_bits;
+	img->autoclear_features |= AUTOCLEAR_BITMAPS;
+	img->header_dirty = true;
+	return 0;
 }

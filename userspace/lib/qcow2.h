@@ -194,6 +194,24 @@ void qcow2_abort(struct qcow2_image *img, bool unlink_created);
 int qcow2_set_cbt_extension(struct qcow2_image *img, const void *data, size_t len,
 			    struct cbt_err *e);
 
+/*
+ * Persistent dirty bitmaps (qcow2.txt, "Bitmaps extension"), in an image
+ * made by qcow2_create(): qcow2_bitmap_begin() starts bitmap NAME (1 to
+ * 1023 bytes, unique in the image) with one bit per GRANULARITY bytes (a
+ * power of two from 512 B to 2 GiB) of the virtual disk, all clear;
+ * qcow2_bitmap_set() sets the bits of the granules that [OFFSET,
+ * OFFSET+LEN) touches, ranges in ascending order; qcow2_bitmap_end()
+ * writes the bitmap, and the next flush a header that lists it (with the
+ * autoclear bit QEMU wants). One bitmap at a time. Bitmaps are written
+ * disabled (no "auto" flag) and not in use, as QEMU leaves a bitmap it
+ * does not track writes with: "qemu-img info" lists them, and "qemu-nbd
+ * -B NAME" serves one as the meta context qemu:dirty-bitmap:NAME.
+ */
+int qcow2_bitmap_begin(struct qcow2_image *img, const char *name, uint64_t granularity,
+		       struct cbt_err *e);
+int qcow2_bitmap_set(struct qcow2_image *img, uint64_t offset, uint64_t len, struct cbt_err *e);
+int qcow2_bitmap_end(struct qcow2_image *img, struct cbt_err *e);
+
 /* What qcow2_peek() reads of an image's header. */
 struct qcow2_peek {
 	uint32_t version;

@@ -1438,6 +1438,141 @@ static void lap(const char *what)
 	last = t;
 }
 
+/* ---- persistent bitmaps ------------------------------------------------ */
+
+/*
+ * What qemu-nbd serves of bitmap NAME in IMG as qemu:dirty-bitmap:NAME,
+ * read by nbdinfo --map: must be exactly the granules EXPECT (a byte per
+ * granule) marks, as alternating clean and dirty runs clipped to SIZE.
+ */
+static bool nbd_map_matches(int line, const char *img, const char *name, uint64_t size,
+			    uint64_t gran, const uint8_t *expect)
+{
+	char sock[256], pid[256], map[256];
+	unsigned long long off, len, pos = 0;
+	unsigned int type;
+	char desc[32];
+	bool good = true;
+	FILE *f;
+
+	snprintf(sock, sizeof(sock), "%s", in_dir("nbd.sock"));
+	snprintf(pid, sizeof(pid), "%s", in_dir("nbd.pid"));
+	snprintf(map, sizeof(map), "%s", in_dir("map.txt"));
+	unlink(sock);
+	if (!ok_run(line, "qemu-nbd", 0, run("qemu-nbd --fork --pid-file='%s' -r -t -f qcow2 "
+					    "-B '%s' -k '%s' '%s'", pid, name, sock, img)))
+		return false;
+	good = ok_run(line, "nbdinfo --map", 0,
+		      run("{ nbdinfo --map=qemu:dirty-bitmap:%s 'nbd+unix:///?socket=%s' >'%s'; }",
+			  name, sock, map));
+	run("kill $(cat '%s')", pid);
+	f = good ? fopen(map, "r") : NULL;
+	while (f && fscanf(f, "%llu %llu %u %31s", &off, &len, &type, desc) == 4) {
+		uint64_t g;
+
+		if (off != pos || !len || off + len > size) {
+			good = false;
+			break;
+		}
+		/* Every granule the run touches has the run's state, and a run is maximal. */
+		for (g = off / gran; g < (off + len + gran - 1) / gran; g++)
+			if (expect[g] != (type & 1))
+				good = false;
+		if (off + len < size && expect[(off + len) / gran] == (type & 1))
+			good = false;
+		pos = off + len;
+	}
+	if (f)
+		fclose(f);
+	if (!good || pos != size) {
+		fprintf(stderr, "test-qcow2.c:%d: bitmap %s of %s: nbdinfo's map differs "
+			"(ends at %llu of %llu)\n", line, name, img, pos,
+			(unsigned long long)size);
+		run("cat '%s' >&2", map);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Bitmaps of several granularities, with random ranges, written into a
+ * wrapper over a raw backing file: qemu-img check accepts the image and
+ * qemu-nbd serves each bitmap bit for bit.
+ */
+static void test_bitmaps(uint32_t cluster, uint64_t size)
+{
+	static const uint64_t grans[] = { 512, 4096, 65536, 1 << 20 };
+	char raw[256], path[256];
+	struct qcow2_image *img = NULL;
+	uint8_t *expect[4] = { 0 };
+	unsigned int i;
+	char name[32];
+
+	snprintf(raw, sizeof(raw), "%s", in_dir("bm.raw"));
+	snprintf(path, sizeof(path), "%s", in_dir("bm.qcow2"));
+	unlink(path);
+	CHECK(run("truncate -s %llu '%s'", (unsigned long long)size, raw) == 0);
+	OK(qcow2_create(path, size, cluster, "bm.raw", "raw", &img, &err));
+	if (!img)
+		return;
+	for (i = 0; i < 4; i++) {
+		uint64_t g = grans[i], nr = (size + g - 1) / g, off = 0, len, k;
+
+		expect[i] = calloc(nr, 1);
+		snprintf(name, sizeof(name), "b%llu", (unsigned long long)g);
+		OK(qcow2_bitmap_begin(img, name, g, &err));
+		/* Byte ranges of random length and gaps; some share a granule. */
+		while (i < 3 && off < size) {
+			off += (uint64_t)(rand() % 64) * 512 * (i + 1) * (i + 1);
+			len = (uint64_t)(rand() % 32 + 1) * 512 * (i + 1);
+			if (off >= size)
+				break;
+			if (len > size - off)
+				len = size - off;
+			OK(qcow2_bitmap_set(img, off, len, &err));
+			for (k = off / g; k < (off + len + g - 1) / g; k++)
+				expect[i][k] = 1;
+			off += len;
+		}
+		OK(qcow2_bitmap_end(img, &err));
+	}
+	OK(qcow2_close(img, true, &err));
+	CHECK_IMAGE(path);
+	CHECK(run("qemu-img info '%s' | grep -q 'name: b512'", path) == 0);
+	for (i = 0; i < 4; i++) {
+		snprintf(name, sizeof(name), "b%llu", (unsigned long long)grans[i]);
+		CHECK(nbd_map_matches(__LINE__, path, name, size, grans[i], expect[i]));
+		free(expect[i]);
+	}
+}
+
+static void test_bitmap_refusals(void)
+{
+	const char *path = in_dir("bmbad.qcow2");
+	struct qcow2_image *img = NULL;
+
+	unlink(path);
+	OK(qcow2_create(path, 1 << 20, 65536, NULL, NULL, &img, &err));
+	if (!img)
+		return;
+	CHECK(refused(__LINE__, qcow2_bitmap_set(img, 0, 512, &err), EINVAL, &err, "no bitmap"));
+	CHECK(refused(__LINE__, qcow2_bitmap_begin(img, "g", 1000, &err), EINVAL, &err,
+		      "granularity"));
+	CHECK(refused(__LINE__, qcow2_bitmap_begin(img, "g", 256, &err), EINVAL, &err,
+		      "granularity"));
+	CHECK(refused(__LINE__, qcow2_bitmap_begin(img, "", 512, &err), EINVAL, &err, "name"));
+	OK(qcow2_bitmap_begin(img, "a", 4096, &err));
+	CHECK(refused(__LINE__, qcow2_bitmap_begin(img, "b", 4096, &err), EBUSY, &err, "a"));
+	OK(qcow2_bitmap_set(img, 65536, 4096, &err));
+	CHECK(refused(__LINE__, qcow2_bitmap_set(img, 0, 4096, &err), EINVAL, &err, "later"));
+	CHECK(refused(__LINE__, qcow2_bitmap_set(img, 1 << 20, 512, &err), EINVAL, &err,
+		      "past"));
+	OK(qcow2_bitmap_end(img, &err));
+	CHECK(refused(__LINE__, qcow2_bitmap_begin(img, "a", 4096, &err), EEXIST, &err, "a"));
+	OK(qcow2_close(img, true, &err));
+	CHECK_IMAGE(path);
+}
+
 int main(void)
 {
 	static const uint32_t sizes[] = { 512, 4096, 65536, 131072, 2u << 20 };
@@ -1487,6 +1622,18 @@ int main(void)
 	for (i = 1; i <= 8; i++)
 		fuzz(i);
 	lap("fuzz");
+	if (system("qemu-nbd --version >/dev/null 2>&1") == 0 &&
+	    system("nbdinfo --version >/dev/null 2>&1") == 0) {
+		test_bitmaps(65536, 10 * MiB + 512);
+		test_bitmaps(512, 160 * MiB + 3584);
+		test_bitmaps(2u << 20, 3 * GiB);
+		test_bitmap_refusals();
+		lap("persistent bitmaps");
+	} else {
+		/* deps installs both: a machine without them is not a test machine. */
+		printf("test-qcow2: qemu-nbd or nbdinfo (libnbd-bin) not installed\n");
+		unit_failed++;
+	}
 
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	printf("test-qcow2: %.1f s\n", (double)(t1.tv_sec - t0.tv_sec) +
