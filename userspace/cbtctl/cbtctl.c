@@ -24,6 +24,8 @@ static const struct command commands[] = {
 	{ "list", cmd_list, "list [--json]", "list every cbt device, its bitmaps and snapshot" },
 	{ "backup", cmd_backup, "backup --sync=full|incremental [OPTIONS] JOB...",
 	  "back up cbt devices into qcow2 images at one instant, all or nothing" },
+	{ "export", cmd_export, "export start [OPTIONS] DEV... | export stop [--commit] TOKEN",
+	  "serve cbt devices at one instant, with their dirty bitmaps, over NBD (pull mode)" },
 	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",
 	  "print a bitmap's dirty extents as 'offset length' in bytes" },
 	{ "inject", cmd_inject, "inject DEV WORD...",

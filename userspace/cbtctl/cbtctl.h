@@ -27,6 +27,7 @@ int cmd_bitmap(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_list(int argc, char **argv);
 int cmd_backup(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 int cmd_extents(int argc, char **argv);
 int cmd_inject(int argc, char **argv);
 int cmd_recover(int argc, char **argv);

@@ -278,7 +278,8 @@ static int record_identity(struct cbt_backup *b, struct cbt_backup_job *job, str
 	r = cbt_identity_format(id, &text, &len, e);
 	if (r)
 		return r;
-	r = qcow2_set_cbt_extension(p->img, text, len, e);
+	/* An export has no image: the identity is what a commit will make. */
+	r = p->img ? qcow2_set_cbt_extension(p->img, text, len, e) : 0;
 	free(text);
 	return r;
 }
@@ -314,7 +315,7 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 			return cbt_fail(e, EBUSY, "%s: bitmap '%s' is busy (frozen by %s)",
 					cbt_dm_name(job->spec.device), info.name,
 					info.token[0] ? info.token : "another backup");
-		if (info.inconsistent && b->sync == CBT_SYNC_INCREMENTAL)
+		if (info.inconsistent && (b->sync == CBT_SYNC_INCREMENTAL || b->hold))
 			return cbt_fail(e, EINVAL, "%s: bitmap '%s' is inconsistent (it may have "
 					"missed writes): take a full backup", cbt_dm_name(job->spec.device),
 					info.name);
@@ -325,6 +326,8 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 	if (job->size != st.length)
 		return cbt_fail(e, EIO, "%s: size %llu differs from its table (%llu)", p->dm_dev,
 				(unsigned long long)job->size, (unsigned long long)st.length);
+	if (b->hold)
+		return 0;	/* an export: no image */
 
 	if (job->spec.mode == CBT_MODE_EXISTING) {
 		r = qcow2_open_existing(job->spec.target, &p->img, e);
@@ -439,8 +442,9 @@ static void snapshot_error(struct cbt_backup *b, const struct cbt_err *err)
 static int prepare_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
 	struct cbt_backup_job_priv *p = job->priv;
-	uint32_t cluster = cbt_snapshot_cluster(qcow2_cluster_size(p->img));
-	uint32_t chunk = cbt_snapshot_chunk(cluster, qcow2_virtual_size(p->img));
+	uint32_t cluster = cbt_snapshot_cluster(p->img ? qcow2_cluster_size(p->img) :
+						CBT_DEFAULT_CLUSTER_SIZE);
+	uint32_t chunk = cbt_snapshot_chunk(cluster, job->size);
 	char memory[40] = "", timeout[24] = "";
 	int r;
 
@@ -492,7 +496,7 @@ static int start_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, stru
 	if (!f)
 		return cbt_fail(e, ENOMEM, "%s: snapshot start", job->spec.device);
 	fprintf(f, "snapshot start %s", b->token);
-	for (j = 0; j < b->nr_bitmaps && b->sync == CBT_SYNC_INCREMENTAL; j++)
+	for (j = 0; j < b->nr_bitmaps && (b->sync == CBT_SYNC_INCREMENTAL || b->dirty_only); j++)
 		fprintf(f, " %s", b->bitmaps[j]);
 	if (fclose(f)) {
 		free(msg);
@@ -618,6 +622,10 @@ static int fit_to_instant(struct cbt_backup_job *job, struct cbt_err *e)
 
 	if (now == was)
 		return 0;
+	if (!p->img) {
+		job->size = now;	/* an export */
+		return 0;
+	}
 	if (job->spec.mode == CBT_MODE_EXISTING) {
 		if (qcow2_virtual_size(p->img) < now)
 			return cbt_fail(e, EFBIG, "%s: grew from %llu to %llu bytes before the "
@@ -1204,7 +1212,8 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		for (j = 0; j < i; j++)
 			if (!strcmp(cbt_dm_name(b->jobs[i].spec.device),
 				    cbt_dm_name(b->jobs[j].spec.device)) ||
-			    !strcmp(b->jobs[i].spec.target, b->jobs[j].spec.target))
+			    (b->jobs[i].spec.target && b->jobs[j].spec.target &&
+			     !strcmp(b->jobs[i].spec.target, b->jobs[j].spec.target)))
 				return cbt_fail(e, EINVAL, "jobs %u and %u share a device or a target",
 						j + 1, i + 1);
 	if (!b->token[0])
@@ -1262,7 +1271,10 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 			r = job_fail(&b->jobs[i], e);
 	if (!r && b->cancel)
 		r = cbt_fail(e, ECANCELED, "backup cancelled");
-	if (!r && run_copies(b)) {
+	if (!r && b->hold) {
+		/* An export: the views serve until the caller says commit (0) or abort. */
+		r = b->hold(b, e);
+	} else if (!r && run_copies(b)) {
 		explain_broken(b);
 		for (i = 0; i < b->nr_jobs; i++)
 			if (b->jobs[i].status == CBT_JOB_FAILED)
@@ -1275,7 +1287,7 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 	}
 	/* The snapshots are done with, whatever happened: the guest's writes stop waiting for them. */
 	remove_snapshots(b);
-	if (!r)
+	if (!r && !b->hold)
 		r = finish_images(b, e);
 out:
 	remove_snapshots(b);
@@ -1290,4 +1302,15 @@ out:
 	cbt_journal_release(b->journal, b->keep_journal);
 	b->journal = NULL;
 	return r;
+}
+
+const char *cbt_backup_view(const struct cbt_backup_job *job)
+{
+	return job->priv && job->priv->view_made ? job->priv->view_path : NULL;
+}
+
+int cbt_backup_journal(struct cbt_backup *b, const char *kind, const char *what,
+		       struct cbt_err *e)
+{
+	return cbt_journal_add(b->journal, kind, what, e);
 }

@@ -96,7 +96,23 @@ struct cbt_backup {
 	bool thaw_failed;		/* "HOOK thaw" failed: the guest may still be frozen */
 	struct cbt_err thaw_err;
 	struct cbt_rate rate;		/* the run's, from rate_limit */
+	/*
+	 * An export (export.h) instead of a copy: jobs without a target, no
+	 * images, and once the instant's views are up HOLD is called instead of
+	 * the copies; its return decides: 0 commits the bitmaps, an error
+	 * aborts them. DIRTY_ONLY: the snapshots keep only the chunks of the
+	 * frozen bitmaps (as an incremental's), not the whole device.
+	 */
+	int (*hold)(struct cbt_backup *b, struct cbt_err *e);
+	void *hold_arg;
+	bool dirty_only;
 };
+
+/* The read-only view of JOB's snapshot (/dev/mapper/VIEW) while HOLD runs, or NULL. */
+const char *cbt_backup_view(const struct cbt_backup_job *job);
+/* Adds a line to the run's journal (see recover.h), while the run is on. */
+int cbt_backup_journal(struct cbt_backup *b, const char *kind, const char *what,
+		       struct cbt_err *e);
 
 /*
  * Runs the transaction. Returns 0 when every job completed; otherwise a

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <signal.h>
+#include <time.h>
 #include <sys/stat.h>
 
 #include "bitmap.h"
@@ -336,8 +338,72 @@ static int mark_existing(const char *path, const char *token, struct cbt_recover
 }
 
 /*
+ * An export's NBD server (LINE "PID.START") that outlived its export: ended
+ * (SIGTERM, then SIGKILL), so that the view it reads can go. A process of
+ * that number started at another time is someone else's.
+ */
+static int stop_server(const char *line, const char *token, struct cbt_recover_report *rep,
+		       struct cbt_err *e)
+{
+	struct timespec pause = { 0, 20 * 1000 * 1000 };
+	unsigned long long start;
+	char *end;
+	long pid;
+	int waited;
+
+	pid = strtol(line, &end, 10);
+	if (pid <= 0 || *end != '.')
+		return cbt_fail(e, EINVAL, "journal of %s: bad server line '%s'", token, line);
+	start = strtoull(end + 1, NULL, 10);
+	if (!start || cbt_process_start((int)pid) != start)
+		return 0;
+	kill((pid_t)pid, SIGTERM);
+	for (waited = 0; cbt_process_start((int)pid) == start; waited += 20) {
+		if (waited == 5000)
+			kill((pid_t)pid, SIGKILL);
+		if (waited > 10000)
+			return cbt_fail(e, EBUSY, "the NBD server %ld of %s does not end", pid,
+					token);
+		nanosleep(&pause, NULL);
+	}
+	rep->servers++;
+	note(rep, "NBD server %s of %s: stopped", line, token);
+	return 0;
+}
+
+/*
+ * A dead export's directory (RUN_DIR/TOKEN.d, nothing else): its wrappers,
+ * sockets and logs, then itself.
+ */
+static int remove_export_dir(const char *dir, const char *token, struct cbt_err *e)
+{
+	char want[4352], path[4608];
+	struct dirent *d;
+	DIR *dp;
+
+	snprintf(want, sizeof(want), "%s/%s.d", cbt_journal_dir(), token);
+	if (strcmp(dir, want))
+		return cbt_fail(e, EINVAL, "%s: the journal of %s names it as its export's "
+				"directory, but that is %s: left alone", dir, token, want);
+	dp = opendir(dir);
+	if (!dp)
+		return errno == ENOENT ? 0 : cbt_fail(e, errno, "%s: cannot read", dir);
+	while ((d = readdir(dp))) {
+		if (d->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
+		unlink(path);
+	}
+	closedir(dp);
+	if (rmdir(dir) && errno != ENOENT)
+		return cbt_fail(e, errno, "%s: cannot remove", dir);
+	return 0;
+}
+
+/*
  * Undoes what line I of a dead run's journal (LINES, N of them) names, in
- * PASS 0 a view, in 1 a snapshot, in 2 a device or a temporary image.
+ * PASS 0 an NBD server, in 1 a view, in 2 a snapshot, in 3 a device, a
+ * temporary image or an export's directory.
  */
 static int undo_line(int pass, char **lines, size_t n, size_t i, const char *token,
 		     struct cbt_recover_report *rep, struct cbt_err *e)
@@ -350,9 +416,13 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 	len = what++ - lines[i];
 #define LINE_IS(kind) (len == strlen(kind) && !strncmp(lines[i], kind, len))
 	if (pass == 0)
-		return LINE_IS("view") ? remove_view(what, token, rep, e) : 0;
+		return LINE_IS("server") ? stop_server(what, token, rep, e) : 0;
 	if (pass == 1)
+		return LINE_IS("view") ? remove_view(what, token, rep, e) : 0;
+	if (pass == 2)
 		return LINE_IS("snapshot") ? stop_snapshot(what, token, false, rep, e) : 0;
+	if (LINE_IS("exportdir"))
+		return remove_export_dir(what, token, e);
 	if (LINE_IS("device"))
 		/*
 		 * Only a suspend of its own that it never ended is resumed:
@@ -409,8 +479,8 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 		n++;
 	}
 	fclose(f);
-	/* Views first, then their snapshots, then the devices and temporaries. */
-	for (pass = 0; pass < 3 && !first; pass++) {
+	/* Servers first, then the views they read, their snapshots, the devices and files. */
+	for (pass = 0; pass < 4 && !first; pass++) {
 		for (i = 0; i < n && !first; i++) {
 			r = undo_line(pass, lines, n, i, token, rep, &err);
 			if (r && !first) {

@@ -45,7 +45,8 @@ int cbt_journal_open(const char *token, struct cbt_journal **j, struct cbt_err *
  * bitmaps may be frozen under the token), "suspend NAME" (about to be
  * suspended), "resumed NAME" (running again), "temp PATH" (a temporary image),
  * "snapshot NAME" (a snapshot of the token may be on the device), "view NAME"
- * (a view of one may exist).
+ * (a view of one may exist), "server PID.START" (an export's NBD server),
+ * "exportdir DIR" (an export's files, in RUN_DIR/TOKEN.d).
  */
 int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 		    struct cbt_err *e);
@@ -61,6 +62,7 @@ struct cbt_recover_report {
 	unsigned int views;		/* snapshot views removed */
 	unsigned int snapshots;		/* snapshots stopped */
 	unsigned int unusable;		/* existing images marked corrupt */
+	unsigned int servers;		/* export NBD servers stopped */
 	FILE *log;			/* if set, one line per action */
 };
 

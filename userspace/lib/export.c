@@ -1,0 +1,374 @@
+// SPDX-License-Identifier: LGPL-2.1
+/*
+ * Pull mode: the instant served over NBD by qemu-nbd (see export.h).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include "bitmap.h"
+#include "export.h"
+#include "qcow2.h"
+#include "recover.h"
+
+/* The wrapper never holds data: its clusters are only its metadata. */
+#define WRAPPER_CLUSTER_SIZE	(64u << 10)
+/* How long a server may take to answer on its socket. */
+#define SERVER_START_MS		30000
+
+void cbt_export_sigset(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGUSR1);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+	sigaddset(set, SIGCHLD);
+}
+
+const char *cbt_export_name(const struct cbt_backup_job *job)
+{
+	return cbt_dm_name(job->spec.device);
+}
+
+struct bitmap_fill {
+	struct qcow2_image *img;
+	uint64_t dirty;
+	struct cbt_err *e;
+};
+
+static int set_extent(const struct cbt_extent *ext, void *arg)
+{
+	struct bitmap_fill *f = arg;
+
+	f->dirty += ext->length;
+	return qcow2_bitmap_set(f->img, ext->offset, ext->length, f->e);
+}
+
+/* The wrapper of JOB: the view as raw backing file, a bitmap per frozen bitmap. */
+static int make_wrapper(struct cbt_export *x, unsigned int i, struct cbt_err *e)
+{
+	struct cbt_backup_job *job = &x->b.jobs[i];
+	struct cbt_export_dev *d = &x->devs[i];
+	struct cbt_bitmap_info info;
+	struct qcow2_image *img;
+	struct bitmap_fill f;
+	unsigned int j;
+	int r;
+
+	r = qcow2_create(d->wrapper, job->size, WRAPPER_CLUSTER_SIZE, cbt_backup_view(job), "raw",
+			 &img, e);
+	if (r)
+		return r;
+	for (j = 0; j < x->b.nr_bitmaps && !r; j++) {
+		f = (struct bitmap_fill){ img, 0, e };
+		r = cbt_bitmap_get(job->spec.device, x->b.bitmaps[j], &info, e);
+		if (!r)
+			r = qcow2_bitmap_begin(img, info.name, info.granularity, e);
+		if (!r)
+			r = cbt_extents(job->spec.device, info.name, 1, job->size, set_extent, &f, e);
+		if (!r)
+			r = qcow2_bitmap_end(img, e);
+		snprintf(d->bitmaps[j].name, sizeof(d->bitmaps[j].name), "%s", info.name);
+		d->bitmaps[j].granularity = info.granularity;
+		d->bitmaps[j].dirty_bytes = f.dirty;
+	}
+	if (r) {
+		qcow2_abort(img, true);
+		return r;
+	}
+	return qcow2_close(img, false, e);
+}
+
+/* In the child: dies with the export, a clean signal state, output to LOG, then exec. */
+static void exec_server(struct cbt_export *x, unsigned int i, pid_t parent)
+{
+	struct cbt_export_dev *d = &x->devs[i];
+	const char *prog = x->qemu_nbd ? x->qemu_nbd : "qemu-nbd";
+	const char *argv[16 + 2 * CBT_IDENTITY_MAX_BITMAPS];
+	unsigned int n = 0, j;
+	sigset_t none;
+	int fd;
+
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if (getppid() != parent)
+		_exit(1);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGPIPE, SIG_DFL);
+	/* The socket: for this user only. */
+	umask(077);
+	fd = open("/dev/null", O_RDONLY);
+	if (fd >= 0 && fd != STDIN_FILENO) {
+		dup2(fd, STDIN_FILENO);
+		close(fd);
+	}
+	fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		dup2(fd, STDOUT_FILENO);
+		dup2(fd, STDERR_FILENO);
+	}
+	argv[n++] = prog;
+	argv[n++] = "--read-only";
+	argv[n++] = "--persistent";	/* a backup server connects more than once */
+	argv[n++] = "--shared=0";	/* and several connections at once (nbdcopy) */
+	argv[n++] = "--format=qcow2";
+	argv[n++] = "--export-name";
+	argv[n++] = cbt_export_name(&x->b.jobs[i]);
+	argv[n++] = "--socket";
+	argv[n++] = d->socket;
+	for (j = 0; j < x->b.nr_bitmaps; j++) {
+		argv[n++] = "--bitmap";
+		argv[n++] = d->bitmaps[j].name;
+	}
+	argv[n++] = d->wrapper;
+	argv[n] = NULL;
+	execvp(prog, (char *const *)argv);
+	fprintf(stderr, "cannot run %s: %s\n", prog, strerror(errno));
+	_exit(127);
+}
+
+/* The first line of a server's log, for an error message. */
+static void log_line(const char *log, char *buf, size_t len)
+{
+	FILE *f = fopen(log, "re");
+
+	buf[0] = '\0';
+	if (f) {
+		if (fgets(buf, (int)len, f))
+			buf[strcspn(buf, "\n")] = '\0';
+		fclose(f);
+	}
+}
+
+/* Whether a server answers on SOCK. */
+static bool answers(const char *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	ok = !connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	close(fd);
+	return ok;
+}
+
+static int start_server(struct cbt_export *x, unsigned int i, struct cbt_err *e)
+{
+	struct cbt_export_dev *d = &x->devs[i];
+	struct timespec pause = { 0, 20 * 1000 * 1000 };
+	char line[64], msg[256];
+	pid_t pid, parent = getpid();
+	int waited, status;
+
+	pid = fork();
+	if (pid < 0)
+		return cbt_fail(e, errno, "%s: cannot start the NBD server", d->socket);
+	if (!pid)
+		exec_server(x, i, parent);
+	d->pid = pid;
+	snprintf(line, sizeof(line), "%d.%llu", pid, cbt_process_start(pid));
+	if (cbt_backup_journal(&x->b, "server", line, e))
+		return -e->errnum;
+	for (waited = 0; waited < SERVER_START_MS; waited += 20) {
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			d->pid = 0;
+			log_line(d->log, msg, sizeof(msg));
+			return cbt_fail(e, ECHILD, "%s: the NBD server (%s) exited: %s",
+					cbt_export_name(&x->b.jobs[i]),
+					x->qemu_nbd ? x->qemu_nbd : "qemu-nbd",
+					msg[0] ? msg : "no message");
+		}
+		if (answers(d->socket))
+			return 0;
+		nanosleep(&pause, NULL);
+	}
+	return cbt_fail(e, ETIMEDOUT, "%s: the NBD server did not answer on %s within %d s",
+			cbt_export_name(&x->b.jobs[i]), d->socket, SERVER_START_MS / 1000);
+}
+
+/* Stops every server still running: SIGTERM, then SIGKILL after 5 s. */
+static void stop_servers(struct cbt_export *x)
+{
+	struct timespec pause = { 0, 20 * 1000 * 1000 };
+	unsigned int i;
+	int waited;
+	pid_t got;
+
+	for (i = 0; i < x->b.nr_jobs; i++)
+		if (x->devs[i].pid > 0)
+			kill(x->devs[i].pid, SIGTERM);
+	for (i = 0; i < x->b.nr_jobs; i++) {
+		struct cbt_export_dev *d = &x->devs[i];
+
+		for (waited = 0; d->pid > 0; waited += 20) {
+			got = waitpid(d->pid, NULL, WNOHANG);
+			if (got == d->pid || (got < 0 && errno == ECHILD)) {
+				d->pid = 0;
+				break;
+			}
+			if (waited == 5000)
+				kill(d->pid, SIGKILL);
+			nanosleep(&pause, NULL);
+		}
+	}
+}
+
+/* Removes the export's files and directory. */
+static void remove_files(struct cbt_export *x)
+{
+	unsigned int i;
+
+	for (i = 0; x->devs && i < x->b.nr_jobs; i++) {
+		if (x->devs[i].socket)
+			unlink(x->devs[i].socket);
+		if (x->devs[i].wrapper)
+			unlink(x->devs[i].wrapper);
+		if (x->devs[i].log)
+			unlink(x->devs[i].log);
+	}
+	if (x->dir[0])
+		rmdir(x->dir);
+}
+
+/* Which server died, for the reason the export ends; false when none did. */
+static bool server_died(struct cbt_export *x)
+{
+	unsigned int i;
+	int status;
+
+	for (i = 0; i < x->b.nr_jobs; i++) {
+		struct cbt_export_dev *d = &x->devs[i];
+
+		if (d->pid <= 0 || waitpid(d->pid, &status, WNOHANG) != d->pid)
+			continue;
+		d->pid = 0;
+		snprintf(x->ended_by, sizeof(x->ended_by), "the NBD server of %s %s %d",
+			 cbt_export_name(&x->b.jobs[i]),
+			 WIFSIGNALED(status) ? "was killed by signal" : "exited with status",
+			 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+		return true;
+	}
+	return false;
+}
+
+/* Serves until a signal of cbt_export_sigset() says how to end. */
+static int serve(struct cbt_export *x, struct cbt_err *e)
+{
+	siginfo_t si;
+	sigset_t set;
+	int sig;
+
+	cbt_export_sigset(&set);
+	if (x->ready)
+		x->ready(x, x->ready_arg);
+	for (;;) {
+		sig = sigwaitinfo(&set, &si);
+		if (sig < 0)
+			continue;	/* EINTR: another signal */
+		if (sig == SIGCHLD) {
+			if (server_died(x))
+				break;
+			continue;
+		}
+		if (sig == SIGUSR1) {
+			x->commit = true;
+			snprintf(x->ended_by, sizeof(x->ended_by), "a commit request");
+		} else {
+			snprintf(x->ended_by, sizeof(x->ended_by), "%s (an abort request)",
+				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "a signal");
+		}
+		break;
+	}
+	stop_servers(x);
+	if (x->commit)
+		return 0;
+	return cbt_fail(e, ECANCELED, "export aborted by %s: every bitmap keeps its bits",
+			x->ended_by);
+}
+
+static int export_hold(struct cbt_backup *b, struct cbt_err *e)
+{
+	struct cbt_export *x = b->hold_arg;
+	unsigned int i;
+	int r;
+
+	snprintf(x->dir, sizeof(x->dir), "%s/%s.d", cbt_journal_dir(), b->token);
+	r = cbt_backup_journal(b, "exportdir", x->dir, e);
+	if (!r && mkdir(x->dir, 0700))
+		r = cbt_fail(e, errno, "%s: cannot make the export's directory", x->dir);
+	if (r) {
+		x->dir[0] = '\0';
+		return r;
+	}
+	for (i = 0; i < b->nr_jobs && !r; i++) {
+		struct cbt_export_dev *d = &x->devs[i];
+		const char *name = cbt_export_name(&b->jobs[i]);
+		struct sockaddr_un sa;
+
+		/* A socket's path is short (108 bytes): a long name takes the job's number. */
+		if (strlen(x->dir) + strlen(name) + 7 < sizeof(sa.sun_path)) {
+			if (asprintf(&d->socket, "%s/%s.sock", x->dir, name) < 0)
+				d->socket = NULL;
+		} else if (asprintf(&d->socket, "%s/%u.sock", x->dir, i) < 0) {
+			d->socket = NULL;
+		}
+		if (strlen(x->dir) + 16 >= sizeof(sa.sun_path))
+			r = cbt_fail(e, ENAMETOOLONG, "%s: too long for a socket's directory",
+				     x->dir);
+		else if (!d->socket || asprintf(&d->wrapper, "%s/%u.qcow2", x->dir, i) < 0 ||
+			 asprintf(&d->log, "%s/%u.log", x->dir, i) < 0)
+			r = cbt_fail(e, ENOMEM, "export");
+		if (!r)
+			r = make_wrapper(x, i, e);
+		if (!r)
+			r = start_server(x, i, e);
+	}
+	if (!r)
+		r = serve(x, e);
+	stop_servers(x);
+	remove_files(x);
+	return r;
+}
+
+int cbt_export_run(struct cbt_export *x, struct cbt_err *e)
+{
+	if (!x->b.nr_jobs)
+		return cbt_fail(e, EINVAL, "nothing to export");
+	if (x->b.dirty_only && !x->b.nr_bitmaps)
+		return cbt_fail(e, EINVAL, "a dirty-only export needs a bitmap");
+	x->devs = calloc(x->b.nr_jobs, sizeof(*x->devs));
+	if (!x->devs)
+		return cbt_fail(e, ENOMEM, "export");
+	x->b.sync = CBT_SYNC_FULL;
+	x->b.hold = export_hold;
+	x->b.hold_arg = x;
+	return cbt_backup_run(&x->b, e);
+}
+
+void cbt_export_free(struct cbt_export *x)
+{
+	unsigned int i;
+
+	for (i = 0; x->devs && i < x->b.nr_jobs; i++) {
+		free(x->devs[i].socket);
+		free(x->devs[i].wrapper);
+		free(x->devs[i].log);
+	}
+	free(x->devs);
+	x->devs = NULL;
+}
