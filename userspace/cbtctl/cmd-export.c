@@ -425,7 +425,6 @@ static int export_stop(int argc, char **argv)
 				journal);
 			return EXIT_FAIL;
 		}
-		unlink(path);
 		if (kill(token_pid(token), commit ? SIGUSR1 : SIGTERM)) {
 			fprintf(stderr, "cbtctl: cannot signal the export %s: %s\n", token,
 				strerror(errno));

@@ -1,0 +1,272 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Pull mode (cbtctl export), read by real NBD clients with no cbtctl in the
+# data path: nbdinfo --map and qemu-img map list exactly the extents of the
+# frozen bitmaps; nbdcopy pulls the instant while the guest overwrites the
+# device; an incremental pulled extent by extent into a qcow2 overlay (as
+# libvirt's clients do) makes a chain equal to the instant; two devices at
+# one instant; abort, a killed export or server and recover lose no bit; a
+# non-owner cannot connect; a broken snapshot fails reads.
+. "$(dirname "$0")/lib.sh"
+
+require_root
+require_tools dmsetup losetup qemu-io qemu-img qemu-nbd nbdinfo nbdcopy setpriv cbtctl
+plan 6
+
+export CBT_RUN_DIR=/tmp/cbtctl-run.$$
+_tmp_dirs+=("$CBT_RUN_DIR")
+
+# Not a multiple of any granularity used here.
+SIZE=$(((64 << 20) + (12 << 10)))
+
+# export_field OUT INDEX FIELD: FIELD of export INDEX in `export start --json` OUT.
+export_field() {
+	local out lines
+	out=$(<"$1")
+	mapfile -t lines <<<"${out//'{"device"'/$'\n''{"device"'}"
+	json_field "$3" <<<"${lines[$2 + 1]:-}"
+}
+
+# start_export OUT ARGS...: cbtctl export start --json ARGS into OUT; sets tok, pid, uri, sock.
+start_export() {
+	local out=$1
+	shift
+	cbtctl export start --json "$@" >"$out" || { fail "export start $*: $(cat "$out")"; return 1; }
+	tok=$(json_field token <"$out")
+	pid=$(json_field pid <"$out")
+	uri=$(export_field "$out" 0 uri)
+	sock=$(export_field "$out" 0 socket)
+}
+
+# bitmap_dirty OUT BITMAP: the dirty bytes `export start --json` OUT gives BITMAP (first device).
+bitmap_dirty() {
+	local out re='"name": "'"$2"'", "context": "[^"]*", "granularity": [0-9]+, "dirty_bytes": ([0-9]+)'
+	out=$(<"$1")
+	[[ $out =~ $re ]] && echo "${BASH_REMATCH[1]}"
+}
+
+# stop_exports: aborts every export a subtest left running (one that failed half way).
+stop_exports() {
+	local j
+	for j in "$CBT_RUN_DIR"/cbtctl.*; do
+		[[ $j =~ /cbtctl\.[0-9]+\.[0-9]+$ ]] || continue
+		cbtctl export stop --abort "${j##*/}" >/dev/null 2>&1
+	done
+	return 0
+}
+
+# with_exports FUNCTION: runs a subtest whose exports go before its devices.
+with_exports() {
+	trap 'set +e; stop_exports; _cleanup' EXIT
+	"$@"
+}
+
+# dirty_map URI BITMAP: the dirty runs nbdinfo reads, "offset length" a line.
+dirty_map() {
+	local off len type rest
+	nbdinfo --map="qemu:dirty-bitmap:$2" "$1" >"$dir/map" || { fail "nbdinfo --map $2"; return 1; }
+	while read -r off len type rest; do
+		[ "$type" != 1 ] || echo "$off $len"
+	done <"$dir/map"
+}
+
+# qemu_img_dirty SOCKET NAME BITMAP: the same from qemu-img map's x-dirty-bitmap
+# (where "data": false marks a dirty run, as libvirt's clients read it).
+qemu_img_dirty() {
+	local line re='"start": ([0-9]+), "length": ([0-9]+),.*"data": false'
+	qemu-img map --output=json --image-opts \
+		"driver=nbd,server.type=unix,server.path=$1,export=$2,x-dirty-bitmap=qemu:dirty-bitmap:$3" \
+		>"$dir/qmap" || { fail "qemu-img map $3"; return 1; }
+	while IFS= read -r line; do
+		[[ ! $line =~ $re ]] || echo "${BASH_REMATCH[1]} ${BASH_REMATCH[2]}"
+	done <"$dir/qmap"
+}
+
+# pull_extents URI-SOCKET NAME BITMAP TARGET: copies each dirty run from the
+# export into qcow2 TARGET with qemu-img convert (raw offset/size windows).
+pull_extents() {
+	local off len n=0
+	while read -r off len; do
+		qemu-img convert -n --image-opts --target-image-opts \
+			"driver=raw,offset=$off,size=$len,file.driver=nbd,file.server.type=unix,file.server.path=$1,file.export=$2" \
+			"driver=raw,offset=$off,size=$len,file.driver=qcow2,file.file.filename=$4" ||
+			{ fail "pull of $off+$len"; return 1; }
+		n=$((n + 1))
+	done < <(dirty_map "nbd+unix:///$2?socket=$1" "$3")
+	echo "$n"
+}
+
+# nothing_left: no journal, export directory, view or NBD server remains.
+nothing_left() {
+	expect_eq "journals and export directories" "$(journals)" ""
+	expect_eq "views" "$(views)" 0
+	pgrep -x qemu-nbd >/dev/null && fail "an NBD server is still running"
+	return 0
+}
+
+setup() {
+	make_tmpdir dir
+	cbt_over_file "$dir/disk" $SIZE "$1"
+}
+
+test_maps() {
+	local dir loop name dev tok pid uri sock b want g4
+	setup maps
+	cbtctl bitmap add "$dev" g64 --granularity=64K
+	cbtctl bitmap add "$dev" g4 --granularity=4K
+	cbtctl bitmap add "$dev" g1m --granularity=1M
+	qio "$dev" "${SEED_ROUND1[@]}" "write -P 0x11 $((SIZE - 4096)) 4096" "write -P 0x12 40M 4k"
+	cbtctl bitmap add "$dev" empty
+	g4=$(bitmap_field "$dev" g4)
+	start_export "$dir/out" -b g64 -b g4 -b g1m -b empty "$dev"
+	expect_eq "export name in the URI" "$uri" "nbd+unix:///$name?socket=$sock"
+	# The seed's round, 64 KiB at 40 MiB and the last, partial granule (12 KiB).
+	expect_eq "dirty bytes of g64" "$(bitmap_dirty "$dir/out" g64)" $((458752 + (76 << 10)))
+	for b in g64 g4 g1m empty; do
+		cbtctl extents "$dev" $b --frozen >"$dir/want.$b"
+		slurp want "$dir/want.$b"
+		expect_eq "nbdinfo's dirty runs of $b" "$(dirty_map "$uri" $b)" "$want"
+		expect_eq "qemu-img map's dirty runs of $b" "$(qemu_img_dirty "$sock" "$name" $b)" "$want"
+	done
+	# The map ends at the device's end, past the last whole granule.
+	expect_eq "g1m's last run ends at the end" "$(dirty_map "$uri" g1m | tail -n1)" \
+		"$((64 << 20)) $((12 << 10))"
+	expect_eq "the empty bitmap has no dirty run" "$(dirty_map "$uri" empty)" ""
+	# A non-owner cannot connect.
+	setpriv --reuid=65534 --regid=65534 --clear-groups nbdinfo --size "$uri" \
+		>/dev/null 2>&1 && fail "user nobody read the export"
+	cbtctl export stop --abort "$tok" >"$dir/stop" || fail "stop --abort: $(cat "$dir/stop")"
+	nothing_left
+	expect_eq "g64 after the abort" "$(bitmap_field "$dev" g64)" $((458752 + (76 << 10)))
+	expect_eq "g4 after the abort" "$(bitmap_field "$dev" g4)" "$g4"
+	expect_eq "g64 not busy" "$(bitmap_field "$dev" g64 busy)" false
+}
+
+test_pulls() {
+	local dir loop name dev tok pid uri sock n back=full.qcow2
+	setup pulls
+	cbtctl bitmap add "$dev" b0
+	qio "$dev" "write -P 0x41 0 512" "write -P 0xd5 1M 32k" "write -P 0xdc 32M 124k"
+	dd if="$dev" of="$dir/t0.raw" bs=1M iflag=direct status=none
+	start_export "$dir/out" -b b0 "$dev"
+	# The guest overwrites what the pull has not read yet.
+	qio "$dev" "write -P 0x99 0 1M" "write -P 0x98 32M 64k"
+	nbdcopy "$uri" "$dir/full.raw" || fail "nbdcopy"
+	cmp "$dir/full.raw" "$dir/t0.raw" || fail "the full pull differs from the instant"
+	cbtctl export stop --commit "$tok" >/dev/null || fail "stop --commit"
+	nothing_left
+	expect_eq "b0 holds the writes made during the pull" "$(bitmap_field "$dev" b0)" $((17 << 16))
+	qemu-img convert -f raw -O qcow2 "$dir/full.raw" "$dir/full.qcow2"
+	# Two incrementals pulled extent by extent into overlays, each over the last.
+	for n in 1 2; do
+		qio "$dev" "write -P 0x5$n $((n << 20)) 8k" "write -P 0x6$n $((n * 17 << 20)) 192k"
+		dd if="$dev" of="$dir/t$n.raw" bs=1M iflag=direct status=none
+		start_export "$dir/out" -b b0 --dirty-only "$dev"
+		qio "$dev" "write -P 0x7$n 0 2M" "write -P 0x7$n $((n * 17 << 20)) 64k"
+		qemu-img create -q -f qcow2 -b "$back" -F qcow2 "$dir/inc$n.qcow2" "$SIZE"
+		back=inc$n.qcow2
+		pull_extents "$sock" "$name" b0 "$dir/inc$n.qcow2" >"$dir/runs" || true
+		cbtctl export stop --commit "$tok" >/dev/null || fail "stop --commit $n"
+		chain_matches "$dir/inc$n.qcow2" "$dir/t$n.raw"
+	done
+	nothing_left
+}
+
+test_dirty_only_reads() {
+	local dir loop name dev tok pid uri sock
+	setup dirty
+	cbtctl bitmap add "$dev" b0
+	qio "$dev" "write -P 0x31 4M 64k"
+	start_export "$dir/out" -b b0 --dirty-only "$dev"
+	qemu-io -r -f raw -c "read -P 0x31 4M 64k" "$uri" >"$dir/io" 2>&1 || :
+	has "$dir/io" "read 65536/65536" || fail "dirty chunk: $(cat "$dir/io")"
+	# Elsewhere the snapshot keeps nothing: a read fails, never returns today's data.
+	qemu-io -r -f raw -c "read 8M 64k" "$uri" >"$dir/io" 2>&1 || :
+	has "$dir/io" "Input/output error" || fail "a clean chunk read: $(cat "$dir/io")"
+	cbtctl export stop "$tok" >/dev/null || fail "stop (abort by default)"
+	expect_eq "b0 after the abort" "$(bitmap_field "$dev" b0)" 65536
+	nothing_left
+}
+
+test_two_devices() {
+	local dir loop name dev tok pid uri sock d0 d1 u1
+	make_tmpdir dir
+	SIZE=$((32 << 20)) pattern_dev d0 two0 0x10
+	SIZE=$((32 << 20)) pattern_dev d1 two1 0x20
+	cbtctl bitmap add "$d0" b0
+	cbtctl bitmap add "$d1" b0
+	dd if="$d0" of="$dir/t0.raw" bs=1M iflag=direct status=none
+	dd if="$d1" of="$dir/t1.raw" bs=1M iflag=direct status=none
+	start_export "$dir/out" -b b0 "$d0" "$d1"
+	u1=$(export_field "$dir/out" 1 uri)
+	[[ $u1 == "nbd+unix:///${d1#/dev/mapper/}?socket="* ]] || fail "second URI: $u1"
+	qio "$d0" "write -P 0x11 0 1M"
+	qio "$d1" "write -P 0x21 0 1M"
+	nbdcopy "$uri" "$dir/p0.raw" && nbdcopy "$u1" "$dir/p1.raw" || fail "nbdcopy"
+	cmp "$dir/p0.raw" "$dir/t0.raw" || fail "device 0 differs from the instant"
+	cmp "$dir/p1.raw" "$dir/t1.raw" || fail "device 1 differs from the instant"
+	cbtctl export stop --commit "$tok" >/dev/null || fail "stop --commit"
+	expect_eq "d0's bitmap" "$(bitmap_field "$d0" b0)" $((1 << 20))
+	expect_eq "d1's bitmap" "$(bitmap_field "$d1" b0)" $((1 << 20))
+	nothing_left
+}
+
+test_kills() {
+	local dir loop name dev tok pid uri sock before server
+	setup kills
+	cbtctl bitmap add "$dev" b0
+	qio "$dev" "write -P 0x41 1M 64k"
+	# The export's own process killed: its servers go with it; recover aborts.
+	start_export "$dir/out" -b b0 "$dev"
+	qio "$dev" "write -P 0x42 2M 64k"
+	kill -9 "$pid"
+	cbtctl recover >"$dir/rec" || fail "recover: $(cat "$dir/rec")"
+	nothing_left
+	expect_eq "b0 after the kill and recover" "$(bitmap_field "$dev" b0)" $((2 << 16))
+	expect_eq "b0 busy" "$(bitmap_field "$dev" b0 busy)" false
+	expect_eq "snapshot" "$(snap_state "$dev")" none
+	# The server killed: the export aborts itself; a commit then fails.
+	start_export "$dir/out" -b b0 "$dev"
+	server=$(pgrep -x qemu-nbd) || fail "no qemu-nbd"
+	kill -9 "$server"
+	qio "$dev" "write -P 0x43 3M 64k"
+	cbtctl export stop --commit "$tok" >"$dir/stop" 2>&1 && fail "a commit after the server died"
+	has "$dir/stop" "NBD server" || fail "the refusal does not say why: $(cat "$dir/stop")"
+	nothing_left
+	expect_eq "b0 after the server died" "$(bitmap_field "$dev" b0)" $((3 << 16))
+	# Refusals change nothing.
+	cbtctl export stop --commit "$tok" 2>/dev/null && fail "a second stop"
+	cbtctl export start -b nosuch "$dev" >"$dir/err" 2>&1 && fail "an unknown bitmap"
+	has "$dir/err" nosuch || fail "the refusal does not name the bitmap: $(cat "$dir/err")"
+	cbtctl export start --dirty-only "$dev" 2>/dev/null && fail "--dirty-only without a bitmap"
+	CBT_QEMU_NBD=/bin/false cbtctl export start -b b0 "$dev" 2>"$dir/err" &&
+		fail "a server that does not start"
+	has "$dir/err" "NBD server" || fail "the server's failure: $(cat "$dir/err")"
+	nothing_left
+	expect_eq "b0 after the refusals" "$(bitmap_field "$dev" b0)" $((3 << 16))
+	expect_eq "snapshot after the refusals" "$(snap_state "$dev")" none
+}
+
+test_broken() {
+	local dir loop name dev tok pid uri sock
+	setup broken
+	cbtctl bitmap add "$dev" b0
+	start_export "$dir/out" -b b0 --cbw-memory=64K --cbw-timeout=1 "$dev"
+	# 256 KiB of overwrites do not fit into 64 KiB: a write waits 1 s, the snapshot breaks.
+	qio "$dev" "write -P 0x55 0 256k"
+	expect_eq "snapshot" "$(snap_state "$dev")" broken
+	qemu-io -r -f raw -c "read 0 64k" "$uri" >"$dir/io" 2>&1 || :
+	has "$dir/io" "Input/output error" || fail "a read of a broken snapshot: $(cat "$dir/io")"
+	cbtctl export stop --abort "$tok" >/dev/null || fail "stop --abort"
+	expect_eq "b0 after the abort" "$(bitmap_field "$dev" b0)" $((256 << 10))
+	nothing_left
+}
+
+run_test "nbdinfo and qemu-img map list the frozen extents; nobody else connects" with_exports test_maps
+run_test "full pull with nbdcopy under overwrite, incrementals pulled extent by extent" with_exports test_pulls
+run_test "--dirty-only: dirty chunks read, others fail" with_exports test_dirty_only_reads
+run_test "two devices exported at one instant" with_exports test_two_devices
+run_test "killed export, killed server, refusals: no bit lost" with_exports test_kills
+run_test "a broken snapshot fails reads" with_exports test_broken
+finish
