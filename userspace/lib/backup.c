@@ -26,35 +26,13 @@
 #include "extent-stream.h"
 #include "hook.h"
 #include "identity.h"
+#include "instant.h"
 #include "lock.h"
 #include "place.h"
 #include "qcow2.h"
 #include "recover.h"
 #include "snapshot.h"
 
-struct cbt_backup_job_priv {
-	struct cbt_backup *b;
-	struct cbt_backup_job *job;
-	char *dm_dev;			/* /dev/mapper/NAME */
-	char *tmp_path;			/* mode=create: where the image is written */
-	char *existing_path;		/* mode=existing: the target's absolute path */
-	int fd;
-	struct qcow2_image *img;
-	uint64_t instant_size;		/* bytes, read while the devices were suspended */
-	bool *frozen;			/* per bitmap: frozen by this run */
-	bool snapshot;			/* a snapshot of this run's token is on the device */
-	char *view_name;		/* its view (dm name), once journalled */
-	char *view_path;		/* /dev/mapper/VIEW */
-	bool view_made;
-	int view_fd;			/* the view, read and released by the copy */
-	uint64_t store_calm_until;	/* ns: the store was under half full, no need to ask before */
-	pthread_t thread;
-	bool running;
-	sem_t *done;			/* posted when the copy thread ends */
-	/* An incremental's backing image checked: the bitmaps as they were then. */
-	bool checked;
-	struct cbt_identity_bitmap seen[CBT_IDENTITY_MAX_BITMAPS];
-};
 
 const char *cbt_job_status_name(enum cbt_job_status s)
 {
@@ -68,17 +46,6 @@ const char *cbt_job_status_name(enum cbt_job_status s)
 	default:
 		return "pending";
 	}
-}
-
-/*
- * The freeze token names this process and its start time, so that a later
- * run can tell a live owner from a dead one.
- */
-static void make_token(struct cbt_backup *b)
-{
-	int pid = getpid();
-
-	snprintf(b->token, sizeof(b->token), "cbtctl.%d.%llu", pid, cbt_process_start(pid));
 }
 
 static int job_fail(struct cbt_backup_job *job, const struct cbt_err *err)
@@ -358,257 +325,6 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 	return create_image(job, job->size, e);
 }
 
-static int cmp_jobs_by_device(const void *x, const void *y)
-{
-	const struct cbt_backup_job *const *a = x, *const *c = y;
-
-	return strcmp(cbt_dm_name((*a)->spec.device), cbt_dm_name((*c)->spec.device));
-}
-
-/* A commit or abort the target refused: kept for the caller to report. */
-static void bitmap_error(struct cbt_backup *b, const struct cbt_err *err)
-{
-	if (!b->bitmap_errors++)
-		b->bitmap_err = *err;
-}
-
-/*
- * Aborts every bitmap this run froze; the frozen bits go back into the live
- * ones. One that cannot be aborted stays frozen under this run's token and
- * the journal stays, so "cbtctl recover" can finish the job.
- */
-static void abort_bitmaps(struct cbt_backup *b)
-{
-	struct cbt_err err;
-	unsigned int i, j;
-
-	for (i = 0; i < b->nr_jobs; i++) {
-		struct cbt_backup_job_priv *p = b->jobs[i].priv;
-
-		for (j = 0; p && p->frozen && j < b->nr_bitmaps; j++) {
-			if (!p->frozen[j])
-				continue;
-			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "bitmap abort %s %s",
-					    b->bitmaps[j], b->token)) {
-				bitmap_error(b, &err);
-				b->keep_journal = true;
-				continue;
-			}
-			p->frozen[j] = false;
-		}
-	}
-}
-
-/*
- * Resumes DEV, trying again a few times; the journal records it, so that a
- * later recovery does not resume the device under somebody else's suspend.
- * A device that will not resume keeps the journal for "cbtctl recover".
- */
-static int resume_device(struct cbt_backup *b, const char *dev, struct cbt_err *e)
-{
-	struct timespec pause = { 0, 100 * 1000 * 1000 };
-	int attempt, r = 0;
-
-	for (attempt = 0; attempt < 3; attempt++) {
-		r = cbt_dm_resume(dev, e);
-		if (!r)
-			break;
-		nanosleep(&pause, NULL);
-	}
-	if (r) {
-		b->keep_journal = true;
-		return r;
-	}
-	if (cbt_journal_add(b->journal, "resumed", cbt_dm_name(dev), e))
-		b->keep_journal = true;
-	return 0;
-}
-
-/* A view or snapshot that would not go: kept for the caller, and for "cbtctl recover". */
-static void snapshot_error(struct cbt_backup *b, const struct cbt_err *err)
-{
-	if (!b->snapshot_errors++)
-		b->snapshot_err = *err;
-	b->keep_journal = true;
-}
-
-/*
- * Before any suspend: the snapshot's store is allocated while the guest
- * runs. Its chunk is small (a guest write preserves one: 4 KiB unless the
- * device is large); its cluster is the image's, so that the cluster-widened
- * extents the copy reads are needed as a whole, and their discards release
- * whole chunks.
- */
-static int prepare_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
-{
-	struct cbt_backup_job_priv *p = job->priv;
-	uint32_t cluster = cbt_snapshot_cluster(p->img ? qcow2_cluster_size(p->img) :
-						CBT_DEFAULT_CLUSTER_SIZE);
-	uint32_t chunk = cbt_snapshot_chunk(cluster, job->size);
-	char memory[40] = "", timeout[24] = "";
-	int r;
-
-	if (b->cbw_memory && !b->nr_cbw_stores)
-		snprintf(memory, sizeof(memory), " memory=%llu",
-			 (unsigned long long)((b->cbw_memory + chunk - 1) / chunk * chunk));
-	if (b->cbw_timeout >= 0)
-		snprintf(timeout, sizeof(timeout), " timeout=%d", b->cbw_timeout);
-	r = cbt_journal_add(b->journal, "snapshot", cbt_dm_name(job->spec.device), e);
-	if (!r && b->nr_cbw_stores)
-		r = cbt_dm_messagef(job->spec.device, e,
-				    "snapshot prepare %s chunk=%u cluster=%u store=%s%s",
-				    b->token, chunk, cluster, b->cbw_stores[job - b->jobs], timeout);
-	else if (!r)
-		r = cbt_dm_messagef(job->spec.device, e, "snapshot prepare %s chunk=%u cluster=%u%s%s",
-				    b->token, chunk, cluster, memory, timeout);
-	if (!r)
-		p->snapshot = true;
-	return r;
-}
-
-/*
- * At the instant (JOB's device suspended, its bitmaps frozen): the snapshot
- * starts, preserving the chunks the job will read: all of them for a full
- * backup, the frozen bitmaps' for an incremental one. A device resized
- * since prepare gets its snapshot prepared again at the new length.
- */
-static int start_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
-{
-	struct cbt_backup_job_priv *p = job->priv;
-	struct cbt_snapshot_info info;
-	char *msg = NULL;
-	size_t len = 0;
-	unsigned int j;
-	FILE *f;
-	int r;
-
-	r = cbt_snapshot_info(job->spec.device, &info, e);
-	if (!r && info.length != p->instant_size) {
-		r = cbt_dm_messagef(job->spec.device, e, "snapshot stop %s", b->token);
-		if (!r) {
-			p->snapshot = false;
-			r = prepare_snapshot(b, job, e);
-		}
-	}
-	if (r)
-		return r;
-	f = open_memstream(&msg, &len);
-	if (!f)
-		return cbt_fail(e, ENOMEM, "%s: snapshot start", job->spec.device);
-	fprintf(f, "snapshot start %s", b->token);
-	for (j = 0; j < b->nr_bitmaps && (b->sync == CBT_SYNC_INCREMENTAL || b->dirty_only); j++)
-		fprintf(f, " %s", b->bitmaps[j]);
-	if (fclose(f)) {
-		free(msg);
-		return cbt_fail(e, ENOMEM, "%s: snapshot start", job->spec.device);
-	}
-	r = cbt_dm_message(job->spec.device, msg, NULL, e);
-	free(msg);
-	return r;
-}
-
-/*
- * The backup instant: suspend every device (in name order, so that two
- * transactions cannot deadlock), freeze every bitmap, resume every device.
- * Signals wait until the devices are running again.
- */
-static int freeze_all(struct cbt_backup *b, struct cbt_err *e)
-{
-	struct cbt_backup_job **order;
-	sigset_t all, old;
-	unsigned int i, j, suspended = 0;
-	struct cbt_err err2;
-	bool hooked, locked = false;
-	int r = 0;
-
-	order = calloc(b->nr_jobs, sizeof(*order));
-	if (!order)
-		return cbt_fail(e, ENOMEM, "freeze");
-	for (i = 0; i < b->nr_jobs; i++)
-		order[i] = &b->jobs[i];
-	qsort(order, b->nr_jobs, sizeof(*order), cmp_jobs_by_device);
-
-	for (i = 0; i < b->nr_jobs && !r; i++)
-		r = cbt_journal_add(b->journal, "device", cbt_dm_name(order[i]->spec.device), e);
-	/* Thawed below whatever happens, even when the freeze itself failed half way. */
-	hooked = !r && b->freeze_hook;
-	if (hooked)
-		r = cbt_run_hook(b->freeze_hook, "freeze", e);
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	/*
-	 * As lvm2 does: while a device is suspended, no page of ours may have
-	 * to be read back (from swap, or a file that lives on that device),
-	 * or we would wait on the I/O we hold. Without the lock (no
-	 * CAP_IPC_LOCK, RLIMIT_MEMLOCK) the backup goes on, warned.
-	 */
-	if (!r && mlockall(MCL_CURRENT | MCL_FUTURE)) {
-		cbt_fail(&b->mlock_err, errno, "cannot lock cbtctl's memory while the devices "
-			 "are suspended");
-		b->mlock_failed = true;
-	} else if (!r) {
-		locked = true;
-	}
-	for (i = 0; i < b->nr_jobs && !r; i++) {
-		const char *dev = order[i]->spec.device;
-		struct cbt_dm_info info;
-
-		/* Someone else's suspend is not ours to end. */
-		r = cbt_dm_info(dev, &info, e);
-		if (!r && info.suspended)
-			r = cbt_fail(e, EBUSY, "%s: suspended already (by another program); "
-				     "not backing it up", cbt_dm_name(dev));
-		if (!r)
-			r = cbt_journal_add(b->journal, "suspend", cbt_dm_name(dev), e);
-		if (!r) {
-			r = cbt_dm_suspend(dev, e);
-			/* Not suspended after all: nothing for a recovery to resume. */
-			if (r)
-				cbt_journal_add(b->journal, "resumed", cbt_dm_name(dev), &err2);
-		}
-		if (!r)
-			suspended++;
-	}
-	/*
-	 * The size at the instant: a resize needs a resume, so it cannot
-	 * change until ours, and the bitmaps cover exactly this much.
-	 */
-	for (i = 0; i < b->nr_jobs && !r; i++) {
-		if (ioctl(order[i]->priv->fd, BLKGETSIZE64, &order[i]->priv->instant_size))
-			r = cbt_fail(e, errno, "%s: cannot find its size while suspended",
-				     order[i]->priv->dm_dev);
-	}
-	if (!r)
-		cbt_test_stop("suspended");
-	for (i = 0; i < b->nr_jobs && !r; i++) {
-		for (j = 0; j < b->nr_bitmaps && !r; j++) {
-			r = cbt_dm_messagef(order[i]->spec.device, e, "bitmap freeze %s %s",
-					    b->bitmaps[j], b->token);
-			if (!r)
-				order[i]->priv->frozen[j] = true;
-		}
-		if (!r && !b->no_snapshot)
-			r = start_snapshot(b, order[i], e);
-	}
-	if (r)
-		abort_bitmaps(b);
-	else
-		cbt_test_stop("frozen");
-	for (i = suspended; i-- > 0;) {
-		if (resume_device(b, order[i]->spec.device, &err2) && !r) {
-			r = -err2.errnum;
-			*e = err2;
-		}
-	}
-	if (locked)
-		munlockall();
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (hooked && cbt_run_hook(b->freeze_hook, "thaw", &b->thaw_err))
-		b->thaw_failed = true;
-	free(order);
-	return r;
-}
-
 /*
  * A device resized between prepare and the instant: the backup is of the
  * device as it was at the instant, size included. A new image is made
@@ -643,104 +359,6 @@ static int fit_to_instant(struct cbt_backup_job *job, struct cbt_err *e)
 		return r;
 	job->size = now;
 	return 0;
-}
-
-/*
- * After the instant: a view of each running snapshot, journalled before it
- * is made. It is not a read-only device, because the block layer refuses
- * BLKDISCARD on those, and the discards are how the copy releases what it
- * has read; the target itself fails writes.
- */
-static int make_view(struct cbt_backup *b, struct cbt_backup_job *job, unsigned int index,
-		     struct cbt_err *e)
-{
-	struct cbt_backup_job_priv *p = job->priv;
-	uint64_t size;
-	int r;
-
-	/* vm1-disk.cbtctl.PID.START, or the token and job number when that is too long. */
-	if (asprintf(&p->view_name, "%s.%s", cbt_dm_name(job->spec.device), b->token) < 0)
-		p->view_name = NULL;
-	else if (strlen(p->view_name) >= 128) {
-		free(p->view_name);
-		if (asprintf(&p->view_name, "%s.%u", b->token, index) < 0)
-			p->view_name = NULL;
-	}
-	if (!p->view_name || asprintf(&p->view_path, "/dev/mapper/%s", p->view_name) < 0) {
-		p->view_path = NULL;
-		return cbt_fail(e, ENOMEM, "%s: view", job->spec.device);
-	}
-	r = cbt_journal_add(b->journal, "view", p->view_name, e);
-	if (!r)
-		r = cbt_view_create(p->view_name, job->spec.device, b->token, p->instant_size, e);
-	if (r)
-		return r;
-	p->view_made = true;
-	p->view_fd = open(p->view_path, O_RDWR | O_DIRECT | O_CLOEXEC);
-	if (p->view_fd < 0)
-		return cbt_fail(e, errno, "%s: cannot open the snapshot view", p->view_path);
-	if (ioctl(p->view_fd, BLKGETSIZE64, &size))
-		return cbt_fail(e, errno, "%s: cannot find its size", p->view_path);
-	if (size != job->size)
-		return cbt_fail(e, EIO, "%s: %llu bytes, but %s had %llu at the instant",
-				p->view_path, (unsigned long long)size, job->spec.device,
-				(unsigned long long)job->size);
-	return 0;
-}
-
-/* Removes every view and stops every snapshot of this run; each step is tried whatever failed before. */
-static void remove_snapshots(struct cbt_backup *b)
-{
-	struct cbt_err err;
-	unsigned int i;
-
-	for (i = 0; i < b->nr_jobs; i++) {
-		struct cbt_backup_job_priv *p = b->jobs[i].priv;
-
-		if (!p)
-			continue;
-		if (p->view_fd >= 0)
-			close(p->view_fd);
-		p->view_fd = -1;
-		if (p->view_made) {
-			if (cbt_dm_remove(p->view_name, &err) && err.errnum != ENXIO)
-				snapshot_error(b, &err);
-			else
-				p->view_made = false;
-		}
-		if (p->snapshot) {
-			if (cbt_dm_messagef(b->jobs[i].spec.device, &err, "snapshot stop %s",
-					    b->token))
-				snapshot_error(b, &err);
-			else
-				p->snapshot = false;
-		}
-	}
-}
-
-/*
- * A read of a view fails once its snapshot broke (a guest write waited for
- * the full store past the timeout): the job's error says so, and what to do.
- */
-static void explain_broken(struct cbt_backup *b)
-{
-	struct cbt_snapshot_info info;
-	struct cbt_err ignored, was;
-	unsigned int i;
-
-	for (i = 0; i < b->nr_jobs; i++) {
-		struct cbt_backup_job *job = &b->jobs[i];
-
-		if (job->status != CBT_JOB_FAILED || !job->priv->snapshot ||
-		    cbt_snapshot_info(job->spec.device, &info, &ignored) ||
-		    info.state != CBT_SNAPSHOT_BROKEN)
-			continue;
-		was = job->err;
-		cbt_fail(&job->err, was.errnum, "%s: the snapshot broke: a write waited more than "
-			 "%llu s for its full store of %llu bytes (raise --cbw-memory or "
-			 "--cbw-timeout); %s", job->spec.device, (unsigned long long)info.timeout,
-			 (unsigned long long)info.limit, was.msg);
-	}
 }
 
 /*
@@ -1081,46 +699,6 @@ static void discard_images(struct cbt_backup *b)
 	}
 }
 
-/*
- * Commits every bitmap this run froze. A refused commit fails the run (the
- * images are complete and in place, but the bitmap was not reset as the
- * backup promised): *E says which, and the bitmap is aborted, its frozen
- * bits merged back, losing nothing, when it is still frozen under this
- * run's token.
- */
-static int commit_bitmaps(struct cbt_backup *b, struct cbt_err *e)
-{
-	struct cbt_bitmap_info info;
-	struct cbt_err err;
-	unsigned int i, j;
-
-	cbt_test_stop("renamed");
-	for (i = 0; i < b->nr_jobs; i++) {
-		struct cbt_backup_job_priv *p = b->jobs[i].priv;
-		const char *dev = b->jobs[i].spec.device;
-
-		for (j = 0; j < b->nr_bitmaps; j++) {
-			if (!p->frozen[j])
-				continue;
-			if (cbt_dm_messagef(dev, &err, "bitmap commit %s %s", b->bitmaps[j], b->token)) {
-				bitmap_error(b, &err);
-				/* Nothing of ours left to abort (e.g. someone aborted it with force). */
-				if (!cbt_bitmap_get(dev, b->bitmaps[j], &info, &err) &&
-				    strcmp(info.token, b->token))
-					p->frozen[j] = false;
-			} else {
-				p->frozen[j] = false;
-			}
-			cbt_test_stop("committing");
-		}
-	}
-	abort_bitmaps(b);
-	if (!b->bitmap_errors)
-		return 0;
-	return cbt_fail(e, b->bitmap_err.errnum, "%u bitmap commits refused (first: %s); "
-			"the images are complete and in place", b->bitmap_errors, b->bitmap_err.msg);
-}
-
 static void free_privs(struct cbt_backup *b)
 {
 	unsigned int i;
@@ -1141,18 +719,6 @@ static void free_privs(struct cbt_backup *b)
 		free(p);
 		b->jobs[i].priv = NULL;
 	}
-}
-
-/*
- * Undoes what dead runs left on these devices before looking at them; what
- * cannot be undone shows up later as a busy bitmap, with its owner named.
- */
-static void recover_before(struct cbt_backup *b, const char **devs)
-{
-	struct cbt_recover_report rep = { 0 };
-	struct cbt_err ignored;
-
-	cbt_recover(devs, b->nr_jobs, false, &rep, &ignored);
 }
 
 static int run_locked(struct cbt_backup *b, struct cbt_err *e);
@@ -1183,7 +749,7 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 		devs[i] = b->jobs[i].spec.device;
 	r = cbt_lock_devices(devs, b->nr_jobs, locks, e);
 	if (!r) {
-		recover_before(b, devs);
+		instant_recover_before(b, devs);
 		cbt_rate_init(&b->rate, b->rate_limit);
 		r = run_locked(b, e);
 		cbt_rate_destroy(&b->rate);
@@ -1217,7 +783,7 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 				return cbt_fail(e, EINVAL, "jobs %u and %u share a device or a target",
 						j + 1, i + 1);
 	if (!b->token[0])
-		make_token(b);
+		instant_make_token(b);
 	r = cbt_journal_open(b->token, &b->journal, e);
 	if (r)
 		return r;
@@ -1244,7 +810,7 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		if (prepare_job(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
 	for (i = 0; i < b->nr_jobs && !r && !b->no_snapshot; i++)
-		if (prepare_snapshot(b, &b->jobs[i], e))
+		if (instant_prepare_snapshot(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
 	if (!r)
 		cbt_test_stop("prepared");
@@ -1254,7 +820,7 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 	 */
 	instant = b->nr_bitmaps || !b->no_snapshot || b->freeze_hook;
 	if (!r && instant)
-		r = freeze_all(b, e);
+		r = instant_freeze(b, e);
 	for (i = 0; i < b->nr_jobs && !r && instant; i++)
 		if (fit_to_instant(&b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
@@ -1262,7 +828,7 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		if (record_identity(b, &b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
 	for (i = 0; i < b->nr_jobs && !r && !b->no_snapshot; i++)
-		if (make_view(b, &b->jobs[i], i, e))
+		if (instant_make_view(b, &b->jobs[i], i, e))
 			r = job_fail(&b->jobs[i], e);
 	if (!r && !b->no_snapshot)
 		cbt_test_stop("snapshot");
@@ -1275,7 +841,7 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		/* An export: the views serve until the caller says commit (0) or abort. */
 		r = b->hold(b, e);
 	} else if (!r && run_copies(b)) {
-		explain_broken(b);
+		instant_explain_broken(b);
 		for (i = 0; i < b->nr_jobs; i++)
 			if (b->jobs[i].status == CBT_JOB_FAILED)
 				break;
@@ -1286,17 +852,17 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 			r = cbt_fail(e, ECANCELED, "backup cancelled");
 	}
 	/* The snapshots are done with, whatever happened: the guest's writes stop waiting for them. */
-	remove_snapshots(b);
+	instant_release(b);
 	if (!r && !b->hold)
 		r = finish_images(b, e);
 out:
-	remove_snapshots(b);
+	instant_release(b);
 	if (r) {
 		mark_cancelled(b);
 		discard_images(b);
-		abort_bitmaps(b);
+		instant_abort_bitmaps(b);
 	} else {
-		r = commit_bitmaps(b, e);
+		r = instant_commit_bitmaps(b, e);
 	}
 	free_privs(b);
 	cbt_journal_release(b->journal, b->keep_journal);
@@ -1304,13 +870,3 @@ out:
 	return r;
 }
 
-const char *cbt_backup_view(const struct cbt_backup_job *job)
-{
-	return job->priv && job->priv->view_made ? job->priv->view_path : NULL;
-}
-
-int cbt_backup_journal(struct cbt_backup *b, const char *kind, const char *what,
-		       struct cbt_err *e)
-{
-	return cbt_journal_add(b->journal, kind, what, e);
-}
