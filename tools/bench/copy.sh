@@ -25,7 +25,7 @@ parts=${BENCH_COPY_PARTS:-seq bw delay scatter rss compress}
 dir=$(mktemp -d /tmp/bench-copy.XXXXXX)
 devs=()
 
-for t in cbtctl qemu-img dmsetup fio python3; do
+for t in cbtctl qemu-img dmsetup fio python3 nbdcopy qemu-nbd; do
 	command -v "$t" >/dev/null || { echo "bench: $t is not installed" >&2; exit 4; }
 done
 
@@ -55,6 +55,7 @@ seconds() {
 	cbtctl) cmd=("${cbtctl[@]}") ;;
 	qemu-img) cmd=("${qemu_img[@]}") ;;
 	dd) cmd=("${dd[@]}") ;;
+	nbdcopy) cmd=("${nbdcopy[@]}") ;;
 	*) echo "bench: seconds $1" >&2; return 1 ;;
 	esac
 	shift
@@ -94,6 +95,7 @@ mount -t tmpfs -o size=${tmpfs_mb}m tmpfs "$dir"
 read -ra cbtctl <<<"$(tmpfs_prog "$dir" cbtctl)"
 read -ra qemu_img <<<"$(tmpfs_prog "$dir" qemu-img)"
 read -ra dd <<<"$(tmpfs_prog "$dir" dd)"
+read -ra nbdcopy <<<"$(tmpfs_prog "$dir" nbdcopy)"
 "${cbtctl[@]}" --help >/dev/null 2>&1 || { echo "bench: the tmpfs cbtctl does not run" >&2; exit 1; }
 "${qemu_img[@]}" --version >/dev/null 2>&1 || { echo "bench: the tmpfs qemu-img does not run" >&2; exit 1; }
 
@@ -180,6 +182,16 @@ if [[ " $parts " == *" bw "* ]]; then
 		"cbtctl $(calc "$qemu / $ours")x faster"
 	qemu-img compare -q "$dir/n.qcow2" "$dir/q.qcow2"
 	rm -f "$dir"/*.qcow2
+	# Pull mode: a backup server's nbdcopy reads the export (qemu-nbd over
+	# the snapshot's view) through its Unix socket; the bytes go nowhere,
+	# as fio's do.
+	"${cbtctl[@]}" export start --json "bench-bw" >"$dir/export.json"
+	tok=$(python3 -c "import json; print(json.load(open('$dir/export.json'))['token'])")
+	uri=$(python3 -c "import json; print(json.load(open('$dir/export.json'))['exports'][0]['uri'])")
+	pull=$(seconds nbdcopy "$uri" null:)
+	"${cbtctl[@]}" export stop --abort "$tok" >/dev/null
+	row "$bw_mb MiB at $bw_mbps MiB/s: nbdcopy of cbtctl export (pull)" "$pull" \
+		"$(calc "$fio_s / $pull") of fio's throughput"
 fi
 
 if [[ " $parts " == *" delay "* ]]; then

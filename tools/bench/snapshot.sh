@@ -27,7 +27,7 @@ size_mb=${BENCH_SNAP_MB:-1024}
 dir=$(mktemp -d /tmp/bench-snap.XXXXXX)
 name=bench-snap
 
-for t in cbtctl fio dmsetup python3 mount taskset; do
+for t in cbtctl fio dmsetup python3 mount taskset nbdcopy qemu-nbd; do
 	command -v "$t" >/dev/null || { echo "bench: $t is not installed" >&2; exit 4; }
 done
 
@@ -90,6 +90,27 @@ iops_during() {
 	echo "$n"
 }
 
+# IOPS while a backup server pulls the whole device over NBD (cbtctl
+# export, nbdcopy to nowhere). A pull releases nothing, so the store holds
+# every chunk fio overwrites: memory for the whole device.
+iops_during_pull() {
+	local out=$dir/export.json tok uri n
+	"${ctl[@]}" cbtctl export start --json --cbw-memory=${size_mb}M "$name" >"$out"
+	tok=$(python3 -c "import json; print(json.load(open('$out'))['token'])")
+	uri=$(python3 -c "import json; print(json.load(open('$out'))['exports'][0]['uri'])")
+	"${ctl[@]}" nbdcopy "$uri" null: >"$dir/pull.log" 2>&1 &
+	bpid=$!
+	n=$(iops)
+	if ! kill -0 "$bpid" 2>/dev/null; then
+		echo "bench: the pull ended before fio did: raise BENCH_SNAP_MB" >&2
+		exit 1
+	fi
+	wait "$bpid" || { cat "$dir/pull.log" >&2; exit 1; }
+	bpid=
+	cbtctl export stop --abort "$tok" >/dev/null
+	echo "$n"
+}
+
 # The clock is read without starting a program (EPOCHREALTIME), and the
 # timed runs start a copy of cbtctl and its libraries on tmpfs: under
 # --icount the guest's clock jumps to its next timer whenever it waits for
@@ -119,6 +140,7 @@ alone=$(iops)
 no_snap=$(iops_during --no-snapshot)
 memory=$(iops_during)
 store=$(iops_during --cbw-store=/dev/ram1)
+pull=$(iops_during_pull)
 alone2=$(iops)
 base=$(((alone + alone2) / 2))
 
@@ -129,6 +151,7 @@ ratio() { python3 -c "print(f'{$1 / $base:.3f}')"; }	# to the mean of the two
 printf '%-44s %8s %7s\n' "backup --no-snapshot" "$no_snap" "$(ratio "$no_snap")"
 printf '%-44s %8s %7s\n' "backup, snapshot, memory store (default)" "$memory" "$(ratio "$memory")"
 printf '%-44s %8s %7s\n' "backup, snapshot, store device (brd)" "$store" "$(ratio "$store")"
+printf '%-44s %8s %7s\n' "pull: export, nbdcopy, memory store" "$pull" "$(ratio "$pull")"
 fi
 
 if [[ " $parts " == *" idle "* ]]; then

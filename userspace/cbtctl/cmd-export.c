@@ -26,7 +26,7 @@
 #define START_USAGE \
 	"export start [-b|--bitmap=NAME]... [--dirty-only]\n" \
 	"              [--cbw-memory=SIZE | --cbw-store=DEV...] [--cbw-timeout=SECONDS]\n" \
-	"              [--freeze-hook=CMD] [--json] DEV..."
+	"              [--freeze-hook=CMD] [--tcp=ADDR:PORT [--tls-creds=DIR]] [--json] DEV..."
 #define STOP_USAGE "export stop [--commit|--abort] [--json] TOKEN"
 #define EXPORT_USAGE START_USAGE "\n       cbtctl " STOP_USAGE
 #define EXPORT_HELP \
@@ -35,7 +35,9 @@
 	"meta contexts base:allocation and qemu:dirty-bitmap:NAME per --bitmap; it\n" \
 	"prints the export's TOKEN and exits while the export goes on. stop TOKEN\n" \
 	"ends it: --commit commits the bitmaps (the client has everything), --abort\n" \
-	"(the default) merges their frozen bits back.\n"
+	"(the default) merges their frozen bits back. --tcp serves on ADDR, device i\n" \
+	"on PORT+i; off loopback only with TLS (--tls-creds: ca-cert.pem,\n" \
+	"server-cert.pem, server-key.pem).\n"
 
 /* The result file the export's process leaves for stop. */
 static void result_path(const char *token, char *buf, size_t len)
@@ -67,6 +69,7 @@ static void print_ready(struct cbt_export *x, FILE *f, int json)
 		const struct cbt_backup_job *job = &x->b.jobs[i];
 		const struct cbt_export_dev *d = &x->devs[i];
 		const char *name = cbt_export_name(job);
+		char *uri = cbt_export_uri(x, i);
 
 		if (json) {
 			fprintf(f, "%s{\"device\": ", i ? ", " : "");
@@ -74,15 +77,23 @@ static void print_ready(struct cbt_export *x, FILE *f, int json)
 			fprintf(f, ", \"export_name\": ");
 			json_string(f, name);
 			fprintf(f, ", \"socket\": ");
-			json_string(f, d->socket);
-			fprintf(f, ", \"uri\": \"nbd+unix:///");
-			/* Names and paths are printed as given: dm names have no '?' or '&'. */
-			fprintf(f, "%s?socket=%s\", \"size\": %llu, \"bitmaps\": [", name, d->socket,
-				(unsigned long long)job->size);
+			if (d->socket)
+				json_string(f, d->socket);
+			else
+				fprintf(f, "null");
+			fprintf(f, ", \"address\": ");
+			if (d->socket)
+				fprintf(f, "null, \"port\": null");
+			else
+				fprintf(f, "\"%s\", \"port\": %u", x->tcp_host, d->port);
+			fprintf(f, ", \"tls\": %s, \"uri\": ", x->tls_dir ? "true" : "false");
+			json_string(f, uri ? uri : "");
+			fprintf(f, ", \"size\": %llu, \"bitmaps\": [", (unsigned long long)job->size);
 		} else {
-			fprintf(f, "%s: nbd+unix:///%s?socket=%s (%llu bytes)\n", name, name,
-				d->socket, (unsigned long long)job->size);
+			fprintf(f, "%s: %s (%llu bytes)\n", name, uri ? uri : "?",
+				(unsigned long long)job->size);
 		}
+		free(uri);
 		for (j = 0; j < x->b.nr_bitmaps; j++) {
 			const struct cbt_export_bitmap *bm = &d->bitmaps[j];
 
@@ -200,7 +211,28 @@ static int run_export(struct cbt_export *x, struct start_ctx *c)
 }
 
 enum { OPT_CBW_MEMORY = 256, OPT_CBW_STORE, OPT_CBW_TIMEOUT, OPT_FREEZE_HOOK, OPT_JSON,
-       OPT_DIRTY_ONLY, OPT_COMMIT, OPT_ABORT };
+       OPT_DIRTY_ONLY, OPT_COMMIT, OPT_ABORT, OPT_TCP, OPT_TLS_CREDS };
+
+/* ADDR:PORT, [ADDR]:PORT for IPv6: ADDR into *HOST (a copy), the port into *PORT. */
+static int parse_tcp(const char *a, char **host, unsigned int *port)
+{
+	const char *colon = strrchr(a, ':');
+	unsigned long v;
+	char *end;
+
+	if (!colon || colon == a)
+		return -EINVAL;
+	errno = 0;
+	v = strtoul(colon + 1, &end, 10);
+	if (errno || end == colon + 1 || *end || !v || v > 65535)
+		return -EINVAL;
+	*port = (unsigned int)v;
+	if (a[0] == '[' && colon[-1] == ']')
+		*host = strndup(a + 1, colon - a - 2);
+	else
+		*host = strndup(a, colon - a);
+	return *host && **host ? 0 : -EINVAL;
+}
 
 static int export_start(int argc, char **argv)
 {
@@ -212,9 +244,12 @@ static int export_start(int argc, char **argv)
 		{ "cbw-timeout", required_argument, NULL, OPT_CBW_TIMEOUT },
 		{ "freeze-hook", required_argument, NULL, OPT_FREEZE_HOOK },
 		{ "json", no_argument, NULL, OPT_JSON },
+		{ "tcp", required_argument, NULL, OPT_TCP },
+		{ "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
+	char *tcp_host = NULL;
 	struct cbt_export x = {
 		.b = { .cbw_memory = 64 << 20, .cbw_timeout = 30 },
 		.qemu_nbd = getenv("CBT_QEMU_NBD"),
@@ -292,6 +327,22 @@ static int export_start(int argc, char **argv)
 		case OPT_JSON:
 			ctx.json = 1;
 			break;
+		case OPT_TCP:
+			free(tcp_host);
+			tcp_host = NULL;
+			if (parse_tcp(a, &tcp_host, &x.tcp_port)) {
+				usage_error(START_USAGE, "bad --tcp '%s' (ADDR:PORT, [IPV6]:PORT)", a);
+				goto out;
+			}
+			x.tcp_host = tcp_host;
+			break;
+		case OPT_TLS_CREDS:
+			if (!*a) {
+				usage_error(START_USAGE, "empty --tls-creds");
+				goto out;
+			}
+			x.tls_dir = a;
+			break;
 		case 1:
 			x.b.jobs[x.b.nr_jobs++].spec.device = (char *)a;
 			break;
@@ -318,7 +369,12 @@ static int export_start(int argc, char **argv)
 		usage_error(START_USAGE, "one --cbw-store per DEV, in the same order");
 		goto out;
 	}
-	if (cbt_run_dir_check(&e)) {
+	if (x.tls_dir && !x.tcp_host) {
+		usage_error(START_USAGE, "--tls-creds needs --tcp");
+		goto out;
+	}
+	if ((x.tcp_host && cbt_export_check_tcp(x.tcp_host, x.tcp_port, x.b.nr_jobs, x.tls_dir,
+						&e)) || cbt_run_dir_check(&e)) {
 		status = report(&e);
 		goto out;
 	}
@@ -358,6 +414,7 @@ out:
 	free(x.b.jobs);
 	free(x.b.bitmaps);
 	free(x.b.cbw_stores);
+	free(tcp_host);
 	return status;
 }
 

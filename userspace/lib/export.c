@@ -15,6 +15,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 
 #include "bitmap.h"
@@ -98,6 +101,8 @@ static void exec_server(struct cbt_export *x, unsigned int i, pid_t parent)
 	const char *prog = x->qemu_nbd ? x->qemu_nbd : "qemu-nbd";
 	const char *argv[16 + 2 * CBT_IDENTITY_MAX_BITMAPS];
 	unsigned int n = 0, j;
+	char port[16], *object = NULL, *dir = NULL, *q;
+	const char *p;
 	sigset_t none;
 	int fd;
 
@@ -126,8 +131,33 @@ static void exec_server(struct cbt_export *x, unsigned int i, pid_t parent)
 	argv[n++] = "--format=qcow2";
 	argv[n++] = "--export-name";
 	argv[n++] = cbt_export_name(&x->b.jobs[i]);
-	argv[n++] = "--socket";
-	argv[n++] = d->socket;
+	if (d->socket) {
+		argv[n++] = "--socket";
+		argv[n++] = d->socket;
+	} else {
+		snprintf(port, sizeof(port), "%u", d->port);
+		argv[n++] = "--bind";
+		argv[n++] = x->tcp_host;
+		argv[n++] = "--port";
+		argv[n++] = port;
+	}
+	if (x->tls_dir) {
+		/* QEMU's option syntax: a comma in a value is written twice. */
+		dir = malloc(2 * strlen(x->tls_dir) + 1);
+		for (p = x->tls_dir, q = dir; dir && *p; p++) {
+			*q++ = *p;
+			if (*p == ',')
+				*q++ = ',';
+		}
+		if (dir)
+			*q = '\0';
+		if (!dir || asprintf(&object, "tls-creds-x509,id=cbt-tls,endpoint=server,dir=%s",
+				     dir) < 0)
+			_exit(1);
+		argv[n++] = "--object";
+		argv[n++] = object;
+		argv[n++] = "--tls-creds=cbt-tls";
+	}
 	for (j = 0; j < x->b.nr_bitmaps; j++) {
 		argv[n++] = "--bitmap";
 		argv[n++] = d->bitmaps[j].name;
@@ -152,7 +182,27 @@ static void log_line(const char *log, char *buf, size_t len)
 	}
 }
 
-/* Whether a server answers on SOCK. */
+/* Whether the server of D answers: on its socket, or at HOST:PORT. */
+static bool answers_tcp(const char *host, unsigned int port)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST };
+	struct addrinfo *ai;
+	char service[16];
+	bool ok = false;
+	int fd;
+
+	snprintf(service, sizeof(service), "%u", port);
+	if (getaddrinfo(host, service, &hints, &ai))
+		return false;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		ok = !connect(fd, ai->ai_addr, ai->ai_addrlen);
+		close(fd);
+	}
+	freeaddrinfo(ai);
+	return ok;
+}
+
 static bool answers(const char *sock)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -193,12 +243,16 @@ static int start_server(struct cbt_export *x, unsigned int i, struct cbt_err *e)
 					x->qemu_nbd ? x->qemu_nbd : "qemu-nbd",
 					msg[0] ? msg : "no message");
 		}
-		if (answers(d->socket))
+		if (d->socket ? answers(d->socket) : answers_tcp(x->tcp_host, d->port))
 			return 0;
 		nanosleep(&pause, NULL);
 	}
-	return cbt_fail(e, ETIMEDOUT, "%s: the NBD server did not answer on %s within %d s",
-			cbt_export_name(&x->b.jobs[i]), d->socket, SERVER_START_MS / 1000);
+	if (d->socket)
+		return cbt_fail(e, ETIMEDOUT, "%s: the NBD server did not answer on %s within %d s",
+				cbt_export_name(&x->b.jobs[i]), d->socket, SERVER_START_MS / 1000);
+	return cbt_fail(e, ETIMEDOUT, "%s: the NBD server did not answer on %s port %u within %d s",
+			cbt_export_name(&x->b.jobs[i]), x->tcp_host, d->port,
+			SERVER_START_MS / 1000);
 }
 
 /* Stops every server still running: SIGTERM, then SIGKILL after 5 s. */
@@ -321,7 +375,9 @@ static int export_hold(struct cbt_backup *b, struct cbt_err *e)
 		struct sockaddr_un sa;
 
 		/* A socket's path is short (108 bytes): a long name takes the job's number. */
-		if (strlen(x->dir) + strlen(name) + 7 < sizeof(sa.sun_path)) {
+		if (x->tcp_host) {
+			d->port = x->tcp_port + i;
+		} else if (strlen(x->dir) + strlen(name) + 7 < sizeof(sa.sun_path)) {
 			if (asprintf(&d->socket, "%s/%s.sock", x->dir, name) < 0)
 				d->socket = NULL;
 		} else if (asprintf(&d->socket, "%s/%u.sock", x->dir, i) < 0) {
@@ -330,7 +386,7 @@ static int export_hold(struct cbt_backup *b, struct cbt_err *e)
 		if (strlen(x->dir) + 16 >= sizeof(sa.sun_path))
 			r = cbt_fail(e, ENAMETOOLONG, "%s: too long for a socket's directory",
 				     x->dir);
-		else if (!d->socket || asprintf(&d->wrapper, "%s/%u.qcow2", x->dir, i) < 0 ||
+		else if ((!d->socket && !x->tcp_host) || asprintf(&d->wrapper, "%s/%u.qcow2", x->dir, i) < 0 ||
 			 asprintf(&d->log, "%s/%u.log", x->dir, i) < 0)
 			r = cbt_fail(e, ENOMEM, "export");
 		if (!r)
@@ -345,12 +401,89 @@ static int export_hold(struct cbt_backup *b, struct cbt_err *e)
 	return r;
 }
 
+/* Whether every address HOST stands for is a loopback one. */
+static bool loopback(const struct addrinfo *ai)
+{
+	for (; ai; ai = ai->ai_next) {
+		if (ai->ai_family == AF_INET) {
+			const struct sockaddr_in *in = (const void *)ai->ai_addr;
+
+			if ((ntohl(in->sin_addr.s_addr) >> 24) != 127)
+				return false;
+		} else if (ai->ai_family == AF_INET6) {
+			const struct sockaddr_in6 *in6 = (const void *)ai->ai_addr;
+
+			if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+				return false;
+		} else {
+			return false;
+		}
+	}
+	return true;
+}
+
+int cbt_export_check_tcp(const char *host, unsigned int port, unsigned int nr_devices,
+			 const char *tls_dir, struct cbt_err *e)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST };
+	struct addrinfo *ai;
+	struct stat st;
+	bool lo;
+	int r;
+
+	if (!port || port + nr_devices - 1 > 65535)
+		return cbt_fail(e, EINVAL, "TCP port %u for %u devices: ports %u to %u must be "
+				"from 1 to 65535", port, nr_devices, port, port + nr_devices - 1);
+	r = getaddrinfo(host, "1", &hints, &ai);
+	if (r)
+		return cbt_fail(e, EINVAL, "TCP address '%s': %s (a numeric IPv4 or IPv6 address)",
+				host, gai_strerror(r));
+	lo = loopback(ai);
+	freeaddrinfo(ai);
+	if (!lo && !tls_dir)
+		return cbt_fail(e, EPERM, "TCP address %s is not a loopback address: an export "
+				"there needs TLS (--tls-creds=DIR)", host);
+	if (tls_dir && stat(tls_dir, &st))
+		return cbt_fail(e, errno, "%s: the TLS credentials' directory", tls_dir);
+	if (tls_dir && !S_ISDIR(st.st_mode))
+		return cbt_fail(e, ENOTDIR, "%s: not a directory of TLS credentials", tls_dir);
+	return 0;
+}
+
+char *cbt_export_uri(const struct cbt_export *x, unsigned int i)
+{
+	const char *name = cbt_export_name(&x->b.jobs[i]);
+	const struct cbt_export_dev *d = &x->devs[i];
+	bool v6 = x->tcp_host && strchr(x->tcp_host, ':');
+	char *uri;
+
+	/* dm names have no '?', '#' or '/': they go into the URI as they are. */
+	int r;
+
+	if (d->socket)
+		r = asprintf(&uri, "nbd+unix:///%s?socket=%s", name, d->socket);
+	else
+		r = asprintf(&uri, "%s://%s%s%s:%u/%s", x->tls_dir ? "nbds" : "nbd", v6 ? "[" : "",
+			     x->tcp_host, v6 ? "]" : "", d->port, name);
+	return r < 0 ? NULL : uri;
+}
+
 int cbt_export_run(struct cbt_export *x, struct cbt_err *e)
 {
+	int r;
+
 	if (!x->b.nr_jobs)
 		return cbt_fail(e, EINVAL, "nothing to export");
 	if (x->b.dirty_only && !x->b.nr_bitmaps)
 		return cbt_fail(e, EINVAL, "a dirty-only export needs a bitmap");
+	if (x->tcp_host) {
+		r = cbt_export_check_tcp(x->tcp_host, x->tcp_port, x->b.nr_jobs, x->tls_dir, e);
+		if (r)
+			return r;
+	} else if (x->tls_dir) {
+		return cbt_fail(e, EINVAL, "TLS is for TCP exports: a Unix socket is this user's "
+				"only");
+	}
 	x->devs = calloc(x->b.nr_jobs, sizeof(*x->devs));
 	if (!x->devs)
 		return cbt_fail(e, ENOMEM, "export");

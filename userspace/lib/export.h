@@ -31,7 +31,8 @@ struct cbt_export_bitmap {
 };
 
 struct cbt_export_dev {
-	char *socket;			/* the server's Unix socket */
+	char *socket;			/* the server's Unix socket (NULL: TCP) */
+	unsigned int port;		/* its TCP port (TCP) */
 	char *wrapper;			/* the qcow2 it serves */
 	char *log;			/* the server's output */
 	int pid;			/* the server, 0 when not running */
@@ -45,6 +46,16 @@ struct cbt_export {
 	 */
 	struct cbt_backup b;
 	const char *qemu_nbd;		/* the server program (NULL: "qemu-nbd" from PATH) */
+	/*
+	 * TCP instead of Unix sockets: device i on TCP_PORT + i of TCP_HOST (a
+	 * numeric address); off loopback only with TLS_DIR, x509 credentials
+	 * as qemu-nbd's tls-creds-x509 object takes them (ca-cert.pem,
+	 * server-cert.pem, server-key.pem; clients need a certificate of the
+	 * same CA).
+	 */
+	const char *tcp_host;
+	unsigned int tcp_port;
+	const char *tls_dir;
 	/* Called once every server answers; the export then waits for a signal. */
 	void (*ready)(struct cbt_export *x, void *arg);
 	void *ready_arg;
@@ -70,6 +81,16 @@ void cbt_export_sigset(sigset_t *set);
  */
 int cbt_export_run(struct cbt_export *x, struct cbt_err *e);
 void cbt_export_free(struct cbt_export *x);
+
+/*
+ * Checks an export's TCP address before anything is done: HOST numeric,
+ * PORT + NR_DEVICES - 1 a port, and off loopback TLS_DIR given.
+ */
+int cbt_export_check_tcp(const char *host, unsigned int port, unsigned int nr_devices,
+			 const char *tls_dir, struct cbt_err *e);
+
+/* The URI of device I of X for a client ("nbd+unix://", "nbd://" or "nbds://"); free() it. */
+char *cbt_export_uri(const struct cbt_export *x, unsigned int i);
 
 /* The export name of JOB (its device's dm name). */
 const char *cbt_export_name(const struct cbt_backup_job *job);

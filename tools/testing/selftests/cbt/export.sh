@@ -11,8 +11,8 @@
 . "$(dirname "$0")/lib.sh"
 
 require_root
-require_tools dmsetup losetup qemu-io qemu-img qemu-nbd nbdinfo nbdcopy setpriv cbtctl
-plan 6
+require_tools dmsetup losetup qemu-io qemu-img qemu-nbd nbdinfo nbdcopy setpriv openssl cbtctl
+plan 7
 
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
 _tmp_dirs+=("$CBT_RUN_DIR")
@@ -263,10 +263,58 @@ test_broken() {
 	nothing_left
 }
 
+# make_certs DIR: a CA, and certificates of it for a server at 127.0.0.1
+# (DIR/server) and a client (DIR/client), as qemu-nbd and libnbd read them.
+make_certs() {
+	local who d=$1
+	mkdir -p "$d/server" "$d/client"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+		-keyout "$d/ca-key.pem" -out "$d/ca-cert.pem" -days 2 -subj /CN=cbt-test-ca 2>/dev/null
+	for who in server client; do
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+			-keyout "$d/$who/$who-key.pem" -out "$d/$who.csr" -subj "/CN=$who" 2>/dev/null
+		printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=%sAuth\n' "$who" >"$d/$who.ext"
+		openssl x509 -req -in "$d/$who.csr" -CA "$d/ca-cert.pem" -CAkey "$d/ca-key.pem" \
+			-CAcreateserial -out "$d/$who/$who-cert.pem" -days 2 -extfile "$d/$who.ext" \
+			2>/dev/null
+		cp "$d/ca-cert.pem" "$d/$who/"
+	done
+}
+
+test_tcp() {
+	local dir loop name dev tok pid uri sock
+	setup tcp
+	cbtctl bitmap add "$dev" b0
+	qio "$dev" "write -P 0x41 1M 64k"
+	start_export "$dir/out" -b b0 --tcp=127.0.0.1:10809 "$dev"
+	expect_eq "URI" "$uri" "nbd://127.0.0.1:10809/$name"
+	expect_eq "size over TCP" "$(nbdinfo --size "$uri")" "$SIZE"
+	expect_eq "dirty runs over TCP" "$(dirty_map "$uri" b0)" "$((1 << 20)) 65536"
+	cbtctl export stop "$tok" >/dev/null || fail "stop"
+	# Off loopback only with TLS; refused before anything is done.
+	cbtctl export start -b b0 --tcp=0.0.0.0:10809 "$dev" 2>"$dir/err" &&
+		fail "a TCP export off loopback without TLS"
+	has "$dir/err" "TLS" || fail "the refusal does not say TLS: $(cat "$dir/err")"
+	nothing_left
+	make_certs "$dir/pki"
+	start_export "$dir/out" -b b0 --tcp=127.0.0.1:10810 --tls-creds="$dir/pki/server" "$dev"
+	expect_eq "TLS URI" "$uri" "nbds://127.0.0.1:10810/$name"
+	expect_eq "size over TLS" \
+		"$(nbdinfo --size "$uri?tls-certificates=$dir/pki/client")" "$SIZE"
+	expect_eq "dirty runs over TLS" "$(dirty_map "$uri?tls-certificates=$dir/pki/client" b0)" \
+		"$((1 << 20)) 65536"
+	nbdinfo --size "nbd://127.0.0.1:10810/$name" >/dev/null 2>&1 &&
+		fail "a client without TLS was served"
+	cbtctl export stop --commit "$tok" >/dev/null || fail "stop --commit"
+	expect_eq "b0 after the commit" "$(bitmap_field "$dev" b0)" 0
+	nothing_left
+}
+
 run_test "nbdinfo and qemu-img map list the frozen extents; nobody else connects" with_exports test_maps
 run_test "full pull with nbdcopy under overwrite, incrementals pulled extent by extent" with_exports test_pulls
 run_test "--dirty-only: dirty chunks read, others fail" with_exports test_dirty_only_reads
 run_test "two devices exported at one instant" with_exports test_two_devices
 run_test "killed export, killed server, refusals: no bit lost" with_exports test_kills
 run_test "a broken snapshot fails reads" with_exports test_broken
+run_test "TCP on loopback, TLS with x509 credentials" with_exports test_tcp
 finish
