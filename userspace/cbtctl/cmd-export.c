@@ -369,6 +369,13 @@ static int export_start(int argc, char **argv)
 		usage_error(START_USAGE, "one --cbw-store per DEV, in the same order");
 		goto out;
 	}
+	/*
+	 * A pull releases nothing: a device whose snapshot may keep more than
+	 * the memory store gets a file store by default.
+	 */
+	if (!memory_given && !x.b.nr_cbw_stores)
+		x.b.cbw_store_dir = getenv("CBT_STORE_DIR") && *getenv("CBT_STORE_DIR") ?
+				    getenv("CBT_STORE_DIR") : "/var/tmp";
 	if (x.tls_dir && !x.tcp_host) {
 		usage_error(START_USAGE, "--tls-creds needs --tcp");
 		goto out;

@@ -79,7 +79,10 @@ struct cbt_backup {
 	 */
 	bool no_snapshot;
 	uint64_t cbw_memory;		/* per device store, bytes; 0: the kernel's default */
-	const char **cbw_stores;	/* or a store device per job, in job order */
+	const char **cbw_stores;	/* or a store per job, in job order: a device, or a */
+					/* file store (store.h): a directory or a new file */
+	/* Else, for a job whose snapshot may keep more than cbw_memory: a file store here. */
+	const char *cbw_store_dir;
 	unsigned int nr_cbw_stores;
 	int cbw_timeout;		/* seconds a write may wait for the store; <0: default */
 	/* Run as "HOOK freeze" before the first suspend and "HOOK thaw" after the last resume. */

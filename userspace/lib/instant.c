@@ -22,6 +22,7 @@
 #include "qcow2.h"
 #include "recover.h"
 #include "snapshot.h"
+#include "store.h"
 
 /*
  * The freeze token names this process and its start time, so that a later
@@ -109,6 +110,26 @@ static void snapshot_error(struct cbt_backup *b, const struct cbt_err *err)
 }
 
 /*
+ * What JOB's snapshot may have to keep: every chunk of the device, or for a
+ * dirty-only one the dirty chunks of its bitmaps (their sum, at most the
+ * device).
+ */
+static uint64_t store_needed(struct cbt_backup *b, struct cbt_backup_job *job)
+{
+	struct cbt_bitmap_info info;
+	struct cbt_err ignored;
+	uint64_t sum = 0;
+	unsigned int j;
+
+	if (!b->dirty_only)
+		return job->size;
+	for (j = 0; j < b->nr_bitmaps; j++)
+		if (!cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, &ignored))
+			sum += info.count;
+	return sum < job->size ? sum : job->size;
+}
+
+/*
  * Before any suspend: the snapshot's store is allocated while the guest
  * runs. Its chunk is small (a guest write preserves one: 4 KiB unless the
  * device is large); its cluster is the image's, so that the cluster-widened
@@ -121,22 +142,32 @@ int instant_prepare_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, s
 	uint32_t cluster = cbt_snapshot_cluster(p->img ? qcow2_cluster_size(p->img) :
 						CBT_DEFAULT_CLUSTER_SIZE);
 	uint32_t chunk = cbt_snapshot_chunk(cluster, job->size);
-	char memory[40] = "", timeout[24] = "";
-	int r;
+	const char *store = b->nr_cbw_stores ? b->cbw_stores[job - b->jobs] : NULL;
+	char memory[40] = "", timeout[24] = "", loop[32];
+	int r, store_fd = -1;
 
-	if (b->cbw_memory && !b->nr_cbw_stores)
+	if (!store && b->cbw_store_dir && store_needed(b, job) > b->cbw_memory)
+		store = b->cbw_store_dir;
+	if (b->cbw_memory && !store)
 		snprintf(memory, sizeof(memory), " memory=%llu",
 			 (unsigned long long)((b->cbw_memory + chunk - 1) / chunk * chunk));
 	if (b->cbw_timeout >= 0)
 		snprintf(timeout, sizeof(timeout), " timeout=%d", b->cbw_timeout);
 	r = cbt_journal_add(b->journal, "snapshot", cbt_dm_name(job->spec.device), e);
-	if (!r && b->nr_cbw_stores)
+	/* A file store: as large as the device, sparse; it goes with the snapshot. */
+	if (!r && store && cbt_store_is_file(store)) {
+		r = cbt_store_file(store, job->size, loop, sizeof(loop), &store_fd, e);
+		store = loop;
+	}
+	if (!r && store)
 		r = cbt_dm_messagef(job->spec.device, e,
 				    "snapshot prepare %s chunk=%u cluster=%u store=%s%s",
-				    b->token, chunk, cluster, b->cbw_stores[job - b->jobs], timeout);
+				    b->token, chunk, cluster, store, timeout);
 	else if (!r)
 		r = cbt_dm_messagef(job->spec.device, e, "snapshot prepare %s chunk=%u cluster=%u%s%s",
 				    b->token, chunk, cluster, memory, timeout);
+	if (store_fd >= 0)
+		close(store_fd);
 	if (!r)
 		p->snapshot = true;
 	return r;

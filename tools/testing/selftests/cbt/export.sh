@@ -12,7 +12,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img qemu-nbd nbdinfo nbdcopy setpriv openssl cbtctl
-plan 7
+plan 8
 
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
 _tmp_dirs+=("$CBT_RUN_DIR")
@@ -310,6 +310,76 @@ test_tcp() {
 	nothing_left
 }
 
+# loops: the number of loop devices attached.
+loops() {
+	local n=0 f
+	for f in /sys/block/loop*/loop/backing_file; do
+		[ -e "$f" ] && n=$((n + 1))
+	done
+	echo $n
+}
+
+test_file_store() {
+	local dir loop name dev tok pid uri sock n0 bpid rc n
+	make_tmpdir dir
+	# Larger than the 64 MiB memory store: an export gets a file store by default.
+	cbt_over_file "$dir/disk" $((68 << 20)) store
+	cbtctl bitmap add "$dev" b0
+	qio "$dev" "write -P 0x21 0 68M"
+	dd if="$dev" of="$dir/t0.raw" bs=1M iflag=direct status=none
+	mkdir "$dir/store"
+	n0=$(loops)
+	CBT_STORE_DIR=$dir/store start_export "$dir/out" -b b0 "$dev"
+	[[ $(snap_info "$dev") == *" store=7:"* ]] || fail "not on a loop device: $(snap_info "$dev")"
+	expect_eq "loop devices while exporting" "$(loops)" $((n0 + 1))
+	entries n "$dir/store"
+	expect_eq "names in the store directory" "${#n[@]}" 0
+	# 66 MiB of overwrites: more than memory would have held, and no write waits long.
+	qio "$dev" "write -P 0x22 0 66M"
+	expect_eq "snapshot" "$(snap_state "$dev")" running
+	nbdcopy "$uri" "$dir/p.raw" || fail "nbdcopy"
+	cmp "$dir/p.raw" "$dir/t0.raw" || fail "the pull differs from the instant"
+	rm -f "$dir/p.raw" "$dir/t0.raw"
+	cbtctl export stop --commit "$tok" >/dev/null || fail "stop --commit"
+	nothing_left
+	expect_eq "loop devices after the export" "$(loops)" "$n0"
+	# --cbw-memory keeps a pull in memory.
+	start_export "$dir/out" -b b0 --cbw-memory=32M "$dev"
+	[[ $(snap_info "$dev") != *" store=7:"* ]] || fail "--cbw-memory took a file store"
+	cbtctl export stop "$tok" >/dev/null
+	# A backup into a file store it names, killed while its snapshot runs: recover
+	# stops the snapshot, and the loop device and the file go with it.
+	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync=full --cbw-store="$dir/store/f" \
+		"$dev=$dir/full.qcow2" >"$dir/bout" 2>&1 &
+	bpid=$!
+	wait_stopped $bpid "phase snapshot"
+	[[ $(snap_info "$dev") == *" store=7:"* ]] || fail "the backup's store: $(snap_info "$dev")"
+	[ -e "$dir/store/f" ] && fail "the store file still has its name"
+	kill -9 $bpid
+	wait $bpid 2>/dev/null || :
+	cbtctl recover >/dev/null || fail "recover"
+	nothing_left
+	expect_eq "loop devices after recover" "$(loops)" "$n0"
+	# The same backup to the end, the guest overwriting at its instant.
+	dd if="$dev" of="$dir/t1.raw" bs=1M iflag=direct status=none
+	CBT_TEST_STOP_AT=snapshot cbtctl backup --sync=full --cbw-store="$dir/store/f" \
+		"$dev=$dir/full.qcow2" >"$dir/bout" 2>&1 &
+	bpid=$!
+	wait_stopped $bpid "phase snapshot"
+	qio "$dev" "write -P 0x23 8M 8M"
+	kill -CONT $bpid
+	wait $bpid && rc=0 || rc=$?
+	expect_eq "backup exit status ($(<"$dir/bout"))" "$rc" 0
+	chain_matches "$dir/full.qcow2" "$dir/t1.raw"
+	expect_eq "loop devices after the backup" "$(loops)" "$n0"
+	[ -e "$dir/store/f" ] && fail "the store file is left"
+	cbtctl backup --sync=full --cbw-store="$dir/t1.raw" "$dev=$dir/x.qcow2" 2>"$dir/err" &&
+		fail "an existing file taken as a store"
+	has "$dir/err" "exists" || fail "the refusal: $(cat "$dir/err")"
+	[ -s "$dir/t1.raw" ] || fail "the existing file was harmed"
+	nothing_left
+}
+
 run_test "nbdinfo and qemu-img map list the frozen extents; nobody else connects" with_exports test_maps
 run_test "full pull with nbdcopy under overwrite, incrementals pulled extent by extent" with_exports test_pulls
 run_test "--dirty-only: dirty chunks read, others fail" with_exports test_dirty_only_reads
@@ -317,4 +387,5 @@ run_test "two devices exported at one instant" with_exports test_two_devices
 run_test "killed export, killed server, refusals: no bit lost" with_exports test_kills
 run_test "a broken snapshot fails reads" with_exports test_broken
 run_test "TCP on loopback, TLS with x509 credentials" with_exports test_tcp
+run_test "file stores: an export's default past memory, a backup's, killed" with_exports test_file_store
 finish

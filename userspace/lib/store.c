@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: LGPL-2.1
+/*
+ * File stores for copy-before-write snapshots (see store.h).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <linux/loop.h>
+
+#include "store.h"
+
+bool cbt_store_is_file(const char *where)
+{
+	struct stat st;
+
+	return stat(where, &st) || !S_ISBLK(st.st_mode);
+}
+
+/* The file: nameless in directory WHERE, or WHERE made and unlinked. */
+static int open_file(const char *where, struct cbt_err *e)
+{
+	char *path = NULL;
+	struct stat st;
+	int fd;
+
+	if (!stat(where, &st) && S_ISDIR(st.st_mode)) {
+		fd = open(where, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+		if (fd >= 0)
+			return fd;
+		/* A file system without O_TMPFILE (NFS, older overlayfs): a name, briefly. */
+		if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+			return cbt_fail(e, errno, "%s: cannot make a store file there", where);
+		if (asprintf(&path, "%s/.cbtctl-store.XXXXXX", where) < 0)
+			return cbt_fail(e, ENOMEM, "%s: store file", where);
+		fd = mkostemp(path, O_CLOEXEC);
+		if (fd < 0) {
+			fd = cbt_fail(e, errno, "%s: cannot make a store file", path);
+		} else if (unlink(path)) {
+			fd = cbt_fail(e, errno, "%s: cannot unlink the store file", path);
+			unlink(path);
+		}
+		free(path);
+		return fd;
+	}
+	fd = open(where, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return cbt_fail(e, errno, "%s: cannot create the store file%s", where,
+				errno == EEXIST ? " (it exists: give a new name, or a directory)" : "");
+	if (unlink(where)) {
+		cbt_fail(e, errno, "%s: cannot unlink the store file", where);
+		close(fd);
+		return -e->errnum;
+	}
+	return fd;
+}
+
+int cbt_store_file(const char *where, uint64_t size, char *loop, size_t len, int *fd,
+		   struct cbt_err *e)
+{
+	struct loop_config cfg = { 0 };
+	int file, ctl, n, lfd = -1, attempt, r = 0;
+
+	*fd = -1;
+	file = open_file(where, e);
+	if (file < 0)
+		return file;
+	if (ftruncate(file, (off_t)size)) {
+		r = cbt_fail(e, errno, "%s: cannot size the store file to %llu bytes", where,
+			     (unsigned long long)size);
+		goto out;
+	}
+	ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	if (ctl < 0) {
+		r = cbt_fail(e, errno, "/dev/loop-control: cannot open it (module loop?)");
+		goto out;
+	}
+	cfg.fd = (uint32_t)file;
+	cfg.info.lo_flags = LO_FLAGS_DIRECT_IO | LO_FLAGS_AUTOCLEAR;
+	snprintf((char *)cfg.info.lo_file_name, sizeof(cfg.info.lo_file_name), "cbtctl store %s",
+		 where);
+	/* Another program may take the free device first: ask again. */
+	for (attempt = 0; attempt < 16; attempt++) {
+		n = ioctl(ctl, LOOP_CTL_GET_FREE);
+		if (n < 0) {
+			r = cbt_fail(e, errno, "/dev/loop-control: no free loop device");
+			break;
+		}
+		snprintf(loop, len, "/dev/loop%d", n);
+		lfd = open(loop, O_RDWR | O_CLOEXEC);
+		if (lfd < 0) {
+			r = cbt_fail(e, errno, "%s: cannot open it", loop);
+			break;
+		}
+		if (!ioctl(lfd, LOOP_CONFIGURE, &cfg)) {
+			r = 0;
+			break;
+		}
+		r = cbt_fail(e, errno, "%s: cannot attach the store file %s", loop, where);
+		close(lfd);
+		lfd = -1;
+		if (errno != EBUSY)
+			break;
+	}
+	close(ctl);
+	if (!r && lfd < 0)
+		r = cbt_fail(e, EBUSY, "no free loop device for the store file %s", where);
+	if (!r)
+		*fd = lfd;
+out:
+	close(file);
+	return r;
+}
