@@ -48,6 +48,7 @@ static void result_path(const char *token, char *buf, size_t len)
 struct start_ctx {
 	int fd;			/* the pipe to the waiting start command */
 	int json;
+	int gone;		/* it could not be told: nobody knows the token */
 };
 
 /* What start prints: the token, then per device its URI and bitmaps. */
@@ -120,7 +121,7 @@ static void print_ready(struct cbt_export *x, FILE *f, int json)
 			x->b.token);
 }
 
-static void write_all(int fd, const char *buf, size_t len)
+static int write_all(int fd, const char *buf, size_t len)
 {
 	ssize_t n;
 
@@ -129,36 +130,48 @@ static void write_all(int fd, const char *buf, size_t len)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			return;
+			return n < 0 ? -errno : -EIO;
 		buf += n;
 		len -= n;
 	}
+	return 0;
 }
 
-/* The first byte says how start exits: '0' serving, '1' failed; the rest is its output. */
-static void tell_start(struct start_ctx *c, char status, const char *text)
+/*
+ * The first byte says how start exits: '0' serving, '1' failed; the rest is
+ * its output. -EPIPE when start is gone.
+ */
+static int tell_start(struct start_ctx *c, char status, const char *text)
 {
+	int r;
+
 	if (c->fd < 0)
-		return;
-	write_all(c->fd, &status, 1);
-	write_all(c->fd, text, strlen(text));
+		return 0;
+	r = write_all(c->fd, &status, 1);
+	if (!r)
+		r = write_all(c->fd, text, strlen(text));
 	close(c->fd);
 	c->fd = -1;
+	c->gone = r != 0;
+	return r;
 }
 
-static void on_ready(struct cbt_export *x, void *arg)
+static int on_ready(struct cbt_export *x, void *arg)
 {
 	struct start_ctx *c = arg;
 	char *text = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&text, &len);
+	int r;
 
-	if (f) {
-		print_ready(x, f, c->json);
-		fclose(f);
-	}
-	tell_start(c, '0', text ? text : "");
+	if (!f)
+		return -ENOMEM;
+	print_ready(x, f, c->json);
+	if (fclose(f))
+		return -ENOMEM;
+	r = tell_start(c, '0', text);
 	free(text);
+	return r;
 }
 
 /* The result line for stop: "committed", or "aborted" and why. */
@@ -188,6 +201,14 @@ static int run_export(struct cbt_export *x, struct start_ctx *c)
 	int fd, r;
 
 	setsid();
+	/* A start command that is gone makes the report fail, not this process die. */
+	signal(SIGPIPE, SIG_IGN);
+	/* The stop signals (blocked) were perhaps ignored by the shell that started us. */
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGUSR1, SIG_DFL);
+	signal(SIGCHLD, SIG_DFL);
 	fd = open("/dev/null", O_RDWR);
 	if (fd >= 0) {
 		dup2(fd, STDIN_FILENO);
@@ -203,7 +224,8 @@ static int run_export(struct cbt_export *x, struct start_ctx *c)
 			text = NULL;
 		tell_start(c, '1', text ? text : "cbtctl: export failed\n");
 		free(text);
-	} else {
+	} else if (!c->gone) {
+		/* For "export stop", which nobody can call for a token never told. */
 		write_result(x->b.token, r, &e);
 	}
 	cbt_export_free(x);
@@ -407,6 +429,8 @@ static int export_start(int argc, char **argv)
 		_exit(run_export(&x, &ctx));
 	}
 	close(fds[1]);
+	/* Interruptible while it waits: the export's process then aborts (it cannot report). */
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
 	/* What the export's process reports, once it serves or has failed. */
 	got = read(fds[0], buf, 1);
 	status = got == 1 && buf[0] == '0' ? 0 : EXIT_FAIL;

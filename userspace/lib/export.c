@@ -328,8 +328,11 @@ static int serve(struct cbt_export *x, struct cbt_err *e)
 	int sig;
 
 	cbt_export_sigset(&set);
-	if (x->ready)
-		x->ready(x, x->ready_arg);
+	if (x->ready && x->ready(x, x->ready_arg)) {
+		snprintf(x->ended_by, sizeof(x->ended_by), "the start command's end (it could not "
+			 "be told the export's token)");
+		goto stop;
+	}
 	for (;;) {
 		sig = sigwaitinfo(&set, &si);
 		if (sig < 0)
@@ -348,6 +351,7 @@ static int serve(struct cbt_export *x, struct cbt_err *e)
 		}
 		break;
 	}
+stop:
 	stop_servers(x);
 	if (x->commit)
 		return 0;

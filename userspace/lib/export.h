@@ -56,8 +56,11 @@ struct cbt_export {
 	const char *tcp_host;
 	unsigned int tcp_port;
 	const char *tls_dir;
-	/* Called once every server answers; the export then waits for a signal. */
-	void (*ready)(struct cbt_export *x, void *arg);
+	/*
+	 * Called once every server answers; the export then waits for a
+	 * signal. Non-zero (nobody took the report): the export aborts.
+	 */
+	int (*ready)(struct cbt_export *x, void *arg);
 	void *ready_arg;
 	/* Filled in by the run. */
 	char dir[4096];			/* RUN_DIR/TOKEN.d */

@@ -59,6 +59,34 @@ static int open_file(const char *where, struct cbt_err *e)
 	return fd;
 }
 
+/*
+ * Whether FILE takes direct I/O: a block written with O_DIRECT through a new
+ * open of it. Some file systems accept the flag and fail the I/O (a tmpfs
+ * under overlayfs), and a loop device asked for direct I/O there would fail
+ * every write of the store.
+ */
+static bool direct_io_works(int file)
+{
+	char path[64];
+	void *buf;
+	bool ok;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", file);
+	fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	if (posix_memalign(&buf, 4096, 4096)) {
+		close(fd);
+		return false;
+	}
+	memset(buf, 0, 4096);
+	ok = pwrite(fd, buf, 4096, 0) == 4096;
+	free(buf);
+	close(fd);
+	return ok;
+}
+
 int cbt_store_file(const char *where, uint64_t size, char *loop, size_t len, int *fd,
 		   struct cbt_err *e)
 {
@@ -80,7 +108,10 @@ int cbt_store_file(const char *where, uint64_t size, char *loop, size_t len, int
 		goto out;
 	}
 	cfg.fd = (uint32_t)file;
-	cfg.info.lo_flags = LO_FLAGS_DIRECT_IO | LO_FLAGS_AUTOCLEAR;
+	/* Direct I/O where it works: the store's writes then skip the page cache. */
+	cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+	if (size >= 4096 && direct_io_works(file))
+		cfg.info.lo_flags |= LO_FLAGS_DIRECT_IO;
 	snprintf((char *)cfg.info.lo_file_name, sizeof(cfg.info.lo_file_name), "cbtctl store %s",
 		 where);
 	/* Another program may take the free device first: ask again. */

@@ -213,7 +213,7 @@ test_two_devices() {
 }
 
 test_kills() {
-	local dir loop name dev tok pid uri sock before server
+	local dir loop name dev tok pid uri sock before server n
 	setup kills
 	cbtctl bitmap add "$dev" b0
 	qio "$dev" "write -P 0x41 1M 64k"
@@ -244,7 +244,20 @@ test_kills() {
 		fail "a server that does not start"
 	has "$dir/err" "NBD server" || fail "the server's failure: $(cat "$dir/err")"
 	nothing_left
-	expect_eq "b0 after the refusals" "$(bitmap_field "$dev" b0)" $((3 << 16))
+	# The start command killed before it could print the token: the export aborts.
+	printf '#!/bin/sh\nsleep 2\nexec qemu-nbd "$@"\n' >"$dir/slow-nbd"
+	chmod +x "$dir/slow-nbd"
+	CBT_QEMU_NBD=$dir/slow-nbd cbtctl export start -b b0 "$dev" >/dev/null 2>&1 &
+	pid=$!
+	nap 1
+	kill -TERM $pid
+	wait $pid 2>/dev/null || :
+	for ((n = 0; n < 100; n++)); do
+		[ -z "$(journals)" ] && break
+		nap 0.1
+	done
+	nothing_left
+	expect_eq "b0 after the start was killed" "$(bitmap_field "$dev" b0)" $((3 << 16))
 	expect_eq "snapshot after the refusals" "$(snap_state "$dev")" none
 }
 
