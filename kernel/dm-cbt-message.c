@@ -205,6 +205,9 @@ static int run_add(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned
 			r = -ENOMEM;
 			goto out;
 		}
+		/* Added disabled: it records nothing, so it may miss writes from the start. */
+		if (m->disabled)
+			set_bit(CBT_BM_INCONSISTENT, &bm->flags);
 		generate_random_uuid(bm->uuid);
 		bm->generation = 1;
 		if (cd->meta) {
@@ -280,11 +283,13 @@ static int run_clear(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsign
 		cbt_bits_zero(__cbt_bitmap_live(bm, cd));
 		/*
 		 * Empty and complete again: what it missed is forgotten with
-		 * the rest. Under io_lock, as all the superblock records: the
-		 * metadata worker may write it (a failure's last superblock).
+		 * the rest, unless it is disabled (it goes on missing writes).
+		 * Under io_lock, as all the superblock records: the metadata
+		 * worker may write it (a failure's last superblock).
 		 */
 		cbt_meta_lock(cd);
-		clear_bit(CBT_BM_INCONSISTENT, &bm->flags);
+		if (test_bit(CBT_BM_RECORDING, &bm->flags))
+			clear_bit(CBT_BM_INCONSISTENT, &bm->flags);
 		clear_bit(CBT_BM_REPORTED, &bm->flags);
 		bm->generation++;
 		cbt_meta_unlock(cd);
@@ -303,18 +308,37 @@ static int cbt_set_recording(struct cbt_dev *cd, struct cbt_msg *m, bool recordi
 	mutex_lock(&cd->lock);
 	bm = cbt_find(cd, m->name);
 	if (bm && recording && !test_bit(CBT_BM_RECORDING, &bm->flags)) {
+		/*
+		 * What it missed while disabled keeps it inconsistent (set at
+		 * the disable, or by an older module's record: set again) until
+		 * a full backup commits it or it is cleared.
+		 */
 		cbt_meta_lock(cd);
+		set_bit(CBT_BM_INCONSISTENT, &bm->flags);
 		set_bit(CBT_BM_RECORDING, &bm->flags);
 		cbt_meta_unlock(cd);
 		r = cbt_new_record(cd);
 	} else if (bm) {
 		r = 0;
 		if (!recording && test_bit(CBT_BM_RECORDING, &bm->flags)) {
+			/*
+			 * A bitmap that stops recording may miss writes: durable
+			 * first, the superblock says so while it still records;
+			 * only then does the I/O path stop marking it, and the
+			 * superblock records the disable.
+			 */
 			cbt_meta_lock(cd);
-			clear_bit(CBT_BM_RECORDING, &bm->flags);
+			set_bit(CBT_BM_INCONSISTENT, &bm->flags);
 			cbt_meta_unlock(cd);
 			if (cd->meta)
 				r = cbt_meta_update(cd);
+			if (!r) {
+				cbt_meta_lock(cd);
+				clear_bit(CBT_BM_RECORDING, &bm->flags);
+				cbt_meta_unlock(cd);
+				if (cd->meta)
+					r = cbt_meta_update(cd);
+			}
 		}
 	}
 	mutex_unlock(&cd->lock);
@@ -386,6 +410,9 @@ static int run_freeze(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsig
 				set_bit(CBT_BM_FROZEN_INCONSISTENT, &bm->flags);
 				clear_bit(CBT_BM_REPORTED, &bm->flags);
 			}
+			/* A disabled bitmap's successor records nothing either. */
+			if (!test_bit(CBT_BM_RECORDING, &bm->flags))
+				set_bit(CBT_BM_INCONSISTENT, &bm->flags);
 			cbt_meta_unlock(cd);
 			strscpy(bm->token, m->arg, sizeof(bm->token));
 			bm->gen++;

@@ -177,12 +177,18 @@ TEST_F(bitmap, detail_and_status)
 	EXPECT_EQ(0, field(self, "off", "count"));
 	EXPECT_EQ(65536, field(self, "plain", "count"));
 	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
-	/* + inject state 1, no rules, no snapshot, no metadata device */
-	EXPECT_STREQ("2 1 0 0 1 0 - -", line);
+	/*
+	 * Two bitmaps, one recording, none frozen, one inconsistent (the one
+	 * added disabled); inject state 1, no rules, no snapshot, no metadata
+	 * device.
+	 */
+	EXPECT_STREQ("2 1 0 1 1 0 - -", line);
+	EXPECT_EQ(1, field(self, "off", "inconsistent"));
+	EXPECT_EQ(0, field(self, "plain", "inconsistent"));
 	ASSERT_EQ(0, msg(self, "bitmap freeze plain backup-1.a_b"));
 	EXPECT_STREQ("backup-1.a_b", token(self, "plain", tok, sizeof(tok)));
 	ASSERT_EQ(0, dm_status_line(self->s.name, 0, line, sizeof(line)));
-	EXPECT_STREQ("2 1 1 0 1 0 - -", line);
+	EXPECT_STREQ("2 1 1 1 1 0 - -", line);
 	ASSERT_EQ(0, list(self, line, sizeof(line)));
 	EXPECT_NE(NULL, strstr(line, "plain granularity=65536 count=0 recording=1 busy=1 "
 			       "persistent=0 inconsistent=0 frozen=65536 token=backup-1.a_b "
@@ -210,11 +216,16 @@ TEST_F(bitmap, generation_changes_on_clear_and_commit)
 	ASSERT_EQ(0, msg(self, "bitmap freeze g t1"));
 	ASSERT_EQ(0, msg(self, "bitmap abort g t1"));
 	ASSERT_EQ(0, msg(self, "bitmap disable g"));
+	/* Not recording, it may miss writes: inconsistent, also once enabled. */
+	EXPECT_EQ(1, field(self, "g", "inconsistent"));
 	ASSERT_EQ(0, msg(self, "bitmap enable g"));
+	EXPECT_EQ(1, field(self, "g", "inconsistent"));
 	EXPECT_STREQ(":2", generation(self, "g", g, sizeof(g)) + 36);
+	/* A full backup's freeze and commit make it complete. */
 	ASSERT_EQ(0, msg(self, "bitmap freeze g t2"));
 	ASSERT_EQ(0, msg(self, "bitmap commit g t2"));
 	EXPECT_STREQ(":3", generation(self, "g", g, sizeof(g)) + 36);
+	EXPECT_EQ(0, field(self, "g", "inconsistent"));
 	/* Added again under its name, it is another bitmap. */
 	ASSERT_EQ(0, msg(self, "bitmap remove g"));
 	ASSERT_EQ(0, msg(self, "bitmap add g"));

@@ -32,7 +32,8 @@ test_list() {
 	head -1 <<<"$out" | grep -qE '^DEVICE +SIZE +BITMAP +GRANULARITY +DIRTY +STATE +SNAPSHOT$' ||
 		fail "list header: $out"
 	grep -qE "^$d1 +$SIZE +b0 +65536 +65536 +recording +none$" <<<"$out" || fail "b0 line: $out"
-	grep -qE "^$d1 +$SIZE +b1 +131072 +0 +disabled +none$" <<<"$out" || fail "b1 line: $out"
+	grep -qE "^$d1 +$SIZE +b1 +131072 +0 +disabled,inconsistent +none$" <<<"$out" ||
+		fail "b1 line: $out"
 	grep -qE "^$d2 +$SIZE +- +- +- +- +none$" <<<"$out" || fail "no-bitmap line: $out"
 	grep -q "$lin" <<<"$out" && fail "a linear device is listed: $out"
 

@@ -13,7 +13,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 6
+plan 7
 
 SIZE=$((16 << 20))
 
@@ -184,10 +184,38 @@ test_failed_commit() {
 	chain_matches "$dir/inc2.qcow2" "$dev"
 }
 
+test_disabled() {
+	local dir out name dev
+	start disabled
+	qio "$dev" "write -P 0x51 1M 64k"
+	incremental "$dev" "$dir/inc1.qcow2" "$dir/disabled-full.qcow2"
+	# Disabled, it misses writes: inconsistent at once, and after enable.
+	cbtctl bitmap disable "$dev" b0 || fail "disable"
+	[[ $(info "$dev") == *" inconsistent=1 "* ]] || fail "disabled but consistent: $(info "$dev")"
+	qio "$dev" "write -P 0x52 3M 64k"
+	refused "inconsistent" "$dev" \
+		cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc2.qcow2,backing=$dir/inc1.qcow2"
+	cbtctl bitmap enable "$dev" b0 || fail "enable"
+	qio "$dev" "write -P 0x53 5M 64k"
+	# The generation alone would have matched: the incremental must not miss 3M.
+	refused "inconsistent" "$dev" \
+		cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc2.qcow2,backing=$dir/inc1.qcow2"
+	# A clear while disabled does not make it complete; a full backup while it records does.
+	cbtctl bitmap disable "$dev" b0 && cbtctl bitmap clear "$dev" b0 || fail "disable, clear"
+	[[ $(info "$dev") == *" inconsistent=1 "* ]] || fail "cleared while disabled: $(info "$dev")"
+	cbtctl bitmap enable "$dev" b0 || fail "enable again"
+	cbtctl backup -q --sync=full --bitmap=b0 "$dev=$dir/full2.qcow2" || fail "full backup"
+	[[ $(info "$dev") == *" inconsistent=0 "* ]] || fail "after a full backup: $(info "$dev")"
+	qio "$dev" "write -P 0x54 7M 64k"
+	incremental "$dev" "$dir/inc3.qcow2" "$dir/full2.qcow2"
+	chain_matches "$dir/inc3.qcow2" "$dev"
+}
+
 run_test "full and two incrementals chain, identity in --json" test_chain
 run_test "a backing image older than the last commit is refused" test_generation
 run_test "a re-created bitmap is refused" test_recreated
 run_test "a missing, raw, plain or bitmap-less backing is refused" test_bad_backing
 run_test "a backing image of another device is refused, also in a transaction" test_other_device
 run_test "after a failed commit only the image before it is a backing" test_failed_commit
+run_test "a bitmap disabled since its last commit is refused until a full backup" test_disabled
 finish

@@ -87,6 +87,7 @@ test_persist() {
 	expect_eq "fine count" "$(field fine count)" $((4096 + 102400 + 4096))
 	expect_eq "off count" "$(field off count)" 0
 	expect_eq "off recording" "$(field off recording)" 0
+	expect_eq "off inconsistent (added disabled)" "$(field off inconsistent)" 1
 	expect_eq "generation" "$(field b0 generation | cut -d: -f2)" 1
 	# A remove is durable too.
 	msg bitmap remove fine
