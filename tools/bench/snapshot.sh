@@ -80,12 +80,18 @@ iops_during() {
 		fi
 		sleep 0.01
 	done
+	iops_beside "the backup ($*)" "$dir/backup.log"
+}
+
+# iops_beside WHAT LOG: fio's IOPS while $bpid (WHAT, its output in LOG) runs; it must outlast fio.
+iops_beside() {
+	local n
 	n=$(iops)
 	if ! kill -0 "$bpid" 2>/dev/null; then
-		echo "bench: the backup ($*) ended before fio did: raise BENCH_SNAP_MB" >&2
+		echo "bench: $1 ended before fio did: raise BENCH_SNAP_MB" >&2
 		exit 1
 	fi
-	wait "$bpid" || { cat "$dir/backup.log" >&2; exit 1; }
+	wait "$bpid" || { cat "$2" >&2; exit 1; }
 	bpid=
 	echo "$n"
 }
@@ -100,13 +106,7 @@ iops_during_pull() {
 	uri=$(python3 -c "import json; print(json.load(open('$out'))['exports'][0]['uri'])")
 	"${ctl[@]}" nbdcopy "$uri" null: >"$dir/pull.log" 2>&1 &
 	bpid=$!
-	n=$(iops)
-	if ! kill -0 "$bpid" 2>/dev/null; then
-		echo "bench: the pull ended before fio did: raise BENCH_SNAP_MB" >&2
-		exit 1
-	fi
-	wait "$bpid" || { cat "$dir/pull.log" >&2; exit 1; }
-	bpid=
+	n=$(iops_beside "the pull" "$dir/pull.log")
 	cbtctl export stop --abort "$tok" >/dev/null
 	echo "$n"
 }

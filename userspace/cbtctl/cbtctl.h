@@ -6,6 +6,7 @@
 #define CBTCTL_H
 
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "libcbt.h"
@@ -32,6 +33,37 @@ int cmd_extents(int argc, char **argv);
 int cmd_inject(int argc, char **argv);
 int cmd_recover(int argc, char **argv);
 int cmd_metadata(int argc, char **argv);
+
+struct cbt_backup;
+
+/*
+ * The options of the instant that backup and export start share, as
+ * getopt values and long options; a command's own values follow
+ * OPT_INSTANT_END.
+ */
+enum { OPT_CBW_MEMORY = 256, OPT_CBW_STORE, OPT_CBW_TIMEOUT, OPT_FREEZE_HOOK, OPT_INSTANT_END };
+#define INSTANT_LONGOPTS \
+	{ "cbw-memory", required_argument, NULL, OPT_CBW_MEMORY }, \
+	{ "cbw-store", required_argument, NULL, OPT_CBW_STORE }, \
+	{ "cbw-timeout", required_argument, NULL, OPT_CBW_TIMEOUT }, \
+	{ "freeze-hook", required_argument, NULL, OPT_FREEZE_HOOK }
+
+/*
+ * Takes option C (argument A) into B when it is one of those: 1; 0 when it
+ * is not; -1 after a usage error (printed with USAGE). *MEMORY_GIVEN is set
+ * by --cbw-memory. B->cbw_stores must have room for every argument.
+ */
+int instant_option(int c, const char *a, struct cbt_backup *b, int *memory_given,
+		   const char *usage);
+/*
+ * The checks of those options once all are read, for NR_DEVICES devices:
+ * 0, or -1 after a usage error.
+ */
+int instant_options_check(const struct cbt_backup *b, int memory_given,
+			  unsigned int nr_devices, const char *usage);
+
+/* A decimal number from 0 to MAX, nothing else: 0 or -EINVAL. */
+int parse_count(const char *s, uint64_t max, uint64_t *n);
 
 /* Prints "cbtctl: MSG" from a library error; returns EXIT_FAIL. */
 int report(const struct cbt_err *e);

@@ -181,19 +181,8 @@ static void print_text(const struct cbt_backup *b, int r, const struct cbt_err *
 					   "every bitmap was restored");
 }
 
-/* A decimal number from 0 to MAX, nothing else. */
-static int parse_count(const char *s, uint64_t max, uint64_t *n)
-{
-	char *end;
-
-	errno = 0;
-	*n = strtoull(s, &end, 10);
-	return errno || end == s || *end || *s == '-' || *n > max ? -EINVAL : 0;
-}
-
 enum {
-	OPT_ON_SOURCE_ERROR = 256, OPT_RETRIES, OPT_CBW_MEMORY, OPT_CBW_STORE, OPT_CBW_TIMEOUT,
-	OPT_NO_SNAPSHOT, OPT_FREEZE_HOOK, OPT_JSON, OPT_PARALLEL,
+	OPT_ON_SOURCE_ERROR = OPT_INSTANT_END, OPT_RETRIES, OPT_NO_SNAPSHOT, OPT_JSON, OPT_PARALLEL,
 };
 
 int cmd_backup(int argc, char **argv)
@@ -203,11 +192,8 @@ int cmd_backup(int argc, char **argv)
 		{ "bitmap", required_argument, NULL, 'b' },
 		{ "on-source-error", required_argument, NULL, OPT_ON_SOURCE_ERROR },
 		{ "retries", required_argument, NULL, OPT_RETRIES },
-		{ "cbw-memory", required_argument, NULL, OPT_CBW_MEMORY },
-		{ "cbw-store", required_argument, NULL, OPT_CBW_STORE },
-		{ "cbw-timeout", required_argument, NULL, OPT_CBW_TIMEOUT },
+		INSTANT_LONGOPTS,
 		{ "no-snapshot", no_argument, NULL, OPT_NO_SNAPSHOT },
-		{ "freeze-hook", required_argument, NULL, OPT_FREEZE_HOOK },
 		{ "progress", no_argument, NULL, 'p' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "json", no_argument, NULL, OPT_JSON },
@@ -286,27 +272,11 @@ int cmd_backup(int argc, char **argv)
 			retries_given = 1;
 			break;
 		case OPT_CBW_MEMORY:
-			if (cbt_parse_size(a, &n) || !n) {
-				usage_error(BACKUP_USAGE, "bad --cbw-memory '%s'", a);
-				goto out;
-			}
-			b.cbw_memory = n;
-			memory_given = 1;
-			break;
 		case OPT_CBW_STORE:
-			if (!*a) {
-				usage_error(BACKUP_USAGE, "empty --cbw-store");
-				goto out;
-			}
-			b.cbw_stores[b.nr_cbw_stores++] = a;
-			break;
 		case OPT_CBW_TIMEOUT:
-			if (parse_count(a, 3600, &n)) {
-				usage_error(BACKUP_USAGE, "bad --cbw-timeout '%s' (0 to 3600 seconds)",
-					    a);
+		case OPT_FREEZE_HOOK:
+			if (instant_option(c, a, &b, &memory_given, BACKUP_USAGE) < 0)
 				goto out;
-			}
-			b.cbw_timeout = n;
 			break;
 		case OPT_NO_SNAPSHOT:
 			b.no_snapshot = true;
@@ -332,13 +302,6 @@ int cmd_backup(int argc, char **argv)
 				goto out;
 			}
 			b.rate_limit = n;
-			break;
-		case OPT_FREEZE_HOOK:
-			if (!*a) {
-				usage_error(BACKUP_USAGE, "empty --freeze-hook");
-				goto out;
-			}
-			b.freeze_hook = a;
 			break;
 		case 'p':
 			progress = 1;
@@ -380,14 +343,8 @@ int cmd_backup(int argc, char **argv)
 		usage_error(BACKUP_USAGE, "an incremental backup needs --bitmap=NAME");
 		goto out;
 	}
-	if (memory_given && b.nr_cbw_stores) {
-		usage_error(BACKUP_USAGE, "--cbw-memory and --cbw-store exclude each other");
+	if (instant_options_check(&b, memory_given, b.nr_jobs, BACKUP_USAGE))
 		goto out;
-	}
-	if (b.nr_cbw_stores && b.nr_cbw_stores != b.nr_jobs) {
-		usage_error(BACKUP_USAGE, "one --cbw-store per JOB, in the same order");
-		goto out;
-	}
 	if (b.nr_cbw_stores && b.no_snapshot) {
 		usage_error(BACKUP_USAGE, "--cbw-store needs a snapshot: not with --no-snapshot");
 		goto out;

@@ -10,6 +10,7 @@
  * RUN_DIR/TOKEN.result.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/close_range.h>
+#include <sys/pidfd.h>
 #include <sys/stat.h>
 
 #include "cbtctl.h"
@@ -52,8 +55,51 @@ struct start_ctx {
 };
 
 /* What start prints: the token, then per device its URI and bitmaps. */
+/*
+ * What the run could not do that leaves something for the user: the thaw
+ * (the guest may still be frozen), the memory lock, views or snapshots that
+ * would not go. Calls FN per warning.
+ */
+static void each_warning(const struct cbt_backup *b, void (*fn)(const char *w, void *arg),
+			 void *arg)
+{
+	char w[700];
+
+	if (b->thaw_failed) {
+		snprintf(w, sizeof(w), "%s: the guest may still be frozen", b->thaw_err.msg);
+		fn(w, arg);
+	}
+	if (b->mlock_failed) {
+		snprintf(w, sizeof(w), "%s; suspended them all the same", b->mlock_err.msg);
+		fn(w, arg);
+	}
+	if (b->snapshot_errors) {
+		snprintf(w, sizeof(w), "%u snapshot views or snapshots would not go (first: %s); "
+			 "run 'cbtctl recover'", b->snapshot_errors, b->snapshot_err.msg);
+		fn(w, arg);
+	}
+}
+
+struct warn_out {
+	FILE *f;
+	int json, n;
+};
+
+static void put_warning(const char *w, void *arg)
+{
+	struct warn_out *o = arg;
+
+	if (o->json) {
+		fputs(o->n++ ? ", " : "", o->f);
+		json_string(o->f, w);
+	} else {
+		fprintf(o->f, "cbtctl: warning: %s\n", w);
+	}
+}
+
 static void print_ready(struct cbt_export *x, FILE *f, int json)
 {
+	struct warn_out o = { f, json, 0 };
 	unsigned int i, j;
 
 	if (json) {
@@ -115,6 +161,9 @@ static void print_ready(struct cbt_export *x, FILE *f, int json)
 			fprintf(f, "]}");
 	}
 	if (json)
+		fprintf(f, "], \"warnings\": [");
+	each_warning(&x->b, put_warning, &o);
+	if (json)
 		fprintf(f, "]}\n");
 	else
 		fprintf(f, "stop it with: cbtctl export stop --commit %s (or --abort)\n",
@@ -174,21 +223,30 @@ static int on_ready(struct cbt_export *x, void *arg)
 	return r;
 }
 
-/* The result line for stop: "committed", or "aborted" and why. */
-static void write_result(const char *token, int r, const struct cbt_err *e)
+static void put_result_warning(const char *w, void *arg)
+{
+	fprintf(arg, "warning %s\n", w);
+}
+
+/*
+ * The result for stop: "committed" or "aborted", then "error TEXT" (why it
+ * aborted) and "warning TEXT" lines.
+ */
+static void write_result(const struct cbt_backup *b, int r, const struct cbt_err *e)
 {
 	char path[4352], tmp[4400];
 	FILE *f;
 
-	result_path(token, path, sizeof(path));
+	result_path(b->token, path, sizeof(path));
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	f = fopen(tmp, "we");
 	if (!f)
 		return;
 	if (r)
-		fprintf(f, "aborted\n%s\n", e->msg);
+		fprintf(f, "aborted\nerror %s\n", e->msg);
 	else
 		fprintf(f, "committed\n");
+	each_warning(b, put_result_warning, f);
 	if (fclose(f) || rename(tmp, path))
 		unlink(tmp);
 }
@@ -201,6 +259,8 @@ static int run_export(struct cbt_export *x, struct start_ctx *c)
 	int fd, r;
 
 	setsid();
+	/* What our caller left open is not for the servers. */
+	close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
 	/* A start command that is gone makes the report fail, not this process die. */
 	signal(SIGPIPE, SIG_IGN);
 	/* The stop signals (blocked) were perhaps ignored by the shell that started us. */
@@ -226,14 +286,14 @@ static int run_export(struct cbt_export *x, struct start_ctx *c)
 		free(text);
 	} else if (!c->gone) {
 		/* For "export stop", which nobody can call for a token never told. */
-		write_result(x->b.token, r, &e);
+		write_result(&x->b, r, &e);
 	}
 	cbt_export_free(x);
 	return r ? EXIT_FAIL : 0;
 }
 
-enum { OPT_CBW_MEMORY = 256, OPT_CBW_STORE, OPT_CBW_TIMEOUT, OPT_FREEZE_HOOK, OPT_JSON,
-       OPT_DIRTY_ONLY, OPT_COMMIT, OPT_ABORT, OPT_TCP, OPT_TLS_CREDS };
+enum { OPT_JSON = OPT_INSTANT_END, OPT_DIRTY_ONLY, OPT_COMMIT, OPT_ABORT, OPT_TCP,
+       OPT_TLS_CREDS };
 
 /* ADDR:PORT, [ADDR]:PORT for IPv6: ADDR into *HOST (a copy), the port into *PORT. */
 static int parse_tcp(const char *a, char **host, unsigned int *port)
@@ -261,10 +321,7 @@ static int export_start(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "bitmap", required_argument, NULL, 'b' },
 		{ "dirty-only", no_argument, NULL, OPT_DIRTY_ONLY },
-		{ "cbw-memory", required_argument, NULL, OPT_CBW_MEMORY },
-		{ "cbw-store", required_argument, NULL, OPT_CBW_STORE },
-		{ "cbw-timeout", required_argument, NULL, OPT_CBW_TIMEOUT },
-		{ "freeze-hook", required_argument, NULL, OPT_FREEZE_HOOK },
+		INSTANT_LONGOPTS,
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "tcp", required_argument, NULL, OPT_TCP },
 		{ "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
@@ -281,7 +338,6 @@ static int export_start(int argc, char **argv)
 	int memory_given = 0, c, status = EXIT_USAGE, fds[2];
 	char buf[4096];
 	sigset_t set;
-	uint64_t n;
 	ssize_t got;
 	pid_t pid;
 
@@ -312,39 +368,11 @@ static int export_start(int argc, char **argv)
 			x.b.dirty_only = true;
 			break;
 		case OPT_CBW_MEMORY:
-			if (cbt_parse_size(a, &n) || !n) {
-				usage_error(START_USAGE, "bad --cbw-memory '%s'", a);
-				goto out;
-			}
-			x.b.cbw_memory = n;
-			memory_given = 1;
-			break;
 		case OPT_CBW_STORE:
-			if (!*a) {
-				usage_error(START_USAGE, "empty --cbw-store");
-				goto out;
-			}
-			x.b.cbw_stores[x.b.nr_cbw_stores++] = a;
-			break;
-		case OPT_CBW_TIMEOUT: {
-			char *end;
-
-			errno = 0;
-			n = strtoull(a, &end, 10);
-			if (errno || end == a || *end || *a == '-' || n > 3600) {
-				usage_error(START_USAGE, "bad --cbw-timeout '%s' (0 to 3600 seconds)",
-					    a);
-				goto out;
-			}
-			x.b.cbw_timeout = (int)n;
-			break;
-		}
+		case OPT_CBW_TIMEOUT:
 		case OPT_FREEZE_HOOK:
-			if (!*a) {
-				usage_error(START_USAGE, "empty --freeze-hook");
+			if (instant_option(c, a, &x.b, &memory_given, START_USAGE) < 0)
 				goto out;
-			}
-			x.b.freeze_hook = a;
 			break;
 		case OPT_JSON:
 			ctx.json = 1;
@@ -383,14 +411,8 @@ static int export_start(int argc, char **argv)
 		usage_error(START_USAGE, "--dirty-only needs --bitmap=NAME");
 		goto out;
 	}
-	if (memory_given && x.b.nr_cbw_stores) {
-		usage_error(START_USAGE, "--cbw-memory and --cbw-store exclude each other");
+	if (instant_options_check(&x.b, memory_given, x.b.nr_jobs, START_USAGE))
 		goto out;
-	}
-	if (x.b.nr_cbw_stores && x.b.nr_cbw_stores != x.b.nr_jobs) {
-		usage_error(START_USAGE, "one --cbw-store per DEV, in the same order");
-		goto out;
-	}
 	/*
 	 * A pull releases nothing: a device whose snapshot may keep more than
 	 * the memory store gets a file store by default.
@@ -455,6 +477,57 @@ static int token_pid(const char *token)
 	return atoi(token + strlen("cbtctl."));
 }
 
+/* Whether the journal at PATH is an export's (it names its directory). */
+static bool journal_exports(const char *path)
+{
+	char line[4200];
+	bool found = false;
+	FILE *f = fopen(path, "re");
+
+	while (f && !found && fgets(line, sizeof(line), f))
+		found = !strncmp(line, "exportdir ", 10);
+	if (f)
+		fclose(f);
+	return found;
+}
+
+/* A process that has exited, not reaped yet (state Z): gone for us. */
+static bool zombie(int pid)
+{
+	char path[64], buf[512], *p;
+	bool z = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	f = fopen(path, "re");
+	if (f && fgets(buf, sizeof(buf), f) && (p = strrchr(buf, ')')))
+		z = p[1] == ' ' && p[2] == 'Z';
+	if (f)
+		fclose(f);
+	return z;
+}
+
+/*
+ * Sends SIG to TOKEN's process through a pidfd, checked to be that process
+ * (started at the token's time) after it was opened: a pid used again
+ * meanwhile gets nothing.
+ */
+static int signal_export(const char *token, int sig)
+{
+	int fd = pidfd_open(token_pid(token), 0), r;
+
+	if (fd < 0)
+		return -1;
+	if (!cbt_token_alive(token)) {
+		close(fd);
+		errno = ESRCH;
+		return -1;
+	}
+	r = pidfd_send_signal(fd, sig, NULL, 0);
+	close(fd);
+	return r;
+}
+
 static int export_stop(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -508,17 +581,18 @@ static int export_stop(int argc, char **argv)
 	result_path(token, path, sizeof(path));
 	snprintf(journal, sizeof(journal), "%s/%s", cbt_journal_dir(), token);
 	if (cbt_token_alive(token)) {
-		if (stat(journal, &st)) {
-			fprintf(stderr, "cbtctl: %s is not an export (no journal %s)\n", token,
+		/* A backup's token is not an export's: its journal names no export. */
+		if (!journal_exports(journal)) {
+			fprintf(stderr, "cbtctl: %s is not an export (%s names none)\n", token,
 				journal);
 			return EXIT_FAIL;
 		}
-		if (kill(token_pid(token), commit ? SIGUSR1 : SIGTERM)) {
+		if (signal_export(token, commit ? SIGUSR1 : SIGTERM)) {
 			fprintf(stderr, "cbtctl: cannot signal the export %s: %s\n", token,
 				strerror(errno));
 			return EXIT_FAIL;
 		}
-		while (cbt_token_alive(token))
+		while (cbt_token_alive(token) && !zombie(token_pid(token)))
 			nanosleep(&pause, NULL);
 	}
 	f = fopen(path, "re");
@@ -536,8 +610,13 @@ static int export_stop(int argc, char **argv)
 	} else {
 		outcome = fgets(line, sizeof(line), f) && !strcmp(line, "committed\n") ?
 			  "committed" : "aborted";
-		if (fgets(why, sizeof(why), f))
-			why[strcspn(why, "\n")] = '\0';
+		while (fgets(line, sizeof(line), f)) {
+			line[strcspn(line, "\n")] = '\0';
+			if (!strncmp(line, "error ", 6))
+				snprintf(why, sizeof(why), "%s", line + 6);
+			else if (!strncmp(line, "warning ", 8))
+				fprintf(stderr, "cbtctl: warning: %s\n", line + 8);
+		}
 		fclose(f);
 		unlink(path);
 	}

@@ -42,7 +42,7 @@ static int one_operand(int argc, char **argv, const char **dev)
 }
 
 /* A number of bitmaps: decimal digits, 0 to DM_CBT_META_BITMAPS. */
-static int parse_count(const char *s, uint64_t *n)
+static int parse_bitmaps(const char *s, uint64_t *n)
 {
 	if (!*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 2)
 		return -EINVAL;
@@ -80,7 +80,7 @@ static int metadata_size(int argc, char **argv)
 						   "two from 512 to 1G)", optarg);
 			break;
 		case 'b':
-			if (parse_count(optarg, &nr))
+			if (parse_bitmaps(optarg, &nr))
 				return usage_error(METADATA_USAGE, "bad number of bitmaps '%s' "
 						   "(0 to %u)", optarg, DM_CBT_META_BITMAPS);
 			break;

@@ -22,8 +22,10 @@
 
 #include "bitmap.h"
 #include "export.h"
+#include "hook.h"
 #include "qcow2.h"
 #include "recover.h"
+#include "snapshot.h"
 
 /* The wrapper never holds data: its clusters are only its metadata. */
 #define WRAPPER_CLUSTER_SIZE	(64u << 10)
@@ -45,7 +47,7 @@ const char *cbt_export_name(const struct cbt_backup_job *job)
 	return cbt_dm_name(job->spec.device);
 }
 
-struct bitmap_fill {
+struct wrapper_fill {
 	struct qcow2_image *img;
 	uint64_t dirty;
 	struct cbt_err *e;
@@ -53,7 +55,7 @@ struct bitmap_fill {
 
 static int set_extent(const struct cbt_extent *ext, void *arg)
 {
-	struct bitmap_fill *f = arg;
+	struct wrapper_fill *f = arg;
 
 	f->dirty += ext->length;
 	return qcow2_bitmap_set(f->img, ext->offset, ext->length, f->e);
@@ -66,7 +68,7 @@ static int make_wrapper(struct cbt_export *x, unsigned int i, struct cbt_err *e)
 	struct cbt_export_dev *d = &x->devs[i];
 	struct cbt_bitmap_info info;
 	struct qcow2_image *img;
-	struct bitmap_fill f;
+	struct wrapper_fill f;
 	unsigned int j;
 	int r;
 
@@ -75,10 +77,11 @@ static int make_wrapper(struct cbt_export *x, unsigned int i, struct cbt_err *e)
 	if (r)
 		return r;
 	for (j = 0; j < x->b.nr_bitmaps && !r; j++) {
-		f = (struct bitmap_fill){ img, 0, e };
+		f = (struct wrapper_fill){ img, 0, e };
 		r = cbt_bitmap_get(job->spec.device, x->b.bitmaps[j], &info, e);
-		if (!r)
-			r = qcow2_bitmap_begin(img, info.name, info.granularity, e);
+		if (r)
+			break;
+		r = qcow2_bitmap_begin(img, info.name, info.granularity, e);
 		if (!r)
 			r = cbt_extents(job->spec.device, info.name, 1, job->size, set_extent, &f, e);
 		if (!r)
@@ -103,27 +106,14 @@ static void exec_server(struct cbt_export *x, unsigned int i, pid_t parent)
 	unsigned int n = 0, j;
 	char port[16], *object = NULL, *dir = NULL, *q;
 	const char *p;
-	sigset_t none;
-	int fd;
 
+	/* It dies with the export: a SIGKILL of ours leaves no server behind. */
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
 	if (getppid() != parent)
 		_exit(1);
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
-	signal(SIGPIPE, SIG_DFL);
-	/* The socket: for this user only. */
-	umask(077);
-	fd = open("/dev/null", O_RDONLY);
-	if (fd >= 0 && fd != STDIN_FILENO) {
-		dup2(fd, STDIN_FILENO);
-		close(fd);
-	}
-	fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd >= 0) {
-		dup2(fd, STDOUT_FILENO);
-		dup2(fd, STDERR_FILENO);
-	}
+	/* The socket: read and write for this user only (0600). */
+	umask(0177);
+	cbt_child_setup(open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
 	argv[n++] = prog;
 	argv[n++] = "--read-only";
 	argv[n++] = "--persistent";	/* a backup server connects more than once */
@@ -225,6 +215,11 @@ static int start_server(struct cbt_export *x, unsigned int i, struct cbt_err *e)
 	pid_t pid, parent = getpid();
 	int waited, status;
 
+	/* Whoever answers there must be our server, never someone else's. */
+	if (!d->socket && answers_tcp(x->tcp_host, d->port))
+		return cbt_fail(e, EADDRINUSE, "%s: %s port %u is in use already",
+				cbt_export_name(&x->b.jobs[i]), x->tcp_host, d->port);
+
 	pid = fork();
 	if (pid < 0)
 		return cbt_fail(e, errno, "%s: cannot start the NBD server", d->socket);
@@ -255,30 +250,15 @@ static int start_server(struct cbt_export *x, unsigned int i, struct cbt_err *e)
 			SERVER_START_MS / 1000);
 }
 
-/* Stops every server still running: SIGTERM, then SIGKILL after 5 s. */
+/* Stops every server still running (SIGTERM, then SIGKILL), reaping it. */
 static void stop_servers(struct cbt_export *x)
 {
-	struct timespec pause = { 0, 20 * 1000 * 1000 };
 	unsigned int i;
-	int waited;
-	pid_t got;
 
-	for (i = 0; i < x->b.nr_jobs; i++)
-		if (x->devs[i].pid > 0)
-			kill(x->devs[i].pid, SIGTERM);
 	for (i = 0; i < x->b.nr_jobs; i++) {
-		struct cbt_export_dev *d = &x->devs[i];
-
-		for (waited = 0; d->pid > 0; waited += 20) {
-			got = waitpid(d->pid, NULL, WNOHANG);
-			if (got == d->pid || (got < 0 && errno == ECHILD)) {
-				d->pid = 0;
-				break;
-			}
-			if (waited == 5000)
-				kill(d->pid, SIGKILL);
-			nanosleep(&pause, NULL);
-		}
+		if (x->devs[i].pid > 0)
+			cbt_stop_process(x->devs[i].pid, 0, true);
+		x->devs[i].pid = 0;
 	}
 }
 
@@ -320,6 +300,25 @@ static bool server_died(struct cbt_export *x)
 	return false;
 }
 
+/* Whether a snapshot broke (its reads failed): the reason the export ends. */
+static bool snapshot_broke(struct cbt_export *x)
+{
+	struct cbt_snapshot_info info;
+	struct cbt_err ignored;
+	unsigned int i;
+
+	for (i = 0; i < x->b.nr_jobs; i++) {
+		if (cbt_snapshot_info(x->b.jobs[i].spec.device, &info, &ignored) ||
+		    info.state == CBT_SNAPSHOT_RUNNING)
+			continue;
+		snprintf(x->ended_by, sizeof(x->ended_by), "the snapshot of %s, which is %s "
+			 "(a write waited too long for its store: its reads failed)",
+			 cbt_export_name(&x->b.jobs[i]), cbt_snapshot_state_name(info.state));
+		return true;
+	}
+	return false;
+}
+
 /* Serves until a signal of cbt_export_sigset() says how to end. */
 static int serve(struct cbt_export *x, struct cbt_err *e)
 {
@@ -352,6 +351,9 @@ static int serve(struct cbt_export *x, struct cbt_err *e)
 		break;
 	}
 stop:
+	/* A commit only of what every server served, from snapshots that held. */
+	if (x->commit && (server_died(x) || snapshot_broke(x)))
+		x->commit = false;
 	stop_servers(x);
 	if (x->commit)
 		return 0;
@@ -454,21 +456,40 @@ int cbt_export_check_tcp(const char *host, unsigned int port, unsigned int nr_de
 	return 0;
 }
 
+/* S percent-encoded (RFC 3986) but for unreserved characters and those in KEEP; free() it. */
+static char *uri_encode(const char *s, const char *keep)
+{
+	char *out = malloc(3 * strlen(s) + 1), *o = out;
+
+	for (; out && *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		    strchr("-._~", c) || strchr(keep, c))
+			*o++ = (char)c;
+		else
+			o += sprintf(o, "%%%02X", c);
+	}
+	if (out)
+		*o = '\0';
+	return out;
+}
+
 char *cbt_export_uri(const struct cbt_export *x, unsigned int i)
 {
-	const char *name = cbt_export_name(&x->b.jobs[i]);
 	const struct cbt_export_dev *d = &x->devs[i];
 	bool v6 = x->tcp_host && strchr(x->tcp_host, ':');
-	char *uri;
+	/* A dm name may hold '?', '#', '%' or blanks: encoded, as is the socket's path. */
+	char *name = uri_encode(cbt_export_name(&x->b.jobs[i]), ""), *sock = NULL, *uri = NULL;
+	int r = -1;
 
-	/* dm names have no '?', '#' or '/': they go into the URI as they are. */
-	int r;
-
-	if (d->socket)
-		r = asprintf(&uri, "nbd+unix:///%s?socket=%s", name, d->socket);
-	else
+	if (name && d->socket && (sock = uri_encode(d->socket, "/")))
+		r = asprintf(&uri, "nbd+unix:///%s?socket=%s", name, sock);
+	else if (name && !d->socket)
 		r = asprintf(&uri, "%s://%s%s%s:%u/%s", x->tls_dir ? "nbds" : "nbd", v6 ? "[" : "",
 			     x->tcp_host, v6 ? "]" : "", d->port, name);
+	free(name);
+	free(sock);
 	return r < 0 ? NULL : uri;
 }
 

@@ -10,8 +10,7 @@
 
 #include "hook.h"
 
-/* In the child: a clean signal state, stdin from /dev/null, stdout to our stderr, then sh. */
-static void exec_hook(const char *line)
+void cbt_child_setup(int out)
 {
 	sigset_t none;
 	int fd;
@@ -24,7 +23,18 @@ static void exec_hook(const char *line)
 		dup2(fd, STDIN_FILENO);
 		close(fd);
 	}
-	dup2(STDERR_FILENO, STDOUT_FILENO);
+	if (out < 0) {
+		dup2(STDERR_FILENO, STDOUT_FILENO);
+	} else {
+		dup2(out, STDOUT_FILENO);
+		dup2(out, STDERR_FILENO);
+	}
+}
+
+/* In the child: stdout to our stderr, then sh. */
+static void exec_hook(const char *line)
+{
+	cbt_child_setup(-1);
 	execl("/bin/sh", "sh", "-c", line, (char *)NULL);
 	_exit(127);
 }

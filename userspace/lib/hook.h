@@ -17,4 +17,12 @@
  */
 int cbt_run_hook(const char *cmd, const char *arg, struct cbt_err *e);
 
+/*
+ * In a child forked to run another program: a clean signal state (nothing
+ * blocked, SIGPIPE default), standard input from /dev/null, standard
+ * output and error to OUT (a file descriptor), or standard output to
+ * standard error when OUT is -1.
+ */
+void cbt_child_setup(int out);
+
 #endif /* CBT_HOOK_H */

@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/sysmacros.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 
@@ -109,6 +110,19 @@ static void snapshot_error(struct cbt_backup *b, const struct cbt_err *err)
 	b->keep_journal = true;
 }
 
+/* The store at WHERE must not lie on any device of the run. */
+static int cbt_store_check(const char *where, struct cbt_backup *b, struct cbt_err *e)
+{
+	dev_t devs[64];
+	struct cbt_dm_info info;
+	unsigned int i, n = 0;
+
+	for (i = 0; i < b->nr_jobs && n < 64; i++)
+		if (!cbt_dm_info(b->jobs[i].spec.device, &info, e))
+			devs[n++] = makedev(info.major, info.minor);
+	return cbt_store_check_devices(where, devs, n, e);
+}
+
 /*
  * What JOB's snapshot may have to keep: every chunk of the device, or for a
  * dirty-only one the dirty chunks of its bitmaps (their sum, at most the
@@ -156,8 +170,11 @@ int instant_prepare_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, s
 	r = cbt_journal_add(b->journal, "snapshot", cbt_dm_name(job->spec.device), e);
 	/* A file store: as large as the device, sparse; it goes with the snapshot. */
 	if (!r && store && cbt_store_is_file(store)) {
-		r = cbt_store_file(store, job->size, loop, sizeof(loop), &store_fd, e);
+		r = cbt_store_check(store, b, e);
+		if (!r)
+			r = cbt_store_file(store, job->size, loop, sizeof(loop), &store_fd, e);
 		store = loop;
+		p->file_store = true;
 	}
 	if (!r && store)
 		r = cbt_dm_messagef(job->spec.device, e,
@@ -190,6 +207,14 @@ static int start_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, stru
 	int r;
 
 	r = cbt_snapshot_info(job->spec.device, &info, e);
+	/*
+	 * A file store is not made again here: the devices are suspended, and
+	 * its file system may be on one of them.
+	 */
+	if (!r && info.length != p->instant_size && p->file_store)
+		return cbt_fail(e, EAGAIN, "%s: resized between the preparation and the instant, "
+				"and its snapshot's store is a file: run it again",
+				cbt_dm_name(job->spec.device));
 	if (!r && info.length != p->instant_size) {
 		r = cbt_dm_messagef(job->spec.device, e, "snapshot stop %s", b->token);
 		if (!r) {

@@ -28,6 +28,7 @@ struct cbt_backup_job_priv {
 	uint64_t instant_size;		/* bytes, read while the devices were suspended */
 	bool *frozen;			/* per bitmap: frozen by this run */
 	bool snapshot;			/* a snapshot of this run's token is on the device */
+	bool file_store;		/* its store is a file (store.h) */
 	char *view_name;		/* its view (dm name), once journalled */
 	char *view_path;		/* /dev/mapper/VIEW */
 	bool view_made;

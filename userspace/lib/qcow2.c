@@ -84,6 +84,7 @@
 #define BITMAP_MAX_GRANULARITY_BITS	31
 #define BITMAP_MAX_NAME_SIZE		1023
 #define BITMAP_MAX_TABLE_SIZE		0x8000000u
+#define BITMAP_MAX_PHYS_SIZE		0x20000000u	/* bytes of bitmap data QEMU loads */
 #define BITMAP_MAX_COUNT		65535u
 
 /* One cached metadata cluster (an L2 table or a refcount block), on-disk
@@ -2105,7 +2106,8 @@ int qcow2_bitmap_begin(struct qcow2_image *img, const char *name, uint64_t granu
 	f->entry.granularity_bits = (uint8_t)__builtin_ctzll(granularity);
 	f->nr_bits = div_round_up(img->size, granularity);
 	table_size = div_round_up(f->nr_bits, bits_per_cluster);
-	if (table_size > BITMAP_MAX_TABLE_SIZE) {
+	if (table_size > BITMAP_MAX_TABLE_SIZE ||
+	    table_size * img->cluster_size > BITMAP_MAX_PHYS_SIZE) {
 		free(f);
 		return cbt_fail(e, EFBIG, "%s: bitmap %s: granularity %llu is too fine for %llu bytes",
 				img->path, name, (unsigned long long)granularity,

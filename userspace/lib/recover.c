@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <time.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "bitmap.h"
 #include "lock.h"
@@ -112,6 +113,34 @@ unsigned long long cbt_process_start(int pid)
 	}
 	fclose(f);
 	return start;
+}
+
+/* Whether PID has ended: reaped (CHILD), or gone or another process (START). */
+static bool process_gone(int pid, unsigned long long start, bool child)
+{
+	pid_t got;
+
+	if (child) {
+		got = waitpid(pid, NULL, WNOHANG);
+		return got == pid || (got < 0 && errno == ECHILD);
+	}
+	return cbt_process_start(pid) != start;
+}
+
+int cbt_stop_process(int pid, unsigned long long start, bool child)
+{
+	struct timespec pause = { 0, 20 * 1000 * 1000 };
+	int waited;
+
+	kill(pid, SIGTERM);
+	for (waited = 0; !process_gone(pid, start, child); waited += 20) {
+		if (waited == 5000)
+			kill(pid, SIGKILL);
+		if (waited > 10000)
+			return -EBUSY;
+		nanosleep(&pause, NULL);
+	}
+	return 0;
 }
 
 bool cbt_token_alive(const char *token)
@@ -345,11 +374,9 @@ static int mark_existing(const char *path, const char *token, struct cbt_recover
 static int stop_server(const char *line, const char *token, struct cbt_recover_report *rep,
 		       struct cbt_err *e)
 {
-	struct timespec pause = { 0, 20 * 1000 * 1000 };
 	unsigned long long start;
 	char *end;
 	long pid;
-	int waited;
 
 	pid = strtol(line, &end, 10);
 	if (pid <= 0 || *end != '.')
@@ -357,15 +384,8 @@ static int stop_server(const char *line, const char *token, struct cbt_recover_r
 	start = strtoull(end + 1, NULL, 10);
 	if (!start || cbt_process_start((int)pid) != start)
 		return 0;
-	kill((pid_t)pid, SIGTERM);
-	for (waited = 0; cbt_process_start((int)pid) == start; waited += 20) {
-		if (waited == 5000)
-			kill((pid_t)pid, SIGKILL);
-		if (waited > 10000)
-			return cbt_fail(e, EBUSY, "the NBD server %ld of %s does not end", pid,
-					token);
-		nanosleep(&pause, NULL);
-	}
+	if (cbt_stop_process((int)pid, start, false))
+		return cbt_fail(e, EBUSY, "the NBD server %ld of %s does not end", pid, token);
 	rep->servers++;
 	note(rep, "NBD server %s of %s: stopped", line, token);
 	return 0;

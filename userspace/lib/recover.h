@@ -32,6 +32,13 @@ int cbt_private_dir(const char *dir, struct cbt_err *e);
 /* The start time (clock ticks since boot) of PID, or 0 when it is gone. */
 unsigned long long cbt_process_start(int pid);
 
+/*
+ * Ends process PID: SIGTERM, SIGKILL after 5 s. A CHILD of ours is reaped;
+ * another is gone once no process PID started at START (clock ticks)
+ * remains. -EBUSY when it has not ended after 10 s.
+ */
+int cbt_stop_process(int pid, unsigned long long start, bool child);
+
 /* Whether TOKEN was made by a cbtctl process that is still running. */
 bool cbt_token_alive(const char *token);
 /* Whether TOKEN has the form of a cbtctl token. */

@@ -2,7 +2,9 @@
 /*
  * File stores for copy-before-write snapshots (see store.h).
  */
+#include <dirent.h>
 #include <errno.h>
+#include <libgen.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +12,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <linux/loop.h>
 
 #include "store.h"
@@ -18,7 +21,67 @@ bool cbt_store_is_file(const char *where)
 {
 	struct stat st;
 
+	/* A name under /dev is a device, even a mistyped one: no file in devtmpfs. */
+	if (!strncmp(where, "/dev/", 5))
+		return false;
 	return stat(where, &st) || !S_ISBLK(st.st_mode);
+}
+
+/* Whether block device DEV is TARGET or lies on it (its slaves, recursively). */
+static bool stacked_on(dev_t dev, dev_t target, int depth)
+{
+	char path[128], name[320], buf[32];
+	struct dirent *d;
+	unsigned int maj, min;
+	bool found = false;
+	FILE *f;
+	DIR *dp;
+
+	if (dev == target)
+		return true;
+	if (depth > 16)
+		return false;
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/slaves", major(dev), minor(dev));
+	dp = opendir(path);
+	while (dp && !found && (d = readdir(dp))) {
+		if (d->d_name[0] == '.')
+			continue;
+		snprintf(name, sizeof(name), "/sys/class/block/%s/dev", d->d_name);
+		f = fopen(name, "re");
+		if (!f)
+			continue;
+		if (fgets(buf, sizeof(buf), f) && sscanf(buf, "%u:%u", &maj, &min) == 2)
+			found = stacked_on(makedev(maj, min), target, depth + 1);
+		fclose(f);
+	}
+	if (dp)
+		closedir(dp);
+	return found;
+}
+
+int cbt_store_check_devices(const char *where, const dev_t *devs, unsigned int n,
+			    struct cbt_err *e)
+{
+	char *dup = strdup(where);
+	struct stat st;
+	unsigned int i;
+	int r;
+
+	if (!dup)
+		return cbt_fail(e, ENOMEM, "%s", where);
+	/* The directory, or the one a new file goes into. */
+	r = stat(where, &st) ? stat(dirname(dup), &st) : 0;
+	free(dup);
+	if (r)
+		return cbt_fail(e, errno, "%s: cannot find its file system", where);
+	for (i = 0; i < n; i++)
+		if (major(st.st_dev) && stacked_on(st.st_dev, devs[i], 0))
+			return cbt_fail(e, ELOOP, "%s: a store there would be on the file system of "
+					"device %u:%u, which lies on %u:%u, a device it preserves: "
+					"choose another --cbw-store (or --cbw-memory)", where,
+					major(st.st_dev), minor(st.st_dev), major(devs[i]),
+					minor(devs[i]));
+	return 0;
 }
 
 /* The file: nameless in directory WHERE, or WHERE made and unlinked. */
@@ -41,8 +104,9 @@ static int open_file(const char *where, struct cbt_err *e)
 		if (fd < 0) {
 			fd = cbt_fail(e, errno, "%s: cannot make a store file", path);
 		} else if (unlink(path)) {
-			fd = cbt_fail(e, errno, "%s: cannot unlink the store file", path);
-			unlink(path);
+			cbt_fail(e, errno, "%s: cannot unlink the store file", path);
+			close(fd);
+			fd = -e->errnum;
 		}
 		free(path);
 		return fd;
@@ -91,7 +155,7 @@ int cbt_store_file(const char *where, uint64_t size, char *loop, size_t len, int
 		   struct cbt_err *e)
 {
 	struct loop_config cfg = { 0 };
-	int file, ctl, n, lfd = -1, attempt, r = 0;
+	int file, ctl, n, lfd = -1, attempt, err, r = 0;
 
 	*fd = -1;
 	file = open_file(where, e);
@@ -131,10 +195,11 @@ int cbt_store_file(const char *where, uint64_t size, char *loop, size_t len, int
 			r = 0;
 			break;
 		}
-		r = cbt_fail(e, errno, "%s: cannot attach the store file %s", loop, where);
+		err = errno;
+		r = cbt_fail(e, err, "%s: cannot attach the store file %s", loop, where);
 		close(lfd);
 		lfd = -1;
-		if (errno != EBUSY)
+		if (err != EBUSY)
 			break;
 	}
 	close(ctl);

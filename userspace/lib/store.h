@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "libcbt.h"
 
@@ -24,6 +25,14 @@
  * device is taken as one.
  */
 bool cbt_store_is_file(const char *where);
+
+/*
+ * -ELOOP (naming both) when the file system WHERE would be made on lies on
+ * one of DEVS (N of them) or on a device stacked over one: every
+ * copy-before-write copy would then write to the device it preserves.
+ */
+int cbt_store_check_devices(const char *where, const dev_t *devs, unsigned int n,
+			    struct cbt_err *e);
 
 /*
  * Makes a store of SIZE bytes at WHERE: an anonymous file in WHERE when it

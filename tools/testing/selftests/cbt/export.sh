@@ -11,7 +11,7 @@
 . "$(dirname "$0")/lib.sh"
 
 require_root
-require_tools dmsetup losetup qemu-io qemu-img qemu-nbd nbdinfo nbdcopy setpriv openssl cbtctl
+require_tools dmsetup losetup qemu-io qemu-img qemu-nbd nbdinfo nbdcopy setpriv openssl mkfs.ext4 cbtctl
 plan 8
 
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -20,14 +20,6 @@ _tmp_dirs+=("$CBT_RUN_DIR")
 # Not a multiple of any granularity used here.
 SIZE=$(((64 << 20) + (12 << 10)))
 
-# export_field OUT INDEX FIELD: FIELD of export INDEX in `export start --json` OUT.
-export_field() {
-	local out lines
-	out=$(<"$1")
-	mapfile -t lines <<<"${out//'{"device"'/$'\n''{"device"'}"
-	json_field "$3" <<<"${lines[$2 + 1]:-}"
-}
-
 # start_export OUT ARGS...: cbtctl export start --json ARGS into OUT; sets tok, pid, uri, sock.
 start_export() {
 	local out=$1
@@ -35,8 +27,8 @@ start_export() {
 	cbtctl export start --json "$@" >"$out" || { fail "export start $*: $(cat "$out")"; return 1; }
 	tok=$(json_field token <"$out")
 	pid=$(json_field pid <"$out")
-	uri=$(export_field "$out" 0 uri)
-	sock=$(export_field "$out" 0 socket)
+	uri=$(job_field "$out" 0 uri)
+	sock=$(job_field "$out" 0 socket)
 }
 
 # bitmap_dirty OUT BITMAP: the dirty bytes `export start --json` OUT gives BITMAP (first device).
@@ -126,13 +118,18 @@ test_maps() {
 	for b in g64 g4 g1m empty; do
 		cbtctl extents "$dev" $b --frozen >"$dir/want.$b"
 		slurp want "$dir/want.$b"
-		expect_eq "nbdinfo's dirty runs of $b" "$(dirty_map "$uri" $b)" "$want"
-		expect_eq "qemu-img map's dirty runs of $b" "$(qemu_img_dirty "$sock" "$name" $b)" "$want"
+		# Into files: a client that fails (no such context) fails the test.
+		dirty_map "$uri" $b >"$dir/got" || fail "nbdinfo --map of $b"
+		expect_eq "nbdinfo's dirty runs of $b" "$(<"$dir/got")" "$want"
+		qemu_img_dirty "$sock" "$name" $b >"$dir/got" || fail "qemu-img map of $b"
+		expect_eq "qemu-img map's dirty runs of $b" "$(<"$dir/got")" "$want"
 	done
+	expect_eq "the socket's mode" "$(stat -c %a "$sock")" 600
 	# The map ends at the device's end, past the last whole granule.
 	expect_eq "g1m's last run ends at the end" "$(dirty_map "$uri" g1m | tail -n1)" \
 		"$((64 << 20)) $((12 << 10))"
-	expect_eq "the empty bitmap has no dirty run" "$(dirty_map "$uri" empty)" ""
+	dirty_map "$uri" empty >"$dir/got" || fail "nbdinfo --map of empty"
+	expect_eq "the empty bitmap has no dirty run" "$(<"$dir/got")" ""
 	# A non-owner cannot connect.
 	setpriv --reuid=65534 --regid=65534 --clear-groups nbdinfo --size "$uri" \
 		>/dev/null 2>&1 && fail "user nobody read the export"
@@ -199,7 +196,7 @@ test_two_devices() {
 	dd if="$d0" of="$dir/t0.raw" bs=1M iflag=direct status=none
 	dd if="$d1" of="$dir/t1.raw" bs=1M iflag=direct status=none
 	start_export "$dir/out" -b b0 "$d0" "$d1"
-	u1=$(export_field "$dir/out" 1 uri)
+	u1=$(job_field "$dir/out" 1 uri)
 	[[ $u1 == "nbd+unix:///${d1#/dev/mapper/}?socket="* ]] || fail "second URI: $u1"
 	qio "$d0" "write -P 0x11 0 1M"
 	qio "$d1" "write -P 0x21 0 1M"
@@ -318,6 +315,15 @@ test_tcp() {
 		"$((1 << 20)) 65536"
 	nbdinfo --size "nbd://127.0.0.1:10810/$name" >/dev/null 2>&1 &&
 		fail "a client without TLS was served"
+	# TLS without a client certificate of the CA: refused too.
+	mkdir "$dir/pki/nocert"
+	cp "$dir/pki/ca-cert.pem" "$dir/pki/nocert/"
+	nbdinfo --size "$uri?tls-certificates=$dir/pki/nocert" >/dev/null 2>&1 &&
+		fail "a client without a certificate was served"
+	# A port some other server holds is refused, not taken for ours.
+	cbtctl export start -b b0 --tcp=127.0.0.1:10810 "$dev" 2>"$dir/err" &&
+		fail "a port in use was taken"
+	has "$dir/err" "in use" || fail "the refusal: $(cat "$dir/err")"
 	cbtctl export stop --commit "$tok" >/dev/null || fail "stop --commit"
 	expect_eq "b0 after the commit" "$(bitmap_field "$dev" b0)" 0
 	nothing_left
@@ -390,6 +396,13 @@ test_file_store() {
 		fail "an existing file taken as a store"
 	has "$dir/err" "exists" || fail "the refusal: $(cat "$dir/err")"
 	[ -s "$dir/t1.raw" ] || fail "the existing file was harmed"
+	nothing_left
+	# A store on a file system of the exported device itself is refused.
+	mkfs.ext4 -q "$dev" && mkdir "$dir/mnt" && mount "$dev" "$dir/mnt" || fail "mkfs, mount"
+	CBT_STORE_DIR=$dir/mnt cbtctl export start -b b0 "$dev" 2>"$dir/err" &&
+		fail "a store on the device it preserves"
+	umount "$dir/mnt"
+	has "$dir/err" "a device it preserves" || fail "the refusal: $(cat "$dir/err")"
 	nothing_left
 }
 
