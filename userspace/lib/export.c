@@ -222,7 +222,8 @@ static int start_server(struct cbt_export *x, unsigned int i, struct cbt_err *e)
 
 	pid = fork();
 	if (pid < 0)
-		return cbt_fail(e, errno, "%s: cannot start the NBD server", d->socket);
+		return cbt_fail(e, errno, "%s: cannot start the NBD server",
+				cbt_export_name(&x->b.jobs[i]));
 	if (!pid)
 		exec_server(x, i, parent);
 	d->pid = pid;

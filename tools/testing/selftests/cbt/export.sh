@@ -397,12 +397,19 @@ test_file_store() {
 	has "$dir/err" "exists" || fail "the refusal: $(cat "$dir/err")"
 	[ -s "$dir/t1.raw" ] || fail "the existing file was harmed"
 	nothing_left
-	# A store on a file system of the exported device itself is refused.
-	mkfs.ext4 -q "$dev" && mkdir "$dir/mnt" && mount "$dev" "$dir/mnt" || fail "mkfs, mount"
-	CBT_STORE_DIR=$dir/mnt cbtctl export start -b b0 "$dev" 2>"$dir/err" &&
-		fail "a store on the device it preserves"
-	umount "$dir/mnt"
-	has "$dir/err" "a device it preserves" || fail "the refusal: $(cat "$dir/err")"
+	# A store on a file system of the exported device itself is refused
+	# (where the kernel has ext4: the debug kernel has no block file system).
+	mkfs.ext4 -q "$dev" && mkdir "$dir/mnt" || fail "mkfs"
+	if mount -t ext4 "$dev" "$dir/mnt" 2>"$dir/err"; then
+		CBT_STORE_DIR=$dir/mnt cbtctl export start -b b0 "$dev" 2>"$dir/err" &&
+			fail "a store on the device it preserves"
+		umount "$dir/mnt"
+		has "$dir/err" "a device it preserves" || fail "the refusal: $(cat "$dir/err")"
+	elif has "$dir/err" "unknown filesystem type"; then
+		echo "# no ext4 in $(uname -r): a store on the exported device is not tried"
+	else
+		fail "mount: $(cat "$dir/err")"
+	fi
 	nothing_left
 }
 
