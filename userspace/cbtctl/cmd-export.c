@@ -334,7 +334,6 @@ static int export_start(int argc, char **argv)
 		.qemu_nbd = getenv("CBT_QEMU_NBD"),
 	};
 	struct start_ctx ctx = { .fd = -1 };
-	struct cbt_err e = { 0 };
 	int memory_given = 0, c, status = EXIT_USAGE, fds[2];
 	char buf[4096];
 	sigset_t set;
@@ -422,11 +421,6 @@ static int export_start(int argc, char **argv)
 				    getenv("CBT_STORE_DIR") : "/var/tmp";
 	if (x.tls_dir && !x.tcp_host) {
 		usage_error(START_USAGE, "--tls-creds needs --tcp");
-		goto out;
-	}
-	if ((x.tcp_host && cbt_export_check_tcp(x.tcp_host, x.tcp_port, x.b.nr_jobs, x.tls_dir,
-						&e)) || cbt_run_dir_check(&e)) {
-		status = report(&e);
 		goto out;
 	}
 	status = EXIT_FAIL;

@@ -172,38 +172,32 @@ static void log_line(const char *log, char *buf, size_t len)
 	}
 }
 
-/* Whether the server of D answers: on its socket, or at HOST:PORT. */
-static bool answers_tcp(const char *host, unsigned int port)
+/* Whether D's server answers: on its socket, or at the export's TCP address and D's port. */
+static bool server_answers(const struct cbt_export *x, const struct cbt_export_dev *d)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST };
-	struct addrinfo *ai;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct addrinfo *ai = NULL;
 	char service[16];
 	bool ok = false;
 	int fd;
 
-	snprintf(service, sizeof(service), "%u", port);
-	if (getaddrinfo(host, service, &hints, &ai))
-		return false;
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd >= 0) {
-		ok = !connect(fd, ai->ai_addr, ai->ai_addrlen);
-		close(fd);
+	if (!d->socket) {
+		snprintf(service, sizeof(service), "%u", d->port);
+		if (getaddrinfo(x->tcp_host, service, &hints, &ai))
+			return false;
 	}
-	freeaddrinfo(ai);
-	return ok;
-}
-
-static bool answers(const char *sock)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	bool ok;
-
-	if (fd < 0)
-		return false;
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
-	ok = !connect(fd, (struct sockaddr *)&sa, sizeof(sa));
-	close(fd);
+	fd = socket(ai ? ai->ai_family : AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0 && ai) {
+		ok = !connect(fd, ai->ai_addr, ai->ai_addrlen);
+	} else if (fd >= 0) {
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d->socket);
+		ok = !connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	}
+	if (fd >= 0)
+		close(fd);
+	if (ai)
+		freeaddrinfo(ai);
 	return ok;
 }
 
@@ -211,19 +205,22 @@ static int start_server(struct cbt_export *x, unsigned int i, struct cbt_err *e)
 {
 	struct cbt_export_dev *d = &x->devs[i];
 	struct timespec pause = { 0, 20 * 1000 * 1000 };
-	char line[64], msg[256];
+	const char *name = cbt_export_name(&x->b.jobs[i]);
+	char line[64], msg[256], where[4200];
 	pid_t pid, parent = getpid();
 	int waited, status;
 
+	if (d->socket)
+		snprintf(where, sizeof(where), "%s", d->socket);
+	else
+		snprintf(where, sizeof(where), "%s port %u", x->tcp_host, d->port);
 	/* Whoever answers there must be our server, never someone else's. */
-	if (!d->socket && answers_tcp(x->tcp_host, d->port))
-		return cbt_fail(e, EADDRINUSE, "%s: %s port %u is in use already",
-				cbt_export_name(&x->b.jobs[i]), x->tcp_host, d->port);
+	if (!d->socket && server_answers(x, d))
+		return cbt_fail(e, EADDRINUSE, "%s: %s is in use already", name, where);
 
 	pid = fork();
 	if (pid < 0)
-		return cbt_fail(e, errno, "%s: cannot start the NBD server",
-				cbt_export_name(&x->b.jobs[i]));
+		return cbt_fail(e, errno, "%s: cannot start the NBD server", name);
 	if (!pid)
 		exec_server(x, i, parent);
 	d->pid = pid;
@@ -234,21 +231,16 @@ static int start_server(struct cbt_export *x, unsigned int i, struct cbt_err *e)
 		if (waitpid(pid, &status, WNOHANG) == pid) {
 			d->pid = 0;
 			log_line(d->log, msg, sizeof(msg));
-			return cbt_fail(e, ECHILD, "%s: the NBD server (%s) exited: %s",
-					cbt_export_name(&x->b.jobs[i]),
+			return cbt_fail(e, ECHILD, "%s: the NBD server (%s) exited: %s", name,
 					x->qemu_nbd ? x->qemu_nbd : "qemu-nbd",
 					msg[0] ? msg : "no message");
 		}
-		if (d->socket ? answers(d->socket) : answers_tcp(x->tcp_host, d->port))
+		if (server_answers(x, d))
 			return 0;
 		nanosleep(&pause, NULL);
 	}
-	if (d->socket)
-		return cbt_fail(e, ETIMEDOUT, "%s: the NBD server did not answer on %s within %d s",
-				cbt_export_name(&x->b.jobs[i]), d->socket, SERVER_START_MS / 1000);
-	return cbt_fail(e, ETIMEDOUT, "%s: the NBD server did not answer on %s port %u within %d s",
-			cbt_export_name(&x->b.jobs[i]), x->tcp_host, d->port,
-			SERVER_START_MS / 1000);
+	return cbt_fail(e, ETIMEDOUT, "%s: the NBD server did not answer on %s within %d s",
+			name, where, SERVER_START_MS / 1000);
 }
 
 /* Stops every server still running (SIGTERM, then SIGKILL), reaping it. */
@@ -369,6 +361,12 @@ static int export_hold(struct cbt_backup *b, struct cbt_err *e)
 	int r;
 
 	snprintf(x->dir, sizeof(x->dir), "%s/%s.d", cbt_journal_dir(), b->token);
+	/* A socket's path is short (108 bytes): room at least for "/N.sock". */
+	if (!x->tcp_host && strlen(x->dir) + 16 >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+		r = cbt_fail(e, ENAMETOOLONG, "%s: too long for a socket's directory", x->dir);
+		x->dir[0] = '\0';
+		return r;
+	}
 	r = cbt_backup_journal(b, "exportdir", x->dir, e);
 	if (!r && mkdir(x->dir, 0700))
 		r = cbt_fail(e, errno, "%s: cannot make the export's directory", x->dir);
@@ -381,20 +379,15 @@ static int export_hold(struct cbt_backup *b, struct cbt_err *e)
 		const char *name = cbt_export_name(&b->jobs[i]);
 		struct sockaddr_un sa;
 
-		/* A socket's path is short (108 bytes): a long name takes the job's number. */
-		if (x->tcp_host) {
+		/* A long name takes the job's number in the socket's path. */
+		if (x->tcp_host)
 			d->port = x->tcp_port + i;
-		} else if (strlen(x->dir) + strlen(name) + 7 < sizeof(sa.sun_path)) {
-			if (asprintf(&d->socket, "%s/%s.sock", x->dir, name) < 0)
-				d->socket = NULL;
-		} else if (asprintf(&d->socket, "%s/%u.sock", x->dir, i) < 0) {
-			d->socket = NULL;
-		}
-		if (strlen(x->dir) + 16 >= sizeof(sa.sun_path))
-			r = cbt_fail(e, ENAMETOOLONG, "%s: too long for a socket's directory",
-				     x->dir);
-		else if ((!d->socket && !x->tcp_host) || asprintf(&d->wrapper, "%s/%u.qcow2", x->dir, i) < 0 ||
-			 asprintf(&d->log, "%s/%u.log", x->dir, i) < 0)
+		else if (strlen(x->dir) + strlen(name) + 7 < sizeof(sa.sun_path))
+			r = asprintf(&d->socket, "%s/%s.sock", x->dir, name) < 0;
+		else
+			r = asprintf(&d->socket, "%s/%u.sock", x->dir, i) < 0;
+		if (r || asprintf(&d->wrapper, "%s/%u.qcow2", x->dir, i) < 0 ||
+		    asprintf(&d->log, "%s/%u.log", x->dir, i) < 0)
 			r = cbt_fail(e, ENOMEM, "export");
 		if (!r)
 			r = make_wrapper(x, i, e);
@@ -429,8 +422,9 @@ static bool loopback(const struct addrinfo *ai)
 	return true;
 }
 
-int cbt_export_check_tcp(const char *host, unsigned int port, unsigned int nr_devices,
-			 const char *tls_dir, struct cbt_err *e)
+/* HOST numeric, PORT + NR_DEVICES - 1 a port, and off loopback TLS_DIR given. */
+static int check_tcp(const char *host, unsigned int port, unsigned int nr_devices,
+		     const char *tls_dir, struct cbt_err *e)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST };
 	struct addrinfo *ai;
@@ -503,7 +497,7 @@ int cbt_export_run(struct cbt_export *x, struct cbt_err *e)
 	if (x->b.dirty_only && !x->b.nr_bitmaps)
 		return cbt_fail(e, EINVAL, "a dirty-only export needs a bitmap");
 	if (x->tcp_host) {
-		r = cbt_export_check_tcp(x->tcp_host, x->tcp_port, x->b.nr_jobs, x->tls_dir, e);
+		r = check_tcp(x->tcp_host, x->tcp_port, x->b.nr_jobs, x->tls_dir, e);
 		if (r)
 			return r;
 	} else if (x->tls_dir) {

@@ -85,13 +85,6 @@ void cbt_export_sigset(sigset_t *set);
 int cbt_export_run(struct cbt_export *x, struct cbt_err *e);
 void cbt_export_free(struct cbt_export *x);
 
-/*
- * Checks an export's TCP address before anything is done: HOST numeric,
- * PORT + NR_DEVICES - 1 a port, and off loopback TLS_DIR given.
- */
-int cbt_export_check_tcp(const char *host, unsigned int port, unsigned int nr_devices,
-			 const char *tls_dir, struct cbt_err *e);
-
 /* The URI of device I of X for a client ("nbd+unix://", "nbd://" or "nbds://"); free() it. */
 char *cbt_export_uri(const struct cbt_export *x, unsigned int i);
 
