@@ -27,36 +27,50 @@ MODULE_TARGETS := $(KERNELS)
 endif
 
 .PHONY: all deps modules userspace selftests check unit vmcheck demo lint bench bench-bits unit-bits \
-	unit-logcheck install dkms-install clean
+	unit-logcheck unit-make install dkms-install clean
 
 all: modules userspace selftests
 
 # What `make deps` installs is done once per content of the scripts that
-# install it: demo, check and everything that builds run it first when its
-# stamp is missing (a fresh clone, or the scripts or the debug kernel's
-# config changed).
+# install it: check and everything that builds run it first when its stamp
+# is missing (a fresh clone, or the scripts or the debug kernel's config
+# changed). The demo needs less: the host's packages and its one kernel
+# (DEMO_KERNEL), not the other kernels nor the debug kernel's build, so it
+# has a stamp of its own, which the full one implies.
 DEPS_KEY := $(shell cat $(VM)/deps $(VM)/lib.sh $(VM)/debug.config | sha256sum | cut -c1-16)
 DEPS_STAMP := $(CACHE)/deps-$(DEPS_KEY).stamp
+DEMO_KERNEL := $(firstword $(KERNELS))
+DEMO_DEPS_STAMP := $(CACHE)/deps-$(DEPS_KEY)-$(DEMO_KERNEL).stamp
+export CBT_CACHE := $(CACHE)
 
 deps:
 	$(VM)/deps
-	@touch $(DEPS_STAMP)
+	@touch $(DEPS_STAMP) $(DEMO_DEPS_STAMP)
 
 $(DEPS_STAMP):
 	$(VM)/deps
+	@touch $@ $(DEMO_DEPS_STAMP)
+
+$(DEMO_DEPS_STAMP):
+	$(if $(wildcard $(DEPS_STAMP)),,$(VM)/deps $(DEMO_KERNEL))
 	@touch $@
 
 modules: $(DEPS_STAMP)
 	$(VM)/build-module $(MODULE_TARGETS)
 
-userspace: $(DEPS_STAMP)
+# Userspace needs only the host's packages: the demo's stamp has them.
+userspace: $(DEMO_DEPS_STAMP)
 	$(MAKE) -C userspace
 
 selftests: userspace
 	$(MAKE) -C $(SELFTESTS) KSFT_DIR=$(LINUX_SRC)/tools/testing/selftests
 
-unit: $(DEPS_STAMP) unit-bits unit-logcheck
+unit: $(DEPS_STAMP) unit-bits unit-logcheck unit-make
 	$(MAKE) -C userspace check
+
+# The dependency graph: what a fresh clone's `make demo` would run.
+unit-make:
+	bash tools/testing/unit/test-make.sh
 
 # kernel/dm-cbt-bits.c on the host, with ASan and UBSan.
 unit-bits:
@@ -85,8 +99,10 @@ vmcheck: modules selftests
 
 check: unit vmcheck
 
-demo: modules userspace
-	$(VM)/vmrun -k $(firstword $(KERNELS)) -- tools/demo.sh
+# Only what the demo boots: one kernel, its module, userspace.
+demo: $(DEMO_DEPS_STAMP) userspace
+	$(VM)/build-module $(DEMO_KERNEL)
+	$(VM)/vmrun -k $(DEMO_KERNEL) -- tools/demo.sh
 
 lint: $(DEPS_STAMP)
 	perl $(LINUX_SRC)/scripts/checkpatch.pl --strict --no-tree --terse --show-types \
