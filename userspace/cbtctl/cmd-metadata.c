@@ -4,6 +4,7 @@
  * feature "metadata <dev>" (include/uapi/linux/dm-cbt-metadata.h). Works on
  * a block device or a regular file; needs no dm device.
  */
+#include <blkid.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -23,7 +24,9 @@
 	"        granularity SIZE (default 64K) over a device of --length bytes.\n" \
 	"show:   the current superblock of metadata device DEV and its bitmaps.\n" \
 	"format: zeroes DEV's superblocks so that the target formats it on first\n" \
-	"        use; refuses DEV holding valid metadata unless --force.\n" \
+	"        use; refuses DEV holding valid metadata, or anything else blkid\n" \
+	"        recognises (a file system, a partition table, an LVM PV, RAID,\n" \
+	"        LUKS), unless --force.\n" \
 	"SIZE takes K, M, G, T suffixes (powers of 1024). DEV may be a regular file.\n"
 
 static const struct option help_only[] = { { "help", no_argument, NULL, 'h' }, { 0 } };
@@ -308,6 +311,50 @@ static int zero_head(int fd, const char *dev, struct cbt_err *e)
 	return r;
 }
 
+/*
+ * What libblkid recognises on FD (as mkfs and pvcreate probe before they
+ * write): a file system, RAID member, LVM PV, LUKS header or partition
+ * table. -EEXIST naming it, 0 when there is nothing.
+ */
+static int probe_foreign(int fd, const char *dev, struct cbt_err *e)
+{
+	const char *type = NULL, *usage = NULL, *what;
+	blkid_probe pr = blkid_new_probe();
+	int r = 0, found;
+
+	if (!pr)
+		return cbt_fail(e, ENOMEM, "%s: blkid probe", dev);
+	if (blkid_probe_set_device(pr, fd, 0, 0)) {
+		r = cbt_fail(e, EIO, "%s: blkid cannot probe it", dev);
+		goto out;
+	}
+	blkid_probe_enable_superblocks(pr, 1);
+	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_USAGE);
+	blkid_probe_enable_partitions(pr, 1);
+	found = blkid_do_safeprobe(pr);
+	if (found == -2) {
+		r = cbt_fail(e, EEXIST, "%s: holds more than one signature (blkid calls it "
+			     "ambiguous); use --force to format it anyway", dev);
+	} else if (found < 0) {
+		r = cbt_fail(e, EIO, "%s: blkid failed to probe it", dev);
+	} else if (found == 0) {
+		if (!blkid_probe_lookup_value(pr, "TYPE", &type, NULL)) {
+			blkid_probe_lookup_value(pr, "USAGE", &usage, NULL);
+			what = usage && !strcmp(usage, "filesystem") ? "file system" :
+			       usage && !strcmp(usage, "raid") ? "RAID member or LVM PV" :
+			       usage && !strcmp(usage, "crypto") ? "encrypted volume" : "signature";
+			r = cbt_fail(e, EEXIST, "%s: holds a %s (%s, found by blkid); use --force "
+				     "to format it anyway", dev, what, type);
+		} else if (!blkid_probe_lookup_value(pr, "PTTYPE", &type, NULL)) {
+			r = cbt_fail(e, EEXIST, "%s: holds a partition table (%s, found by "
+				     "blkid); use --force to format it anyway", dev, type);
+		}
+	}
+out:
+	blkid_free_probe(pr);
+	return r;
+}
+
 static int metadata_format(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -363,10 +410,12 @@ static int metadata_format(int argc, char **argv)
 			     (unsigned long long)m->seq, m->nr_bitmaps, m->dm_name);
 		goto out;
 	}
-	/* Unformatted or damaged: either way formatted anew. */
+	/* Unformatted or damaged: either way formatted anew, unless it is something else. */
 	if (r && r != -ENODATA && r != -EUCLEAN)
 		goto out;
-	r = zero_head(fd, dev, &e);
+	r = force ? 0 : probe_foreign(fd, dev, &e);
+	if (!r)
+		r = zero_head(fd, dev, &e);
 out:
 	free(m);
 	if (close(fd) && !r)

@@ -81,119 +81,279 @@ static int temp_path_for(struct cbt_backup *b, struct cbt_backup_job *job, struc
 	return r;
 }
 
+/*
+ * QEMU reads a backing file name whose first ':' comes before any '/' as
+ * PROTOCOL:REST (path_has_protocol() in its block layer): it would open
+ * "vm1-10:00.qcow2" through a protocol "vm1-10" and fail.
+ */
+static bool qemu_reads_protocol(const char *name)
+{
+	return name[strcspn(name, ":/")] == ':';
+}
+
 /* mode=create: a new image of SIZE bytes at the temporary name. */
 static int create_image(struct cbt_backup_job *job, uint64_t size, struct cbt_err *e)
 {
 	struct cbt_backup_job_priv *p = job->priv;
+	const char *name = job->spec.backing;
+	char *dotted = NULL;
 	int r;
 
+	/* Stored as "./NAME", which QEMU reads as the file it is. */
+	if (name && qemu_reads_protocol(name)) {
+		if (asprintf(&dotted, "./%s", name) < 0)
+			return cbt_fail(e, ENOMEM, "%s", job->spec.target);
+		name = dotted;
+	}
 	r = qcow2_create(p->tmp_path, size,
 			 job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE,
-			 job->spec.backing, job->spec.backing ? "qcow2" : NULL, &p->img, e);
+			 name, name ? "qcow2" : NULL, &p->img, e);
+	free(dotted);
 	if (!r && p->b->compress)
 		r = qcow2_set_compression(p->img, QCOW2_COMPRESSION_ZSTD, e);
 	return r;
 }
 
 /*
- * The backing image an incremental JOB follows (*PATH, or NULL when it has
- * none): backing=, or the backing file of a mode=existing target. A
- * relative name is resolved against the target's directory, as QEMU does.
+ * The path of backing file NAME of image IMAGE, as QEMU opens it: a
+ * relative name is resolved against IMAGE's directory. STORED: NAME is
+ * read from IMAGE's header, where a name QEMU reads as a protocol is
+ * refused (what cbtctl writes never is one).
  */
-static int backing_of(struct cbt_backup_job *job, char **path, struct cbt_err *e)
+static int backing_path(const char *image, const char *name, bool stored, char **path,
+			struct cbt_err *e)
 {
-	struct qcow2_peek pk = { 0 };
-	const char *name = job->spec.backing;
 	char *dup = NULL;
 	int r = 0;
 
 	*path = NULL;
-	if (job->spec.mode == CBT_MODE_EXISTING) {
-		r = qcow2_peek(job->spec.target, &pk, e);
-		if (r)
-			return r;
-		name = pk.backing_file;
-	}
-	if (name && name[0] != '/' && !(dup = strdup(job->spec.target)))
-		r = cbt_fail(e, ENOMEM, "%s", job->spec.target);
-	else if (name && asprintf(path, "%s%s%s", dup ? dirname(dup) : "", dup ? "/" : "",
-				  name) < 0)
-		r = cbt_fail(e, ENOMEM, "%s", job->spec.target);
+	if (stored && qemu_reads_protocol(name))
+		return cbt_fail(e, EINVAL, "%s: its backing file name '%s' is read by QEMU as a "
+				"protocol and cannot be opened (write it as ./%s: qemu-img rebase "
+				"-u -b ./%s -F qcow2 %s)", image, name, name, name, image);
+	if (name[0] != '/' && !(dup = strdup(image)))
+		r = cbt_fail(e, ENOMEM, "%s", image);
+	else if (asprintf(path, "%s%s%s", dup ? dirname(dup) : "", dup ? "/" : "", name) < 0)
+		r = cbt_fail(e, ENOMEM, "%s", image);
 	if (r)
 		*path = NULL;
 	free(dup);
+	return r;
+}
+
+/* Deeper chains are refused as QEMU would loop or give up on them. */
+#define CHAIN_MAX_DEPTH 1000
+
+/*
+ * The backing chain from image IMG down, opened as QEMU opens it ("qemu-img
+ * info --backing-chain"): each image a qcow2 that opens and is not marked
+ * corrupt, each backing name one QEMU reads as a file, no loop. *STANDALONE
+ * (when not NULL): the chain's base, the image without a backing file, is
+ * a standalone incremental's.
+ */
+static int check_chain(const char *dev, const char *img, bool *standalone, struct cbt_err *e)
+{
+	struct qcow2_peek pk = { 0 };
+	struct cbt_identity id;
+	struct cbt_err was;
+	char *path = strdup(img), *next;
+	unsigned int depth;
+	int r = path ? 0 : cbt_fail(e, ENOMEM, "%s", dev);
+
+	for (depth = 0; !r; depth++) {
+		if (depth == CHAIN_MAX_DEPTH) {
+			r = cbt_fail(e, ELOOP, "%s: the backing chain of %s is longer than %u "
+				     "images or loops (at %s)", dev, img, CHAIN_MAX_DEPTH, path);
+			break;
+		}
+		r = qcow2_peek(path, &pk, e);
+		if (r) {
+			was = *e;
+			r = cbt_fail(e, was.errnum, "%s: the backing chain of %s is broken at "
+				     "%s: %s", dev, img, path, was.msg);
+			break;
+		}
+		if (pk.corrupt) {
+			r = cbt_fail(e, EUCLEAN, "%s: the backing chain of %s holds %s, marked "
+				     "corrupt (a backup into it failed)", dev, img, path);
+		} else if (pk.backing_file) {
+			r = backing_path(path, pk.backing_file, true, &next, e);
+			if (!r) {
+				free(path);
+				path = next;
+			}
+		} else {
+			if (standalone)
+				*standalone = pk.cbt_ext &&
+					!cbt_identity_parse(pk.cbt_ext, pk.cbt_ext_len, path, &id,
+							    &was) && id.standalone;
+			qcow2_peek_free(&pk);
+			break;
+		}
+		qcow2_peek_free(&pk);
+	}
+	qcow2_peek_free(&pk);
+	free(path);
+	return r;
+}
+
+/*
+ * A full backup with a backing file (backing=, or a mode=existing
+ * target's): its chain must open, or QEMU cannot open the image.
+ */
+static int check_full_chain(struct cbt_backup_job *job, struct cbt_err *e)
+{
+	struct qcow2_peek pk = { 0 };
+	const char *name = job->spec.backing;
+	char *img = NULL;
+	int r = 0;
+
+	if (job->spec.mode == CBT_MODE_EXISTING) {
+		r = qcow2_peek(job->spec.target, &pk, e);
+		name = pk.backing_file;
+	}
+	if (!r && name)
+		r = backing_path(job->spec.target, name, job->spec.mode == CBT_MODE_EXISTING,
+				 &img, e);
+	if (!r && img)
+		r = check_chain(job->spec.device, img, NULL, e);
+	qcow2_peek_free(&pk);
+	free(img);
+	return r;
+}
+
+/*
+ * Image IMG's identity against the device and the bitmaps as they are now:
+ * the image their last commit made. WHAT names IMG's role in messages.
+ */
+static int check_image_identity(struct cbt_backup *b, struct cbt_backup_job *job,
+				const struct cbt_dm_info *dm, const char *img, const char *what,
+				struct cbt_identity *id, struct cbt_err *e)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	const struct cbt_identity_bitmap *rec;
+	struct qcow2_peek pk = { 0 };
+	struct cbt_bitmap_info info;
+	struct cbt_err was;
+	unsigned int j;
+	int r;
+
+	r = qcow2_peek(img, &pk, e);
+	if (r == -ENOENT) {
+		r = cbt_fail(e, ENOENT, "%s: the %s %s does not exist", dm->name, what, img);
+	} else if (r) {
+		was = *e;
+		r = cbt_fail(e, was.errnum, "%s: the %s is not usable: %s", dm->name, what,
+			     was.msg);
+	} else if (pk.corrupt) {
+		r = cbt_fail(e, EUCLEAN, "%s: the %s %s is marked corrupt (a backup "
+			     "into it failed): take a full backup", dm->name, what, img);
+	} else if (!pk.cbt_ext) {
+		r = cbt_fail(e, EINVAL, "%s: the %s %s was made without an identity: "
+			     "take a full backup", dm->name, what, img);
+	} else {
+		r = cbt_identity_parse(pk.cbt_ext, pk.cbt_ext_len, img, id, e);
+	}
+	if (!r && strcmp(id->device, dm->name))
+		r = cbt_fail(e, EINVAL, "%s: the %s %s is a backup of device %s, "
+			     "not of %s", dm->name, what, img, id->device, dm->name);
+	if (!r && id->device_uuid[0] && dm->uuid[0] && strcmp(id->device_uuid, dm->uuid))
+		r = cbt_fail(e, EINVAL, "%s: the %s %s is a backup of a device of "
+			     "uuid %s; this one has uuid %s", dm->name, what, img, id->device_uuid,
+			     dm->uuid);
+	for (j = 0; j < b->nr_bitmaps && !r; j++) {
+		r = cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, e);
+		if (r)
+			break;
+		rec = cbt_identity_find(id, info.name);
+		if (!rec)
+			r = cbt_fail(e, EINVAL, "%s: the %s %s records no generation of "
+				     "bitmap %s (it did not commit it): take a full backup",
+				     dm->name, what, img, info.name);
+		else if (strcmp(rec->uuid, info.uuid))
+			r = cbt_fail(e, EINVAL, "%s: bitmap %s was re-created since %s (uuid %s "
+				     "there, %s now): take a full backup", dm->name, info.name, img,
+				     rec->uuid, info.uuid);
+		else if (rec->generation != info.generation)
+			r = cbt_fail(e, EINVAL, "%s: %s was taken at generation %llu, bitmap %s is "
+				     "at %llu: a backup in between or a failed commit; use the newest "
+				     "image or take a full backup", dm->name, img,
+				     (unsigned long long)rec->generation, info.name,
+				     (unsigned long long)info.generation);
+		else
+			p->seen[j] = *rec;
+	}
 	qcow2_peek_free(&pk);
 	return r;
 }
 
 /*
  * Before anything changes: an incremental follows the image its bitmaps
- * were last committed at. The backing image must open as qcow2 (as for
- * "qemu-img create -b IMG -F qcow2"), and record this device, and each
- * bitmap with its uuid and current generation.
+ * were last committed at. That image must open as qcow2 (as for "qemu-img
+ * create -b IMG -F qcow2"), and record this device, and each bitmap with
+ * its uuid and current generation; the chain under it must open as QEMU
+ * opens it and rest on a full backup. It is the backing image (backing=,
+ * or a mode=existing target's backing file) or, for a mode=existing
+ * target without one, the target itself: an incremental in place, which
+ * brings that image forward. A mode=existing target with a backing file
+ * must be fresh: one that holds a backup already is refused. Without a
+ * backing image, into a new or an empty image, the incremental is
+ * standalone (QEMU's "rebase it later"): its identity says so, and no
+ * chain may rest on it until it is rebased. A target without a backing
+ * file that holds data but no identity is refused.
  */
 static int check_identity(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
 	struct cbt_backup_job_priv *p = job->priv;
-	const struct cbt_identity_bitmap *rec;
 	struct qcow2_peek pk = { 0 };
-	struct cbt_bitmap_info info;
 	struct cbt_identity id;
 	struct cbt_dm_info dm;
-	struct cbt_err was;
-	unsigned int j;
-	char *img;
+	bool in_place = false, base_standalone = false;
+	char *img = NULL;
 	int r;
 
 	r = cbt_dm_info(job->spec.device, &dm, e);
+	if (!r && job->spec.mode == CBT_MODE_EXISTING) {
+		r = qcow2_peek(job->spec.target, &pk, e);
+		if (!r && pk.backing_file && pk.cbt_ext)
+			r = cbt_fail(e, EEXIST, "%s: %s holds a backup already (it has an "
+				     "identity): an incremental goes into a fresh image made with "
+				     "qemu-img create -f qcow2 -b PREV -F qcow2, or in place into "
+				     "an image without a backing file", dm.name, job->spec.target);
+		else if (!r && pk.backing_file)
+			r = backing_path(job->spec.target, pk.backing_file, true, &img, e);
+		else if (!r && !pk.cbt_ext && pk.has_data)
+			r = cbt_fail(e, EINVAL, "%s: %s holds data but neither a backing file "
+				     "nor an identity: an incremental in place needs the image of "
+				     "the last backup, one into a fresh image that image as its "
+				     "backing file", dm.name, job->spec.target);
+		else if (!r && pk.cbt_ext) {
+			in_place = true;
+			img = strdup(job->spec.target);
+		}
+	} else if (!r && job->spec.backing) {
+		r = backing_path(job->spec.target, job->spec.backing, false, &img, e);
+	}
+	if (!r && !img && !in_place) {
+		/* A fresh image without a backing file: standalone, rebased later. */
+		p->standalone = true;
+		qcow2_peek_free(&pk);
+		return 0;
+	}
+	if (!r && !img)
+		r = cbt_fail(e, ENOMEM, "%s", dm.name);	/* in place, strdup() failed */
 	if (!r)
-		r = backing_of(job, &img, e);
-	if (r || !img)
-		return r;
-	r = qcow2_peek(img, &pk, e);
-	if (r == -ENOENT) {
-		r = cbt_fail(e, ENOENT, "%s: the backing image %s does not exist", dm.name, img);
-	} else if (r) {
-		was = *e;
-		r = cbt_fail(e, was.errnum, "%s: the backing image is not usable: %s", dm.name,
-			     was.msg);
-	} else if (pk.corrupt) {
-		r = cbt_fail(e, EUCLEAN, "%s: the backing image %s is marked corrupt (a backup "
-			     "into it failed): take a full backup", dm.name, img);
-	} else if (!pk.cbt_ext) {
-		r = cbt_fail(e, EINVAL, "%s: the backing image %s was made without an identity: "
-			     "take a full backup", dm.name, img);
-	} else {
-		r = cbt_identity_parse(pk.cbt_ext, pk.cbt_ext_len, img, &id, e);
-	}
-	if (!r && strcmp(id.device, dm.name))
-		r = cbt_fail(e, EINVAL, "%s: the backing image %s is a backup of device %s, "
-			     "not of %s", dm.name, img, id.device, dm.name);
-	if (!r && id.device_uuid[0] && dm.uuid[0] && strcmp(id.device_uuid, dm.uuid))
-		r = cbt_fail(e, EINVAL, "%s: the backing image %s is a backup of a device of "
-			     "uuid %s; this one has uuid %s", dm.name, img, id.device_uuid, dm.uuid);
-	for (j = 0; j < b->nr_bitmaps && !r; j++) {
-		r = cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, e);
-		if (r)
-			break;
-		rec = cbt_identity_find(&id, info.name);
-		if (!rec)
-			r = cbt_fail(e, EINVAL, "%s: the backing image %s records no generation of "
-				     "bitmap %s (it did not commit it): take a full backup",
-				     dm.name, img, info.name);
-		else if (strcmp(rec->uuid, info.uuid))
-			r = cbt_fail(e, EINVAL, "%s: bitmap %s was re-created since %s (uuid %s "
-				     "there, %s now): take a full backup", dm.name, info.name, img,
-				     rec->uuid, info.uuid);
-		else if (rec->generation != info.generation)
-			r = cbt_fail(e, EINVAL, "%s: %s was taken at generation %llu, bitmap %s is "
-				     "at %llu: a backup in between or a failed commit; use the newest "
-				     "image or take a full backup", dm.name, img,
-				     (unsigned long long)rec->generation, info.name,
-				     (unsigned long long)info.generation);
-		else
-			p->seen[j] = *rec;
-	}
+		r = check_image_identity(b, job, &dm, img, in_place ? "target" : "backing image",
+					 &id, e);
+	if (!r && in_place)
+		p->standalone = id.standalone;
+	if (!r && !in_place)
+		r = check_chain(dm.name, img, &base_standalone, e);
+	if (!r && base_standalone)
+		r = cbt_fail(e, EINVAL, "%s: the chain of %s rests on a standalone incremental "
+			     "(taken without a backing image, it holds only what changed before "
+			     "it): rebase that onto its predecessor (qemu-img rebase -u -b PREV "
+			     "-F qcow2) or take a full backup", dm.name, img);
 	p->checked = !r;
 	qcow2_peek_free(&pk);
 	free(img);
@@ -242,6 +402,7 @@ static int record_identity(struct cbt_backup *b, struct cbt_backup_job *job, str
 		id->bitmaps[j].generation = info.generation + 1;
 	}
 	id->nr_bitmaps = b->nr_bitmaps;
+	id->standalone = p->standalone;
 	r = cbt_identity_format(id, &text, &len, e);
 	if (r)
 		return r;
@@ -803,8 +964,9 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		p->job = &b->jobs[i];
 	}
 	/* Every job's backing image before any job changes anything. */
-	for (i = 0; i < b->nr_jobs && !r && b->sync == CBT_SYNC_INCREMENTAL; i++)
-		if (check_identity(b, &b->jobs[i], e))
+	for (i = 0; i < b->nr_jobs && !r; i++)
+		if (b->sync == CBT_SYNC_INCREMENTAL ? check_identity(b, &b->jobs[i], e) :
+		    check_full_chain(&b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		if (prepare_job(b, &b->jobs[i], e))

@@ -75,6 +75,8 @@ int cbt_identity_format(const struct cbt_identity *id, char **text, size_t *len,
 	for (i = 0; i < id->nr_bitmaps; i++)
 		fprintf(f, "bitmap=%s:%llu:%s\n", id->bitmaps[i].uuid,
 			(unsigned long long)id->bitmaps[i].generation, id->bitmaps[i].name);
+	if (id->standalone)
+		fputs("standalone=1\n", f);
 	if (fclose(f)) {
 		free(*text);
 		*text = NULL;
@@ -120,7 +122,7 @@ int cbt_identity_parse(const char *text, size_t len, const char *where,
 {
 	const char *p = text, *end = text + len, *nl, *eq;
 	unsigned int line = 0, i;
-	int stage = 0;		/* 0: version, 1: device, 2: device-uuid, 3: bitmaps */
+	int stage = 0;		/* 0: version, 1: device, 2: device-uuid, 3: bitmaps, 4: end */
 
 	memset(id, 0, sizeof(*id));
 	for (; p < end; p = nl + 1) {
@@ -161,7 +163,13 @@ int cbt_identity_parse(const char *text, size_t len, const char *where,
 				return cbt_fail(e, EINVAL, "%s: dm-cbt identity: bad device-uuid "
 						"(line %u)", where, line);
 			stage = 3;
-		} else if (KEY("bitmap")) {
+		} else if (stage >= 2 && stage < 4 && KEY("standalone")) {
+			if (vlen != 1 || *v != '1')
+				return cbt_fail(e, EINVAL, "%s: dm-cbt identity: bad standalone "
+						"(line %u)", where, line);
+			id->standalone = true;
+			stage = 4;
+		} else if (stage < 4 && KEY("bitmap")) {
 			if (id->nr_bitmaps == CBT_IDENTITY_MAX_BITMAPS ||
 			    parse_bitmap(v, vlen, &id->bitmaps[id->nr_bitmaps]))
 				return cbt_fail(e, EINVAL, "%s: dm-cbt identity: bad bitmap (line %u)",

@@ -12,14 +12,19 @@
  *   device=NAME                            the dm name
  *   device-uuid=UUID                       the dm uuid; only when it has one
  *   bitmap=UUID:GENERATION:NAME            one per committed bitmap (0 to 16)
+ *   standalone=1                           last, only in a standalone incremental
  *
  * in this order; a dm name or uuid is any bytes but '\n' and NUL, the
  * UUID of a bitmap 36 characters of [0-9a-f-], GENERATION
  * a decimal number from 1, NAME 1 to 63 characters of [A-Za-z0-9_.-].
+ * A standalone incremental (taken without a backing image) holds only what
+ * changed since its predecessor: it cannot be the base of a chain. Readers
+ * older than that line refuse it, which is what it asks of them.
  */
 #ifndef CBT_IDENTITY_H
 #define CBT_IDENTITY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +44,7 @@ struct cbt_identity {
 	char device_uuid[129];		/* "" when the device has none */
 	unsigned int nr_bitmaps;
 	struct cbt_identity_bitmap bitmaps[CBT_IDENTITY_MAX_BITMAPS];
+	bool standalone;		/* only the changes since the predecessor */
 };
 
 /* The text of ID into a malloc()ed *TEXT of *LEN bytes (no NUL counted). */

@@ -40,6 +40,7 @@ struct cbt_backup_job_priv {
 	/* An incremental's backing image checked: the bitmaps as they were then. */
 	bool checked;
 	struct cbt_identity_bitmap seen[CBT_IDENTITY_MAX_BITMAPS];
+	bool standalone;		/* an incremental whose chain has no full base */
 };
 
 /* This process's freeze token, cbtctl.PID.START, into b->token. */

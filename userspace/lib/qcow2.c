@@ -1902,6 +1902,34 @@ void qcow2_peek_free(struct qcow2_peek *p)
  * incompatible feature, extensions and backing file name in the first
  * cluster.
  */
+/*
+ * Whether the L1 table the header H points to has an entry in use (BUF, a
+ * cluster of CS bytes, read into): the image holds clusters of its own.
+ */
+static int peek_l1(int fd, const char *path, const uint8_t *h, uint64_t cs, uint8_t *buf,
+		   bool *has_data, struct cbt_err *e)
+{
+	uint64_t size = (uint64_t)get_be32(h + HDR_L1_SIZE) * 8;
+	uint64_t off = get_be64(h + HDR_L1_TABLE_OFFSET), done, i;
+	ssize_t got;
+
+	*has_data = false;
+	if (size && (off % cs || size > MAX_L1_BYTES))
+		return cbt_fail(e, EINVAL, "%s: bad L1 table (offset %llu, %llu bytes)", path,
+				(unsigned long long)off, (unsigned long long)size);
+	for (done = 0; done < size && !*has_data; done += got) {
+		got = pread(fd, buf, size - done < cs ? size - done : cs, off + done);
+		if (got < 0)
+			return cbt_fail(e, errno, "%s: cannot read the L1 table", path);
+		if (got == 0 || got % 8)
+			return cbt_fail(e, EINVAL, "%s: the L1 table runs past the file's end",
+					path);
+		for (i = 0; i < (uint64_t)got && !*has_data; i += 8)
+			*has_data = get_be64(buf + i) & L1E_OFFSET_MASK;
+	}
+	return 0;
+}
+
 int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e)
 {
 	uint8_t h[HDR_V3_LENGTH], *first = NULL;
@@ -2008,6 +2036,8 @@ int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e)
 		if (!out->backing_file)
 			r = cbt_fail(e, ENOMEM, "%s: header", path);
 	}
+	if (!r)
+		r = peek_l1(fd, path, h, cs, first, &out->has_data, e);
 out:
 	free(first);
 	close(fd);

@@ -198,6 +198,24 @@ if [ -n "$meta_image" ]; then
 	# The area beyond the superblocks is left alone.
 	cmp -s -i 16384 -n 1 "$tmp/meta" /dev/zero && bad "format zeroed b0's area" || ok
 fi
+# format refuses what blkid recognises, as mkfs and pvcreate do, and changes
+# nothing; --force formats it.
+if command -v mkfs.ext4 >/dev/null && command -v blkid >/dev/null; then
+	truncate -s 8M "$tmp/ext.img"
+	mkfs.ext4 -q -F "$tmp/ext.img" && ok || bad "mkfs.ext4"
+	sum=$(md5sum <"$tmp/ext.img")
+	expect 1 metadata format "$tmp/ext.img"
+	has "$tmp/err" "$tmp/ext.img: holds a file system (ext4, found by blkid); use --force"
+	[ "$(md5sum <"$tmp/ext.img")" = "$sum" ] && ok || bad "a refused format changed the file"
+	[ "$(blkid -p -o value -s TYPE "$tmp/ext.img")" = ext4 ] && ok ||
+		bad "no ext4 after the refusal"
+	expect 0 metadata format --force "$tmp/ext.img"
+	blkid -p "$tmp/ext.img" >/dev/null && bad "still a file system after --force" || ok
+	expect 0 metadata show "$tmp/ext.img"
+	has "$tmp/out" "unformatted"
+	# Zeros, or a zeroed head: nothing to refuse.
+	expect 0 metadata format "$tmp/ext.img"
+fi
 
 # CBT_TEST_STOP_AT is in the test build only; make install installs the other.
 grep -qa CBT_TEST_STOP_AT "$cbtctl" && ok || bad "the test build has no CBT_TEST_STOP_AT"

@@ -71,7 +71,7 @@ static bool same(const struct cbt_identity *a, const struct cbt_identity *b)
 	unsigned int i;
 
 	if (strcmp(a->device, b->device) || strcmp(a->device_uuid, b->device_uuid) ||
-	    a->nr_bitmaps != b->nr_bitmaps)
+	    a->nr_bitmaps != b->nr_bitmaps || a->standalone != b->standalone)
 		return false;
 	for (i = 0; i < a->nr_bitmaps; i++)
 		if (strcmp(a->bitmaps[i].name, b->bitmaps[i].name) ||
@@ -116,6 +116,15 @@ static void test_text(void)
 	CHECK(cbt_identity_parse(text, len, "t", &back, &e) == 0 && same(&id, &back));
 	free(text);
 
+	/* A standalone incremental says so, last. */
+	sample(&id);
+	id.standalone = true;
+	CHECK(cbt_identity_format(&id, &text, &len, &e) == 0);
+	CHECK(len > 13 && !strcmp(text + len - 13, "standalone=1\n"));
+	CHECK(cbt_identity_parse(text, len, "t", &back, &e) == 0 && same(&id, &back) &&
+	      back.standalone);
+	free(text);
+
 	/* What cannot be written. */
 	sample(&id);
 	snprintf(id.bitmaps[1].name, sizeof(id.bitmaps[1].name), "bad name");
@@ -134,6 +143,12 @@ static void test_text(void)
 	CHECK(parse("dm-cbt-identity=1\ndevice=d\n") == 0);
 	CHECK(parse("dm-cbt-identity=1\ndevice=d\nbitmap=" "0f6a3c1e-2b4d-4e8f-9a10-b2c3d4e5f601:1:b\n") == 0);
 	CHECK(parse("") == EINVAL);
+	CHECK(parse("dm-cbt-identity=1\ndevice=d\nstandalone=1\n") == 0);
+	CHECK(parse("dm-cbt-identity=1\ndevice=d\nstandalone=0\n") == EINVAL);
+	CHECK(parse("dm-cbt-identity=1\nstandalone=1\ndevice=d\n") == EINVAL);
+	CHECK(parse("dm-cbt-identity=1\ndevice=d\nstandalone=1\nstandalone=1\n") == EINVAL);
+	CHECK(parse("dm-cbt-identity=1\ndevice=d\nstandalone=1\nbitmap="
+		    "0f6a3c1e-2b4d-4e8f-9a10-b2c3d4e5f601:1:b\n") == EINVAL);	/* last */
 	CHECK(parse("dm-cbt-identity=1\n") == EINVAL);				/* no device */
 	CHECK(parse("dm-cbt-identity=2\ndevice=d\n") == ENOTSUP);		/* a later version */
 	CHECK(parse("device=d\ndm-cbt-identity=1\n") == EINVAL);		/* order */

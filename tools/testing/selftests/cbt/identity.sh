@@ -6,14 +6,16 @@
 # incrementals cbtctl must refuse before it changes anything: a backing image
 # older than the bitmap's last commit, a re-created bitmap, a backing image
 # that is missing, not qcow2, made without an identity or without the
-# bitmap, or of another device (also as one job of a transaction). Each
+# bitmap, or of another device (also as one job of a transaction); the
+# backing names QEMU must read (':' in a name, a full backup's backing file,
+# a standalone incremental as a base) and incrementals in place. Each
 # refusal exits 1 with a message naming the mismatch and leaves the bitmaps
 # (count, busy, generation), the snapshots and the files as they were.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 7
+plan 9
 
 SIZE=$((16 << 20))
 
@@ -211,6 +213,71 @@ test_disabled() {
 	chain_matches "$dir/inc3.qcow2" "$dev"
 }
 
+# The names QEMU reads: a backing name with ':' before any '/' is stored
+# as ./NAME (QEMU would read "t:0.qcow2" as protocol "t"); a full backup's
+# backing file must exist; a standalone incremental (no backing image) is
+# no base for the next until it is rebased onto its predecessor.
+test_backing_names() {
+	local dir out name dev chain
+	start names
+	cbtctl backup -q --sync=full --bitmap=b0 "$dev=$dir/t:0.qcow2" || fail "full backup t:0"
+	qio "$dev" "write -P 0x51 1M 64k"
+	incremental "$dev" "$dir/t:1.qcow2" t:0.qcow2
+	qio "$dev" "write -P 0x52 3M 64k"
+	incremental "$dev" "$dir/t:2.qcow2" t:1.qcow2
+	chain=$(qemu-img info --backing-chain "$dir/t:2.qcow2" 2>&1) ||
+		fail "qemu-img cannot open the chain: $chain"
+	grep -q "^backing file: ./t:1.qcow2 " <<<"$chain" || fail "backing name stored as: $chain"
+	chain_matches "$dir/t:2.qcow2" "$dev"
+
+	refused "$dir/typo.qcow2: cannot open image" "$dev" \
+		cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full2.qcow2,backing=$dir/typo.qcow2"
+	qemu-img create -q -f qcow2 -u -b "t:9.qcow2" -F qcow2 "$dir/ex.qcow2" $SIZE
+	refused "is read by QEMU as a protocol" "$dev" \
+		cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/ex.qcow2,mode=existing"
+
+	qio "$dev" "write -P 0x53 5M 64k"
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/alone.qcow2" ||
+		fail "standalone incremental"
+	qio "$dev" "write -P 0x54 7M 64k"
+	refused "rests on a standalone incremental" "$dev" \
+		cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/next.qcow2,backing=alone.qcow2"
+	qemu-img rebase -u -b ./t:2.qcow2 -F qcow2 "$dir/alone.qcow2" || fail "rebase"
+	incremental "$dev" "$dir/next.qcow2" alone.qcow2
+	chain_matches "$dir/next.qcow2" "$dev"
+}
+
+# mode=existing: a target without a backing file that has an identity is
+# brought forward in place, checked as a backing image is; one with a
+# backing file must not hold a backup already; one with data and no
+# identity is refused.
+test_in_place() {
+	local dir out name dev
+	start place
+	qio "$dev" "write -P 0x51 1M 64k"
+	incremental "$dev" "$dir/inc1.qcow2" "$dir/place-full.qcow2"
+	qio "$dev" "write -P 0x52 3M 64k"
+	refused "place-full.qcow2 was taken at generation 2, bitmap b0 is at 3" "$dev" \
+		cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/place-full.qcow2,mode=existing"
+	refused "inc1.qcow2 holds a backup already" "$dev" \
+		cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/inc1.qcow2,mode=existing"
+	qemu-img create -q -f qcow2 "$dir/data.qcow2" $SIZE
+	qio "$dir/data.qcow2" "write -P 0x61 0 64k"
+	refused "holds data but neither a backing file nor an identity" "$dev" \
+		cbtctl backup --sync=incremental --bitmap=b0 "$dev=$dir/data.qcow2,mode=existing"
+	# One image kept current: a full backup, then incrementals in place.
+	cbtctl backup -q --sync=full --bitmap=b0 "$dev=$dir/cur.qcow2" || fail "full into cur"
+	qio "$dev" "write -P 0x53 5M 64k" "write -P 0x54 0 4k"
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/cur.qcow2,mode=existing" ||
+		fail "incremental in place"
+	chain_matches "$dir/cur.qcow2" "$dev"
+	qemu-img check -q "$dir/cur.qcow2" || fail "qemu-img check cur"
+	qio "$dev" "write -P 0x55 9M 64k"
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/cur.qcow2,mode=existing" ||
+		fail "second incremental in place"
+	chain_matches "$dir/cur.qcow2" "$dev"
+}
+
 run_test "full and two incrementals chain, identity in --json" test_chain
 run_test "a backing image older than the last commit is refused" test_generation
 run_test "a re-created bitmap is refused" test_recreated
@@ -218,4 +285,6 @@ run_test "a missing, raw, plain or bitmap-less backing is refused" test_bad_back
 run_test "a backing image of another device is refused, also in a transaction" test_other_device
 run_test "after a failed commit only the image before it is a backing" test_failed_commit
 run_test "a bitmap disabled since its last commit is refused until a full backup" test_disabled
+run_test "backing names QEMU reads: ':' stored as ./, typo refused, standalone no base" test_backing_names
+run_test "an incremental in place is checked; a used or unknown target refused" test_in_place
 finish
