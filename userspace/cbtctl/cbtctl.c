@@ -3,6 +3,8 @@
  * cbtctl: the dm-cbt controller. Subcommands come from commands[] below.
  * Exit status: 0 success, 1 an operation failed, 2 usage error.
  */
+#include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,6 +165,27 @@ static int cmd_version(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * What was printed must have been written: a full disk, a closed pipe
+ * (SIGPIPE is ignored, so that a reader that goes away, as "| head" does,
+ * never kills a backup halfway) or an I/O error on standard output fails
+ * the command, exit status 1 unless it failed already.
+ */
+static int finish_stdout(int status)
+{
+	int err;
+
+	errno = 0;
+	if (!fflush(stdout) && !ferror(stdout) && !fclose(stdout))
+		return status;
+	err = errno;
+	if (err)
+		fprintf(stderr, "cbtctl: cannot write standard output: %s\n", strerror(err));
+	else
+		fprintf(stderr, "cbtctl: cannot write standard output\n");
+	return status ? status : 1;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -173,6 +196,8 @@ int main(int argc, char **argv)
 	const struct command *cmd;
 	int c;
 
+	/* A write to a closed pipe fails with EPIPE instead (children get SIGPIPE back). */
+	signal(SIGPIPE, SIG_IGN);
 	/* "+": the options before COMMAND only; COMMAND parses the rest. */
 	optind = 0;
 	while ((c = next_opt(argc, argv, "+:hV", longopts)) != -1) {
@@ -196,5 +221,5 @@ int main(int argc, char **argv)
 		fprintf(stderr, "cbtctl: unknown command '%s' (try 'cbtctl help')\n", argv[optind]);
 		return EXIT_USAGE;
 	}
-	return cmd->fn(argc - optind, argv + optind);
+	return finish_stdout(cmd->fn(argc - optind, argv + optind));
 }

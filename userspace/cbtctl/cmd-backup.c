@@ -56,12 +56,22 @@ static enum progress_mode default_progress(void)
 	return PROGRESS_BAR;
 }
 
+/* Standard error went away (EPIPE: its reader is gone): the copy goes on, undrawn. */
+static void stop_progress(struct progress *p)
+{
+	p->mode = PROGRESS_OFF;
+	p->shown = 0;
+	clearerr(stderr);
+}
+
 static void show_progress(struct cbt_backup *b, void *arg)
 {
 	uint64_t done = 0, total = 0;
 	unsigned int i, width = 30, filled, shift, pct;
 	struct progress *p = arg;
 
+	if (p->mode == PROGRESS_OFF)
+		return;
 	for (i = 0; i < b->nr_jobs; i++) {
 		done += __atomic_load_n(&b->jobs[i].bytes_done, __ATOMIC_RELAXED);
 		total += b->jobs[i].dirty_bytes;
@@ -77,16 +87,19 @@ static void show_progress(struct cbt_backup *b, void *arg)
 		if ((int)(pct / 10) <= p->last)
 			return;
 		p->last = pct / 10;
-		fprintf(stderr, "cbtctl: backup %u%% (%llu/%llu %s)\n", pct,
-			(unsigned long long)(done >> shift), (unsigned long long)(total >> shift),
-			shift == 10 ? "KiB" : "MiB");
+		if (fprintf(stderr, "cbtctl: backup %u%% (%llu/%llu %s)\n", pct,
+			    (unsigned long long)(done >> shift),
+			    (unsigned long long)(total >> shift), shift == 10 ? "KiB" : "MiB") < 0)
+			stop_progress(p);
 		return;
 	}
-	fprintf(stderr, "\r[%-*.*s] %3u%% %llu/%llu %s", width, filled,
-		"##############################", pct,
-		(unsigned long long)(done >> shift), (unsigned long long)(total >> shift),
-		shift == 10 ? "KiB" : "MiB");
-	p->shown = 1;
+	if (fprintf(stderr, "\r[%-*.*s] %3u%% %llu/%llu %s", width, filled,
+		    "##############################", pct,
+		    (unsigned long long)(done >> shift), (unsigned long long)(total >> shift),
+		    shift == 10 ? "KiB" : "MiB") < 0)
+		stop_progress(p);
+	else
+		p->shown = 1;
 }
 
 /*

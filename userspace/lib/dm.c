@@ -4,12 +4,15 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <libdevmapper.h>
 
 #include <linux/dm-cbt.h>
@@ -90,13 +93,69 @@ static int dm_task_fail(struct dm_task *dmt, struct cbt_err *e, const char *what
 	return cbt_fail(e, err, "%s: %s", cbt_dm_name(dev), what);
 }
 
+/* The paths resolved by cbt_dm_name(): a few per run, never freed. */
+struct dm_alias {
+	struct dm_alias *next;
+	char *path;
+	char *name;
+};
+static struct dm_alias *dm_aliases;
+static pthread_mutex_t dm_aliases_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The dm name of the block device at PATH (malloc()ed), or NULL. */
+static char *dm_name_of_path(const char *path)
+{
+	char sys[64], name[256];	/* a dm name is under 128 bytes */
+	struct stat st;
+	ssize_t n;
+	int fd;
+
+	if (stat(path, &st) || !S_ISBLK(st.st_mode))
+		return NULL;
+	snprintf(sys, sizeof(sys), "/sys/dev/block/%u:%u/dm/name", major(st.st_rdev),
+		 minor(st.st_rdev));
+	fd = open(sys, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	n = read(fd, name, sizeof(name) - 1);
+	close(fd);
+	if (n <= 0)
+		return NULL;
+	name[n] = '\0';
+	name[strcspn(name, "\n")] = '\0';
+	return name[0] ? strdup(name) : NULL;
+}
+
 const char *cbt_dm_name(const char *dev)
 {
 	static const char prefix[] = "/dev/mapper/";
+	struct dm_alias *a;
+	const char *name = dev;
+	char *found;
 
-	if (!strncmp(dev, prefix, sizeof(prefix) - 1))
+	if (!strncmp(dev, prefix, sizeof(prefix) - 1) && !strchr(dev + sizeof(prefix) - 1, '/'))
 		return dev + sizeof(prefix) - 1;
-	return dev;
+	if (dev[0] != '/')
+		return dev;
+	pthread_mutex_lock(&dm_aliases_lock);
+	for (a = dm_aliases; a && strcmp(a->path, dev); a = a->next)
+		;
+	if (a) {
+		name = a->name;
+	} else if ((found = dm_name_of_path(dev))) {
+		a = malloc(sizeof(*a));
+		if (a && (a->path = strdup(dev))) {
+			a->name = found;
+			a->next = dm_aliases;
+			dm_aliases = a;
+			name = found;
+		} else {
+			free(a);
+			free(found);
+		}
+	}
+	pthread_mutex_unlock(&dm_aliases_lock);
+	return name;
 }
 
 int cbt_dm_status(const char *dev, struct cbt_dm_status *st, struct cbt_err *e)

@@ -36,7 +36,12 @@ int cbt_parse_size(const char *s, uint64_t *bytes);
  */
 void cbt_test_stop(const char *phase);
 
-/* The dm name of DEV: "/dev/mapper/NAME" or "NAME". */
+/*
+ * The dm name of DEV: "/dev/mapper/NAME" or "NAME" as they are; any other
+ * path to a dm device (/dev/dm-N, /dev/VG/LV, /dev/disk/by-id/dm-name-...)
+ * by its block device's name in sysfs, resolved once per string and kept
+ * for the process's life. A path to anything else is returned as it is.
+ */
 const char *cbt_dm_name(const char *dev);
 
 /* The single cbt target of a dm device, from the status ioctl. */

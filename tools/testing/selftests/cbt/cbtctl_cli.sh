@@ -5,12 +5,14 @@
 # userspace/tests/cli.sh): `cbtctl list` and its JSON, the "version" field
 # of every --json object, a JSON string from bytes that are not UTF-8, and
 # the backup's progress: plain lines under -p when standard error is a
-# file, a bar only on a terminal whose TERM is not dumb, nothing under -q.
+# file, a bar only on a terminal whose TERM is not dumb, nothing under -q;
+# output that cannot be written (a reader gone, a full disk) and device
+# paths other than /dev/mapper/NAME.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl jq script
-plan 3
+plan 5
 
 SIZE=$((16 << 20))
 
@@ -91,7 +93,65 @@ test_progress() {
 	grep -q "completed" "$dir/tty" || fail "TERM=dumb: no summary: $(cat -A "$dir/tty")"
 }
 
+# A reader that went away before cbtctl wrote (as "| head -c 1" does): the
+# backup is not killed by SIGPIPE halfway (exit 141, a view, a snapshot and
+# a frozen bitmap left) but completes and commits, and exits 1 because its
+# report was lost; a full disk under --json exits 1 too.
+test_output_errors() {
+	local dir loop name dev w rc
+	make_tmpdir dir
+	cbt_over_file "$dir/a.raw" $SIZE pipe || return 1
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	qio "$dev" "write -P 0x11 0 1M" "write -P 0x12 9M 64k"
+	exec {w}> >(exec true)
+	wait $! 2>/dev/null || nap 1
+	cbtctl backup --sync=full -b b0 -p "$dev=$dir/p.qcow2" >&$w 2>&1 && rc=0 || rc=$?
+	expect_eq "exit status, output to a closed pipe" "$rc" 1
+	expect_eq "views left" "$(views)" 0
+	expect_eq "snapshot" "$(snap_state "$dev")" none
+	expect_eq "bitmap busy" "$(bitmap_field "$dev" b0 busy)" false
+	expect_eq "bitmap committed" "$(bitmap_field "$dev" b0)" 0
+	chain_matches "$dir/p.qcow2" "$dev"
+	cbtctl status "$dev" --json >&$w 2>"$dir/err" && rc=0 || rc=$?
+	exec {w}>&-
+	expect_eq "status into a closed pipe" "$rc" 1
+	grep -q "cannot write standard output: Broken pipe" "$dir/err" || fail "err: $(cat "$dir/err")"
+	cbtctl list --json >/dev/full 2>"$dir/err" && rc=0 || rc=$?
+	expect_eq "list --json into /dev/full" "$rc" 1
+	grep -q "No space left on device" "$dir/err" || fail "err: $(cat "$dir/err")"
+}
+
+# /dev/dm-N and any other path to the device name the same device as its
+# dm name: for the bitmap commands, status, a backup, and the lock that
+# keeps two runs apart.
+test_device_paths() {
+	local dir loop name dev dmn pid rc
+	make_tmpdir dir
+	cbt_over_file "$dir/a.raw" $SIZE paths || return 1
+	# devtmpfs makes /dev/dm-MINOR for every dm device.
+	dmn=/dev/dm-$(dmsetup info -c --noheadings -o minor "$name")
+	[ -b "$dmn" ] || { fail "no block device $dmn for $name"; return 1; }
+	cbtctl bitmap add "$dmn" b0 || fail "bitmap add through $dmn"
+	expect_eq "status through $dmn" "$(cbtctl status "$dmn" --json | jq -r '.bitmaps[0].name')" b0
+	cbtctl backup -q --sync=full -b b0 "$dmn=$dir/full.qcow2" || fail "full backup through $dmn"
+	qio "$dev" "write -P 0x21 2M 64k"
+	CBT_TEST_STOP_AT=prepared cbtctl backup -q --sync=incremental -b b0 \
+		"$dmn=$dir/inc.qcow2,backing=full.qcow2" 2>"$dir/err" &
+	pid=$!
+	wait_stopped $pid "prepared"
+	cbtctl backup -q --sync=incremental -b b0 "$name=$dir/inc2.qcow2,backing=full.qcow2" \
+		2>"$dir/err2" && rc=0 || rc=$?
+	expect_eq "a second run through the dm name" "$rc" 1
+	grep -q "$name: in use by another cbtctl (pid $pid)" "$dir/err2" ||
+		fail "not refused by the lock: $(cat "$dir/err2")"
+	kill -CONT $pid
+	wait $pid || fail "the run through $dmn: $(cat "$dir/err")"
+	chain_matches "$dir/inc.qcow2" "$dev"
+}
+
 run_test "list: cbt devices only, bitmaps, states, JSON" test_list
 run_test "backup --json: version, a target that is not UTF-8, -q" test_backup_json_utf8
 run_test "progress: lines under -p, a bar on a terminal only, none under -q" test_progress
+run_test "a closed pipe or a full disk on the output: no SIGPIPE death, exit 1" test_output_errors
+run_test "/dev/dm-N names the device: bitmaps, status, backup, the lock" test_device_paths
 finish
