@@ -79,11 +79,10 @@ int cbt_dev_attach(struct cbt_c *cc)
 {
 	struct dm_target *ti = cc->ti;
 	dev_t devt = disk_devt(dm_disk(dm_table_get_md(ti->table)));
-	struct cbt_dev *cd;
+	struct cbt_dev *cd, *other_cd;
 	struct cbt_c *other;
-	int r = 0;
-
 	bool created = false;
+	int r = 0;
 
 	mutex_lock(&cbt_devs_lock);
 	cd = __cbt_dev_lookup(devt);
@@ -104,6 +103,18 @@ int cbt_dev_attach(struct cbt_c *cc)
 		}
 		kref_get(&cd->kref);
 	} else {
+		/*
+		 * One live device per metadata device: a second would load the
+		 * same bitmaps and both would write the superblock (a rename
+		 * then a create under the old name, say).
+		 */
+		list_for_each_entry(other_cd, &cbt_devs, node) {
+			if (cc->meta_dev && cbt_meta_same(other_cd, cc->meta_dev)) {
+				ti->error = "The metadata device is in use by another cbt device";
+				r = -EBUSY;
+				goto out;
+			}
+		}
 		cd = kzalloc(sizeof(*cd), GFP_KERNEL);
 		if (!cd) {
 			ti->error = "Cannot allocate cbt device state";

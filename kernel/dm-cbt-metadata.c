@@ -72,6 +72,7 @@ struct cbt_meta {
 	struct bio_list deferred;	/* writes waiting for their bits on disk */
 	struct work_struct work;
 	bool failed;			/* an I/O error: nothing is deferred any more */
+	struct cbt_bitmap *removing;	/* left out of the superblock, still in the list */
 	atomic_t inflight[2];		/* writes in flight, by write epoch parity */
 	wait_queue_head_t drain_wq;
 };
@@ -228,9 +229,12 @@ static int meta_put_sb(struct cbt_meta *m)
 	seq = le64_to_cpu(sb->seq) + 1;
 	memset(sb->bitmaps, 0, sizeof(sb->bitmaps));
 	list_for_each_entry(bm, &m->cd->bitmaps, list) {
-		struct dm_cbt_meta_bitmap *d = &sb->bitmaps[i++];
+		struct dm_cbt_meta_bitmap *d;
 		u32 flags = 0;
 
+		if (bm == m->removing)
+			continue;
+		d = &sb->bitmaps[i++];
 		strscpy(d->name, bm->name, sizeof(d->name));
 		memcpy(d->uuid, bm->uuid, sizeof(d->uuid));
 		d->generation = cpu_to_le64(bm->generation);
@@ -671,8 +675,16 @@ int cbt_meta_remove(struct cbt_dev *cd, struct cbt_bitmap *bm)
 
 	lockdep_assert_held(&cd->lock);
 	mutex_lock(&m->io_lock);
-	list_del_rcu(&bm->list);
+	/*
+	 * Durable first: the superblock without BM lands while the I/O path
+	 * still marks BM, so that a power loss before it reloads BM with every
+	 * write. Only then do writes stop marking it. A failed device records
+	 * every bitmap inconsistent already: BM goes all the same.
+	 */
+	m->removing = bm;
 	r = m->failed ? 0 : meta_write_sb(m);
+	m->removing = NULL;
+	list_del_rcu(&bm->list);
 	mutex_unlock(&m->io_lock);
 	return r;
 }

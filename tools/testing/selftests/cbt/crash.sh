@@ -8,7 +8,9 @@
 # flushes; then logcheck replays the log and, at every entry (a superset of
 # the flush and FUA points a power loss leaves), checks that every data
 # write logged so far lies in chunks the replayed metadata marks dirty in
-# every bitmap.
+# every bitmap. Then the same while messages change the bitmaps under the
+# writes: a disable and a remove must be on the metadata device before the
+# I/O path stops marking the bitmap.
 . "$(dirname "$0")/lib.sh"
 
 require_root
@@ -17,13 +19,17 @@ logcheck=$cbt_top/build/selftests/logcheck
 [ -x "$logcheck" ] || skip_all "logcheck is not built (make selftests)"
 modprobe dm-log-writes 2>/dev/null
 dmsetup targets | grep -q '^log-writes ' || skip_all "dm-log-writes is not installed"
-plan 2
+plan 3
 
 META=2048			# sectors: 1 MiB
 DATA=$((64 << 11))		# sectors: 64 MiB
 
 # workload TAG FIO_ARGS...: the logged stack, two bitmaps, a mark, fio, and
 # everything but the log removed again; the log's loop device in $log.
+# With MESSAGES ("WORDS;WORDS..."): the whole device written first, then
+# bitmaps bx and by added and its first half written again (the second
+# half is clean in bx and by only: a write there goes down at once when
+# they no longer need it), the mark, and each message sent while fio runs.
 workload() {
 	local tag=$1 logw meta data cbt
 	shift
@@ -39,15 +45,43 @@ workload() {
 	data=$(dm_name "$tag-data")
 	cbt=$(dm_name "$tag")
 	dm_create "$logw" "0 $((META + DATA)) log-writes $disk $log"
-	dm_create "$meta" "0 $META linear /dev/mapper/$logw 0"
+	if [ -n "${MESSAGES:-}" ]; then
+		# The superblock writes (the only ones with a preflush there)
+		# 200 ms late: a message's window is wide open.
+		dm_create "$meta" "0 $META delay /dev/mapper/$logw 0 0 /dev/mapper/$logw 0 0 \
+/dev/mapper/$logw 0 200"
+	else
+		dm_create "$meta" "0 $META linear /dev/mapper/$logw 0"
+	fi
 	dm_create "$data" "0 $DATA linear /dev/mapper/$logw $META"
 	dm_create "$cbt" "0 $DATA cbt /dev/mapper/$data 3 write_cache metadata /dev/mapper/$meta"
 	dmsetup message "$cbt" 0 bitmap add b64k
 	dmsetup message "$cbt" 0 bitmap add b4k granularity=4096
+	if [ -n "${MESSAGES:-}" ]; then
+		dd if=/dev/zero of="/dev/mapper/$cbt" bs=1M count=$((DATA / 2048)) oflag=direct \
+			status=none ||
+			fail "prefill"
+		dmsetup message "$cbt" 0 bitmap add bx granularity=4096
+		dmsetup message "$cbt" 0 bitmap add by granularity=4096
+		# Half of it dirty in them too: writes there never wait, so
+		# fio goes on submitting while a message holds the metadata.
+		dd if=/dev/zero of="/dev/mapper/$cbt" bs=1M count=$((DATA / 4096)) oflag=direct \
+			status=none || fail "prefill of bx and by"
+	fi
 	dmsetup message "$logw" 0 mark start
 	fio --name=crash --filename="/dev/mapper/$cbt" --direct=1 --ioengine=libaio \
-		--iodepth=8 --randrepeat=0 --norandommap "$@" --output=/dev/null ||
-		fail "fio"
+		--iodepth=8 --randrepeat=0 --norandommap --eta=never "$@" --output=/dev/null &
+	local fio=$! msg m
+	if [ -n "${MESSAGES:-}" ]; then
+		IFS=';' read -ra msg <<<"$MESSAGES"
+		for m in "${msg[@]}"; do
+			nap 0.5
+			# shellcheck disable=SC2086
+			dmsetup message "$cbt" 0 $m || fail "message $m"
+			kill -0 $fio 2>/dev/null || fail "fio ended before '$m' was done"
+		done
+	fi
+	wait $fio || fail "fio"
 	# Discards are writes for the bitmaps too.
 	if [ -n "${DISCARDS:-}" ]; then
 		blkdiscard -o 1M -l 3M "/dev/mapper/$cbt"
@@ -62,12 +96,14 @@ workload() {
 	dmsetup remove "$cbt" "$data" "$meta" "$logw"
 }
 
+# check MIN_POINTS [BITMAPS]: logcheck over the log, BITMAPS (default 2)
+# checked at the mark.
 check() {
 	local out
 	out=$("$logcheck" --log "$log" --meta 0:$META --data $META:$DATA --from-mark start \
 		--every-entry --min-points "$1" 2>&1) || { fail "logcheck: $out"; return 1; }
 	echo "# $out"
-	grep -q " 2 bitmaps" <<<"$out" || fail "logcheck did not check both bitmaps: $out"
+	grep -q " ${2:-2} bitmaps" <<<"$out" || fail "logcheck did not check ${2:-2} bitmaps: $out"
 }
 
 # 4 KiB writes: most go to clean chunks of b4k, many to dirty ones of b64k.
@@ -83,6 +119,16 @@ test_mixed() {
 	check 400
 }
 
+# Writes to chunks clean in bx and by only, while by is disabled and bx
+# removed: a crash before the superblock says so must find them in bx and
+# by, or by inconsistent, or bx gone.
+test_messages() {
+	MESSAGES="bitmap disable by;bitmap remove bx" workload msgs --rw=randwrite --bs=4k \
+		--number_ios=2000 --fsync=64
+	check 1000 4
+}
+
 run_test "4 KiB random writes with flushes: every crash point is honest" test_small_writes
 run_test "mixed sizes, discards, FUA: every crash point is honest" test_mixed
+run_test "disable and remove under writes: every crash point is honest" test_messages
 finish

@@ -11,7 +11,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 8
+plan 9
 
 SIZE=$((16 << 20))
 
@@ -221,6 +221,29 @@ test_refusals() {
 	fi
 }
 
+# One live device per metadata device: a rename (no dm uuid) and a create
+# under the old name with the same metadata device is refused, the renamed
+# device keeps its bitmaps, and once it is gone the metadata loads again.
+test_shared_meta() {
+	local d2 old
+	setup shared
+	msg bitmap add b0
+	qio "$dev" "write -P 0x11 0 64k"
+	old=$name-old
+	dmsetup rename "$name" "$old" || fail "rename"
+	truncate -s "$SIZE" "$dir/data2"
+	make_loop d2 "$dir/data2" || return 1
+	if dm_create "$name" "0 $((SIZE / 512)) cbt $d2 2 metadata $mloop"; then
+		fail "a second live device took the metadata device"
+	fi
+	kernel_said "The metadata device is in use by another cbt device"
+	expect_eq "the renamed device's b0" \
+		"$(dmsetup message "$old" 0 bitmap info b0 | grep -o ' count=[0-9]*')" " count=65536"
+	dmsetup remove "$old" || fail "remove $old"
+	create || fail "create again once the other is gone"
+	expect_eq "b0 loaded again" "$(field b0 count)" 65536
+}
+
 # areas_fail NAME, areas_work NAME: the linear metadata device NAME fails
 # past its two superblock copies (16 KiB), or works again.
 areas_fail() {
@@ -366,6 +389,7 @@ run_test "commit and clear are durable; frozen comes back as its union" test_com
 run_test "resize grows the bitmaps on the metadata device" test_resize
 run_test "a growth without room on the metadata device is refused" test_resize_no_room
 run_test "refusals change nothing" test_refusals
+run_test "one live device per metadata device (a rename, then a create)" test_shared_meta
 run_test "a failing metadata device: writes go on, bitmaps inconsistent, also when loaded again" test_io_error
 run_test "only first writes to a chunk write the metadata device" test_first_writes
 run_test "a point-in-time backup of a persistent device under 1 MiB writes" test_point_in_time
