@@ -262,7 +262,15 @@ int instant_freeze(struct cbt_backup *b, struct cbt_err *e)
 
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		r = cbt_journal_add(b->journal, "device", cbt_dm_name(order[i]->spec.device), e);
-	/* Thawed below whatever happens, even when the freeze itself failed half way. */
+	/*
+	 * Thawed below whatever happens, even when the freeze itself failed
+	 * half way; journalled first, so that a recovery thaws after a
+	 * death in between.
+	 */
+	if (!r && b->freeze_hook && strchr(b->freeze_hook, '\n'))
+		r = cbt_fail(e, EINVAL, "the freeze hook holds a newline");
+	if (!r && b->freeze_hook)
+		r = cbt_journal_add(b->journal, "hook", b->freeze_hook, e);
 	hooked = !r && b->freeze_hook;
 	if (hooked)
 		r = cbt_run_hook(b->freeze_hook, "freeze", e);
@@ -337,6 +345,8 @@ int instant_freeze(struct cbt_backup *b, struct cbt_err *e)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (hooked && cbt_run_hook(b->freeze_hook, "thaw", &b->thaw_err))
 		b->thaw_failed = true;
+	else if (hooked)
+		cbt_journal_add(b->journal, "thawed", b->freeze_hook, &err2);
 	free(order);
 	return r;
 }

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 
 #include "bitmap.h"
+#include "hook.h"
 #include "lock.h"
 #include "qcow2.h"
 #include "recover.h"
@@ -421,9 +422,30 @@ static int remove_export_dir(const char *dir, const char *token, struct cbt_err 
 }
 
 /*
+ * A dead run ran its freeze hook CMD ("CMD freeze") and died before "CMD
+ * thaw" succeeded: the guest's file systems may be frozen still. Run as
+ * the backup would have, and the journal kept when it fails.
+ */
+static int thaw_hook(const char *cmd, const char *token, struct cbt_recover_report *rep,
+		     struct cbt_err *e)
+{
+	struct cbt_err was;
+
+	if (cbt_run_hook(cmd, "thaw", e)) {
+		was = *e;
+		return cbt_fail(e, was.errnum, "the freeze hook of %s: %s (the guest may still "
+				"be frozen; recover again once it can run)", token, was.msg);
+	}
+	rep->thawed++;
+	note(rep, "'%s thaw': run (the freeze hook of %s)", cmd, token);
+	return 0;
+}
+
+/*
  * Undoes what line I of a dead run's journal (LINES, N of them) names, in
  * PASS 0 an NBD server, in 1 a view, in 2 a snapshot, in 3 a device, a
- * temporary image or an export's directory.
+ * temporary image or an export's directory, in 4 a freeze hook not thawed
+ * (after the devices it froze run again, as a backup thaws).
  */
 static int undo_line(int pass, char **lines, size_t n, size_t i, const char *token,
 		     struct cbt_recover_report *rep, struct cbt_err *e)
@@ -441,6 +463,9 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 		return LINE_IS("view") ? remove_view(what, token, rep, e) : 0;
 	if (pass == 2)
 		return LINE_IS("snapshot") ? stop_snapshot(what, token, false, rep, e) : 0;
+	if (pass == 4)
+		return LINE_IS("hook") && !journal_has(lines, n, "thawed", what) ?
+		       thaw_hook(what, token, rep, e) : 0;
 	if (LINE_IS("exportdir"))
 		return remove_export_dir(what, token, e);
 	if (LINE_IS("device"))
@@ -499,8 +524,11 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 		n++;
 	}
 	fclose(f);
-	/* Servers first, then the views they read, their snapshots, the devices and files. */
-	for (pass = 0; pass < 4 && !first; pass++) {
+	/*
+	 * Servers first, then the views they read, their snapshots, the
+	 * devices and files, and last the guest's thaw.
+	 */
+	for (pass = 0; pass < 5 && !first; pass++) {
 		for (i = 0; i < n && !first; i++) {
 			r = undo_line(pass, lines, n, i, token, rep, &err);
 			if (r && !first) {

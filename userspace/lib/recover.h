@@ -70,6 +70,7 @@ struct cbt_recover_report {
 	unsigned int snapshots;		/* snapshots stopped */
 	unsigned int unusable;		/* existing images marked corrupt */
 	unsigned int servers;		/* export NBD servers stopped */
+	unsigned int thawed;		/* freeze hooks run with "thaw" */
 	FILE *log;			/* if set, one line per action */
 };
 

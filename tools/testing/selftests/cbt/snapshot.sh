@@ -14,7 +14,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 9
+plan 10
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -307,6 +307,33 @@ test_freeze_hook() {
 	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 65536
 }
 
+# A cbtctl killed between the freeze and the thaw (SIGKILL while the
+# devices are suspended): recover resumes the device, then runs the hook's
+# thaw, named in the journal; once.
+test_hook_recover() {
+	local dir d0 d1 pid out
+	devs hookrec 1
+	write_hook "$dir/hook" "$dir/log" "$d0"
+	qio "$d0" "write -P 0x35 2M 64k"
+	CBT_TEST_STOP_AT=suspended cbtctl backup --sync=incremental --bitmap=b0 \
+		--freeze-hook="$dir/hook" "$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
+		>/dev/null 2>&1 &
+	pid=$!
+	wait_stopped $pid "phase suspended"
+	kill -9 $pid
+	wait $pid 2>/dev/null || true
+	expect_eq "hook calls before recover" "$(<"$dir/log")" "freeze - false prepared"
+	out=$(cbtctl recover 2>&1) || fail "recover: $out"
+	[[ $out == *"1 devices resumed, 1 freeze hooks thawed,"* ]] || fail "recover said: $out"
+	[[ $(tail -n 1 "$dir/log") == "thaw - "* ]] ||
+		fail "not thawed once the device ran: $(<"$dir/log")"
+	out=$(cbtctl recover 2>&1) || fail "second recover: $out"
+	[[ $out == *" 0 freeze hooks thawed,"* ]] || fail "a second recover thawed again: $out"
+	expect_eq "hook calls" "$(grep -c . "$dir/log")" 2
+	nothing_left "$d0"
+	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 65536
+}
+
 # --no-snapshot reads the live devices: no snapshot, no view, the same images.
 test_no_snapshot() {
 	local dir d0 d1 pid
@@ -357,6 +384,7 @@ run_test "a full store breaks the snapshot: clean failure, writes and bits kept"
 run_test "the copy releases what it has written: later writes need no store" test_release
 run_test "the copy takes first what fills the store" test_urgent
 run_test "freeze hook: freeze then thaw, a failing freeze aborts cleanly" test_freeze_hook
+run_test "a run killed while frozen: recover resumes, then thaws the guest" test_hook_recover
 run_test "--no-snapshot reads the live devices" test_no_snapshot
 run_test "status shows a snapshot while it runs, none after" test_status
 finish
