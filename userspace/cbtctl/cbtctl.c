@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdio_ext.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,16 +175,18 @@ static int cmd_version(int argc, char **argv)
  */
 static int finish_stdout(int status)
 {
+	bool pending = __fpending(stdout) != 0, failed = ferror(stdout);
 	int err;
 
 	errno = 0;
-	if (!fflush(stdout) && !ferror(stdout) && !fclose(stdout))
+	if (!fclose(stdout) && !failed)
 		return status;
 	err = errno;
-	if (err)
-		fprintf(stderr, "cbtctl: cannot write standard output: %s\n", strerror(err));
-	else
-		fprintf(stderr, "cbtctl: cannot write standard output\n");
+	/* Closed by the caller (>&-) with nothing written to it: nothing lost. */
+	if (err == EBADF && !pending && !failed)
+		return status;
+	fprintf(stderr, "cbtctl: cannot write standard output%s%s (what the command did is "
+		"done; its output is lost)\n", err ? ": " : "", err ? strerror(err) : "");
 	return status ? status : 1;
 }
 

@@ -320,6 +320,11 @@ static int check_identity(struct cbt_backup *b, struct cbt_backup_job *job, stru
 				     "identity): an incremental goes into a fresh image made with "
 				     "qemu-img create -f qcow2 -b PREV -F qcow2, or in place into "
 				     "an image without a backing file", dm.name, job->spec.target);
+		else if (!r && pk.backing_file && pk.has_data)
+			r = cbt_fail(e, EEXIST, "%s: %s holds data already (a backing file but no "
+				     "identity): an incremental goes into a fresh image made with "
+				     "qemu-img create -f qcow2 -b PREV -F qcow2", dm.name,
+				     job->spec.target);
 		else if (!r && pk.backing_file)
 			r = backing_path(job->spec.target, pk.backing_file, true, &img, e);
 		else if (!r && !pk.cbt_ext && pk.has_data)

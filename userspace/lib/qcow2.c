@@ -122,6 +122,9 @@ struct qcow2_image {
 	bool refcount_table_dirty;
 	struct meta *refblock_cache;	/* refcount_table_entries slots */
 	uint64_t next_free;		/* first cluster never allocated */
+	uint64_t incompat;		/* an existing image's incompatible features at open */
+	bool mark_before_write;		/* existing, not yet marked as being written */
+	bool writing;			/* marked as being written (set_writing()) */
 
 	/* Header bits we may rewrite. */
 	uint64_t autoclear_features;
@@ -220,10 +223,46 @@ static uint64_t ext_bytes(size_t len)
 
 /* ---- file I/O ---------------------------------------------------------- */
 
+/*
+ * An existing image being written carries the "corrupt" incompatible
+ * feature, durable before its first write and cleared once it is whole and
+ * synced (qcow2_close(), which without SYNC clears it unsynced too): after a power loss in between QEMU opens it
+ * read-only at most and qcow2_open_existing() and qcow2_peek() report it,
+ * where the image would otherwise look valid with half a backup in it (and
+ * the journal that says so was in /run). QEMU's own "dirty" bit would not
+ * do: QEMU repairs the refcounts of such an image and opens it.
+ */
+static int set_writing(struct qcow2_image *img, bool writing, bool sync, struct cbt_err *e)
+{
+	uint64_t f = writing ? img->incompat | INCOMPAT_CORRUPT : img->incompat;
+	uint8_t v[8];
+
+	img->mark_before_write = false;
+	put_be64(v, f);
+	if (img->hdr0)
+		put_be64(img->hdr0 + HDR_INCOMPATIBLE_FEATURES, f);
+	errno = 0;
+	if (pwrite(img->fd, v, sizeof(v), HDR_INCOMPATIBLE_FEATURES) != (ssize_t)sizeof(v) ||
+	    (sync && fdatasync(img->fd)))
+		return cbt_fail(e, errno ? errno : EIO, "%s: cannot %s the mark of an image "
+				"being written (the corrupt feature bit)", img->path,
+				writing ? "set" : "clear");
+	img->writing = writing;
+	return 0;
+}
+
 static int pwrite_all(struct qcow2_image *img, const void *buf, size_t len,
 		      uint64_t off, struct cbt_err *e)
 {
 	const uint8_t *p = buf;
+	int r;
+
+	/* An existing image is marked before its first write (see set_writing()). */
+	if (img->mark_before_write) {
+		r = set_writing(img, true, true, e);
+		if (r)
+			return r;
+	}
 
 	while (len) {
 		ssize_t n = pwrite(img->fd, p, len, (off_t)off);
@@ -552,6 +591,31 @@ static int release_compressed(struct qcow2_image *img, uint64_t l2_entry,
 
 /* ---- cluster mapping --------------------------------------------------- */
 
+/*
+ * An existing image's metadata checked before a write goes through it:
+ * the L2 table or data cluster at OFF (WHAT names it) must be aligned,
+ * within the file and counted once in the refcounts. A power loss while
+ * another program wrote the image can leave an entry whose cluster is
+ * free: writing through it would put two things in one cluster.
+ */
+static int check_in_use(struct qcow2_image *img, uint64_t off, const char *what,
+			struct cbt_err *e)
+{
+	uint64_t rc;
+	int r;
+
+	if (off & (img->cluster_size - 1) || !off || off >> img->cluster_bits >= img->next_free)
+		return cbt_fail(e, EUCLEAN, "%s: %s at offset %llu lies outside the image's "
+				"clusters or off a cluster boundary: run qemu-img check", img->path,
+				what, (unsigned long long)off);
+	r = get_refcount(img, off >> img->cluster_bits, &rc, e);
+	if (!r && rc != 1)
+		r = cbt_fail(e, EUCLEAN, "%s: %s at offset %llu has refcount %llu, not 1: the "
+			     "image is inconsistent (run qemu-img check -r all)", img->path, what,
+			     (unsigned long long)off, (unsigned long long)rc);
+	return r;
+}
+
 /* The L2 table for L1 index I, loaded or (ALLOC) made; NULL if none. */
 static int get_l2(struct qcow2_image *img, uint64_t i, bool alloc,
 		  uint8_t **l2, struct cbt_err *e)
@@ -573,7 +637,9 @@ static int get_l2(struct qcow2_image *img, uint64_t i, bool alloc,
 	if (!buf)
 		return cbt_fail(e, ENOMEM, "%s: L2 table", img->path);
 	if (off) {
-		r = pread_all(img, buf, img->cluster_size, off, e);
+		r = check_in_use(img, off, "an L2 table", e);
+		if (!r)
+			r = pread_all(img, buf, img->cluster_size, off, e);
 		if (r) {
 			free(buf);
 			return r;
@@ -1094,7 +1160,8 @@ int qcow2_open_existing(const char *path, struct qcow2_image **out,
 	}
 	if (incompat & INCOMPAT_CORRUPT) {
 		close(fd);
-		return cbt_fail(e, EUCLEAN, "%s: image is marked corrupt", path);
+		return cbt_fail(e, EUCLEAN, "%s: image is marked corrupt (a write into it failed "
+				"or was interrupted)", path);
 	}
 	if (incompat & INCOMPAT_DIRTY) {
 		close(fd);
@@ -1215,6 +1282,8 @@ int qcow2_open_existing(const char *path, struct qcow2_image **out,
 		r = find_next_free(img, (uint64_t)st.st_size, e);
 	if (r)
 		goto fail;
+	img->incompat = incompat;
+	img->mark_before_write = true;
 
 	/* "may only write ... if it clears the respective bits first" */
 	if (img->autoclear_features) {
@@ -1331,6 +1400,11 @@ static int write_cluster(struct qcow2_image *img, uint64_t c, uint64_t off,
 		if (!(entry & OFLAG_COPIED))
 			return cbt_fail(e, ENOTSUP, "%s: guest cluster %llu is shared (refcount is not 1)",
 					img->path, (unsigned long long)c);
+		if (!img->created) {
+			r = check_in_use(img, host, "a data cluster", e);
+			if (r)
+				return r;
+		}
 		/* A preallocated zero cluster: its old contents must not show. */
 		fill_zero = (entry & OFLAG_ZERO) && !whole;
 	} else if (!whole) {
@@ -1455,6 +1529,11 @@ static int zero_cluster(struct qcow2_image *img, uint64_t c, struct cbt_err *e)
 		if (!(entry & OFLAG_COPIED))
 			return cbt_fail(e, ENOTSUP, "%s: guest cluster %llu is shared (refcount is not 1)",
 					img->path, (unsigned long long)c);
+		if (!img->created) {
+			r = check_in_use(img, host, "a data cluster", e);
+			if (r)
+				return r;
+		}
 		/* Keep the host cluster as preallocation for later writes. */
 		entry |= OFLAG_ZERO;
 	} else if (img->has_backing) {
@@ -1752,6 +1831,9 @@ int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e)
 	}
 	if (!r && sync && fsync(img->fd))
 		r = cbt_fail(e, errno, "%s: fsync", img->path);
+	/* Whole (and synced, if asked): no longer being written. */
+	if (!r && img->writing)
+		r = set_writing(img, false, sync, e);
 	if (!r && close(img->fd))
 		r = cbt_fail(e, errno, "%s: close", img->path);
 	img->fd = -1;
@@ -1896,13 +1978,6 @@ void qcow2_peek_free(struct qcow2_peek *p)
 }
 
 /*
- * As QEMU's qcow2 driver reads a header before it opens the image (the
- * check "qemu-img create -b" makes of a backing file): the magic, a
- * version of 2 or 3, a sane cluster size and header length, no unknown
- * incompatible feature, extensions and backing file name in the first
- * cluster.
- */
-/*
  * Whether the L1 table the header H points to has an entry in use (BUF, a
  * cluster of CS bytes, read into): the image holds clusters of its own.
  */
@@ -1914,7 +1989,7 @@ static int peek_l1(int fd, const char *path, const uint8_t *h, uint64_t cs, uint
 	ssize_t got;
 
 	*has_data = false;
-	if (size && (off % cs || size > MAX_L1_BYTES))
+	if (size && (off % cs || off < cs || size > MAX_L1_BYTES))
 		return cbt_fail(e, EINVAL, "%s: bad L1 table (offset %llu, %llu bytes)", path,
 				(unsigned long long)off, (unsigned long long)size);
 	for (done = 0; done < size && !*has_data; done += got) {
@@ -1930,6 +2005,13 @@ static int peek_l1(int fd, const char *path, const uint8_t *h, uint64_t cs, uint
 	return 0;
 }
 
+/*
+ * As QEMU's qcow2 driver reads a header before it opens the image (the
+ * check "qemu-img create -b" makes of a backing file): the magic, a
+ * version of 2 or 3, a sane cluster size and header length, no unknown
+ * incompatible feature, extensions and backing file name in the first
+ * cluster.
+ */
 int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e)
 {
 	uint8_t h[HDR_V3_LENGTH], *first = NULL;

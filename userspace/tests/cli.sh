@@ -200,7 +200,9 @@ if [ -n "$meta_image" ]; then
 fi
 # format refuses what blkid recognises, as mkfs and pvcreate do, and changes
 # nothing; --force formats it.
-if command -v mkfs.ext4 >/dev/null && command -v blkid >/dev/null; then
+if ! command -v mkfs.ext4 >/dev/null || ! command -v blkid >/dev/null; then
+	bad "mkfs.ext4 and blkid are needed (e2fsprogs, util-linux: make deps)"
+else
 	truncate -s 8M "$tmp/ext.img"
 	mkfs.ext4 -q -F "$tmp/ext.img" && ok || bad "mkfs.ext4"
 	sum=$(md5sum <"$tmp/ext.img")

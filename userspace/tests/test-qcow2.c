@@ -785,6 +785,109 @@ out:
 	free(buf);
 }
 
+/* The big-endian 64-bit value at OFF of FD. */
+static uint64_t be64_at(int fd, uint64_t off)
+{
+	uint64_t v = 0;
+
+	CHECK(pread(fd, &v, 8, (off_t)off) == 8);
+	return be64toh(v);
+}
+
+/*
+ * An existing image carries the corrupt bit from its first write until it
+ * is closed whole: an abort in between (a crash) leaves it marked, for
+ * QEMU and for qcow2_open_existing(); one never written stays as it was.
+ * An L2 entry whose cluster the refcounts call free (a crash of another
+ * writer) is refused before anything is written through it.
+ */
+static void test_being_written(void)
+{
+	struct qcow2_image *img = NULL;
+	struct qcow2_peek pk;
+	uint64_t l2, host, refblock;
+	uint8_t *buf = malloc(64 * KiB);
+	uint16_t zero = 0;
+	int fd;
+
+	if (!buf)
+		return;
+	memset(buf, 0x5a, 64 * KiB);
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 4M", in_dir("bw.qcow2")) == 0);
+	OK(qcow2_open_existing(in_dir("bw.qcow2"), &img, &err));
+	qcow2_abort(img, false);
+	OK(qcow2_peek(in_dir("bw.qcow2"), &pk, &err));
+	CHECK(!pk.corrupt);
+	qcow2_peek_free(&pk);
+	img = NULL;
+	OK(qcow2_open_existing(in_dir("bw.qcow2"), &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_write(img, 0, buf, 64 * KiB, &err));
+	OK(qcow2_peek(in_dir("bw.qcow2"), &pk, &err));
+	CHECK(pk.corrupt);		/* on disk before the data */
+	qcow2_peek_free(&pk);
+	qcow2_abort(img, false);
+	CHECK(run("qemu-img info --output=json '%s' | grep -q '\"corrupt\": true'",
+		  in_dir("bw.qcow2")) == 0);
+	img = NULL;
+	REFUSED(qcow2_open_existing(in_dir("bw.qcow2"), &img, &err), EUCLEAN, "marked corrupt");
+
+	/* Written and closed whole: the mark is gone. */
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 4M", in_dir("bw2.qcow2")) == 0);
+	img = NULL;
+	OK(qcow2_open_existing(in_dir("bw2.qcow2"), &img, &err));
+	if (!img)
+		goto out;
+	OK(qcow2_write(img, 0, buf, 64 * KiB, &err));
+	OK(qcow2_close(img, true, &err));
+	OK(qcow2_peek(in_dir("bw2.qcow2"), &pk, &err));
+	CHECK(!pk.corrupt);
+	qcow2_peek_free(&pk);
+	CHECK_IMAGE(in_dir("bw2.qcow2"));
+	CHECK(run("qemu-io -c 'read -P 0x5a 0 64k' '%s'", in_dir("bw2.qcow2")) == 0);
+
+	/* Guest cluster 1's data cluster, then its refcount set to 0. */
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 4M && qemu-io -c 'write -P 1 64k 64k' '%s'",
+		  in_dir("bw3.qcow2"), in_dir("bw3.qcow2")) == 0);
+	fd = open(in_dir("bw3.qcow2"), O_RDWR);
+	CHECK(fd >= 0);
+	if (fd < 0)
+		goto out;
+	l2 = be64_at(fd, be64_at(fd, 40)) & 0x00fffffffffffe00ULL;
+	host = be64_at(fd, l2 + 8) & 0x00fffffffffffe00ULL;
+	refblock = be64_at(fd, be64_at(fd, 48));
+	CHECK(l2 && host && refblock);
+	CHECK(pwrite(fd, &zero, 2, (off_t)(refblock + 2 * (host / (64 * KiB)))) == 2);
+	close(fd);
+	img = NULL;
+	OK(qcow2_open_existing(in_dir("bw3.qcow2"), &img, &err));
+	if (!img)
+		goto out;
+	REFUSED(qcow2_write(img, 64 * KiB, buf, 64 * KiB, &err), EUCLEAN, "refcount 0");
+	qcow2_abort(img, false);
+	/* The L2 table's own refcount at 0: refused at the first write through it. */
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 4M && qemu-io -c 'write -P 1 64k 64k' '%s'",
+		  in_dir("bw4.qcow2"), in_dir("bw4.qcow2")) == 0);
+	fd = open(in_dir("bw4.qcow2"), O_RDWR);
+	CHECK(fd >= 0);
+	if (fd < 0)
+		goto out;
+	l2 = be64_at(fd, be64_at(fd, 40)) & 0x00fffffffffffe00ULL;
+	refblock = be64_at(fd, be64_at(fd, 48));
+	CHECK(pwrite(fd, &zero, 2, (off_t)(refblock + 2 * (l2 / (64 * KiB)))) == 2);
+	close(fd);
+	img = NULL;
+	OK(qcow2_open_existing(in_dir("bw4.qcow2"), &img, &err));
+	if (!img)
+		goto out;
+	REFUSED(qcow2_write(img, 2 * MiB - 64 * KiB, buf, 64 * KiB, &err), EUCLEAN,
+		"an L2 table");
+	qcow2_abort(img, false);
+out:
+	free(buf);
+}
+
 /* ---- compressed clusters ---------------------------------------------- */
 
 /* Compressible bytes: numbered lines of text. */
@@ -1606,6 +1709,7 @@ int main(void)
 	test_bad_inputs();
 	test_write_error();
 	test_flush_abort();
+	test_being_written();
 	lap("refusals, errors, abort");
 	for (i = 0; i < 4; i++) {
 		static const uint32_t zsizes[] = { 512, 4096, 65536, 2u << 20 };

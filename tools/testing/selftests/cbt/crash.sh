@@ -71,11 +71,18 @@ workload() {
 	dmsetup message "$logw" 0 mark start
 	fio --name=crash --filename="/dev/mapper/$cbt" --direct=1 --ioengine=libaio \
 		--iodepth=8 --randrepeat=0 --norandommap --eta=never "$@" --output=/dev/null &
-	local fio=$! msg m
+	local fio=$! msg m n=0
 	if [ -n "${MESSAGES:-}" ]; then
+		# Once fio writes where bx is clean (its count past the half).
+		until [ "$(dmsetup message "$cbt" 0 bitmap info bx | grep -o ' count=[0-9]*' |
+			cut -d= -f2)" -gt $((DATA * 256)) ]; do
+			n=$((n + 1))
+			[ $n -lt 600 ] || { fail "fio never wrote the second half"; break; }
+			nap 0.05
+		done
 		IFS=';' read -ra msg <<<"$MESSAGES"
 		for m in "${msg[@]}"; do
-			nap 0.5
+			nap 0.3
 			# shellcheck disable=SC2086
 			dmsetup message "$cbt" 0 $m || fail "message $m"
 			kill -0 $fio 2>/dev/null || fail "fio ended before '$m' was done"
@@ -124,8 +131,8 @@ test_mixed() {
 # by, or by inconsistent, or bx gone.
 test_messages() {
 	MESSAGES="bitmap disable by;bitmap remove bx" workload msgs --rw=randwrite --bs=4k \
-		--number_ios=2000 --fsync=64
-	check 1000 4
+		--time_based --runtime=4 --fsync=64
+	check 200 4
 }
 
 run_test "4 KiB random writes with flushes: every crash point is honest" test_small_writes

@@ -231,6 +231,7 @@ test_shared_meta() {
 	qio "$dev" "write -P 0x11 0 64k"
 	old=$name-old
 	dmsetup rename "$name" "$old" || fail "rename"
+	_dm_devs+=("$old")	# removed at the end if the test stops early
 	truncate -s "$SIZE" "$dir/data2"
 	make_loop d2 "$dir/data2" || return 1
 	if dm_create "$name" "0 $((SIZE / 512)) cbt $d2 2 metadata $mloop"; then
