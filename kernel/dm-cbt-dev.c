@@ -2,9 +2,10 @@
 /*
  * dm-cbt: per-device tracking state and its registry.
  *
- * dm has no place for state that outlives a table instance, and dm-cbt has
- * no metadata device to keep it in (dm-era and dm-clone do), so the bitmaps
- * of a dm device live in a cbt_dev found by the device's dev_t. Each cbt
+ * dm has no place for state that outlives a table instance, so the bitmaps
+ * of a dm device live in a cbt_dev found by the device's dev_t (with a
+ * metadata device, dm-cbt-metadata.c keeps them there too, and loads them
+ * when the cbt_dev is created; one live cbt_dev per metadata device). Each cbt
  * target constructed for the device attaches to it: during a reload the
  * live and the inactive table are both attached, the resume destroys the
  * old one and the new one carries on with the same bitmaps. When the last

@@ -200,6 +200,8 @@ static void release_bios(struct list_head *held)
 		} else if (pb->drop) {
 			bio_endio(bio);
 		} else {
+			/* From a worker, which may block (see cbt_map_resume()). */
+			bio->bi_opf &= ~REQ_NOWAIT;
 			dm_submit_bio_remap(bio, NULL);
 		}
 	}

@@ -58,8 +58,8 @@ bool cbt_valid_name(const char *s)
 int cbt_copy_name(char *dst, const char *s, const char *what)
 {
 	if (!cbt_valid_name(s)) {
-		DMERR("invalid %s '%s': 1-%d characters of A-Z a-z 0-9 _ . - expected",
-		      what, s, DM_CBT_NAME_MAX);
+		DMERR_LIMIT("invalid %s '%s': 1-%d characters of A-Z a-z 0-9 _ . - expected",
+			    what, s, DM_CBT_NAME_MAX);
 		return -EINVAL;
 	}
 	strscpy(dst, s, DM_CBT_NAME_MAX + 1);
@@ -91,15 +91,15 @@ static int parse_add(struct cbt_msg *m, unsigned int argc, char **argv)
 			if (cbt_parse_u64(argv[i] + sizeof(gran) - 1, &bytes) ||
 			    bytes < DM_CBT_GRANULARITY_MIN || bytes > DM_CBT_GRANULARITY_MAX ||
 			    !is_power_of_2(bytes)) {
-				DMERR("invalid granularity '%s': not a power of two in %u..%u",
-				      argv[i] + sizeof(gran) - 1, DM_CBT_GRANULARITY_MIN,
-				      DM_CBT_GRANULARITY_MAX);
+				DMERR_LIMIT("invalid granularity '%s': not a power of 2 in %u..%u",
+					    argv[i] + sizeof(gran) - 1, DM_CBT_GRANULARITY_MIN,
+					    DM_CBT_GRANULARITY_MAX);
 				return -EINVAL;
 			}
 			m->chunk_shift = ilog2(bytes >> SECTOR_SHIFT);
 			have_gran = true;
 		} else {
-			DMERR("bitmap add: unexpected or repeated argument '%s'", argv[i]);
+			DMERR_LIMIT("bitmap add: unexpected or repeated argument '%s'", argv[i]);
 			return -EINVAL;
 		}
 	}
@@ -160,7 +160,7 @@ static struct cbt_bitmap *cbt_find(struct cbt_dev *cd, const char *name)
 	struct cbt_bitmap *bm = __cbt_dev_find(cd, name);
 
 	if (!bm)
-		DMERR("no bitmap '%s'", name);
+		DMERR_LIMIT("no bitmap '%s'", name);
 	return bm;
 }
 
@@ -192,7 +192,7 @@ static int run_add(struct cbt_dev *cd, struct cbt_msg *m, char *result, unsigned
 
 	mutex_lock(&cd->lock);
 	if (__cbt_dev_find(cd, m->name)) {
-		DMERR("bitmap '%s' exists", m->name);
+		DMERR_LIMIT("bitmap '%s' exists", m->name);
 		r = -EEXIST;
 	} else if (cd->nr_bitmaps >= DM_CBT_MAX_BITMAPS) {
 		DMERR("cannot add '%s': a device has at most %d bitmaps", m->name,
@@ -587,7 +587,7 @@ int cbt_bitmap_message(struct cbt_dev *cd, unsigned int argc, char **argv,
 		if (!strcmp(argv[0], cbt_bitmap_cmds[i].name))
 			cmd = &cbt_bitmap_cmds[i];
 	if (!cmd) {
-		DMERR("unrecognised bitmap command '%s'", argv[0]);
+		DMERR_LIMIT("unrecognised bitmap command '%s'", argv[0]);
 		return -EINVAL;
 	}
 	if (argc - 1 < cmd->min_args || argc - 1 > cmd->max_args) {

@@ -771,6 +771,29 @@ out:
 	mutex_unlock(&m->io_lock);
 }
 
+/*
+ * A metadata device grown since it was formatted (an LV extended): its
+ * room is taken, at the creation and at each resume. Only the superblock
+ * in memory changes; the next superblock write records it, after an area
+ * placed in the new room was written (an add, a resize), so that a crash
+ * in between finds the old size and no bitmap there. A device that shrank
+ * keeps the recorded size (a load refuses it).
+ */
+static void meta_take_room(struct cbt_meta *m)
+{
+	u64 blocks = bdev_nr_sectors(m->bdev) / META_BLOCK_SECTORS;
+
+	mutex_lock(&m->io_lock);
+	if (blocks > le64_to_cpu(m->sb->nr_blocks)) {
+		DMINFO("%pg: grown from %llu to %llu blocks of 4 KiB, room for bitmaps",
+		       m->bdev, (unsigned long long)le64_to_cpu(m->sb->nr_blocks),
+		       (unsigned long long)blocks);
+		m->sb->nr_blocks = cpu_to_le64(blocks);
+		m->dev_blocks = blocks;
+	}
+	mutex_unlock(&m->io_lock);
+}
+
 /* Validates superblock copy SB; NULL or why it is not valid. */
 static const char *sb_invalid(struct dm_cbt_meta_sb *sb, u64 dev_blocks)
 {
@@ -963,6 +986,11 @@ int cbt_meta_create(struct cbt_dev *cd, struct dm_dev *dev, struct dm_target *ti
 	unsigned int noio = memalloc_noio_save();
 	int r = -ENOMEM;
 
+	/* The on-disk layout (dm-cbt-metadata.h) as the format says. */
+	BUILD_BUG_ON(sizeof(struct dm_cbt_meta_bitmap) != 112);
+	BUILD_BUG_ON(offsetof(struct dm_cbt_meta_sb, bitmaps) != 1024);
+	BUILD_BUG_ON(sizeof(struct dm_cbt_meta_sb) != DM_CBT_META_SB_SIZE);
+
 	m = kzalloc(sizeof(*m), GFP_KERNEL);
 	if (!m)
 		goto out;
@@ -1026,6 +1054,7 @@ int cbt_meta_create(struct cbt_dev *cd, struct dm_dev *dev, struct dm_target *ti
 		r = meta_load_bitmaps(m, ti);
 	if (r)
 		goto bad;
+	meta_take_room(m);
 done:
 	r = 0;
 	goto out;
@@ -1049,6 +1078,13 @@ void cbt_meta_loaded_events(struct cbt_dev *cd)
 	list_for_each_entry(bm, &cd->bitmaps, list)
 		cbt_event_notify(cd->devt, DM_CBT_EVENT_LOADED, bm->name, NULL, GFP_NOIO);
 	mutex_unlock(&cd->lock);
+}
+
+/* At a resume: the metadata device may have grown since the creation. */
+void cbt_meta_grown(struct cbt_dev *cd)
+{
+	if (cd->meta)
+		meta_take_room(cd->meta);
 }
 
 /* Whether a reload's metadata device DEV (or none) is the one in use. */

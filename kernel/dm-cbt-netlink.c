@@ -74,6 +74,12 @@ static int cbt_extents_start(struct netlink_callback *cb)
 		NL_SET_ERR_MSG(cb->extack, "device number and bitmap name required");
 		return -EINVAL;
 	}
+	/* MKDEV() would fold a larger number onto another device's. */
+	if (nla_get_u32(attrs[DM_CBT_ATTR_DEV_MAJOR]) > MAJOR(~0U) ||
+	    nla_get_u32(attrs[DM_CBT_ATTR_DEV_MINOR]) > MINORMASK) {
+		NL_SET_ERR_MSG(cb->extack, "device number out of range");
+		return -EINVAL;
+	}
 	d = kzalloc(sizeof(*d), GFP_KERNEL);
 	if (!d)
 		return -ENOMEM;

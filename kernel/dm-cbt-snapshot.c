@@ -813,6 +813,7 @@ static void cbt_snap_serve_waiters(struct cbt_snap *s)
 	struct cbt_snap_slot *copy;
 	struct cbt_snap_bio *sb;
 	unsigned long flags;
+	struct cbt_c *cc;
 	struct bio *bio;
 	bool go;
 
@@ -826,6 +827,11 @@ static void cbt_snap_serve_waiters(struct cbt_snap *s)
 			break;
 		}
 		sb = snap_bio(bio);
+		/*
+		 * Read before the bio is published on held_writes: from then on
+		 * the timeout work (a break) may complete it beside us.
+		 */
+		cc = sb->cc;
 		if (s->state != CBT_SNAP_RUNNING || !test_bit(sb->chunk, s->cow->map)) {
 			go = true;	/* ended or released meanwhile */
 		} else if (!__find_slot(s, sb->chunk) && list_empty(&s->free_slots)) {
@@ -846,9 +852,9 @@ static void cbt_snap_serve_waiters(struct cbt_snap *s)
 		}
 		spin_unlock_irqrestore(&s->lock, flags);
 		if (go)
-			cbt_map_resume(sb->cc, bio);
+			cbt_map_resume(cc, bio);
 		if (copy)
-			cbt_snap_start_copy(s, copy, sb->cc->dev->bdev, true);
+			cbt_snap_start_copy(s, copy, cc->dev->bdev, true);
 	}
 }
 

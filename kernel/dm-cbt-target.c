@@ -221,6 +221,13 @@ void cbt_map_resume(struct cbt_c *cc, struct bio *bio)
 {
 	bool *meta_wait = &cbt_per_bio(bio)->meta_wait;
 
+	/*
+	 * A worker resubmits it and may block: a submitter's REQ_NOWAIT was
+	 * for map, which did not block; below, it would only turn a wait into
+	 * an EAGAIN the submitter must retry.
+	 */
+	bio->bi_opf &= ~REQ_NOWAIT;
+
 	if (*meta_wait) {
 		*meta_wait = false;
 		cbt_meta_defer(cc, bio);
@@ -266,6 +273,8 @@ static int cbt_preresume(struct dm_target *ti)
 	unsigned int noio = memalloc_noio_save();
 	int r;
 
+	/* A grown metadata device gives a growth room first. */
+	cbt_meta_grown(cc->cdev);
 	r = cbt_dev_resize(cc->cdev, ti->len);
 	memalloc_noio_restore(noio);
 	if (r)

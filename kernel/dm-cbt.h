@@ -150,6 +150,7 @@ int cbt_meta_create(struct cbt_dev *cd, struct dm_dev *dev, struct dm_target *ti
 void cbt_meta_destroy(struct cbt_dev *cd);
 void cbt_meta_loaded_events(struct cbt_dev *cd);
 bool cbt_meta_same(struct cbt_dev *cd, struct dm_dev *dev);
+void cbt_meta_grown(struct cbt_dev *cd);
 const char *cbt_meta_state(struct cbt_dev *cd);
 bool __cbt_meta_durable(struct cbt_dev *cd, sector_t sector, sector_t nr_sectors);
 void cbt_meta_defer(struct cbt_c *cc, struct bio *bio);

@@ -2,6 +2,7 @@
 /* cbtctl backup --sync=full|incremental [OPTIONS] JOB... */
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,9 +132,42 @@ static void print_identity(const struct cbt_backup_job *j)
 	printf("]");
 }
 
+/* What went wrong beside the backup itself: on stderr, and in --json's "warnings". */
+enum { WARN_BITMAPS, WARN_SNAPSHOTS, WARN_MLOCK, WARN_THAW, NR_WARNINGS };
+
+/* Warning K of B into BUF, if it applies. */
+static bool warning(const struct cbt_backup *b, int k, char *buf, size_t size)
+{
+	switch (k) {
+	case WARN_BITMAPS:
+		if (b->bitmap_errors)
+			snprintf(buf, size, "%u bitmap commit/abort refused (first: %s); run "
+				 "'cbtctl recover' on the devices", b->bitmap_errors,
+				 b->bitmap_err.msg);
+		return b->bitmap_errors;
+	case WARN_SNAPSHOTS:
+		if (b->snapshot_errors)
+			snprintf(buf, size, "%u snapshot views or snapshots would not go (first: "
+				 "%s); run 'cbtctl recover'", b->snapshot_errors,
+				 b->snapshot_err.msg);
+		return b->snapshot_errors;
+	case WARN_MLOCK:
+		if (b->mlock_failed)
+			snprintf(buf, size, "%s; suspended them all the same", b->mlock_err.msg);
+		return b->mlock_failed;
+	case WARN_THAW:
+		if (b->thaw_failed)
+			snprintf(buf, size, "%s: the guest may still be frozen", b->thaw_err.msg);
+		return b->thaw_failed;
+	}
+	return false;
+}
+
 static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *e)
 {
-	unsigned int i;
+	char text[sizeof(e->msg) + 128];
+	unsigned int i, n = 0;
+	int k;
 
 	printf("{\"version\": %d, \"status\": \"%s\", ", CBTCTL_JSON_VERSION,
 	       r ? "failed" : "completed");
@@ -143,7 +177,14 @@ static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *
 	else
 		printf("null");
 	/* Refused commits and aborts: non-zero fails the backup even when every job completed. */
-	printf(", \"bitmap_errors\": %u, \"jobs\": [", b->bitmap_errors);
+	printf(", \"bitmap_errors\": %u, \"warnings\": [", b->bitmap_errors);
+	for (k = 0; k < NR_WARNINGS; k++) {
+		if (!warning(b, k, text, sizeof(text)))
+			continue;
+		printf("%s", n++ ? ", " : "");
+		json_string(stdout, text);
+	}
+	printf("], \"jobs\": [");
 	for (i = 0; i < b->nr_jobs; i++) {
 		const struct cbt_backup_job *j = &b->jobs[i];
 
@@ -226,6 +267,7 @@ int cmd_backup(int argc, char **argv)
 	struct sigaction sa = { .sa_handler = on_signal };
 	struct progress prog = { .last = -1 };
 	struct cbt_err e = { 0 };
+	char text[sizeof(e.msg) + 128];
 	int json = 0, retry = 0, retries_given = 0, memory_given = 0, progress = 0, quiet = 0;
 	int i, c, r, status;
 	uint64_t n;
@@ -392,18 +434,9 @@ int cmd_backup(int argc, char **argv)
 		print_json(&b, r, &e);
 	else
 		print_text(&b, r, &e, quiet);
-	if (b.bitmap_errors)
-		fprintf(stderr, "cbtctl: warning: %u bitmap commit/abort refused (first: %s); "
-			"run 'cbtctl recover' on the devices\n", b.bitmap_errors, b.bitmap_err.msg);
-	if (b.snapshot_errors)
-		fprintf(stderr, "cbtctl: warning: %u snapshot views or snapshots would not go "
-			"(first: %s); run 'cbtctl recover'\n", b.snapshot_errors, b.snapshot_err.msg);
-	if (b.mlock_failed)
-		fprintf(stderr, "cbtctl: warning: %s; suspended them all the same\n",
-			b.mlock_err.msg);
-	if (b.thaw_failed)
-		fprintf(stderr, "cbtctl: warning: %s: the guest may still be frozen\n",
-			b.thaw_err.msg);
+	for (i = 0; i < NR_WARNINGS; i++)
+		if (warning(&b, i, text, sizeof(text)))
+			fprintf(stderr, "cbtctl: warning: %s\n", text);
 	status = r ? EXIT_FAIL : 0;
 out:
 	for (i = 0; b.jobs && i < (int)b.nr_jobs; i++)

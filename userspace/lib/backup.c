@@ -91,23 +91,43 @@ static bool qemu_reads_protocol(const char *name)
 	return name[strcspn(name, ":/")] == ':';
 }
 
+/*
+ * The backing file name a mode=create image records (into *NAME, NULL for
+ * none; *DOTTED to free): backing= as given, or "./NAME" where QEMU would
+ * read it as a protocol, which QEMU reads as the file it is.
+ */
+static int stored_backing(struct cbt_backup_job *job, const char **name, char **dotted,
+			  struct cbt_err *e)
+{
+	*name = job->spec.backing;
+	*dotted = NULL;
+	if (*name && qemu_reads_protocol(*name)) {
+		if (asprintf(dotted, "./%s", *name) < 0) {
+			*dotted = NULL;
+			return cbt_fail(e, ENOMEM, "%s", job->spec.target);
+		}
+		*name = *dotted;
+	}
+	return 0;
+}
+
+static uint32_t cluster_size_of(const struct cbt_backup_job *job)
+{
+	return job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE;
+}
+
 /* mode=create: a new image of SIZE bytes at the temporary name. */
 static int create_image(struct cbt_backup_job *job, uint64_t size, struct cbt_err *e)
 {
 	struct cbt_backup_job_priv *p = job->priv;
-	const char *name = job->spec.backing;
-	char *dotted = NULL;
+	const char *name;
+	char *dotted;
 	int r;
 
-	/* Stored as "./NAME", which QEMU reads as the file it is. */
-	if (name && qemu_reads_protocol(name)) {
-		if (asprintf(&dotted, "./%s", name) < 0)
-			return cbt_fail(e, ENOMEM, "%s", job->spec.target);
-		name = dotted;
-	}
-	r = qcow2_create(p->tmp_path, size,
-			 job->spec.cluster_size ? job->spec.cluster_size : CBT_DEFAULT_CLUSTER_SIZE,
-			 name, name ? "qcow2" : NULL, &p->img, e);
+	r = stored_backing(job, &name, &dotted, e);
+	if (!r)
+		r = qcow2_create(p->tmp_path, size, cluster_size_of(job), name,
+				 name ? "qcow2" : NULL, &p->img, e);
 	free(dotted);
 	if (!r && p->b->compress)
 		r = qcow2_set_compression(p->img, QCOW2_COMPRESSION_ZSTD, e);
@@ -417,6 +437,80 @@ static int record_identity(struct cbt_backup *b, struct cbt_backup_job *job, str
 	return r;
 }
 
+/*
+ * At prepare: the largest identity JOB's image may record (every bitmap at
+ * the largest generation) into a malloc()ed *TEXT of *LEN bytes. It must
+ * fit the image's first cluster, so that a 512-byte cluster with a long
+ * backing name fails before anything is made or frozen, not after.
+ */
+static int worst_identity(struct cbt_backup *b, struct cbt_backup_job *job, char **text,
+			  size_t *len, struct cbt_err *e)
+{
+	struct cbt_identity *id = calloc(1, sizeof(*id));
+	struct cbt_bitmap_info info;
+	struct cbt_dm_info dm;
+	unsigned int j;
+	int r;
+
+	*text = NULL;
+	if (!id)
+		return cbt_fail(e, ENOMEM, "%s", job->spec.device);
+	r = cbt_dm_info(job->spec.device, &dm, e);
+	if (!r) {
+		memcpy(id->device, dm.name, sizeof(id->device));
+		memcpy(id->device_uuid, dm.uuid, sizeof(id->device_uuid));
+	}
+	for (j = 0; j < b->nr_bitmaps && !r; j++) {
+		r = cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, e);
+		if (r)
+			break;
+		snprintf(id->bitmaps[j].name, sizeof(id->bitmaps[j].name), "%s", info.name);
+		memcpy(id->bitmaps[j].uuid, info.uuid, sizeof(info.uuid));
+		id->bitmaps[j].generation = UINT64_MAX;
+	}
+	id->nr_bitmaps = b->nr_bitmaps;
+	id->standalone = true;
+	if (!r)
+		r = cbt_identity_format(id, text, len, e);
+	free(id);
+	return r;
+}
+
+/* mode=create, before the temporary is made: room for the identity. */
+static int check_create_room(struct cbt_backup *b, struct cbt_backup_job *job,
+			     struct cbt_err *e)
+{
+	const char *name;
+	char *text, *dotted = NULL;
+	size_t len;
+	int r;
+
+	r = worst_identity(b, job, &text, &len, e);
+	if (!r)
+		r = stored_backing(job, &name, &dotted, e);
+	if (!r)
+		r = qcow2_create_room(job->spec.target, cluster_size_of(job), name,
+				      name ? "qcow2" : NULL, b->compress, len, e);
+	free(dotted);
+	free(text);
+	return r;
+}
+
+/* mode=existing, once opened: room for the identity (set, not yet written). */
+static int check_existing_room(struct cbt_backup *b, struct cbt_backup_job *job,
+			       struct cbt_err *e)
+{
+	char *text;
+	size_t len;
+	int r;
+
+	r = worst_identity(b, job, &text, &len, e);
+	if (!r)
+		r = qcow2_set_cbt_extension(job->priv->img, text, len, e);
+	free(text);
+	return r;
+}
+
 /* Checks one job and opens its source and image; touches no bitmap. */
 static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
@@ -471,7 +565,7 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 		if (!r && !(p->existing_path = realpath(job->spec.target, NULL)))
 			r = cbt_fail(e, errno, "%s: cannot resolve the target's path",
 				     job->spec.target);
-		return r;
+		return r ? r : check_existing_room(b, job, e);
 	}
 	/* Temporaries of dead runs beside the target go first. */
 	dir = strdup(job->spec.target);
@@ -483,7 +577,9 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 				job->spec.target);
 	if (errno != ENOENT)
 		return cbt_fail(e, errno, "%s: cannot check the target", job->spec.target);
-	r = temp_path_for(b, job, e);
+	r = check_create_room(b, job, e);
+	if (!r)
+		r = temp_path_for(b, job, e);
 	if (!r)
 		r = cbt_journal_add(b->journal, "temp", p->tmp_path, e);
 	if (r)
@@ -753,23 +849,6 @@ static void mark_cancelled(struct cbt_backup *b)
 	}
 }
 
-static int fsync_dir_of(const char *path)
-{
-	char *dup = strdup(path);
-	int fd, r = 0;
-
-	if (!dup)
-		return -ENOMEM;
-	fd = open(dirname(dup), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(dup);
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd))
-		r = -errno;
-	close(fd);
-	return r;
-}
-
 /*
  * An existing image JOB wrote into but could not finish: reported, and
  * marked corrupt so that neither QEMU nor a later mode=existing backup
@@ -824,9 +903,8 @@ static int finish_images(struct cbt_backup *b, struct cbt_err *e)
 		free(job->priv->tmp_path);
 		job->priv->tmp_path = NULL;
 		/* Until the directory is synced the rename may not survive a crash. */
-		r = fsync_dir_of(job->spec.target);
+		r = cbt_sync_dir_of(job->spec.target, false, e);
 		if (r) {
-			cbt_fail(e, -r, "%s: cannot sync its directory", job->spec.target);
 			job_fail(job, e);
 			renamed++;
 			break;
@@ -852,9 +930,12 @@ static void discard_images(struct cbt_backup *b)
 		if (!p)
 			continue;
 		if (p->img) {
+			/* Only a written image changed (it carries the mark already). */
+			bool written = qcow2_written(p->img);
+
 			qcow2_abort(p->img, false);
 			p->img = NULL;
-			if (b->jobs[i].spec.mode == CBT_MODE_EXISTING && p->running)
+			if (b->jobs[i].spec.mode == CBT_MODE_EXISTING && written)
 				mark_unusable(&b->jobs[i]);
 		}
 		if (p->tmp_path) {

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: LGPL-2.1
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 
@@ -38,4 +41,21 @@ int cbt_place_file(const char *tmp, const char *target, struct cbt_err *e)
 				tmp, target);
 	}
 	return 0;
+}
+
+int cbt_sync_dir_of(const char *path, bool is_dir, struct cbt_err *e)
+{
+	char *copy = is_dir ? NULL : strdup(path);
+	int fd, r = 0;
+
+	if (!is_dir && !copy)
+		return cbt_fail(e, ENOMEM, "%s", path);
+	fd = open(is_dir ? path : dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd))
+		r = cbt_fail(e, errno, "%s: cannot sync %s", path,
+			     is_dir ? "it" : "its directory");
+	if (fd >= 0)
+		close(fd);
+	free(copy);
+	return r;
 }

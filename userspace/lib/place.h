@@ -8,6 +8,8 @@
 #ifndef CBT_PLACE_H
 #define CBT_PLACE_H
 
+#include <stdbool.h>
+
 #include "libcbt.h"
 
 /* The renameat2 that cbt_place_file calls: the system call, or a test's stand-in. */
@@ -19,5 +21,11 @@ extern int (*cbt_renameat2)(int olddirfd, const char *oldpath, int newdirfd,
  * TMP left as it was. The caller syncs TARGET's directory afterwards.
  */
 int cbt_place_file(const char *tmp, const char *target, struct cbt_err *e);
+
+/*
+ * fsync() of the directory that holds PATH (PATH itself when IS_DIR): a
+ * name made, renamed or removed there made durable. Errors name PATH.
+ */
+int cbt_sync_dir_of(const char *path, bool is_dir, struct cbt_err *e);
 
 #endif /* CBT_PLACE_H */

@@ -16,6 +16,7 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 
+#include "place.h"
 #include "qcow2.h"
 
 /* Header field offsets (qcow2.txt, "Header"). */
@@ -1299,6 +1300,11 @@ fail:
 
 /* ---- guest writes ------------------------------------------------------ */
 
+bool qcow2_written(const struct qcow2_image *img)
+{
+	return img->writing;
+}
+
 uint64_t qcow2_virtual_size(const struct qcow2_image *img)
 {
 	return img->size;
@@ -1797,22 +1803,6 @@ int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset, const void 
 
 /* ---- closing ----------------------------------------------------------- */
 
-static int sync_dir(const char *path, struct cbt_err *e)
-{
-	char *copy = strdup(path);
-	int fd, r = 0;
-
-	if (!copy)
-		return cbt_fail(e, ENOMEM, "%s", path);
-	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd))
-		r = cbt_fail(e, errno, "%s: cannot sync the directory", path);
-	if (fd >= 0)
-		close(fd);
-	free(copy);
-	return r;
-}
-
 int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e)
 {
 	uint64_t end;
@@ -1838,7 +1828,7 @@ int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e)
 		r = cbt_fail(e, errno, "%s: close", img->path);
 	img->fd = -1;
 	if (!r && sync && img->created)
-		r = sync_dir(img->path, e);
+		r = cbt_sync_dir_of(img->path, false, e);
 	image_free(img);
 	return r;
 }
@@ -1935,6 +1925,40 @@ out:
 	return 0;
 }
 
+/*
+ * The bytes of a created image's first cluster: the header of HDR_LEN
+ * bytes, a dm-cbt identity of EXT_LEN bytes (0: none), the backing format
+ * and file name, the end of the extensions.
+ */
+static uint64_t first_cluster_need(size_t hdr_len, size_t ext_len, const char *backing_format,
+				   const char *backing_file)
+{
+	uint64_t need = hdr_len + 8 + (ext_len ? ext_bytes(ext_len) : 0);
+
+	if (backing_format)
+		need += ext_bytes(strlen(backing_format));
+	if (backing_file)
+		need += strlen(backing_file);
+	return need;
+}
+
+static int no_room(const char *path, size_t len, uint64_t cluster_size, struct cbt_err *e)
+{
+	return cbt_fail(e, ENOSPC, "%s: the dm-cbt identity (%zu bytes) and the backing file "
+			"name do not fit into the first %llu-byte cluster (use a larger "
+			"cluster-size)", path, len, (unsigned long long)cluster_size);
+}
+
+int qcow2_create_room(const char *path, uint32_t cluster_size, const char *backing_file,
+		      const char *backing_format, bool compressed, size_t cbt_ext_len,
+		      struct cbt_err *e)
+{
+	uint64_t need = first_cluster_need(compressed ? HDR_V3_COMPRESSION_LENGTH : HDR_V3_LENGTH,
+					   cbt_ext_len, backing_format, backing_file);
+
+	return need > cluster_size ? no_room(path, cbt_ext_len, cluster_size, e) : 0;
+}
+
 int qcow2_set_cbt_extension(struct qcow2_image *img, const void *data, size_t len,
 			    struct cbt_err *e)
 {
@@ -1946,17 +1970,10 @@ int qcow2_set_cbt_extension(struct qcow2_image *img, const void *data, size_t le
 				img->path, len, QCOW2_CBT_EXT_MAX);
 	if (!img->created)
 		return rebuild_first_cluster(img, data, len, e);
-	need = created_header_length(img) + 8 + (data ? ext_bytes(len) : 0);
-	if (img->backing_format)
-		need += ext_bytes(strlen(img->backing_format));
-	need += bitmaps_ext_bytes(img);
-	if (img->backing_file)
-		need += strlen(img->backing_file);
+	need = first_cluster_need(created_header_length(img), data ? len : 0,
+				  img->backing_format, img->backing_file) + bitmaps_ext_bytes(img);
 	if (need > img->cluster_size)
-		return cbt_fail(e, ENOSPC, "%s: the dm-cbt identity (%zu bytes) and the backing file "
-				"name do not fit into the first %llu-byte cluster (use a larger "
-				"cluster-size)", img->path, len,
-				(unsigned long long)img->cluster_size);
+		return no_room(img->path, len, img->cluster_size, e);
 	if (data) {
 		copy = malloc(len);
 		if (!copy)

@@ -229,6 +229,24 @@ struct qcow2_peek {
  * (-ENOENT ...) when it cannot be opened. Free with qcow2_peek_free().
  */
 int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e);
+
+/*
+ * Before qcow2_create(PATH, ..., CLUSTER_SIZE, BACKING_FILE, BACKING_FORMAT)
+ * makes anything: whether its first cluster will hold a dm-cbt identity of
+ * CBT_EXT_LEN bytes (COMPRESSED: with the compression type's header field);
+ * -ENOSPC naming PATH otherwise, as qcow2_set_cbt_extension() would fail.
+ */
+int qcow2_create_room(const char *path, uint32_t cluster_size, const char *backing_file,
+		      const char *backing_format, bool compressed, size_t cbt_ext_len,
+		      struct cbt_err *e);
+
+/*
+ * Whether anything was written into IMG since it was opened. An existing
+ * image carries the "corrupt" feature from just before its first write
+ * until qcow2_close() (so a crash leaves it marked, and an image never
+ * written is as it was); one made by qcow2_create() is never marked.
+ */
+bool qcow2_written(const struct qcow2_image *img);
 void qcow2_peek_free(struct qcow2_peek *p);
 
 #endif /* CBT_QCOW2_H */

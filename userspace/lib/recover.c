@@ -9,12 +9,15 @@
 #include <unistd.h>
 #include <signal.h>
 #include <time.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 
 #include "bitmap.h"
 #include "hook.h"
 #include "lock.h"
+#include "place.h"
 #include "qcow2.h"
 #include "recover.h"
 #include "snapshot.h"
@@ -22,6 +25,7 @@
 struct cbt_journal {
 	char path[4096];
 	int fd;
+	bool sync;		/* the run directory outlives a reboot: each line synced */
 };
 
 const char *cbt_journal_dir(void)
@@ -158,6 +162,7 @@ int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err
 {
 	struct cbt_journal *j = calloc(1, sizeof(*j));
 	const char *dir = cbt_journal_dir();
+	struct statfs fs;
 
 	if (!j)
 		return cbt_fail(e, ENOMEM, "journal");
@@ -172,6 +177,22 @@ int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err
 		free(j);
 		return -e->errnum;
 	}
+	/*
+	 * On tmpfs (/run) a journal goes with a reboot, as what it records
+	 * does (views, suspends, snapshots); on a disk (CBT_RUN_DIR) a
+	 * recovery after a power loss reads it: each line durable before the
+	 * step it records.
+	 */
+	j->sync = !fstatfs(j->fd, &fs) && fs.f_type != TMPFS_MAGIC && fs.f_type != RAMFS_MAGIC;
+	if (j->sync && fsync(j->fd)) {
+		cbt_fail(e, errno, "%s: cannot sync the journal", j->path);
+		cbt_journal_release(j, false);
+		return -e->errnum;
+	}
+	if (j->sync && cbt_sync_dir_of(dir, true, e)) {
+		cbt_journal_release(j, false);
+		return -e->errnum;
+	}
 	*out = j;
 	return 0;
 }
@@ -182,7 +203,9 @@ int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 	char line[4200];
 	int n = snprintf(line, sizeof(line), "%s %s\n", kind, what);
 
-	if (n < 0 || (size_t)n >= sizeof(line) || write(j->fd, line, n) != n)
+	errno = 0;
+	if (n < 0 || (size_t)n >= sizeof(line) || write(j->fd, line, n) != n ||
+	    (j->sync && fdatasync(j->fd)))
 		return cbt_fail(e, errno ? errno : ENOSPC, "%s: cannot write the journal", j->path);
 	return 0;
 }
@@ -356,9 +379,22 @@ static bool own_temporary(const char *path, const char *token)
 static int mark_existing(const char *path, const char *token, struct cbt_recover_report *rep,
 			 struct cbt_err *e)
 {
+	struct qcow2_peek pk;
+
 	if (path[0] != '/')
 		return cbt_fail(e, EINVAL, "%s: the journal of %s names it as an existing image, "
 				"but not by an absolute path: left alone", path, token);
+	/*
+	 * The image is marked before its first write (qcow2_written()): one
+	 * that is a qcow2 without the mark was never written, and is as it
+	 * was. Anything else is marked (again).
+	 */
+	if (!qcow2_peek(path, &pk, e) && !pk.corrupt) {
+		qcow2_peek_free(&pk);
+		note(rep, "%s: untouched (%s died before writing into it)", path, token);
+		return 0;
+	}
+	qcow2_peek_free(&pk);
 	if (qcow2_mark_corrupt(path, e))
 		return e->errnum == ENOENT ? 0 : -e->errnum;
 	rep->unusable++;
@@ -576,6 +612,21 @@ int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
 	if (dp)
 		closedir(dp);
 	for (i = 0; i < nr_devs; i++) {
+		int lock = -1;
+
+		/*
+		 * Under the device's lock, so that --force never takes the
+		 * snapshot or the bitmaps of a backup that runs (its own run,
+		 * recovering its devices first, holds the lock already).
+		 */
+		r = cbt_lock_for_recovery(devs[i], &lock, &err);
+		if (r) {
+			if (!first) {
+				first = r;
+				*e = err;
+			}
+			continue;
+		}
 		r = stop_snapshot(devs[i], NULL, force, rep, &err);
 		if (r && !first) {
 			first = r;
@@ -586,6 +637,7 @@ int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
 			first = r;
 			*e = err;
 		}
+		cbt_unlock_devices(&lock, 1);
 	}
 	return first;
 }

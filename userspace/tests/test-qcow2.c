@@ -795,6 +795,39 @@ static uint64_t be64_at(int fd, uint64_t off)
 }
 
 /*
+ * NAME (4 MiB, guest cluster 1 written by qemu-io) with the refcount of
+ * that cluster's data cluster (or, L2, of its L2 table) set to 0, as a
+ * crash of another writer may leave it: a write of BUF at OFF through it
+ * is refused naming WHAT, before anything is written.
+ */
+static void refused_through(const char *name, bool l2_table, const uint8_t *buf, uint64_t off,
+			    const char *what)
+{
+	struct qcow2_image *img = NULL;
+	uint64_t l2, host, refblock;
+	uint16_t zero = 0;
+	int fd;
+
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 4M && qemu-io -c 'write -P 1 64k 64k' '%s'",
+		  in_dir(name), in_dir(name)) == 0);
+	fd = open(in_dir(name), O_RDWR);
+	CHECK(fd >= 0);
+	if (fd < 0)
+		return;
+	l2 = be64_at(fd, be64_at(fd, 40)) & 0x00fffffffffffe00ULL;
+	host = l2_table ? l2 : be64_at(fd, l2 + 8) & 0x00fffffffffffe00ULL;
+	refblock = be64_at(fd, be64_at(fd, 48));
+	CHECK(l2 && host && refblock);
+	CHECK(pwrite(fd, &zero, 2, (off_t)(refblock + 2 * (host / (64 * KiB)))) == 2);
+	close(fd);
+	OK(qcow2_open_existing(in_dir(name), &img, &err));
+	if (!img)
+		return;
+	REFUSED(qcow2_write(img, off, buf, 64 * KiB, &err), EUCLEAN, what);
+	qcow2_abort(img, false);
+}
+
+/*
  * An existing image carries the corrupt bit from its first write until it
  * is closed whole: an abort in between (a crash) leaves it marked, for
  * QEMU and for qcow2_open_existing(); one never written stays as it was.
@@ -805,10 +838,7 @@ static void test_being_written(void)
 {
 	struct qcow2_image *img = NULL;
 	struct qcow2_peek pk;
-	uint64_t l2, host, refblock;
 	uint8_t *buf = malloc(64 * KiB);
-	uint16_t zero = 0;
-	int fd;
 
 	if (!buf)
 		return;
@@ -847,43 +877,9 @@ static void test_being_written(void)
 	CHECK_IMAGE(in_dir("bw2.qcow2"));
 	CHECK(run("qemu-io -c 'read -P 0x5a 0 64k' '%s'", in_dir("bw2.qcow2")) == 0);
 
-	/* Guest cluster 1's data cluster, then its refcount set to 0. */
-	CHECK(run("qemu-img create -q -f qcow2 '%s' 4M && qemu-io -c 'write -P 1 64k 64k' '%s'",
-		  in_dir("bw3.qcow2"), in_dir("bw3.qcow2")) == 0);
-	fd = open(in_dir("bw3.qcow2"), O_RDWR);
-	CHECK(fd >= 0);
-	if (fd < 0)
-		goto out;
-	l2 = be64_at(fd, be64_at(fd, 40)) & 0x00fffffffffffe00ULL;
-	host = be64_at(fd, l2 + 8) & 0x00fffffffffffe00ULL;
-	refblock = be64_at(fd, be64_at(fd, 48));
-	CHECK(l2 && host && refblock);
-	CHECK(pwrite(fd, &zero, 2, (off_t)(refblock + 2 * (host / (64 * KiB)))) == 2);
-	close(fd);
-	img = NULL;
-	OK(qcow2_open_existing(in_dir("bw3.qcow2"), &img, &err));
-	if (!img)
-		goto out;
-	REFUSED(qcow2_write(img, 64 * KiB, buf, 64 * KiB, &err), EUCLEAN, "refcount 0");
-	qcow2_abort(img, false);
-	/* The L2 table's own refcount at 0: refused at the first write through it. */
-	CHECK(run("qemu-img create -q -f qcow2 '%s' 4M && qemu-io -c 'write -P 1 64k 64k' '%s'",
-		  in_dir("bw4.qcow2"), in_dir("bw4.qcow2")) == 0);
-	fd = open(in_dir("bw4.qcow2"), O_RDWR);
-	CHECK(fd >= 0);
-	if (fd < 0)
-		goto out;
-	l2 = be64_at(fd, be64_at(fd, 40)) & 0x00fffffffffffe00ULL;
-	refblock = be64_at(fd, be64_at(fd, 48));
-	CHECK(pwrite(fd, &zero, 2, (off_t)(refblock + 2 * (l2 / (64 * KiB)))) == 2);
-	close(fd);
-	img = NULL;
-	OK(qcow2_open_existing(in_dir("bw4.qcow2"), &img, &err));
-	if (!img)
-		goto out;
-	REFUSED(qcow2_write(img, 2 * MiB - 64 * KiB, buf, 64 * KiB, &err), EUCLEAN,
-		"an L2 table");
-	qcow2_abort(img, false);
+	/* Guest cluster 1's data cluster with refcount 0, then its L2 table. */
+	refused_through("bw3.qcow2", false, buf, 64 * KiB, "refcount 0");
+	refused_through("bw4.qcow2", true, buf, 2 * MiB - 64 * KiB, "an L2 table");
 out:
 	free(buf);
 }
@@ -1568,7 +1564,8 @@ static bool nbd_map_matches(int line, const char *img, const char *name, uint64_
 	good = ok_run(line, "nbdinfo --map", 0,
 		      run("{ nbdinfo --map=qemu:dirty-bitmap:%s 'nbd+unix:///?socket=%s' >'%s'; }",
 			  name, sock, map));
-	run("kill $(cat '%s')", pid);
+	/* Gone before the next server opens the image at this socket. */
+	run("p=$(cat '%s') && kill $p && while kill -0 $p 2>/dev/null; do sleep 0.05; done", pid);
 	f = good ? fopen(map, "r") : NULL;
 	while (f && fscanf(f, "%llu %llu %u %31s", &off, &len, &type, desc) == 4) {
 		uint64_t g;

@@ -73,14 +73,31 @@ static int opens(const char *path)
 	return -r;
 }
 
+/* Opens the image at PATH, writes a cluster into it and dies there (no close). */
+static void write_and_die(const char *path)
+{
+	static char data[65536];
+	struct qcow2_image *img;
+	struct cbt_err e = { 0 };
+
+	memset(data, 0x5a, sizeof(data));
+	CHECK(qcow2_open_existing(path, &img, &e) == 0);
+	if (!img)
+		return;
+	CHECK(qcow2_write(img, 0, data, sizeof(data), &e) == 0);
+	qcow2_abort(img, false);
+}
+
 /*
- * Existing images a dead run was writing into: the one it never closed is
- * marked corrupt and counted, the one it closed is left alone, and the
- * journal goes. A file that is not qcow2 is refused.
+ * Existing images a dead run was writing into: the one it wrote and never
+ * closed is marked corrupt (it carries the mark of qcow2_written()) and
+ * counted, the one it closed is left alone, the one it never wrote into is
+ * left as it was, and the journal goes. A file that is not qcow2 is
+ * refused.
  */
 static void existing_images(void)
 {
-	char half[256], whole[256], token[64], jp[256];
+	char half[256], whole[256], never[256], token[64], jp[256];
 	struct cbt_recover_report rep = { 0 };
 	struct cbt_err e = { 0 };
 	pid_t child;
@@ -88,7 +105,10 @@ static void existing_images(void)
 
 	make_image("half.qcow2", half, sizeof(half));
 	make_image("whole.qcow2", whole, sizeof(whole));
-	CHECK(opens(half) == 0 && opens(whole) == 0);
+	make_image("never.qcow2", never, sizeof(never));
+	CHECK(opens(half) == 0 && opens(whole) == 0 && opens(never) == 0);
+	write_and_die(half);
+	CHECK(opens(half) == EUCLEAN);
 	child = fork();
 	if (!child)
 		_exit(0);
@@ -99,12 +119,14 @@ static void existing_images(void)
 	CHECK(f != NULL);
 	if (!f)
 		return;
-	fprintf(f, "existing %s\nexisting %s\nclosed %s\n", half, whole, whole);
+	fprintf(f, "existing %s\nexisting %s\nclosed %s\nexisting %s\n", half, whole, whole,
+		never);
 	fclose(f);
 	CHECK(cbt_recover(NULL, 0, false, &rep, &e) == 0);
 	CHECK(rep.unusable == 1);
 	CHECK(opens(half) == EUCLEAN);
 	CHECK(opens(whole) == 0);
+	CHECK(opens(never) == 0);
 	CHECK(access(jp, F_OK) != 0);
 	/* Marking twice is harmless; a file that is not qcow2 is refused. */
 	CHECK(qcow2_mark_corrupt(half, &e) == 0 && opens(half) == EUCLEAN);

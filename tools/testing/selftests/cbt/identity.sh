@@ -15,7 +15,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 9
+plan 10
 
 SIZE=$((16 << 20))
 
@@ -278,6 +278,26 @@ test_in_place() {
 	chain_matches "$dir/cur.qcow2" "$dev"
 }
 
+# 512-byte clusters, a 356-byte backing name: no room for the identity in
+# the first cluster. Refused at prepare, before the freeze hook or any
+# freeze, with the advice to take larger clusters (before: after them).
+test_identity_room() {
+	local dir out name dev long
+	start room
+	long=$(printf 'd%.0s' $(seq 100))/$(printf 'b%.0s' $(seq 249)).qcow2
+	mkdir "$dir/${long%/*}"
+	cp "$dir/room-full.qcow2" "$dir/$long"
+	printf '#!/bin/sh\necho "$1" >>"%s"\n' "$dir/hook.log" >"$dir/hook"
+	chmod +x "$dir/hook"
+	qio "$dev" "write -P 0x51 1M 64k"
+	refused "use a larger cluster-size" "$dev" \
+		cbtctl backup --sync=incremental --bitmap=b0 --freeze-hook="$dir/hook" \
+		"$dev=$dir/inc.qcow2,backing=$long,cluster-size=512"
+	[ ! -e "$dir/hook.log" ] || fail "the hook ran: $(cat "$dir/hook.log")"
+	incremental "$dev" "$dir/inc.qcow2" "$long"
+	chain_matches "$dir/inc.qcow2" "$dev"
+}
+
 run_test "full and two incrementals chain, identity in --json" test_chain
 run_test "a backing image older than the last commit is refused" test_generation
 run_test "a re-created bitmap is refused" test_recreated
@@ -287,4 +307,5 @@ run_test "after a failed commit only the image before it is a backing" test_fail
 run_test "a bitmap disabled since its last commit is refused until a full backup" test_disabled
 run_test "backing names QEMU reads: ':' stored as ./, typo refused, standalone no base" test_backing_names
 run_test "an incremental in place is checked; a used or unknown target refused" test_in_place
+run_test "no room for the identity: refused before the freeze" test_identity_room
 finish

@@ -180,6 +180,18 @@ test_resize_no_room() {
 	gone
 	create || return 1
 	expect_eq "bitmaps loaded after the refused growth" "$(msg bitmap list)" "$before"
+	# The metadata device grown (an LV extended): a reload takes its room,
+	# no reformat; the larger bitmap is on it after a remove and a create.
+	truncate -s $((32 << 10)) "$dir/meta"
+	losetup -c "$mloop"
+	dmsetup reload "$name" --table "0 $((SIZE / 256)) cbt $dloop 2 metadata $mloop"
+	dmsetup resume "$name" || fail "the growth did not resume on a grown metadata device"
+	kernel_said "grown from 5 to 8 blocks of 4 KiB"
+	# The grown part is dirty: no backup has seen it.
+	expect_eq "b0 count after the growth" "$(field b0 count)" $((512 + SIZE))
+	gone
+	create $((SIZE / 256)) || return 1
+	expect_eq "b0 count loaded at the new length" "$(field b0 count)" $((512 + SIZE))
 }
 
 test_refusals() {
@@ -388,7 +400,7 @@ test_point_in_time() {
 run_test "bitmaps survive a remove and a create" test_persist
 run_test "commit and clear are durable; frozen comes back as its union" test_commit_clear
 run_test "resize grows the bitmaps on the metadata device" test_resize
-run_test "a growth without room on the metadata device is refused" test_resize_no_room
+run_test "a growth without room on the metadata device is refused, then taken once it grew" test_resize_no_room
 run_test "refusals change nothing" test_refusals
 run_test "one live device per metadata device (a rename, then a create)" test_shared_meta
 run_test "a failing metadata device: writes go on, bitmaps inconsistent, also when loaded again" test_io_error

@@ -73,7 +73,7 @@ test_recover_all() {
 	wait $pid 2>/dev/null || true
 	(cd / && cbtctl recover) >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
 	has "$dir/recover.out" \
-		"1 views removed, 1 snapshots stopped, 0 devices resumed, 1 bitmaps aborted, 1 temporary" || fail "recover said: $(cat "$dir/recover.out")"
+		"1 views removed, 1 snapshots stopped, 0 devices resumed, 0 freeze hooks thawed, 1 bitmaps aborted, 1 temporary" || fail "recover said: $(cat "$dir/recover.out")"
 	active "$n0" || fail "$d0 left suspended"
 	expect_eq "views" "$(views)" 0
 	expect_eq "snapshot" "$(snap_state "$d0")" none
@@ -141,13 +141,41 @@ test_recover_locked() {
 	cbtctl recover >"$dir/out" || fail "recover after: $(cat "$dir/out")"
 	expect_eq "journals" "$(journals)" ""
 	active "$n0" || fail "left suspended"
+	# --force on a device a live backup holds: refused, its snapshot and
+	# frozen bitmap left to it (before: stopped and aborted under it).
+	qio "$d0" "write -P 0x61 1M 64k"
+	CBT_TEST_STOP_AT=copy cbtctl backup -q --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc2.qcow2,backing=$dir/inc.qcow2" >/dev/null &
+	pid=$!
+	wait_stopped $pid "phase copy"
+	cbtctl recover --force "$d0" >"$dir/out" 2>&1 && rc=0 || rc=$?
+	expect_eq "recover --force's exit status" "$rc" 1
+	has "$dir/out" "$n0: in use by another cbtctl (pid $pid)" ||
+		fail "recover --force said: $(cat "$dir/out")"
+	expect_eq "snapshot" "$(snap_state "$d0")" running
+	expect_eq "bitmap busy" "$(bitmap_field "$d0" b0 busy)" true
+	kill -CONT $pid
+	wait $pid || fail "the second live backup failed"
+	chain_matches "$dir/inc2.qcow2" "$d0"
 }
 
-# mode=existing: killed before its first write (phase copy), the target is
-# untouched and recover leaves it usable; killed with the copy held at
+# kill_and_recover PID: kills the backup PID, whose copy an inject rule on
+# $d0 holds, lets the held read go (a suspend fails it), clears the rules
+# and runs recover, its report into $out.
+kill_and_recover() {
+	kill -9 "$1"
+	dmsetup suspend "$n0" && dmsetup resume "$n0" || fail "suspend and resume"
+	wait "$1" 2>/dev/null || true
+	cbtctl inject "$d0" clear >/dev/null
+	out=$(cbtctl recover) || fail "recover: $out"
+}
+
+# mode=existing: killed before its first write (phase copy, or in the copy
+# with every read held), the target is untouched and recover leaves it
+# usable; killed with the copy held at
 # 8 MiB, recover marks it corrupt and says so, and cbtctl refuses it.
 test_existing_killed() {
-	local dir d0 n0 pid out
+	local dir d0 n0 pid out sum n
 	one_dev existing
 	qemu-img create -q -f qcow2 "$dir/t0.qcow2" $SIZE
 	CBT_TEST_STOP_AT=copy cbtctl backup -q --sync=full --bitmap=b0 \
@@ -158,16 +186,39 @@ test_existing_killed() {
 	wait $pid 2>/dev/null || true
 	out=$(cbtctl recover) || fail "recover: $out"
 	[[ $out == *", 0 existing images unusable" ]] || fail "recover said: $out"
+	# Killed in the copy before its first write (every read held): the
+	# journal names the image, which carries no mark: left as it was.
+	sum=$(md5sum <"$dir/t0.qcow2")
+	cbtctl inject "$d0" delay event=read offset=0 length=$SIZE usecs=60000000 id=all \
+		>/dev/null || fail "inject delay of every read"
+	cbtctl backup -q --sync=full --bitmap=b0 "$d0=$dir/t0.qcow2,mode=existing" &
+	pid=$!
+	n=0
+	until [[ $(cbtctl inject "$d0" list) =~ id=all\ hits=[1-9] ]]; do
+		n=$((n + 1))
+		[ $n -lt 300 ] || { kill -9 $pid; fail "the copy never read"; return 1; }
+		nap 0.1
+	done
+	kill_and_recover $pid
+	[[ $out == *"t0.qcow2: untouched"*", 0 existing images unusable" ]] ||
+		fail "recover said: $out"
+	expect_eq "the image, never written" "$(md5sum <"$dir/t0.qcow2")" "$sum"
+	# Data before 8 MiB (zeros need no write into a fresh image), written
+	# before the copy is held there: the image carries the mark (the
+	# corrupt bit, byte 79 of the header) before the kill.
+	qio "$d0" "write -P 0x71 1M 64k"
 	cbtctl inject "$d0" delay event=read offset=$((8 << 20)) length=4096 usecs=60000000 \
 		id=hold >/dev/null || fail "inject delay"
 	cbtctl backup -q --sync=full --bitmap=b0 "$d0=$dir/t0.qcow2,mode=existing" &
 	pid=$!
 	wait_held "$d0" $pid "8 MiB" || return 1
-	kill -9 $pid
-	dmsetup suspend "$n0" && dmsetup resume "$n0" || fail "suspend and resume"
-	wait $pid 2>/dev/null || true
-	cbtctl inject "$d0" clear >/dev/null
-	out=$(cbtctl recover) || fail "recover: $out"
+	n=0
+	until (( $(od -An -tu1 -j79 -N1 "$dir/t0.qcow2") & 2 )); do
+		n=$((n + 1))
+		[ $n -lt 300 ] || { fail "the image was never marked"; break; }
+		nap 0.1
+	done
+	kill_and_recover $pid
 	[[ $out == *"t0.qcow2: unusable, marked corrupt"*", 1 existing images unusable" ]] ||
 		fail "recover said: $out"
 	[[ $(qemu-img info --output=json "$dir/t0.qcow2") == *'"corrupt": true'* ]] ||

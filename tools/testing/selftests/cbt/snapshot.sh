@@ -305,6 +305,16 @@ test_freeze_hook() {
 	[ ! -e "$dir/inc1.qcow2" ] || fail "target left"
 	nothing_left "$d0"
 	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 65536
+
+	# A thaw that fails: the backup stands, the warning in --json too.
+	printf '#!/bin/sh\n[ "$1" != thaw ] || exit 4\n' >"$dir/nothaw"
+	chmod +x "$dir/nothaw"
+	cbtctl backup --sync=incremental --bitmap=b0 --freeze-hook="$dir/nothaw" --json \
+		"$d0=$dir/inc1.qcow2,backing=$dir/inc0.qcow2" >"$dir/out.json" 2>"$dir/err" ||
+		fail "backup with a failing thaw: $(cat "$dir/err")"
+	grep -q '"warnings": \["hook .*nothaw thaw.* exited with status 4: the guest may still be frozen"\]' \
+		"$dir/out.json" || fail "no warning in --json: $(cat "$dir/out.json")"
+	has "$dir/err" "the guest may still be frozen" || fail "stderr: $(cat "$dir/err")"
 }
 
 # A cbtctl killed between the freeze and the thaw (SIGKILL while the
