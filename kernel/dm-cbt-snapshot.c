@@ -810,6 +810,7 @@ void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors,
 /* Hands free slots to the writes waiting for space, oldest first. */
 static void cbt_snap_serve_waiters(struct cbt_snap *s)
 {
+	struct block_device *origin;
 	struct cbt_snap_slot *copy;
 	struct cbt_snap_bio *sb;
 	unsigned long flags;
@@ -829,9 +830,11 @@ static void cbt_snap_serve_waiters(struct cbt_snap *s)
 		sb = snap_bio(bio);
 		/*
 		 * Read before the bio is published on held_writes: from then on
-		 * the timeout work (a break) may complete it beside us.
+		 * the timeout work (a break) may complete it beside us, and its
+		 * table may go.
 		 */
 		cc = sb->cc;
+		origin = cc->dev->bdev;
 		if (s->state != CBT_SNAP_RUNNING || !test_bit(sb->chunk, s->cow->map)) {
 			go = true;	/* ended or released meanwhile */
 		} else if (!__find_slot(s, sb->chunk) && list_empty(&s->free_slots)) {
@@ -854,7 +857,7 @@ static void cbt_snap_serve_waiters(struct cbt_snap *s)
 		if (go)
 			cbt_map_resume(cc, bio);
 		if (copy)
-			cbt_snap_start_copy(s, copy, cc->dev->bdev, true);
+			cbt_snap_start_copy(s, copy, origin, true);
 	}
 }
 

@@ -4,6 +4,7 @@
  * Exit status: 0 success, 1 an operation failed, 2 usage error.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -190,6 +191,22 @@ static int finish_stdout(int status)
 	return status ? status : 1;
 }
 
+/*
+ * Standard descriptors closed by the caller (>&-) are held by /dev/null
+ * opened read-only: a lock, a journal or an image opened later never takes
+ * number 1 or 2 (the report would land in it), and writes there still fail
+ * (EBADF) as they did.
+ */
+static void keep_std_fds(void)
+{
+	int fd;
+
+	for (fd = 0; fd <= 2; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && errno == EBADF &&
+		    open("/dev/null", O_RDONLY) != fd)
+			break;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -202,6 +219,7 @@ int main(int argc, char **argv)
 
 	/* A write to a closed pipe fails with EPIPE instead (children get SIGPIPE back). */
 	signal(SIGPIPE, SIG_IGN);
+	keep_std_fds();
 	/* "+": the options before COMMAND only; COMMAND parses the rest. */
 	optind = 0;
 	while ((c = next_opt(argc, argv, "+:hV", longopts)) != -1) {

@@ -244,6 +244,28 @@ static int start_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, stru
  * transactions cannot deadlock), freeze every bitmap, resume every device.
  * Signals wait until the devices are running again.
  */
+/*
+ * The freeze hook in the journal before it freezes: the boot and the
+ * directory it runs in (a recovery after a reboot has nothing to thaw; a
+ * relative command runs from there), then the command.
+ */
+static int journal_hook(struct cbt_backup *b, struct cbt_err *e)
+{
+	char boot[64], *cwd = getcwd(NULL, 0);
+	int r;
+
+	cbt_boot_id(boot, sizeof(boot));
+	r = cbt_journal_add(b->journal, "hookboot", boot[0] ? boot : "-", e);
+	if (!r && (!cwd || strchr(cwd, '\n')))
+		r = cbt_fail(e, cwd ? EINVAL : errno, "the freeze hook's directory");
+	if (!r)
+		r = cbt_journal_add(b->journal, "hookcwd", cwd, e);
+	if (!r)
+		r = cbt_journal_add(b->journal, "hook", b->freeze_hook, e);
+	free(cwd);
+	return r;
+}
+
 int instant_freeze(struct cbt_backup *b, struct cbt_err *e)
 {
 	struct cbt_backup_job **order;
@@ -270,7 +292,7 @@ int instant_freeze(struct cbt_backup *b, struct cbt_err *e)
 	if (!r && b->freeze_hook && strchr(b->freeze_hook, '\n'))
 		r = cbt_fail(e, EINVAL, "the freeze hook holds a newline");
 	if (!r && b->freeze_hook)
-		r = cbt_journal_add(b->journal, "hook", b->freeze_hook, e);
+		r = journal_hook(b, e);
 	hooked = !r && b->freeze_hook;
 	if (hooked)
 		r = cbt_run_hook(b->freeze_hook, "freeze", e);
@@ -289,6 +311,9 @@ int instant_freeze(struct cbt_backup *b, struct cbt_err *e)
 	} else if (!r) {
 		locked = true;
 	}
+	/* From the first suspend to the last resume the journal is not synced. */
+	if (!r)
+		cbt_journal_hold_sync(b->journal, true, e);
 	for (i = 0; i < b->nr_jobs && !r; i++) {
 		const char *dev = order[i]->spec.device;
 		struct cbt_dm_info info;
@@ -339,6 +364,10 @@ int instant_freeze(struct cbt_backup *b, struct cbt_err *e)
 			r = -err2.errnum;
 			*e = err2;
 		}
+	}
+	if (cbt_journal_hold_sync(b->journal, false, &err2) && !r) {
+		r = -err2.errnum;
+		*e = err2;
 	}
 	if (locked)
 		munlockall();

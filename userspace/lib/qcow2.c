@@ -238,7 +238,6 @@ static int set_writing(struct qcow2_image *img, bool writing, bool sync, struct 
 	uint64_t f = writing ? img->incompat | INCOMPAT_CORRUPT : img->incompat;
 	uint8_t v[8];
 
-	img->mark_before_write = false;
 	put_be64(v, f);
 	if (img->hdr0)
 		put_be64(img->hdr0 + HDR_INCOMPATIBLE_FEATURES, f);
@@ -248,6 +247,8 @@ static int set_writing(struct qcow2_image *img, bool writing, bool sync, struct 
 		return cbt_fail(e, errno ? errno : EIO, "%s: cannot %s the mark of an image "
 				"being written (the corrupt feature bit)", img->path,
 				writing ? "set" : "clear");
+	/* Only once the mark is on disk may other writes follow. */
+	img->mark_before_write = false;
 	img->writing = writing;
 	return 0;
 }
@@ -1815,7 +1816,8 @@ int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e)
 		end = img->next_free << img->cluster_bits;
 		if (fstat(img->fd, &st))
 			r = cbt_fail(e, errno, "%s: stat", img->path);
-		else if ((uint64_t)st.st_size < end && ftruncate(img->fd, (off_t)end))
+		else if ((uint64_t)st.st_size < end && (img->created || img->writing) &&
+			 ftruncate(img->fd, (off_t)end))
 			r = cbt_fail(e, errno, "%s: cannot extend the file to %llu bytes",
 				     img->path, (unsigned long long)end);
 	}

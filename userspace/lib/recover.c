@@ -26,6 +26,8 @@ struct cbt_journal {
 	char path[4096];
 	int fd;
 	bool sync;		/* the run directory outlives a reboot: each line synced */
+	bool held;		/* devices suspended: not now (cbt_journal_hold_sync()) */
+	bool unsynced;		/* lines written while held */
 };
 
 const char *cbt_journal_dir(void)
@@ -183,7 +185,7 @@ int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err
 	 * recovery after a power loss reads it: each line durable before the
 	 * step it records.
 	 */
-	j->sync = !fstatfs(j->fd, &fs) && fs.f_type != TMPFS_MAGIC && fs.f_type != RAMFS_MAGIC;
+	j->sync = fstatfs(j->fd, &fs) || (fs.f_type != TMPFS_MAGIC && fs.f_type != RAMFS_MAGIC);
 	if (j->sync && fsync(j->fd)) {
 		cbt_fail(e, errno, "%s: cannot sync the journal", j->path);
 		cbt_journal_release(j, false);
@@ -205,9 +207,19 @@ int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 
 	errno = 0;
 	if (n < 0 || (size_t)n >= sizeof(line) || write(j->fd, line, n) != n ||
-	    (j->sync && fdatasync(j->fd)))
+	    (j->sync && !j->held && fdatasync(j->fd)))
 		return cbt_fail(e, errno ? errno : ENOSPC, "%s: cannot write the journal", j->path);
+	j->unsynced |= j->sync && j->held;
 	return 0;
+}
+
+int cbt_journal_hold_sync(struct cbt_journal *j, bool hold, struct cbt_err *e)
+{
+	j->held = hold;
+	if (hold || !j->unsynced)
+		return 0;
+	j->unsynced = false;
+	return fdatasync(j->fd) ? cbt_fail(e, errno, "%s: cannot sync the journal", j->path) : 0;
 }
 
 void cbt_journal_release(struct cbt_journal *j, bool keep)
@@ -457,23 +469,87 @@ static int remove_export_dir(const char *dir, const char *token, struct cbt_err 
 	return 0;
 }
 
+void cbt_boot_id(char *buf, size_t size)
+{
+	FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+
+	buf[0] = '\0';
+	if (f) {
+		if (!fgets(buf, (int)size, f))
+			buf[0] = '\0';
+		fclose(f);
+	}
+	buf[strcspn(buf, "\n")] = '\0';
+}
+
+/* The value of the first "KIND VALUE" line of LINES (N of them), or NULL. */
+static const char *journal_value(char **lines, size_t n, const char *kind)
+{
+	size_t i, len = strlen(kind);
+
+	for (i = 0; i < n; i++)
+		if (!strncmp(lines[i], kind, len) && lines[i][len] == ' ')
+			return lines[i] + len + 1;
+	return NULL;
+}
+
 /*
  * A dead run ran its freeze hook CMD ("CMD freeze") and died before "CMD
  * thaw" succeeded: the guest's file systems may be frozen still. Run as
- * the backup would have, and the journal kept when it fails.
+ * the backup would have, from the directory it ran in, once the journal's
+ * devices run again; not in another boot (nothing froze there). A thaw
+ * that fails is reported, not retried: the journal does not stay for it.
  */
-static int thaw_hook(const char *cmd, const char *token, struct cbt_recover_report *rep,
-		     struct cbt_err *e)
+static int thaw_hook(char **lines, size_t n, const char *cmd, const char *token,
+		     struct cbt_recover_report *rep)
 {
-	struct cbt_err was;
+	const char *boot = journal_value(lines, n, "hookboot");
+	const char *cwd = journal_value(lines, n, "hookcwd");
+	char now[64] = "", *line = NULL, *q, path[4352];
+	struct cbt_dm_info info;
+	struct cbt_err err;
+	size_t i;
+	int fd;
 
-	if (cbt_run_hook(cmd, "thaw", e)) {
-		was = *e;
-		return cbt_fail(e, was.errnum, "the freeze hook of %s: %s (the guest may still "
-				"be frozen; recover again once it can run)", token, was.msg);
+	cbt_boot_id(now, sizeof(now));
+	if (boot && strcmp(boot, "-") && strcmp(boot, now)) {
+		note(rep, "'%s thaw': not run (%s froze in another boot)", cmd, token);
+		return 0;
 	}
-	rep->thawed++;
-	note(rep, "'%s thaw': run (the freeze hook of %s)", cmd, token);
+	for (i = 0; i < n; i++) {
+		if (strncmp(lines[i], "device ", 7) || cbt_dm_info(lines[i] + 7, &info, &err) ||
+		    !info.suspended)
+			continue;
+		note(rep, "'%s thaw': not run (a device of %s is still suspended)", cmd, token);
+		return 0;
+	}
+	/* "cd -- 'DIR' && CMD": DIR quoted for sh, each ' as '\''. */
+	if (cwd) {
+		size_t len = strlen(cwd) * 4 + strlen(cmd) + 16;
+
+		line = malloc(len);
+		if (line) {
+			q = line + sprintf(line, "cd -- '");
+			for (; *cwd; cwd++)
+				q += *cwd == '\'' ? sprintf(q, "'\\''") : sprintf(q, "%c", *cwd);
+			sprintf(q, "' && %s", cmd);
+		}
+	}
+	if (cbt_run_hook(line ? line : cmd, "thaw", &err)) {
+		note(rep, "warning: '%s thaw' failed: %s (the guest may still be frozen)", cmd,
+		     err.msg);
+	} else {
+		rep->thawed++;
+		note(rep, "'%s thaw': run (the freeze hook of %s)", cmd, token);
+		/* Once: a journal kept for something else is not thawed again. */
+		snprintf(path, sizeof(path), "%s/%s", cbt_journal_dir(), token);
+		fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+		if (fd >= 0) {
+			dprintf(fd, "thawed %s\n", cmd);
+			close(fd);
+		}
+	}
+	free(line);
 	return 0;
 }
 
@@ -501,7 +577,7 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 		return LINE_IS("snapshot") ? stop_snapshot(what, token, false, rep, e) : 0;
 	if (pass == 4)
 		return LINE_IS("hook") && !journal_has(lines, n, "thawed", what) ?
-		       thaw_hook(what, token, rep, e) : 0;
+		       thaw_hook(lines, n, what, token, rep) : 0;
 	if (LINE_IS("exportdir"))
 		return remove_export_dir(what, token, e);
 	if (LINE_IS("device"))
@@ -562,10 +638,13 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 	fclose(f);
 	/*
 	 * Servers first, then the views they read, their snapshots, the
-	 * devices and files, and last the guest's thaw.
+	 * devices and files, and last the guest's thaw: that one also after
+	 * a failure (it checks that the devices run).
 	 */
-	for (pass = 0; pass < 5 && !first; pass++) {
-		for (i = 0; i < n && !first; i++) {
+	for (pass = 0; pass < 5; pass++) {
+		if (first && pass < 4)
+			continue;
+		for (i = 0; i < n && (!first || pass == 4); i++) {
 			r = undo_line(pass, lines, n, i, token, rep, &err);
 			if (r && !first) {
 				first = r;

@@ -44,6 +44,9 @@ bool cbt_token_alive(const char *token);
 /* Whether TOKEN has the form of a cbtctl token. */
 bool cbt_token_is_ours(const char *token);
 
+/* This boot's id (/proc/sys/kernel/random/boot_id) into BUF; "" if unknown. */
+void cbt_boot_id(char *buf, size_t size);
+
 struct cbt_journal;
 
 int cbt_journal_open(const char *token, struct cbt_journal **j, struct cbt_err *e);
@@ -53,10 +56,18 @@ int cbt_journal_open(const char *token, struct cbt_journal **j, struct cbt_err *
  * suspended), "resumed NAME" (running again), "temp PATH" (a temporary image),
  * "snapshot NAME" (a snapshot of the token may be on the device), "view NAME"
  * (a view of one may exist), "server PID.START" (an export's NBD server),
- * "exportdir DIR" (an export's files, in RUN_DIR/TOKEN.d).
+ * "exportdir DIR" (an export's files, in RUN_DIR/TOKEN.d), "hookboot ID",
+ * "hookcwd DIR" and "hook CMD" (a freeze hook about to freeze, from DIR, in
+ * boot ID), "thawed CMD" (its thaw succeeded).
  */
 int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 		    struct cbt_err *e);
+/*
+ * A journal on a disk (not tmpfs) syncs each line; while devices are
+ * suspended (HOLD) it must not (its file system may lie on one of them):
+ * lines are written only, and synced when the hold ends.
+ */
+int cbt_journal_hold_sync(struct cbt_journal *j, bool hold, struct cbt_err *e);
 /* Removes the journal: the run left nothing behind. */
 void cbt_journal_close(struct cbt_journal *j);
 /* Closes the journal, keeping it (KEEP) when something is left to recover. */

@@ -805,6 +805,7 @@ static void refused_through(const char *name, bool l2_table, const uint8_t *buf,
 {
 	struct qcow2_image *img = NULL;
 	uint64_t l2, host, refblock;
+	struct qcow2_peek pk;
 	uint16_t zero = 0;
 	int fd;
 
@@ -825,6 +826,10 @@ static void refused_through(const char *name, bool l2_table, const uint8_t *buf,
 		return;
 	REFUSED(qcow2_write(img, off, buf, 64 * KiB, &err), EUCLEAN, what);
 	qcow2_abort(img, false);
+	/* Refused before anything was written: not even the mark. */
+	OK(qcow2_peek(in_dir(name), &pk, &err));
+	CHECK(!pk.corrupt);
+	qcow2_peek_free(&pk);
 }
 
 /*

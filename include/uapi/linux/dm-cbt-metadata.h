@@ -56,7 +56,7 @@ struct dm_cbt_meta_sb {
 	__le32 version;
 	__le64 seq;			/* bumped by every write; copy (seq % 2) */
 	__le64 data_sectors;		/* the length the bitmaps cover */
-	__le64 nr_blocks;		/* blocks the device had when formatted */
+	__le64 nr_blocks;		/* blocks in use: the size at format, or grown since */
 	__u8 uuid[16];			/* this metadata's identity, new at format */
 	__le64 next_id;			/* reserved: 0 */
 	__le32 nr_bitmaps;		/* used slots */

@@ -193,8 +193,10 @@ test_existing_killed() {
 		>/dev/null || fail "inject delay of every read"
 	cbtctl backup -q --sync=full --bitmap=b0 "$d0=$dir/t0.qcow2,mode=existing" &
 	pid=$!
+	# The copy started (the journal names the image) and its reads wait.
 	n=0
-	until [[ $(cbtctl inject "$d0" list) =~ id=all\ hits=[1-9] ]]; do
+	until [[ $(cbtctl inject "$d0" list) =~ id=all\ hits=[1-9] ]] &&
+		grep -qs "^existing .*/t0.qcow2$" "$CBT_RUN_DIR"/cbtctl.$pid.*; do
 		n=$((n + 1))
 		[ $n -lt 300 ] || { kill -9 $pid; fail "the copy never read"; return 1; }
 		nap 0.1

@@ -325,20 +325,28 @@ test_hook_recover() {
 	devs hookrec 1
 	write_hook "$dir/hook" "$dir/log" "$d0"
 	qio "$d0" "write -P 0x35 2M 64k"
-	CBT_TEST_STOP_AT=suspended cbtctl backup --sync=incremental --bitmap=b0 \
-		--freeze-hook="$dir/hook" "$d0=$dir/inc0.qcow2,backing=$dir/full0.qcow2" \
-		>/dev/null 2>&1 &
+	# A relative hook: recover runs it from the backup's directory.
+	( cd "$dir" && CBT_TEST_STOP_AT=suspended exec cbtctl backup --sync=incremental \
+		--bitmap=b0 --freeze-hook=./hook "$d0=inc0.qcow2,backing=full0.qcow2" \
+		>/dev/null 2>&1 ) &
 	pid=$!
 	wait_stopped $pid "phase suspended"
 	kill -9 $pid
 	wait $pid 2>/dev/null || true
 	expect_eq "hook calls before recover" "$(<"$dir/log")" "freeze - false prepared"
-	out=$(cbtctl recover 2>&1) || fail "recover: $out"
+	out=$(cd / && cbtctl recover 2>&1) || fail "recover: $out"
 	[[ $out == *"1 devices resumed, 1 freeze hooks thawed,"* ]] || fail "recover said: $out"
 	[[ $(tail -n 1 "$dir/log") == "thaw - "* ]] ||
 		fail "not thawed once the device ran: $(<"$dir/log")"
 	out=$(cbtctl recover 2>&1) || fail "second recover: $out"
 	[[ $out == *" 0 freeze hooks thawed,"* ]] || fail "a second recover thawed again: $out"
+	expect_eq "hook calls" "$(grep -c . "$dir/log")" 2
+	# A dead run of another boot froze nothing of this one: not thawed.
+	printf 'hookboot 00000000-0000-0000-0000-000000000000\nhookcwd /\nhook %s\n' \
+		"$dir/hook" >"$CBT_RUN_DIR/cbtctl.999999.1"
+	out=$(cbtctl recover 2>&1) || fail "recover of another boot's journal: $out"
+	[[ $out == *"froze in another boot"*" 0 freeze hooks thawed,"* ]] ||
+		fail "another boot's hook: $out"
 	expect_eq "hook calls" "$(grep -c . "$dir/log")" 2
 	nothing_left "$d0"
 	expect_eq "count kept" "$(bitmap_field "$d0" b0)" 65536
