@@ -13,9 +13,11 @@ trap 'rm -rf "$cache"' EXIT
 fail=0
 
 # A make of its own: not the flags (KERNELS=..., -j) of a make that runs this.
+# MAKE=true: make -n still runs recipe lines that name $(MAKE); in a fresh
+# clone those sub-makes would fail on files a dry run never builds.
 plan() {
 	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
-		make -s -n -C "$top" CACHE="$cache" KERNELS="6.1 6.12 sid debug" "$@" 2>&1
+		make -s -n -C "$top" CACHE="$cache" KERNELS="6.1 6.12 sid debug" MAKE=true "$@" 2>&1
 }
 bad() { echo "not ok: $*"; fail=1; }
 
