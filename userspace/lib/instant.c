@@ -26,14 +26,12 @@
 #include "store.h"
 
 /*
- * The freeze token names this process and its start time, so that a later
- * run can tell a live owner from a dead one.
+ * The freeze token names this process, its start time, the boot and the
+ * host, so that a later run can tell a live owner from a dead one.
  */
 void instant_make_token(struct cbt_backup *b)
 {
-	int pid = getpid();
-
-	snprintf(b->token, sizeof(b->token), "cbtctl.%d.%llu", pid, cbt_process_start(pid));
+	cbt_make_token(b->token, sizeof(b->token));
 }
 
 static int cmp_jobs_by_device(const void *x, const void *y)

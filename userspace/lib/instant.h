@@ -43,7 +43,7 @@ struct cbt_backup_job_priv {
 	bool standalone;		/* an incremental whose chain has no full base */
 };
 
-/* This process's freeze token, cbtctl.PID.START, into b->token. */
+/* This process's freeze token (cbt_make_token()) into b->token. */
 void instant_make_token(struct cbt_backup *b);
 /* Undoes dead runs' leftovers on DEVS (the run's jobs) before looking at them. */
 void instant_recover_before(struct cbt_backup *b, const char **devs);

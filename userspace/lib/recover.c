@@ -28,6 +28,9 @@ struct cbt_journal {
 	bool sync;		/* the run directory outlives a reboot: each line synced */
 	bool held;		/* devices suspended: not now (cbt_journal_hold_sync()) */
 	bool unsynced;		/* lines written while held */
+	int rfd;		/* the run's record of temporaries, -1 until one is made */
+	char rpath[4352];
+	bool runsynced;		/* record lines written while held */
 };
 
 const char *cbt_journal_dir(void)
@@ -35,6 +38,13 @@ const char *cbt_journal_dir(void)
 	const char *d = getenv("CBT_RUN_DIR");
 
 	return d && *d ? d : "/run/cbtctl";
+}
+
+const char *cbt_state_dir(void)
+{
+	const char *d = getenv("CBT_STATE_DIR");
+
+	return d && *d ? d : "/var/lib/cbtctl";
 }
 
 /*
@@ -74,8 +84,66 @@ int cbt_run_dir_check(struct cbt_err *e)
 	return private_dir(cbt_journal_dir(), true, e);
 }
 
-/* "cbtctl.PID.START": both plain decimal numbers. */
-static bool parse_token(const char *token, int *pid, unsigned long long *start)
+/* 8 lower-case hex digits. */
+static bool hex8(const char *p)
+{
+	return strspn(p, "0123456789abcdef") == 8;
+}
+
+/* The first 8 hex digits of the text of FILE (dashes skipped) into OUT. */
+static bool hex8_of_file(const char *file, char out[9])
+{
+	char buf[128];
+	unsigned int n = 0;
+	FILE *f = fopen(file, "re");
+	const char *p;
+
+	if (!f)
+		return false;
+	if (fgets(buf, sizeof(buf), f))
+		for (p = buf; *p && n < 8; p++)
+			if (*p != '-')
+				out[n++] = *p;
+	fclose(f);
+	out[n] = '\0';
+	return n == 8 && hex8(out);
+}
+
+/* This boot, 8 hex digits of its boot id ("00000000" when unknown). */
+static const char *boot_short(void)
+{
+	static char id[9];
+
+	if (!id[0] && !hex8_of_file("/proc/sys/kernel/random/boot_id", id))
+		strcpy(id, "00000000");
+	return id;
+}
+
+/* This host, 8 hex digits of /etc/machine-id, or else of gethostid(). */
+static const char *host_short(void)
+{
+	static char id[9];
+
+	if (!id[0] && !hex8_of_file("/etc/machine-id", id))
+		snprintf(id, sizeof(id), "%08lx", (unsigned long)gethostid() & 0xffffffffUL);
+	return id;
+}
+
+void cbt_make_token(char *buf, size_t size)
+{
+	int pid = getpid();
+
+	snprintf(buf, size, "cbtctl.%d.%llu.%s.%s", pid, cbt_process_start(pid), boot_short(),
+		 host_short());
+}
+
+/*
+ * "cbtctl.PID.START.BOOT.HOST" (PID and START plain decimal numbers, BOOT
+ * and HOST 8 hex digits each), or "cbtctl.PID.START" as cbtctl named its
+ * runs before (*BOOT and *HOST NULL then).
+ */
+static bool parse_token(const char *token, int *pid, unsigned long long *start,
+			const char **boot, const char **host)
 {
 	const char *p = token + 7;
 	char *end;
@@ -88,15 +156,34 @@ static bool parse_token(const char *token, int *pid, unsigned long long *start)
 		return false;
 	*pid = v;
 	*start = strtoull(end + 1, &end, 10);
-	return !*end;
+	*boot = *host = NULL;
+	if (!*end)
+		return true;
+	if (*end != '.' || !hex8(end + 1) || end[9] != '.' || !hex8(end + 10) || end[18])
+		return false;
+	*boot = end + 1;
+	*host = end + 10;
+	return true;
 }
 
 bool cbt_token_is_ours(const char *token)
 {
+	const char *boot, *host;
 	unsigned long long start;
 	int pid;
 
-	return parse_token(token, &pid, &start);
+	return parse_token(token, &pid, &start, &boot, &host) &&
+	       (!host || !strncmp(host, host_short(), 8));
+}
+
+bool cbt_token_of_this_host(const char *token)
+{
+	const char *boot, *host;
+	unsigned long long start;
+	int pid;
+
+	return parse_token(token, &pid, &start, &boot, &host) && host &&
+	       !strncmp(host, host_short(), 8);
 }
 
 unsigned long long cbt_process_start(int pid)
@@ -152,10 +239,17 @@ int cbt_stop_process(int pid, unsigned long long start, bool child)
 
 bool cbt_token_alive(const char *token)
 {
+	const char *boot, *host;
 	unsigned long long start;
 	int pid;
 
-	if (!parse_token(token, &pid, &start))
+	if (!parse_token(token, &pid, &start, &boot, &host))
+		return false;
+	/* Another host's run: not ours to judge, so never taken for dead. */
+	if (host && strncmp(host, host_short(), 8))
+		return true;
+	/* A run of an earlier boot ended with it, whatever runs now as PID. */
+	if (boot && strncmp(boot, boot_short(), 8))
 		return false;
 	return start && cbt_process_start(pid) == start;
 }
@@ -173,6 +267,8 @@ int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err
 		return -e->errnum;
 	}
 	snprintf(j->path, sizeof(j->path), "%s/%s", dir, token);
+	snprintf(j->rpath, sizeof(j->rpath), "%s/temporaries/%s", cbt_state_dir(), token);
+	j->rfd = -1;
 	j->fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
 	if (j->fd < 0) {
 		cbt_fail(e, errno, "%s: cannot create the journal", j->path);
@@ -199,6 +295,36 @@ int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err
 	return 0;
 }
 
+/*
+ * The run's record of its temporaries (STATE_DIR/temporaries/TOKEN), made
+ * on the first: on a disk, so that a recovery after a reboot (the journal
+ * in /run gone with it) still finds them.
+ */
+static int record_open(struct cbt_journal *j, struct cbt_err *e)
+{
+	char dir[4096];
+
+	snprintf(dir, sizeof(dir), "%s/temporaries", cbt_state_dir());
+	if (private_dir(cbt_state_dir(), true, e) || private_dir(dir, true, e))
+		return -e->errnum;
+	j->rfd = open(j->rpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (j->rfd < 0)
+		return cbt_fail(e, errno, "%s: cannot create the record of temporaries", j->rpath);
+	return cbt_sync_dir_of(dir, true, e);
+}
+
+static int record_add(struct cbt_journal *j, const char *line, size_t len, struct cbt_err *e)
+{
+	if (j->rfd < 0 && record_open(j, e))
+		return -e->errnum;
+	errno = 0;
+	if (write(j->rfd, line, len) != (ssize_t)len || (!j->held && fdatasync(j->rfd)))
+		return cbt_fail(e, errno ? errno : ENOSPC, "%s: cannot write the record of "
+				"temporaries", j->rpath);
+	j->runsynced |= j->held;
+	return 0;
+}
+
 int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 		    struct cbt_err *e)
 {
@@ -210,13 +336,21 @@ int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 	    (j->sync && !j->held && fdatasync(j->fd)))
 		return cbt_fail(e, errno ? errno : ENOSPC, "%s: cannot write the journal", j->path);
 	j->unsynced |= j->sync && j->held;
-	return 0;
+	return strcmp(kind, "temp") ? 0 : record_add(j, line, n, e);
 }
 
 int cbt_journal_hold_sync(struct cbt_journal *j, bool hold, struct cbt_err *e)
 {
 	j->held = hold;
-	if (hold || !j->unsynced)
+	if (hold)
+		return 0;
+	if (j->runsynced) {
+		j->runsynced = false;
+		if (fdatasync(j->rfd))
+			return cbt_fail(e, errno, "%s: cannot sync the record of temporaries",
+					j->rpath);
+	}
+	if (!j->unsynced)
 		return 0;
 	j->unsynced = false;
 	return fdatasync(j->fd) ? cbt_fail(e, errno, "%s: cannot sync the journal", j->path) : 0;
@@ -227,8 +361,14 @@ void cbt_journal_release(struct cbt_journal *j, bool keep)
 	if (!j)
 		return;
 	close(j->fd);
-	if (!keep)
+	if (j->rfd >= 0)
+		close(j->rfd);
+	if (!keep) {
+		/* The record first: a journal without one is complete, not so the reverse. */
+		if (j->rfd >= 0)
+			unlink(j->rpath);
 		unlink(j->path);
+	}
 	free(j);
 }
 
@@ -609,7 +749,7 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 static int replay_journal(const char *path, const char *token, struct cbt_recover_report *rep,
 			  struct cbt_err *e)
 {
-	char line[4200], **lines = NULL, **nl;
+	char line[4200], rpath[4352], **lines = NULL, **nl;
 	size_t n = 0, i;
 	struct cbt_err err;
 	int first = 0, pass, r;
@@ -655,8 +795,88 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 	for (i = 0; i < n; i++)
 		free(lines[i]);
 	free(lines);
+	if (!first) {
+		snprintf(rpath, sizeof(rpath), "%s/temporaries/%s", cbt_state_dir(), token);
+		unlink(rpath);
+		unlink(path);
+	}
+	return first;
+}
+
+/*
+ * The record of temporaries PATH of a dead run of this host, TOKEN, whose
+ * journal is gone (a reboot cleared /run): its temporaries are removed,
+ * then the record.
+ */
+static int replay_record(const char *path, const char *token, struct cbt_recover_report *rep,
+			 struct cbt_err *e)
+{
+	char *line = NULL, *what;
+	size_t cap = 0;
+	ssize_t len;
+	int first = 0;
+	FILE *f;
+
+	f = fopen(path, "re");
+	if (!f)
+		return errno == ENOENT ? 0 : cbt_fail(e, errno, "%s: cannot read", path);
+	while ((len = getline(&line, &cap, f)) > 0) {
+		if (line[len - 1] == '\n')
+			line[len - 1] = '\0';
+		if (strncmp(line, "temp ", 5))
+			continue;
+		what = line + 5;
+		if (!own_temporary(what, token)) {
+			if (!first)
+				first = cbt_fail(e, EINVAL, "%s: %s names it as a temporary, but it "
+						 "is not one of that run's: left alone", what, path);
+			continue;
+		}
+		if (!unlink(what)) {
+			rep->removed++;
+			note(rep, "%s: removed (a temporary image of %s)", what, token);
+		} else if (errno != ENOENT && !first) {
+			first = cbt_fail(e, errno, "%s: cannot remove", what);
+		}
+	}
+	free(line);
+	fclose(f);
 	if (!first)
 		unlink(path);
+	return first;
+}
+
+/* Records of temporaries whose run (of this host) is dead and has no journal. */
+static int recover_records(struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	char dir[4096], path[4608], journal[4608];
+	struct cbt_err err;
+	struct dirent *d;
+	int first = 0, r;
+	DIR *dp;
+
+	snprintf(dir, sizeof(dir), "%s/temporaries", cbt_state_dir());
+	if (access(dir, F_OK) && errno == ENOENT)
+		return 0;
+	if (private_dir(cbt_state_dir(), false, e) || private_dir(dir, false, e))
+		return -e->errnum;
+	dp = opendir(dir);
+	if (!dp)
+		return cbt_fail(e, errno, "%s: cannot read", dir);
+	while ((d = readdir(dp))) {
+		if (!cbt_token_of_this_host(d->d_name) || cbt_token_alive(d->d_name))
+			continue;
+		snprintf(journal, sizeof(journal), "%s/%s", cbt_journal_dir(), d->d_name);
+		if (!access(journal, F_OK))
+			continue;	/* its journal was kept: it says more */
+		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
+		r = replay_record(path, d->d_name, rep, &err);
+		if (r && !first) {
+			first = r;
+			*e = err;
+		}
+	}
+	closedir(dp);
 	return first;
 }
 
@@ -690,6 +910,11 @@ int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
 	}
 	if (dp)
 		closedir(dp);
+	r = recover_records(rep, &err);
+	if (r && !first) {
+		first = r;
+		*e = err;
+	}
 	for (i = 0; i < nr_devs; i++) {
 		int lock = -1;
 
@@ -748,7 +973,8 @@ int cbt_recover_dir(const char *dir, struct cbt_recover_report *rep, struct cbt_
 			continue;
 		memcpy(token, p + 1, q - p - 1);
 		token[q - p - 1] = '\0';
-		if (!cbt_token_is_ours(token) || cbt_token_alive(token))
+		/* Only this host's: the directory may be shared (NFS). */
+		if (!cbt_token_of_this_host(token) || cbt_token_alive(token))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
 		if (!unlink(path)) {

@@ -2,8 +2,9 @@
 /*
  * Crash recovery. A backup writes a journal, /run/cbtctl/TOKEN, before it
  * suspends a device or creates a temporary image, naming each; it removes
- * the journal when it is done. TOKEN ("cbtctl.PID.STARTTIME") names the
- * process, so a later run can tell a dead owner from a live one and undo
+ * the journal when it is done. TOKEN names the process, the boot and the
+ * host (cbt_make_token()), so a later run can tell a dead owner from a live
+ * one, and another host's files in a shared directory from its own, and undo
  * what the dead one left: remove its snapshot views, stop its snapshots,
  * resume its devices, abort the bitmaps it froze (merging their bits back)
  * and remove its temporary images.
@@ -18,6 +19,13 @@
 
 /* Where journals live; $CBT_RUN_DIR overrides it. */
 const char *cbt_journal_dir(void);
+/*
+ * Where what must outlive a reboot is kept (/var/lib/cbtctl; $CBT_STATE_DIR
+ * overrides it): temporaries/TOKEN, the temporary images of the run TOKEN
+ * ("temp PATH" lines), synced before each is made and removed with the
+ * journal, so that a recovery after a reboot removes what a dead run left.
+ */
+const char *cbt_state_dir(void);
 
 /*
  * Checks the run directory (made 0700 when missing): a directory, not a
@@ -39,10 +47,25 @@ unsigned long long cbt_process_start(int pid);
  */
 int cbt_stop_process(int pid, unsigned long long start, bool child);
 
-/* Whether TOKEN was made by a cbtctl process that is still running. */
+/*
+ * This process's token into BUF: "cbtctl.PID.START.BOOT.HOST", START its
+ * start time, BOOT and HOST the first 8 hex digits of the boot id and of
+ * /etc/machine-id (else of gethostid()).
+ */
+void cbt_make_token(char *buf, size_t size);
+/*
+ * Whether TOKEN was made by a cbtctl process that is still running: one of
+ * another host counts as running (nobody here can tell), one of an earlier
+ * boot of this host as ended.
+ */
 bool cbt_token_alive(const char *token);
-/* Whether TOKEN has the form of a cbtctl token. */
+/*
+ * Whether TOKEN has the form of a cbtctl token of this host (or the older
+ * "cbtctl.PID.START", which names no host).
+ */
 bool cbt_token_is_ours(const char *token);
+/* Whether TOKEN names this host: what a shared directory may lose to recovery. */
+bool cbt_token_of_this_host(const char *token);
 
 /* This boot's id (/proc/sys/kernel/random/boot_id) into BUF; "" if unknown. */
 void cbt_boot_id(char *buf, size_t size);
@@ -86,7 +109,8 @@ struct cbt_recover_report {
 };
 
 /*
- * Undoes every journal whose owner is dead; then on each of DEVS, aborts
+ * Undoes every journal whose owner is dead, and the records of temporaries
+ * (cbt_state_dir()) of dead runs of this host left without one; then on each of DEVS, aborts
  * bitmaps frozen by a dead cbtctl and stops a snapshot a dead cbtctl
  * started (FORCE: every frozen bitmap and any snapshot, whoever made it). Errors name the device or file; recovery goes on past them
  * and returns the first.
@@ -95,8 +119,9 @@ int cbt_recover(const char *const *devs, unsigned int nr_devs, bool force,
 		struct cbt_recover_report *rep, struct cbt_err *e);
 
 /*
- * Removes temporary images in DIR (".NAME.TOKEN.tmp") whose cbtctl is dead:
- * they outlive a journal that a reboot cleared.
+ * Removes temporary images in DIR (".NAME.TOKEN.tmp") whose cbtctl, of this
+ * host, is dead: they outlive a journal that a reboot cleared. Those of
+ * other hosts (a shared directory) and of tokens that name no host are left.
  */
 int cbt_recover_dir(const char *dir, struct cbt_recover_report *rep, struct cbt_err *e);
 

@@ -215,12 +215,92 @@ static void bad_run_dir(void)
 	CHECK(chmod(dir, 0700) == 0);
 }
 
+/* Writes STATE/temporaries/TOKEN naming the temporary .NAME.TOKEN.tmp (made) in DIR. */
+static void record(const char *token, const char *name)
+{
+	char path[512], tmp[256];
+	FILE *f;
+
+	snprintf(tmp, sizeof(tmp), ".%s.%s.tmp", name, token);
+	touch(tmp);
+	snprintf(path, sizeof(path), "%s/temporaries/%s", getenv("CBT_STATE_DIR"), token);
+	f = fopen(path, "w");
+	CHECK(f != NULL);
+	if (!f)
+		return;
+	fprintf(f, "temp %s/%s\n", dir, tmp);
+	fclose(f);
+}
+
+static int record_exists(const char *token)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/temporaries/%s", getenv("CBT_STATE_DIR"), token);
+	return access(path, F_OK) == 0;
+}
+
+/*
+ * After a reboot /run is empty: only the record of temporaries (on a disk)
+ * says what a run of the boot before left. Recovery removes those of this
+ * host's dead runs, and the record; a live run's and another host's stay.
+ * A run that ends well leaves no record.
+ */
+static void records(const char *mine, const char *other_boot, const char *other_host)
+{
+	struct cbt_recover_report rep = { 0 };
+	struct cbt_err e = { 0 };
+	struct cbt_journal *j;
+	char name[160], path[256];
+
+	CHECK(cbt_journal_open(mine, &j, &e) == 0);
+	snprintf(path, sizeof(path), "%s/.c.qcow2.%s.tmp", dir, mine);
+	CHECK(cbt_journal_add(j, "temp", path, &e) == 0);
+	touch(strrchr(path, '/') + 1);
+	record(other_boot, "a.qcow2");
+	record(other_host, "b.qcow2");
+	CHECK(record_exists(mine));
+	CHECK(cbt_recover(NULL, 0, false, &rep, &e) == 0);
+	CHECK(rep.removed == 1);
+	snprintf(name, sizeof(name), ".a.qcow2.%s.tmp", other_boot);
+	CHECK(!exists(name) && !record_exists(other_boot));
+	snprintf(name, sizeof(name), ".b.qcow2.%s.tmp", other_host);
+	CHECK(exists(name) && record_exists(other_host));
+	CHECK(exists(strrchr(path, '/') + 1) && record_exists(mine));
+	/* Ended well (its temporary placed): journal and record go. */
+	unlink(path);
+	cbt_journal_close(j);
+	CHECK(!record_exists(mine) && !exists(mine));
+	/* A record naming something that is not that run's temporary: left, and said. */
+	snprintf(path, sizeof(path), "%s/temporaries/%s", getenv("CBT_STATE_DIR"), other_boot);
+	{
+		FILE *f = fopen(path, "w");
+
+		CHECK(f != NULL);
+		if (f) {
+			fprintf(f, "temp %s/full.qcow2\n", dir);
+			fclose(f);
+		}
+	}
+	CHECK(cbt_recover(NULL, 0, false, &rep, &e) == -EINVAL);
+	CHECK(strstr(e.msg, "full.qcow2") && strstr(e.msg, "left alone"));
+	CHECK(exists("full.qcow2") && record_exists(other_boot));
+	unlink(path);
+	snprintf(name, sizeof(name), ".b.qcow2.%s.tmp", other_host);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/temporaries/%s", getenv("CBT_STATE_DIR"), other_host);
+	unlink(path);
+}
+
 int main(void)
 {
 	struct cbt_recover_report rep = { 0 };
 	struct cbt_err e = { 0 };
 	struct cbt_journal *j;
-	char mine[64], dead[64], wrong_start[64], jpath[256];
+	char mine[64], dead[64], wrong_start[64], jpath[256], other_boot[64], other_host[64];
+	char legacy[64], state[128];
+	const char *suffix;
 	unsigned long long start = cbt_process_start(getpid());
 	pid_t child;
 
@@ -228,40 +308,82 @@ int main(void)
 	if (!mkdtemp(dir))
 		return 1;
 	setenv("CBT_RUN_DIR", dir, 1);
+	snprintf(state, sizeof(state), "%s/state", dir);
+	setenv("CBT_STATE_DIR", state, 1);
 
 	CHECK(start > 0);
-	snprintf(mine, sizeof(mine), "cbtctl.%d.%llu", getpid(), start);
-	snprintf(wrong_start, sizeof(wrong_start), "cbtctl.%d.%llu", getpid(), start + 1);
+	cbt_make_token(mine, sizeof(mine));
+	suffix = strchr(strchr(mine + 7, '.') + 1, '.');	/* ".BOOT.HOST" */
+	CHECK(suffix && strlen(suffix) == 18);
+	snprintf(wrong_start, sizeof(wrong_start), "cbtctl.%d.%llu%s", getpid(), start + 1, suffix);
 	child = fork();
 	if (!child)
 		_exit(0);
 	waitpid(child, NULL, 0);
-	snprintf(dead, sizeof(dead), "cbtctl.%d.%llu", child, start);
+	snprintf(dead, sizeof(dead), "cbtctl.%d.%llu%s", child, start, suffix);
+	/* This process, as if in another boot; a dead run of another host; one named by an older cbtctl. */
+	snprintf(other_boot, sizeof(other_boot), "cbtctl.%d.%llu.%08x%s", getpid(), start,
+		 (unsigned int)strtoul(suffix + 1, NULL, 16) ^ 1u, suffix + 9);
+	snprintf(other_host, sizeof(other_host), "cbtctl.%d.%llu.%.8s.%08x", child, start,
+		 suffix + 1, (unsigned int)strtoul(suffix + 10, NULL, 16) ^ 1u);
+	snprintf(legacy, sizeof(legacy), "cbtctl.%d.%llu", child, start);
 
-	CHECK(cbt_token_is_ours(mine));
+	CHECK(!strncmp(mine, "cbtctl.", 7) && strlen(mine) < 64);
+	CHECK(cbt_token_is_ours(mine) && cbt_token_of_this_host(mine));
 	CHECK(!cbt_token_is_ours("b1"));
 	CHECK(!cbt_token_is_ours("cbtctl.12"));
 	CHECK(!cbt_token_is_ours("cbtctl.12.34x"));
+	CHECK(!cbt_token_is_ours("cbtctl.12.34.0123abcd"));
+	CHECK(!cbt_token_is_ours("cbtctl.12.34.0123abcd.0123abcX"));
+	CHECK(!cbt_token_is_ours("cbtctl.12.34.0123abcd.0123abcd0"));
+	CHECK(!cbt_token_is_ours("cbtctl.12.34.0123ABCD.0123abcd"));
 	CHECK(cbt_token_alive(mine));
 	CHECK(!cbt_token_alive(wrong_start));	/* the pid was reused */
 	CHECK(!cbt_token_alive(dead));
 	CHECK(!cbt_token_alive("cbtctl.1.0"));
+	/* This pid and start time, but in another boot: that run ended with it. */
+	CHECK(cbt_token_of_this_host(other_boot) && !cbt_token_alive(other_boot));
+	/* Another host's: never ours to judge, never taken for dead. */
+	CHECK(!cbt_token_is_ours(other_host) && !cbt_token_of_this_host(other_host));
+	CHECK(cbt_token_alive(other_host));
+	/* An older cbtctl's: a run of this host for the kernel's state, no host for files. */
+	CHECK(cbt_token_is_ours(legacy) && !cbt_token_of_this_host(legacy));
+	CHECK(!cbt_token_alive(legacy));
 
-	/* Temporaries: those of dead runs go, a live run's and others stay. */
+	/*
+	 * Temporaries: those of this host's dead runs go (an earlier boot's
+	 * too); a live run's, another host's (a shared directory), one an
+	 * older cbtctl named (no host) and other files stay.
+	 */
 	char name[128];
+	static const char *const kept[] = { ".inc.qcow2.%s.tmp", ".nfs.qcow2.%s.tmp",
+					     ".old.qcow2.%s.tmp" };
+	const char *kept_tokens[] = { mine, other_host, legacy };
+	unsigned int k;
 
 	snprintf(name, sizeof(name), ".full.qcow2.%s.tmp", dead);
 	touch(name);
-	snprintf(name, sizeof(name), ".inc.qcow2.%s.tmp", mine);
+	snprintf(name, sizeof(name), ".boot.qcow2.%s.tmp", other_boot);
 	touch(name);
+	for (k = 0; k < 3; k++) {
+		snprintf(name, sizeof(name), kept[k], kept_tokens[k]);
+		touch(name);
+	}
 	touch(".other.tmp");
 	touch("full.qcow2");
 	CHECK(cbt_recover_dir(dir, &rep, &e) == 0);
-	CHECK(rep.removed == 1);
+	CHECK(rep.removed == 2);
 	snprintf(name, sizeof(name), ".full.qcow2.%s.tmp", dead);
 	CHECK(!exists(name));
+	snprintf(name, sizeof(name), ".boot.qcow2.%s.tmp", other_boot);
+	CHECK(!exists(name));
+	for (k = 0; k < 3; k++) {
+		snprintf(name, sizeof(name), kept[k], kept_tokens[k]);
+		CHECK(exists(name));
+		unlink(name);
+	}
 	snprintf(name, sizeof(name), ".inc.qcow2.%s.tmp", mine);
-	CHECK(exists(name));
+	touch(name);
 	CHECK(exists(".other.tmp") && exists("full.qcow2"));
 
 	/* A run killed with its journal open: its temporaries go, the journal too. */
@@ -269,8 +391,7 @@ int main(void)
 	if (!child) {
 		char token[64];
 
-		snprintf(token, sizeof(token), "cbtctl.%d.%llu", getpid(),
-			 cbt_process_start(getpid()));
+		cbt_make_token(token, sizeof(token));
 		snprintf(name, sizeof(name), ".victim.qcow2.%s.tmp", token);
 		touch(name);
 		snprintf(jpath, sizeof(jpath), "%s/%s", dir, name);
@@ -293,13 +414,16 @@ int main(void)
 		snprintf(cmd, sizeof(cmd), "ls -A %s | grep -q victim", dir);
 		CHECK(system(cmd) != 0);
 	}
-	/* The dead run's journal went with what it named. */
+	/* The dead run's journal went with what it named, its record too. */
 	{
-		char cmd[160];
+		char cmd[200];
 
 		snprintf(cmd, sizeof(cmd), "ls %s | grep -q '^cbtctl\\.'", dir);
 		CHECK(system(cmd) != 0);
+		snprintf(cmd, sizeof(cmd), "ls -A %s/temporaries | grep -q .", state);
+		CHECK(system(cmd) != 0);
 	}
+	records(mine, other_boot, other_host);
 
 	/* A live run's journal is left alone; closing removes it. */
 	CHECK(cbt_journal_open(mine, &j, &e) == 0);

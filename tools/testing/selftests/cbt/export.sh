@@ -42,7 +42,7 @@ bitmap_dirty() {
 stop_exports() {
 	local j
 	for j in "$CBT_RUN_DIR"/cbtctl.*; do
-		[[ $j =~ /cbtctl\.[0-9]+\.[0-9]+$ ]] || continue
+		[[ $j =~ /cbtctl\.[0-9]+\.[0-9]+(\.[0-9a-f]{8}\.[0-9a-f]{8})?$ ]] || continue
 		cbtctl export stop --abort "${j##*/}" >/dev/null 2>&1
 	done
 	return 0

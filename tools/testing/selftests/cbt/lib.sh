@@ -206,13 +206,20 @@ tmp_files() {
 	done
 }
 
-# journals: what is in $CBT_RUN_DIR besides its locks directory.
+# journals: what is in $CBT_RUN_DIR besides its locks directory, and the
+# records of temporaries in $CBT_STATE_DIR.
 journals() {
-	local __n __all
-	[ -d "$CBT_RUN_DIR" ] || return 0
-	entries __all "$CBT_RUN_DIR"
+	local __n __all __rec=${CBT_STATE_DIR:-/var/lib/cbtctl}/temporaries
+	if [ -d "$CBT_RUN_DIR" ]; then
+		entries __all "$CBT_RUN_DIR"
+		for __n in "${__all[@]}"; do
+			[ "$__n" = locks ] || echo "$__n"
+		done
+	fi
+	[ -d "$__rec" ] || return 0
+	entries __all "$__rec"
 	for __n in "${__all[@]}"; do
-		[ "$__n" = locks ] || echo "$__n"
+		echo "temporaries/$__n"
 	done
 }
 

@@ -11,11 +11,12 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 6
+plan 7
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
-_tmp_dirs+=("$CBT_RUN_DIR")
+export CBT_STATE_DIR=/tmp/cbtctl-state.$$
+_tmp_dirs+=("$CBT_RUN_DIR" "$CBT_STATE_DIR")
 
 # one_dev TAG: in a new $dir, a device $d0 ($n0 its dm name) with bitmap b0
 # and a full backup of it, full.qcow2; then a write, so that b0 is dirty.
@@ -69,6 +70,7 @@ test_recover_all() {
 	expect_eq "views while copying" "$(views)" 1
 	[ -n "$(tmp_files "$dir")" ] || fail "no temporary while copying"
 	[ -n "$(journals)" ] || fail "no journal while copying"
+	[ -n "$(ls -A "$CBT_STATE_DIR/temporaries")" ] || fail "no record of temporaries"
 	kill -9 $pid
 	wait $pid 2>/dev/null || true
 	(cd / && cbtctl recover) >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
@@ -81,6 +83,35 @@ test_recover_all() {
 	expect_eq "bits kept" "$(bitmap_field "$d0" b0)" 65536
 	expect_eq "files" "$(ls -A "$dir" | grep -v -e '\.raw$' -e '\.out$' | tr '\n' ' ')" \
 		"full.qcow2 "
+	expect_eq "journals" "$(journals)" ""
+}
+
+# Killed while it copies, then its journal lost as a reboot loses /run:
+# the record of temporaries (CBT_STATE_DIR, on a disk) named the temporary
+# before it was made, and "cbtctl recover" removes it, and the record.
+test_recover_no_journal() {
+	local dir d0 n0 pid tmp rec view
+	one_dev nojournal
+	CBT_TEST_STOP_AT=copy cbtctl backup -q --sync=incremental --bitmap=b0 \
+		"$d0=$dir/inc.qcow2,backing=$dir/full.qcow2" >/dev/null 2>&1 &
+	pid=$!
+	wait_stopped $pid "phase copy"
+	tmp=$(tmp_files "$dir")
+	[ -n "$tmp" ] || fail "no temporary while copying"
+	rec=$(grep -l . "$CBT_STATE_DIR"/temporaries/cbtctl.$pid.*) || fail "no record of temporaries"
+	has_line "$rec" "temp $dir/$tmp" || fail "the record lacks the temporary: $(cat "$rec")"
+	kill -9 $pid
+	wait $pid 2>/dev/null || true
+	# What a reboot takes with it: the journal in /run, the view.
+	view=$(grep '^view ' "$CBT_RUN_DIR"/cbtctl.$pid.*) || fail "no view in the journal"
+	rm -f "$CBT_RUN_DIR"/cbtctl.$pid.*
+	dmsetup remove "${view#view }" || fail "cannot remove the view"
+	cbtctl recover "$d0" >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
+	has "$dir/recover.out" "1 temporary" || fail "recover said: $(cat "$dir/recover.out")"
+	expect_eq "temporaries" "$(tmp_files "$dir")" ""
+	[ ! -e "$rec" ] || fail "the record stayed: $(cat "$rec")"
+	expect_eq "not busy" "$(bitmap_field "$d0" b0 busy)" false
+	expect_eq "bits kept" "$(bitmap_field "$d0" b0)" 65536
 	expect_eq "journals" "$(journals)" ""
 }
 
