@@ -927,6 +927,32 @@ static void set_refcount_order(struct qcow2_image *img, uint32_t order)
 	img->refcount_block_bits = img->cluster_bits + 3 - order;
 }
 
+/*
+ * Whether the refcount table stays within QEMU's limit however much of an
+ * image of SIZE bytes gets written (every data cluster and L2 table, and
+ * the refcount blocks for them, on top of the USED clusters there are):
+ * checked before a backup starts, so that it never fails half way with
+ * EFBIG. The table grows as grow_refcount_table() grows it, doubling.
+ */
+static int check_refcount_room(const struct qcow2_image *img, uint64_t size, uint64_t used,
+			       struct cbt_err *e)
+{
+	uint64_t per_block = 1ULL << img->refcount_block_bits, clusters, total, blocks;
+
+	total = used + div_round_up(size, img->cluster_size) + img->l1_size + 8;
+	for (clusters = img->refcount_table_clusters ? img->refcount_table_clusters : 1;
+	     (clusters << img->cluster_bits) <= MAX_REFTABLE_BYTES; clusters *= 2) {
+		blocks = div_round_up(total + 2 * clusters, per_block) + 1;
+		if ((clusters << (img->cluster_bits - 3)) * per_block >=
+		    total + blocks + 2 * clusters + 8)
+			return 0;
+	}
+	return cbt_fail(e, EFBIG, "%s: %llu bytes, written whole, would need a refcount table "
+			"larger than QEMU's limit (%u bytes) with %llu-byte clusters: use larger "
+			"clusters", img->path, (unsigned long long)size, MAX_REFTABLE_BYTES,
+			(unsigned long long)img->cluster_size);
+}
+
 static uint64_t l1_size_for(const struct qcow2_image *img, uint64_t size)
 {
 	return div_round_up(div_round_up(size, img->cluster_size), img->l2_entries);
@@ -977,6 +1003,12 @@ int qcow2_create(const char *path, uint64_t virtual_size,
 				path, (unsigned long long)virtual_size, cluster_size);
 	}
 	img->l1_size = (uint32_t)l1_size;
+	r = check_refcount_room(img, virtual_size,
+				1 + div_round_up(l1_size * 8, img->cluster_size), e);
+	if (r) {
+		image_free(img);
+		return r;
+	}
 	img->has_backing = backing_file != NULL;
 	if ((backing_file && !(img->backing_file = strdup(backing_file))) ||
 	    (backing_format && !(img->backing_format = strdup(backing_format))) ||
@@ -1328,7 +1360,7 @@ int qcow2_require_size(const struct qcow2_image *img, uint64_t min_size,
 		return cbt_fail(e, EFBIG, "%s: virtual size %llu is smaller than the %llu bytes to back up",
 				img->path, (unsigned long long)img->size,
 				(unsigned long long)min_size);
-	return 0;
+	return check_refcount_room(img, min_size, img->next_free, e);
 }
 
 void qcow2_set_cache_limit(struct qcow2_image *img, size_t bytes)

@@ -598,6 +598,34 @@ static void test_sparse_huge(void)
 	REFUSED(qcow2_create(in_dir("big512.qcow2"), TiB, 512, NULL, NULL, &img, &err),
 		EFBIG, "big512.qcow2");
 	CHECK(access(in_dir("big512.qcow2"), F_OK) != 0);
+	/*
+	 * Within the L1 limit but not within the refcount table's, once
+	 * written whole: refused at creation (before a backup's freeze),
+	 * never with EFBIG half way through a copy. Less is fine.
+	 */
+	REFUSED(qcow2_create(in_dir("big512.qcow2"), 127 * GiB, 512, NULL, NULL, &img, &err),
+		EFBIG, "big512.qcow2");
+	CHECK(strstr(err.msg, "refcount table") != NULL);
+	CHECK(access(in_dir("big512.qcow2"), F_OK) != 0);
+	OK(qcow2_create(in_dir("big512.qcow2"), 96 * GiB, 512, NULL, NULL, &img, &err));
+	if (img)
+		OK(qcow2_close(img, false, &err));
+	OK(qcow2_open_existing(in_dir("big512.qcow2"), &img, &err));
+	if (img) {
+		OK(qcow2_require_size(img, 96 * GiB, &err));
+		OK(qcow2_close(img, false, &err));
+	}
+	unlink(in_dir("big512.qcow2"));
+	/* Made by qemu-img, which checks no such thing: refused as a target. */
+	CHECK(ok_run(__LINE__, "qemu-img create", 0,
+		     run("qemu-img create -q -f qcow2 -o cluster_size=512 '%s' 127G",
+			 in_dir("big512.qcow2"))));
+	OK(qcow2_open_existing(in_dir("big512.qcow2"), &img, &err));
+	if (img) {
+		REFUSED(qcow2_require_size(img, 127 * GiB, &err), EFBIG, "big512.qcow2");
+		OK(qcow2_close(img, false, &err));
+	}
+	unlink(in_dir("big512.qcow2"));
 out:
 	unlink(in_dir("huge.qcow2"));
 	free(buf);

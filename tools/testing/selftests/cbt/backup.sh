@@ -12,7 +12,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 17
+plan 18
 
 SIZE=$((64 << 20))
 
@@ -57,6 +57,30 @@ incremental_simple() {
 test_simple_64k() { incremental_simple 64K 458752; }
 test_small_granularity() { incremental_simple 32K 360448; }
 test_large_granularity() { incremental_simple 128K 655360; }
+
+# A device of 4096-byte logical blocks (a 4Kn disk) backed up into images
+# of 512-byte clusters: reads stay whole blocks, the chain equals the device.
+test_4kn_small_clusters() {
+	local dir loop name dev
+	make_tmpdir dir
+	truncate -s $((16 << 20)) "$dir/disk"
+	loop=$(losetup --find --show --sector-size 4096 "$dir/disk") || fail "losetup"
+	_loop_devs+=("$loop")
+	name=$(dm_name 4kn)
+	dm_create "$name" "0 $((16 << 11)) cbt $loop" || fail "create"
+	dev=/dev/mapper/$name
+	expect_eq "logical block size" "$(blockdev --getss "$dev")" 4096
+	qio "$dev" "write -P 0x41 0 4k" "write -P 0x42 1M 36k" "write -P 0x43 15M 12k"
+	cbtctl bitmap add "$dev" b0 --granularity=4K || fail "bitmap add"
+	cbtctl backup --sync=full --bitmap=b0 "$dev=$dir/full.qcow2,cluster-size=512" \
+		>"$dir/full.out" 2>&1 || fail "full backup: $(cat "$dir/full.out")"
+	chain_matches "$dir/full.qcow2" "$dev"
+	qio "$dev" "write -P 0x51 4k 4k" "write -P 0x52 2M 8k" "write -P 0x53 $(((16 << 20) - 4096)) 4k"
+	cbtctl backup --sync=incremental --bitmap=b0 \
+		"$dev=$dir/inc.qcow2,backing=$dir/full.qcow2,cluster-size=512" \
+		>"$dir/inc.out" 2>&1 || fail "incremental: $(cat "$dir/inc.out")"
+	chain_matches "$dir/inc.qcow2" "$dev"
+}
 
 test_larger_cluster_target() {
 	# A full backup into a 128K-cluster image made beforehand, no backing
@@ -434,6 +458,7 @@ test_compress() {
 run_test "incremental simple (64K granularity)" test_simple_64k
 run_test "small granularity (32K)" test_small_granularity
 run_test "large granularity (128K)" test_large_granularity
+run_test "a 4Kn device into 512 B clusters" test_4kn_small_clusters
 run_test "128K-cluster targets made beforehand, rebased" test_larger_cluster_target
 run_test "existing target with backing, 512 B clusters, zeroed chunk" test_existing_with_backing
 run_test "existing targets: stale data, larger than the device" test_existing_stale_and_larger

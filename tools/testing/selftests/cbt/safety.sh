@@ -281,6 +281,7 @@ test_no_noreplace() {
 
 run_test "a refused bitmap commit fails the backup (exit 1, bitmap_errors)" test_commit_refused
 run_test "recover with no device after a kill while copying" test_recover_all
+run_test "recover after a reboot emptied /run: the record of temporaries" test_recover_no_journal
 run_test "the suspend journalled before, its resume after; memory locked between" \
 	test_suspend_journal
 run_test "recover leaves a device that a live cbtctl holds" test_recover_locked
