@@ -222,6 +222,35 @@ static uint64_t ext_bytes(size_t len)
 	return 8 + ((uint64_t)len + 7) / 8 * 8;
 }
 
+/* One header extension of an image's first cluster. */
+struct hdr_ext {
+	uint32_t type;		/* EXT_END for the end of the area */
+	uint32_t len;		/* bytes of data */
+	const uint8_t *data;
+	uint64_t bytes;		/* type, length, data and padding */
+};
+
+/*
+ * The header extension at POS of H, the first SIZE bytes of PATH (its
+ * first cluster, or what of it could be read), into *X: -EINVAL when the
+ * area, or the extension, runs past SIZE. The one reader of the area.
+ */
+static int hdr_ext_at(const uint8_t *h, uint64_t size, uint64_t pos, struct hdr_ext *x,
+		      const char *path, struct cbt_err *e)
+{
+	if (pos + 8 > size)
+		return cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster",
+				path);
+	x->type = get_be32(h + pos);
+	x->len = get_be32(h + pos + 4);
+	x->data = h + pos + 8;
+	x->bytes = ext_bytes(x->len);
+	if (x->type != EXT_END && pos + x->bytes > size)
+		return cbt_fail(e, EINVAL, "%s: header extension 0x%08x runs past the first "
+				"cluster", path, x->type);
+	return 0;
+}
+
 /* ---- file I/O ---------------------------------------------------------- */
 
 /*
@@ -1055,24 +1084,22 @@ int qcow2_create(const char *path, uint64_t virtual_size,
 static int check_extensions(struct qcow2_image *img, const uint8_t *h,
 			    uint32_t header_length, struct cbt_err *e)
 {
-	uint64_t pos = header_length;
+	struct hdr_ext x = { 0 };
+	uint64_t pos;
+	int r;
 
-	while (pos + 8 <= img->cluster_size) {
-		uint32_t type = get_be32(h + pos);
-		uint32_t len = get_be32(h + pos + 4);
-
-		if (type == EXT_END)
-			return 0;
-		if (type == EXT_BITMAPS)
+	for (pos = header_length;; pos += x.bytes) {
+		r = hdr_ext_at(h, img->cluster_size, pos, &x, img->path, e);
+		if (r || x.type == EXT_END)
+			return r;
+		if (x.type == EXT_BITMAPS)
 			return cbt_fail(e, ENOTSUP, "%s: image has persistent dirty bitmaps, which this writer would not keep consistent",
 					img->path);
-		if (type == EXT_DATA_FILE)
+		if (x.type == EXT_DATA_FILE)
 			return cbt_fail(e, ENOTSUP, "%s: image uses an external data file", img->path);
-		if (type == EXT_CRYPTO)
+		if (x.type == EXT_CRYPTO)
 			return cbt_fail(e, ENOTSUP, "%s: image is encrypted", img->path);
-		pos += 8 + ((uint64_t)len + 7) / 8 * 8;
 	}
-	return cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster", img->path);
 }
 
 /* First cluster past everything the refcounts say is in use. */
@@ -1886,9 +1913,10 @@ void qcow2_abort(struct qcow2_image *img, bool unlink_created)
 static int rebuild_first_cluster(struct qcow2_image *img, const uint8_t *data, size_t len,
 				 struct cbt_err *e)
 {
-	uint64_t cs = img->cluster_size, pos, out, step, boff;
+	uint64_t cs = img->cluster_size, pos, out, boff;
 	uint8_t *old = img->hdr0, *h;
-	uint32_t header_length, bsize, type;
+	uint32_t header_length, bsize;
+	struct hdr_ext x = { 0 };
 	int r = 0;
 
 	h = calloc(1, cs);
@@ -1902,25 +1930,16 @@ static int rebuild_first_cluster(struct qcow2_image *img, const uint8_t *data, s
 	}
 	header_length = get_be32(old + HDR_HEADER_LENGTH);
 	memcpy(h, old, header_length);
-	for (pos = out = header_length;; pos += step) {
-		if (pos + 8 > cs) {
-			r = cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster",
-				     img->path);
+	for (pos = out = header_length;; pos += x.bytes) {
+		r = hdr_ext_at(old, cs, pos, &x, img->path, e);
+		if (r)
 			goto out;
-		}
-		type = get_be32(old + pos);
-		if (type == EXT_END)
+		if (x.type == EXT_END)
 			break;
-		step = ext_bytes(get_be32(old + pos + 4));
-		if (pos + step > cs) {
-			r = cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster",
-				     img->path);
-			goto out;
-		}
-		if (type == QCOW2_EXT_CBT_IDENTITY)
+		if (x.type == QCOW2_EXT_CBT_IDENTITY)
 			continue;
-		memcpy(h + out, old + pos, step);
-		out += step;
+		memcpy(h + out, old + pos, x.bytes);
+		out += x.bytes;
 	}
 	boff = get_be64(old + HDR_BACKING_FILE_OFFSET);
 	bsize = boff ? get_be32(old + HDR_BACKING_FILE_SIZE) : 0;
@@ -2066,7 +2085,8 @@ static int peek_l1(int fd, const char *path, const uint8_t *h, uint64_t cs, uint
 int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e)
 {
 	uint8_t h[HDR_V3_LENGTH], *first = NULL;
-	uint32_t header_length, cluster_bits, type, len, bsize;
+	uint32_t header_length, cluster_bits, bsize;
+	struct hdr_ext x = { 0 };
 	uint64_t cs, pos, boff, incompat;
 	ssize_t got;
 	int fd, r = 0;
@@ -2126,35 +2146,26 @@ int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e)
 		r = cbt_fail(e, errno, "%s: cannot read header", path);
 		goto out;
 	}
-	for (pos = header_length;; pos += ext_bytes(len)) {
-		if (pos + 8 > (uint64_t)got) {
-			r = cbt_fail(e, EINVAL, "%s: header extensions run past the first cluster",
-				     path);
+	for (pos = header_length;; pos += x.bytes) {
+		r = hdr_ext_at(first, (uint64_t)got, pos, &x, path, e);
+		if (r)
 			goto out;
-		}
-		type = get_be32(first + pos);
-		len = get_be32(first + pos + 4);
-		if (type == EXT_END)
+		if (x.type == EXT_END)
 			break;
-		if (pos + ext_bytes(len) > (uint64_t)got) {
-			r = cbt_fail(e, EINVAL, "%s: header extension 0x%08x runs past the first "
-				     "cluster", path, type);
-			goto out;
-		}
-		if (type != QCOW2_EXT_CBT_IDENTITY)
+		if (x.type != QCOW2_EXT_CBT_IDENTITY)
 			continue;
 		if (out->cbt_ext) {
 			r = cbt_fail(e, EINVAL, "%s: two dm-cbt identity extensions", path);
 			goto out;
 		}
-		out->cbt_ext = malloc(len + 1);
+		out->cbt_ext = malloc(x.len + 1);
 		if (!out->cbt_ext) {
 			r = cbt_fail(e, ENOMEM, "%s: header", path);
 			goto out;
 		}
-		memcpy(out->cbt_ext, first + pos + 8, len);
-		out->cbt_ext[len] = '\0';
-		out->cbt_ext_len = len;
+		memcpy(out->cbt_ext, x.data, x.len);
+		out->cbt_ext[x.len] = '\0';
+		out->cbt_ext_len = x.len;
 	}
 	boff = get_be64(h + HDR_BACKING_FILE_OFFSET);
 	bsize = get_be32(h + HDR_BACKING_FILE_SIZE);

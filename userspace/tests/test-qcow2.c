@@ -711,6 +711,27 @@ static void test_bad_inputs(void)
 		  in_dir("bitmap.qcow2"), in_dir("bitmap.qcow2")) == 0);
 	REFUSED(qcow2_open_existing(in_dir("bitmap.qcow2"), &img, &err), ENOTSUP,
 		"bitmap.qcow2");
+	/* A header extension longer than the first cluster: every reader refuses it. */
+	CHECK(run("qemu-img create -q -f qcow2 '%s' 1M", in_dir("ext.qcow2")) == 0);
+	fd = open(in_dir("ext.qcow2"), O_RDWR);
+	CHECK(fd >= 0);
+	if (fd >= 0) {
+		uint8_t x[8] = { 0x12, 0x34, 0x56, 0x78, 0x00, 0x01, 0x00, 0x00 };
+		uint8_t hl[4];
+
+		/* At header_length: type 0x12345678, 65536 bytes of data. */
+		CHECK(pread(fd, hl, 4, 100) == 4);
+		CHECK(pwrite(fd, x, 8, (hl[0] << 24) | (hl[1] << 16) | (hl[2] << 8) | hl[3]) == 8);
+		close(fd);
+	}
+	REFUSED(qcow2_open_existing(in_dir("ext.qcow2"), &img, &err), EINVAL, "ext.qcow2");
+	CHECK(strstr(err.msg, "0x12345678 runs past the first cluster") != NULL);
+	{
+		struct qcow2_peek pk;
+
+		REFUSED(qcow2_peek(in_dir("ext.qcow2"), &pk, &err), EINVAL, "ext.qcow2");
+		CHECK(strstr(err.msg, "0x12345678 runs past the first cluster") != NULL);
+	}
 	CHECK(run("qemu-img create -q -f qcow2 '%s' 1M", in_dir("dirty.qcow2")) == 0);
 	set_header_bit(in_dir("dirty.qcow2"), 79, 0x01);	/* incompatible bit 0 */
 	REFUSED(qcow2_open_existing(in_dir("dirty.qcow2"), &img, &err), EUCLEAN,
