@@ -239,38 +239,206 @@ enum {
 	OPT_ON_SOURCE_ERROR = OPT_INSTANT_END, OPT_RETRIES, OPT_NO_SNAPSHOT, OPT_JSON, OPT_PARALLEL,
 };
 
+/* What the command line asks of cbtctl itself, beside struct cbt_backup. */
+struct backup_cli {
+	int json, retry, retries_given, memory_given, progress, quiet;
+};
+
+static const struct option backup_longopts[] = {
+	{ "sync", required_argument, NULL, 's' },
+	{ "bitmap", required_argument, NULL, 'b' },
+	{ "on-source-error", required_argument, NULL, OPT_ON_SOURCE_ERROR },
+	{ "retries", required_argument, NULL, OPT_RETRIES },
+	INSTANT_LONGOPTS,
+	{ "no-snapshot", no_argument, NULL, OPT_NO_SNAPSHOT },
+	{ "progress", no_argument, NULL, 'p' },
+	{ "quiet", no_argument, NULL, 'q' },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "parallel", required_argument, NULL, OPT_PARALLEL },
+	{ "out-of-order", no_argument, NULL, 'W' },
+	{ "rate-limit", required_argument, NULL, 'r' },
+	{ "compress", no_argument, NULL, 'c' },
+	{ "help", no_argument, NULL, 'h' },
+	{ 0 }
+};
+
+/* One option C (its argument A) into B and CLI; -1 after a usage error. */
+static int backup_option(int c, const char *a, struct cbt_backup *b, struct backup_cli *cli,
+			 char **argv)
+{
+	uint64_t n;
+
+	switch (c) {
+	case 's':
+		if (!strcmp(a, "full")) {
+			b->sync = CBT_SYNC_FULL;
+		} else if (!strcmp(a, "incremental")) {
+			b->sync = CBT_SYNC_INCREMENTAL;
+		} else {
+			usage_error(BACKUP_USAGE, "bad --sync '%s' (full or incremental)", a);
+			return -1;
+		}
+		return 0;
+	case 'b':
+		if (!*a) {
+			usage_error(BACKUP_USAGE, "empty --bitmap");
+			return -1;
+		}
+		b->bitmaps[b->nr_bitmaps++] = a;
+		return 0;
+	case OPT_ON_SOURCE_ERROR:
+		if (!strcmp(a, "report")) {
+			cli->retry = 0;
+		} else if (!strcmp(a, "retry")) {
+			cli->retry = 1;
+		} else {
+			usage_error(BACKUP_USAGE, "bad --on-source-error '%s' (report or retry)", a);
+			return -1;
+		}
+		return 0;
+	case OPT_RETRIES:
+		if (parse_count(a, 1000, &n)) {
+			usage_error(BACKUP_USAGE, "bad --retries '%s'", a);
+			return -1;
+		}
+		b->retries = n;
+		cli->retries_given = 1;
+		return 0;
+	case OPT_CBW_MEMORY:
+	case OPT_CBW_STORE:
+	case OPT_CBW_TIMEOUT:
+	case OPT_FREEZE_HOOK:
+		return instant_option(c, a, b, &cli->memory_given, BACKUP_USAGE) < 0 ? -1 : 0;
+	case OPT_NO_SNAPSHOT:
+		b->no_snapshot = true;
+		return 0;
+	case OPT_PARALLEL:
+		if (parse_count(a, CBT_COPY_PARALLEL_MAX, &n) || !n) {
+			usage_error(BACKUP_USAGE, "bad --parallel '%s' (1 to %u reads in flight)",
+				    a, CBT_COPY_PARALLEL_MAX);
+			return -1;
+		}
+		b->parallel = n;
+		return 0;
+	case 'W':
+		b->unordered = true;
+		return 0;
+	case 'c':
+		b->compress = true;
+		return 0;
+	case 'r':
+		if (cbt_parse_size(a, &n) || !n) {
+			usage_error(BACKUP_USAGE, "bad --rate-limit '%s' (bytes per second, "
+				    "K/M/G suffixes)", a);
+			return -1;
+		}
+		b->rate_limit = n;
+		return 0;
+	case 'p':
+		cli->progress = 1;
+		return 0;
+	case 'q':
+		cli->quiet = 1;
+		return 0;
+	case OPT_JSON:
+		cli->json = 1;
+		return 0;
+	}
+	opt_error(BACKUP_USAGE, c, argv);
+	return -1;
+}
+
+/* A JOB argument into B; -1 after a usage error. */
+static int backup_job(const char *a, struct cbt_backup *b)
+{
+	struct cbt_err e = { 0 };
+
+	if (cbt_job_parse(a, &b->jobs[b->nr_jobs].spec, &e)) {
+		usage_error(BACKUP_USAGE, "%s", e.msg);
+		return -1;
+	}
+	b->nr_jobs++;
+	return 0;
+}
+
+/* The options together; -1 after a usage error. */
+static int backup_check(struct cbt_backup *b, const struct backup_cli *cli)
+{
+	const char *why = NULL;
+
+	if ((int)b->sync < 0)
+		why = "--sync=full or --sync=incremental is required";
+	else if (!b->nr_jobs)
+		why = "no JOB given";
+	else if (b->sync == CBT_SYNC_INCREMENTAL && !b->nr_bitmaps)
+		why = "an incremental backup needs --bitmap=NAME";
+	if (why) {
+		usage_error(BACKUP_USAGE, "%s", why);
+		return -1;
+	}
+	if (instant_options_check(b, cli->memory_given, b->nr_jobs, BACKUP_USAGE))
+		return -1;
+	if (b->nr_cbw_stores && b->no_snapshot)
+		why = "--cbw-store needs a snapshot: not with --no-snapshot";
+	else if (cli->retries_given && !cli->retry)
+		why = "--retries needs --on-source-error=retry";
+	else if (cli->progress && cli->quiet)
+		why = "--progress and --quiet exclude each other";
+	if (why) {
+		usage_error(BACKUP_USAGE, "%s", why);
+		return -1;
+	}
+	if (!cli->retry)
+		b->retries = 0;
+	return 0;
+}
+
+/* Runs the backup B with its progress and signals, then reports; the exit status. */
+static int backup_run(struct cbt_backup *b, const struct backup_cli *cli)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+	struct progress prog = { .last = -1 };
+	struct cbt_err e = { 0 };
+	char text[sizeof(e.msg) + 128];
+	int i, r;
+
+	if (cli->progress)
+		prog.mode = isatty(STDERR_FILENO) ? PROGRESS_BAR : PROGRESS_LINES;
+	else if (!cli->quiet)
+		prog.mode = default_progress();
+	if (prog.mode != PROGRESS_OFF) {
+		b->progress = show_progress;
+		b->progress_arg = &prog;
+	}
+	running_backup = b;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	r = cbt_backup_run(b, &e);
+	running_backup = NULL;
+	if (prog.shown)
+		fprintf(stderr, "\n");
+	if (cli->json)
+		print_json(b, r, &e);
+	else
+		print_text(b, r, &e, cli->quiet);
+	for (i = 0; i < NR_WARNINGS; i++)
+		if (warning(b, i, text, sizeof(text)))
+			fprintf(stderr, "cbtctl: warning: %s\n", text);
+	return r ? EXIT_FAIL : 0;
+}
+
 int cmd_backup(int argc, char **argv)
 {
-	static const struct option longopts[] = {
-		{ "sync", required_argument, NULL, 's' },
-		{ "bitmap", required_argument, NULL, 'b' },
-		{ "on-source-error", required_argument, NULL, OPT_ON_SOURCE_ERROR },
-		{ "retries", required_argument, NULL, OPT_RETRIES },
-		INSTANT_LONGOPTS,
-		{ "no-snapshot", no_argument, NULL, OPT_NO_SNAPSHOT },
-		{ "progress", no_argument, NULL, 'p' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "json", no_argument, NULL, OPT_JSON },
-		{ "parallel", required_argument, NULL, OPT_PARALLEL },
-		{ "out-of-order", no_argument, NULL, 'W' },
-		{ "rate-limit", required_argument, NULL, 'r' },
-		{ "compress", no_argument, NULL, 'c' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 }
-	};
 	struct cbt_backup b = {
 		.sync = -1,
 		.retry_delay_ms = 200,
 		.cbw_memory = 64 << 20,
 		.cbw_timeout = 30,
+		.retries = 3,
 	};
-	struct sigaction sa = { .sa_handler = on_signal };
-	struct progress prog = { .last = -1 };
-	struct cbt_err e = { 0 };
-	char text[sizeof(e.msg) + 128];
-	int json = 0, retry = 0, retries_given = 0, memory_given = 0, progress = 0, quiet = 0;
-	int i, c, r, status;
-	uint64_t n;
+	struct backup_cli cli = { 0 };
+	int i, c, status = EXIT_USAGE;
 
 	b.jobs = calloc(argc, sizeof(*b.jobs));
 	b.bitmaps = calloc(argc, sizeof(*b.bitmaps));
@@ -280,164 +448,20 @@ int cmd_backup(int argc, char **argv)
 		status = EXIT_FAIL;
 		goto out;
 	}
-	b.retries = 3;
-	status = EXIT_USAGE;
 	optind = 0;
-	while ((c = next_opt(argc, argv, "-:s:b:pqhWr:c", longopts)) != -1) {
-		const char *a = optarg;
-
-		switch (c) {
-		case 'h':
+	while ((c = next_opt(argc, argv, "-:s:b:pqhWr:c", backup_longopts)) != -1) {
+		if (c == 'h') {
 			status = usage_help(BACKUP_USAGE, BACKUP_HELP);
 			goto out;
-		case 's':
-			if (!strcmp(a, "full")) {
-				b.sync = CBT_SYNC_FULL;
-			} else if (!strcmp(a, "incremental")) {
-				b.sync = CBT_SYNC_INCREMENTAL;
-			} else {
-				usage_error(BACKUP_USAGE, "bad --sync '%s' (full or incremental)", a);
-				goto out;
-			}
-			break;
-		case 'b':
-			if (!*a) {
-				usage_error(BACKUP_USAGE, "empty --bitmap");
-				goto out;
-			}
-			b.bitmaps[b.nr_bitmaps++] = a;
-			break;
-		case OPT_ON_SOURCE_ERROR:
-			if (!strcmp(a, "report")) {
-				retry = 0;
-			} else if (!strcmp(a, "retry")) {
-				retry = 1;
-			} else {
-				usage_error(BACKUP_USAGE,
-					    "bad --on-source-error '%s' (report or retry)", a);
-				goto out;
-			}
-			break;
-		case OPT_RETRIES:
-			if (parse_count(a, 1000, &n)) {
-				usage_error(BACKUP_USAGE, "bad --retries '%s'", a);
-				goto out;
-			}
-			b.retries = n;
-			retries_given = 1;
-			break;
-		case OPT_CBW_MEMORY:
-		case OPT_CBW_STORE:
-		case OPT_CBW_TIMEOUT:
-		case OPT_FREEZE_HOOK:
-			if (instant_option(c, a, &b, &memory_given, BACKUP_USAGE) < 0)
-				goto out;
-			break;
-		case OPT_NO_SNAPSHOT:
-			b.no_snapshot = true;
-			break;
-		case OPT_PARALLEL:
-			if (parse_count(a, CBT_COPY_PARALLEL_MAX, &n) || !n) {
-				usage_error(BACKUP_USAGE, "bad --parallel '%s' (1 to %u reads in flight)",
-					    a, CBT_COPY_PARALLEL_MAX);
-				goto out;
-			}
-			b.parallel = n;
-			break;
-		case 'W':
-			b.unordered = true;
-			break;
-		case 'c':
-			b.compress = true;
-			break;
-		case 'r':
-			if (cbt_parse_size(a, &n) || !n) {
-				usage_error(BACKUP_USAGE, "bad --rate-limit '%s' (bytes per second, "
-					    "K/M/G suffixes)", a);
-				goto out;
-			}
-			b.rate_limit = n;
-			break;
-		case 'p':
-			progress = 1;
-			break;
-		case 'q':
-			quiet = 1;
-			break;
-		case OPT_JSON:
-			json = 1;
-			break;
-		case 1:
-			if (cbt_job_parse(a, &b.jobs[b.nr_jobs].spec, &e)) {
-				usage_error(BACKUP_USAGE, "%s", e.msg);
-				goto out;
-			}
-			b.nr_jobs++;
-			break;
-		default:
-			opt_error(BACKUP_USAGE, c, argv);
-			goto out;
 		}
-	}
-	for (; optind < argc; optind++) {
-		if (cbt_job_parse(argv[optind], &b.jobs[b.nr_jobs].spec, &e)) {
-			usage_error(BACKUP_USAGE, "%s", e.msg);
+		if (c == 1 ? backup_job(optarg, &b) : backup_option(c, optarg, &b, &cli, argv))
 			goto out;
-		}
-		b.nr_jobs++;
 	}
-	if ((int)b.sync < 0) {
-		usage_error(BACKUP_USAGE, "--sync=full or --sync=incremental is required");
-		goto out;
-	}
-	if (!b.nr_jobs) {
-		usage_error(BACKUP_USAGE, "no JOB given");
-		goto out;
-	}
-	if (b.sync == CBT_SYNC_INCREMENTAL && !b.nr_bitmaps) {
-		usage_error(BACKUP_USAGE, "an incremental backup needs --bitmap=NAME");
-		goto out;
-	}
-	if (instant_options_check(&b, memory_given, b.nr_jobs, BACKUP_USAGE))
-		goto out;
-	if (b.nr_cbw_stores && b.no_snapshot) {
-		usage_error(BACKUP_USAGE, "--cbw-store needs a snapshot: not with --no-snapshot");
-		goto out;
-	}
-	if (retries_given && !retry) {
-		usage_error(BACKUP_USAGE, "--retries needs --on-source-error=retry");
-		goto out;
-	}
-	if (progress && quiet) {
-		usage_error(BACKUP_USAGE, "--progress and --quiet exclude each other");
-		goto out;
-	}
-	if (!retry)
-		b.retries = 0;
-	if (progress)
-		prog.mode = isatty(STDERR_FILENO) ? PROGRESS_BAR : PROGRESS_LINES;
-	else if (!quiet)
-		prog.mode = default_progress();
-	if (prog.mode != PROGRESS_OFF) {
-		b.progress = show_progress;
-		b.progress_arg = &prog;
-	}
-	running_backup = &b;
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
-	r = cbt_backup_run(&b, &e);
-	running_backup = NULL;
-	if (prog.shown)
-		fprintf(stderr, "\n");
-	if (json)
-		print_json(&b, r, &e);
-	else
-		print_text(&b, r, &e, quiet);
-	for (i = 0; i < NR_WARNINGS; i++)
-		if (warning(&b, i, text, sizeof(text)))
-			fprintf(stderr, "cbtctl: warning: %s\n", text);
-	status = r ? EXIT_FAIL : 0;
+	for (; optind < argc; optind++)
+		if (backup_job(argv[optind], &b))
+			goto out;
+	if (!backup_check(&b, &cli))
+		status = backup_run(&b, &cli);
 out:
 	for (i = 0; b.jobs && i < (int)b.nr_jobs; i++)
 		cbt_job_free(&b.jobs[i].spec);
