@@ -29,7 +29,8 @@ DATA=$((64 << 11))		# sectors: 64 MiB
 # With MESSAGES ("WORDS;WORDS..."): the whole device written first, then
 # bitmaps bx and by added and its first half written again (the second
 # half is clean in bx and by only: a write there goes down at once when
-# they no longer need it), the mark, and each message sent while fio runs.
+# they no longer need it), the mark, and each message sent while fio runs
+# (until stopped, half a second after the last).
 workload() {
 	local tag=$1 logw meta data cbt
 	shift
@@ -87,8 +88,14 @@ workload() {
 			dmsetup message "$cbt" 0 $m || fail "message $m"
 			kill -0 $fio 2>/dev/null || fail "fio ended before '$m' was done"
 		done
+		# fio runs until told (its runtime only a bound): writes go on
+		# after the last message, however long the messages took.
+		nap 0.5
+		kill -INT $fio 2>/dev/null || fail "fio ended before it was stopped"
+		wait $fio || true	# stopped by a signal: not its own failure
+	else
+		wait $fio || fail "fio"
 	fi
-	wait $fio || fail "fio"
 	# Discards are writes for the bitmaps too.
 	if [ -n "${DISCARDS:-}" ]; then
 		blkdiscard -o 1M -l 3M "/dev/mapper/$cbt"
@@ -131,7 +138,7 @@ test_mixed() {
 # by, or by inconsistent, or bx gone.
 test_messages() {
 	MESSAGES="bitmap disable by;bitmap remove bx" workload msgs --rw=randwrite --bs=4k \
-		--time_based --runtime=4 --fsync=64
+		--time_based --runtime=300 --fsync=64
 	check 200 4
 }
 
