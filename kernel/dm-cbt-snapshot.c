@@ -1438,12 +1438,17 @@ static int run_start(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg
 	unsigned int i;
 	int r;
 
-	/* No write is in flight while the device is suspended: that is the instant. */
-	if (!dm_suspended(ti)) {
+	/*
+	 * No write is in flight while the device is suspended: that is the
+	 * instant. Checked under the lock a resume takes before its first
+	 * write (dm_suspended() still says so while a resume lets them go).
+	 */
+	mutex_lock(&cd->lock);
+	if (!cd->quiesced) {
+		mutex_unlock(&cd->lock);
 		DMERR("snapshot start: the device must be suspended");
 		return -EBUSY;
 	}
-	mutex_lock(&cd->lock);
 	s = find_snap(cd, m, &r);
 	if (s && READ_ONCE(s->state) != CBT_SNAP_PREPARED) {
 		DMERR("snapshot start: snapshot '%s' is %s, not prepared", s->token,

@@ -254,6 +254,14 @@ static void cbt_presuspend(struct dm_target *ti)
 	cbt_snap_presuspend(cc->cdev);
 }
 
+/* No write of this device is in flight any more: a snapshot may start. */
+static void cbt_postsuspend(struct dm_target *ti)
+{
+	struct cbt_c *cc = ti->private;
+
+	WRITE_ONCE(cc->cdev->quiesced, true);
+}
+
 static void cbt_resume(struct dm_target *ti)
 {
 	struct cbt_c *cc = ti->private;
@@ -273,6 +281,10 @@ static int cbt_preresume(struct dm_target *ti)
 	unsigned int noio = memalloc_noio_save();
 	int r;
 
+	/* A snapshot start that holds the lock ends before any write goes down. */
+	mutex_lock(&cc->cdev->lock);
+	cc->cdev->quiesced = false;
+	mutex_unlock(&cc->cdev->lock);
 	/* A grown metadata device gives a growth room first. */
 	cbt_meta_grown(cc->cdev);
 	r = cbt_dev_resize(cc->cdev, ti->len);
@@ -376,6 +388,7 @@ static struct target_type cbt_target = {
 	.end_io = cbt_end_io,
 	.presuspend = cbt_presuspend,
 	.presuspend_undo = cbt_resume,
+	.postsuspend = cbt_postsuspend,
 	.preresume = cbt_preresume,
 	.resume = cbt_resume,
 	.status = cbt_status,

@@ -89,6 +89,12 @@ struct cbt_dev {
 	 * below (cbt_snap.injected). Under lock; never cleared.
 	 */
 	bool injected;
+	/*
+	 * Suspended with its writes drained (postsuspend), until a resume
+	 * begins (preresume, under lock): a snapshot starts only then, under
+	 * lock, so no write of a resume that races it goes down first.
+	 */
+	bool quiesced;
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */
 };
 
