@@ -10,7 +10,8 @@
  * live and the inactive table are both attached, the resume destroys the
  * old one and the new one carries on with the same bitmaps. When the last
  * table goes (the device is removed, or reloaded without a cbt target) the
- * cbt_dev leaves the registry; netlink readers may hold it a little longer.
+ * cbt_dev leaves the registry and its snapshot stops; netlink readers may
+ * hold it a little longer.
  */
 
 #include <linux/blkdev.h>
@@ -152,15 +153,20 @@ out:
 void cbt_dev_detach(struct cbt_c *cc)
 {
 	struct cbt_dev *cd = cc->cdev;
+	bool last;
 
 	mutex_lock(&cbt_devs_lock);
 	list_del(&cc->node);
 	/* The last table is gone: a new device with this dev_t starts afresh. */
-	if (list_empty(&cd->targets)) {
+	last = list_empty(&cd->targets);
+	if (last) {
 		list_del_init(&cd->node);
 		cd->detached = true;
 	}
 	mutex_unlock(&cbt_devs_lock);
+	/* Its snapshot too, now, not when the last netlink reader lets go. */
+	if (last)
+		cbt_snap_dev_release(cd);
 	cbt_dev_put(cd);
 }
 

@@ -1056,15 +1056,21 @@ static void cbt_snap_stop(struct cbt_snap *s)
 	cbt_snap_put(s);
 }
 
-/* The device's last table is gone: so is its snapshot. */
+/*
+ * The device's last table is gone: so is its snapshot, at once, though a
+ * netlink reader may hold CD a while longer (the origin is no longer
+ * tracked: a view must fail, never read what is written there now).
+ */
 void cbt_snap_dev_release(struct cbt_dev *cd)
 {
-	struct cbt_snap *s = rcu_dereference_protected(cd->snap, true);
+	struct cbt_snap *s;
 
-	if (s) {
-		RCU_INIT_POINTER(cd->snap, NULL);
+	mutex_lock(&cd->lock);
+	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	RCU_INIT_POINTER(cd->snap, NULL);
+	mutex_unlock(&cd->lock);
+	if (s)
 		cbt_snap_stop(s);
-	}
 }
 
 /*

@@ -7,14 +7,15 @@
 # incremental); a store that fills breaks the snapshot and fails the backup
 # cleanly, every write on the device and every dirty bit kept; the copy
 # releases what it has written, and takes first what fills the store; the
-# freeze hook; --no-snapshot; status.
+# freeze hook; --no-snapshot; status; a snapshot whose device loses its
+# last cbt table stops then, though a netlink dump holds the device.
 # (transaction.sh kills the controller with a snapshot prepared, started
 # and viewed.)
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 10
+plan 11
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -393,6 +394,53 @@ test_status() {
 	expect_eq "after" "$(cbtctl status "$d0" | grep '^snapshot:')" "snapshot: none"
 }
 
+# A snapshot viewed, a netlink extent dump of the device held open (cbtctl
+# extents blocked on a full pipe), then the device reloaded without its cbt
+# target: writes there are no longer copied, so the snapshot must stop at
+# once and the view fail, never read what was written after the instant.
+test_dump_held() {
+	local dir loop name dev view pid n=0
+	make_tmpdir dir
+	cbt_over_file "$dir/disk" $((64 << 20)) dumpheld
+	qio "$dev" "write -P 0x41 0 64M"
+	dmsetup message "$name" 0 bitmap add b0 granularity=4096
+	# Every other 4 KiB chunk dirty: 8192 extents, more text than a pipe holds.
+	fio --name=holes --filename="$dev" --direct=1 --rw=write:4k --bs=4k --eta=never \
+		--output=/dev/null || fail "fio"
+	mkfifo "$dir/fifo"
+	exec 3<>"$dir/fifo"
+	cbtctl extents "$dev" b0 >"$dir/fifo" &
+	pid=$!
+	# Blocked once the pipe is full (64 KiB): the dump is half read.
+	until [ "$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null)" = S ] &&
+		grep -qs pipe_write "/proc/$pid/stack" "/proc/$pid/wchan"; do
+		n=$((n + 1))
+		[ $n -lt 200 ] || { fail "cbtctl extents never blocked"; break; }
+		nap 0.05
+	done
+	kill -0 $pid || fail "cbtctl extents ended: the dump was not held"
+	dmsetup message "$name" 0 snapshot prepare t1 memory=$((64 << 20))
+	dmsetup suspend "$name"
+	dmsetup message "$name" 0 snapshot start t1
+	dmsetup resume "$name"
+	view=$(dm_name dumpheld-view)
+	dm_create "$view" "0 $((64 << 11)) cbt-snapshot $dev t1"
+	dd if="$dev" of="$dir/instant" bs=64k count=1 iflag=direct status=none
+	dd if="/dev/mapper/$view" of="$dir/v" bs=64k count=1 iflag=direct status=none ||
+		fail "the view cannot be read"
+	cmp -s "$dir/instant" "$dir/v" || fail "the view differs before the reload"
+	dmsetup reload "$name" --table "0 $((64 << 11)) linear $loop 0"
+	dmsetup resume "$name"
+	qio "$dev" "write -P 0x43 0 64k"
+	if dd if="/dev/mapper/$view" of="$dir/v" bs=64k count=1 iflag=direct status=none \
+		2>/dev/null; then
+		fail "the view still reads: $(od -An -tx1 -N4 "$dir/v")"
+	fi
+	kill $pid 2>/dev/null
+	exec 3>&-
+	wait $pid 2>/dev/null || true
+}
+
 run_test "full backup at the instant, every chunk overwritten meanwhile" test_point_in_time_full
 run_test "incremental at the instant, every chunk overwritten meanwhile" \
 	test_point_in_time_incremental
@@ -405,4 +453,5 @@ run_test "freeze hook: freeze then thaw, a failing freeze aborts cleanly" test_f
 run_test "a run killed while frozen: recover resumes, then thaws the guest" test_hook_recover
 run_test "--no-snapshot reads the live devices" test_no_snapshot
 run_test "status shows a snapshot while it runs, none after" test_status
+run_test "the last cbt table gone, a netlink dump held: the snapshot stops" test_dump_held
 finish
