@@ -74,6 +74,64 @@ static struct cbt_dev *__cbt_dev_lookup(dev_t devt)
 }
 
 /*
+ * A new device's state, CC's first table: registered with its metadata
+ * device claimed, then loaded from it without the registry lock (a stuck
+ * metadata device stalls this constructor only, not every other cbt device
+ * and netlink reader), then opened to tables. Called and returns with the
+ * registry lock held.
+ */
+static int cbt_dev_create(struct cbt_c *cc, dev_t devt)
+{
+	struct dm_target *ti = cc->ti;
+	dev_t meta = cc->meta_dev ? cc->meta_dev->bdev->bd_dev : 0;
+	struct cbt_dev *cd, *other;
+	int r;
+
+	/*
+	 * One live device per metadata device: a second would load the same
+	 * bitmaps and both would write the superblock (a rename then a
+	 * create under the old name, say).
+	 */
+	list_for_each_entry(other, &cbt_devs, node) {
+		if (meta && other->meta_claim == meta) {
+			ti->error = "The metadata device is in use by another cbt device";
+			return -EBUSY;
+		}
+	}
+	cd = kzalloc(sizeof(*cd), GFP_KERNEL);
+	if (!cd) {
+		ti->error = "Cannot allocate cbt device state";
+		return -ENOMEM;
+	}
+	cd->devt = devt;
+	kref_init(&cd->kref);
+	INIT_LIST_HEAD(&cd->targets);
+	INIT_LIST_HEAD(&cd->bitmaps);
+	mutex_init(&cd->lock);
+	INIT_WORK(&cd->event_work, cbt_dev_event_work);
+	cd->len = ti->len;
+	cd->meta_claim = meta;
+	if (meta) {
+		cd->loading = true;
+		list_add(&cd->node, &cbt_devs);
+		mutex_unlock(&cbt_devs_lock);
+		r = cbt_meta_create(cd, cc->meta_dev, ti);
+		mutex_lock(&cbt_devs_lock);
+		list_del(&cd->node);
+		cd->loading = false;
+		if (r) {
+			mutex_destroy(&cd->lock);
+			kfree(cd);
+			return r;
+		}
+	}
+	list_add(&cd->node, &cbt_devs);
+	list_add(&cc->node, &cd->targets);
+	cc->cdev = cd;
+	return 0;
+}
+
+/*
  * Constructor: attaches CC to its device's state, creating it for a new
  * device. One cbt target per table: the bitmaps cover one target.
  */
@@ -81,14 +139,17 @@ int cbt_dev_attach(struct cbt_c *cc)
 {
 	struct dm_target *ti = cc->ti;
 	dev_t devt = disk_devt(dm_disk(dm_table_get_md(ti->table)));
-	struct cbt_dev *cd, *other_cd;
+	struct cbt_dev *cd;
 	struct cbt_c *other;
 	bool created = false;
 	int r = 0;
 
 	mutex_lock(&cbt_devs_lock);
 	cd = __cbt_dev_lookup(devt);
-	if (cd) {
+	if (cd && cd->loading) {
+		ti->error = "The device's metadata is being loaded by another table";
+		r = -EBUSY;
+	} else if (cd) {
 		list_for_each_entry(other, &cd->targets, node) {
 			if (other->ti->table == ti->table) {
 				ti->error = "Only one cbt target per device";
@@ -104,45 +165,13 @@ int cbt_dev_attach(struct cbt_c *cc)
 			goto out;
 		}
 		kref_get(&cd->kref);
+		list_add(&cc->node, &cd->targets);
+		cc->cdev = cd;
 	} else {
-		/*
-		 * One live device per metadata device: a second would load the
-		 * same bitmaps and both would write the superblock (a rename
-		 * then a create under the old name, say).
-		 */
-		list_for_each_entry(other_cd, &cbt_devs, node) {
-			if (cc->meta_dev && cbt_meta_same(other_cd, cc->meta_dev)) {
-				ti->error = "The metadata device is in use by another cbt device";
-				r = -EBUSY;
-				goto out;
-			}
-		}
-		cd = kzalloc(sizeof(*cd), GFP_KERNEL);
-		if (!cd) {
-			ti->error = "Cannot allocate cbt device state";
-			r = -ENOMEM;
-			goto out;
-		}
-		cd->devt = devt;
-		kref_init(&cd->kref);
-		INIT_LIST_HEAD(&cd->targets);
-		INIT_LIST_HEAD(&cd->bitmaps);
-		mutex_init(&cd->lock);
-		INIT_WORK(&cd->event_work, cbt_dev_event_work);
-		cd->len = ti->len;
-		if (cc->meta_dev) {
-			r = cbt_meta_create(cd, cc->meta_dev, ti);
-			if (r) {
-				mutex_destroy(&cd->lock);
-				kfree(cd);
-				goto out;
-			}
-		}
-		list_add(&cd->node, &cbt_devs);
-		created = true;
+		r = cbt_dev_create(cc, devt);
+		created = !r;
+		cd = cc->cdev;
 	}
-	list_add(&cc->node, &cd->targets);
-	cc->cdev = cd;
 out:
 	mutex_unlock(&cbt_devs_lock);
 	if (created && cd->meta)
@@ -191,6 +220,8 @@ struct cbt_dev *cbt_dev_get(dev_t devt)
 
 	mutex_lock(&cbt_devs_lock);
 	cd = __cbt_dev_lookup(devt);
+	if (cd && cd->loading)
+		cd = NULL;	/* not there until its bitmaps are */
 	if (cd)
 		kref_get(&cd->kref);
 	mutex_unlock(&cbt_devs_lock);

@@ -74,6 +74,13 @@ struct cbt_dev {
 	u64 next_bm_id;			/* the id of the next bitmap added */
 	bool detached;			/* its last table is gone; under the registry lock */
 	/*
+	 * Registry lock: the metadata device it claims (0: none), from before
+	 * its superblock is read; and whether that read is still going on,
+	 * without the registry lock held (no table attaches, no reader finds it).
+	 */
+	dev_t meta_claim;
+	bool loading;
+	/*
 	 * Bumped (after the change is published) by every message that could
 	 * leave a write mapped before it and completing after it unrecorded
 	 * where a later backup looks: freeze, clear, add, enable, resize.

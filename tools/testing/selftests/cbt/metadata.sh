@@ -11,7 +11,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 9
+plan 10
 
 SIZE=$((16 << 20))
 
@@ -257,6 +257,66 @@ test_shared_meta() {
 	expect_eq "b0 loaded again" "$(field b0 count)" 65536
 }
 
+# within SECS CMD...: CMD in the background, waited for SECS at most: its
+# status, or 1 with CMD left running.
+within() {
+	local secs=$1 pid n=0
+	shift
+	"$@" &
+	pid=$!
+	while kill -0 $pid 2>/dev/null; do
+		n=$((n + 1))
+		[ $n -le $((secs * 10)) ] || return 1
+		nap 0.1
+	done
+	wait $pid
+}
+
+# A metadata device that does not answer (a suspended dm device): the
+# create that reads it waits, but only it: another cbt device is created
+# and read through netlink meanwhile; once it answers, the first is made.
+test_stuck_meta() {
+	local m mdev other pid n=0
+	make_tmpdir dir
+	truncate -s "$SIZE" "$dir/data" "$dir/data2"
+	truncate -s $((1 << 20)) "$dir/meta"
+	make_loop dloop "$dir/data" || return 1
+	make_loop d2 "$dir/data2" || return 1
+	make_loop mloop "$dir/meta" || return 1
+	m=$(dm_name stuck-meta)
+	dm_create "$m" "0 2048 linear $mloop 0" || return 1
+	mdev=/dev/mapper/$m
+	name=$(dm_name stuck)
+	dmsetup suspend "$m"
+	dmsetup create "$name" --table "0 $((SIZE / 512)) cbt $dloop 2 metadata $mdev" &
+	pid=$!
+	_dm_devs+=("$name")
+	# Its constructor waits for the superblock read.
+	until grep -qs . "/proc/$pid/stack" && [ "$(awk '{ print $3 }' "/proc/$pid/stat")" = D ]; do
+		n=$((n + 1))
+		[ $n -lt 100 ] || { fail "the create never waited for the metadata device"; break; }
+		nap 0.05
+	done
+	other=$(dm_name stuck-other)
+	_dm_devs+=("$other")
+	# Each in the background, given 20 s: a kernel that makes them wait
+	# for the stuck device fails here, and goes on once it resumes it.
+	if ! within 20 dmsetup create "$other" --table "0 $((SIZE / 512)) cbt $d2" ||
+		! within 20 dmsetup message "$other" 0 bitmap add b0 ||
+		! qio "/dev/mapper/$other" "write -P 0x21 0 64k" ||
+		! within 20 cbtctl extents "$other" b0 >"$dir/extents"; then
+		dmsetup resume "$m"
+		wait
+		fail "another cbt device waited for the stuck metadata device"
+	fi
+	expect_eq "a netlink dump meanwhile" "$(cat "$dir/extents")" "0 65536"
+	kill -0 $pid 2>/dev/null || fail "the create did not wait for its metadata device"
+	dmsetup resume "$m"
+	wait $pid || fail "the create failed once its metadata device answered"
+	dev=/dev/mapper/$name
+	msg bitmap add b1 || fail "bitmap add on the device created last"
+}
+
 # areas_fail NAME, areas_work NAME: the linear metadata device NAME fails
 # past its two superblock copies (16 KiB), or works again.
 areas_fail() {
@@ -403,6 +463,7 @@ run_test "resize grows the bitmaps on the metadata device" test_resize
 run_test "a growth without room on the metadata device is refused, then taken once it grew" test_resize_no_room
 run_test "refusals change nothing" test_refusals
 run_test "one live device per metadata device (a rename, then a create)" test_shared_meta
+run_test "a metadata device that does not answer stalls its own create only" test_stuck_meta
 run_test "a failing metadata device: writes go on, bitmaps inconsistent, also when loaded again" test_io_error
 run_test "only first writes to a chunk write the metadata device" test_first_writes
 run_test "a point-in-time backup of a persistent device under 1 MiB writes" test_point_in_time
