@@ -1446,11 +1446,12 @@ static int run_start(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg
 
 	/*
 	 * No write is in flight while the device is suspended: that is the
-	 * instant. Checked under the lock a resume takes before its first
-	 * write (dm_suspended() still says so while a resume lets them go).
+	 * instant. Checked under the lock the resume hook takes before the
+	 * first write goes down (dm_suspended() still says suspended while a
+	 * resume lets them go).
 	 */
 	mutex_lock(&cd->lock);
-	if (!cd->quiesced) {
+	if (!READ_ONCE(cd->quiesced)) {
 		mutex_unlock(&cd->lock);
 		DMERR("snapshot start: the device must be suspended");
 		return -EBUSY;

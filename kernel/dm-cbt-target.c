@@ -266,6 +266,13 @@ static void cbt_resume(struct dm_target *ti)
 {
 	struct cbt_c *cc = ti->private;
 
+	/*
+	 * Every preresume succeeded and no write goes down before this
+	 * returns: a snapshot start that holds the lock ends first.
+	 */
+	mutex_lock(&cc->cdev->lock);
+	WRITE_ONCE(cc->cdev->quiesced, false);
+	mutex_unlock(&cc->cdev->lock);
 	cbt_snap_resume(cc->cdev);
 	cbt_inject_resume(cc);
 }
@@ -281,10 +288,6 @@ static int cbt_preresume(struct dm_target *ti)
 	unsigned int noio = memalloc_noio_save();
 	int r;
 
-	/* A snapshot start that holds the lock ends before any write goes down. */
-	mutex_lock(&cc->cdev->lock);
-	cc->cdev->quiesced = false;
-	mutex_unlock(&cc->cdev->lock);
 	/* A grown metadata device gives a growth room first. */
 	cbt_meta_grown(cc->cdev);
 	r = cbt_dev_resize(cc->cdev, ti->len);

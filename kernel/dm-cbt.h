@@ -97,9 +97,10 @@ struct cbt_dev {
 	 */
 	bool injected;
 	/*
-	 * Suspended with its writes drained (postsuspend), until a resume
-	 * begins (preresume, under lock): a snapshot starts only then, under
-	 * lock, so no write of a resume that races it goes down first.
+	 * Suspended with its writes drained (postsuspend), until it resumes
+	 * (the resume hook, under lock, before any write goes down): a
+	 * snapshot starts only then, under lock, so no write of a resume
+	 * that races it goes down first.
 	 */
 	bool quiesced;
 	struct work_struct event_work;	/* reports bitmaps that became inconsistent */

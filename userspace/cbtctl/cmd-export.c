@@ -570,8 +570,8 @@ static int export_stop(int argc, char **argv)
 	if (commit && abort_given)
 		return usage_error(STOP_USAGE, "--commit and --abort exclude each other");
 	if (!cbt_token_is_ours(token))
-		return usage_error(STOP_USAGE, "'%s' is not an export's token (cbtctl.PID.START)",
-				   token);
+		return usage_error(STOP_USAGE, "'%s' is not the token of an export of this host "
+				   "(cbtctl.PID.START.BOOT.HOST)", token);
 	result_path(token, path, sizeof(path));
 	snprintf(journal, sizeof(journal), "%s/%s", cbt_journal_dir(), token);
 	if (cbt_token_alive(token)) {

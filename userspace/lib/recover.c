@@ -119,12 +119,18 @@ static const char *boot_short(void)
 	return id;
 }
 
-/* This host, 8 hex digits of /etc/machine-id, or else of gethostid(). */
+/*
+ * This host: 8 hex digits of its machine id (/etc/machine-id, or D-Bus's
+ * copy), or else of gethostid() (/etc/hostid, or derived from the host's
+ * address, which may change: a host without a machine id may then take its
+ * own older runs for another host's, and leave them to recover --force).
+ */
 static const char *host_short(void)
 {
 	static char id[9];
 
-	if (!id[0] && !hex8_of_file("/etc/machine-id", id))
+	if (!id[0] && !hex8_of_file("/etc/machine-id", id) &&
+	    !hex8_of_file("/var/lib/dbus/machine-id", id))
 		snprintf(id, sizeof(id), "%08lx", (unsigned long)gethostid() & 0xffffffffUL);
 	return id;
 }
@@ -307,9 +313,12 @@ static int record_open(struct cbt_journal *j, struct cbt_err *e)
 	snprintf(dir, sizeof(dir), "%s/temporaries", cbt_state_dir());
 	if (private_dir(cbt_state_dir(), true, e) || private_dir(dir, true, e))
 		return -e->errnum;
-	j->rfd = open(j->rpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	j->rfd = open(j->rpath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (j->rfd < 0)
 		return cbt_fail(e, errno, "%s: cannot create the record of temporaries", j->rpath);
+	/* The directories too: made by the first run, perhaps just now. */
+	if (cbt_sync_dir_of(cbt_state_dir(), false, e) || cbt_sync_dir_of(dir, false, e))
+		return -e->errnum;
 	return cbt_sync_dir_of(dir, true, e);
 }
 
@@ -813,13 +822,24 @@ static int replay_record(const char *path, const char *token, struct cbt_recover
 {
 	char *line = NULL, *what;
 	size_t cap = 0;
+	struct stat st;
 	ssize_t len;
-	int first = 0;
+	int first = 0, fd;
 	FILE *f;
 
-	f = fopen(path, "re");
-	if (!f)
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
 		return errno == ENOENT ? 0 : cbt_fail(e, errno, "%s: cannot read", path);
+	/* Only a file of this user's: what it names is removed. */
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+		close(fd);
+		return cbt_fail(e, EPERM, "%s: not a file of this user: left alone", path);
+	}
+	f = fdopen(fd, "re");
+	if (!f) {
+		close(fd);
+		return cbt_fail(e, errno, "%s: cannot read", path);
+	}
 	while ((len = getline(&line, &cap, f)) > 0) {
 		if (line[len - 1] == '\n')
 			line[len - 1] = '\0';

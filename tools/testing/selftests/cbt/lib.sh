@@ -14,6 +14,11 @@ _nr_planned=0
 _dm_devs=()
 _loop_devs=()
 _tmp_dirs=()
+# Each program's own records of temporaries (cbtctl's CBT_STATE_DIR), not
+# the machine's: what one leaves cannot fail another, and its recover
+# never acts on the machine's. A program may set another after this.
+export CBT_STATE_DIR=${TMPDIR:-/tmp}/cbtctl-state.$$
+_tmp_dirs+=("$CBT_STATE_DIR")
 
 # nap SECONDS: a pause without a program: a read that times out on a pipe
 # this shell holds both ends of (sleep(1) took 0.3 s and more to start on
@@ -209,7 +214,7 @@ tmp_files() {
 # journals: what is in $CBT_RUN_DIR besides its locks directory, and the
 # records of temporaries in $CBT_STATE_DIR.
 journals() {
-	local __n __all __rec=${CBT_STATE_DIR:-/var/lib/cbtctl}/temporaries
+	local __n __all __rec=$CBT_STATE_DIR/temporaries
 	if [ -d "$CBT_RUN_DIR" ]; then
 		entries __all "$CBT_RUN_DIR"
 		for __n in "${__all[@]}"; do

@@ -294,7 +294,7 @@ test_stuck_meta() {
 	# Its constructor waits for the superblock read.
 	until grep -qs . "/proc/$pid/stack" && [ "$(awk '{ print $3 }' "/proc/$pid/stat")" = D ]; do
 		n=$((n + 1))
-		[ $n -lt 100 ] || { fail "the create never waited for the metadata device"; break; }
+		[ $n -lt 400 ] || { fail "the create never waited for the metadata device"; break; }
 		nap 0.05
 	done
 	other=$(dm_name stuck-other)
