@@ -111,21 +111,20 @@ static int cbt_dev_create(struct cbt_c *cc, dev_t devt)
 	INIT_WORK(&cd->event_work, cbt_dev_event_work);
 	cd->len = ti->len;
 	cd->meta_claim = meta;
+	list_add(&cd->node, &cbt_devs);
 	if (meta) {
 		cd->loading = true;
-		list_add(&cd->node, &cbt_devs);
 		mutex_unlock(&cbt_devs_lock);
 		r = cbt_meta_create(cd, cc->meta_dev, ti);
 		mutex_lock(&cbt_devs_lock);
-		list_del(&cd->node);
 		cd->loading = false;
 		if (r) {
+			list_del(&cd->node);
 			mutex_destroy(&cd->lock);
 			kfree(cd);
 			return r;
 		}
 	}
-	list_add(&cd->node, &cbt_devs);
 	list_add(&cc->node, &cd->targets);
 	cc->cdev = cd;
 	return 0;

@@ -33,6 +33,8 @@ struct cbt_journal {
 	bool runsynced;		/* record lines written while held */
 };
 
+#define BOOT_ID_FILE "/proc/sys/kernel/random/boot_id"
+
 const char *cbt_journal_dir(void)
 {
 	const char *d = getenv("CBT_RUN_DIR");
@@ -45,6 +47,13 @@ const char *cbt_state_dir(void)
 	const char *d = getenv("CBT_STATE_DIR");
 
 	return d && *d ? d : "/var/lib/cbtctl";
+}
+
+/* STATE_DIR/temporaries, or with TOKEN its run's record of temporaries, into BUF. */
+static void record_path(char *buf, size_t size, const char *token)
+{
+	snprintf(buf, size, "%s/temporaries%s%s", cbt_state_dir(), token ? "/" : "",
+		 token ? token : "");
 }
 
 /*
@@ -90,21 +99,31 @@ static bool hex8(const char *p)
 	return strspn(p, "0123456789abcdef") == 8;
 }
 
+/* The first line of FILE into BUF ("" when it cannot be read). */
+static void first_line(const char *file, char *buf, size_t size)
+{
+	FILE *f = fopen(file, "re");
+
+	buf[0] = '\0';
+	if (f) {
+		if (!fgets(buf, (int)size, f))
+			buf[0] = '\0';
+		fclose(f);
+	}
+	buf[strcspn(buf, "\n")] = '\0';
+}
+
 /* The first 8 hex digits of the text of FILE (dashes skipped) into OUT. */
 static bool hex8_of_file(const char *file, char out[9])
 {
 	char buf[128];
 	unsigned int n = 0;
-	FILE *f = fopen(file, "re");
 	const char *p;
 
-	if (!f)
-		return false;
-	if (fgets(buf, sizeof(buf), f))
-		for (p = buf; *p && n < 8; p++)
-			if (*p != '-')
-				out[n++] = *p;
-	fclose(f);
+	first_line(file, buf, sizeof(buf));
+	for (p = buf; *p && n < 8; p++)
+		if (*p != '-')
+			out[n++] = *p;
 	out[n] = '\0';
 	return n == 8 && hex8(out);
 }
@@ -114,7 +133,7 @@ static const char *boot_short(void)
 {
 	static char id[9];
 
-	if (!id[0] && !hex8_of_file("/proc/sys/kernel/random/boot_id", id))
+	if (!id[0] && !hex8_of_file(BOOT_ID_FILE, id))
 		strcpy(id, "00000000");
 	return id;
 }
@@ -273,7 +292,7 @@ int cbt_journal_open(const char *token, struct cbt_journal **out, struct cbt_err
 		return -e->errnum;
 	}
 	snprintf(j->path, sizeof(j->path), "%s/%s", dir, token);
-	snprintf(j->rpath, sizeof(j->rpath), "%s/temporaries/%s", cbt_state_dir(), token);
+	record_path(j->rpath, sizeof(j->rpath), token);
 	j->rfd = -1;
 	j->fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
 	if (j->fd < 0) {
@@ -310,7 +329,7 @@ static int record_open(struct cbt_journal *j, struct cbt_err *e)
 {
 	char dir[4096];
 
-	snprintf(dir, sizeof(dir), "%s/temporaries", cbt_state_dir());
+	record_path(dir, sizeof(dir), NULL);
 	if (private_dir(cbt_state_dir(), true, e) || private_dir(dir, true, e))
 		return -e->errnum;
 	j->rfd = open(j->rpath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -534,6 +553,27 @@ static bool own_temporary(const char *path, const char *token)
 }
 
 /*
+ * Removes WHAT, which the journal or record (SOURCE) of the dead run TOKEN
+ * names as a temporary image: only if it is one of that run's; one that is
+ * gone already is fine.
+ */
+static int remove_temporary(const char *what, const char *token, const char *source,
+			    struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	if (!own_temporary(what, token))
+		return cbt_fail(e, EINVAL, "%s: the %s of %s names it as a temporary, but it is "
+				"not one of that run's (/DIR/.NAME.%s.tmp): left alone", what,
+				source, token, token);
+	if (!unlink(what)) {
+		rep->removed++;
+		note(rep, "%s: removed (a temporary image of %s)", what, token);
+	} else if (errno != ENOENT) {
+		return cbt_fail(e, errno, "%s: cannot remove", what);
+	}
+	return 0;
+}
+
+/*
  * An existing image a dead run was writing into (PATH, absolute, as the
  * journal says): half-written, so marked corrupt, and reported.
  */
@@ -620,15 +660,7 @@ static int remove_export_dir(const char *dir, const char *token, struct cbt_err 
 
 void cbt_boot_id(char *buf, size_t size)
 {
-	FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
-
-	buf[0] = '\0';
-	if (f) {
-		if (!fgets(buf, (int)size, f))
-			buf[0] = '\0';
-		fclose(f);
-	}
-	buf[strcspn(buf, "\n")] = '\0';
+	first_line(BOOT_ID_FILE, buf, size);
 }
 
 /* The value of the first "KIND VALUE" line of LINES (N of them), or NULL. */
@@ -738,18 +770,8 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 				      !journal_has(lines, n, "resumed", what), rep, e);
 	if (LINE_IS("existing") && !journal_has(lines, n, "closed", what))
 		return mark_existing(what, token, rep, e);
-	if (LINE_IS("temp")) {
-		if (!own_temporary(what, token))
-			return cbt_fail(e, EINVAL, "%s: the journal of %s names it as a temporary, "
-					"but it is not one of that run's (/DIR/.NAME.%s.tmp): left "
-					"alone", what, token, token);
-		if (!unlink(what)) {
-			rep->removed++;
-			note(rep, "%s: removed (a temporary image of %s)", what, token);
-		} else if (errno != ENOENT) {
-			return cbt_fail(e, errno, "%s: cannot remove", what);
-		}
-	}
+	if (LINE_IS("temp"))
+		return remove_temporary(what, token, "journal", rep, e);
 #undef LINE_IS
 	return 0;
 }
@@ -805,7 +827,7 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 		free(lines[i]);
 	free(lines);
 	if (!first) {
-		snprintf(rpath, sizeof(rpath), "%s/temporaries/%s", cbt_state_dir(), token);
+		record_path(rpath, sizeof(rpath), token);
 		unlink(rpath);
 		unlink(path);
 	}
@@ -821,10 +843,11 @@ static int replay_record(const char *path, const char *token, struct cbt_recover
 			 struct cbt_err *e)
 {
 	char *line = NULL, *what;
+	struct cbt_err err;
 	size_t cap = 0;
 	struct stat st;
 	ssize_t len;
-	int first = 0, fd;
+	int first = 0, fd, r;
 	FILE *f;
 
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -846,17 +869,10 @@ static int replay_record(const char *path, const char *token, struct cbt_recover
 		if (strncmp(line, "temp ", 5))
 			continue;
 		what = line + 5;
-		if (!own_temporary(what, token)) {
-			if (!first)
-				first = cbt_fail(e, EINVAL, "%s: %s names it as a temporary, but it "
-						 "is not one of that run's: left alone", what, path);
-			continue;
-		}
-		if (!unlink(what)) {
-			rep->removed++;
-			note(rep, "%s: removed (a temporary image of %s)", what, token);
-		} else if (errno != ENOENT && !first) {
-			first = cbt_fail(e, errno, "%s: cannot remove", what);
+		r = remove_temporary(what, token, "record", rep, &err);
+		if (r && !first) {
+			first = r;
+			*e = err;
 		}
 	}
 	free(line);
@@ -875,7 +891,7 @@ static int recover_records(struct cbt_recover_report *rep, struct cbt_err *e)
 	int first = 0, r;
 	DIR *dp;
 
-	snprintf(dir, sizeof(dir), "%s/temporaries", cbt_state_dir());
+	record_path(dir, sizeof(dir), NULL);
 	if (access(dir, F_OK) && errno == ENOENT)
 		return 0;
 	if (private_dir(cbt_state_dir(), false, e) || private_dir(dir, false, e))
@@ -889,7 +905,7 @@ static int recover_records(struct cbt_recover_report *rep, struct cbt_err *e)
 		snprintf(journal, sizeof(journal), "%s/%s", cbt_journal_dir(), d->d_name);
 		if (!access(journal, F_OK))
 			continue;	/* its journal was kept: it says more */
-		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
+		record_path(path, sizeof(path), d->d_name);
 		r = replay_record(path, d->d_name, rep, &err);
 		if (r && !first) {
 			first = r;

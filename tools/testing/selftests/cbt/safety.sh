@@ -15,8 +15,7 @@ plan 7
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
-export CBT_STATE_DIR=/tmp/cbtctl-state.$$
-_tmp_dirs+=("$CBT_RUN_DIR" "$CBT_STATE_DIR")
+_tmp_dirs+=("$CBT_RUN_DIR")
 
 # one_dev TAG: in a new $dir, a device $d0 ($n0 its dm name) with bitmap b0
 # and a full backup of it, full.qcow2; then a write, so that b0 is dirty.
