@@ -39,6 +39,10 @@ static const struct command commands[] = {
 	  "undo what a killed backup left: views, snapshots, suspends, frozen bitmaps, temporaries" },
 	{ "metadata", cmd_metadata, "metadata size|show|format ...",
 	  "size, show or format a metadata device (a block device or a file)" },
+	{ "activate", cmd_activate, "activate [--cbttab=FILE] [--wait=S] [--json] [NAME...]",
+	  "create the cbt devices /etc/cbttab lists (at boot: cbt-activate.service)" },
+	{ "deactivate", cmd_deactivate, "deactivate [--cbttab=FILE] [--json] [NAME...]",
+	  "remove the cbt devices /etc/cbttab lists" },
 	{ "help", cmd_help, "help [COMMAND]", "list the commands, or describe one" },
 	{ "version", cmd_version, "version", "print cbtctl's version" },
 };

@@ -33,6 +33,8 @@ int cmd_extents(int argc, char **argv);
 int cmd_inject(int argc, char **argv);
 int cmd_recover(int argc, char **argv);
 int cmd_metadata(int argc, char **argv);
+int cmd_activate(int argc, char **argv);
+int cmd_deactivate(int argc, char **argv);
 
 struct cbt_backup;
 

@@ -290,15 +290,16 @@ int cbt_dm_resume(const char *dev, struct cbt_err *e)
 	return dm_simple(DM_DEVICE_RESUME, "resume failed", dev, e);
 }
 
-int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const char *params,
-		  struct cbt_err *e)
+int cbt_dm_create(const char *name, const char *uuid, const char *type, uint64_t sectors,
+		  const char *params, struct cbt_err *e)
 {
 	struct dm_task *dmt;
 	uint32_t cookie = 0;
 	int r = 0;
 
 	dmt = dm_task_for(DM_DEVICE_CREATE, name);
-	if (!dmt || !dm_task_add_target(dmt, 0, sectors, type, params) ||
+	if (!dmt || (uuid && *uuid && !dm_task_set_uuid(dmt, uuid)) ||
+	    !dm_task_add_target(dmt, 0, sectors, type, params) ||
 	    !dm_task_set_cookie(dmt, &cookie, 0) || !dm_task_run(dmt)) {
 		char what[300];
 
@@ -311,6 +312,25 @@ int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const ch
 	if (dmt)
 		dm_task_destroy(dmt);
 	return r;
+}
+
+int cbt_dm_reload(const char *name, const char *type, uint64_t sectors, const char *params,
+		  struct cbt_err *e)
+{
+	struct dm_task *dmt;
+	int r = 0;
+
+	dmt = dm_task_for(DM_DEVICE_RELOAD, name);
+	if (!dmt || !dm_task_add_target(dmt, 0, sectors, type, params) || !dm_task_run(dmt)) {
+		char what[300];
+
+		snprintf(what, sizeof(what), "cannot load the table '0 %llu %s %s'",
+			 (unsigned long long)sectors, type, params);
+		r = dm_task_fail(dmt, e, what, name);
+	}
+	if (dmt)
+		dm_task_destroy(dmt);
+	return r ? r : cbt_dm_resume(name, e);
 }
 
 int cbt_dm_remove(const char *name, struct cbt_err *e)
@@ -341,30 +361,58 @@ static int cmp_names(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Whether NAME's live table is a single cbt target; -ENXIO when NAME is gone. */
-static int is_cbt(const char *name, struct cbt_err *e)
+int cbt_dm_table(const char *dev, struct cbt_dm_table *t, struct cbt_err *e)
 {
 	struct dm_task *dmt;
 	struct dm_info info;
 	uint64_t start, length;
 	char *type = NULL, *params = NULL;
-	void *next;
-	int r;
+	void *next = NULL;
+	int r = 0;
 
-	dmt = dm_task_for(DM_DEVICE_TABLE, name);
+	memset(t, 0, sizeof(*t));
+	dmt = dm_task_for(DM_DEVICE_TABLE, dev);
 	if (!dmt || !dm_task_run(dmt)) {
-		r = dm_task_fail(dmt, e, "table ioctl failed", name);
+		r = dm_task_fail(dmt, e, "table ioctl failed", dev);
 		goto out;
 	}
 	if (!dm_task_get_info(dmt, &info) || !info.exists) {
-		r = -ENXIO;
+		r = cbt_fail(e, ENXIO, "%s: no such device-mapper device", cbt_dm_name(dev));
 		goto out;
 	}
-	next = dm_get_next_target(dmt, NULL, &start, &length, &type, &params);
-	r = type && !strcmp(type, DM_CBT_TARGET_NAME) && !next;
+	do {
+		next = dm_get_next_target(dmt, next, &start, &length, &type, &params);
+		if (!type)
+			break;
+		if (!t->nr_targets++) {
+			t->start = start;
+			t->sectors = length;
+			snprintf(t->type, sizeof(t->type), "%s", type);
+			t->params = strdup(params ? params : "");
+			if (!t->params) {
+				r = cbt_fail(e, ENOMEM, "%s: table", cbt_dm_name(dev));
+				goto out;
+			}
+		}
+	} while (next);
+	snprintf(t->uuid, sizeof(t->uuid), "%s", dm_task_get_uuid(dmt) ?: "");
 out:
 	if (dmt)
 		dm_task_destroy(dmt);
+	return r;
+}
+
+/* Whether NAME's live table is a single cbt target; -ENXIO when NAME is gone. */
+static int is_cbt(const char *name, struct cbt_err *e)
+{
+	struct cbt_dm_table t;
+	int r;
+
+	r = cbt_dm_table(name, &t, e);
+	if (r)
+		return r;
+	r = t.nr_targets == 1 && !strcmp(t.type, DM_CBT_TARGET_NAME);
+	free(t.params);
 	return r;
 }
 

@@ -99,9 +99,27 @@ int cbt_dm_info(const char *dev, struct cbt_dm_info *info, struct cbt_err *e);
 int cbt_dm_suspend(const char *dev, struct cbt_err *e);
 int cbt_dm_resume(const char *dev, struct cbt_err *e);
 
-/* Creates NAME with one target, TYPE over SECTORS with PARAMS, and waits for its node. */
-int cbt_dm_create(const char *name, const char *type, uint64_t sectors, const char *params,
+/*
+ * Creates NAME (with dm uuid UUID unless it is NULL or "") with one target,
+ * TYPE over SECTORS with PARAMS, and waits for its node.
+ */
+int cbt_dm_create(const char *name, const char *uuid, const char *type, uint64_t sectors,
+		  const char *params, struct cbt_err *e);
+/* Loads a table of one target, TYPE over SECTORS with PARAMS, into NAME and resumes it. */
+int cbt_dm_reload(const char *name, const char *type, uint64_t sectors, const char *params,
 		  struct cbt_err *e);
+
+/* What the table ioctl says of a dm device: its first target, and how many it has. */
+struct cbt_dm_table {
+	unsigned int nr_targets;
+	uint64_t start, sectors;	/* of the first target */
+	char type[32];
+	char *params;			/* the TABLE status line; free() it */
+	char uuid[129];			/* the dm uuid, "" when it has none */
+};
+
+/* The live table of DEV; -ENXIO (E says so) when there is no such device. */
+int cbt_dm_table(const char *dev, struct cbt_dm_table *t, struct cbt_err *e);
 /*
  * The names of every dm device whose table is one cbt target, sorted;
  * free() each name and *NAMES. A device removed meanwhile is left out.

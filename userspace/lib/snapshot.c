@@ -182,5 +182,5 @@ int cbt_view_create(const char *name, const char *dev, const char *token, uint64
 	if (r)
 		return r;
 	snprintf(params, sizeof(params), "%u:%u %s", info.major, info.minor, token);
-	return cbt_dm_create(name, DM_CBT_SNAPSHOT_TARGET_NAME, bytes >> 9, params, e);
+	return cbt_dm_create(name, NULL, DM_CBT_SNAPSHOT_TARGET_NAME, bytes >> 9, params, e);
 }
