@@ -787,13 +787,19 @@ void cbt_snap_release(struct cbt_snap *s, sector_t sector, sector_t nr_sectors,
 			if (c >= end)
 				break;
 			clear_bit(c, s->needed->map);
-			clear_bit(c, s->cow->map);
 			clear_bit(c, s->preserved->map);
 			s->nr_needed--;
 			/* A write waiting for space to preserve it may go. */
 			if (!bio_list_empty(&s->space_waiters))
 				kick = true;
 			slot = __find_slot(s, c);
+			/*
+			 * While its copy is in flight a write to the chunk must
+			 * still wait for it: view reads waiting for the copy are
+			 * served from the slot. The copy's end clears the bit.
+			 */
+			if (!slot || slot->ready)
+				clear_bit(c, s->cow->map);
 			if (slot) {
 				slot->released = true;
 				kick |= __cbt_snap_settle(s, slot);

@@ -15,7 +15,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl fio
-plan 11
+plan 12
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -441,6 +441,52 @@ test_dump_held() {
 	wait $pid 2>/dev/null || true
 }
 
+# A view discard of a chunk whose copy is in flight (the copy's read held
+# 4 s by dm-delay under the cbt device), a view read waiting for that copy,
+# then a second write to the chunk: the write waits for the copy, and the
+# read returns the chunk as it was at the instant. (Before, the discard let
+# the write go down at once, the copy read it, and the view read returned
+# it with success.)
+test_release_in_flight() {
+	local dir loop slow name dev view rc
+	make_tmpdir dir
+	truncate -s $SIZE "$dir/d.raw"
+	make_loop loop "$dir/d.raw"
+	qio "$loop" "write -P 0x41 0 1M"
+	slow=$(dm_name slow)
+	dm_create "$slow" "0 $((SIZE / 512)) delay $loop 0 4000 $loop 0 0" ||
+		skip_test "dm-delay is not installed"
+	name=$(dm_name inflight)
+	dm_create "$name" "0 $((SIZE / 512)) cbt /dev/mapper/$slow"
+	dev=/dev/mapper/$name
+	dmsetup message "$name" 0 snapshot prepare t1 chunk=65536
+	dmsetup suspend "$name"
+	dmsetup message "$name" 0 snapshot start t1
+	dmsetup resume "$name"
+	view=$(dm_name inflight-view)
+	dm_create "$view" "0 $((SIZE / 512)) cbt-snapshot $dev t1"
+	head -c 4096 /dev/zero | tr '\0' X >"$dir/x"
+	head -c 4096 /dev/zero | tr '\0' B >"$dir/b"
+	# The first write takes a slot for chunk 0; its copy waits in dm-delay.
+	dd if="$dir/x" of="$dev" bs=4k oflag=direct status=none &
+	for ((n = 0; n < 100; n++)); do
+		[[ $(snap_info "$dev") != *" used=0 "* ]] && break
+		nap 0.05
+	done
+	[[ $(snap_info "$dev") != *" used=0 "* ]] || fail "no slot taken: $(snap_info "$dev")"
+	dd if="/dev/mapper/$view" of="$dir/read" bs=64k count=1 iflag=direct status=none &
+	rc=$!
+	nap 1
+	# -f: no probe for signatures, whose reads would each wait in dm-delay.
+	blkdiscard -f -o 0 -l 65536 "/dev/mapper/$view" 2>/dev/null
+	dd if="$dir/b" of="$dev" bs=4k seek=1 oflag=direct status=none
+	wait $rc || fail "the view read failed"
+	wait
+	head -c 65536 /dev/zero | tr '\0' A | cmp - "$dir/read" ||
+		fail "the view read returned data written after the instant"
+	cmp -n 8192 <(cat "$dir/x" "$dir/b") "$dev" || fail "the device lacks the writes"
+}
+
 run_test "full backup at the instant, every chunk overwritten meanwhile" test_point_in_time_full
 run_test "incremental at the instant, every chunk overwritten meanwhile" \
 	test_point_in_time_incremental
@@ -454,4 +500,6 @@ run_test "a run killed while frozen: recover resumes, then thaws the guest" test
 run_test "--no-snapshot reads the live devices" test_no_snapshot
 run_test "status shows a snapshot while it runs, none after" test_status
 run_test "the last cbt table gone, a netlink dump held: the snapshot stops" test_dump_held
+run_test "a discard while the chunk's copy is in flight: the view keeps the instant" \
+	test_release_in_flight
 finish
