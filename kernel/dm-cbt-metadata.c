@@ -738,14 +738,24 @@ out:
 
 /*
  * Resize, step 2, after the new arrays are in place (the device is
- * suspended): every area is written whole at its new place, then the
- * superblock names the new places and length.
+ * suspended and cd->len is the new length): every area is written whole at
+ * its new place, and the superblock names the new places and length.
+ *
+ * Growth writes the areas first: a crash before the superblock finds the
+ * old length and places, whose bits an area written in place still holds
+ * (with the new range dirty past them, which the old length ignores).
+ * A shrink writes the superblock first: its areas stay where they are
+ * (they were large enough) and hold every bit the new length covers, while
+ * writing them first would clear the bits past the new end under a
+ * superblock that still counts them: a crash there would load written
+ * chunks clean at the old length.
  */
 void cbt_meta_resize_commit(struct cbt_dev *cd, struct cbt_resize *rs, unsigned long old_epoch)
 {
 	struct cbt_meta *m = cd->meta;
 	struct cbt_bitmap *bm;
 	unsigned int i = 0, nr = 0;
+	bool shrink;
 	u64 b;
 	int r = 0;
 
@@ -753,19 +763,23 @@ void cbt_meta_resize_commit(struct cbt_dev *cd, struct cbt_resize *rs, unsigned 
 	mutex_lock(&m->io_lock);
 	if (m->failed)
 		goto out;
+	shrink = cd->len < le64_to_cpu(m->sb->data_sectors);
 	list_for_each_entry(bm, &cd->bitmaps, list) {
+		WARN_ON_ONCE(shrink && bm->area_start != rs[i].area_start);
 		bm->area_start = rs[i].area_start;
 		bm->area_blocks = rs[i].area_blocks;
 		cbt_bits_zero(bm_durable(bm));
 		i++;
 	}
 	synchronize_rcu();
+	if (shrink)
+		r = meta_write_sb(m);
 	list_for_each_entry(bm, &cd->bitmaps, list)
 		for (b = 0; !r && b < area_blocks_for(bm_durable(bm)->nr_chunks); b++)
 			r = meta_stage_block(m, &nr, bm, b);
 	if (!r)
 		r = meta_write_stage(m, nr);
-	if (!r)
+	if (!r && !shrink)
 		meta_write_sb(m);
 out:
 	mutex_unlock(&m->io_lock);

@@ -10,7 +10,8 @@
 # write logged so far lies in chunks the replayed metadata marks dirty in
 # every bitmap. Then the same while messages change the bitmaps under the
 # writes: a disable and a remove must be on the metadata device before the
-# I/O path stops marking the bitmap.
+# I/O path stops marking the bitmap; and while the device shrinks and grows
+# back.
 . "$(dirname "$0")/lib.sh"
 
 require_root
@@ -19,7 +20,7 @@ logcheck=$cbt_top/build/selftests/logcheck
 [ -x "$logcheck" ] || skip_all "logcheck is not built (make selftests)"
 modprobe dm-log-writes 2>/dev/null
 dmsetup targets | grep -q '^log-writes ' || skip_all "dm-log-writes is not installed"
-plan 3
+plan 4
 
 META=2048			# sectors: 1 MiB
 DATA=$((64 << 11))		# sectors: 64 MiB
@@ -32,7 +33,7 @@ DATA=$((64 << 11))		# sectors: 64 MiB
 # they no longer need it), the mark, and each message sent while fio runs
 # (until stopped, half a second after the last).
 workload() {
-	local tag=$1 logw meta data cbt
+	local tag=$1 logw meta data cbt len
 	shift
 	make_tmpdir dir
 	truncate -s $(((META + DATA) * 512)) "$dir/disk"
@@ -70,10 +71,34 @@ workload() {
 			status=none || fail "prefill of bx and by"
 	fi
 	dmsetup message "$logw" 0 mark start
+	# With RESIZE: the last MiB written after the mark, past the half a
+	# shrink keeps.
+	if [ -n "${RESIZE:-}" ]; then
+		dd if=/dev/zero of="/dev/mapper/$cbt" bs=1M seek=$((DATA / 2048 - 1)) count=1 \
+			oflag=direct status=none || fail "the write past the half"
+	fi
 	fio --name=crash --filename="/dev/mapper/$cbt" --direct=1 --ioengine=libaio \
 		--iodepth=8 --randrepeat=0 --norandommap --eta=never "$@" --output=/dev/null &
 	local fio=$! msg m n=0
-	if [ -n "${MESSAGES:-}" ]; then
+	if [ -n "${RESIZE:-}" ]; then
+		# fio writes the first half; the device shrinks to it and grows
+		# back, by reloads, while it runs (once it has written 256 KiB).
+		until [ "$(dmsetup message "$cbt" 0 bitmap info b4k | grep -o ' count=[0-9]*' |
+			cut -d= -f2)" -gt $(((1 << 20) + (256 << 10))) ]; do
+			n=$((n + 1))
+			[ $n -lt 600 ] || { fail "fio never wrote"; break; }
+			nap 0.05
+		done
+		for len in $((DATA / 2)) $DATA; do
+			dmsetup reload "$cbt" --table \
+				"0 $len cbt /dev/mapper/$data 3 write_cache metadata /dev/mapper/$meta" ||
+				fail "reload at $len sectors"
+			dmsetup resume "$cbt" || fail "resume at $len sectors"
+			nap 0.5
+		done
+		kill -INT $fio 2>/dev/null || fail "fio ended before it was stopped"
+		wait $fio || true
+	elif [ -n "${MESSAGES:-}" ]; then
 		# Once fio writes where bx is clean (its count past the half).
 		until [ "$(dmsetup message "$cbt" 0 bitmap info bx | grep -o ' count=[0-9]*' |
 			cut -d= -f2)" -gt $((DATA * 256)) ]; do
@@ -142,7 +167,18 @@ test_messages() {
 	check 200 4
 }
 
+# A shrink and a regrowth under writes, with the last MiB written after the
+# mark: a crash before the superblock records the shorter length must find
+# that MiB dirty (before, the areas were written first, the chunks past the
+# new end cleared under a superblock that still counted them).
+test_resize() {
+	RESIZE=1 workload resize --rw=randwrite --bs=4k --size=$((DATA / 2 * 512)) \
+		--time_based --runtime=300 --fsync=64
+	check 50
+}
+
 run_test "4 KiB random writes with flushes: every crash point is honest" test_small_writes
 run_test "mixed sizes, discards, FUA: every crash point is honest" test_mixed
 run_test "disable and remove under writes: every crash point is honest" test_messages
+run_test "a shrink and a regrowth under writes: every crash point is honest" test_resize
 finish
