@@ -230,7 +230,12 @@ static bool __cbt_snap_settle(struct cbt_snap *s, struct cbt_snap_slot *slot)
 
 	if (!slot->ready)
 		return false;
-	if (s->suspending && slot->nr_writes)
+	/*
+	 * Only reads that go through the cbt device (a test device with
+	 * injection rules) can wait behind its suspend; the others read the
+	 * device below it, which the suspend does not stop, and finish.
+	 */
+	if (s->suspending && READ_ONCE(s->injected) && slot->nr_writes)
 		__cbt_snap_spoil_reads(s, slot->chunk);
 	if (!__chunk_being_read(s, slot->chunk)) {
 		/* Later writes to the chunk go down at once. */
@@ -1125,8 +1130,10 @@ void cbt_snap_injected(struct cbt_dev *cd)
  * Presuspend of the cbt device: from now until resume, view reads that go
  * through it (on a test device: cbt_snap.injected) may wait behind the
  * suspend, which waits for every held write.
- * Writes held for such reads go (the reads fail), and a write that needs
- * a slot when none is free breaks the snapshot instead of waiting.
+ * Writes held for such reads go (the reads fail; on other devices the
+ * reads go to the device below, and the writes wait for them as ever),
+ * and a write that needs a slot when none is free breaks the snapshot
+ * instead of waiting.
  */
 void cbt_snap_presuspend(struct cbt_dev *cd)
 {
@@ -1141,10 +1148,11 @@ void cbt_snap_presuspend(struct cbt_dev *cd)
 	if (s) {
 		spin_lock_irqsave(&s->lock, flags);
 		s->suspending = true;
-		if (s->state == CBT_SNAP_RUNNING) {
+		if (s->state == CBT_SNAP_RUNNING && READ_ONCE(s->injected)) {
 			/*
-			 * Visit the slots of the held writes (few), not every
-			 * slot. Each settle of a copied one lets its writes go,
+			 * Views read through the cbt device: visit the slots of
+			 * the held writes (few), not every slot. Each settle of a
+			 * copied one spoils the reads and lets its writes go,
 			 * which changes the list: start again until none is left.
 			 * Writes whose copy is in flight go when it ends.
 			 */
@@ -1156,13 +1164,13 @@ again:
 					goto again;
 				}
 			}
-			if (!bio_list_empty(&s->space_waiters) && !__cbt_snap_can_grow(s)) {
-				DMERR("snapshot %s: suspended with writes waiting: breaking it",
-				      s->token);
-				s->break_event = true;
-				__cbt_snap_end(s, CBT_SNAP_BROKEN);
-				kick = true;
-			}
+		}
+		if (s->state == CBT_SNAP_RUNNING && !bio_list_empty(&s->space_waiters) &&
+		    !__cbt_snap_can_grow(s)) {
+			DMERR("snapshot %s: suspended with writes waiting: breaking it", s->token);
+			s->break_event = true;
+			__cbt_snap_end(s, CBT_SNAP_BROKEN);
+			kick = true;
 		}
 		spin_unlock_irqrestore(&s->lock, flags);
 		if (kick)

@@ -15,7 +15,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl fio
-plan 12
+plan 13
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -487,6 +487,48 @@ test_release_in_flight() {
 	cmp -n 8192 <(cat "$dir/x" "$dir/b") "$dev" || fail "the device lacks the writes"
 }
 
+# A suspend of the cbt device (no injection rule on it) while a view read
+# of the device below (held 4 s by a delay rule on a cbt device under it)
+# holds back a write to a chunk whose copy is done: the suspend waits, and
+# the read returns the instant's data. (Before, every suspend failed such
+# reads with EIO, as it must only where views read through the cbt device.)
+test_suspend_read() {
+	local dir loop low name dev view rd wr
+	make_tmpdir dir
+	truncate -s $SIZE "$dir/d.raw"
+	make_loop loop "$dir/d.raw"
+	qio "$loop" "write -P 0x41 0 1M"
+	low=$(dm_name low)
+	dm_create "$low" "0 $((SIZE / 512)) cbt $loop"
+	cbtctl inject "/dev/mapper/$low" delay event=read offset=0 length=4096 usecs=4000000 \
+		>/dev/null || fail "inject"
+	name=$(dm_name susp)
+	dm_create "$name" "0 $((SIZE / 512)) cbt /dev/mapper/$low"
+	dev=/dev/mapper/$name
+	dmsetup message "$name" 0 snapshot prepare t1 chunk=65536
+	dmsetup suspend "$name"
+	dmsetup message "$name" 0 snapshot start t1
+	dmsetup resume "$name"
+	view=$(dm_name susp-view)
+	dm_create "$view" "0 $((SIZE / 512)) cbt-snapshot $dev t1"
+	head -c 4096 /dev/zero | tr '\0' B >"$dir/b"
+	# The read covers chunks 0-15 and waits 4 s below; the write to chunk
+	# 5 is copied at once, then waits for the read.
+	dd if="/dev/mapper/$view" of="$dir/read" bs=1M count=1 iflag=direct status=none &
+	rd=$!
+	nap 0.5
+	dd if="$dir/b" of="$dev" bs=4k seek=80 oflag=direct status=none &
+	wr=$!
+	nap 0.5
+	dmsetup suspend "$name"
+	dmsetup resume "$name"
+	wait $rd || fail "the view read failed"
+	wait $wr || fail "the write failed"
+	head -c $((1 << 20)) /dev/zero | tr '\0' A | cmp - "$dir/read" ||
+		fail "the view read does not hold the instant"
+	expect_eq "snapshot" "$(snap_info "$dev" | cut -d' ' -f2)" state=running
+}
+
 run_test "full backup at the instant, every chunk overwritten meanwhile" test_point_in_time_full
 run_test "incremental at the instant, every chunk overwritten meanwhile" \
 	test_point_in_time_incremental
@@ -502,4 +544,5 @@ run_test "status shows a snapshot while it runs, none after" test_status
 run_test "the last cbt table gone, a netlink dump held: the snapshot stops" test_dump_held
 run_test "a discard while the chunk's copy is in flight: the view keeps the instant" \
 	test_release_in_flight
+run_test "a suspend while a view read holds a write back: the read succeeds" test_suspend_read
 finish
