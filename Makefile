@@ -95,7 +95,8 @@ unit-logcheck:
 	bash tools/testing/unit/test-logcheck.sh build/unit
 
 # The kselftests on every test kernel; each kernel's TAP log is kept in build/.
-vmcheck: modules selftests
+# The first kernel's job also installs the packages (tools/testing/vm/deb-test).
+vmcheck: modules selftests deb
 	$(VM)/check-kernels $(KERNELS)
 
 check: unit vmcheck
