@@ -149,8 +149,9 @@ install:
 
 # The Debian packages, built from a copy of the tracked files as they are
 # in the working tree (new files need `git add`), in build/deb/src; the
-# .debs land in build/deb. Any lintian error or warning fails it (the
-# overrides are in debian/*.lintian-overrides, each with its reason).
+# .debs land in build/deb. Any lintian error or warning fails it (none
+# is overridden; an override would go in debian/*.lintian-overrides with
+# its reason).
 # debian/rules fails when debian/changelog and dkms.conf disagree on the
 # version.
 deb: $(DEMO_DEPS_STAMP)
