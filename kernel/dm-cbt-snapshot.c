@@ -19,7 +19,11 @@
  * the bitmaps start reads); cbt_snap.lock, taken with irqs off (the copy
  * completes in interrupt context), guards the snapshot's state, maps and
  * lists. Map finds the snapshot under RCU; stop unpublishes it and waits
- * for a grace period before it lets the held writes go.
+ * for a grace period before it lets the held writes go. What the reader
+ * needs to go on (a view's creation, "snapshot info" and "preserved") also
+ * finds it under RCU, not cbt_dev.lock: a bitmap message holds that lock
+ * while it waits for the writes mapped before it, which may be writes this
+ * snapshot holds until the reader releases a slot.
  */
 
 #include <linux/hash.h>
@@ -1227,8 +1231,14 @@ struct cbt_snap *cbt_snap_get_running(dev_t devt, const char *token)
 
 	if (!cd)
 		return ERR_PTR(-ENODEV);
-	mutex_lock(&cd->lock);
-	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	/*
+	 * Not under cd->lock, which a message may hold while it waits for
+	 * writes this snapshot holds: the reader must still get its views.
+	 * A stop unpublishes S and waits for a grace period before it drops
+	 * the device's reference, so S lives through this section.
+	 */
+	rcu_read_lock();
+	s = rcu_dereference(cd->snap);
 	if (!s || strcmp(s->token, token)) {
 		r = -ENOENT;
 	} else {
@@ -1241,7 +1251,7 @@ struct cbt_snap *cbt_snap_get_running(dev_t devt, const char *token)
 		}
 		spin_unlock_irqrestore(&s->lock, flags);
 	}
-	mutex_unlock(&cd->lock);
+	rcu_read_unlock();
 	cbt_dev_put(cd);
 	if (r)
 		return ERR_PTR(r);
@@ -1550,8 +1560,9 @@ static int run_preserved(struct cbt_c *cc, u64 from, char *result, unsigned int 
 	struct cbt_snap *s;
 	u64 off, last;
 
-	mutex_lock(&cd->lock);
-	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	/* Under RCU, not cd->lock: see cbt_snap_get_running(). */
+	rcu_read_lock();
+	s = rcu_dereference(cd->snap);
 	if (s && READ_ONCE(s->state) == CBT_SNAP_RUNNING &&
 	    from < (u64)s->len << SECTOR_SHIFT) {
 		c = from >> (s->chunk_shift + SECTOR_SHIFT);
@@ -1567,7 +1578,7 @@ static int run_preserved(struct cbt_c *cc, u64 from, char *result, unsigned int 
 			c = end;
 		}
 	}
-	mutex_unlock(&cd->lock);
+	rcu_read_unlock();
 	DMEMIT("\n");
 	return 1;
 }
@@ -1586,8 +1597,9 @@ static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg 
 	struct cbt_snap *s;
 	unsigned long flags;
 
-	mutex_lock(&cd->lock);
-	s = rcu_dereference_protected(cd->snap, lockdep_is_held(&cd->lock));
+	/* Under RCU, not cd->lock: see cbt_snap_get_running(). */
+	rcu_read_lock();
+	s = rcu_dereference(cd->snap);
 	if (!s) {
 		DMEMIT("state=none\n");
 	} else {
@@ -1608,7 +1620,7 @@ static int run_info(struct cbt_c *cc, struct dm_target *ti, struct cbt_snap_msg 
 		       (u64)s->nr_backed << (s->chunk_shift + SECTOR_SHIFT));
 		spin_unlock_irqrestore(&s->lock, flags);
 	}
-	mutex_unlock(&cd->lock);
+	rcu_read_unlock();
 	return 1;
 }
 

@@ -15,7 +15,7 @@
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl fio
-plan 13
+plan 14
 
 SIZE=$((16 << 20))
 export CBT_RUN_DIR=/tmp/cbtctl-run.$$
@@ -529,6 +529,58 @@ test_suspend_read() {
 	expect_eq "snapshot" "$(snap_info "$dev" | cut -d' ' -f2)" state=running
 }
 
+# A store of two chunks, both taken, a third write waiting for space, and
+# a "bitmap add" on the device (with a metadata device), which waits for
+# the writes mapped before it, that one included: the reader still gets
+# "snapshot info" and "preserved" answered and a second view created, and
+# its release lets the write and then the add go. (Before, those took the
+# device's lock, which the add holds: the reader waited for the write that
+# waited for it, until the snapshot's timeout broke the snapshot.)
+test_drain_reader() {
+	local dir loop mloop name dev view w add info
+	make_tmpdir dir
+	truncate -s $SIZE "$dir/d.raw"
+	truncate -s 1M "$dir/m.raw"
+	make_loop loop "$dir/d.raw"
+	make_loop mloop "$dir/m.raw"
+	name=$(dm_name drain)
+	dm_create "$name" "0 $((SIZE / 512)) cbt $loop 2 metadata $mloop"
+	dev=/dev/mapper/$name
+	dmsetup message "$name" 0 snapshot prepare t1 memory=131072 chunk=65536 timeout=120
+	dmsetup suspend "$name"
+	dmsetup message "$name" 0 snapshot start t1
+	dmsetup resume "$name"
+	view=$(dm_name drain-view)
+	dm_create "$view" "0 $((SIZE / 512)) cbt-snapshot $dev t1"
+	head -c 4096 /dev/zero | tr '\0' W >"$dir/w"
+	dd if="$dir/w" of="$dev" bs=4k seek=0 oflag=direct status=none
+	dd if="$dir/w" of="$dev" bs=4k seek=16 oflag=direct status=none
+	# The third chunk's write waits for space.
+	dd if="$dir/w" of="$dev" bs=4k seek=32 oflag=direct status=none &
+	w=$!
+	for ((n = 0; n < 100; n++)); do
+		[[ $(snap_info "$dev") == *" waited=1 "* ]] && break
+		nap 0.05
+	done
+	[[ $(snap_info "$dev") == *" waited=1 "* ]] || fail "no write waits: $(snap_info "$dev")"
+	dmsetup message "$name" 0 bitmap add b1 &
+	add=$!
+	nap 1
+	info=$(timeout 10 dmsetup message "$name" 0 snapshot info) ||
+		fail "snapshot info did not answer while the add waits"
+	[[ $info == *" state=running "* ]] || fail "info: $info"
+	expect_eq "preserved" "$(timeout 10 dmsetup message "$name" 0 snapshot preserved)" \
+		"0+131072"
+	dm_create "$(dm_name drain-view2)" "0 $((SIZE / 512)) cbt-snapshot $dev t1" ||
+		fail "no second view while the add waits"
+	# The reader releases the first chunk: the write gets its slot.
+	blkdiscard -f -o 0 -l 65536 "/dev/mapper/$view" 2>/dev/null
+	wait $w || fail "the held write failed"
+	wait $add || fail "bitmap add"
+	dmsetup message "$name" 0 bitmap info b1 >/dev/null || fail "no bitmap b1"
+	[[ $(snap_info "$dev") == *" state=running "* ]] || fail "snapshot: $(snap_info "$dev")"
+}
+
 run_test "full backup at the instant, every chunk overwritten meanwhile" test_point_in_time_full
 run_test "incremental at the instant, every chunk overwritten meanwhile" \
 	test_point_in_time_incremental
@@ -545,4 +597,6 @@ run_test "the last cbt table gone, a netlink dump held: the snapshot stops" test
 run_test "a discard while the chunk's copy is in flight: the view keeps the instant" \
 	test_release_in_flight
 run_test "a suspend while a view read holds a write back: the read succeeds" test_suspend_read
+run_test "a bitmap message waiting for a write held for space: the reader goes on" \
+	test_drain_reader
 finish

@@ -249,20 +249,33 @@ test_one_per_device() {
 }
 
 test_existing_unusable() {
-	local dir d0 d1 rc
+	local dir d0 d1 rc pid n
 	make_tmpdir dir
 	pattern_dev d0 ex0 0x41
 	pattern_dev d1 ex1 0x42
 	cbtctl bitmap add "$d1" b0 && cbtctl bitmap add "$d0" b0 || fail "bitmap add"
 	qio "$d0" "write -P 0x12 0 64k" "write -P 0x13 16M 128k"
 	qemu-img create -q -f qcow2 "$dir/t0.qcow2" $SIZE
-	# d1's last block fails: its copy reads the whole device first, so d0's
-	# copy has written into t0 by then (at 32 MiB it sometimes had not,
-	# and the target was rightly left unmarked).
+	# d1's last block fails, and its read is held until d0's copy has
+	# marked t0 (the corrupt bit, set before its first write), then let go
+	# by a suspend of d1. (Timing alone was not enough: twice the
+	# transaction failed before t0 was written, and the target was
+	# rightly left unmarked.)
+	cbtctl inject "$d1" delay event=read offset=$((SIZE - 4096)) length=4096 \
+		usecs=60000000 id=hold >/dev/null
 	cbtctl inject "$d1" error event=read offset=$((SIZE - 4096)) length=4096 errno=EIO \
 		>/dev/null
-	cbtctl backup --sync=full --bitmap=b0 --json "$d0=$dir/t0.qcow2,mode=existing" \
-		"$d1=$dir/t1.qcow2" >"$dir/out.json" && rc=0 || rc=$?
+	cbtctl backup -q --sync=full --bitmap=b0 --json "$d0=$dir/t0.qcow2,mode=existing" \
+		"$d1=$dir/t1.qcow2" >"$dir/out.json" &
+	pid=$!
+	for ((n = 0; n < 500; n++)); do
+		[ $(($(od -An -tu1 -j79 -N1 "$dir/t0.qcow2") & 2)) = 2 ] &&
+			[[ $(cbtctl inject "$d1" list) == *" id=hold hits=1 "* ]] && break
+		nap 0.1
+	done
+	dmsetup suspend "${d1#/dev/mapper/}"
+	dmsetup resume "${d1#/dev/mapper/}"
+	wait $pid && rc=0 || rc=$?
 	cbtctl inject "$d1" clear >/dev/null
 	expect_eq "exit status" "$rc" 1
 	expect_eq "job 1" "$(job_field "$dir/out.json" 1 status)" failed
