@@ -1055,6 +1055,10 @@ static void cbt_snap_stop(struct cbt_snap *s)
 {
 	unsigned long flags;
 
+	/* A view's creation that found S before it was unpublished fails. */
+	spin_lock_irqsave(&s->lock, flags);
+	s->unpublished = true;
+	spin_unlock_irqrestore(&s->lock, flags);
 	/*
 	 * No map finds it any more. Expedited: a stop ends every backup, and
 	 * a normal grace period was a measurable share of an idle one's time.
@@ -1243,7 +1247,7 @@ struct cbt_snap *cbt_snap_get_running(dev_t devt, const char *token)
 		r = -ENOENT;
 	} else {
 		spin_lock_irqsave(&s->lock, flags);
-		if (s->state == CBT_SNAP_RUNNING) {
+		if (s->state == CBT_SNAP_RUNNING && !s->unpublished) {
 			kref_get(&s->kref);
 			s->nr_views++;
 		} else {

@@ -104,6 +104,7 @@ struct cbt_snap {
 	struct bio_list space_waiters;	/* writes that need a slot, oldest first */
 	struct bio_list held_writes;	/* writes waiting for their chunk's copy (and reads) */
 	bool suspending;		/* presuspend to resume: reads of the device may stall */
+	bool unpublished;		/* gone from its device: no new view */
 	dev_t origin;			/* the device below the cbt target at the instant */
 	bool injected;			/* cbt_dev.injected: views read through the cbt device */
 	struct bio_list ready_writes;	/* writes free to go down */

@@ -182,7 +182,7 @@ static int tab_read(struct cbttab *t, struct cbt_err *e)
 			hash++;
 		if (hash)
 			*hash = '\0';
-		line[strcspn(line, "\n")] = '\0';
+		line[strcspn(line, "\r\n")] = '\0';
 		r = parse_line(line, &ent);
 		if (r > 0)
 			continue;
@@ -192,12 +192,10 @@ static int tab_read(struct cbttab *t, struct cbt_err *e)
 			goto out;
 		}
 		for (i = 0; i < t->n && !ent.error[0]; i++) {
-			if (t->v[i].error[0])
-				continue;
 			if (!strcmp(t->v[i].name, ent.name))
 				snprintf(ent.error, sizeof(ent.error), "'%s' is listed on line %u "
 					 "already", ent.name, t->v[i].line);
-			else if (!strcmp(t->v[i].data, ent.data))
+			else if (!t->v[i].error[0] && !strcmp(t->v[i].data, ent.data))
 				snprintf(ent.error, sizeof(ent.error), "the data device %s is "
 					 "line %u's already", ent.data, t->v[i].line);
 		}
@@ -210,8 +208,7 @@ static int tab_read(struct cbttab *t, struct cbt_err *e)
 		t->v = nv;
 		t->v[t->n++] = ent;
 	}
-	if (ferror(f))
-		r = cbt_fail(e, EIO, "cannot read %s", t->path);
+	r = ferror(f) ? cbt_fail(e, EIO, "cannot read %s", t->path) : 0;
 out:
 	free(line);
 	fclose(f);
@@ -420,11 +417,17 @@ static int activate_one(const struct tab_entry *ent, double deadline, struct out
 		return fail_entry(o, "%s%s", e.msg, e.errnum == EINVAL || e.errnum == EBUSY ?
 				  " (the kernel log says why)" : "");
 	if (recorded && recorded < sectors) {
-		if (cbt_dm_reload(ent->name, DM_CBT_TARGET_NAME, sectors, params, &e))
+		if (cbt_dm_reload(ent->name, DM_CBT_TARGET_NAME, sectors, params, &e)) {
+			struct cbt_err re = { 0 };
+
+			/* Never leave a VM a shorter disk: the device goes again. */
+			r = cbt_dm_remove(ent->name, &re);
 			return fail_entry(o, "created at the %llu sectors its metadata device "
-					  "records, but growing it to %llu failed: %s",
+					  "records, but growing it to %llu failed: %s; %s",
 					  (unsigned long long)recorded,
-					  (unsigned long long)sectors, e.msg);
+					  (unsigned long long)sectors, e.msg,
+					  r ? re.msg : "removed again");
+		}
 		o->action = "grown";
 		snprintf(o->detail, sizeof(o->detail), "created at the %llu sectors its "
 			 "metadata device records, then grown to %llu (the new range is dirty)",

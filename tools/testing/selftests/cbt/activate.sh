@@ -39,6 +39,8 @@ setup() {
 	$A	$a_loop	$m_loop   # the one with a metadata device
 	$B $b_loop - defaults
 	$C $c_loop - noauto,uuid=CBT-test-$$-C
+	# a last line without an entry, then an empty one
+
 	EOF
 }
 
@@ -115,6 +117,7 @@ test_missing() {
 # its metadata device records, then grown, the new range dirty. One that
 # shrank, or a metadata device of another dm device, is refused.
 test_resized() {
+	local s_loop
 	setup
 	cbtctl activate --cbttab="$dir/cbttab" "$A" >/dev/null || fail "activate"
 	cbtctl bitmap add "$A" b0 || fail "bitmap add"
@@ -137,6 +140,21 @@ test_resized() {
 	cbtctl activate --cbttab="$dir/other" 2>"$dir/err" && fail "another device's metadata taken"
 	grep -q "holds the bitmaps of dm device '$A'" "$dir/err" || fail "the error: $(cat "$dir/err")"
 	[ ! -e "/dev/mapper/$C" ] || fail "the refused device exists"
+	# A growth the metadata device has no room for (20 KiB: the
+	# superblocks and one block of 4 KiB chunks, 128 MiB of them): the
+	# device created at the recorded length is removed again.
+	truncate -s 20K "$dir/small.raw"
+	make_loop s_loop "$dir/small.raw"
+	echo "$B $b_loop $s_loop" >"$dir/small"
+	cbtctl activate --cbttab="$dir/small" >/dev/null || fail "activate with a small metadata device"
+	cbtctl bitmap add "$B" b0 --granularity=4K || fail "bitmap add"
+	cbtctl deactivate --cbttab="$dir/small" >/dev/null || fail "deactivate"
+	truncate -s 160M "$dir/b.raw"
+	losetup -c "$b_loop"
+	cbtctl activate --cbttab="$dir/small" 2>"$dir/err" && fail "grown without room"
+	grep -q "growing it to $((160 << 11)) failed: .*; removed again" "$dir/err" ||
+		fail "the error: $(cat "$dir/err")"
+	[ ! -e "/dev/mapper/$B" ] || fail "the device is left at its old length"
 }
 
 # deactivate removes the entries' devices, leaves the absent ones, refuses
