@@ -441,6 +441,32 @@ test_dump_held() {
 	wait $pid 2>/dev/null || true
 }
 
+# raw_loop: a new $dir and a loop device (in loop) over a $SIZE file in it
+# whose first MiB is 0x41.
+raw_loop() {
+	make_tmpdir dir
+	truncate -s $SIZE "$dir/d.raw"
+	make_loop loop "$dir/d.raw"
+	qio "$loop" "write -P 0x41 0 1M"
+}
+
+# viewed TAG "TABLE ARGS" PREPARE_ARGS...: a cbt device over TABLE ARGS with
+# a running snapshot t1 (prepared with PREPARE_ARGS) and a view of it;
+# sets name, dev and view.
+viewed() {
+	local tag=$1
+	name=$(dm_name "$tag")
+	dm_create "$name" "0 $((SIZE / 512)) cbt $2" || return 1
+	dev=/dev/mapper/$name
+	shift 2
+	dmsetup message "$name" 0 snapshot prepare t1 "$@" || return 1
+	dmsetup suspend "$name"
+	dmsetup message "$name" 0 snapshot start t1 || return 1
+	dmsetup resume "$name"
+	view=$(dm_name "$tag-view")
+	dm_create "$view" "0 $((SIZE / 512)) cbt-snapshot $dev t1"
+}
+
 # A view discard of a chunk whose copy is in flight (the copy's read held
 # 4 s by dm-delay under the cbt device), a view read waiting for that copy,
 # then a second write to the chunk: the write waits for the copy, and the
@@ -449,22 +475,11 @@ test_dump_held() {
 # it with success.)
 test_release_in_flight() {
 	local dir loop slow name dev view rc
-	make_tmpdir dir
-	truncate -s $SIZE "$dir/d.raw"
-	make_loop loop "$dir/d.raw"
-	qio "$loop" "write -P 0x41 0 1M"
+	raw_loop
 	slow=$(dm_name slow)
 	dm_create "$slow" "0 $((SIZE / 512)) delay $loop 0 4000 $loop 0 0" ||
 		skip_test "dm-delay is not installed"
-	name=$(dm_name inflight)
-	dm_create "$name" "0 $((SIZE / 512)) cbt /dev/mapper/$slow"
-	dev=/dev/mapper/$name
-	dmsetup message "$name" 0 snapshot prepare t1 chunk=65536
-	dmsetup suspend "$name"
-	dmsetup message "$name" 0 snapshot start t1
-	dmsetup resume "$name"
-	view=$(dm_name inflight-view)
-	dm_create "$view" "0 $((SIZE / 512)) cbt-snapshot $dev t1"
+	viewed inflight "/dev/mapper/$slow" chunk=65536
 	head -c 4096 /dev/zero | tr '\0' X >"$dir/x"
 	head -c 4096 /dev/zero | tr '\0' B >"$dir/b"
 	# The first write takes a slot for chunk 0; its copy waits in dm-delay.
@@ -494,23 +509,12 @@ test_release_in_flight() {
 # reads with EIO, as it must only where views read through the cbt device.)
 test_suspend_read() {
 	local dir loop low name dev view rd wr
-	make_tmpdir dir
-	truncate -s $SIZE "$dir/d.raw"
-	make_loop loop "$dir/d.raw"
-	qio "$loop" "write -P 0x41 0 1M"
+	raw_loop
 	low=$(dm_name low)
 	dm_create "$low" "0 $((SIZE / 512)) cbt $loop"
 	cbtctl inject "/dev/mapper/$low" delay event=read offset=0 length=4096 usecs=4000000 \
 		>/dev/null || fail "inject"
-	name=$(dm_name susp)
-	dm_create "$name" "0 $((SIZE / 512)) cbt /dev/mapper/$low"
-	dev=/dev/mapper/$name
-	dmsetup message "$name" 0 snapshot prepare t1 chunk=65536
-	dmsetup suspend "$name"
-	dmsetup message "$name" 0 snapshot start t1
-	dmsetup resume "$name"
-	view=$(dm_name susp-view)
-	dm_create "$view" "0 $((SIZE / 512)) cbt-snapshot $dev t1"
+	viewed susp "/dev/mapper/$low" chunk=65536
 	head -c 4096 /dev/zero | tr '\0' B >"$dir/b"
 	# The read covers chunks 0-15 and waits 4 s below; the write to chunk
 	# 5 is copied at once, then waits for the read.
@@ -538,20 +542,10 @@ test_suspend_read() {
 # waited for it, until the snapshot's timeout broke the snapshot.)
 test_drain_reader() {
 	local dir loop mloop name dev view w add info
-	make_tmpdir dir
-	truncate -s $SIZE "$dir/d.raw"
+	raw_loop
 	truncate -s 1M "$dir/m.raw"
-	make_loop loop "$dir/d.raw"
 	make_loop mloop "$dir/m.raw"
-	name=$(dm_name drain)
-	dm_create "$name" "0 $((SIZE / 512)) cbt $loop 2 metadata $mloop"
-	dev=/dev/mapper/$name
-	dmsetup message "$name" 0 snapshot prepare t1 memory=131072 chunk=65536 timeout=120
-	dmsetup suspend "$name"
-	dmsetup message "$name" 0 snapshot start t1
-	dmsetup resume "$name"
-	view=$(dm_name drain-view)
-	dm_create "$view" "0 $((SIZE / 512)) cbt-snapshot $dev t1"
+	viewed drain "$loop 2 metadata $mloop" memory=131072 chunk=65536 timeout=120
 	head -c 4096 /dev/zero | tr '\0' W >"$dir/w"
 	dd if="$dir/w" of="$dev" bs=4k seek=0 oflag=direct status=none
 	dd if="$dir/w" of="$dev" bs=4k seek=16 oflag=direct status=none
