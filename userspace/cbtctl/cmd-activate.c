@@ -111,12 +111,13 @@ static void parse_options(struct tab_entry *ent, char *s, int *oom)
 static int parse_line(char *s, struct tab_entry *ent)
 {
 	char *f[5], *save = NULL;
-	int n = 0, oom = 0;
+	int n = 0, oom = 0, meta;
 
 	for (char *w = strtok_r(s, " \t", &save); w && n < 5; w = strtok_r(NULL, " \t", &save))
 		f[n++] = w;
 	if (!n)
 		return 1;
+	meta = n > 2 && strcmp(f[2], "-") && strcmp(f[2], "none");
 	dup_into(&ent->name, f[0], &oom);
 	if (n < 2 || n > 4)
 		snprintf(ent->error, sizeof(ent->error), "%s fields (NAME DATA [METADATA "
@@ -125,12 +126,12 @@ static int parse_line(char *s, struct tab_entry *ent)
 		snprintf(ent->error, sizeof(ent->error), "bad device name '%s'", f[0]);
 	else if (f[1][0] != '/')
 		snprintf(ent->error, sizeof(ent->error), "the data device '%s' is not a path", f[1]);
-	else if (n > 2 && strcmp(f[2], "-") && strcmp(f[2], "none") && f[2][0] != '/')
+	else if (meta && f[2][0] != '/')
 		snprintf(ent->error, sizeof(ent->error), "the metadata device '%s' is not a path "
 			 "(nor '-')", f[2]);
 	if (!ent->error[0]) {
 		dup_into(&ent->data, f[1], &oom);
-		if (n > 2 && strcmp(f[2], "-") && strcmp(f[2], "none"))
+		if (meta)
 			dup_into(&ent->meta, f[2], &oom);
 		if (n > 3)
 			parse_options(ent, f[3], &oom);
@@ -266,7 +267,8 @@ static double now(void)
 
 /*
  * The block device at PATH (waiting until DEADLINE for it to appear): its
- * number in *RDEV and size in *SECTORS. WHAT names it in errors.
+ * number in *RDEV and, unless SECTORS is NULL, its size in *SECTORS. WHAT
+ * names it in errors.
  */
 static int block_dev(const char *path, const char *what, double deadline, dev_t *rdev,
 		     uint64_t *sectors, struct outcome *o)
@@ -283,6 +285,9 @@ static int block_dev(const char *path, const char *what, double deadline, dev_t 
 	}
 	if (!S_ISBLK(st.st_mode))
 		return fail_entry(o, "the %s %s is not a block device", what, path);
+	*rdev = st.st_rdev;
+	if (!sectors)
+		return 0;
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return fail_entry(o, "the %s %s: cannot open: %s", what, path, strerror(errno));
@@ -292,7 +297,6 @@ static int block_dev(const char *path, const char *what, double deadline, dev_t 
 		return -1;
 	}
 	close(fd);
-	*rdev = st.st_rdev;
 	*sectors = bytes >> 9;
 	return 0;
 }
@@ -362,14 +366,13 @@ static int activate_one(const struct tab_entry *ent, double deadline, struct out
 	struct cbt_err e = { 0 };
 	struct cbt_dm_table live;
 	dev_t data, meta = 0;
-	uint64_t sectors, meta_sectors = 0, recorded = 0;
+	uint64_t sectors, recorded = 0;
 	char params[128];
 	int r;
 
 	if (block_dev(ent->data, "data device", deadline, &data, &sectors, o))
 		return -1;
-	if (ent->meta && block_dev(ent->meta, "metadata device", deadline, &meta,
-				   &meta_sectors, o))
+	if (ent->meta && block_dev(ent->meta, "metadata device", deadline, &meta, NULL, o))
 		return -1;
 	if (!sectors)
 		return fail_entry(o, "the data device %s is empty", ent->data);
@@ -379,8 +382,8 @@ static int activate_one(const struct tab_entry *ent, double deadline, struct out
 	if (r && r != -ENXIO)
 		return fail_entry(o, "%s", e.msg);
 	if (!r) {
-		int same = live.nr_targets == 1 && !live.start && live.sectors == sectors &&
-			   !strcmp(live.type, DM_CBT_TARGET_NAME) && !strcmp(live.params, params) &&
+		int same = cbt_dm_table_is_cbt(&live) && !live.start && live.sectors == sectors &&
+			   !strcmp(live.params, params) &&
 			   (!ent->uuid || !strcmp(live.uuid, ent->uuid));
 
 		if (same) {
@@ -451,7 +454,7 @@ static int deactivate_one(const struct tab_entry *ent, struct outcome *o)
 	}
 	if (r)
 		return fail_entry(o, "%s", e.msg);
-	cbt = live.nr_targets == 1 && !strcmp(live.type, DM_CBT_TARGET_NAME);
+	cbt = cbt_dm_table_is_cbt(&live);
 	free(live.params);
 	if (!cbt)
 		return fail_entry(o, "its table is not one cbt target: left as it is");

@@ -402,6 +402,11 @@ out:
 	return r;
 }
 
+int cbt_dm_table_is_cbt(const struct cbt_dm_table *t)
+{
+	return t->nr_targets == 1 && !strcmp(t->type, DM_CBT_TARGET_NAME);
+}
+
 /* Whether NAME's live table is a single cbt target; -ENXIO when NAME is gone. */
 static int is_cbt(const char *name, struct cbt_err *e)
 {
@@ -411,7 +416,7 @@ static int is_cbt(const char *name, struct cbt_err *e)
 	r = cbt_dm_table(name, &t, e);
 	if (r)
 		return r;
-	r = t.nr_targets == 1 && !strcmp(t.type, DM_CBT_TARGET_NAME);
+	r = cbt_dm_table_is_cbt(&t);
 	free(t.params);
 	return r;
 }

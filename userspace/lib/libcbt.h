@@ -120,6 +120,8 @@ struct cbt_dm_table {
 
 /* The live table of DEV; -ENXIO (E says so) when there is no such device. */
 int cbt_dm_table(const char *dev, struct cbt_dm_table *t, struct cbt_err *e);
+/* Whether T is a single cbt target. */
+int cbt_dm_table_is_cbt(const struct cbt_dm_table *t);
 /*
  * The names of every dm device whose table is one cbt target, sorted;
  * free() each name and *NAMES. A device removed meanwhile is left out.
