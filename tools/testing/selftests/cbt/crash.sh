@@ -25,6 +25,18 @@ plan 4
 META=2048			# sectors: 1 MiB
 DATA=$((64 << 11))		# sectors: 64 MiB
 
+# wait_dirty BITMAP BYTES WHY: waits (30 s at most, then fails with WHY)
+# until BITMAP of the workload's $cbt counts more than BYTES dirty.
+wait_dirty() {
+	local n=0
+	until [ "$(dmsetup message "$cbt" 0 bitmap info "$1" | grep -o ' count=[0-9]*' |
+		cut -d= -f2)" -gt "$2" ]; do
+		n=$((n + 1))
+		[ $n -lt 600 ] || { fail "$3"; break; }
+		nap 0.05
+	done
+}
+
 # workload TAG FIO_ARGS...: the logged stack, two bitmaps, a mark, fio, and
 # everything but the log removed again; the log's loop device in $log.
 # With MESSAGES ("WORDS;WORDS..."): the whole device written first, then
@@ -79,16 +91,11 @@ workload() {
 	fi
 	fio --name=crash --filename="/dev/mapper/$cbt" --direct=1 --ioengine=libaio \
 		--iodepth=8 --randrepeat=0 --norandommap --eta=never "$@" --output=/dev/null &
-	local fio=$! msg m n=0
+	local fio=$! msg m
 	if [ -n "${RESIZE:-}" ]; then
 		# fio writes the first half; the device shrinks to it and grows
 		# back, by reloads, while it runs (once it has written 256 KiB).
-		until [ "$(dmsetup message "$cbt" 0 bitmap info b4k | grep -o ' count=[0-9]*' |
-			cut -d= -f2)" -gt $(((1 << 20) + (256 << 10))) ]; do
-			n=$((n + 1))
-			[ $n -lt 600 ] || { fail "fio never wrote"; break; }
-			nap 0.05
-		done
+		wait_dirty b4k $(((1 << 20) + (256 << 10))) "fio never wrote"
 		for len in $((DATA / 2)) $DATA; do
 			dmsetup reload "$cbt" --table \
 				"0 $len cbt /dev/mapper/$data 3 write_cache metadata /dev/mapper/$meta" ||
@@ -96,16 +103,9 @@ workload() {
 			dmsetup resume "$cbt" || fail "resume at $len sectors"
 			nap 0.5
 		done
-		kill -INT $fio 2>/dev/null || fail "fio ended before it was stopped"
-		wait $fio || true
 	elif [ -n "${MESSAGES:-}" ]; then
 		# Once fio writes where bx is clean (its count past the half).
-		until [ "$(dmsetup message "$cbt" 0 bitmap info bx | grep -o ' count=[0-9]*' |
-			cut -d= -f2)" -gt $((DATA * 256)) ]; do
-			n=$((n + 1))
-			[ $n -lt 600 ] || { fail "fio never wrote the second half"; break; }
-			nap 0.05
-		done
+		wait_dirty bx $((DATA * 256)) "fio never wrote the second half"
 		IFS=';' read -ra msg <<<"$MESSAGES"
 		for m in "${msg[@]}"; do
 			nap 0.3
@@ -116,6 +116,8 @@ workload() {
 		# fio runs until told (its runtime only a bound): writes go on
 		# after the last message, however long the messages took.
 		nap 0.5
+	fi
+	if [ -n "${RESIZE:-}${MESSAGES:-}" ]; then
 		kill -INT $fio 2>/dev/null || fail "fio ended before it was stopped"
 		wait $fio || true	# stopped by a signal: not its own failure
 	else
