@@ -467,6 +467,17 @@ viewed() {
 	dm_create "$view" "0 $((SIZE / 512)) cbt-snapshot $dev t1"
 }
 
+# snap_wait DEV KEY=VALUE WHY: waits (5 s at most, then fails with WHY)
+# until DEV's "snapshot info" says KEY=VALUE.
+snap_wait() {
+	local n
+	for ((n = 0; n < 100; n++)); do
+		[[ $(snap_info "$1") == *" $2 "* ]] && return 0
+		nap 0.05
+	done
+	fail "$3: $(snap_info "$1")"
+}
+
 # A view discard of a chunk whose copy is in flight (the copy's read held
 # 4 s by dm-delay under the cbt device), a view read waiting for that copy,
 # then a second write to the chunk: the write waits for the copy, and the
@@ -484,11 +495,7 @@ test_release_in_flight() {
 	head -c 4096 /dev/zero | tr '\0' B >"$dir/b"
 	# The first write takes a slot for chunk 0; its copy waits in dm-delay.
 	dd if="$dir/x" of="$dev" bs=4k oflag=direct status=none &
-	for ((n = 0; n < 100; n++)); do
-		[[ $(snap_info "$dev") != *" used=0 "* ]] && break
-		nap 0.05
-	done
-	[[ $(snap_info "$dev") != *" used=0 "* ]] || fail "no slot taken: $(snap_info "$dev")"
+	snap_wait "$dev" used=65536 "no slot taken"
 	dd if="/dev/mapper/$view" of="$dir/read" bs=64k count=1 iflag=direct status=none &
 	rc=$!
 	nap 1
@@ -552,11 +559,7 @@ test_drain_reader() {
 	# The third chunk's write waits for space.
 	dd if="$dir/w" of="$dev" bs=4k seek=32 oflag=direct status=none &
 	w=$!
-	for ((n = 0; n < 100; n++)); do
-		[[ $(snap_info "$dev") == *" waited=1 "* ]] && break
-		nap 0.05
-	done
-	[[ $(snap_info "$dev") == *" waited=1 "* ]] || fail "no write waits: $(snap_info "$dev")"
+	snap_wait "$dev" waited=1 "no write waits"
 	dmsetup message "$name" 0 bitmap add b1 &
 	add=$!
 	nap 1

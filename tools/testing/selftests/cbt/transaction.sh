@@ -268,9 +268,10 @@ test_existing_unusable() {
 	cbtctl backup -q --sync=full --bitmap=b0 --json "$d0=$dir/t0.qcow2,mode=existing" \
 		"$d1=$dir/t1.qcow2" >"$dir/out.json" &
 	pid=$!
-	for ((n = 0; n < 500; n++)); do
-		[ $(($(od -An -tu1 -j79 -N1 "$dir/t0.qcow2") & 2)) = 2 ] &&
-			[[ $(cbtctl inject "$d1" list) == *" id=hold hits=1 "* ]] && break
+	wait_held "$d1" $pid "d1's last block"
+	# t0's corrupt bit (incompatible features, bit 1).
+	for ((n = 0; n < 300; n++)); do
+		[ $(($(od -An -tu1 -j79 -N1 "$dir/t0.qcow2") & 2)) = 2 ] && break
 		nap 0.1
 	done
 	dmsetup suspend "${d1#/dev/mapper/}"
