@@ -29,6 +29,8 @@ static const struct command commands[] = {
 	{ "list", cmd_list, "list [--json]", "list every cbt device, its bitmaps and snapshot" },
 	{ "backup", cmd_backup, "backup --sync=full|incremental [OPTIONS] JOB...",
 	  "back up cbt devices into qcow2 images at one instant, all or nothing" },
+	{ "restore", cmd_restore, "restore [OPTIONS] IMAGE DEV",
+	  "write a backup chain back onto a device" },
 	{ "export", cmd_export, "export start [OPTIONS] DEV... | export stop [--commit] TOKEN",
 	  "serve cbt devices at one instant, with their dirty bitmaps, over NBD (pull mode)" },
 	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",

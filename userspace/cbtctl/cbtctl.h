@@ -35,6 +35,7 @@ int cmd_recover(int argc, char **argv);
 int cmd_metadata(int argc, char **argv);
 int cmd_activate(int argc, char **argv);
 int cmd_deactivate(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
 
 struct cbt_backup;
 

@@ -81,11 +81,7 @@ void cbt_rate_destroy(struct cbt_rate *r)
 	pthread_mutex_destroy(&r->lock);
 }
 
-/*
- * Waits for LEN bytes' share of the rate: reads start no faster than the
- * rate allows, whichever copy asks. A cancel cuts the wait short.
- */
-static void rate_wait(struct cbt_rate *r, uint64_t len, const volatile int *cancel)
+void cbt_rate_wait(struct cbt_rate *r, uint64_t len, const volatile int *cancel)
 {
 	uint64_t start, now;
 
@@ -881,7 +877,7 @@ int cbt_copy_run(struct cbt_copy *c, struct cbt_extent_src *src, struct cbt_err 
 				break;
 			}
 			r = 0;
-			rate_wait(c->rate, q->len, c->cancel);
+			cbt_rate_wait(c->rate, q->len, c->cancel);
 			queue_request(&g, q);
 			g.in_flight++;
 			c->requests++;

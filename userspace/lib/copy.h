@@ -57,6 +57,12 @@ struct cbt_rate {
 /* Initialises R for BYTES_PER_SEC (0: unlimited). */
 void cbt_rate_init(struct cbt_rate *r, uint64_t bytes_per_sec);
 void cbt_rate_destroy(struct cbt_rate *r);
+/*
+ * Waits for LEN bytes' share of R (NULL: no limit): requests start no
+ * faster than the rate allows, whichever copy asks. A cancel cuts the
+ * wait short.
+ */
+void cbt_rate_wait(struct cbt_rate *r, uint64_t len, const volatile int *cancel);
 
 /*
  * Reads in flight per copy when the caller sets none: make bench's copy of

@@ -254,6 +254,7 @@ int cbt_dm_info(const char *dev, struct cbt_dm_info *out, struct cbt_err *e)
 	out->major = info.major;
 	out->minor = info.minor;
 	out->suspended = info.suspended;
+	out->open_count = info.open_count;
 	snprintf(out->name, sizeof(out->name), "%s", dm_task_get_name(dmt) ?: "");
 	snprintf(out->uuid, sizeof(out->uuid), "%s", dm_task_get_uuid(dmt) ?: "");
 out:

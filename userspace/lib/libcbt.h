@@ -89,6 +89,7 @@ int cbt_extents(const char *dev, const char *bitmap, int frozen, uint64_t size,
 struct cbt_dm_info {
 	uint32_t major, minor;
 	int suspended;
+	int open_count;		/* openers of the device (holders and programs) */
 	char name[128];		/* the dm name */
 	char uuid[129];		/* the dm uuid, "" when it has none */
 };

@@ -1,0 +1,142 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# cbtctl restore: a chain of a full backup and incrementals (with zeroed
+# and discarded ranges) written back onto a device that held other data
+# reads as the chain (qemu-img compare); through the cbt device the
+# restored chunks are dirty, so the next incremental's chain equals the
+# device; below the cbt device the restore is refused, and with --force
+# marks the bitmaps inconsistent first, so the next incremental refuses.
+# Refusals (an image larger than the device, a device in use or open, a
+# chain of another disk, not a qcow2, not a block device) exit 1 with a
+# message and leave the device as it was.
+. "$(dirname "$0")/lib.sh"
+
+require_root
+require_tools dmsetup losetup qemu-io qemu-img qemu-nbd cbtctl
+plan 3
+
+SIZE=$((16 << 20))
+
+# setup: cbt device A (bitmap b0) with a full backup and two incrementals,
+# $dir/at1.raw the device when inc1 was taken; sets dir, dev, loop.
+setup() {
+	local name
+	make_tmpdir dir
+	cbt_over_file "$dir/a.raw" $SIZE a
+	qio "$dev" "write -P 0x41 0 4M" "write -P 0x42 12M 2M"
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	cbtctl backup -q --sync=full --bitmap=b0 "$dev=$dir/full.qcow2" || fail "full backup"
+	# Zeroes over data, a discard, new data: the incremental holds zero clusters.
+	qio "$dev" "write -z 1M 1M" "write -P 0x43 6M 192k" "write -P 0x44 $((SIZE - 4096)) 4k"
+	blkdiscard -f -o $((12 << 20)) -l $((1 << 20)) "$dev" 2>/dev/null || fail "blkdiscard"
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/inc1.qcow2,backing=full.qcow2" ||
+		fail "incremental 1"
+	dd if="$dev" of="$dir/at1.raw" bs=1M iflag=direct status=none
+	qio "$dev" "write -P 0x45 0 8M"
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/inc2.qcow2,backing=inc1.qcow2" ||
+		fail "incremental 2"
+}
+
+# other VAR TAG: a loop device over $dir/TAG.raw of $SIZE bytes of 0xee.
+other() {
+	local d
+	truncate -s $SIZE "$dir/$2.raw"
+	qio "$dir/$2.raw" "write -P 0xee 0 $SIZE"
+	make_loop d "$dir/$2.raw"
+	printf -v "$1" '%s' "$d"
+}
+
+# unchanged FILE SUM: FILE's sha256 is SUM.
+unchanged() {
+	expect_eq "$1 after the refusal" "$(sha256sum <"$1")" "$2"
+}
+
+test_restore() {
+	local dir dev loop blank out
+	setup
+	# Onto a plain device holding other data: every byte as the chain has it.
+	other blank blank
+	cbtctl restore --json --parallel=2 "$dir/inc1.qcow2" "$blank" >"$dir/out" ||
+		fail "restore onto a plain device: $(cat "$dir/out")"
+	chain_matches "$dir/inc1.qcow2" "$blank"
+	cmp "$dir/at1.raw" "$dir/blank.raw" || fail "the restored device differs from the instant"
+	expect_eq "bytes restored" $(($(json_field data_bytes <"$dir/out") +
+		$(json_field zero_bytes <"$dir/out"))) $SIZE
+	# Data: 4M + 2M of the full, 1M zeroed and 1M discarded out of them, 192k and 4k.
+	expect_eq "data bytes" "$(json_field data_bytes <"$dir/out")" $(((4 + 2 - 2) * 1048576 + 65536 * 4))
+	# Through the cbt device, now at inc2 and written since: back to inc1.
+	qio "$dev" "write -P 0x46 2M 2M"
+	cbtctl restore -q "$dir/inc1.qcow2" "$dev" || fail "restore through the cbt device"
+	chain_matches "$dir/inc1.qcow2" "$dev"
+	# What it wrote is dirty: the next incremental on inc2 reads as the device.
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/inc3.qcow2,backing=inc2.qcow2" ||
+		fail "the incremental after the restore"
+	chain_matches "$dir/inc3.qcow2" "$dev"
+}
+
+test_below() {
+	local dir dev loop sum
+	setup
+	sum=$(sha256sum <"$dir/a.raw")
+	cbtctl restore "$dir/inc1.qcow2" "$loop" 2>"$dir/err" && fail "restore below a cbt device"
+	has "$dir/err" "below the cbt device" || fail "the refusal: $(cat "$dir/err")"
+	unchanged "$dir/a.raw" "$sum"
+	expect_eq "b0 inconsistent after the refusal" "$(bitmap_field "$dev" b0 inconsistent)" false
+	cbtctl restore --force --parallel=2 "$dir/inc1.qcow2" "$loop" >"$dir/out" || fail "restore --force below"
+	has "$dir/out" "next backup must be full" || fail "the warning: $(cat "$dir/out")"
+	cmp "$dir/at1.raw" "$dir/a.raw" || fail "the restored device differs from the instant"
+	expect_eq "b0 inconsistent" "$(bitmap_field "$dev" b0 inconsistent)" true
+	expect_eq "b0 recording" "$(bitmap_field "$dev" b0 recording)" true
+	# The writes the bitmap missed: no incremental may follow.
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/inc3.qcow2,backing=inc2.qcow2" \
+		2>"$dir/err" && fail "an incremental after a restore below the cbt device"
+	[ -e "$dir/inc3.qcow2" ] && fail "the refused incremental left an image"
+	cbtctl backup -q --sync=full --bitmap=b0 "$dev=$dir/new.qcow2" || fail "the full backup"
+	chain_matches "$dir/new.qcow2" "$dev"
+}
+
+test_refusals() {
+	local dir dev loop name other_dev sum blank lin
+	setup
+	other blank blank
+	sum=$(sha256sum <"$dir/blank.raw")
+	# An image larger than the device.
+	qemu-img create -q -f qcow2 "$dir/big.qcow2" $((SIZE + 65536))
+	cbtctl restore "$dir/big.qcow2" "$blank" 2>"$dir/err" && fail "a larger image restored"
+	has "$dir/err" "is larger than" || fail "the refusal: $(cat "$dir/err")"
+	# Not a qcow2; not a block device.
+	cbtctl restore "$dir/at1.raw" "$blank" 2>"$dir/err" && fail "a raw image restored"
+	has "$dir/err" "qcow2" || fail "the refusal: $(cat "$dir/err")"
+	cbtctl restore "$dir/inc1.qcow2" "$dir/at1.raw" 2>"$dir/err" && fail "restored into a file"
+	has "$dir/err" "not a block device" || fail "the refusal: $(cat "$dir/err")"
+	# Held by a device above it (O_EXCL fails).
+	lin=$(dm_name lin)
+	dm_create "$lin" "0 $((SIZE / 512)) linear $blank 0"
+	cbtctl restore "$dir/inc1.qcow2" "$blank" 2>"$dir/err" && fail "a held device restored"
+	has "$dir/err" "in use" || fail "the refusal: $(cat "$dir/err")"
+	dmsetup remove "$lin"
+	unchanged "$dir/blank.raw" "$sum"
+	# A cbt device open (a VM's disk) or tracking another disk.
+	cbt_over_file "$dir/b.raw" $SIZE b
+	cbtctl bitmap add "$dev" own || fail "bitmap add"
+	qio "$dev" "write -P 0x51 0 1M"
+	sum=$(sha256sum <"$dir/b.raw")
+	exec 3<"$dev"
+	cbtctl restore "$dir/inc1.qcow2" "$dev" 2>"$dir/err" && fail "an open device restored"
+	exec 3<&-
+	has "$dir/err" "is open" || fail "the refusal: $(cat "$dir/err")"
+	cbtctl restore "$dir/inc1.qcow2" "$dev" 2>"$dir/err" && fail "another disk's chain restored"
+	has "$dir/err" "not of the disk" || fail "the refusal: $(cat "$dir/err")"
+	unchanged "$dir/b.raw" "$sum"
+	expect_eq "the other disk's bitmap" "$(bitmap_field "$dev" own inconsistent)" false
+	cbtctl restore -q --force --parallel=2 "$dir/inc1.qcow2" "$dev" || fail "restore --force"
+	cmp "$dir/at1.raw" "$dir/b.raw" || fail "the forced restore differs from the instant"
+}
+
+run_test "a chain restored onto a plain device and through the cbt device; the next incremental" \
+	test_restore
+run_test "below the cbt device: refused; --force makes the bitmaps inconsistent first" test_below
+run_test "refusals change nothing: larger image, in use, open, another disk's, not qcow2" \
+	test_refusals
+finish

@@ -1,0 +1,415 @@
+// SPDX-License-Identifier: GPL-2.0
+/* cbtctl restore [OPTIONS] IMAGE DEV */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cbtctl.h"
+#include "bitmap.h"
+#include "identity.h"
+#include "qcow2.h"
+#include "restore.h"
+
+#define RESTORE_USAGE \
+	"restore [--force] [--parallel=N] [-r|--rate-limit=RATE] [-p|--progress] [-q|--quiet]\n" \
+	"               [--json] IMAGE DEV"
+#define RESTORE_HELP \
+	"Writes the disk as the qcow2 chain ending at IMAGE holds it onto the block\n" \
+	"device DEV. Refused without --force: DEV in use, DEV below a cbt device, a\n" \
+	"cbt device whose bitmaps are not the chain's. -p prints the progress by tenths.\n"
+
+/* The cbt devices right above a device, by dm name. */
+#define MAX_ABOVE 16
+
+static volatile int cancelled;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	cancelled = 1;
+}
+
+struct restore_cli {
+	bool force, json, progress, quiet;
+	unsigned int parallel;
+	uint64_t rate_limit;
+	int last_tenth;
+};
+
+static void show_progress(void *arg, uint64_t done, uint64_t total)
+{
+	struct restore_cli *cli = arg;
+	unsigned int pct = total ? (unsigned int)(done * 100 / total) : 100;
+
+	if ((int)(pct / 10) <= cli->last_tenth)
+		return;
+	cli->last_tenth = pct / 10;
+	fprintf(stderr, "cbtctl: restore %u%% (%llu/%llu MiB)\n", pct,
+		(unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
+}
+
+/* The dm name of the device numbered DEVNO ("" when it is not a dm device). */
+static void dm_name_of(dev_t devno, const char *holder, char *name, size_t len)
+{
+	char path[300];
+	ssize_t n;
+	int fd;
+
+	if (holder)
+		snprintf(path, sizeof(path), "/sys/block/%s/dm/name", holder);
+	else
+		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/dm/name", major(devno),
+			 minor(devno));
+	name[0] = '\0';
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	n = read(fd, name, len - 1);
+	close(fd);
+	name[n > 0 ? n : 0] = '\0';
+	name[strcspn(name, "\n")] = '\0';
+}
+
+static bool is_cbt(const char *name)
+{
+	struct cbt_dm_table t;
+	struct cbt_err e;
+	bool cbt;
+
+	if (!name[0] || cbt_dm_table(name, &t, &e))
+		return false;
+	cbt = cbt_dm_table_is_cbt(&t);
+	free(t.params);
+	return cbt;
+}
+
+/* The cbt devices that hold DEVNO (the device right below their target). */
+static unsigned int cbt_above(dev_t devno, char above[][128])
+{
+	char path[64], name[128];
+	unsigned int n = 0;
+	struct dirent *d;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/holders", major(devno), minor(devno));
+	dir = opendir(path);
+	if (!dir)
+		return 0;
+	while ((d = readdir(dir)) && n < MAX_ABOVE) {
+		if (d->d_name[0] == '.')
+			continue;
+		dm_name_of(0, d->d_name, name, sizeof(name));
+		if (is_cbt(name))
+			snprintf(above[n++], 128, "%s", name);
+	}
+	closedir(dir);
+	return n;
+}
+
+/*
+ * Whether the chain's top image is a backup of the disk the cbt device NAME
+ * tracks: it names the device's dm uuid, or one of its bitmaps. A device
+ * with no bitmap tracks nothing a restore could break. 0, or -1 after a
+ * message saying why not.
+ */
+static int check_identity(const char *image, const struct qcow2_peek *pk, const char *name,
+			  const char *uuid)
+{
+	struct cbt_identity id;
+	struct cbt_bitmap_info *v = NULL;
+	struct cbt_err e;
+	size_t n = 0, i;
+	unsigned int j;
+	int rc = -1;
+
+	if (cbt_bitmap_list(name, &v, &n, &e))
+		return report(&e), -1;
+	if (!n) {
+		rc = 0;
+		goto out;
+	}
+	if (!pk->cbt_ext) {
+		fprintf(stderr, "cbtctl: %s has no dm-cbt identity: nothing shows it is a backup "
+			"of %s, whose bitmaps track another history (--force restores it "
+			"anyway)\n", image, name);
+		goto out;
+	}
+	if (cbt_identity_parse(pk->cbt_ext, pk->cbt_ext_len, image, &id, &e)) {
+		report(&e);
+		goto out;
+	}
+	if (uuid[0] && !strcmp(uuid, id.device_uuid))
+		rc = 0;
+	for (i = 0; i < n && rc; i++)
+		for (j = 0; j < id.nr_bitmaps && rc; j++)
+			if (!strcmp(v[i].uuid, id.bitmaps[j].uuid))
+				rc = 0;
+	if (rc)
+		fprintf(stderr, "cbtctl: %s is a backup of %s, not of the disk %s tracks (none of "
+			"its bitmaps is in the image's identity): --force restores it anyway\n",
+			image, id.device, name);
+out:
+	free(v);
+	return rc;
+}
+
+/*
+ * A restore below the cbt device NAME bypasses its tracking: every bitmap
+ * that records is disabled and enabled again, which marks it inconsistent
+ * (durably, with a metadata device) before anything is written, so that
+ * the next incremental refuses and a full backup starts a new chain.
+ */
+static int reset_bitmaps(const char *name, unsigned int *count)
+{
+	struct cbt_bitmap_info *v = NULL;
+	struct cbt_err e;
+	size_t n = 0, i;
+	int rc = 0;
+
+	if (cbt_bitmap_list(name, &v, &n, &e))
+		return report(&e), -1;
+	for (i = 0; i < n && !rc; i++) {
+		if (v[i].inconsistent)
+			continue;
+		if (v[i].recording)
+			rc = cbt_dm_messagef(name, &e, "bitmap disable %s", v[i].name) ||
+			     cbt_dm_messagef(name, &e, "bitmap enable %s", v[i].name);
+		else
+			rc = cbt_dm_messagef(name, &e, "bitmap disable %s", v[i].name);
+		if (rc)
+			report(&e);
+		else
+			++*count;
+	}
+	free(v);
+	return rc ? -1 : 0;
+}
+
+static int parse_args(int argc, char **argv, struct restore_cli *cli, const char **image,
+		      const char **dev)
+{
+	static const struct option longopts[] = {
+		{ "force", no_argument, NULL, 'f' },
+		{ "parallel", required_argument, NULL, 'P' },
+		{ "rate-limit", required_argument, NULL, 'r' },
+		{ "progress", no_argument, NULL, 'p' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
+	unsigned int nr_operands = 0;
+	uint64_t n;
+	int c;
+
+	optind = 0;
+	while ((c = next_opt(argc, argv, "-:r:pqh", longopts)) != -1) {
+		switch (c) {
+		case 1:
+			if (nr_operands == 0)
+				*image = optarg;
+			else if (nr_operands == 1)
+				*dev = optarg;
+			nr_operands++;
+			break;
+		case 'f':
+			cli->force = true;
+			break;
+		case 'P':
+			if (parse_count(optarg, CBT_RESTORE_PARALLEL_MAX, &n) || !n)
+				return usage_error(RESTORE_USAGE, "bad --parallel '%s' (1 to %u)",
+						   optarg, CBT_RESTORE_PARALLEL_MAX);
+			cli->parallel = n;
+			break;
+		case 'r':
+			if (cbt_parse_size(optarg, &n) || !n)
+				return usage_error(RESTORE_USAGE, "bad --rate-limit '%s' (bytes per "
+						   "second, K/M/G suffixes)", optarg);
+			cli->rate_limit = n;
+			break;
+		case 'p':
+			cli->progress = true;
+			break;
+		case 'q':
+			cli->quiet = true;
+			break;
+		case 'j':
+			cli->json = true;
+			break;
+		case 'h':
+			usage_help(RESTORE_USAGE, RESTORE_HELP);
+			return -1;	/* done: exit 0 */
+		default:
+			return opt_error(RESTORE_USAGE, c, argv);
+		}
+	}
+	for (; optind < argc; optind++) {
+		if (nr_operands == 0)
+			*image = argv[optind];
+		else if (nr_operands == 1)
+			*dev = argv[optind];
+		nr_operands++;
+	}
+	if (nr_operands != 2)
+		return usage_error(RESTORE_USAGE, nr_operands < 2 ? "IMAGE and DEV are needed" :
+				   "too many operands");
+	if (cli->progress && cli->quiet)
+		return usage_error(RESTORE_USAGE, "--progress and --quiet exclude each other");
+	return 0;
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+int cmd_restore(int argc, char **argv)
+{
+	struct restore_cli cli = { .last_tenth = -1 };
+	struct cbt_restore r = { .fd = -1 };
+	struct sigaction sa = { .sa_handler = on_signal };
+	struct qcow2_peek pk = { 0 };
+	const char *image = NULL, *dev = NULL;
+	char above[MAX_ABOVE][128], name[128];
+	unsigned int nr_above, i, reset = 0;
+	struct cbt_dm_info info = { 0 };
+	struct cbt_rate rate;
+	struct timespec t0;
+	struct cbt_err e;
+	struct stat st;
+	int status = EXIT_FAIL, flags, bs;
+
+	status = parse_args(argc, argv, &cli, &image, &dev);
+	if (status)
+		return status < 0 ? 0 : status;
+	status = EXIT_FAIL;
+	cbt_rate_init(&rate, cli.rate_limit);
+	if (qcow2_peek(image, &pk, &e)) {
+		report(&e);
+		goto out;
+	}
+	if (stat(dev, &st)) {
+		fprintf(stderr, "cbtctl: %s: %s\n", dev, strerror(errno));
+		goto out;
+	}
+	if (!S_ISBLK(st.st_mode)) {
+		fprintf(stderr, "cbtctl: %s: not a block device\n", dev);
+		goto out;
+	}
+	/* Through a cbt device: its bitmaps must be the chain's. */
+	dm_name_of(st.st_rdev, NULL, name, sizeof(name));
+	if (name[0] && !cli.force) {
+		if (cbt_dm_info(name, &info, &e)) {
+			report(&e);
+			goto out;
+		}
+		if (info.open_count) {
+			fprintf(stderr, "cbtctl: %s is open (%d opener%s: a running VM, a mount, a "
+				"device above it?): --force restores it anyway\n", dev,
+				info.open_count, info.open_count == 1 ? "" : "s");
+			goto out;
+		}
+		if (is_cbt(name) && check_identity(image, &pk, name, info.uuid))
+			goto out;
+	}
+	/* Below a cbt device: its tracking would miss every byte written. */
+	nr_above = cbt_above(st.st_rdev, above);
+	if (nr_above && !cli.force) {
+		fprintf(stderr, "cbtctl: %s is below the cbt device %s: a restore there bypasses "
+			"its tracking. Restore through /dev/mapper/%s, or give --force (its "
+			"bitmaps are then marked inconsistent: the next backup must be full)\n",
+			dev, above[0], above[0]);
+		goto out;
+	}
+	flags = O_WRONLY | O_CLOEXEC | (cli.force ? 0 : O_EXCL);
+	r.fd = open(dev, flags | O_DIRECT);
+	if (r.fd < 0 && errno == EINVAL)
+		r.fd = open(dev, flags);
+	if (r.fd < 0) {
+		if (errno == EBUSY)
+			fprintf(stderr, "cbtctl: %s is in use (mounted, or held by a device or a "
+				"program): --force restores it anyway\n", dev);
+		else
+			fprintf(stderr, "cbtctl: %s: cannot open for writing: %s\n", dev,
+				strerror(errno));
+		goto out;
+	}
+	if (ioctl(r.fd, BLKGETSIZE64, &r.device_size) || ioctl(r.fd, BLKSSZGET, &bs)) {
+		fprintf(stderr, "cbtctl: %s: cannot read its size: %s\n", dev, strerror(errno));
+		goto out;
+	}
+	r.block_size = bs;
+	r.image = image;
+	r.device = dev;
+	r.qemu_nbd = getenv("CBT_QEMU_NBD");
+	r.parallel = cli.parallel;
+	r.rate = cli.rate_limit ? &rate : NULL;
+	r.cancel = &cancelled;
+	if (cli.progress) {
+		r.progress = show_progress;
+		r.progress_arg = &cli;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (cbt_restore_open(&r, &e)) {
+		report(&e);
+		goto out;
+	}
+	if (r.size > r.device_size) {
+		fprintf(stderr, "cbtctl: %s: the image's disk (%llu bytes) is larger than %s (%llu "
+			"bytes); nothing was written\n", image, (unsigned long long)r.size, dev,
+			(unsigned long long)r.device_size);
+		goto out;
+	}
+	/* Durable first: the bitmaps say they missed writes before any is made. */
+	for (i = 0; i < nr_above; i++)
+		if (reset_bitmaps(above[i], &reset))
+			goto out;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	if (cbt_restore_run(&r, &e)) {
+		report(&e);
+		fprintf(stderr, "cbtctl: %s holds a partial restore: restore again\n", dev);
+		goto out;
+	}
+	status = 0;
+	if (cli.json) {
+		printf("{\"version\": %d, \"image\": ", CBTCTL_JSON_VERSION);
+		json_string(stdout, image);
+		printf(", \"device\": ");
+		json_string(stdout, dev);
+		printf(", \"size\": %llu, \"data_bytes\": %llu, \"zero_bytes\": %llu, "
+		       "\"unmapped_bytes\": %llu, \"requests\": %llu, \"connections\": %u, "
+		       "\"bitmaps_reset\": %u, \"seconds\": %.3f}\n",
+		       (unsigned long long)r.size, (unsigned long long)r.data_bytes,
+		       (unsigned long long)r.zero_bytes, (unsigned long long)r.unmapped_bytes,
+		       (unsigned long long)r.requests, r.parallel, reset, seconds_since(&t0));
+	} else if (!cli.quiet) {
+		printf("%s -> %s: restored %llu bytes (%llu of data, %llu zeroed) in %.1f s\n",
+		       image, dev, (unsigned long long)r.size, (unsigned long long)r.data_bytes,
+		       (unsigned long long)r.zero_bytes, seconds_since(&t0));
+		for (i = 0; i < nr_above; i++)
+			printf("%s: its bitmaps are inconsistent: its next backup must be full\n",
+			       above[i]);
+	}
+out:
+	cbt_restore_close(&r);
+	if (r.fd >= 0)
+		close(r.fd);
+	qcow2_peek_free(&pk);
+	cbt_rate_destroy(&rate);
+	return status;
+}

@@ -1,0 +1,443 @@
+// SPDX-License-Identifier: LGPL-2.1
+/* Restoring a qcow2 chain onto a block device: see restore.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libnbd.h>
+#include <limits.h>
+#include <linux/falloc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "restore.h"
+
+/* A zero range is done in pieces of at most this, so that the progress moves. */
+#define ZERO_PIECE	(1ull << 30)
+/* Block status asked for at most this much at once (the protocol's lengths are 32-bit). */
+#define STATUS_PIECE	(1ull << 30)
+
+struct item {
+	uint64_t off, len;
+	bool zero;
+};
+
+struct restore_priv {
+	struct nbd_handle **h;		/* one per worker; [0] made by cbt_restore_open() */
+	unsigned int nr;
+	struct cbt_extent_list data;	/* the data, widened to whole blocks */
+	struct item *items;
+	size_t nr_items;
+
+	pthread_mutex_t lock;
+	size_t next;			/* the next item to take */
+	uint64_t done;
+	bool failed;
+	struct cbt_err err;		/* the first error */
+	int no_unmap, no_zero_range;	/* the device refused that fallocate */
+};
+
+struct worker {
+	struct cbt_restore *r;
+	unsigned int i;
+};
+
+static int nbd_fail(struct cbt_err *e, const char *image, const char *what, uint64_t off)
+{
+	int err = nbd_get_errno();
+
+	return cbt_fail(e, err ? err : EIO, "%s: %s at offset %llu: %s", image, what,
+			(unsigned long long)off, nbd_get_error() ? nbd_get_error() : "failed");
+}
+
+/*
+ * Connects H to a qemu-nbd of its own (socket activation: it serves this
+ * connection only and exits with it). The image is named by --image-opts,
+ * so that no character of its name is read as a protocol or an option.
+ */
+static int connect_one(struct cbt_restore *r, struct nbd_handle *h, struct cbt_err *e)
+{
+	char *opts, *q, *abs;
+	const char *p, *argv[5];
+	int rc;
+
+	abs = realpath(r->image, NULL);
+	if (!abs)
+		return cbt_fail(e, errno, "%s: cannot open", r->image);
+	/* QEMU's option syntax: a comma in a value is written twice. */
+	opts = malloc(sizeof("driver=qcow2,file.driver=file,file.filename=") + 2 * strlen(abs));
+	if (!opts) {
+		free(abs);
+		return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
+	}
+	q = opts + sprintf(opts, "driver=qcow2,file.driver=file,file.filename=");
+	for (p = abs; *p; p++) {
+		*q++ = *p;
+		if (*p == ',')
+			*q++ = ',';
+	}
+	*q = '\0';
+	argv[0] = r->qemu_nbd ? r->qemu_nbd : "qemu-nbd";
+	argv[1] = "--read-only";
+	argv[2] = "--image-opts";
+	argv[3] = opts;
+	argv[4] = NULL;
+	rc = nbd_connect_systemd_socket_activation(h, (char **)argv);
+	free(opts);
+	free(abs);
+	if (rc < 0)
+		return cbt_fail(e, nbd_get_errno() ? nbd_get_errno() : EIO,
+				"%s: cannot read it with %s: %s", r->image, argv[0],
+				nbd_get_error() ? nbd_get_error() : "failed");
+	return 0;
+}
+
+int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e)
+{
+	struct restore_priv *p;
+	int64_t size;
+
+	if (!r->parallel)
+		r->parallel = CBT_RESTORE_PARALLEL_DEFAULT;
+	if (r->parallel > CBT_RESTORE_PARALLEL_MAX)
+		r->parallel = CBT_RESTORE_PARALLEL_MAX;
+	p = calloc(1, sizeof(*p));
+	if (p)
+		p->h = calloc(r->parallel, sizeof(*p->h));
+	if (!p || !p->h) {
+		free(p);
+		return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
+	}
+	p->nr = r->parallel;
+	pthread_mutex_init(&p->lock, NULL);
+	r->priv = p;
+	p->h[0] = nbd_create();
+	if (!p->h[0])
+		return nbd_fail(e, r->image, "cannot make an NBD handle", 0);
+	if (nbd_add_meta_context(p->h[0], LIBNBD_CONTEXT_BASE_ALLOCATION) < 0)
+		return nbd_fail(e, r->image, "cannot ask for base:allocation", 0);
+	if (connect_one(r, p->h[0], e))
+		return -e->errnum;
+	size = nbd_get_size(p->h[0]);
+	if (size < 0)
+		return nbd_fail(e, r->image, "cannot read its size", 0);
+	r->size = (uint64_t)size;
+	return 0;
+}
+
+struct map_ctx {
+	struct cbt_restore *r;
+	uint64_t pos;			/* where the next extent starts */
+	uint64_t end;			/* of the range asked for */
+	int err;
+};
+
+/* Block status: each data extent joins the list, widened to whole blocks. */
+static int map_extent(void *arg, const char *context, uint64_t offset, uint32_t *entries,
+		      size_t nr_entries, int *error)
+{
+	struct map_ctx *m = arg;
+	struct restore_priv *p = m->r->priv;
+	uint64_t bs = m->r->block_size, len, start, end;
+	struct cbt_extent *last;
+	size_t i;
+
+	(void)error;
+	if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) || m->err)
+		return 0;
+	m->pos = offset;
+	for (i = 0; i + 1 < nr_entries * 2 && m->pos < m->end; i += 2) {
+		len = entries[i];
+		if (len > m->end - m->pos)
+			len = m->end - m->pos;
+		if (!(entries[i + 1] & LIBNBD_STATE_ZERO)) {
+			start = m->pos / bs * bs;
+			end = (m->pos + len + bs - 1) / bs * bs;
+			last = p->data.n ? &p->data.v[p->data.n - 1] : NULL;
+			/* Widened, it may overlap the last: join them. */
+			if (last && start <= last->offset + last->length) {
+				if (end > last->offset + last->length)
+					last->length = end - last->offset;
+			} else if (cbt_extents_add(&p->data, start, end - start)) {
+				m->err = ENOMEM;
+				return 0;
+			}
+		}
+		m->pos += len;
+	}
+	return 0;
+}
+
+/* The image's allocation map, as data extents (whole blocks) and the zero ranges between. */
+static int build_items(struct cbt_restore *r, struct cbt_err *e)
+{
+	struct restore_priv *p = r->priv;
+	uint64_t bs = r->block_size, end = (r->size + bs - 1) / bs * bs, off, pos, len, piece;
+	struct map_ctx m = { .r = r };
+	nbd_extent_callback cb = { .callback = map_extent, .user_data = &m };
+	size_t i, cap = 0;
+	struct item *v;
+
+	for (off = 0; off < r->size; off = m.pos) {
+		m.pos = off;
+		m.end = r->size - off > STATUS_PIECE ? off + STATUS_PIECE : r->size;
+		if (nbd_block_status(p->h[0], m.end - off, off, cb, 0) < 0)
+			return nbd_fail(e, r->image, "reading the allocation map", off);
+		if (m.err)
+			return cbt_fail(e, m.err, "%s: no memory for the allocation map", r->image);
+		if (m.pos <= off)
+			return cbt_fail(e, EPROTO, "%s: the server's allocation map stops at %llu",
+					r->image, (unsigned long long)off);
+	}
+	/*
+	 * A last block that the image ends inside is data (read up to the
+	 * image's end, the rest kept as the device has it), never zeroed whole.
+	 */
+	if (r->size % bs) {
+		struct cbt_extent *last = p->data.n ? &p->data.v[p->data.n - 1] : NULL;
+
+		if (!last || last->offset + last->length < end - bs) {
+			if (cbt_extents_add(&p->data, end - bs, bs))
+				return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
+		} else {
+			last->length = end - last->offset;
+		}
+	}
+	/* Requests: data in CBT_COPY_REQUEST pieces, zero ranges between. */
+	for (i = 0, pos = 0; pos < end;) {
+		bool zero = i >= p->data.n || p->data.v[i].offset > pos;
+
+		len = zero ? (i < p->data.n ? p->data.v[i].offset : end) - pos :
+			     p->data.v[i].offset + p->data.v[i].length - pos;
+		piece = zero ? ZERO_PIECE : CBT_COPY_REQUEST;
+		if (len > piece)
+			len = piece;
+		if (p->nr_items == cap) {
+			cap = cap ? 2 * cap : 256;
+			v = realloc(p->items, cap * sizeof(*v));
+			if (!v)
+				return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
+			p->items = v;
+		}
+		p->items[p->nr_items++] = (struct item){ pos, len, zero };
+		pos += len;
+		if (!zero && pos == p->data.v[i].offset + p->data.v[i].length)
+			i++;
+	}
+	return 0;
+}
+
+static int write_all(struct cbt_restore *r, const char *buf, uint64_t len, uint64_t off,
+		     struct cbt_err *e)
+{
+	ssize_t n;
+
+	while (len) {
+		n = pwrite(r->fd, buf, len, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return cbt_fail(e, n < 0 ? errno : EIO, "%s: writing %llu bytes at offset %llu",
+					r->device, (unsigned long long)len, (unsigned long long)off);
+		buf += n;
+		len -= n;
+		off += n;
+	}
+	return 0;
+}
+
+static int copy_item(struct cbt_restore *r, struct nbd_handle *h, char *buf,
+		     const struct item *it, struct cbt_err *e)
+{
+	uint64_t n = it->len;
+	ssize_t got;
+
+	cbt_rate_wait(r->rate, it->len, r->cancel);
+	/* The block the image ends inside: the device's bytes past the end stay. */
+	if (it->off + n > r->size) {
+		n = r->size - it->off;
+		got = pread(r->fd, buf + it->len - r->block_size, r->block_size,
+			    it->off + it->len - r->block_size);
+		if (got != (ssize_t)r->block_size)
+			return cbt_fail(e, got < 0 ? errno : EIO, "%s: reading offset %llu",
+					r->device,
+					(unsigned long long)(it->off + it->len - r->block_size));
+	}
+	if (nbd_pread(h, buf, n, it->off, 0) < 0)
+		return nbd_fail(e, r->image, "reading", it->off);
+	return write_all(r, buf, it->len, it->off, e);
+}
+
+/*
+ * Zeroes a range: a write-zeroes that may unmap (fallocate PUNCH_HOLE on a
+ * block device: only where the device guarantees zeroes), else one that
+ * keeps the blocks (ZERO_RANGE, which the kernel does by writing zeroes
+ * where the device has no such command), else written zeroes.
+ */
+static int zero_item(struct cbt_restore *r, char *buf, const struct item *it, bool *unmapped,
+		     struct cbt_err *e)
+{
+	struct restore_priv *p = r->priv;
+	uint64_t off, n;
+
+	*unmapped = false;
+	if (!__atomic_load_n(&p->no_unmap, __ATOMIC_RELAXED)) {
+		if (!fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			       (off_t)it->off, (off_t)it->len)) {
+			*unmapped = true;
+			return 0;
+		}
+		if (errno != EOPNOTSUPP && errno != EINVAL && errno != ENODEV)
+			goto fail;
+		__atomic_store_n(&p->no_unmap, 1, __ATOMIC_RELAXED);
+	}
+	if (!__atomic_load_n(&p->no_zero_range, __ATOMIC_RELAXED)) {
+		if (!fallocate(r->fd, FALLOC_FL_ZERO_RANGE, (off_t)it->off, (off_t)it->len))
+			return 0;
+		if (errno != EOPNOTSUPP && errno != EINVAL && errno != ENODEV)
+			goto fail;
+		__atomic_store_n(&p->no_zero_range, 1, __ATOMIC_RELAXED);
+	}
+	memset(buf, 0, CBT_COPY_REQUEST);
+	for (off = it->off; off < it->off + it->len; off += n) {
+		n = it->off + it->len - off;
+		if (n > CBT_COPY_REQUEST)
+			n = CBT_COPY_REQUEST;
+		if (r->cancel && *r->cancel)
+			return cbt_fail(e, ECANCELED, "%s: cancelled", r->device);
+		if (write_all(r, buf, n, off, e))
+			return -e->errnum;
+	}
+	return 0;
+fail:
+	return cbt_fail(e, errno, "%s: zeroing %llu bytes at offset %llu", r->device,
+			(unsigned long long)it->len, (unsigned long long)it->off);
+}
+
+static void *worker(void *arg)
+{
+	struct worker *w = arg;
+	struct cbt_restore *r = w->r;
+	struct restore_priv *p = r->priv;
+	struct cbt_err e = { 0 };
+	struct item it;
+	bool unmapped = false;
+	char *buf = NULL;
+	int rc = 0;
+
+	if (posix_memalign((void **)&buf, 4096, CBT_COPY_REQUEST))
+		rc = cbt_fail(&e, ENOMEM, "%s: no memory", r->device);
+	if (!rc && !p->h[w->i]) {
+		p->h[w->i] = nbd_create();
+		if (!p->h[w->i])
+			rc = nbd_fail(&e, r->image, "cannot make an NBD handle", 0);
+		else
+			rc = connect_one(r, p->h[w->i], &e);
+	}
+	for (;;) {
+		pthread_mutex_lock(&p->lock);
+		if (!rc && r->cancel && *r->cancel)
+			rc = cbt_fail(&e, ECANCELED, "%s: cancelled", r->device);
+		if (rc) {
+			if (!p->failed)
+				p->err = e;
+			p->failed = true;
+		}
+		if (p->failed || p->next == p->nr_items) {
+			pthread_mutex_unlock(&p->lock);
+			break;
+		}
+		it = p->items[p->next++];
+		pthread_mutex_unlock(&p->lock);
+
+		if (it.zero)
+			rc = zero_item(r, buf, &it, &unmapped, &e);
+		else
+			rc = copy_item(r, p->h[w->i], buf, &it, &e);
+		if (rc)
+			continue;
+		pthread_mutex_lock(&p->lock);
+		r->requests++;
+		if (it.zero) {
+			r->zero_bytes += it.len;
+			if (unmapped)
+				r->unmapped_bytes += it.len;
+		} else {
+			r->data_bytes += it.len;
+		}
+		p->done += it.len;
+		if (r->progress)
+			r->progress(r->progress_arg, p->done < r->size ? p->done : r->size, r->size);
+		pthread_mutex_unlock(&p->lock);
+	}
+	free(buf);
+	return NULL;
+}
+
+int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e)
+{
+	struct restore_priv *p = r->priv;
+	struct worker *w;
+	pthread_t *t;
+	unsigned int i, started = 0;
+	int rc = 0;
+
+	if (r->size > r->device_size)
+		return cbt_fail(e, EFBIG, "%s: the image (%llu bytes) is larger than %s (%llu bytes)",
+				r->image, (unsigned long long)r->size, r->device,
+				(unsigned long long)r->device_size);
+	if (!r->block_size || r->block_size > CBT_COPY_REQUEST ||
+	    (r->block_size & (r->block_size - 1)))
+		return cbt_fail(e, EINVAL, "%s: bad block size %u", r->device, r->block_size);
+	if (build_items(r, e))
+		return -e->errnum;
+	t = calloc(p->nr, sizeof(*t));
+	w = calloc(p->nr, sizeof(*w));
+	if (!t || !w) {
+		free(t);
+		free(w);
+		return cbt_fail(e, ENOMEM, "%s: no memory", r->device);
+	}
+	/* No more workers than requests: each starts a server. */
+	for (i = 0; i < p->nr && i < p->nr_items; i++) {
+		w[i] = (struct worker){ r, i };
+		if (pthread_create(&t[i], NULL, worker, &w[i])) {
+			pthread_mutex_lock(&p->lock);
+			if (!p->failed)
+				cbt_fail(&p->err, EAGAIN, "%s: cannot start a thread", r->device);
+			p->failed = true;
+			pthread_mutex_unlock(&p->lock);
+			break;
+		}
+		started++;
+	}
+	for (i = 0; i < started; i++)
+		pthread_join(t[i], NULL);
+	free(t);
+	free(w);
+	if (p->failed) {
+		*e = p->err;
+		return -e->errnum;
+	}
+	if (fsync(r->fd))
+		rc = cbt_fail(e, errno, "%s: flushing the restored data", r->device);
+	return rc;
+}
+
+void cbt_restore_close(struct cbt_restore *r)
+{
+	struct restore_priv *p = r->priv;
+	unsigned int i;
+
+	if (!p)
+		return;
+	for (i = 0; i < p->nr; i++)
+		nbd_close(p->h[i]);
+	pthread_mutex_destroy(&p->lock);
+	cbt_extents_free(&p->data);
+	free(p->items);
+	free(p->h);
+	free(p);
+	r->priv = NULL;
+}

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: LGPL-2.1 */
+/*
+ * Restoring a qcow2 backup chain onto a block device: the device then reads
+ * as the chain's top image does, over the image's virtual size.
+ *
+ * QEMU reads the chain (qemu-nbd, one read-only server per connection,
+ * started by libnbd through socket activation and gone with it), so every
+ * qcow2 feature QEMU reads is read here too. The image's allocation map
+ * (base:allocation) splits the disk into data, read and written in
+ * requests of CBT_COPY_REQUEST bytes, and zero ranges, which become
+ * write-zeroes (an unmapping one first, where the device's zeroes are
+ * guaranteed). Requests run on one thread per connection, many in
+ * flight, in any order; the device is written with O_DIRECT where its
+ * alignment allows, and flushed at the end.
+ */
+#ifndef CBT_RESTORE_H
+#define CBT_RESTORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "libcbt.h"
+#include "copy.h"
+
+/* Connections (and requests in flight) when the caller sets none. */
+#define CBT_RESTORE_PARALLEL_DEFAULT	8u
+#define CBT_RESTORE_PARALLEL_MAX	64u
+
+struct cbt_restore {
+	/* Set by the caller. */
+	const char *image;		/* the chain's top, qcow2 */
+	const char *device;		/* the destination, for messages */
+	int fd;				/* the device, open for writing */
+	uint64_t device_size;
+	unsigned int block_size;	/* its logical block size: the write unit */
+	const char *qemu_nbd;		/* NULL: "qemu-nbd" from PATH */
+	unsigned int parallel;		/* 0: CBT_RESTORE_PARALLEL_DEFAULT */
+	struct cbt_rate *rate;		/* NULL: no limit; counts data bytes read */
+	const volatile int *cancel;	/* non-zero: stop with -ECANCELED */
+	/* Called after each request done, from any thread, one call at a time. */
+	void (*progress)(void *arg, uint64_t done, uint64_t total);
+	void *progress_arg;
+
+	/* Set by cbt_restore_open(). */
+	uint64_t size;			/* the image's virtual size */
+
+	/* Results of cbt_restore_run(). */
+	uint64_t data_bytes;		/* written from the image's data */
+	uint64_t zero_bytes;		/* written as zeroes */
+	uint64_t unmapped_bytes;	/* of those, zeroed by unmapping */
+	uint64_t requests;
+
+	struct restore_priv *priv;
+};
+
+/*
+ * Starts the servers and connects (r->parallel connections), and sets
+ * r->size. Nothing is written. Errors name the image.
+ */
+int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e);
+
+/*
+ * Writes the image's content over [0, r->size) of the device, which must
+ * be at least that large (-EFBIG otherwise, nothing written), then flushes
+ * it. An error names the device or image and the offset.
+ */
+int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e);
+
+/* Disconnects (the servers exit) and frees what cbt_restore_open() made. */
+void cbt_restore_close(struct cbt_restore *r);
+
+#endif /* CBT_RESTORE_H */
