@@ -6,7 +6,8 @@
 # or one of its subtests, that skips counts as a failure unless it skipped
 # because a tool is not installed (or, on a kernel other than the debug
 # kernel, because it needs the debug kernel).
-# CBT_TEST_FILTER (a grep -E pattern) selects tests by name.
+# CBT_TEST_FILTER (a grep -E pattern) selects tests by name; CBT_TEST_SKIP
+# (another) leaves tests out, each named in a comment.
 # CBT_TEST_QUEUE (a directory shared by several VMs of one kernel) splits the
 # list between them: each runs the next test no other has claimed (mkdir is
 # atomic on the host), leaves NAME.rc there when it is done, and prints its
@@ -18,10 +19,16 @@ timeout=$(sed -n 's/^timeout=//p' "$here/settings")
 kernel=${CBT_KERNEL:-$(uname -r)}
 
 [ -f "$list" ] || { echo "run_tests.sh: $list is missing: run 'make selftests'" >&2; exit 1; }
-mapfile -t tests < <(grep -E "${CBT_TEST_FILTER:-.}" "$list")
+mapfile -t tests < <(grep -E "${CBT_TEST_FILTER:-.}" "$list" |
+	if [ -n "${CBT_TEST_SKIP:-}" ]; then grep -vE "$CBT_TEST_SKIP"; else cat; fi)
 
 queue=${CBT_TEST_QUEUE:-}
 echo "TAP version 13"
+if [ -n "${CBT_TEST_SKIP:-}" ]; then
+	for t in $(grep -E "${CBT_TEST_FILTER:-.}" "$list" | grep -E "$CBT_TEST_SKIP"); do
+		echo "# not run on this kernel (CBT_TEST_SKIP): $(basename "$t")"
+	done
+fi
 [ -n "$queue" ] || echo "1..${#tests[@]}"
 passed=0 failed=0 skipped=0 n=0
 for t in "${tests[@]}"; do
