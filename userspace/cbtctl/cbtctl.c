@@ -27,7 +27,7 @@ static const struct command commands[] = {
 	  "manage the dirty bitmaps of a cbt device" },
 	{ "status", cmd_status, "status DEV [--json]", "show a cbt device and its bitmaps" },
 	{ "list", cmd_list, "list [--json]", "list every cbt device, its bitmaps and snapshot" },
-	{ "backup", cmd_backup, "backup --sync=full|incremental [OPTIONS] JOB...",
+	{ "backup", cmd_backup, "backup --sync=full|incremental|auto [OPTIONS] JOB...",
 	  "back up cbt devices into qcow2 images at one instant, all or nothing" },
 	{ "restore", cmd_restore, "restore [OPTIONS] IMAGE DEV",
 	  "write a backup chain back onto a device" },

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* cbtctl backup --sync=full|incremental [OPTIONS] JOB... */
+/* cbtctl backup --sync=full|incremental|auto [OPTIONS] JOB... */
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -12,7 +12,7 @@
 #include "backup.h"
 
 #define BACKUP_USAGE \
-	"backup -s|--sync=full|incremental [-b|--bitmap=NAME]...\n" \
+	"backup -s|--sync=full|incremental|auto [-b|--bitmap=NAME]...\n" \
 	"              [--on-source-error=report|retry [--retries=N]]\n" \
 	"              [--cbw-memory=SIZE | --cbw-store=DEV...] [--cbw-timeout=SECONDS]\n" \
 	"              [--no-snapshot] [--freeze-hook=CMD] [--parallel=N] [-W|--out-of-order]\n" \
@@ -202,6 +202,13 @@ static void print_json(const struct cbt_backup *b, int r, const struct cbt_err *
 			printf("null");
 		else
 			json_string(stdout, j->err.msg[0] ? j->err.msg : "not run");
+		/* What the job took (--sync=auto decides per job), and why it is full. */
+		printf(", \"mode\": \"%s\", \"reason\": ",
+		       j->sync == CBT_SYNC_FULL ? "full" : "incremental");
+		if (j->sync_reason[0])
+			json_string(stdout, j->sync_reason);
+		else
+			printf("null");
 		print_identity(j);
 		printf("}");
 	}
@@ -218,6 +225,10 @@ static void print_text(const struct cbt_backup *b, int r, const struct cbt_err *
 		fprintf(r ? stderr : stdout, "%s -> %s: %s, %llu dirty bytes, %llu bytes written",
 			j->spec.device, j->spec.target, cbt_job_status_name(j->status),
 			(unsigned long long)j->dirty_bytes, (unsigned long long)j->bytes_written);
+		if (b->sync == CBT_SYNC_AUTO)
+			fprintf(r ? stderr : stdout, "; %s%s%s",
+				j->sync == CBT_SYNC_FULL ? "full" : "incremental",
+				j->sync_reason[0] ? ": " : "", j->sync_reason);
 		if (j->status != CBT_JOB_COMPLETED && j->err.msg[0])
 			fprintf(stderr, " (%s)", j->err.msg);
 		if (j->target_unusable)
@@ -274,8 +285,10 @@ static int backup_option(int c, const char *a, struct cbt_backup *b, struct back
 			b->sync = CBT_SYNC_FULL;
 		} else if (!strcmp(a, "incremental")) {
 			b->sync = CBT_SYNC_INCREMENTAL;
+		} else if (!strcmp(a, "auto")) {
+			b->sync = CBT_SYNC_AUTO;
 		} else {
-			usage_error(BACKUP_USAGE, "bad --sync '%s' (full or incremental)", a);
+			usage_error(BACKUP_USAGE, "bad --sync '%s' (full, incremental or auto)", a);
 			return -1;
 		}
 		return 0;
@@ -367,11 +380,13 @@ static int backup_check(struct cbt_backup *b, const struct backup_cli *cli)
 	const char *why = NULL;
 
 	if ((int)b->sync < 0)
-		why = "--sync=full or --sync=incremental is required";
+		why = "--sync=full, --sync=incremental or --sync=auto is required";
 	else if (!b->nr_jobs)
 		why = "no JOB given";
 	else if (b->sync == CBT_SYNC_INCREMENTAL && !b->nr_bitmaps)
 		why = "an incremental backup needs --bitmap=NAME";
+	else if (b->sync == CBT_SYNC_AUTO && !b->nr_bitmaps)
+		why = "--sync=auto needs --bitmap=NAME";
 	if (why) {
 		usage_error(BACKUP_USAGE, "%s", why);
 		return -1;

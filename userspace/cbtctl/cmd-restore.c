@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cbtctl.h"
+#include "backup.h"
 #include "bitmap.h"
 #include "identity.h"
 #include "qcow2.h"
@@ -81,25 +82,28 @@ static void dm_name_of(dev_t devno, const char *holder, char *name, size_t len)
 	name[strcspn(name, "\n")] = '\0';
 }
 
-static bool is_cbt(const char *name)
+/* Whether the dm device NAME ("": none) is a cbt device: 1, 0, or -1 after a message. */
+static int is_cbt(const char *name)
 {
 	struct cbt_dm_table t;
 	struct cbt_err e;
-	bool cbt;
+	int cbt;
 
-	if (!name[0] || cbt_dm_table(name, &t, &e))
-		return false;
+	if (!name[0])
+		return 0;
+	if (cbt_dm_table(name, &t, &e))
+		return report(&e), -1;
 	cbt = cbt_dm_table_is_cbt(&t);
 	free(t.params);
 	return cbt;
 }
 
-/* The cbt devices that hold DEVNO (the device right below their target). */
-static unsigned int cbt_above(dev_t devno, char above[][128])
+/* The cbt devices that hold DEVNO (the device right below their target): how many, or -1. */
+static int cbt_above(dev_t devno, char above[][128])
 {
 	char path[64], name[128];
-	unsigned int n = 0;
 	struct dirent *d;
+	int n = 0, c;
 	DIR *dir;
 
 	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/holders", major(devno), minor(devno));
@@ -110,11 +114,37 @@ static unsigned int cbt_above(dev_t devno, char above[][128])
 		if (d->d_name[0] == '.')
 			continue;
 		dm_name_of(0, d->d_name, name, sizeof(name));
-		if (is_cbt(name))
+		c = is_cbt(name);
+		if (c < 0) {
+			n = -1;
+			break;
+		}
+		if (c)
 			snprintf(above[n++], 128, "%s", name);
 	}
 	closedir(dir);
 	return n;
+}
+
+/* A backup of NAME is running (a bitmap frozen): 1 after a message saying so, 0, or -1. */
+static int backup_running(const char *name)
+{
+	struct cbt_bitmap_info *v = NULL;
+	struct cbt_err e;
+	size_t n = 0, i;
+	int rc = 0;
+
+	if (cbt_bitmap_list(name, &v, &n, &e))
+		return report(&e), -1;
+	for (i = 0; i < n && !rc; i++)
+		if (v[i].busy) {
+			fprintf(stderr, "cbtctl: %s: bitmap %s is frozen by %s (a backup or export "
+				"is running): restore once it ended, or after cbtctl recover\n",
+				name, v[i].name, v[i].token[0] ? v[i].token : "another backup");
+			rc = 1;
+		}
+	free(v);
+	return rc;
 }
 
 /*
@@ -285,7 +315,9 @@ int cmd_restore(int argc, char **argv)
 	struct qcow2_peek pk = { 0 };
 	const char *image = NULL, *dev = NULL;
 	char above[MAX_ABOVE][128], name[128];
-	unsigned int nr_above, i, reset = 0;
+	unsigned int reset = 0;
+	bool standalone = false;
+	int nr_above, c;
 	struct cbt_dm_info info = { 0 };
 	struct cbt_rate rate;
 	struct timespec t0;
@@ -298,8 +330,14 @@ int cmd_restore(int argc, char **argv)
 		return status < 0 ? 0 : status;
 	status = EXIT_FAIL;
 	cbt_rate_init(&rate, cli.rate_limit);
-	if (qcow2_peek(image, &pk, &e)) {
+	if (qcow2_peek(image, &pk, &e) || cbt_check_chain(image, image, &standalone, &e)) {
 		report(&e);
+		goto out;
+	}
+	if (standalone) {
+		fprintf(stderr, "cbtctl: %s: its chain rests on a standalone incremental, which "
+			"holds only what changed before it: rebase that onto its predecessor "
+			"(qemu-img rebase -u -b PREV -F qcow2)\n", image);
 		goto out;
 	}
 	if (stat(dev, &st)) {
@@ -323,11 +361,17 @@ int cmd_restore(int argc, char **argv)
 				info.open_count, info.open_count == 1 ? "" : "s");
 			goto out;
 		}
-		if (is_cbt(name) && check_identity(image, &pk, name, info.uuid))
+		c = is_cbt(name);
+		if (c < 0 || (c && check_identity(image, &pk, name, info.uuid)))
 			goto out;
 	}
 	/* Below a cbt device: its tracking would miss every byte written. */
 	nr_above = cbt_above(st.st_rdev, above);
+	if (nr_above < 0)
+		goto out;
+	for (c = 0; c < nr_above; c++)
+		if (backup_running(above[c]))
+			goto out;
 	if (nr_above && !cli.force) {
 		fprintf(stderr, "cbtctl: %s is below the cbt device %s: a restore there bypasses "
 			"its tracking. Restore through /dev/mapper/%s, or give --force (its "
@@ -335,7 +379,8 @@ int cmd_restore(int argc, char **argv)
 			dev, above[0], above[0]);
 		goto out;
 	}
-	flags = O_WRONLY | O_CLOEXEC | (cli.force ? 0 : O_EXCL);
+	/* Read too: the block an image ends inside keeps the device's bytes after it. */
+	flags = O_RDWR | O_CLOEXEC | (cli.force ? 0 : O_EXCL);
 	r.fd = open(dev, flags | O_DIRECT);
 	if (r.fd < 0 && errno == EINVAL)
 		r.fd = open(dev, flags);
@@ -368,21 +413,24 @@ int cmd_restore(int argc, char **argv)
 		report(&e);
 		goto out;
 	}
-	if (r.size > r.device_size) {
-		fprintf(stderr, "cbtctl: %s: the image's disk (%llu bytes) is larger than %s (%llu "
-			"bytes); nothing was written\n", image, (unsigned long long)r.size, dev,
-			(unsigned long long)r.device_size);
+	if (cbt_restore_prepare(&r, &e)) {
+		report(&e);
 		goto out;
 	}
 	/* Durable first: the bitmaps say they missed writes before any is made. */
-	for (i = 0; i < nr_above; i++)
-		if (reset_bitmaps(above[i], &reset))
+	for (c = 0; c < nr_above; c++)
+		if (reset_bitmaps(above[c], &reset))
 			goto out;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	if (cbt_restore_run(&r, &e)) {
-		report(&e);
-		fprintf(stderr, "cbtctl: %s holds a partial restore: restore again\n", dev);
+		/* A terminal's ^C reaches the servers too: their reads fail first. */
+		if (cancelled)
+			fprintf(stderr, "cbtctl: %s: restore cancelled\n", dev);
+		else
+			report(&e);
+		if (r.written)
+			fprintf(stderr, "cbtctl: %s holds a partial restore: restore again\n", dev);
 		goto out;
 	}
 	status = 0;
@@ -396,14 +444,14 @@ int cmd_restore(int argc, char **argv)
 		       "\"bitmaps_reset\": %u, \"seconds\": %.3f}\n",
 		       (unsigned long long)r.size, (unsigned long long)r.data_bytes,
 		       (unsigned long long)r.zero_bytes, (unsigned long long)r.unmapped_bytes,
-		       (unsigned long long)r.requests, r.parallel, reset, seconds_since(&t0));
+		       (unsigned long long)r.requests, r.connections, reset, seconds_since(&t0));
 	} else if (!cli.quiet) {
 		printf("%s -> %s: restored %llu bytes (%llu of data, %llu zeroed) in %.1f s\n",
 		       image, dev, (unsigned long long)r.size, (unsigned long long)r.data_bytes,
 		       (unsigned long long)r.zero_bytes, seconds_since(&t0));
-		for (i = 0; i < nr_above; i++)
+		for (c = 0; c < nr_above; c++)
 			printf("%s: its bitmaps are inconsistent: its next backup must be full\n",
-			       above[i]);
+			       above[c]);
 	}
 out:
 	cbt_restore_close(&r);

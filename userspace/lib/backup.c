@@ -164,14 +164,8 @@ static int backing_path(const char *image, const char *name, bool stored, char *
 /* Deeper chains are refused as QEMU would loop or give up on them. */
 #define CHAIN_MAX_DEPTH 1000
 
-/*
- * The backing chain from image IMG down, opened as QEMU opens it ("qemu-img
- * info --backing-chain"): each image a qcow2 that opens and is not marked
- * corrupt, each backing name one QEMU reads as a file, no loop. *STANDALONE
- * (when not NULL): the chain's base, the image without a backing file, is
- * a standalone incremental's.
- */
-static int check_chain(const char *dev, const char *img, bool *standalone, struct cbt_err *e)
+/* The chain under IMG as QEMU opens it: see backup.h. */
+int cbt_check_chain(const char *dev, const char *img, bool *standalone, struct cbt_err *e)
 {
 	struct qcow2_peek pk = { 0 };
 	struct cbt_identity id;
@@ -236,7 +230,7 @@ static int check_full_chain(struct cbt_backup_job *job, struct cbt_err *e)
 		r = backing_path(job->spec.target, name, job->spec.mode == CBT_MODE_EXISTING,
 				 &img, e);
 	if (!r && img)
-		r = check_chain(job->spec.device, img, NULL, e);
+		r = cbt_check_chain(job->spec.device, img, NULL, e);
 	qcow2_peek_free(&pk);
 	free(img);
 	return r;
@@ -373,7 +367,7 @@ static int check_identity(struct cbt_backup *b, struct cbt_backup_job *job, stru
 	if (!r && in_place)
 		p->standalone = id.standalone;
 	if (!r && !in_place)
-		r = check_chain(dm.name, img, &base_standalone, e);
+		r = cbt_check_chain(dm.name, img, &base_standalone, e);
 	if (!r && base_standalone)
 		r = cbt_fail(e, EINVAL, "%s: the chain of %s rests on a standalone incremental "
 			     "(taken without a backing image, it holds only what changed before "
@@ -383,6 +377,52 @@ static int check_identity(struct cbt_backup *b, struct cbt_backup_job *job, stru
 	qcow2_peek_free(&pk);
 	free(img);
 	return r;
+}
+
+/*
+ * --sync=auto: JOB is an incremental when check_identity() would take it
+ * (its bitmaps consistent and their identity that of the backing image,
+ * which must be named), else a full backup into an image without a backing
+ * file, with the reason in job->sync_reason. Nothing is changed either way.
+ */
+static void decide_sync(struct cbt_backup *b, struct cbt_backup_job *job)
+{
+	struct cbt_backup_job_priv *p = job->priv;
+	struct cbt_bitmap_info info;
+	struct cbt_err why = { 0 };
+	unsigned int j;
+
+	job->sync = CBT_SYNC_FULL;
+	for (j = 0; j < b->nr_bitmaps; j++) {
+		if (cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, &why))
+			goto full;
+		if (info.inconsistent) {
+			cbt_fail(&why, EINVAL, "%s: bitmap '%s' is inconsistent (it may have "
+				 "missed writes)", cbt_dm_name(job->spec.device), info.name);
+			goto full;
+		}
+	}
+	if (!job->spec.backing && job->spec.mode != CBT_MODE_EXISTING) {
+		cbt_fail(&why, EINVAL, "%s: no backing image given",
+			 cbt_dm_name(job->spec.device));
+		goto full;
+	}
+	if (check_identity(b, job, &why))
+		goto full;
+	if (p->standalone) {
+		cbt_fail(&why, EINVAL, "%s: %s has no backing file", cbt_dm_name(job->spec.device),
+			 job->spec.target);
+		goto full;
+	}
+	job->sync = CBT_SYNC_INCREMENTAL;
+	return;
+full:
+	p->checked = false;
+	p->standalone = false;
+	snprintf(job->sync_reason, sizeof(job->sync_reason), "%s", why.msg);
+	/* A new chain: the image is made without the backing file. */
+	if (job->spec.mode != CBT_MODE_EXISTING)
+		job->spec.backing = NULL;
 }
 
 /*
@@ -542,7 +582,7 @@ static int prepare_job(struct cbt_backup *b, struct cbt_backup_job *job, struct 
 			return cbt_fail(e, EBUSY, "%s: bitmap '%s' is busy (frozen by %s)",
 					cbt_dm_name(job->spec.device), info.name,
 					info.token[0] ? info.token : "another backup");
-		if (info.inconsistent && (b->sync == CBT_SYNC_INCREMENTAL || b->hold))
+		if (info.inconsistent && (job->sync == CBT_SYNC_INCREMENTAL || b->hold))
 			return cbt_fail(e, EINVAL, "%s: bitmap '%s' is inconsistent (it may have "
 					"missed writes): take a full backup", cbt_dm_name(job->spec.device),
 					info.name);
@@ -653,7 +693,7 @@ static int count_extents(struct cbt_backup *b, struct cbt_backup_job *job, struc
 	int r;
 
 	job->dirty_bytes = 0;
-	if (b->sync == CBT_SYNC_FULL) {
+	if (job->sync == CBT_SYNC_FULL) {
 		job->dirty_bytes = job->size;
 		return 0;
 	}
@@ -719,7 +759,7 @@ static void *copy_thread(void *arg)
 		 * A cluster left unallocated reads zero only in a new image
 		 * without a backing file; anywhere else zeros must be written.
 		 */
-		.zero_clusters = b->sync == CBT_SYNC_INCREMENTAL ||
+		.zero_clusters = job->sync == CBT_SYNC_INCREMENTAL ||
 				 job->spec.mode == CBT_MODE_EXISTING || job->spec.backing,
 		.retries = b->retries,
 		.retry_delay_ms = b->retry_delay_ms,
@@ -743,7 +783,7 @@ static void *copy_thread(void *arg)
 	struct cbt_extent all = { 0, job->size };
 	int r = 0;
 
-	if (b->sync == CBT_SYNC_FULL)
+	if (job->sync == CBT_SYNC_FULL)
 		r = cbt_copy_extents(&c, &all, 1, &err);
 	else if (!(r = open_stream(b, job, walks, &s, &err))) {
 		src = (struct cbt_extent_src){ cbt_stream_next, s };
@@ -1013,7 +1053,7 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 	bool instant;
 	int r = 0;
 
-	if (b->sync == CBT_SYNC_INCREMENTAL && !b->nr_bitmaps)
+	if (b->sync != CBT_SYNC_FULL && !b->nr_bitmaps)
 		return cbt_fail(e, EINVAL, "an incremental backup needs --bitmap");
 	if (b->nr_bitmaps > CBT_IDENTITY_MAX_BITMAPS)
 		return cbt_fail(e, EINVAL, "%u bitmaps: %u at most", b->nr_bitmaps,
@@ -1050,9 +1090,17 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		p->job = &b->jobs[i];
 	}
 	/* Every job's backing image before any job changes anything. */
-	for (i = 0; i < b->nr_jobs && !r; i++)
-		if (b->sync == CBT_SYNC_INCREMENTAL ? check_identity(b, &b->jobs[i], e) :
-		    check_full_chain(&b->jobs[i], e))
+	for (i = 0; i < b->nr_jobs && !r; i++) {
+		b->jobs[i].sync = b->sync;
+		b->jobs[i].sync_reason[0] = '\0';
+		if (b->sync == CBT_SYNC_AUTO)
+			decide_sync(b, &b->jobs[i]);
+		else if (b->sync == CBT_SYNC_INCREMENTAL ? check_identity(b, &b->jobs[i], e) :
+			 check_full_chain(&b->jobs[i], e))
+			r = job_fail(&b->jobs[i], e);
+	}
+	for (i = 0; i < b->nr_jobs && !r && b->sync == CBT_SYNC_AUTO; i++)
+		if (b->jobs[i].sync == CBT_SYNC_FULL && check_full_chain(&b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
 	for (i = 0; i < b->nr_jobs && !r; i++)
 		if (prepare_job(b, &b->jobs[i], e))

@@ -27,6 +27,11 @@ struct cbt_journal;
 enum cbt_sync {
 	CBT_SYNC_FULL,
 	CBT_SYNC_INCREMENTAL,
+	/*
+	 * Per job: an incremental when its bitmaps' identity continues the
+	 * backing image's chain, else a full backup with no backing file.
+	 */
+	CBT_SYNC_AUTO,
 };
 
 enum cbt_job_status {
@@ -54,6 +59,12 @@ struct cbt_backup_job {
 	 */
 	struct cbt_identity identity;
 	struct cbt_err err;
+	/*
+	 * What the job takes: the run's sync, or with CBT_SYNC_AUTO the one
+	 * decided before anything changes, and why it is full ("" when not).
+	 */
+	enum cbt_sync sync;
+	char sync_reason[sizeof(((struct cbt_err *)0)->msg)];
 	struct cbt_backup_job_priv *priv;
 };
 
@@ -125,5 +136,14 @@ int cbt_backup_journal(struct cbt_backup *b, const char *kind, const char *what,
 int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e);
 
 const char *cbt_job_status_name(enum cbt_job_status s);
+
+/*
+ * The backing chain from image IMG down, opened as QEMU opens it ("qemu-img
+ * info --backing-chain"): each image a qcow2 that opens and is not marked
+ * corrupt, each backing name one QEMU reads as a file, no loop; errors
+ * start with WHO. *STANDALONE (when not NULL): the chain's base, the image
+ * without a backing file, is a standalone incremental's.
+ */
+int cbt_check_chain(const char *who, const char *img, bool *standalone, struct cbt_err *e);
 
 #endif /* CBT_BACKUP_H */

@@ -226,7 +226,7 @@ static int start_snapshot(struct cbt_backup *b, struct cbt_backup_job *job, stru
 	if (!f)
 		return cbt_fail(e, ENOMEM, "%s: snapshot start", job->spec.device);
 	fprintf(f, "snapshot start %s", b->token);
-	for (j = 0; j < b->nr_bitmaps && (b->sync == CBT_SYNC_INCREMENTAL || b->dirty_only); j++)
+	for (j = 0; j < b->nr_bitmaps && (job->sync == CBT_SYNC_INCREMENTAL || b->dirty_only); j++)
 		fprintf(f, " %s", b->bitmaps[j]);
 	if (fclose(f)) {
 		free(msg);

@@ -43,7 +43,15 @@ struct worker {
 	unsigned int i;
 };
 
-static int nbd_fail(struct cbt_err *e, const char *image, const char *what, uint64_t off)
+static int nbd_fail(struct cbt_err *e, const char *image, const char *what)
+{
+	int err = nbd_get_errno();
+
+	return cbt_fail(e, err ? err : EIO, "%s: %s: %s", image, what,
+			nbd_get_error() ? nbd_get_error() : "failed");
+}
+
+static int nbd_fail_at(struct cbt_err *e, const char *image, const char *what, uint64_t off)
 {
 	int err = nbd_get_errno();
 
@@ -114,14 +122,14 @@ int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e)
 	r->priv = p;
 	p->h[0] = nbd_create();
 	if (!p->h[0])
-		return nbd_fail(e, r->image, "cannot make an NBD handle", 0);
+		return nbd_fail(e, r->image, "cannot make an NBD handle");
 	if (nbd_add_meta_context(p->h[0], LIBNBD_CONTEXT_BASE_ALLOCATION) < 0)
-		return nbd_fail(e, r->image, "cannot ask for base:allocation", 0);
+		return nbd_fail(e, r->image, "cannot ask for base:allocation");
 	if (connect_one(r, p->h[0], e))
 		return -e->errnum;
 	size = nbd_get_size(p->h[0]);
 	if (size < 0)
-		return nbd_fail(e, r->image, "cannot read its size", 0);
+		return nbd_fail(e, r->image, "cannot read its size");
 	r->size = (uint64_t)size;
 	return 0;
 }
@@ -147,7 +155,8 @@ static int map_extent(void *arg, const char *context, uint64_t offset, uint32_t 
 	if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) || m->err)
 		return 0;
 	m->pos = offset;
-	for (i = 0; i + 1 < nr_entries * 2 && m->pos < m->end; i += 2) {
+	/* NR_ENTRIES counts the array's values: (length, flags) pairs. */
+	for (i = 0; i + 1 < nr_entries && m->pos < m->end; i += 2) {
 		len = entries[i];
 		if (len > m->end - m->pos)
 			len = m->end - m->pos;
@@ -183,7 +192,7 @@ static int build_items(struct cbt_restore *r, struct cbt_err *e)
 		m.pos = off;
 		m.end = r->size - off > STATUS_PIECE ? off + STATUS_PIECE : r->size;
 		if (nbd_block_status(p->h[0], m.end - off, off, cb, 0) < 0)
-			return nbd_fail(e, r->image, "reading the allocation map", off);
+			return nbd_fail_at(e, r->image, "reading the allocation map", off);
 		if (m.err)
 			return cbt_fail(e, m.err, "%s: no memory for the allocation map", r->image);
 		if (m.pos <= off)
@@ -265,7 +274,7 @@ static int copy_item(struct cbt_restore *r, struct nbd_handle *h, char *buf,
 					(unsigned long long)(it->off + it->len - r->block_size));
 	}
 	if (nbd_pread(h, buf, n, it->off, 0) < 0)
-		return nbd_fail(e, r->image, "reading", it->off);
+		return nbd_fail_at(e, r->image, "reading", it->off);
 	return write_all(r, buf, it->len, it->off, e);
 }
 
@@ -331,7 +340,7 @@ static void *worker(void *arg)
 	if (!rc && !p->h[w->i]) {
 		p->h[w->i] = nbd_create();
 		if (!p->h[w->i])
-			rc = nbd_fail(&e, r->image, "cannot make an NBD handle", 0);
+			rc = nbd_fail(&e, r->image, "cannot make an NBD handle");
 		else
 			rc = connect_one(r, p->h[w->i], &e);
 	}
@@ -349,6 +358,7 @@ static void *worker(void *arg)
 			break;
 		}
 		it = p->items[p->next++];
+		r->written = true;	/* from now on the device may have changed */
 		pthread_mutex_unlock(&p->lock);
 
 		if (it.zero)
@@ -375,6 +385,18 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+int cbt_restore_prepare(struct cbt_restore *r, struct cbt_err *e)
+{
+	if (r->size > r->device_size)
+		return cbt_fail(e, EFBIG, "%s: the image's disk (%llu bytes) is larger than %s "
+				"(%llu bytes)", r->image, (unsigned long long)r->size, r->device,
+				(unsigned long long)r->device_size);
+	if (!r->block_size || r->block_size > CBT_COPY_REQUEST ||
+	    (r->block_size & (r->block_size - 1)))
+		return cbt_fail(e, EINVAL, "%s: bad block size %u", r->device, r->block_size);
+	return build_items(r, e);
+}
+
 int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e)
 {
 	struct restore_priv *p = r->priv;
@@ -383,15 +405,6 @@ int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e)
 	unsigned int i, started = 0;
 	int rc = 0;
 
-	if (r->size > r->device_size)
-		return cbt_fail(e, EFBIG, "%s: the image (%llu bytes) is larger than %s (%llu bytes)",
-				r->image, (unsigned long long)r->size, r->device,
-				(unsigned long long)r->device_size);
-	if (!r->block_size || r->block_size > CBT_COPY_REQUEST ||
-	    (r->block_size & (r->block_size - 1)))
-		return cbt_fail(e, EINVAL, "%s: bad block size %u", r->device, r->block_size);
-	if (build_items(r, e))
-		return -e->errnum;
 	t = calloc(p->nr, sizeof(*t));
 	w = calloc(p->nr, sizeof(*w));
 	if (!t || !w) {
@@ -412,6 +425,7 @@ int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e)
 		}
 		started++;
 	}
+	r->connections = started;
 	for (i = 0; i < started; i++)
 		pthread_join(t[i], NULL);
 	free(t);

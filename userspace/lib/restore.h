@@ -49,6 +49,8 @@ struct cbt_restore {
 	uint64_t zero_bytes;		/* written as zeroes */
 	uint64_t unmapped_bytes;	/* of those, zeroed by unmapping */
 	uint64_t requests;
+	unsigned int connections;	/* workers started, each with its server */
+	bool written;			/* a request was started */
 
 	struct restore_priv *priv;
 };
@@ -60,9 +62,16 @@ struct cbt_restore {
 int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e);
 
 /*
- * Writes the image's content over [0, r->size) of the device, which must
- * be at least that large (-EFBIG otherwise, nothing written), then flushes
- * it. An error names the device or image and the offset.
+ * Before anything is written: the device must be at least as large as the
+ * image (-EFBIG) and its block size a power of two; reads the image's
+ * allocation map.
+ */
+int cbt_restore_prepare(struct cbt_restore *r, struct cbt_err *e);
+
+/*
+ * Writes the image's content over [0, r->size) of the device, then flushes
+ * it. An error names the device or image and the offset; r->written says
+ * whether anything may have been written by then.
  */
 int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e);
 

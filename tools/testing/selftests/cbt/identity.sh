@@ -8,14 +8,16 @@
 # that is missing, not qcow2, made without an identity or without the
 # bitmap, or of another device (also as one job of a transaction); the
 # backing names QEMU must read (':' in a name, a full backup's backing file,
-# a standalone incremental as a base) and incrementals in place. Each
+# a standalone incremental as a base) and incrementals in place; and
+# --sync=auto, an incremental on an intact chain and a full backup with
+# its reason after a missing or older backing or a re-created bitmap. Each
 # refusal exits 1 with a message naming the mismatch and leaves the bitmaps
 # (count, busy, generation), the snapshots and the files as they were.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img cbtctl
-plan 10
+plan 11
 
 SIZE=$((16 << 20))
 
@@ -298,6 +300,51 @@ test_identity_room() {
 	chain_matches "$dir/inc.qcow2" "$dev"
 }
 
+# auto OUT IMAGE BACKING: a --sync=auto backup of $dev into $dir/IMAGE with
+# backing=BACKING, its JSON in OUT; then its chain reads as the device.
+auto() {
+	cbtctl backup --json --sync=auto --bitmap=b0 "$dev=$dir/$2,backing=$3" >"$1" 2>"$1.err" ||
+		fail "--sync=auto into $2: $(cat "$1" "$1.err")"
+	chain_matches "$dir/$2" "$dev"
+}
+
+# auto_full OUT IMAGE WHY: the job of OUT was a full backup because of WHY
+# (a part of its reason), and IMAGE has no backing file.
+auto_full() {
+	local reason
+	reason=$(job_field "$1" 0 reason)
+	expect_eq "mode of $2 (reason: $reason)" "$(job_field "$1" 0 mode)" full
+	[[ $reason == *"$3"* ]] || fail "the reason for the full $2: '$reason', not '$3'"
+	[[ $(qemu-img info "$dir/$2") != *"backing file:"* ]] || fail "$2 has a backing file"
+}
+
+test_auto() {
+	local dir="" out="" name dev loop
+	start auto
+	# An intact chain: an incremental, no reason.
+	qio "$dev" "write -P 0x51 4M 64k"
+	auto "$dir/o1" a1.qcow2 auto-full.qcow2
+	expect_eq "mode of a1" "$(job_field "$dir/o1" 0 mode)" incremental
+	expect_eq "reason for a1" "$(job_field "$dir/o1" 0 reason)" null
+	expect_eq "dirty bytes of a1" "$(job_field "$dir/o1" 0 dirty_bytes)" 65536
+	# A missing backing, an older one, a re-created bitmap: full backups.
+	qio "$dev" "write -P 0x52 5M 64k"
+	auto "$dir/o2" a2.qcow2 missing.qcow2
+	auto_full "$dir/o2" a2.qcow2 "does not exist"
+	qio "$dev" "write -P 0x53 6M 64k"
+	auto "$dir/o3" a3.qcow2 a1.qcow2
+	auto_full "$dir/o3" a3.qcow2 "a backup in between"
+	cbtctl bitmap remove "$dev" b0 && cbtctl bitmap add "$dev" b0 || fail "re-adding b0"
+	auto "$dir/o4" a4.qcow2 a3.qcow2
+	auto_full "$dir/o4" a4.qcow2 "re-created"
+	# The new chain goes on; the text output says what each job took.
+	qio "$dev" "write -P 0x54 7M 64k"
+	cbtctl backup --sync=auto --bitmap=b0 "$dev=$dir/a5.qcow2,backing=a4.qcow2" >"$dir/o5" 2>&1 ||
+		fail "--sync=auto into a5: $(cat "$dir/o5")"
+	has "$dir/o5" "; incremental" || fail "the text output: $(cat "$dir/o5")"
+	chain_matches "$dir/a5.qcow2" "$dev"
+}
+
 run_test "full and two incrementals chain, identity in --json" test_chain
 run_test "a backing image older than the last commit is refused" test_generation
 run_test "a re-created bitmap is refused" test_recreated
@@ -308,4 +355,5 @@ run_test "a bitmap disabled since its last commit is refused until a full backup
 run_test "backing names QEMU reads: ':' stored as ./, typo refused, standalone no base" test_backing_names
 run_test "an incremental in place is checked; a used or unknown target refused" test_in_place
 run_test "no room for the identity: refused before the freeze" test_identity_room
+run_test "--sync=auto: an incremental on an intact chain, else a full with the reason" test_auto
 finish

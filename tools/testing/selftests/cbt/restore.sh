@@ -8,8 +8,9 @@
 # device; below the cbt device the restore is refused, and with --force
 # marks the bitmaps inconsistent first, so the next incremental refuses.
 # Refusals (an image larger than the device, a device in use or open, a
-# chain of another disk, not a qcow2, not a block device) exit 1 with a
-# message and leave the device as it was.
+# chain of another disk, a standalone incremental, not a qcow2, not a block
+# device) exit 1 with a message and leave the device as it was. A device of
+# 4 KiB sectors keeps its bytes after an image's end inside its last one.
 . "$(dirname "$0")/lib.sh"
 
 require_root
@@ -53,7 +54,7 @@ unchanged() {
 }
 
 test_restore() {
-	local dir dev loop blank out
+	local dir dev loop blank out t4k
 	setup
 	# Onto a plain device holding other data: every byte as the chain has it.
 	other blank blank
@@ -65,6 +66,17 @@ test_restore() {
 		$(json_field zero_bytes <"$dir/out"))) $SIZE
 	# Data: 4M + 2M of the full, 1M zeroed and 1M discarded out of them, 192k and 4k.
 	expect_eq "data bytes" "$(json_field data_bytes <"$dir/out")" $(((4 + 2 - 2) * 1048576 + 65536 * 4))
+	# 4 KiB sectors, and an image whose disk ends inside the last one: the
+	# device's bytes after the image's end stay as they were.
+	qemu-img create -q -f qcow2 "$dir/tail.qcow2" $((SIZE + 512))
+	qio "$dir/tail.qcow2" "write -P 0x77 $((SIZE - 4096)) 4608"
+	truncate -s $((SIZE + 4096)) "$dir/t4k.raw"
+	qio "$dir/t4k.raw" "write -P 0xee 0 $((SIZE + 4096))"
+	t4k=$(losetup --find --show --sector-size 4096 "$dir/t4k.raw") || fail "losetup -b 4096"
+	_loop_devs+=("$t4k")
+	cbtctl restore -q --parallel=2 "$dir/tail.qcow2" "$t4k" || fail "restore onto 4K sectors"
+	qio "$dir/t4k.raw" "read -P 0 0 $((SIZE - 4096))" "read -P 0x77 $((SIZE - 4096)) 4608" \
+		"read -P 0xee $((SIZE + 512)) 3584"
 	# Through the cbt device, now at inc2 and written since: back to inc1.
 	qio "$dev" "write -P 0x46 2M 2M"
 	cbtctl restore -q "$dir/inc1.qcow2" "$dev" || fail "restore through the cbt device"
@@ -110,6 +122,11 @@ test_refusals() {
 	has "$dir/err" "qcow2" || fail "the refusal: $(cat "$dir/err")"
 	cbtctl restore "$dir/inc1.qcow2" "$dir/at1.raw" 2>"$dir/err" && fail "restored into a file"
 	has "$dir/err" "not a block device" || fail "the refusal: $(cat "$dir/err")"
+	# A standalone incremental (no backing file: only what changed) restores nothing whole.
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/alone.qcow2" || fail "standalone"
+	cbtctl restore --force "$dir/alone.qcow2" "$blank" 2>"$dir/err" &&
+		fail "a standalone incremental restored"
+	has "$dir/err" "standalone incremental" || fail "the refusal: $(cat "$dir/err")"
 	# Held by a device above it (O_EXCL fails).
 	lin=$(dm_name lin)
 	dm_create "$lin" "0 $((SIZE / 512)) linear $blank 0"
