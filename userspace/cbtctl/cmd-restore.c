@@ -23,12 +23,15 @@
 #include "restore.h"
 
 #define RESTORE_USAGE \
-	"restore [--force] [--parallel=N] [-r|--rate-limit=RATE] [-p|--progress] [-q|--quiet]\n" \
-	"               [--json] IMAGE DEV"
+	"restore [--force] [--changed-only -b|--bitmap=NAME [--newest=FILE]] [--parallel=N]\n" \
+	"               [-r|--rate-limit=RATE] [-p|--progress] [-q|--quiet] [--json] IMAGE DEV"
 #define RESTORE_HELP \
 	"Writes the disk as the qcow2 chain ending at IMAGE holds it onto the block\n" \
 	"device DEV. Refused without --force: DEV in use, DEV below a cbt device, a\n" \
-	"cbt device whose bitmaps are not the chain's. -p prints the progress by tenths.\n"
+	"cbt device whose bitmaps are not the chain's. -p prints the progress by tenths.\n" \
+	"--changed-only (a quick rollback through a cbt device) writes only what may differ:\n" \
+	"what bitmap NAME recorded since NEWEST (default IMAGE), the image of its last\n" \
+	"commit, and what the images of NEWEST's chain above IMAGE hold.\n"
 
 /* The cbt devices right above a device, by dm name. */
 #define MAX_ABOVE 16
@@ -42,7 +45,8 @@ static void on_signal(int sig)
 }
 
 struct restore_cli {
-	bool force, json, progress, quiet;
+	bool force, json, progress, quiet, changed_only;
+	const char *bitmap, *newest;
 	unsigned int parallel;
 	uint64_t rate_limit;
 	int last_tenth;
@@ -226,11 +230,109 @@ static int reset_bitmaps(const char *name, unsigned int *count)
 	return rc ? -1 : 0;
 }
 
+static int add_extent(const struct cbt_extent *ext, void *arg)
+{
+	return cbt_extents_add(arg, ext->offset, ext->length) ? -ENOMEM : 0;
+}
+
+/*
+ * A quick rollback of the cbt device NAME to IMAGE: the bitmap must be
+ * consistent, not frozen, and last committed at NEWEST (its identity
+ * there), and IMAGE must be in NEWEST's chain, DEPTH images below it; then
+ * the device differs from IMAGE at most where the bitmap is dirty or one of
+ * those DEPTH images above IMAGE holds clusters. Those ranges into *CHANGED.
+ * Refused (-1 after a message) otherwise, --force or not: then only a full
+ * restore is safe.
+ */
+static int plan_rollback(const struct restore_cli *cli, const char *image, const char *name,
+			 struct cbt_extent_list *changed)
+{
+	const char *newest = cli->newest ? cli->newest : image;
+	struct cbt_extent_list dirty = { 0 }, layers = { 0 };
+	const struct cbt_identity_bitmap *rec = NULL;
+	struct qcow2_peek pk = { 0 };
+	struct cbt_bitmap_info info;
+	char *want = NULL, *path = NULL, *real, *next;
+	struct cbt_identity id;
+	unsigned int depth = 0;
+	struct cbt_err e;
+	int rc = -1;
+
+	if (cbt_bitmap_get(name, cli->bitmap, &info, &e) ||
+	    qcow2_peek(newest, &pk, &e)) {
+		report(&e);
+		goto out;
+	}
+	if (info.inconsistent || info.busy) {
+		fprintf(stderr, "cbtctl: %s: bitmap %s is %s: only a full restore is safe\n", name,
+			info.name, info.busy ? "frozen by a running backup" :
+			"inconsistent (it may have missed writes)");
+		goto out;
+	}
+	if (pk.cbt_ext && !cbt_identity_parse(pk.cbt_ext, pk.cbt_ext_len, newest, &id, &e))
+		rec = cbt_identity_find(&id, info.name);
+	if (!rec || strcmp(rec->uuid, info.uuid) || rec->generation != info.generation) {
+		fprintf(stderr, "cbtctl: %s: bitmap %s (%s:%llu) was not last committed at %s "
+			"(%s): what changed since is unknown, only a full restore is safe\n", name,
+			info.name, info.uuid, (unsigned long long)info.generation, newest,
+			rec ? "it records another generation" : "it records none of it");
+		goto out;
+	}
+	/* IMAGE's place in NEWEST's chain. */
+	want = realpath(image, NULL);
+	path = strdup(newest);
+	while (want && path) {
+		real = realpath(path, NULL);
+		if (real && !strcmp(real, want)) {
+			free(real);
+			break;
+		}
+		free(real);
+		qcow2_peek_free(&pk);
+		if (qcow2_peek(path, &pk, &e) || !pk.backing_file) {
+			fprintf(stderr, "cbtctl: %s is not in the chain of %s\n", image, newest);
+			goto out;
+		}
+		if (cbt_backing_path(path, pk.backing_file, true, &next, &e)) {
+			report(&e);
+			goto out;
+		}
+		free(path);
+		path = next;
+		depth++;
+	}
+	if (!want || !path) {
+		fprintf(stderr, "cbtctl: %s: %s\n", image, strerror(errno ? errno : ENOMEM));
+		goto out;
+	}
+	if (cbt_extents(name, info.name, 0, 0, add_extent, &dirty, &e) ||
+	    (depth && cbt_restore_layers(getenv("CBT_QEMU_NBD"), newest, depth, &layers, &e)) ||
+	    cbt_extents_union(&dirty, &layers)) {
+		if (!e.msg[0])
+			cbt_fail(&e, ENOMEM, "%s: no memory", name);
+		report(&e);
+		goto out;
+	}
+	*changed = dirty;
+	dirty = (struct cbt_extent_list){ 0 };
+	rc = 0;
+out:
+	cbt_extents_free(&dirty);
+	cbt_extents_free(&layers);
+	qcow2_peek_free(&pk);
+	free(want);
+	free(path);
+	return rc;
+}
+
 static int parse_args(int argc, char **argv, struct restore_cli *cli, const char **image,
 		      const char **dev)
 {
 	static const struct option longopts[] = {
 		{ "force", no_argument, NULL, 'f' },
+		{ "changed-only", no_argument, NULL, 'C' },
+		{ "bitmap", required_argument, NULL, 'b' },
+		{ "newest", required_argument, NULL, 'N' },
 		{ "parallel", required_argument, NULL, 'P' },
 		{ "rate-limit", required_argument, NULL, 'r' },
 		{ "progress", no_argument, NULL, 'p' },
@@ -244,7 +346,7 @@ static int parse_args(int argc, char **argv, struct restore_cli *cli, const char
 	int c;
 
 	optind = 0;
-	while ((c = next_opt(argc, argv, "-:r:pqh", longopts)) != -1) {
+	while ((c = next_opt(argc, argv, "-:b:r:pqh", longopts)) != -1) {
 		switch (c) {
 		case 1:
 			if (nr_operands == 0)
@@ -255,6 +357,15 @@ static int parse_args(int argc, char **argv, struct restore_cli *cli, const char
 			break;
 		case 'f':
 			cli->force = true;
+			break;
+		case 'C':
+			cli->changed_only = true;
+			break;
+		case 'b':
+			cli->bitmap = optarg;
+			break;
+		case 'N':
+			cli->newest = optarg;
 			break;
 		case 'P':
 			if (parse_count(optarg, CBT_RESTORE_PARALLEL_MAX, &n) || !n)
@@ -296,6 +407,10 @@ static int parse_args(int argc, char **argv, struct restore_cli *cli, const char
 				   "too many operands");
 	if (cli->progress && cli->quiet)
 		return usage_error(RESTORE_USAGE, "--progress and --quiet exclude each other");
+	if (cli->changed_only != !!cli->bitmap)
+		return usage_error(RESTORE_USAGE, "--changed-only and --bitmap go together");
+	if (cli->newest && !cli->changed_only)
+		return usage_error(RESTORE_USAGE, "--newest needs --changed-only");
 	return 0;
 }
 
@@ -315,6 +430,7 @@ int cmd_restore(int argc, char **argv)
 	struct qcow2_peek pk = { 0 };
 	const char *image = NULL, *dev = NULL;
 	char above[MAX_ABOVE][128], name[128];
+	struct cbt_extent_list changed = { 0 };
 	unsigned int reset = 0;
 	bool standalone = false;
 	int nr_above, c;
@@ -364,6 +480,16 @@ int cmd_restore(int argc, char **argv)
 		c = is_cbt(name);
 		if (c < 0 || (c && check_identity(image, &pk, name, info.uuid)))
 			goto out;
+	}
+	/* A quick rollback: through a cbt device whose bitmap continues the chain. */
+	if (cli.changed_only) {
+		c = is_cbt(name);
+		if (!c)
+			fprintf(stderr, "cbtctl: %s: --changed-only restores through a cbt device "
+				"only\n", dev);
+		if (c != 1 || plan_rollback(&cli, image, name, &changed))
+			goto out;
+		r.only = &changed;
 	}
 	/* Below a cbt device: its tracking would miss every byte written. */
 	nr_above = cbt_above(st.st_rdev, above);
@@ -441,14 +567,18 @@ int cmd_restore(int argc, char **argv)
 		json_string(stdout, dev);
 		printf(", \"size\": %llu, \"data_bytes\": %llu, \"zero_bytes\": %llu, "
 		       "\"unmapped_bytes\": %llu, \"requests\": %llu, \"connections\": %u, "
-		       "\"bitmaps_reset\": %u, \"seconds\": %.3f}\n",
+		       "\"bitmaps_reset\": %u, \"changed_bytes\": %llu, \"seconds\": %.3f}\n",
 		       (unsigned long long)r.size, (unsigned long long)r.data_bytes,
 		       (unsigned long long)r.zero_bytes, (unsigned long long)r.unmapped_bytes,
-		       (unsigned long long)r.requests, r.connections, reset, seconds_since(&t0));
+		       (unsigned long long)r.requests, r.connections, reset,
+		       (unsigned long long)(cli.changed_only ? cbt_extents_bytes(&changed) : r.size),
+		       seconds_since(&t0));
 	} else if (!cli.quiet) {
-		printf("%s -> %s: restored %llu bytes (%llu of data, %llu zeroed) in %.1f s\n",
-		       image, dev, (unsigned long long)r.size, (unsigned long long)r.data_bytes,
-		       (unsigned long long)r.zero_bytes, seconds_since(&t0));
+		printf("%s -> %s: %s %llu bytes (%llu of data, %llu zeroed) in %.1f s\n",
+		       image, dev, cli.changed_only ? "rolled back, writing" : "restored",
+		       (unsigned long long)(r.data_bytes + r.zero_bytes),
+		       (unsigned long long)r.data_bytes, (unsigned long long)r.zero_bytes,
+		       seconds_since(&t0));
 		for (c = 0; c < nr_above; c++)
 			printf("%s: its bitmaps are inconsistent: its next backup must be full\n",
 			       above[c]);
@@ -458,6 +588,7 @@ out:
 	if (r.fd >= 0)
 		close(r.fd);
 	qcow2_peek_free(&pk);
+	cbt_extents_free(&changed);
 	cbt_rate_destroy(&rate);
 	return status;
 }

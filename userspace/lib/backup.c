@@ -134,14 +134,9 @@ static int create_image(struct cbt_backup_job *job, uint64_t size, struct cbt_er
 	return r;
 }
 
-/*
- * The path of backing file NAME of image IMAGE, as QEMU opens it: a
- * relative name is resolved against IMAGE's directory. STORED: NAME is
- * read from IMAGE's header, where a name QEMU reads as a protocol is
- * refused (what cbtctl writes never is one).
- */
-static int backing_path(const char *image, const char *name, bool stored, char **path,
-			struct cbt_err *e)
+/* Backing file NAME of IMAGE as QEMU opens it: see backup.h. */
+int cbt_backing_path(const char *image, const char *name, bool stored, char **path,
+		     struct cbt_err *e)
 {
 	char *dup = NULL;
 	int r = 0;
@@ -191,7 +186,7 @@ int cbt_check_chain(const char *dev, const char *img, bool *standalone, struct c
 			r = cbt_fail(e, EUCLEAN, "%s: the backing chain of %s holds %s, marked "
 				     "corrupt (a backup into it failed)", dev, img, path);
 		} else if (pk.backing_file) {
-			r = backing_path(path, pk.backing_file, true, &next, e);
+			r = cbt_backing_path(path, pk.backing_file, true, &next, e);
 			if (!r) {
 				free(path);
 				path = next;
@@ -227,7 +222,7 @@ static int check_full_chain(struct cbt_backup_job *job, struct cbt_err *e)
 		name = pk.backing_file;
 	}
 	if (!r && name)
-		r = backing_path(job->spec.target, name, job->spec.mode == CBT_MODE_EXISTING,
+		r = cbt_backing_path(job->spec.target, name, job->spec.mode == CBT_MODE_EXISTING,
 				 &img, e);
 	if (!r && img)
 		r = cbt_check_chain(job->spec.device, img, NULL, e);
@@ -340,7 +335,7 @@ static int check_identity(struct cbt_backup *b, struct cbt_backup_job *job, stru
 				     "qemu-img create -f qcow2 -b PREV -F qcow2", dm.name,
 				     job->spec.target);
 		else if (!r && pk.backing_file)
-			r = backing_path(job->spec.target, pk.backing_file, true, &img, e);
+			r = cbt_backing_path(job->spec.target, pk.backing_file, true, &img, e);
 		else if (!r && !pk.cbt_ext && pk.has_data)
 			r = cbt_fail(e, EINVAL, "%s: %s holds data but neither a backing file "
 				     "nor an identity: an incremental in place needs the image of "
@@ -351,7 +346,7 @@ static int check_identity(struct cbt_backup *b, struct cbt_backup_job *job, stru
 			img = strdup(job->spec.target);
 		}
 	} else if (!r && job->spec.backing) {
-		r = backing_path(job->spec.target, job->spec.backing, false, &img, e);
+		r = cbt_backing_path(job->spec.target, job->spec.backing, false, &img, e);
 	}
 	if (!r && !img && !in_place) {
 		/* A fresh image without a backing file: standalone, rebased later. */

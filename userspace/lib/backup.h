@@ -146,4 +146,13 @@ const char *cbt_job_status_name(enum cbt_job_status s);
  */
 int cbt_check_chain(const char *who, const char *img, bool *standalone, struct cbt_err *e);
 
+/*
+ * The path (malloc()ed, in *PATH) of backing file NAME of image IMAGE, as
+ * QEMU opens it: a relative name is resolved against IMAGE's directory.
+ * STORED: NAME is read from IMAGE's header, where a name QEMU reads as a
+ * protocol is refused (what cbtctl writes never is one).
+ */
+int cbt_backing_path(const char *image, const char *name, bool stored, char **path,
+		     struct cbt_err *e);
+
 #endif /* CBT_BACKUP_H */

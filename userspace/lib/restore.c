@@ -64,20 +64,22 @@ static int nbd_fail_at(struct cbt_err *e, const char *image, const char *what, u
  * connection only and exits with it). The image is named by --image-opts,
  * so that no character of its name is read as a protocol or an option.
  */
-static int connect_one(struct cbt_restore *r, struct nbd_handle *h, struct cbt_err *e)
+static int connect_image(const char *qemu_nbd, const char *image, bool depth,
+			 struct nbd_handle *h, struct cbt_err *e)
 {
 	char *opts, *q, *abs;
-	const char *p, *argv[5];
+	const char *p, *argv[6];
+	unsigned int n = 0;
 	int rc;
 
-	abs = realpath(r->image, NULL);
+	abs = realpath(image, NULL);
 	if (!abs)
-		return cbt_fail(e, errno, "%s: cannot open", r->image);
+		return cbt_fail(e, errno, "%s: cannot open", image);
 	/* QEMU's option syntax: a comma in a value is written twice. */
 	opts = malloc(sizeof("driver=qcow2,file.driver=file,file.filename=") + 2 * strlen(abs));
 	if (!opts) {
 		free(abs);
-		return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
+		return cbt_fail(e, ENOMEM, "%s: no memory", image);
 	}
 	q = opts + sprintf(opts, "driver=qcow2,file.driver=file,file.filename=");
 	for (p = abs; *p; p++) {
@@ -86,19 +88,98 @@ static int connect_one(struct cbt_restore *r, struct nbd_handle *h, struct cbt_e
 			*q++ = ',';
 	}
 	*q = '\0';
-	argv[0] = r->qemu_nbd ? r->qemu_nbd : "qemu-nbd";
-	argv[1] = "--read-only";
-	argv[2] = "--image-opts";
-	argv[3] = opts;
-	argv[4] = NULL;
+	argv[n++] = qemu_nbd ? qemu_nbd : "qemu-nbd";
+	argv[n++] = "--read-only";
+	if (depth)
+		argv[n++] = "--allocation-depth";
+	argv[n++] = "--image-opts";
+	argv[n++] = opts;
+	argv[n] = NULL;
 	rc = nbd_connect_systemd_socket_activation(h, (char **)argv);
 	free(opts);
 	free(abs);
 	if (rc < 0)
 		return cbt_fail(e, nbd_get_errno() ? nbd_get_errno() : EIO,
-				"%s: cannot read it with %s: %s", r->image, argv[0],
+				"%s: cannot read it with %s: %s", image, argv[0],
 				nbd_get_error() ? nbd_get_error() : "failed");
 	return 0;
+}
+
+static int connect_one(struct cbt_restore *r, struct nbd_handle *h, struct cbt_err *e)
+{
+	return connect_image(r->qemu_nbd, r->image, false, h, e);
+}
+
+struct depth_ctx {
+	struct cbt_extent_list *out;
+	unsigned int depth;
+	uint64_t pos, end;
+	int err;
+};
+
+/* qemu:allocation-depth: the extents allocated in the top D->depth images. */
+static int depth_extent(void *arg, const char *context, uint64_t offset, uint32_t *entries,
+			size_t nr_entries, int *error)
+{
+	struct depth_ctx *d = arg;
+	struct cbt_extent *last;
+	uint64_t len;
+	size_t i;
+
+	(void)error;
+	if (strcmp(context, "qemu:allocation-depth") || d->err)
+		return 0;
+	d->pos = offset;
+	for (i = 0; i + 1 < nr_entries && d->pos < d->end; i += 2) {
+		len = entries[i];
+		if (len > d->end - d->pos)
+			len = d->end - d->pos;
+		if (entries[i + 1] >= 1 && entries[i + 1] <= d->depth) {
+			last = d->out->n ? &d->out->v[d->out->n - 1] : NULL;
+			if (last && last->offset + last->length == d->pos)
+				last->length += len;
+			else if (cbt_extents_add(d->out, d->pos, len))
+				d->err = ENOMEM;
+		}
+		d->pos += len;
+	}
+	return 0;
+}
+
+int cbt_restore_layers(const char *qemu_nbd, const char *image, unsigned int depth,
+		       struct cbt_extent_list *out, struct cbt_err *e)
+{
+	struct depth_ctx d = { .out = out, .depth = depth };
+	nbd_extent_callback cb = { .callback = depth_extent, .user_data = &d };
+	struct nbd_handle *h = nbd_create();
+	uint64_t off, size;
+	int64_t got;
+	int r = 0;
+
+	if (!h)
+		return nbd_fail(e, image, "cannot make an NBD handle");
+	if (nbd_add_meta_context(h, "qemu:allocation-depth") < 0)
+		r = nbd_fail(e, image, "cannot ask for qemu:allocation-depth");
+	if (!r)
+		r = connect_image(qemu_nbd, image, true, h, e);
+	if (!r && nbd_can_meta_context(h, "qemu:allocation-depth") != 1)
+		r = cbt_fail(e, ENOTSUP, "%s: the server gives no qemu:allocation-depth", image);
+	if (!r && (got = nbd_get_size(h)) < 0)
+		r = nbd_fail(e, image, "cannot read its size");
+	size = r ? 0 : (uint64_t)got;
+	for (off = 0; !r && off < size; off = d.pos) {
+		d.pos = off;
+		d.end = size - off > STATUS_PIECE ? off + STATUS_PIECE : size;
+		if (nbd_block_status(h, d.end - off, off, cb, 0) < 0)
+			r = nbd_fail_at(e, image, "reading the allocation depth", off);
+		else if (d.err)
+			r = cbt_fail(e, d.err, "%s: no memory", image);
+		else if (d.pos <= off)
+			r = cbt_fail(e, EPROTO, "%s: the server's allocation depth stops at %llu",
+				     image, (unsigned long long)off);
+	}
+	nbd_close(h);
+	return r;
 }
 
 int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e)
@@ -178,6 +259,50 @@ static int map_extent(void *arg, const char *context, uint64_t offset, uint32_t 
 	return 0;
 }
 
+/*
+ * Only r->only's ranges (each widened to whole blocks): the requests cut to
+ * them, in order.
+ */
+static int clip_items(struct cbt_restore *r, struct cbt_err *e)
+{
+	struct restore_priv *p = r->priv;
+	uint64_t bs = r->block_size, end = (r->size + bs - 1) / bs * bs, a, b, s, t;
+	struct item *v = NULL;
+	size_t i = 0, j = 0, n = 0, cap = 0;
+
+	while (i < p->nr_items && j < r->only->n) {
+		a = r->only->v[j].offset / bs * bs;
+		b = (r->only->v[j].offset + r->only->v[j].length + bs - 1) / bs * bs;
+		if (b > end)
+			b = end;
+		s = p->items[i].off > a ? p->items[i].off : a;
+		t = p->items[i].off + p->items[i].len < b ? p->items[i].off + p->items[i].len : b;
+		if (s < t) {
+			if (n == cap) {
+				struct item *nv;
+
+				cap = cap ? 2 * cap : 256;
+				nv = realloc(v, cap * sizeof(*v));
+				if (!nv) {
+					free(v);
+					return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
+				}
+				v = nv;
+			}
+			v[n++] = (struct item){ s, t - s, p->items[i].zero };
+		}
+		/* Whichever ends first goes. */
+		if (p->items[i].off + p->items[i].len <= b)
+			i++;
+		else
+			j++;
+	}
+	free(p->items);
+	p->items = v;
+	p->nr_items = n;
+	return 0;
+}
+
 /* The image's allocation map, as data extents (whole blocks) and the zero ranges between. */
 static int build_items(struct cbt_restore *r, struct cbt_err *e)
 {
@@ -234,7 +359,7 @@ static int build_items(struct cbt_restore *r, struct cbt_err *e)
 		if (!zero && pos == p->data.v[i].offset + p->data.v[i].length)
 			i++;
 	}
-	return 0;
+	return r->only ? clip_items(r, e) : 0;
 }
 
 static int write_all(struct cbt_restore *r, const char *buf, uint64_t len, uint64_t off,

@@ -37,6 +37,11 @@ struct cbt_restore {
 	unsigned int parallel;		/* 0: CBT_RESTORE_PARALLEL_DEFAULT */
 	struct cbt_rate *rate;		/* NULL: no limit; counts data bytes read */
 	const volatile int *cancel;	/* non-zero: stop with -ECANCELED */
+	/*
+	 * NULL: the whole disk. Else only these ranges (sorted, apart; each
+	 * widened to whole blocks), as a quick rollback restores them.
+	 */
+	const struct cbt_extent_list *only;
 	/* Called after each request done, from any thread, one call at a time. */
 	void (*progress)(void *arg, uint64_t done, uint64_t total);
 	void *progress_arg;
@@ -74,6 +79,13 @@ int cbt_restore_prepare(struct cbt_restore *r, struct cbt_err *e);
  * whether anything may have been written by then.
  */
 int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e);
+
+/*
+ * Adds to OUT the ranges allocated in the top DEPTH images of IMAGE's chain
+ * (QEMU's qemu:allocation-depth, 1 to DEPTH), in ascending order.
+ */
+int cbt_restore_layers(const char *qemu_nbd, const char *image, unsigned int depth,
+		       struct cbt_extent_list *out, struct cbt_err *e);
 
 /* Disconnects (the servers exit) and frees what cbt_restore_open() made. */
 void cbt_restore_close(struct cbt_restore *r);

@@ -11,11 +11,15 @@
 # chain of another disk, a standalone incremental, not a qcow2, not a block
 # device) exit 1 with a message and leave the device as it was. A device of
 # 4 KiB sectors keeps its bytes after an image's end inside its last one.
+# A quick rollback (--changed-only) to the second of four backups writes
+# exactly what the newer images and the bitmap hold, reads as that instant
+# and is in the next incremental; refused when the bitmap was last
+# committed at another image.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img qemu-nbd cbtctl
-plan 3
+plan 4
 
 SIZE=$((16 << 20))
 
@@ -151,9 +155,39 @@ test_refusals() {
 	cmp "$dir/at1.raw" "$dir/b.raw" || fail "the forced restore differs from the instant"
 }
 
+test_rollback() {
+	local dir dev loop changed
+	setup
+	qio "$dev" "write -P 0x61 9M 128k"
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/inc3.qcow2,backing=inc2.qcow2" ||
+		fail "incremental 3"
+	# Since: writes the bitmap holds, one inside what inc2 holds.
+	qio "$dev" "write -P 0x62 10M 192k" "write -P 0x63 3M 64k"
+	cbtctl restore --json --changed-only --bitmap=b0 --newest="$dir/inc3.qcow2" --parallel=2 \
+		"$dir/inc1.qcow2" "$dev" >"$dir/out" || fail "the rollback: $(cat "$dir/out")"
+	cmp "$dir/at1.raw" "$dir/a.raw" || fail "the rolled back device differs from inc1's instant"
+	# What inc2 and inc3 hold and what the bitmap recorded since, nothing else.
+	changed=$(((8 << 20) + (128 << 10) + (192 << 10)))
+	expect_eq "changed bytes" "$(json_field changed_bytes <"$dir/out")" $changed
+	expect_eq "bytes written" $(($(json_field data_bytes <"$dir/out") +
+		$(json_field zero_bytes <"$dir/out"))) $changed
+	# Written through the cbt device: the next incremental on inc3 holds it.
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/inc4.qcow2,backing=inc3.qcow2" ||
+		fail "the incremental after the rollback"
+	chain_matches "$dir/inc4.qcow2" "$dev"
+	# The bitmap was last committed at inc4 now: what changed since inc3 is unknown.
+	cbtctl restore --changed-only -b b0 --newest="$dir/inc3.qcow2" "$dir/inc1.qcow2" "$dev" \
+		2>"$dir/err" && fail "a rollback from an image the bitmap was not committed at"
+	has "$dir/err" "only a full restore is safe" || fail "the refusal: $(cat "$dir/err")"
+	cbtctl restore --changed-only -b b0 --newest="$dir/inc4.qcow2" "$dir/at1.raw" "$dev" \
+		2>"$dir/err" && fail "a rollback to an image outside the chain"
+	chain_matches "$dir/inc4.qcow2" "$dev"
+}
+
 run_test "a chain restored onto a plain device and through the cbt device; the next incremental" \
 	test_restore
 run_test "below the cbt device: refused; --force makes the bitmaps inconsistent first" test_below
 run_test "refusals change nothing: larger image, in use, open, another disk's, not qcow2" \
 	test_refusals
+run_test "quick rollback: only what the bitmap and the newer images hold" test_rollback
 finish
