@@ -341,6 +341,7 @@ static int parse_args(int argc, char **argv, struct restore_cli *cli, const char
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
+	const char *operands[3] = { NULL };	/* IMAGE, DEV, and any more */
 	unsigned int nr_operands = 0;
 	uint64_t n;
 	int c;
@@ -349,10 +350,7 @@ static int parse_args(int argc, char **argv, struct restore_cli *cli, const char
 	while ((c = next_opt(argc, argv, "-:b:r:pqh", longopts)) != -1) {
 		switch (c) {
 		case 1:
-			if (nr_operands == 0)
-				*image = optarg;
-			else if (nr_operands == 1)
-				*dev = optarg;
+			operands[nr_operands < 2 ? nr_operands : 2] = optarg;
 			nr_operands++;
 			break;
 		case 'f':
@@ -395,13 +393,10 @@ static int parse_args(int argc, char **argv, struct restore_cli *cli, const char
 			return opt_error(RESTORE_USAGE, c, argv);
 		}
 	}
-	for (; optind < argc; optind++) {
-		if (nr_operands == 0)
-			*image = argv[optind];
-		else if (nr_operands == 1)
-			*dev = argv[optind];
-		nr_operands++;
-	}
+	for (; optind < argc; optind++)
+		operands[nr_operands++ < 2 ? nr_operands - 1 : 2] = argv[optind];
+	*image = operands[0];
+	*dev = operands[1];
 	if (nr_operands != 2)
 		return usage_error(RESTORE_USAGE, nr_operands < 2 ? "IMAGE and DEV are needed" :
 				   "too many operands");
