@@ -132,7 +132,7 @@ bench: bench-bits modules userspace
 	CBT_VM_CPU=max,erms=off,fsrm=off \
 	CBT_VM_APPEND="slub_debug=- kfence.sample_interval=0 trace_event=" \
 		$(VM)/vmrun -k $(firstword $(KERNELS)) --icount --mem 6144 --timeout 2700 -- \
-		tools/bench/copy.sh
+		sh -c "tools/bench/copy.sh && tools/bench/restore.sh"
 
 bench-bits:
 	@mkdir -p build/bench
