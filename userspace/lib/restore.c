@@ -32,7 +32,7 @@ struct restore_priv {
 
 	pthread_mutex_t lock;
 	size_t next;			/* the next item to take */
-	uint64_t done;
+	uint64_t done, total;		/* bytes of the requests done, and of all */
 	bool failed;
 	struct cbt_err err;		/* the first error */
 	int no_unmap, no_zero_range;	/* the device refused that fallocate */
@@ -503,7 +503,7 @@ static void *worker(void *arg)
 		}
 		p->done += it.len;
 		if (r->progress)
-			r->progress(r->progress_arg, p->done < r->size ? p->done : r->size, r->size);
+			r->progress(r->progress_arg, p->done, p->total);
 		pthread_mutex_unlock(&p->lock);
 	}
 	free(buf);
@@ -530,6 +530,8 @@ int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e)
 	unsigned int i, started = 0;
 	int rc = 0;
 
+	for (i = 0; i < p->nr_items; i++)
+		p->total += p->items[i].len;
 	t = calloc(p->nr, sizeof(*t));
 	w = calloc(p->nr, sizeof(*w));
 	if (!t || !w) {
