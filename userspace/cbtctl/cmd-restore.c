@@ -253,14 +253,23 @@ static int plan_rollback(const struct restore_cli *cli, const char *image, const
 	struct qcow2_peek pk = { 0 };
 	struct cbt_bitmap_info info;
 	char *want = NULL, *path = NULL, *real, *next;
+	struct cbt_bitmap_info after;
 	struct cbt_identity id;
 	unsigned int depth = 0;
-	struct cbt_err e;
+	struct cbt_dm_info dm;
+	struct cbt_err e = { 0 };
 	int rc = -1;
 
-	if (cbt_bitmap_get(name, cli->bitmap, &info, &e) ||
-	    qcow2_peek(newest, &pk, &e)) {
+	if (cbt_dm_info(name, &dm, &e) || cbt_bitmap_get(name, cli->bitmap, &info, &e) ||
+	    cbt_check_chain(newest, newest, NULL, &e) || qcow2_peek(newest, &pk, &e)) {
 		report(&e);
+		goto out;
+	}
+	/* A running guest would write after the bitmap is read, --force or not. */
+	if (dm.open_count) {
+		fprintf(stderr, "cbtctl: %s is open (%d opener%s): a quick rollback needs it "
+			"unused, or it would miss what is written meanwhile\n", name,
+			dm.open_count, dm.open_count == 1 ? "" : "s");
 		goto out;
 	}
 	if (info.inconsistent || info.busy) {
@@ -311,6 +320,17 @@ static int plan_rollback(const struct restore_cli *cli, const char *image, const
 		if (!e.msg[0])
 			cbt_fail(&e, ENOMEM, "%s: no memory", name);
 		report(&e);
+		goto out;
+	}
+	/* The bitmap as it was read: a backup in between would have taken extents away. */
+	if (cbt_bitmap_get(name, cli->bitmap, &after, &e)) {
+		report(&e);
+		goto out;
+	}
+	if (strcmp(after.uuid, info.uuid) || after.generation != info.generation ||
+	    after.busy || after.inconsistent) {
+		fprintf(stderr, "cbtctl: %s: bitmap %s changed while it was read (a backup?): "
+			"rollback again\n", name, info.name);
 		goto out;
 	}
 	*changed = dirty;

@@ -375,49 +375,60 @@ static int check_identity(struct cbt_backup *b, struct cbt_backup_job *job, stru
 }
 
 /*
- * --sync=auto: JOB is an incremental when check_identity() would take it
- * (its bitmaps consistent and their identity that of the backing image,
- * which must be named), else a full backup into an image without a backing
- * file, with the reason in job->sync_reason. Nothing is changed either way.
+ * --sync=auto: JOB is an incremental when check_identity() takes it (its
+ * bitmaps consistent and their identity that of the backing image, which
+ * must be named), else a full backup into an image without a backing file,
+ * with the reason in job->sync_reason. Only what says the chain does not
+ * go on makes it full (an inconsistent bitmap, no backing given, a
+ * missing, corrupt, older, other device's or bitmap-less backing, a
+ * re-created bitmap); any other error (the device, a read, memory) fails
+ * the job as it would an incremental. A mode=existing target is always an
+ * incremental: an image made for one, or one brought forward in place,
+ * is never overwritten by a full backup. Nothing is changed either way.
  */
-static void decide_sync(struct cbt_backup *b, struct cbt_backup_job *job)
+static int decide_sync(struct cbt_backup *b, struct cbt_backup_job *job, struct cbt_err *e)
 {
 	struct cbt_backup_job_priv *p = job->priv;
 	struct cbt_bitmap_info info;
 	struct cbt_err why = { 0 };
 	unsigned int j;
+	int r;
 
-	job->sync = CBT_SYNC_FULL;
+	job->sync = CBT_SYNC_INCREMENTAL;
+	if (job->spec.mode == CBT_MODE_EXISTING)
+		return check_identity(b, job, e);
 	for (j = 0; j < b->nr_bitmaps; j++) {
-		if (cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, &why))
-			goto full;
+		r = cbt_bitmap_get(job->spec.device, b->bitmaps[j], &info, e);
+		if (r)
+			return r;
 		if (info.inconsistent) {
 			cbt_fail(&why, EINVAL, "%s: bitmap '%s' is inconsistent (it may have "
 				 "missed writes)", cbt_dm_name(job->spec.device), info.name);
 			goto full;
 		}
 	}
-	if (!job->spec.backing && job->spec.mode != CBT_MODE_EXISTING) {
+	if (!job->spec.backing) {
 		cbt_fail(&why, EINVAL, "%s: no backing image given",
 			 cbt_dm_name(job->spec.device));
 		goto full;
 	}
-	if (check_identity(b, job, &why))
-		goto full;
-	if (p->standalone) {
-		cbt_fail(&why, EINVAL, "%s: %s has no backing file", cbt_dm_name(job->spec.device),
-			 job->spec.target);
-		goto full;
+	r = check_identity(b, job, &why);
+	if (!r)
+		return 0;
+	if (why.errnum != EINVAL && why.errnum != ENOENT && why.errnum != EUCLEAN &&
+	    why.errnum != ELOOP) {
+		*e = why;
+		return r;
 	}
-	job->sync = CBT_SYNC_INCREMENTAL;
-	return;
 full:
+	job->sync = CBT_SYNC_FULL;
 	p->checked = false;
 	p->standalone = false;
 	snprintf(job->sync_reason, sizeof(job->sync_reason), "%s", why.msg);
 	/* A new chain: the image is made without the backing file. */
-	if (job->spec.mode != CBT_MODE_EXISTING)
-		job->spec.backing = NULL;
+	free(job->spec.backing);
+	job->spec.backing = NULL;
+	return 0;
 }
 
 /*
@@ -1017,6 +1028,11 @@ int cbt_backup_run(struct cbt_backup *b, struct cbt_err *e)
 
 	if (!b->nr_jobs)
 		return cbt_fail(e, EINVAL, "no backup jobs");
+	/* What each job takes until --sync=auto decides (also for a run that fails first). */
+	for (i = 0; i < b->nr_jobs; i++) {
+		b->jobs[i].sync = b->sync == CBT_SYNC_FULL ? CBT_SYNC_FULL : CBT_SYNC_INCREMENTAL;
+		b->jobs[i].sync_reason[0] = '\0';
+	}
 	if (b->nr_bitmaps > DM_CBT_MAX_BITMAPS)
 		return cbt_fail(e, EINVAL, "%u bitmaps: a device has at most %u", b->nr_bitmaps,
 				DM_CBT_MAX_BITMAPS);
@@ -1085,15 +1101,11 @@ static int run_locked(struct cbt_backup *b, struct cbt_err *e)
 		p->job = &b->jobs[i];
 	}
 	/* Every job's backing image before any job changes anything. */
-	for (i = 0; i < b->nr_jobs && !r; i++) {
-		b->jobs[i].sync = b->sync;
-		b->jobs[i].sync_reason[0] = '\0';
-		if (b->sync == CBT_SYNC_AUTO)
-			decide_sync(b, &b->jobs[i]);
-		else if (b->sync == CBT_SYNC_INCREMENTAL ? check_identity(b, &b->jobs[i], e) :
-			 check_full_chain(&b->jobs[i], e))
+	for (i = 0; i < b->nr_jobs && !r; i++)
+		if (b->sync == CBT_SYNC_AUTO ? decide_sync(b, &b->jobs[i], e) :
+		    b->sync == CBT_SYNC_INCREMENTAL ? check_identity(b, &b->jobs[i], e) :
+		    check_full_chain(&b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);
-	}
 	for (i = 0; i < b->nr_jobs && !r && b->sync == CBT_SYNC_AUTO; i++)
 		if (b->jobs[i].sync == CBT_SYNC_FULL && check_full_chain(&b->jobs[i], e))
 			r = job_fail(&b->jobs[i], e);

@@ -269,12 +269,16 @@ static int clip_items(struct cbt_restore *r, struct cbt_err *e)
 	uint64_t bs = r->block_size, end = (r->size + bs - 1) / bs * bs, a, b, s, t;
 	struct item *v = NULL;
 	size_t i = 0, j = 0, n = 0, cap = 0;
+	uint64_t prev = 0;	/* where the last range, widened, ended */
 
 	while (i < p->nr_items && j < r->only->n) {
 		a = r->only->v[j].offset / bs * bs;
 		b = (r->only->v[j].offset + r->only->v[j].length + bs - 1) / bs * bs;
 		if (b > end)
 			b = end;
+		/* Widened, ranges may overlap: a block is written once. */
+		if (a < prev)
+			a = prev;
 		s = p->items[i].off > a ? p->items[i].off : a;
 		t = p->items[i].off + p->items[i].len < b ? p->items[i].off + p->items[i].len : b;
 		if (s < t) {
@@ -292,10 +296,12 @@ static int clip_items(struct cbt_restore *r, struct cbt_err *e)
 			v[n++] = (struct item){ s, t - s, p->items[i].zero };
 		}
 		/* Whichever ends first goes. */
-		if (p->items[i].off + p->items[i].len <= b)
+		if (p->items[i].off + p->items[i].len <= b) {
 			i++;
-		else
+		} else {
 			j++;
+			prev = b;
+		}
 	}
 	free(p->items);
 	p->items = v;
