@@ -64,48 +64,43 @@ static void show_progress(void *arg, uint64_t done, uint64_t total)
 		(unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
 }
 
-/* The dm name of the device numbered DEVNO ("" when it is not a dm device). */
-static void dm_name_of(dev_t devno, const char *holder, char *name, size_t len)
+/* The dm name of the block device at sysfs directory SYSDIR into NAME ("" when none). */
+static void dm_name_of(const char *sysdir, char *name, size_t len)
 {
-	char path[300];
-	ssize_t n;
-	int fd;
+	char *n = cbt_dm_name_at(sysdir);
 
-	if (holder)
-		snprintf(path, sizeof(path), "/sys/block/%s/dm/name", holder);
-	else
-		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/dm/name", major(devno),
-			 minor(devno));
-	name[0] = '\0';
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	n = read(fd, name, len - 1);
-	close(fd);
-	name[n > 0 ? n : 0] = '\0';
-	name[strcspn(name, "\n")] = '\0';
+	snprintf(name, len, "%s", n ? n : "");
+	free(n);
 }
 
 /* Whether the dm device NAME ("": none) is a cbt device: 1, 0, or -1 after a message. */
 static int is_cbt(const char *name)
 {
-	struct cbt_dm_table t;
 	struct cbt_err e;
-	int cbt;
+	int c;
 
 	if (!name[0])
 		return 0;
-	if (cbt_dm_table(name, &t, &e))
-		return report(&e), -1;
-	cbt = cbt_dm_table_is_cbt(&t);
-	free(t.params);
-	return cbt;
+	c = cbt_dm_is_cbt(name, &e);
+	if (c < 0)
+		report(&e);
+	return c < 0 ? -1 : c;
+}
+
+/* DM's openers refuse the restore of DEV: 1 after a message ending in WHY, else 0. */
+static int refuse_open(const char *dev, const struct cbt_dm_info *dm, const char *why)
+{
+	if (!dm->open_count)
+		return 0;
+	fprintf(stderr, "cbtctl: %s is open (%d opener%s): %s\n", dev, dm->open_count,
+		dm->open_count == 1 ? "" : "s", why);
+	return 1;
 }
 
 /* The cbt devices that hold DEVNO (the device right below their target): how many, or -1. */
 static int cbt_above(dev_t devno, char above[][128])
 {
-	char path[64], name[128];
+	char path[64], holder[64 + 256], name[128];	/* d_name: 256 bytes */
 	struct dirent *d;
 	int n = 0, c;
 	DIR *dir;
@@ -117,7 +112,8 @@ static int cbt_above(dev_t devno, char above[][128])
 	while ((d = readdir(dir)) && n < MAX_ABOVE) {
 		if (d->d_name[0] == '.')
 			continue;
-		dm_name_of(0, d->d_name, name, sizeof(name));
+		snprintf(holder, sizeof(holder), "%s/%s", path, d->d_name);
+		dm_name_of(holder, name, sizeof(name));
 		c = is_cbt(name);
 		if (c < 0) {
 			n = -1;
@@ -266,12 +262,9 @@ static int plan_rollback(const struct restore_cli *cli, const char *image, const
 		goto out;
 	}
 	/* A running guest would write after the bitmap is read, --force or not. */
-	if (dm.open_count) {
-		fprintf(stderr, "cbtctl: %s is open (%d opener%s): a quick rollback needs it "
-			"unused, or it would miss what is written meanwhile\n", name,
-			dm.open_count, dm.open_count == 1 ? "" : "s");
+	if (refuse_open(name, &dm, "a quick rollback needs it unused, or it would miss what "
+			"is written meanwhile"))
 		goto out;
-	}
 	if (info.inconsistent || info.busy) {
 		fprintf(stderr, "cbtctl: %s: bitmap %s is %s: only a full restore is safe\n", name,
 			info.name, info.busy ? "frozen by a running backup" :
@@ -444,7 +437,7 @@ int cmd_restore(int argc, char **argv)
 	struct sigaction sa = { .sa_handler = on_signal };
 	struct qcow2_peek pk = { 0 };
 	const char *image = NULL, *dev = NULL;
-	char above[MAX_ABOVE][128], name[128];
+	char above[MAX_ABOVE][128], name[128], sysdir[64];
 	struct cbt_extent_list changed = { 0 };
 	unsigned int reset = 0;
 	bool standalone = false;
@@ -480,18 +473,17 @@ int cmd_restore(int argc, char **argv)
 		goto out;
 	}
 	/* Through a cbt device: its bitmaps must be the chain's. */
-	dm_name_of(st.st_rdev, NULL, name, sizeof(name));
+	snprintf(sysdir, sizeof(sysdir), "/sys/dev/block/%u:%u", major(st.st_rdev),
+		 minor(st.st_rdev));
+	dm_name_of(sysdir, name, sizeof(name));
 	if (name[0] && !cli.force) {
 		if (cbt_dm_info(name, &info, &e)) {
 			report(&e);
 			goto out;
 		}
-		if (info.open_count) {
-			fprintf(stderr, "cbtctl: %s is open (%d opener%s: a running VM, a mount, a "
-				"device above it?): --force restores it anyway\n", dev,
-				info.open_count, info.open_count == 1 ? "" : "s");
+		if (refuse_open(dev, &info, "a running VM, a mount or a device above it? --force "
+				"restores it anyway"))
 			goto out;
-		}
 		c = is_cbt(name);
 		if (c < 0 || (c && check_identity(image, &pk, name, info.uuid)))
 			goto out;

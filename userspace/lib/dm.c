@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -102,19 +103,15 @@ struct dm_alias {
 static struct dm_alias *dm_aliases;
 static pthread_mutex_t dm_aliases_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* The dm name of the block device at PATH (malloc()ed), or NULL. */
-static char *dm_name_of_path(const char *path)
+char *cbt_dm_name_at(const char *sysdir)
 {
-	char sys[64], name[256];	/* a dm name is under 128 bytes */
-	struct stat st;
+	char path[PATH_MAX], name[256];	/* a dm name is under 128 bytes */
 	ssize_t n;
 	int fd;
 
-	if (stat(path, &st) || !S_ISBLK(st.st_mode))
+	if (snprintf(path, sizeof(path), "%s/dm/name", sysdir) >= (int)sizeof(path))
 		return NULL;
-	snprintf(sys, sizeof(sys), "/sys/dev/block/%u:%u/dm/name", major(st.st_rdev),
-		 minor(st.st_rdev));
-	fd = open(sys, O_RDONLY | O_CLOEXEC);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return NULL;
 	n = read(fd, name, sizeof(name) - 1);
@@ -124,6 +121,18 @@ static char *dm_name_of_path(const char *path)
 	name[n] = '\0';
 	name[strcspn(name, "\n")] = '\0';
 	return name[0] ? strdup(name) : NULL;
+}
+
+/* The dm name of the block device at PATH (malloc()ed), or NULL. */
+static char *dm_name_of_path(const char *path)
+{
+	char sys[64];
+	struct stat st;
+
+	if (stat(path, &st) || !S_ISBLK(st.st_mode))
+		return NULL;
+	snprintf(sys, sizeof(sys), "/sys/dev/block/%u:%u", major(st.st_rdev), minor(st.st_rdev));
+	return cbt_dm_name_at(sys);
 }
 
 const char *cbt_dm_name(const char *dev)
@@ -408,8 +417,7 @@ int cbt_dm_table_is_cbt(const struct cbt_dm_table *t)
 	return t->nr_targets == 1 && !strcmp(t->type, DM_CBT_TARGET_NAME);
 }
 
-/* Whether NAME's live table is a single cbt target; -ENXIO when NAME is gone. */
-static int is_cbt(const char *name, struct cbt_err *e)
+int cbt_dm_is_cbt(const char *name, struct cbt_err *e)
 {
 	struct cbt_dm_table t;
 	int r;
@@ -444,7 +452,7 @@ int cbt_dm_list(char ***names, size_t *count, struct cbt_err *e)
 	if (!dn || !dn->dev)
 		goto out;	/* no dm devices at all */
 	do {
-		int cbt = is_cbt(dn->name, e);
+		int cbt = cbt_dm_is_cbt(dn->name, e);
 
 		if (cbt < 0 && cbt != -ENXIO) {
 			r = cbt;

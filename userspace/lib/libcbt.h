@@ -123,6 +123,14 @@ struct cbt_dm_table {
 int cbt_dm_table(const char *dev, struct cbt_dm_table *t, struct cbt_err *e);
 /* Whether T is a single cbt target. */
 int cbt_dm_table_is_cbt(const struct cbt_dm_table *t);
+/* Whether NAME's live table is a single cbt target: 1, 0, or -errno (-ENXIO: NAME is gone). */
+int cbt_dm_is_cbt(const char *name, struct cbt_err *e);
+/*
+ * The dm name (malloc()ed) of the block device whose sysfs directory is
+ * SYSDIR (/sys/dev/block/MAJ:MIN, a holders/ entry...), or NULL when it is
+ * not a dm device.
+ */
+char *cbt_dm_name_at(const char *sysdir);
 /*
  * The names of every dm device whose table is one cbt target, sorted;
  * free() each name and *NAMES. A device removed meanwhile is left out.

@@ -110,49 +110,86 @@ static int connect_one(struct cbt_restore *r, struct nbd_handle *h, struct cbt_e
 	return connect_image(r->qemu_nbd, r->image, false, h, e);
 }
 
-struct depth_ctx {
-	struct cbt_extent_list *out;
-	unsigned int depth;
-	uint64_t pos, end;
+/* One extent of a block status walk: [OFF, OFF+LEN) with FLAGS; -errno stops the walk. */
+typedef int (*status_fn)(void *arg, uint64_t off, uint64_t len, uint32_t flags);
+
+struct status_walk {
+	const char *context;
+	status_fn fn;
+	void *arg;
+	uint64_t pos, end;		/* where the next extent starts; the range asked for */
 	int err;
 };
 
-/* qemu:allocation-depth: the extents allocated in the top D->depth images. */
-static int depth_extent(void *arg, const char *context, uint64_t offset, uint32_t *entries,
-			size_t nr_entries, int *error)
+static int status_entries(void *arg, const char *context, uint64_t offset, uint32_t *entries,
+			  size_t nr_entries, int *error)
 {
-	struct depth_ctx *d = arg;
-	struct cbt_extent *last;
+	struct status_walk *w = arg;
 	uint64_t len;
 	size_t i;
 
 	(void)error;
-	if (strcmp(context, "qemu:allocation-depth") || d->err)
+	if (strcmp(context, w->context) || w->err)
 		return 0;
-	d->pos = offset;
-	for (i = 0; i + 1 < nr_entries && d->pos < d->end; i += 2) {
-		len = entries[i];
-		if (len > d->end - d->pos)
-			len = d->end - d->pos;
-		if (entries[i + 1] >= 1 && entries[i + 1] <= d->depth) {
-			last = d->out->n ? &d->out->v[d->out->n - 1] : NULL;
-			if (last && last->offset + last->length == d->pos)
-				last->length += len;
-			else if (cbt_extents_add(d->out, d->pos, len))
-				d->err = ENOMEM;
-		}
-		d->pos += len;
+	w->pos = offset;
+	/* NR_ENTRIES counts the array's values: (length, flags) pairs. */
+	for (i = 0; i + 1 < nr_entries && w->pos < w->end; i += 2) {
+		len = entries[i] < w->end - w->pos ? entries[i] : w->end - w->pos;
+		w->err = w->fn(w->arg, w->pos, len, entries[i + 1]);
+		if (w->err)
+			return 0;
+		w->pos += len;
 	}
 	return 0;
+}
+
+/*
+ * FN for each extent of meta context CONTEXT over [0, SIZE) of H, in
+ * ascending order, asked in pieces the protocol's 32-bit lengths allow
+ * (the server may answer less). WHAT names the map in errors.
+ */
+static int walk_status(struct nbd_handle *h, const char *image, const char *context,
+		       const char *what, uint64_t size, status_fn fn, void *arg, struct cbt_err *e)
+{
+	struct status_walk w = { .context = context, .fn = fn, .arg = arg };
+	nbd_extent_callback cb = { .callback = status_entries, .user_data = &w };
+	char reading[64];
+	uint64_t off;
+
+	for (off = 0; off < size; off = w.pos) {
+		w.pos = off;
+		w.end = size - off > STATUS_PIECE ? off + STATUS_PIECE : size;
+		if (nbd_block_status(h, w.end - off, off, cb, 0) < 0) {
+			snprintf(reading, sizeof(reading), "reading the %s", what);
+			return nbd_fail_at(e, image, reading, off);
+		}
+		if (w.err)
+			return cbt_fail(e, -w.err, "%s: no memory for the %s", image, what);
+		if (w.pos <= off)
+			return cbt_fail(e, EPROTO, "%s: the server's %s stops at %llu", image, what,
+					(unsigned long long)off);
+	}
+	return 0;
+}
+
+struct depth_ctx {
+	struct cbt_extent_list *out;
+	unsigned int depth;
+};
+
+/* qemu:allocation-depth: the extents allocated in the top D->depth images. */
+static int depth_extent(void *arg, uint64_t off, uint64_t len, uint32_t depth)
+{
+	struct depth_ctx *d = arg;
+
+	return depth >= 1 && depth <= d->depth ? cbt_extents_add(d->out, off, len) : 0;
 }
 
 int cbt_restore_layers(const char *qemu_nbd, const char *image, unsigned int depth,
 		       struct cbt_extent_list *out, struct cbt_err *e)
 {
 	struct depth_ctx d = { .out = out, .depth = depth };
-	nbd_extent_callback cb = { .callback = depth_extent, .user_data = &d };
 	struct nbd_handle *h = nbd_create();
-	uint64_t off, size;
 	int64_t got;
 	int r = 0;
 
@@ -166,18 +203,9 @@ int cbt_restore_layers(const char *qemu_nbd, const char *image, unsigned int dep
 		r = cbt_fail(e, ENOTSUP, "%s: the server gives no qemu:allocation-depth", image);
 	if (!r && (got = nbd_get_size(h)) < 0)
 		r = nbd_fail(e, image, "cannot read its size");
-	size = r ? 0 : (uint64_t)got;
-	for (off = 0; !r && off < size; off = d.pos) {
-		d.pos = off;
-		d.end = size - off > STATUS_PIECE ? off + STATUS_PIECE : size;
-		if (nbd_block_status(h, d.end - off, off, cb, 0) < 0)
-			r = nbd_fail_at(e, image, "reading the allocation depth", off);
-		else if (d.err)
-			r = cbt_fail(e, d.err, "%s: no memory", image);
-		else if (d.pos <= off)
-			r = cbt_fail(e, EPROTO, "%s: the server's allocation depth stops at %llu",
-				     image, (unsigned long long)off);
-	}
+	if (!r)
+		r = walk_status(h, image, "qemu:allocation-depth", "allocation depth",
+				(uint64_t)got, depth_extent, &d, e);
 	nbd_close(h);
 	return r;
 }
@@ -215,48 +243,16 @@ int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e)
 	return 0;
 }
 
-struct map_ctx {
-	struct cbt_restore *r;
-	uint64_t pos;			/* where the next extent starts */
-	uint64_t end;			/* of the range asked for */
-	int err;
-};
-
-/* Block status: each data extent joins the list, widened to whole blocks. */
-static int map_extent(void *arg, const char *context, uint64_t offset, uint32_t *entries,
-		      size_t nr_entries, int *error)
+/* base:allocation: each data extent joins the list, widened to whole blocks. */
+static int map_extent(void *arg, uint64_t off, uint64_t len, uint32_t flags)
 {
-	struct map_ctx *m = arg;
-	struct restore_priv *p = m->r->priv;
-	uint64_t bs = m->r->block_size, len, start, end;
-	struct cbt_extent *last;
-	size_t i;
+	struct cbt_restore *r = arg;
+	uint64_t bs = r->block_size, start = off / bs * bs;
 
-	(void)error;
-	if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) || m->err)
+	if (flags & LIBNBD_STATE_ZERO)
 		return 0;
-	m->pos = offset;
-	/* NR_ENTRIES counts the array's values: (length, flags) pairs. */
-	for (i = 0; i + 1 < nr_entries && m->pos < m->end; i += 2) {
-		len = entries[i];
-		if (len > m->end - m->pos)
-			len = m->end - m->pos;
-		if (!(entries[i + 1] & LIBNBD_STATE_ZERO)) {
-			start = m->pos / bs * bs;
-			end = (m->pos + len + bs - 1) / bs * bs;
-			last = p->data.n ? &p->data.v[p->data.n - 1] : NULL;
-			/* Widened, it may overlap the last: join them. */
-			if (last && start <= last->offset + last->length) {
-				if (end > last->offset + last->length)
-					last->length = end - last->offset;
-			} else if (cbt_extents_add(&p->data, start, end - start)) {
-				m->err = ENOMEM;
-				return 0;
-			}
-		}
-		m->pos += len;
-	}
-	return 0;
+	/* Widened, it may overlap the last: cbt_extents_add() joins them. */
+	return cbt_extents_add(&r->priv->data, start, (off + len + bs - 1) / bs * bs - start);
 }
 
 /*
@@ -313,23 +309,13 @@ static int clip_items(struct cbt_restore *r, struct cbt_err *e)
 static int build_items(struct cbt_restore *r, struct cbt_err *e)
 {
 	struct restore_priv *p = r->priv;
-	uint64_t bs = r->block_size, end = (r->size + bs - 1) / bs * bs, off, pos, len, piece;
-	struct map_ctx m = { .r = r };
-	nbd_extent_callback cb = { .callback = map_extent, .user_data = &m };
+	uint64_t bs = r->block_size, end = (r->size + bs - 1) / bs * bs, pos, len, piece;
 	size_t i, cap = 0;
 	struct item *v;
 
-	for (off = 0; off < r->size; off = m.pos) {
-		m.pos = off;
-		m.end = r->size - off > STATUS_PIECE ? off + STATUS_PIECE : r->size;
-		if (nbd_block_status(p->h[0], m.end - off, off, cb, 0) < 0)
-			return nbd_fail_at(e, r->image, "reading the allocation map", off);
-		if (m.err)
-			return cbt_fail(e, m.err, "%s: no memory for the allocation map", r->image);
-		if (m.pos <= off)
-			return cbt_fail(e, EPROTO, "%s: the server's allocation map stops at %llu",
-					r->image, (unsigned long long)off);
-	}
+	if (walk_status(p->h[0], r->image, LIBNBD_CONTEXT_BASE_ALLOCATION, "allocation map",
+			r->size, map_extent, r, e))
+		return -e->errnum;
 	/*
 	 * A last block that the image ends inside is data (read up to the
 	 * image's end, the rest kept as the device has it), never zeroed whole.
