@@ -46,27 +46,6 @@ make_dev() {	# NAME TABLE
 	devs+=("$1")
 }
 
-# Seconds CMD... takes on the guest's clock, read without starting a
-# program; its output goes to $dir/out. CMD is cbtctl, qemu-img or dd,
-# run from their copies on tmpfs (tools/bench/lib.sh).
-seconds() {
-	local t0 t1 cmd
-	case $1 in
-	cbtctl) cmd=("${cbtctl[@]}") ;;
-	qemu-img) cmd=("${qemu_img[@]}") ;;
-	dd) cmd=("${dd[@]}") ;;
-	nbdcopy) cmd=("${nbdcopy[@]}") ;;
-	*) echo "bench: seconds $1" >&2; return 1 ;;
-	esac
-	shift
-	t0=$EPOCHREALTIME
-	"${cmd[@]}" "$@" >"$dir/out" 2>"$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
-	t1=$EPOCHREALTIME
-	python3 -c "print(f'{$t1 - $t0:.3f}')"
-}
-
-calc() { python3 -c "print(f'{$1:.3f}')"; }
-
 # Peak RSS in KiB of CMD... (the largest child's, by getrusage).
 peak_rss() {
 	python3 -c '

@@ -22,3 +22,21 @@ tmpfs_prog() {
 		echo "$bin/$name"
 	fi
 }
+
+# seconds PROG ARGS...: the seconds PROG ARGS takes on the guest's clock,
+# read without starting a program; its output goes to $dir/out. PROG runs
+# from its copy on tmpfs: the command in the array named PROG with '-' as
+# '_' (cbtctl, qemu_img, dd... as tmpfs_prog made them).
+seconds() {
+	local t0 t1
+	local -n __cmd=${1//-/_}
+	[ ${#__cmd[@]} -gt 0 ] || { echo "bench: seconds: no tmpfs copy of $1" >&2; exit 1; }
+	shift
+	t0=$EPOCHREALTIME
+	"${__cmd[@]}" "$@" >"$dir/out" 2>"$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
+	t1=$EPOCHREALTIME
+	python3 -c "print(f'{$t1 - $t0:.3f}')"
+}
+
+# calc EXPR: EXPR (python) to three decimals.
+calc() { python3 -c "print(f'{$1:.3f}')"; }

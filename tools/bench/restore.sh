@@ -33,23 +33,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Seconds CMD... takes on the guest's clock; CMD is cbtctl, qemu-img or dd,
-# run from their copies on tmpfs (lib.sh's tmpfs_prog).
-seconds() {
-	local t0 t1 cmd
-	case $1 in
-	cbtctl) cmd=("${cbtctl[@]}") ;;
-	qemu-img) cmd=("${qemu_img[@]}") ;;
-	dd) cmd=("${dd[@]}") ;;
-	*) echo "bench: seconds $1" >&2; return 1 ;;
-	esac
-	shift
-	t0=$EPOCHREALTIME
-	"${cmd[@]}" "$@" >"$dir/out" 2>"$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
-	t1=$EPOCHREALTIME
-	python3 -c "print(f'{$t1 - $t0:.3f}')"
-}
-calc() { python3 -c "print(f'{$1:.3f}')"; }
 row() { printf '%-52s %10s   %s\n' "$@"; }
 
 mount -t tmpfs -o size=$((size_mb * 3 + 256))m tmpfs "$dir"
