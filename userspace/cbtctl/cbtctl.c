@@ -31,6 +31,8 @@ static const struct command commands[] = {
 	  "back up cbt devices into qcow2 images at one instant, all or nothing" },
 	{ "restore", cmd_restore, "restore [OPTIONS] IMAGE DEV",
 	  "write a backup chain back onto a device" },
+	{ "verify", cmd_verify, "verify [OPTIONS] IMAGE",
+	  "check a backup chain's images, identities and data, without the device" },
 	{ "export", cmd_export, "export start [OPTIONS] DEV... | export stop [--commit] TOKEN",
 	  "serve cbt devices at one instant, with their dirty bitmaps, over NBD (pull mode)" },
 	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",

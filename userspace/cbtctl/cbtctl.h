@@ -36,6 +36,7 @@ int cmd_metadata(int argc, char **argv);
 int cmd_activate(int argc, char **argv);
 int cmd_deactivate(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 
 struct cbt_backup;
 

@@ -25,6 +25,7 @@
 #include "copy.h"
 #include "extent-stream.h"
 #include "hook.h"
+#include "digest.h"
 #include "identity.h"
 #include "instant.h"
 #include "lock.h"
@@ -787,8 +788,18 @@ static void *copy_thread(void *arg)
 	struct cbt_extent_src src;
 	struct cbt_err err = { 0 };
 	struct cbt_extent all = { 0, job->size };
+	struct cbt_digests digests;
+	void *trailer;
+	size_t trailer_len;
 	int r = 0;
 
+	/*
+	 * A new image gets the digests of what the copy puts into it (an
+	 * existing one may hold clusters of before: none).
+	 */
+	cbt_digests_init(&digests, qcow2_cluster_size(p->img), qcow2_virtual_size(p->img));
+	if (job->spec.mode == CBT_MODE_CREATE)
+		c.digests = &digests;
 	if (job->sync == CBT_SYNC_FULL)
 		r = cbt_copy_extents(&c, &all, 1, &err);
 	else if (!(r = open_stream(b, job, walks, &s, &err))) {
@@ -796,6 +807,12 @@ static void *copy_thread(void *arg)
 		r = cbt_copy_run(&c, &src, &err);
 	}
 	cbt_stream_close(s);
+	if (!r && c.digests) {
+		r = cbt_digests_trailer(&digests, job->spec.target, &trailer, &trailer_len, &err);
+		if (!r)
+			qcow2_set_trailer(p->img, trailer, trailer_len);
+	}
+	cbt_digests_free(&digests);
 	job->bytes_written = c.bytes_written;
 	job->read_retries = c.read_retries;
 	job->max_in_flight = c.max_in_flight;

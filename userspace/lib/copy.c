@@ -199,6 +199,7 @@ struct request {
 	unsigned char *kind;
 	uint32_t *clen;
 	char *cbuf;
+	uint8_t *digest;		/* with c->digests: per cluster, of its data */
 	int r;				/* the read's result, in err */
 	struct cbt_err err;
 };
@@ -211,6 +212,7 @@ struct engine {
 	size_t bufsize;			/* bytes per request */
 	unsigned int max_parts;		/* clusters per request, too */
 	size_t cbound;			/* compressed bytes a cluster may take */
+	uint8_t zero_digest[CBT_DIGEST_LEN];	/* of a whole cluster of zeros */
 	uint64_t merge_gap;
 	uint64_t vsize;			/* the image's virtual size */
 	struct request *reqs;
@@ -298,6 +300,9 @@ static int sort_clusters(struct engine *g, struct request *q, struct cbt_err *e)
 			next = cluster_end(g, off, end);
 			len = next - off;
 			q->kind[n] = qcow2_is_zero(q->buf + (off - q->start), len) ? CL_ZERO : CL_DATA;
+			if (q->kind[n] == CL_DATA && c->digests)
+				cbt_digest(q->buf + (off - q->start), len,
+					   q->digest + n * CBT_DIGEST_LEN);
 			if (q->kind[n] != CL_DATA || !c->compress)
 				continue;
 			/* A partial last cluster compresses whole: zeros past the image's end. */
@@ -608,6 +613,41 @@ fail:
 }
 
 /*
+ * The digests of the clusters of [OFF, END), a run of one kind: a cluster
+ * written in part (never, the copy's runs being whole clusters up to the
+ * image's end) makes the digests unusable.
+ */
+static int record_digests(struct engine *g, struct request *q, uint64_t off, uint64_t end,
+			  struct cbt_err *e)
+{
+	struct cbt_digests *d = g->c->digests;
+	uint64_t whole, len, next;
+	unsigned int n;
+	uint8_t zd[CBT_DIGEST_LEN];
+	bool zero;
+
+	for (; off < end; off = next) {
+		next = cluster_end(g, off, end);
+		len = next - off;
+		whole = g->vsize - off < g->cluster ? g->vsize - off : g->cluster;
+		if (off % g->cluster || len != whole) {
+			d->partial = true;
+			continue;
+		}
+		n = (off - q->start) / g->cluster;
+		zero = q->kind[n] == CL_ZERO;
+		if (zero && len != g->cluster)
+			cbt_digest_zeros(len, zd);
+		if (cbt_digests_add(d, off / g->cluster, zero,
+				    !zero ? q->digest + n * CBT_DIGEST_LEN :
+				    len == g->cluster ? g->zero_digest : zd))
+			return cbt_fail(e, ENOMEM, "%s: digests of %zu clusters", g->c->device,
+					d->n);
+	}
+	return 0;
+}
+
+/*
  * Writes a read request's runs into the image, clusters of a kind together,
  * and releases them on the source.
  */
@@ -626,14 +666,19 @@ static int write_request(struct engine *g, struct request *q, struct cbt_err *e)
 			n = (off - q->start) / g->cluster;
 			kind = q->kind[n];
 			run = cluster_end(g, off, end);
+			if (kind != CL_COMPRESSED)
+				while (run < end && q->kind[(run - q->start) / g->cluster] == kind)
+					run = cluster_end(g, run, end);
+			if (c->digests && (kind != CL_ZERO || c->zero_clusters))
+				r = record_digests(g, q, off, run, e);
+			if (r)
+				break;
 			if (kind == CL_COMPRESSED) {
 				r = qcow2_write_compressed(c->img, off, q->cbuf + n * g->cbound,
 							   q->clen[n], e);
 				c->bytes_written += run - off;
 				continue;
 			}
-			while (run < end && q->kind[(run - q->start) / g->cluster] == kind)
-				run = cluster_end(g, run, end);
 			if (kind == CL_DATA) {
 				r = qcow2_write(c->img, off, q->buf + (off - q->start), run - off, e);
 				c->bytes_written += run - off;
@@ -723,6 +768,8 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 	g->merge_gap = c->release || c->urgent ? 0 : c->merge_gap;
 	g->vsize = qcow2_virtual_size(c->img);
 	g->cbound = qcow2_compress_bound(g->cluster);
+	if (c->digests)
+		cbt_digest_zeros(g->cluster, g->zero_digest);
 	g->img_fd = -1;
 	if (c->writeback && !fstat(qcow2_fd(c->img), &st) && S_ISREG(st.st_mode)) {
 		g->img_fd = qcow2_fd(c->img);
@@ -747,6 +794,9 @@ static int engine_init(struct engine *g, struct cbt_copy *c, struct cbt_extent_s
 
 		q->parts = calloc(g->max_parts, sizeof(struct part));
 		q->kind = calloc(g->max_parts, 1);
+		if (c->digests && !(q->digest = malloc(g->max_parts * CBT_DIGEST_LEN)))
+			return cbt_fail(e, ENOMEM, "%s: copy buffers of %zu bytes", c->device,
+					g->bufsize);
 		if (c->compress) {
 			q->clen = calloc(g->max_parts, sizeof(*q->clen));
 			q->cbuf = malloc(g->max_parts * g->cbound);
@@ -822,6 +872,7 @@ static void engine_exit(struct engine *g)
 		free(g->reqs[i].kind);
 		free(g->reqs[i].clen);
 		free(g->reqs[i].cbuf);
+		free(g->reqs[i].digest);
 	}
 	if (g->map) {
 		unpoison(g->map, g->map_len);

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "digest.h"
 #include "libcbt.h"
 #include "qcow2.h"
 
@@ -127,6 +128,11 @@ struct cbt_copy {
 	 * reader threads.
 	 */
 	bool compress;
+	/*
+	 * Records the digest of each cluster put into the image (digest.h),
+	 * hashed on the reader threads; NULL: none.
+	 */
+	struct cbt_digests *digests;
 	struct cbt_rate *rate;		/* NULL: no limit */
 	const volatile int *cancel;	/* non-zero: stop with -ECANCELED */
 	void (*progress)(void *arg, uint64_t done);

@@ -135,6 +135,8 @@ struct qcow2_image {
 	/* The dm-cbt identity extension to write (NULL: none). */
 	uint8_t *cbt_ext;
 	size_t cbt_ext_len;
+	void *trailer;			/* written at close past the last cluster */
+	size_t trailer_len;
 	/*
 	 * An existing image whose extensions changed: its first cluster as
 	 * it is to be written, the fields we own patched in at each write.
@@ -939,6 +941,7 @@ static void image_free(struct qcow2_image *img)
 	free(img->backing_file);
 	free(img->backing_format);
 	free(img->cbt_ext);
+	free(img->trailer);
 	free(img->hdr0);
 	free(img->bounce);
 	free(img->path);
@@ -1879,6 +1882,9 @@ int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e)
 			 ftruncate(img->fd, (off_t)end))
 			r = cbt_fail(e, errno, "%s: cannot extend the file to %llu bytes",
 				     img->path, (unsigned long long)end);
+		else if (img->trailer)
+			r = pwrite_all(img, img->trailer, img->trailer_len,
+				       (uint64_t)st.st_size > end ? (uint64_t)st.st_size : end, e);
 	}
 	if (!r && sync && fsync(img->fd))
 		r = cbt_fail(e, errno, "%s: fsync", img->path);
@@ -1892,6 +1898,13 @@ int qcow2_close(struct qcow2_image *img, bool sync, struct cbt_err *e)
 		r = cbt_sync_dir_of(img->path, false, e);
 	image_free(img);
 	return r;
+}
+
+void qcow2_set_trailer(struct qcow2_image *img, void *blob, size_t len)
+{
+	free(img->trailer);
+	img->trailer = blob;
+	img->trailer_len = len;
 }
 
 void qcow2_abort(struct qcow2_image *img, bool unlink_created)

@@ -161,6 +161,13 @@ int qcow2_write_compressed(struct qcow2_image *img, uint64_t offset, const void 
  */
 void qcow2_set_cache_limit(struct qcow2_image *img, size_t bytes);
 
+/*
+ * Has qcow2_close() write the LEN bytes at BLOB (malloc()ed; IMG frees it)
+ * at the end of the file, after every cluster in use, so that the file
+ * ends with them: space QEMU counts as free (digest.h's trailer).
+ */
+void qcow2_set_trailer(struct qcow2_image *img, void *blob, size_t len);
+
 /* Writes out the cached metadata without closing. */
 int qcow2_flush(struct qcow2_image *img, struct cbt_err *e);
 

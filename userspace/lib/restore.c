@@ -59,40 +59,73 @@ static int nbd_fail_at(struct cbt_err *e, const char *image, const char *what, u
 			(unsigned long long)off, nbd_get_error() ? nbd_get_error() : "failed");
 }
 
-/*
- * Connects H to a qemu-nbd of its own (socket activation: it serves this
- * connection only and exits with it). The image is named by --image-opts,
- * so that no character of its name is read as a protocol or an option.
- */
-static int connect_image(const char *qemu_nbd, const char *image, bool depth,
-			 struct nbd_handle *h, struct cbt_err *e)
+/* S into Q as a JSON string's content; returns where Q ends. */
+static char *json_quote(char *q, const char *s)
 {
-	char *opts, *q, *abs;
-	const char *p, *argv[6];
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\') {
+			*q++ = '\\';
+			*q++ = *s;
+		} else if ((unsigned char)*s < 0x20) {
+			q += sprintf(q, "\\u%04x", (unsigned char)*s);
+		} else {
+			*q++ = *s;
+		}
+	}
+	return q;
+}
+
+char *cbt_qemu_image_name(const char *abs, bool no_backing)
+{
+	char *opts, *q;
+	const char *p;
+
+	/* Room for the longer form: 6 bytes a character at worst. */
+	opts = malloc(sizeof("json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\","
+			     "\"filename\":\"\"},\"backing\":null}") + 6 * strlen(abs));
+	if (!opts)
+		return NULL;
+	if (no_backing) {
+		/* Only a JSON filename says "no backing file" (null). */
+		q = opts + sprintf(opts, "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":"
+				   "\"file\",\"filename\":\"");
+		q = json_quote(q, abs);
+		strcpy(q, "\"},\"backing\":null}");
+	} else {
+		/* QEMU's option syntax: a comma in a value is written twice. */
+		q = opts + sprintf(opts, "driver=qcow2,file.driver=file,file.filename=");
+		for (p = abs; *p; p++) {
+			*q++ = *p;
+			if (*p == ',')
+				*q++ = ',';
+		}
+		*q = '\0';
+	}
+	return opts;
+}
+
+int cbt_nbd_connect_image(const char *qemu_nbd, const char *image, bool depth, bool no_backing,
+			  struct nbd_handle *h, struct cbt_err *e)
+{
+	char *opts, *abs;
+	const char *argv[6];
 	unsigned int n = 0;
 	int rc;
 
 	abs = realpath(image, NULL);
 	if (!abs)
 		return cbt_fail(e, errno, "%s: cannot open", image);
-	/* QEMU's option syntax: a comma in a value is written twice. */
-	opts = malloc(sizeof("driver=qcow2,file.driver=file,file.filename=") + 2 * strlen(abs));
+	opts = cbt_qemu_image_name(abs, no_backing);
 	if (!opts) {
 		free(abs);
 		return cbt_fail(e, ENOMEM, "%s: no memory", image);
 	}
-	q = opts + sprintf(opts, "driver=qcow2,file.driver=file,file.filename=");
-	for (p = abs; *p; p++) {
-		*q++ = *p;
-		if (*p == ',')
-			*q++ = ',';
-	}
-	*q = '\0';
 	argv[n++] = qemu_nbd ? qemu_nbd : "qemu-nbd";
 	argv[n++] = "--read-only";
 	if (depth)
 		argv[n++] = "--allocation-depth";
-	argv[n++] = "--image-opts";
+	if (!no_backing)
+		argv[n++] = "--image-opts";
 	argv[n++] = opts;
 	argv[n] = NULL;
 	rc = nbd_connect_systemd_socket_activation(h, (char **)argv);
@@ -107,15 +140,12 @@ static int connect_image(const char *qemu_nbd, const char *image, bool depth,
 
 static int connect_one(struct cbt_restore *r, struct nbd_handle *h, struct cbt_err *e)
 {
-	return connect_image(r->qemu_nbd, r->image, false, h, e);
+	return cbt_nbd_connect_image(r->qemu_nbd, r->image, false, false, h, e);
 }
-
-/* One extent of a block status walk: [OFF, OFF+LEN) with FLAGS; -errno stops the walk. */
-typedef int (*status_fn)(void *arg, uint64_t off, uint64_t len, uint32_t flags);
 
 struct status_walk {
 	const char *context;
-	status_fn fn;
+	cbt_status_fn fn;
 	void *arg;
 	uint64_t pos, end;		/* where the next extent starts; the range asked for */
 	int err;
@@ -143,13 +173,9 @@ static int status_entries(void *arg, const char *context, uint64_t offset, uint3
 	return 0;
 }
 
-/*
- * FN for each extent of meta context CONTEXT over [0, SIZE) of H, in
- * ascending order, asked in pieces the protocol's 32-bit lengths allow
- * (the server may answer less). WHAT names the map in errors.
- */
-static int walk_status(struct nbd_handle *h, const char *image, const char *context,
-		       const char *what, uint64_t size, status_fn fn, void *arg, struct cbt_err *e)
+int cbt_nbd_walk_status(struct nbd_handle *h, const char *image, const char *context,
+			const char *what, uint64_t size, cbt_status_fn fn, void *arg,
+			struct cbt_err *e)
 {
 	struct status_walk w = { .context = context, .fn = fn, .arg = arg };
 	nbd_extent_callback cb = { .callback = status_entries, .user_data = &w };
@@ -198,13 +224,13 @@ int cbt_restore_layers(const char *qemu_nbd, const char *image, unsigned int dep
 	if (nbd_add_meta_context(h, "qemu:allocation-depth") < 0)
 		r = nbd_fail(e, image, "cannot ask for qemu:allocation-depth");
 	if (!r)
-		r = connect_image(qemu_nbd, image, true, h, e);
+		r = cbt_nbd_connect_image(qemu_nbd, image, true, false, h, e);
 	if (!r && nbd_can_meta_context(h, "qemu:allocation-depth") != 1)
 		r = cbt_fail(e, ENOTSUP, "%s: the server gives no qemu:allocation-depth", image);
 	if (!r && (got = nbd_get_size(h)) < 0)
 		r = nbd_fail(e, image, "cannot read its size");
 	if (!r)
-		r = walk_status(h, image, "qemu:allocation-depth", "allocation depth",
+		r = cbt_nbd_walk_status(h, image, "qemu:allocation-depth", "allocation depth",
 				(uint64_t)got, depth_extent, &d, e);
 	nbd_close(h);
 	return r;
@@ -313,7 +339,7 @@ static int build_items(struct cbt_restore *r, struct cbt_err *e)
 	size_t i, cap = 0;
 	struct item *v;
 
-	if (walk_status(p->h[0], r->image, LIBNBD_CONTEXT_BASE_ALLOCATION, "allocation map",
+	if (cbt_nbd_walk_status(p->h[0], r->image, LIBNBD_CONTEXT_BASE_ALLOCATION, "allocation map",
 			r->size, map_extent, r, e))
 		return -e->errnum;
 	/*
