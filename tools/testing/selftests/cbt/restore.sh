@@ -14,12 +14,14 @@
 # A quick rollback (--changed-only) to the second of four backups writes
 # exactly what the newer images and the bitmap hold, reads as that instant
 # and is in the next incremental; refused when the bitmap was last
-# committed at another image.
+# committed at another image. cbtctl verify passes a chain of real
+# backups (one compressed) and names the image and guest offset of a byte
+# changed in the middle image's data; a mode=existing image has no digests.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img qemu-nbd cbtctl
-plan 4
+plan 5
 
 SIZE=$((16 << 20))
 
@@ -184,10 +186,47 @@ test_rollback() {
 	chain_matches "$dir/inc4.qcow2" "$dev"
 }
 
+# host_offset IMAGE GUEST: the file offset where IMAGE itself holds guest offset GUEST.
+host_offset() {
+	local line re='"start": '"$2"', "length": [0-9]+, "depth": 0, .*"offset": ([0-9]+)'
+	while IFS= read -r line; do
+		[[ $line =~ $re ]] && { echo "${BASH_REMATCH[1]}"; return; }
+	done < <(qemu-img map --output=json -f qcow2 "$1")
+	fail "$1 holds no data at $2 itself"
+}
+
+test_verify() {
+	local dir dev loop off
+	setup
+	qio "$dev" "write -P 0x46 9M 1M"
+	cbtctl backup -q -c --sync=incremental --bitmap=b0 \
+		"$dev=$dir/inc3.qcow2,backing=inc2.qcow2" || fail "a compressed incremental"
+	cbtctl verify --json --parallel=2 "$dir/inc3.qcow2" >"$dir/out" 2>"$dir/err" ||
+		fail "verify of a clean chain: $(cat "$dir/err")"
+	expect_eq "verify's ok" "$(json_field ok <"$dir/out")" true
+	expect_eq "images with digests" "$(grep -o '"digests": true' "$dir/out" | wc -l)" 4
+	# A byte of inc1's own data at 6M (0x43) changed.
+	off=$(host_offset "$dir/inc1.qcow2" 6291456)
+	printf 'x' | dd of="$dir/inc1.qcow2" bs=1 seek=$((off + 4097)) conv=notrunc status=none
+	cbtctl verify "$dir/inc3.qcow2" 2>"$dir/err" && fail "verify passed a changed byte"
+	has "$dir/err" "inc1.qcow2: guest offset 6291456: the cluster's data differs" ||
+		fail "the changed byte's report: $(cat "$dir/err")"
+	has "$dir/err" "inc2.qcow2:" && fail "a clean image reported: $(cat "$dir/err")"
+	# mode=existing: no digests, and verify says its data cannot be checked.
+	qemu-img create -q -f qcow2 -b inc3.qcow2 -F qcow2 "$dir/ex.qcow2"
+	qio "$dev" "write -P 0x47 3M 64k"
+	cbtctl backup -q --sync=incremental --bitmap=b0 "$dev=$dir/ex.qcow2,mode=existing" ||
+		fail "an incremental into an existing image"
+	cbtctl verify "$dir/ex.qcow2" 2>"$dir/err" && fail "verify passed an image without digests"
+	has "$dir/err" "ex.qcow2: no digests at the end of the file" ||
+		fail "the report of no digests: $(cat "$dir/err")"
+}
+
 run_test "a chain restored onto a plain device and through the cbt device; the next incremental" \
 	test_restore
 run_test "below the cbt device: refused; --force makes the bitmaps inconsistent first" test_below
 run_test "refusals change nothing: larger image, in use, open, another disk's, not qcow2" \
 	test_refusals
 run_test "quick rollback: only what the bitmap and the newer images hold" test_rollback
+run_test "verify: a clean chain passes, a changed byte is named, no digests is said" test_verify
 finish
