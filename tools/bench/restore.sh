@@ -5,7 +5,8 @@
 # against dd writing the device sequentially (O_DIRECT, 1 MiB) and
 # `qemu-img convert -n -O raw` of the same chain, then a quick rollback
 # (--changed-only) after 1 % of the chunks were written, against the full
-# restore. Meant for `vmrun --icount`: times are the guest's clock, so each
+# restore; and cbtctl verify of the chain, on ext4 over a second such
+# device (the page cache dropped), against reading the chain's files. Meant for `vmrun --icount`: times are the guest's clock, so each
 # figure repeats from run to run. The device is a null_blk device that
 # moves BENCH_RESTORE_MBPS (default 400) MiB/s, so the device sets the pace
 # as a disk does; the chain (a full image, 3/4 random data and 1/4 zeros,
@@ -26,7 +27,8 @@ done
 
 cleanup() {
 	dmsetup remove --retry "$name" >/dev/null 2>&1 || true
-	rmdir "$nb" 2>/dev/null || true
+	umount "$dir/v" 2>/dev/null || true
+	rmdir "$nb" /sys/kernel/config/nullb/bench-verify 2>/dev/null || true
 	rmmod brd 2>/dev/null || true
 	umount "$dir" 2>/dev/null || true
 	rm -rf "$dir"
@@ -100,3 +102,30 @@ changed=$(python3 -c "import json; print(json.load(open('$dir/out'))['changed_by
 qemu-img compare -q -F raw "$dir/inc2.qcow2" "$dev"
 row "cbtctl restore --changed-only ($((changed >> 10)) KiB changed)" "$quick" \
 	"$(calc "$quick / $full") of the full restore's time"
+
+# Verify: the chain's files on ext4 over a second null_blk device of the
+# same speed, read from the device (the page cache dropped before each).
+nb2=/sys/kernel/config/nullb/bench-verify
+mkdir "$nb2"
+echo $((size_mb * 2)) >"$nb2/size"
+echo 1 >"$nb2/memory_backed"
+echo 4096 >"$nb2/blocksize"
+echo "$mbps" >"$nb2/mbps"
+echo 1 >"$nb2/power"
+mkfs.ext4 -q /dev/bench-verify
+mkdir "$dir/v"
+mount /dev/bench-verify "$dir/v"
+cp "$dir/full.qcow2" "$dir/inc.qcow2" "$dir/inc2.qcow2" "$dir/v/"
+sync
+read -ra cat <<<"$(tmpfs_prog "$dir" cat)"
+printf '#!/bin/sh\nexec %s "$@"\n' "$(tmpfs_prog "$dir" qemu-img)" >"$dir/qemu-img"
+chmod +x "$dir/qemu-img"
+echo 3 >/proc/sys/vm/drop_caches
+rd=$(seconds cat "$dir/v/full.qcow2" "$dir/v/inc.qcow2" "$dir/v/inc2.qcow2")
+chain_mb=$(($(du -cm --apparent-size "$dir"/v/*.qcow2 | tail -1 | cut -f1)))
+row "cat of the chain's files ($chain_mb MiB, ext4)" "$rd" ""
+echo 3 >/proc/sys/vm/drop_caches
+ver=$(CBT_QEMU_IMG=$dir/qemu-img seconds cbtctl verify --json "$dir/v/inc2.qcow2")
+row "cbtctl verify (4 connections)" "$ver" "$(calc "$rd / $ver") of reading the files"
+umount "$dir/v"
+rmdir "$nb2"

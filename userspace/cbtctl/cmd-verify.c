@@ -122,6 +122,7 @@ int cmd_verify(int argc, char **argv)
 		return status < 0 ? 0 : status;
 	v.image = image;
 	v.qemu_nbd = getenv("CBT_QEMU_NBD");
+	v.qemu_img = getenv("CBT_QEMU_IMG");
 	v.parallel = cli.parallel;
 	v.problem = show_problem;
 	v.problem_arg = &cli;
