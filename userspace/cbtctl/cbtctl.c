@@ -33,6 +33,8 @@ static const struct command commands[] = {
 	  "write a backup chain back onto a device" },
 	{ "verify", cmd_verify, "verify [OPTIONS] IMAGE",
 	  "check a backup chain's images, identities and data, without the device" },
+	{ "prune", cmd_prune, "prune --keep=N [OPTIONS] TOP",
+	  "fold a backup chain's oldest incrementals into its full, keeping N images" },
 	{ "export", cmd_export, "export start [OPTIONS] DEV... | export stop [--commit] TOKEN",
 	  "serve cbt devices at one instant, with their dirty bitmaps, over NBD (pull mode)" },
 	{ "extents", cmd_extents, "extents DEV BITMAP [--frozen]",

@@ -37,6 +37,7 @@ int cmd_activate(int argc, char **argv);
 int cmd_deactivate(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
 
 struct cbt_backup;
 

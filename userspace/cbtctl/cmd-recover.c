@@ -66,9 +66,9 @@ int cmd_recover(int argc, char **argv)
 	}
 	printf("recovered: %u NBD servers stopped, %u views removed, %u snapshots stopped, "
 	       "%u devices resumed, %u freeze hooks thawed, %u bitmaps aborted, "
-	       "%u temporary images removed, %u existing images unusable\n", rep.servers,
-	       rep.views, rep.snapshots, rep.resumed, rep.thawed, rep.aborted, rep.removed,
-	       rep.unusable);
+	       "%u prunes finished, %u temporary images removed, %u existing images unusable\n",
+	       rep.servers, rep.views, rep.snapshots, rep.resumed, rep.thawed, rep.aborted,
+	       rep.pruned, rep.removed, rep.unusable);
 	status = 0;
 out:
 	free(devs);

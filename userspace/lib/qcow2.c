@@ -2053,6 +2053,67 @@ int qcow2_set_cbt_extension(struct qcow2_image *img, const void *data, size_t le
 	return 0;
 }
 
+int qcow2_retag(const char *path, const void *ext, size_t ext_len, const void *trailer,
+		size_t trailer_len, const char *old_magic, size_t magic_len, struct cbt_err *e)
+{
+	struct qcow2_peek pk;
+	struct qcow2_image *img = NULL;
+	uint8_t h[HDR_V3_LENGTH], tail[16];
+	struct stat st;
+	int fd, r;
+
+	/* A qcow2 that QEMU would open, and its cluster size. */
+	r = qcow2_peek(path, &pk, e);
+	if (r)
+		return r;
+	qcow2_peek_free(&pk);
+	if (ext && (!ext_len || ext_len > QCOW2_CBT_EXT_MAX))
+		return cbt_fail(e, EINVAL, "%s: a dm-cbt identity of %zu bytes (1 to %u allowed)",
+				path, ext_len, QCOW2_CBT_EXT_MAX);
+	if (magic_len > sizeof(tail))
+		return cbt_fail(e, EINVAL, "%s: a trailer magic of %zu bytes", path, magic_len);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cbt_fail(e, errno, "%s: cannot open image", path);
+	r = pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) ? 0 : -EIO;
+	close(fd);
+	if (r)
+		return cbt_fail(e, EIO, "%s: cannot read header", path);
+	img = image_new(path, get_be32(h + HDR_CLUSTER_BITS));
+	if (!img)
+		return cbt_fail(e, ENOMEM, "%s: header", path);
+	img->fd = open(path, O_RDWR | O_CLOEXEC);
+	if (img->fd < 0) {
+		r = cbt_fail(e, errno, "%s: cannot open for writing", path);
+		goto out;
+	}
+	if (fstat(img->fd, &st)) {
+		r = cbt_fail(e, errno, "%s: stat", path);
+		goto out;
+	}
+	/* The trailer first: until the header names the new identity, it changes nothing. */
+	if (trailer) {
+		r = pwrite_all(img, trailer, trailer_len, (uint64_t)st.st_size, e);
+	} else if (magic_len && (uint64_t)st.st_size >= CBT_TRAILER_TAIL &&
+		   pread(img->fd, tail, magic_len, st.st_size - CBT_TRAILER_TAIL) ==
+		   (ssize_t)magic_len && !memcmp(tail, old_magic, magic_len)) {
+		/* An old trailer that no longer holds: its magic goes. */
+		memset(tail, 0, magic_len);
+		r = pwrite_all(img, tail, magic_len, st.st_size - CBT_TRAILER_TAIL, e);
+	}
+	if (!r && fdatasync(img->fd))
+		r = cbt_fail(e, errno, "%s: fsync", path);
+	if (!r)
+		r = rebuild_first_cluster(img, ext, ext_len, e);
+	if (!r)
+		r = pwrite_all(img, img->hdr0, img->cluster_size, 0, e);
+	if (!r && fsync(img->fd))
+		r = cbt_fail(e, errno, "%s: fsync", path);
+out:
+	image_free(img);
+	return r;
+}
+
 void qcow2_peek_free(struct qcow2_peek *p)
 {
 	free(p->backing_file);

@@ -256,4 +256,19 @@ int qcow2_create_room(const char *path, uint32_t cluster_size, const char *backi
 bool qcow2_written(const struct qcow2_image *img);
 void qcow2_peek_free(struct qcow2_peek *p);
 
+/* Bytes from a trailer's magic to the end of the file (digest.h's footer). */
+#define CBT_TRAILER_TAIL	64u
+
+/*
+ * For an image QEMU has written into (a backup chain's base after
+ * "qemu-img commit"): appends TRAILER (TRAILER_LEN bytes; NULL: none, and
+ * a trailer whose OLD_MAGIC of MAGIC_LEN bytes starts CBT_TRAILER_TAIL
+ * bytes before the end loses that magic), syncs, then rewrites the first
+ * cluster with the dm-cbt identity EXT (NULL: none) in place of the old
+ * one, the other extensions and the backing file name kept, and syncs.
+ * Killed at any point, the image is the old one or the new one.
+ */
+int qcow2_retag(const char *path, const void *ext, size_t ext_len, const void *trailer,
+		size_t trailer_len, const char *old_magic, size_t magic_len, struct cbt_err *e);
+
 #endif /* CBT_QCOW2_H */

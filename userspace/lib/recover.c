@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <stdint.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include "lock.h"
 #include "place.h"
 #include "qcow2.h"
+#include "prune.h"
 #include "recover.h"
 #include "snapshot.h"
 
@@ -734,6 +736,33 @@ static int thaw_hook(char **lines, size_t n, const char *cmd, const char *token,
 	return 0;
 }
 
+/* A prune that died (its journal's "prune KEEP TOP"): run again, it finishes. */
+static int finish_prune(const char *what, const char *token, struct cbt_recover_report *rep,
+			struct cbt_err *e)
+{
+	struct cbt_prune p = { 0 };
+	char *end;
+	unsigned long keep = strtoul(what, &end, 10);
+	int r;
+
+	if (end == what || *end != ' ' || !keep || keep > UINT_MAX)
+		return cbt_fail(e, EINVAL, "the journal of %s: a bad prune line '%s'", token, what);
+	p.top = end + 1;
+	p.keep = keep;
+	if (access(p.top, F_OK) && errno == ENOENT) {
+		/* Folded itself into the full (KEEP 1): nothing left above it. */
+		note(rep, "the prune of %s by %s: done already", p.top, token);
+		return 0;
+	}
+	r = cbt_prune_run(&p, e);
+	if (!r) {
+		rep->pruned++;
+		note(rep, "the prune of %s by %s: finished", p.top, token);
+	}
+	free(p.base);
+	return r;
+}
+
 /*
  * Undoes what line I of a dead run's journal (LINES, N of them) names, in
  * PASS 0 an NBD server, in 1 a view, in 2 a snapshot, in 3 a device, a
@@ -772,6 +801,8 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 		return mark_existing(what, token, rep, e);
 	if (LINE_IS("temp"))
 		return remove_temporary(what, token, "journal", rep, e);
+	if (LINE_IS(CBT_PRUNE_JOURNAL))
+		return finish_prune(what, token, rep, e);
 #undef LINE_IS
 	return 0;
 }

@@ -81,7 +81,8 @@ int cbt_journal_open(const char *token, struct cbt_journal **j, struct cbt_err *
  * (a view of one may exist), "server PID.START" (an export's NBD server),
  * "exportdir DIR" (an export's files, in RUN_DIR/TOKEN.d), "hookboot ID",
  * "hookcwd DIR" and "hook CMD" (a freeze hook about to freeze, from DIR, in
- * boot ID), "thawed CMD" (its thaw succeeded).
+ * boot ID), "thawed CMD" (its thaw succeeded), "prune KEEP TOP" (a prune,
+ * which a recovery runs again to its end).
  */
 int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 		    struct cbt_err *e);
@@ -105,6 +106,7 @@ struct cbt_recover_report {
 	unsigned int unusable;		/* existing images marked corrupt */
 	unsigned int servers;		/* export NBD servers stopped */
 	unsigned int thawed;		/* freeze hooks run with "thaw" */
+	unsigned int pruned;		/* prunes of dead runs finished */
 	FILE *log;			/* if set, one line per action */
 };
 

@@ -4,24 +4,21 @@
 #include <fcntl.h>
 #include <libnbd.h>
 #include <pthread.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include "backup.h"
 #include "copy.h"
 #include "digest.h"
 #include "identity.h"
+#include "program.h"
 #include "qcow2.h"
 #include "restore.h"
 #include "verify.h"
-
-extern char **environ;
 
 /* Deeper chains are refused, as QEMU would give up on them. */
 #define CHAIN_MAX_DEPTH	1000
@@ -99,50 +96,34 @@ static int nbd_err(struct cbt_err *e, const char *path, const char *what, uint64
 }
 
 /*
- * "qemu-img check" of PATH (its output goes to our stderr): its exit
- * status, or -errno when it could not be run.
+ * "qemu-img check" of PATH, without its backing file (the chain's walk
+ * reports what is wrong there): its exit status, or -errno with *E.
  */
-static int qemu_img_check(struct cbt_verify *v, const char *path)
+static int qemu_img_check(struct cbt_verify *v, const char *path, struct cbt_err *e)
 {
-	const char *prog = v->qemu_img ? v->qemu_img : "qemu-img";
-	const char *argv[] = { prog, "check", "-q", NULL, NULL };
-	posix_spawn_file_actions_t fa;
+	const char *argv[] = { v->qemu_img ? v->qemu_img : "qemu-img", "check", "-q", NULL,
+			       NULL };
 	char *abs, *name = NULL;
-	pid_t pid;
-	int r, status;
+	int r;
 
-	/* Without the backing file: the chain's walk reports what is wrong there. */
 	abs = realpath(path, NULL);
 	if (abs)
 		name = cbt_qemu_image_name(abs, true);
 	free(abs);
 	if (!name)
-		return -errno;
+		return cbt_fail(e, errno, "%s", path);
 	argv[3] = name;
-	if (posix_spawn_file_actions_init(&fa)) {
-		free(name);
-		return -ENOMEM;
-	}
-	r = posix_spawn_file_actions_adddup2(&fa, STDERR_FILENO, STDOUT_FILENO);
-	if (!r)
-		r = posix_spawnp(&pid, prog, &fa, NULL, (char *const *)argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
+	r = cbt_run_program(argv, e);
 	free(name);
-	if (r)
-		return -r;
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR)
-			return -errno;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return r;
 }
 
 static int check_structure(struct cbt_verify *v, struct cbt_verify_image *vi, struct cbt_err *e)
 {
-	int r = qemu_img_check(v, vi->path);
+	int r = qemu_img_check(v, vi->path, e);
 
 	if (r < 0)
-		return cbt_fail(e, -r, "%s: cannot run %s", vi->path,
-				v->qemu_img ? v->qemu_img : "qemu-img");
+		return r;
 	if (r == 2)
 		report(v, vi, CBT_VERIFY_NO_OFFSET, "qemu-img check finds corruptions");
 	else if (r == 3)

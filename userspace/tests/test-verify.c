@@ -9,6 +9,9 @@
  * image, a missing middle image, a backing file that skips one, and
  * damaged digests are each found and named (image, and guest offset where
  * there is one). QEMU reads the images (qemu-nbd, qemu-img check).
+ * cbt_prune_run() cuts a chain of six down to three: the kept images read
+ * as the device did at their backups (qemu-img compare) and verify, the
+ * full with the folded images' digests and the identity of the newest.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +25,7 @@
 #include "copy.h"
 #include "digest.h"
 #include "identity.h"
+#include "prune.h"
 #include "qcow2.h"
 #include "unit.h"
 #include "verify.h"
@@ -35,7 +39,7 @@
 #define MARK "dm-cbt verify test mark"
 #define MARK_OFF (6 * MiB + 1000)
 
-static char dir[64];
+static char dir[64], run_dir[80];
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...)
@@ -330,6 +334,79 @@ static void test_damaged_digests(void)
 	CHECK(strstr(found, "full.qcow2@-: its digests are damaged") != NULL);
 }
 
+/*
+ * A chain of six (states saved as state-N.raw), pruned to three: the full
+ * then holds state 3, and inc4 and inc5 keep their names and states.
+ */
+static void test_prune(void)
+{
+	struct cbt_extent_list l = { 0 };
+	struct cbt_prune p = { 0 };
+	struct cbt_err e = { 0 };
+	char path[128], name[32], back[32];
+	unsigned int i;
+	int fd;
+
+	CHECK(sh("mkdir %s/prune && cp %s/device %s/prune/device.orig", dir, dir, dir) == 0);
+	snprintf(path, sizeof(path), "%s/device", dir);
+	fd = open(path, O_RDWR);
+	CHECK(fd >= 0);
+	for (i = 0; i < 6; i++) {
+		cbt_extents_free(&l);
+		if (i) {
+			/* Each one its own: data, zeros over the last one's data, the end. */
+			fill(fd, i * MiB + i * 4096, 200 * KiB, 10 + i);
+			zero(fd, (i - 1) * MiB + (i - 1) * 4096, 64 * KiB);
+			cbt_extents_add(&l, (i - 1) * MiB, 2 * MiB);
+		} else {
+			cbt_extents_add(&l, 0, DEV_SIZE);
+		}
+		snprintf(name, sizeof(name), "prune/c%u.qcow2", i);
+		snprintf(back, sizeof(back), "c%u.qcow2", i - 1);
+		backup(name, i ? back : NULL, &l, i == 2, 10 + i);
+		CHECK(sh("cp %s/device %s/prune/state-%u.raw", dir, dir, i) == 0);
+	}
+	close(fd);
+	cbt_extents_free(&l);
+	snprintf(path, sizeof(path), "%s/prune/c5.qcow2", dir);
+	p.top = path;
+	p.keep = 3;
+	CHECK(cbt_prune_run(&p, &e) == 0);
+	if (e.errnum)
+		fprintf(stderr, "prune: %s\n", e.msg);
+	CHECK(p.images == 6 && p.folded == 3 && p.digests);
+	free(p.base);
+	CHECK(sh("test ! -e %s/prune/c1.qcow2 && test ! -e %s/prune/c2.qcow2 && "
+		 "test ! -e %s/prune/c3.qcow2", dir, dir, dir) == 0);
+	CHECK(sh("qemu-img compare -q -F raw %s/prune/c0.qcow2 %s/prune/state-3.raw", dir,
+		 dir) == 0);
+	CHECK(sh("qemu-img compare -q -F raw %s/prune/c4.qcow2 %s/prune/state-4.raw", dir,
+		 dir) == 0);
+	CHECK(sh("qemu-img compare -q -F raw %s/prune/c5.qcow2 %s/prune/state-5.raw", dir,
+		 dir) == 0);
+	/* inc4 names the full as the full was named ("c0.qcow2", relative). */
+	CHECK(sh("qemu-img info %s/prune/c4.qcow2 | grep -q '^backing file: c0.qcow2\\( \\|$\\)'", dir) == 0);
+	CHECK(verify("prune", "c5.qcow2", NULL) == 0);
+	if (found[0])
+		fprintf(stderr, "%s", found);
+	/* Nothing more to do at three. */
+	memset(&p, 0, sizeof(p));
+	p.top = path;
+	p.keep = 3;
+	CHECK(cbt_prune_run(&p, &e) == 0 && p.folded == 0);
+	free(p.base);
+	/* One: the full holds the newest state, alone. */
+	memset(&p, 0, sizeof(p));
+	p.top = path;
+	p.keep = 1;
+	CHECK(cbt_prune_run(&p, &e) == 0 && p.folded == 2);
+	free(p.base);
+	CHECK(sh("qemu-img compare -q -F raw %s/prune/c0.qcow2 %s/prune/state-5.raw", dir,
+		 dir) == 0);
+	CHECK(verify("prune", "c0.qcow2", NULL) == 0);
+	CHECK(sh("test ! -e %s/prune/c5.qcow2", dir) == 0);
+}
+
 int main(void)
 {
 	if (system("qemu-img --version >/dev/null 2>&1 && qemu-nbd --version >/dev/null 2>&1")) {
@@ -339,6 +416,9 @@ int main(void)
 	snprintf(dir, sizeof(dir), "/tmp/test-verify.XXXXXX");
 	if (!mkdtemp(dir))
 		return 1;
+	/* A prune's journal goes here, not into the host's /run/cbtctl. */
+	snprintf(run_dir, sizeof(run_dir), "%s/run", dir);
+	setenv("CBT_RUN_DIR", run_dir, 1);
 	make_chain();
 	test_clean();
 	test_flipped_byte();
@@ -347,6 +427,7 @@ int main(void)
 	test_missing_middle();
 	test_skipping_backing();
 	test_damaged_digests();
+	test_prune();
 	sh("rm -rf %s", dir);
 	return unit_done("test-verify");
 }

@@ -74,7 +74,7 @@ test_recover_all() {
 	wait $pid 2>/dev/null || true
 	(cd / && cbtctl recover) >"$dir/recover.out" || fail "recover: $(cat "$dir/recover.out")"
 	has "$dir/recover.out" \
-		"1 views removed, 1 snapshots stopped, 0 devices resumed, 0 freeze hooks thawed, 1 bitmaps aborted, 1 temporary" || fail "recover said: $(cat "$dir/recover.out")"
+		"1 views removed, 1 snapshots stopped, 0 devices resumed, 0 freeze hooks thawed, 1 bitmaps aborted, 0 prunes finished, 1 temporary" || fail "recover said: $(cat "$dir/recover.out")"
 	active "$n0" || fail "$d0 left suspended"
 	expect_eq "views" "$(views)" 0
 	expect_eq "snapshot" "$(snap_state "$d0")" none

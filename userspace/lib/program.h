@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: LGPL-2.1 */
+/* Running another program (qemu-img) and waiting for it. */
+#ifndef CBT_PROGRAM_H
+#define CBT_PROGRAM_H
+
+#include "libcbt.h"
+
+/*
+ * Runs ARGV (ARGV[0] looked up in PATH; NULL-terminated) with its standard
+ * output on our standard error, and waits for it: its exit status (128 +
+ * the signal when one killed it), or -errno with *E naming ARGV[0] when it
+ * could not be run.
+ */
+int cbt_run_program(const char *const *argv, struct cbt_err *e);
+
+#endif /* CBT_PROGRAM_H */

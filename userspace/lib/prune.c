@@ -1,0 +1,306 @@
+// SPDX-License-Identifier: LGPL-2.1
+/* Folding a backup chain's oldest incrementals into its full: see prune.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+
+#include "backup.h"
+#include "digest.h"
+#include "identity.h"
+#include "place.h"
+#include "program.h"
+#include "prune.h"
+#include "qcow2.h"
+#include "recover.h"
+
+#define DIGEST_MAGIC	"DMCBTDIG"
+
+struct chain {
+	char **path;			/* [0] the base ... [n - 1] the top */
+	unsigned int n;
+};
+
+static void chain_free(struct chain *c)
+{
+	while (c->n)
+		free(c->path[--c->n]);
+	free(c->path);
+	c->path = NULL;
+}
+
+/* The chain under TOP, checked as a backup checks a backing chain, base first. */
+static int read_chain(const char *top, struct chain *c, struct cbt_err *e)
+{
+	struct qcow2_peek pk = { 0 };
+	struct cbt_identity id;
+	bool standalone = false;
+	char *path, *next, **np;
+	unsigned int i;
+	int r;
+
+	r = cbt_check_chain(top, top, &standalone, e);
+	if (r)
+		return r;
+	if (standalone)
+		return cbt_fail(e, EINVAL, "%s: its chain rests on a standalone incremental, which "
+				"holds only what changed: nothing to fold into", top);
+	/* cbt_check_chain() refused loops and chains too deep for QEMU. */
+	for (path = strdup(top); path; path = next) {
+		np = realloc(c->path, (c->n + 1) * sizeof(*np));
+		if (!np) {
+			free(path);
+			return cbt_fail(e, ENOMEM, "%s", top);
+		}
+		c->path = np;
+		c->path[c->n++] = path;
+		next = NULL;
+		r = qcow2_peek(path, &pk, e);
+		if (!r && !pk.cbt_ext)
+			r = cbt_fail(e, EINVAL, "%s: no dm-cbt identity: not a cbtctl backup, which "
+				     "prune keeps the identities of", path);
+		if (!r)
+			r = cbt_identity_parse(pk.cbt_ext, pk.cbt_ext_len, path, &id, e);
+		if (!r && pk.backing_file)
+			r = cbt_backing_path(path, pk.backing_file, true, &next, e);
+		qcow2_peek_free(&pk);
+		if (r)
+			return r;
+		if (!next)
+			break;
+	}
+	if (!c->n)
+		return cbt_fail(e, ENOMEM, "%s", top);
+	/* Base first. */
+	for (i = 0; i < c->n / 2; i++) {
+		path = c->path[i];
+		c->path[i] = c->path[c->n - 1 - i];
+		c->path[c->n - 1 - i] = path;
+	}
+	return 0;
+}
+
+static void step(struct cbt_prune *p, const char *fmt, const char *a, const char *b)
+{
+	char line[8400];
+
+	if (!p->step)
+		return;
+	snprintf(line, sizeof(line), fmt, a, b);
+	p->step(p->step_arg, line);
+}
+
+/* The digests of PATH into D; false (D empty) when it has none that hold. */
+static bool read_digests(const char *path, struct cbt_digests *d)
+{
+	struct cbt_err e;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int r;
+
+	if (fd < 0) {
+		memset(d, 0, sizeof(*d));
+		return false;
+	}
+	r = cbt_digests_read(fd, path, d, &e);
+	close(fd);
+	return !r;
+}
+
+/* D with the entries of NEWER in place of its own, NEWER's size. */
+static int merge_digests(struct cbt_digests *d, const struct cbt_digests *newer)
+{
+	struct cbt_digest_entry *v;
+	size_t i = 0, j = 0, n = 0;
+
+	v = malloc((d->n + newer->n + 1) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	while (i < d->n || j < newer->n) {
+		if (j == newer->n || (i < d->n && d->v[i].index < newer->v[j].index)) {
+			v[n++] = d->v[i++];
+		} else {
+			if (i < d->n && d->v[i].index == newer->v[j].index)
+				i++;
+			v[n++] = newer->v[j++];
+		}
+	}
+	free(d->v);
+	d->v = v;
+	d->n = d->cap = n;
+	d->virtual_size = newer->virtual_size;
+	return 0;
+}
+
+static int qemu_img(struct cbt_prune *p, const char *const *args, const char *what,
+		    const char *path, struct cbt_err *e)
+{
+	const char *argv[12];
+	unsigned int n = 0;
+	int r;
+
+	argv[n++] = p->qemu_img ? p->qemu_img : "qemu-img";
+	while (*args && n < 11)
+		argv[n++] = *args++;
+	argv[n] = NULL;
+	r = cbt_run_program(argv, e);
+	if (r > 0)
+		r = cbt_fail(e, EIO, "%s: qemu-img %s failed (exit status %d)", path, what, r);
+	return r;
+}
+
+/*
+ * The backing file name for NEXT once it rests on BASE: NAME (how the image
+ * folded now names BASE) when that image lies in NEXT's directory, else
+ * BASE's absolute path.
+ */
+static char *backing_name_for(const char *next, const char *folded, const char *name,
+			      const char *base)
+{
+	char *a = strdup(next), *b = strdup(folded), *da = NULL, *db = NULL, *out = NULL;
+
+	if (a && b) {
+		da = realpath(dirname(a), NULL);
+		db = realpath(dirname(b), NULL);
+	}
+	if (da && db && !strcmp(da, db))
+		out = strdup(name);
+	else
+		out = realpath(base, NULL);
+	free(a);
+	free(b);
+	free(da);
+	free(db);
+	return out;
+}
+
+/* Folds C->path[1] into the base C->path[0] (steps 1-4 of prune.h); DM: the base's digests. */
+static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm,
+		    bool *have, struct cbt_err *e)
+{
+	const char *base = c->path[0], *img = c->path[1], *next = c->n > 2 ? c->path[2] : NULL;
+	const char *commit[] = { "commit", "-q", "-d", "-f", "qcow2", img, NULL };
+	const char *rebase[] = { "rebase", "-q", "-u", "-f", "qcow2", "-b", NULL, "-F", "qcow2",
+				 next, NULL };
+	struct qcow2_peek pk = { 0 };
+	struct cbt_digests di;
+	void *trailer = NULL;
+	size_t tlen = 0;
+	char *name = NULL;
+	int r;
+
+	r = qcow2_peek(img, &pk, e);
+	if (r)
+		return r;
+	/* Its digests, read before anything changes; merged into the base's. */
+	if (*have && read_digests(img, &di)) {
+		*have = di.cluster_size == dm->cluster_size && !merge_digests(dm, &di);
+		cbt_digests_free(&di);
+	} else {
+		*have = false;
+	}
+	if (*have && cbt_digests_trailer(dm, base, &trailer, &tlen, e))
+		*have = false;
+
+	cbt_test_stop("prune-commit");
+	r = qemu_img(p, commit, "commit", img, e);
+	if (r)
+		goto out;
+	cbt_test_stop("prune-retag");
+	r = qcow2_retag(base, pk.cbt_ext, pk.cbt_ext_len, trailer, tlen, DIGEST_MAGIC,
+			strlen(DIGEST_MAGIC), e);
+	if (r)
+		goto out;
+	if (next) {
+		name = backing_name_for(next, img, pk.backing_file, base);
+		if (!name) {
+			r = cbt_fail(e, ENOMEM, "%s", next);
+			goto out;
+		}
+		rebase[6] = name;
+		cbt_test_stop("prune-rebase");
+		r = qemu_img(p, rebase, "rebase", next, e);
+		if (r)
+			goto out;
+	}
+	cbt_test_stop("prune-unlink");
+	if (unlink(img))
+		r = cbt_fail(e, errno, "%s: cannot remove it", img);
+	else
+		r = cbt_sync_dir_of(img, false, e);
+	if (!r)
+		step(p, "%s folded into %s", img, base);
+out:
+	free(trailer);
+	free(name);
+	qcow2_peek_free(&pk);
+	return r;
+}
+
+int cbt_prune_run(struct cbt_prune *p, struct cbt_err *e)
+{
+	struct cbt_journal *j = NULL;
+	struct chain c = { 0 };
+	struct cbt_digests dm = { 0 };
+	char token[128], line[4200], *abs = NULL;
+	bool have;
+	int fd = -1, r;
+
+	if (!p->keep)
+		return cbt_fail(e, EINVAL, "%s: keep at least one image", p->top);
+	r = read_chain(p->top, &c, e);
+	if (r)
+		goto out;
+	p->images = c.n;
+	p->base = strdup(c.path[0]);
+	if (!p->base) {
+		r = cbt_fail(e, ENOMEM, "%s", p->top);
+		goto out;
+	}
+	have = read_digests(c.path[0], &dm);
+	p->digests = have;
+	if (c.n <= p->keep)
+		goto out;	/* nothing to fold */
+	/* One prune at a time on a chain (QEMU's own locks keep its users out). */
+	fd = open(c.path[0], O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB)) {
+		r = cbt_fail(e, errno == EWOULDBLOCK ? EBUSY : errno, "%s: %s", c.path[0],
+			     errno == EWOULDBLOCK ? "another prune is folding into it" :
+			     "cannot open it");
+		goto out;
+	}
+	/* The journal: a recovery runs the same prune to its end. */
+	abs = realpath(p->top, NULL);
+	if (!abs) {
+		r = cbt_fail(e, errno, "%s", p->top);
+		goto out;
+	}
+	cbt_make_token(token, sizeof(token));
+	snprintf(line, sizeof(line), "%u %s", p->keep, abs);
+	r = cbt_journal_open(token, &j, e);
+	if (!r)
+		r = cbt_journal_add(j, CBT_PRUNE_JOURNAL, line, e);
+	while (!r && c.n > p->keep) {
+		r = fold_one(p, &c, &dm, &have, e);
+		if (r)
+			break;
+		p->folded++;
+		free(c.path[1]);
+		memmove(&c.path[1], &c.path[2], (c.n - 2) * sizeof(*c.path));
+		c.n--;
+	}
+	p->digests = have;
+	/* Done, or failed with the chain whole: nothing for a recovery to finish. */
+	if (j)
+		cbt_journal_release(j, false);
+out:
+	if (fd >= 0)
+		close(fd);
+	free(abs);
+	cbt_digests_free(&dm);
+	chain_free(&c);
+	return r;
+}
