@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 
 #include "backup.h"
 #include "digest.h"
@@ -177,6 +178,44 @@ static char *backing_name_for(const char *next, const char *folded, const char *
 	return out;
 }
 
+/*
+ * Puts the digests of the base once folded (TRAILER) past where the
+ * commit of IMG will allocate: after a gap of IMG's size and 2 MiB more
+ * (its clusters and the tables they need), so that the base's file still
+ * ends with them after the commit. A prune killed during the commit finds
+ * them there when it runs again.
+ */
+static int place_trailer(const char *base, const char *img, const void *trailer, size_t len,
+			 struct cbt_err *e)
+{
+	struct stat sb, si;
+	int fd, r = 0;
+
+	if (stat(img, &si))
+		return cbt_fail(e, errno, "%s: stat", img);
+	fd = open(base, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cbt_fail(e, errno, "%s: cannot open for writing", base);
+	if (fstat(fd, &sb))
+		r = cbt_fail(e, errno, "%s: stat", base);
+	else if (pwrite(fd, trailer, len, sb.st_size + si.st_size + (2 << 20)) != (ssize_t)len)
+		r = cbt_fail(e, errno ? errno : ENOSPC, "%s: writing its digests", base);
+	else if (fdatasync(fd))
+		r = cbt_fail(e, errno, "%s: fsync", base);
+	close(fd);
+	return r;
+}
+
+/* Whether PATH ends with digests of N entries, intact. */
+static bool digests_hold(const char *path, size_t n)
+{
+	struct cbt_digests d;
+	bool ok = read_digests(path, &d) && d.n == n;
+
+	cbt_digests_free(&d);
+	return ok;
+}
+
 /* Folds C->path[1] into the base C->path[0] (steps 1-4 of prune.h); DM: the base's digests. */
 static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm,
 		    bool *have, struct cbt_err *e)
@@ -185,16 +224,22 @@ static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm
 	const char *commit[] = { "commit", "-q", "-d", "-f", "qcow2", img, NULL };
 	const char *rebase[] = { "rebase", "-q", "-u", "-f", "qcow2", "-b", NULL, "-F", "qcow2",
 				 next, NULL };
-	struct qcow2_peek pk = { 0 };
+	struct qcow2_peek pk = { 0 }, bpk = { 0 };
 	struct cbt_digests di;
-	void *trailer = NULL;
-	size_t tlen = 0;
+	struct cbt_err why;
+	void *trailer = NULL, *before = NULL;
+	size_t tlen = 0, blen = 0;
 	char *name = NULL;
 	int r;
 
 	r = qcow2_peek(img, &pk, e);
+	if (!r)
+		r = qcow2_peek(base, &bpk, e);
 	if (r)
-		return r;
+		goto out;
+	/* The base's digests as they are, put back should the commit fail. */
+	if (*have && cbt_digests_trailer(dm, base, &before, &blen, e))
+		*have = false;
 	/* Its digests, read before anything changes; merged into the base's. */
 	if (*have && read_digests(img, &di)) {
 		*have = di.cluster_size == dm->cluster_size && !merge_digests(dm, &di);
@@ -205,13 +250,28 @@ static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm
 	if (*have && cbt_digests_trailer(dm, base, &trailer, &tlen, e))
 		*have = false;
 
+	if (*have) {
+		r = place_trailer(base, img, trailer, tlen, e);
+		if (r)
+			goto out;
+	}
 	cbt_test_stop("prune-commit");
 	r = qemu_img(p, commit, "commit", img, e);
-	if (r)
+	if (r) {
+		/* Refused (QEMU's lock: a VM, an export) or failed: as it was, if it can. */
+		if (*have && qcow2_retag(base, bpk.cbt_ext, bpk.cbt_ext_len, before, blen, NULL, 0,
+					 &why))
+			*have = false;
 		goto out;
+	}
 	cbt_test_stop("prune-retag");
-	r = qcow2_retag(base, pk.cbt_ext, pk.cbt_ext_len, trailer, tlen, DIGEST_MAGIC,
-			strlen(DIGEST_MAGIC), e);
+	/* The digests again if the commit allocated past them; a stale footer goes. */
+	if (*have && digests_hold(base, dm->n)) {
+		free(trailer);
+		trailer = NULL;
+	}
+	r = qcow2_retag(base, pk.cbt_ext, pk.cbt_ext_len, trailer, tlen,
+			*have ? NULL : DIGEST_MAGIC, *have ? 0 : strlen(DIGEST_MAGIC), e);
 	if (r)
 		goto out;
 	if (next) {
@@ -235,8 +295,10 @@ static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm
 		step(p, "%s folded into %s", img, base);
 out:
 	free(trailer);
+	free(before);
 	free(name);
 	qcow2_peek_free(&pk);
+	qcow2_peek_free(&bpk);
 	return r;
 }
 

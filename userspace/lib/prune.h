@@ -6,9 +6,12 @@
  * and then holds the oldest kept point in time; the kept incrementals keep
  * theirs. Folding image I (right above the full F):
  *
- *   1. "qemu-img commit -d I": F gets I's clusters (I is left as it is);
- *   2. F's digests (digest.h) become its own and I's, merged, appended to
- *      F, and F's identity becomes I's (qcow2_retag());
+ *   1. F's digests (digest.h) and I's, merged, are written into F past the
+ *      space the commit will use, so that F's file still ends with them;
+ *      then "qemu-img commit -d I": F gets I's clusters (I is left as it
+ *      is);
+ *   2. F's identity becomes I's (qcow2_retag(); the digests appended again
+ *      if the commit went past them);
  *   3. "qemu-img rebase -u": the image above I (if any) names F as its
  *      backing file;
  *   4. I is removed.

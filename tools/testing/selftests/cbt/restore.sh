@@ -17,11 +17,15 @@
 # committed at another image. cbtctl verify passes a chain of real
 # backups (one compressed) and names the image and guest offset of a byte
 # changed in the middle image's data; a mode=existing image has no digests.
+# cbtctl prune cuts a chain of six real backups to three, each kept image
+# as the device was at its backup and the chain verified; SIGKILL at each
+# step of a fold leaves the chain reading as before, and recover finishes
+# the fold.
 . "$(dirname "$0")/lib.sh"
 
 require_root
 require_tools dmsetup losetup qemu-io qemu-img qemu-nbd cbtctl
-plan 5
+plan 6
 
 SIZE=$((16 << 20))
 
@@ -222,6 +226,65 @@ test_verify() {
 		fail "the report of no digests: $(cat "$dir/err")"
 }
 
+# next_backup N: backup N of a chain on $dev (full at 0) in $dir/cN.qcow2, the device then in state-N.raw.
+next_backup() {
+	local n=$1
+	qio "$dev" "write -P $((0x50 + n)) $((n * 1024 * 1024 + n * 4096)) 300k" "write -z $((n * 512 * 1024)) 64k"
+	if [ "$n" = 0 ]; then
+		cbtctl backup -q --sync=full --bitmap=b0 "$dev=$dir/c0.qcow2" || fail "full"
+	else
+		cbtctl backup -q --sync=incremental --bitmap=b0 \
+			"$dev=$dir/c$n.qcow2,backing=c$((n - 1)).qcow2" || fail "incremental $n"
+	fi
+	dd if="$dev" of="$dir/state-$n.raw" bs=1M iflag=direct status=none
+}
+
+# kept TOP FULL N...: the chain at TOP is c0 (as state FULL), then cN..., each as its state.
+kept() {
+	local top=$1 full=$2 n want=("$dir/c0.qcow2") got=() line
+	shift 2
+	qemu-img compare -q -F raw "$dir/c0.qcow2" "$dir/state-$full.raw" ||
+		fail "the full differs from the device at backup $full"
+	for n in "$@"; do
+		want+=("$dir/c$n.qcow2")
+		qemu-img compare -q -F raw "$dir/c$n.qcow2" "$dir/state-$n.raw" ||
+			fail "c$n.qcow2 differs from the device at its backup"
+	done
+	while IFS= read -r line; do
+		[[ $line == image:* ]] && got=("$dir/${line#image: }" "${got[@]}")
+	done < <(cd "$dir" && qemu-img info --backing-chain "$top")
+	expect_eq "the chain of $top" "${got[*]}" "${want[*]}"
+}
+
+test_prune() {
+	local dir dev loop n phase pid
+	make_tmpdir dir
+	cbt_over_file "$dir/a.raw" $SIZE a
+	cbtctl bitmap add "$dev" b0 || fail "bitmap add"
+	for n in 0 1 2 3 4 5; do next_backup $n; done
+	cbtctl prune --json --keep=3 "$dir/c5.qcow2" >"$dir/out" || fail "prune: $(cat "$dir/out")"
+	expect_eq "images folded" "$(json_field folded <"$dir/out")" 3
+	expect_eq "the full's digests" "$(json_field digests <"$dir/out")" true
+	kept c5.qcow2 3 4 5
+	cbtctl verify -q "$dir/c5.qcow2" || fail "verify after the prune"
+	# One fold killed at each step: the chain reads as before; recover finishes it.
+	n=5
+	for phase in prune-commit prune-retag prune-rebase prune-unlink; do
+		next_backup $((++n))
+		CBT_TEST_STOP_AT=$phase cbtctl prune -q --keep=3 "$dir/c$n.qcow2" &
+		pid=$!
+		wait_stopped $pid $phase || return 1
+		kill -9 $pid
+		wait $pid 2>/dev/null || true
+		qemu-img compare -q -F raw "$dir/c$n.qcow2" "$dir/state-$n.raw" ||
+			fail "killed at $phase: the chain differs from its state"
+		cbtctl recover >"$dir/rec" || fail "recover after $phase: $(cat "$dir/rec")"
+		has "$dir/rec" " 1 prunes finished" || fail "recover after $phase said: $(cat "$dir/rec")"
+		kept "c$n.qcow2" $((n - 2)) $((n - 1)) $n
+		cbtctl verify -q "$dir/c$n.qcow2" || fail "verify after a prune killed at $phase"
+	done
+}
+
 run_test "a chain restored onto a plain device and through the cbt device; the next incremental" \
 	test_restore
 run_test "below the cbt device: refused; --force makes the bitmaps inconsistent first" test_below
@@ -229,4 +292,6 @@ run_test "refusals change nothing: larger image, in use, open, another disk's, n
 	test_refusals
 run_test "quick rollback: only what the bitmap and the newer images hold" test_rollback
 run_test "verify: a clean chain passes, a changed byte is named, no digests is said" test_verify
+run_test "prune: six backups to three, each kept image its state; killed at each step, recovered" \
+	test_prune
 finish
