@@ -41,10 +41,13 @@ mount -t tmpfs -o size=$((size_mb * 3 + 256))m tmpfs "$dir"
 read -ra cbtctl <<<"$(tmpfs_prog "$dir" cbtctl)"
 read -ra qemu_img <<<"$(tmpfs_prog "$dir" qemu-img)"
 read -ra dd <<<"$(tmpfs_prog "$dir" dd)"
-# The servers restore starts, from tmpfs too (CBT_QEMU_NBD takes one path).
-printf '#!/bin/sh\nexec %s "$@"\n' "$(tmpfs_prog "$dir" qemu-nbd)" >"$dir/qemu-nbd"
-chmod +x "$dir/qemu-nbd"
-export CBT_QEMU_NBD=$dir/qemu-nbd
+# The programs restore and verify start, from tmpfs too (CBT_QEMU_NBD and
+# CBT_QEMU_IMG take one path each).
+for t in qemu-nbd qemu-img; do
+	printf '#!/bin/sh\nexec %s "$@"\n' "$(tmpfs_prog "$dir" $t)" >"$dir/$t"
+	chmod +x "$dir/$t"
+done
+export CBT_QEMU_NBD=$dir/qemu-nbd CBT_QEMU_IMG=$dir/qemu-img
 
 # The chain's content: a brd device, 3/4 random and 1/4 zeros.
 rmmod brd 2>/dev/null || true
@@ -82,7 +85,7 @@ ddw=$(seconds dd if=/dev/ram0 of="$dev" bs=1M oflag=direct)
 row "dd of the device's size, O_DIRECT, 1 MiB" "$ddw" ""
 full=$(seconds cbtctl restore --json "$dir/inc.qcow2" "$dev")
 qemu-img compare -q -F raw "$dir/inc.qcow2" "$dev"
-row "cbtctl restore (8 connections)" "$full" "$(calc "$ddw / $full") of dd's throughput"
+row "cbtctl restore (8 threads)" "$full" "$(calc "$ddw / $full") of dd's throughput"
 conv=$(seconds qemu-img convert -n -O raw "$dir/inc.qcow2" "$dev")
 row "qemu-img convert -n -O raw" "$conv" "cbtctl $(calc "$conv / $full")x faster"
 conv16=$(seconds qemu-img convert -n -m 16 -W -t none -O raw "$dir/inc.qcow2" "$dev")
@@ -118,14 +121,12 @@ mount /dev/bench-verify "$dir/v"
 cp "$dir/full.qcow2" "$dir/inc.qcow2" "$dir/inc2.qcow2" "$dir/v/"
 sync
 read -ra cat <<<"$(tmpfs_prog "$dir" cat)"
-printf '#!/bin/sh\nexec %s "$@"\n' "$(tmpfs_prog "$dir" qemu-img)" >"$dir/qemu-img"
-chmod +x "$dir/qemu-img"
 echo 3 >/proc/sys/vm/drop_caches
 rd=$(seconds cat "$dir/v/full.qcow2" "$dir/v/inc.qcow2" "$dir/v/inc2.qcow2")
 chain_mb=$(($(du -cm --apparent-size "$dir"/v/*.qcow2 | tail -1 | cut -f1)))
 row "cat of the chain's files ($chain_mb MiB, ext4)" "$rd" ""
 echo 3 >/proc/sys/vm/drop_caches
-ver=$(CBT_QEMU_IMG=$dir/qemu-img seconds cbtctl verify --json "$dir/v/inc2.qcow2")
-row "cbtctl verify (4 connections)" "$ver" "$(calc "$rd / $ver") of reading the files"
+ver=$(seconds cbtctl verify --json "$dir/v/inc2.qcow2")
+row "cbtctl verify (4 threads)" "$ver" "$(calc "$rd / $ver") of reading the files"
 umount "$dir/v"
 rmdir "$nb2"

@@ -308,7 +308,7 @@ static int plan_rollback(const struct restore_cli *cli, const char *image, const
 		goto out;
 	}
 	if (cbt_extents(name, info.name, 0, 0, add_extent, &dirty, &e) ||
-	    (depth && cbt_restore_layers(getenv("CBT_QEMU_NBD"), newest, depth, &layers, &e)) ||
+	    (depth && cbt_restore_layers(getenv("CBT_QEMU_IMG"), newest, depth, &layers, &e)) ||
 	    cbt_extents_union(&dirty, &layers)) {
 		if (!e.msg[0])
 			cbt_fail(&e, ENOMEM, "%s: no memory", name);
@@ -534,6 +534,7 @@ int cmd_restore(int argc, char **argv)
 	r.image = image;
 	r.device = dev;
 	r.qemu_nbd = getenv("CBT_QEMU_NBD");
+	r.qemu_img = getenv("CBT_QEMU_IMG");
 	r.parallel = cli.parallel;
 	r.rate = cli.rate_limit ? &rate : NULL;
 	r.cancel = &cancelled;

@@ -3,6 +3,8 @@
 #ifndef CBT_PROGRAM_H
 #define CBT_PROGRAM_H
 
+#include <stddef.h>
+
 #include "libcbt.h"
 
 /*
@@ -12,5 +14,12 @@
  * could not be run.
  */
 int cbt_run_program(const char *const *argv, struct cbt_err *e);
+
+/*
+ * The same, its standard output read into *OUT (malloc()ed, NUL-terminated,
+ * *LEN bytes without the NUL; NULL after an error).
+ */
+int cbt_run_program_output(const char *const *argv, char **out, size_t *len,
+			   struct cbt_err *e);
 
 #endif /* CBT_PROGRAM_H */

@@ -2203,6 +2203,7 @@ int qcow2_peek(const char *path, struct qcow2_peek *out, struct cbt_err *e)
 		}
 		incompat = get_be64(h + HDR_INCOMPATIBLE_FEATURES);
 		out->corrupt = incompat & INCOMPAT_CORRUPT;
+		out->data_file = incompat & INCOMPAT_DATA_FILE;
 		if (incompat & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE |
 				 INCOMPAT_COMPRESSION | INCOMPAT_EXTL2)) {
 			r = cbt_fail(e, ENOTSUP, "%s: unknown incompatible features 0x%llx", path,

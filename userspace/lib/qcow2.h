@@ -227,6 +227,7 @@ struct qcow2_peek {
 	char *cbt_ext;		/* the dm-cbt extension, NUL added; NULL: none */
 	size_t cbt_ext_len;
 	bool has_data;		/* an L1 entry points to an L2 table: clusters allocated */
+	bool data_file;		/* its data lies in an external data file */
 };
 
 /*

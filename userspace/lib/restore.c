@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "qmap.h"
 #include "restore.h"
 
 /* A zero range is done in pieces of at most this, so that the progress moves. */
@@ -21,11 +22,15 @@
 struct item {
 	uint64_t off, len;
 	bool zero;
+	int layer;			/* data read from this layer's file at HOST; -1: over NBD */
+	uint64_t host;
 };
 
 struct restore_priv {
-	struct nbd_handle **h;		/* one per worker; [0] made by cbt_restore_open() */
+	struct nbd_handle **h;		/* one per worker, connected when it first needs one */
 	unsigned int nr;
+	struct cbt_qmap map;		/* where the chain's data lies */
+	int *layer_fd;			/* each layer's file, read-only */
 	struct cbt_extent_list data;	/* the data, widened to whole blocks */
 	struct item *items;
 	size_t nr_items;
@@ -198,48 +203,26 @@ int cbt_nbd_walk_status(struct nbd_handle *h, const char *image, const char *con
 	return 0;
 }
 
-struct depth_ctx {
-	struct cbt_extent_list *out;
-	unsigned int depth;
-};
-
-/* qemu:allocation-depth: the extents allocated in the top D->depth images. */
-static int depth_extent(void *arg, uint64_t off, uint64_t len, uint32_t depth)
-{
-	struct depth_ctx *d = arg;
-
-	return depth >= 1 && depth <= d->depth ? cbt_extents_add(d->out, off, len) : 0;
-}
-
-int cbt_restore_layers(const char *qemu_nbd, const char *image, unsigned int depth,
+int cbt_restore_layers(const char *qemu_img, const char *image, unsigned int depth,
 		       struct cbt_extent_list *out, struct cbt_err *e)
 {
-	struct depth_ctx d = { .out = out, .depth = depth };
-	struct nbd_handle *h = nbd_create();
-	int64_t got;
-	int r = 0;
+	struct cbt_qmap m;
+	size_t i;
+	int r;
 
-	if (!h)
-		return nbd_fail(e, image, "cannot make an NBD handle");
-	if (nbd_add_meta_context(h, "qemu:allocation-depth") < 0)
-		r = nbd_fail(e, image, "cannot ask for qemu:allocation-depth");
-	if (!r)
-		r = cbt_nbd_connect_image(qemu_nbd, image, true, false, h, e);
-	if (!r && nbd_can_meta_context(h, "qemu:allocation-depth") != 1)
-		r = cbt_fail(e, ENOTSUP, "%s: the server gives no qemu:allocation-depth", image);
-	if (!r && (got = nbd_get_size(h)) < 0)
-		r = nbd_fail(e, image, "cannot read its size");
-	if (!r)
-		r = cbt_nbd_walk_status(h, image, "qemu:allocation-depth", "allocation depth",
-				(uint64_t)got, depth_extent, &d, e);
-	nbd_close(h);
+	r = cbt_qemu_map(qemu_img, image, false, &m, e);
+	for (i = 0; !r && i < m.n; i++)
+		if (m.v[i].present && m.v[i].depth < depth &&
+		    cbt_extents_add(out, m.v[i].start, m.v[i].length))
+			r = cbt_fail(e, ENOMEM, "%s: no memory", image);
+	cbt_qmap_free(&m);
 	return r;
 }
 
 int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e)
 {
 	struct restore_priv *p;
-	int64_t size;
+	unsigned int i;
 
 	if (!r->parallel)
 		r->parallel = CBT_RESTORE_PARALLEL_DEFAULT;
@@ -255,30 +238,56 @@ int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e)
 	p->nr = r->parallel;
 	pthread_mutex_init(&p->lock, NULL);
 	r->priv = p;
-	p->h[0] = nbd_create();
-	if (!p->h[0])
-		return nbd_fail(e, r->image, "cannot make an NBD handle");
-	if (nbd_add_meta_context(p->h[0], LIBNBD_CONTEXT_BASE_ALLOCATION) < 0)
-		return nbd_fail(e, r->image, "cannot ask for base:allocation");
-	if (connect_one(r, p->h[0], e))
+	if (cbt_qemu_map(r->qemu_img, r->image, false, &p->map, e))
 		return -e->errnum;
-	size = nbd_get_size(p->h[0]);
-	if (size < 0)
-		return nbd_fail(e, r->image, "cannot read its size");
-	r->size = (uint64_t)size;
+	r->size = p->map.size;
+	p->layer_fd = calloc(p->map.nr_layers, sizeof(*p->layer_fd));
+	if (!p->layer_fd)
+		return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
+	for (i = 0; i < p->map.nr_layers; i++)
+		p->layer_fd[i] = -1;
+	for (i = 0; p->map.direct && i < p->map.nr_layers; i++) {
+		p->layer_fd[i] = open(p->map.layers[i], O_RDONLY | O_CLOEXEC);
+		if (p->layer_fd[i] < 0)
+			return cbt_fail(e, errno, "%s: cannot open it", p->map.layers[i]);
+	}
 	return 0;
 }
 
-/* base:allocation: each data extent joins the list, widened to whole blocks. */
-static int map_extent(void *arg, uint64_t off, uint64_t len, uint32_t flags)
+/* A data extent of the map joins the list, widened to whole blocks. */
+static int map_extent(struct cbt_restore *r, uint64_t off, uint64_t len)
 {
-	struct cbt_restore *r = arg;
 	uint64_t bs = r->block_size, start = off / bs * bs;
 
-	if (flags & LIBNBD_STATE_ZERO)
-		return 0;
 	/* Widened, it may overlap the last: cbt_extents_add() joins them. */
 	return cbt_extents_add(&r->priv->data, start, (off + len + bs - 1) / bs * bs - start);
+}
+
+/*
+ * Where a data request from OFF (to END at most) ends: at the end of the
+ * map extent holding OFF when that ends on a block. And where it is read
+ * from: the layer's file at the offset QEMU gives (*LAYER, *HOST) when
+ * that extent holds all of it (or all up to the image's end, inside the
+ * last block), else over NBD (*LAYER -1).
+ */
+static uint64_t place_data(struct cbt_restore *r, uint64_t off, uint64_t end, int *layer,
+			   uint64_t *host)
+{
+	const struct cbt_qmap_extent *x = cbt_qmap_find(&r->priv->map, off);
+	uint64_t xend;
+
+	*layer = -1;
+	*host = 0;
+	if (!x || !r->priv->map.direct)
+		return end;
+	xend = x->start + x->length;
+	if (xend < end && xend % r->block_size == 0)
+		end = xend;
+	if (x->data && x->offset != CBT_QMAP_NO_OFFSET && (end <= xend || xend == r->size)) {
+		*layer = (int)x->depth;
+		*host = x->offset + (off - x->start);
+	}
+	return end;
 }
 
 /*
@@ -315,7 +324,9 @@ static int clip_items(struct cbt_restore *r, struct cbt_err *e)
 				}
 				v = nv;
 			}
-			v[n++] = (struct item){ s, t - s, p->items[i].zero };
+			v[n++] = (struct item){ s, t - s, p->items[i].zero, p->items[i].layer,
+						p->items[i].host + (p->items[i].layer >= 0 ?
+								    s - p->items[i].off : 0) };
 		}
 		/* Whichever ends first goes. */
 		if (p->items[i].off + p->items[i].len <= b) {
@@ -335,13 +346,14 @@ static int clip_items(struct cbt_restore *r, struct cbt_err *e)
 static int build_items(struct cbt_restore *r, struct cbt_err *e)
 {
 	struct restore_priv *p = r->priv;
-	uint64_t bs = r->block_size, end = (r->size + bs - 1) / bs * bs, pos, len, piece;
+	uint64_t bs = r->block_size, end = (r->size + bs - 1) / bs * bs, pos, len, piece, host;
 	size_t i, cap = 0;
 	struct item *v;
+	int layer;
 
-	if (cbt_nbd_walk_status(p->h[0], r->image, LIBNBD_CONTEXT_BASE_ALLOCATION, "allocation map",
-			r->size, map_extent, r, e))
-		return -e->errnum;
+	for (i = 0; i < p->map.n; i++)
+		if (p->map.v[i].data && map_extent(r, p->map.v[i].start, p->map.v[i].length))
+			return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
 	/*
 	 * A last block that the image ends inside is data (read up to the
 	 * image's end, the rest kept as the device has it), never zeroed whole.
@@ -365,6 +377,10 @@ static int build_items(struct cbt_restore *r, struct cbt_err *e)
 		piece = zero ? ZERO_PIECE : CBT_COPY_REQUEST;
 		if (len > piece)
 			len = piece;
+		layer = -1;
+		host = 0;
+		if (!zero)
+			len = place_data(r, pos, pos + len, &layer, &host) - pos;
 		if (p->nr_items == cap) {
 			cap = cap ? 2 * cap : 256;
 			v = realloc(p->items, cap * sizeof(*v));
@@ -372,7 +388,7 @@ static int build_items(struct cbt_restore *r, struct cbt_err *e)
 				return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
 			p->items = v;
 		}
-		p->items[p->nr_items++] = (struct item){ pos, len, zero };
+		p->items[p->nr_items++] = (struct item){ pos, len, zero, layer, host };
 		pos += len;
 		if (!zero && pos == p->data.v[i].offset + p->data.v[i].length)
 			i++;
@@ -399,6 +415,23 @@ static int write_all(struct cbt_restore *r, const char *buf, uint64_t len, uint6
 	return 0;
 }
 
+static ssize_t pread_full(int fd, char *buf, uint64_t len, uint64_t off)
+{
+	ssize_t n;
+
+	while (len) {
+		n = pread(fd, buf, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		buf += n;
+		len -= n;
+		off += n;
+	}
+	return 0;
+}
+
 static int copy_item(struct cbt_restore *r, struct nbd_handle *h, char *buf,
 		     const struct item *it, struct cbt_err *e)
 {
@@ -416,8 +449,15 @@ static int copy_item(struct cbt_restore *r, struct nbd_handle *h, char *buf,
 					r->device,
 					(unsigned long long)(it->off + it->len - r->block_size));
 	}
-	if (nbd_pread(h, buf, n, it->off, 0) < 0)
+	if (it->layer >= 0) {
+		got = pread_full(r->priv->layer_fd[it->layer], buf, n, it->host);
+		if (got)
+			return cbt_fail(e, -got, "%s: reading %llu bytes at file offset %llu",
+					r->priv->map.layers[it->layer], (unsigned long long)n,
+					(unsigned long long)it->host);
+	} else if (nbd_pread(h, buf, n, it->off, 0) < 0) {
 		return nbd_fail_at(e, r->image, "reading", it->off);
+	}
 	return write_all(r, buf, it->len, it->off, e);
 }
 
@@ -480,13 +520,6 @@ static void *worker(void *arg)
 
 	if (posix_memalign((void **)&buf, 4096, CBT_COPY_REQUEST))
 		rc = cbt_fail(&e, ENOMEM, "%s: no memory", r->device);
-	if (!rc && !p->h[w->i]) {
-		p->h[w->i] = nbd_create();
-		if (!p->h[w->i])
-			rc = nbd_fail(&e, r->image, "cannot make an NBD handle");
-		else
-			rc = connect_one(r, p->h[w->i], &e);
-	}
 	for (;;) {
 		pthread_mutex_lock(&p->lock);
 		if (!rc && r->cancel && *r->cancel)
@@ -504,6 +537,20 @@ static void *worker(void *arg)
 		r->written = true;	/* from now on the device may have changed */
 		pthread_mutex_unlock(&p->lock);
 
+		/* A server of its own once the worker reads over NBD (compressed data). */
+		if (!it.zero && it.layer < 0 && !p->h[w->i]) {
+			p->h[w->i] = nbd_create();
+			if (!p->h[w->i]) {
+				rc = nbd_fail(&e, r->image, "cannot make an NBD handle");
+				continue;
+			}
+			rc = connect_one(r, p->h[w->i], &e);
+			if (rc)
+				continue;
+			pthread_mutex_lock(&p->lock);
+			r->connections++;
+			pthread_mutex_unlock(&p->lock);
+		}
 		if (it.zero)
 			rc = zero_item(r, buf, &it, &unmapped, &e);
 		else
@@ -557,7 +604,7 @@ int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e)
 		free(w);
 		return cbt_fail(e, ENOMEM, "%s: no memory", r->device);
 	}
-	/* No more workers than requests: each starts a server. */
+	/* No more workers than requests. */
 	for (i = 0; i < p->nr && i < p->nr_items; i++) {
 		w[i] = (struct worker){ r, i };
 		if (pthread_create(&t[i], NULL, worker, &w[i])) {
@@ -570,7 +617,7 @@ int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e)
 		}
 		started++;
 	}
-	r->connections = started;
+	r->workers = started;
 	for (i = 0; i < started; i++)
 		pthread_join(t[i], NULL);
 	free(t);
@@ -593,6 +640,11 @@ void cbt_restore_close(struct cbt_restore *r)
 		return;
 	for (i = 0; i < p->nr; i++)
 		nbd_close(p->h[i]);
+	for (i = 0; p->layer_fd && i < p->map.nr_layers; i++)
+		if (p->layer_fd[i] >= 0)
+			close(p->layer_fd[i]);
+	free(p->layer_fd);
+	cbt_qmap_free(&p->map);
 	pthread_mutex_destroy(&p->lock);
 	cbt_extents_free(&p->data);
 	free(p->items);

@@ -3,15 +3,16 @@
  * Restoring a qcow2 backup chain onto a block device: the device then reads
  * as the chain's top image does, over the image's virtual size.
  *
- * QEMU reads the chain (qemu-nbd, one read-only server per connection,
- * started by libnbd through socket activation and gone with it), so every
- * qcow2 feature QEMU reads is read here too. The image's allocation map
- * (base:allocation) splits the disk into data, read and written in
+ * QEMU maps the chain ("qemu-img map", qmap.h): data it reads as stored
+ * is read from the image files at the offsets QEMU gives; the rest
+ * (compressed clusters) QEMU reads (qemu-nbd, a read-only server per
+ * worker that needs one, started by libnbd through socket activation and
+ * gone with it). The map splits the disk into data, read and written in
  * requests of CBT_COPY_REQUEST bytes, and zero ranges, which become
  * write-zeroes (an unmapping one first, where the device's zeroes are
- * guaranteed). Requests run on one thread per connection, many in
- * flight, in any order; the device is written with O_DIRECT where its
- * alignment allows, and flushed at the end.
+ * guaranteed). Requests run on several threads, in any order; the device
+ * is written with O_DIRECT where its alignment allows, and flushed at the
+ * end.
  */
 #ifndef CBT_RESTORE_H
 #define CBT_RESTORE_H
@@ -34,6 +35,7 @@ struct cbt_restore {
 	uint64_t device_size;
 	unsigned int block_size;	/* its logical block size: the write unit */
 	const char *qemu_nbd;		/* NULL: "qemu-nbd" from PATH */
+	const char *qemu_img;		/* NULL: "qemu-img" from PATH */
 	unsigned int parallel;		/* 0: CBT_RESTORE_PARALLEL_DEFAULT */
 	struct cbt_rate *rate;		/* NULL: no limit; counts data bytes read */
 	const volatile int *cancel;	/* non-zero: stop with -ECANCELED */
@@ -54,15 +56,16 @@ struct cbt_restore {
 	uint64_t zero_bytes;		/* written as zeroes */
 	uint64_t unmapped_bytes;	/* of those, zeroed by unmapping */
 	uint64_t requests;
-	unsigned int connections;	/* workers started, each with its server */
+	unsigned int workers;		/* threads started */
+	unsigned int connections;	/* of them, those that started a server (compressed data) */
 	bool written;			/* a request was started */
 
 	struct restore_priv *priv;
 };
 
 /*
- * Starts the servers and connects (r->parallel connections), and sets
- * r->size. Nothing is written. Errors name the image.
+ * Maps the chain and opens its files, and sets r->size. Nothing is
+ * written. Errors name the image.
  */
 int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e);
 
@@ -82,9 +85,9 @@ int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e);
 
 /*
  * Adds to OUT the ranges allocated in the top DEPTH images of IMAGE's chain
- * (QEMU's qemu:allocation-depth, 1 to DEPTH), in ascending order.
+ * (QEMU's map, depth 0 to DEPTH - 1), in ascending order.
  */
-int cbt_restore_layers(const char *qemu_nbd, const char *image, unsigned int depth,
+int cbt_restore_layers(const char *qemu_img, const char *image, unsigned int depth,
 		       struct cbt_extent_list *out, struct cbt_err *e);
 
 /* Disconnects (the servers exit) and frees what cbt_restore_open() made. */

@@ -17,6 +17,7 @@
 #include "identity.h"
 #include "program.h"
 #include "qcow2.h"
+#include "qmap.h"
 #include "restore.h"
 #include "verify.h"
 
@@ -32,8 +33,13 @@ struct bad {
 	enum bad_kind kind;
 };
 
+enum read_how { READ_FILE, READ_ZEROS, READ_NBD };
+
+/* What a reader takes: within one extent of the image's map. */
 struct piece {
 	uint64_t off, len;
+	enum read_how how;
+	uint64_t host;			/* READ_FILE: in the image's file */
 };
 
 /* One image's data check, shared by its readers. */
@@ -42,8 +48,9 @@ struct data_check {
 	const char *path;
 	const struct cbt_digests *d;
 	uint64_t size;
-	struct nbd_handle **h;
+	struct nbd_handle **h;		/* per reader, once it reads over NBD */
 	unsigned int nr_h;
+	int fd;				/* the image's file */
 	struct piece *pieces;
 	size_t nr_pieces;
 
@@ -221,8 +228,28 @@ static void check_piece(struct data_check *dc, const struct piece *p, const char
 	}
 	pthread_mutex_lock(&dc->lock);
 	dc->clusters += n;
-	dc->bytes += p->len;
+	if (p->how != READ_ZEROS)
+		dc->bytes += p->len;
 	pthread_mutex_unlock(&dc->lock);
+}
+
+static int read_file(struct data_check *dc, char *buf, const struct piece *p,
+		     struct cbt_err *e)
+{
+	uint64_t done = 0;
+	ssize_t n;
+
+	while (done < p->len) {
+		n = pread(dc->fd, buf + done, p->len - done, (off_t)(p->host + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return cbt_fail(e, n < 0 ? errno : EIO, "%s: reading %llu bytes at file "
+					"offset %llu", dc->path, (unsigned long long)(p->len - done),
+					(unsigned long long)(p->host + done));
+		done += n;
+	}
+	return 0;
 }
 
 static void *reader(void *arg)
@@ -237,12 +264,6 @@ static void *reader(void *arg)
 	buf = malloc(dc->d->cluster_size > READ_PIECE ? dc->d->cluster_size : READ_PIECE);
 	if (!buf)
 		r = cbt_fail(&e, ENOMEM, "%s: no memory", dc->path);
-	if (!r && !dc->h[rd->i]) {
-		dc->h[rd->i] = nbd_create();
-		r = dc->h[rd->i] ? cbt_nbd_connect_image(dc->v->qemu_nbd, dc->path, false, true,
-							 dc->h[rd->i], &e) :
-				   cbt_fail(&e, ENOMEM, "%s: cannot make an NBD handle", dc->path);
-	}
 	for (;;) {
 		pthread_mutex_lock(&dc->lock);
 		if (r) {
@@ -256,34 +277,92 @@ static void *reader(void *arg)
 		}
 		p = dc->pieces[dc->next++];
 		pthread_mutex_unlock(&dc->lock);
-		if (nbd_pread(dc->h[rd->i], buf, p.len, p.off, 0) < 0)
+		if (p.how == READ_NBD && !dc->h[rd->i]) {
+			dc->h[rd->i] = nbd_create();
+			r = dc->h[rd->i] ? cbt_nbd_connect_image(dc->v->qemu_nbd, dc->path, false,
+								 true, dc->h[rd->i], &e) :
+					   cbt_fail(&e, ENOMEM, "%s: cannot make an NBD handle",
+						    dc->path);
+			if (r)
+				continue;
+		}
+		if (p.how == READ_ZEROS)
+			memset(buf, 0, p.len);
+		else if (p.how == READ_FILE)
+			r = read_file(dc, buf, &p, &e);
+		else if (nbd_pread(dc->h[rd->i], buf, p.len, p.off, 0) < 0)
 			r = nbd_err(&e, dc->path, "reading", p.off);
-		else
+		if (!r)
 			check_piece(dc, &p, buf);
 	}
 	free(buf);
 	return NULL;
 }
 
-/* qemu:allocation-depth without the backing file: 1 where the image holds the cluster. */
-static int alloc_extent(void *arg, uint64_t off, uint64_t len, uint32_t depth)
-{
-	return depth == 1 ? cbt_extents_add(arg, off, len) : 0;
-}
-
 /*
  * The clusters allocated (ALLOC, whole clusters) against the recorded
  * ones: a cluster without a digest, a recorded one not there (a zero
- * cluster needs to be there only over a backing file). Also cuts ALLOC
- * into the readers' pieces.
+ * cluster needs to be there only over a backing file).
  */
+static int add_piece(struct data_check *dc, const struct piece *pc, size_t *cap,
+		     struct cbt_err *e)
+{
+	struct piece *np;
+
+	if (dc->nr_pieces == *cap) {
+		*cap = *cap ? 2 * *cap : 256;
+		np = realloc(dc->pieces, *cap * sizeof(*np));
+		if (!np)
+			return cbt_fail(e, ENOMEM, "%s: no memory", dc->path);
+		dc->pieces = np;
+	}
+	dc->pieces[dc->nr_pieces++] = *pc;
+	return 0;
+}
+
+/*
+ * The readers' pieces: each extent the image holds itself (the map's
+ * depth 0), in whole clusters of at most READ_PIECE bytes; read from the
+ * file where QEMU gives an offset, zeros where it reads zeros, else over
+ * NBD (compressed clusters).
+ */
+static int cut_pieces(struct data_check *dc, const struct cbt_qmap *m, struct cbt_err *e)
+{
+	uint32_t cs = dc->d->cluster_size;
+	uint64_t most = cs > READ_PIECE ? cs : READ_PIECE, off, end, n;
+	struct piece pc;
+	size_t i, cap = 0;
+
+	for (i = 0; i < m->n; i++) {
+		const struct cbt_qmap_extent *x = &m->v[i];
+
+		if (!x->present || x->depth)
+			continue;
+		end = x->start + x->length;
+		for (off = x->start; off < end; off += n) {
+			n = end - off < most ? end - off : most;
+			/* Whole clusters but at the end: a cluster's digest is of all of it. */
+			if (off + n < end && (off + n) % cs)
+				n -= (off + n) % cs;
+			pc = (struct piece){ off, n, READ_NBD, 0 };
+			if (x->zero && !x->data)
+				pc.how = READ_ZEROS;
+			else if (x->data && x->offset != CBT_QMAP_NO_OFFSET && m->direct)
+				pc = (struct piece){ off, n, READ_FILE, x->offset + (off - x->start) };
+			if (add_piece(dc, &pc, &cap, e))
+				return -e->errnum;
+		}
+	}
+	return 0;
+}
+
 static int match_map(struct data_check *dc, const struct cbt_extent_list *alloc,
 		     bool has_backing, struct cbt_err *e)
 {
 	const struct cbt_digests *d = dc->d;
 	uint32_t cs = d->cluster_size;
-	uint64_t piece = cs > READ_PIECE ? cs : READ_PIECE, c, a, b, off, end;
-	size_t i, j = 0, cap = 0;
+	uint64_t c, a, b;
+	size_t i, j = 0;
 
 	for (i = 0; i < alloc->n; i++) {
 		a = alloc->v[i].offset / cs;
@@ -297,20 +376,6 @@ static int match_map(struct data_check *dc, const struct cbt_extent_list *alloc,
 				j++;
 			else
 				add_bad(dc, c * cs, BAD_NOT_RECORDED);
-		}
-		for (off = a * cs, end = b * cs < dc->size ? b * cs : dc->size; off < end;
-		     off += piece) {
-			if (dc->nr_pieces == cap) {
-				struct piece *np;
-
-				cap = cap ? 2 * cap : 256;
-				np = realloc(dc->pieces, cap * sizeof(*np));
-				if (!np)
-					return cbt_fail(e, ENOMEM, "%s: no memory", dc->path);
-				dc->pieces = np;
-			}
-			dc->pieces[dc->nr_pieces++] =
-				(struct piece){ off, end - off < piece ? end - off : piece };
 		}
 	}
 	for (; j < d->n; j++)
@@ -360,43 +425,45 @@ static void report_bad(struct cbt_verify *v, struct cbt_verify_image *vi, struct
 static int check_data(struct cbt_verify *v, struct cbt_verify_image *vi,
 		      const struct cbt_digests *d, bool has_backing, struct cbt_err *e)
 {
-	struct data_check dc = { .v = v, .path = vi->path, .d = d };
+	struct data_check dc = { .v = v, .path = vi->path, .d = d, .fd = -1 };
 	struct cbt_extent_list alloc = { 0 };
+	struct cbt_qmap m = { 0 };
 	struct reader *rd = NULL;
 	pthread_t *t = NULL;
 	unsigned int i, started = 0;
-	int64_t size;
 	int r = 0;
 
 	pthread_mutex_init(&dc.lock, NULL);
 	dc.nr_h = v->parallel;
 	dc.h = calloc(dc.nr_h, sizeof(*dc.h));
-	if (!dc.h || !(dc.h[0] = nbd_create())) {
+	if (!dc.h) {
 		r = cbt_fail(e, ENOMEM, "%s: no memory", vi->path);
 		goto out;
 	}
-	if (nbd_add_meta_context(dc.h[0], "qemu:allocation-depth") < 0) {
-		r = nbd_err(e, vi->path, "asking for qemu:allocation-depth", 0);
-		goto out;
-	}
-	r = cbt_nbd_connect_image(v->qemu_nbd, vi->path, true, true, dc.h[0], e);
+	/* QEMU's map of the image alone: what it holds, and where. */
+	r = cbt_qemu_map(v->qemu_img, vi->path, true, &m, e);
 	if (r)
 		goto out;
-	size = nbd_get_size(dc.h[0]);
-	if (size < 0) {
-		r = nbd_err(e, vi->path, "reading its size", 0);
-		goto out;
-	}
-	dc.size = (uint64_t)size;
+	dc.size = m.size;
 	if (dc.size != d->virtual_size) {
 		report(v, vi, CBT_VERIFY_NO_OFFSET, "a disk of %llu bytes, its digests of %llu",
 		       (unsigned long long)dc.size, (unsigned long long)d->virtual_size);
 		goto out;
 	}
-	r = cbt_nbd_walk_status(dc.h[0], vi->path, "qemu:allocation-depth", "allocation depth",
-				dc.size, alloc_extent, &alloc, e);
+	for (i = 0; i < m.n; i++)
+		if (m.v[i].present && !m.v[i].depth &&
+		    cbt_extents_add(&alloc, m.v[i].start, m.v[i].length)) {
+			r = cbt_fail(e, ENOMEM, "%s: no memory", vi->path);
+			goto out;
+		}
+	dc.fd = open(vi->path, O_RDONLY | O_CLOEXEC);
+	if (dc.fd < 0) {
+		r = cbt_fail(e, errno, "%s: cannot open it", vi->path);
+		goto out;
+	}
+	r = match_map(&dc, &alloc, has_backing, e);
 	if (!r)
-		r = match_map(&dc, &alloc, has_backing, e);
+		r = cut_pieces(&dc, &m, e);
 	if (r)
 		goto out;
 	t = calloc(dc.nr_h, sizeof(*t));
@@ -405,7 +472,6 @@ static int check_data(struct cbt_verify *v, struct cbt_verify_image *vi,
 		r = cbt_fail(e, ENOMEM, "%s: no memory", vi->path);
 		goto out;
 	}
-	/* No more readers than pieces: each starts a server. */
 	for (i = 0; i < dc.nr_h && i < dc.nr_pieces; i++) {
 		rd[i] = (struct reader){ &dc, i };
 		if (pthread_create(&t[i], NULL, reader, &rd[i])) {
@@ -432,12 +498,15 @@ static int check_data(struct cbt_verify *v, struct cbt_verify_image *vi,
 out:
 	for (i = 0; dc.h && i < dc.nr_h; i++)
 		nbd_close(dc.h[i]);
+	if (dc.fd >= 0)
+		close(dc.fd);
 	free(dc.h);
 	free(t);
 	free(rd);
 	free(dc.pieces);
 	free(dc.bad);
 	cbt_extents_free(&alloc);
+	cbt_qmap_free(&m);
 	pthread_mutex_destroy(&dc.lock);
 	return r;
 }

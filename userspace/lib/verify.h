@@ -10,9 +10,10 @@
  *     generation skipped is an image missing between them); the base not
  *     a standalone incremental;
  *   - holding exactly the clusters the backup recorded digests of
- *     (digest.h), each with that digest: the image is read by QEMU
- *     (qemu-nbd without the backing file, several connections) as a
- *     restore would read it.
+ *     (digest.h), each with that digest: QEMU maps the image without its
+ *     backing file (qmap.h), and its clusters are read as a restore reads
+ *     them (from the file where QEMU gives an offset, compressed ones
+ *     through qemu-nbd), on several threads.
  *
  * What is wrong is reported problem by problem (the image, and the guest
  * offset where there is one); the run goes on to the end of the chain
@@ -48,7 +49,7 @@ struct cbt_verify {
 	const char *image;		/* the chain's top */
 	const char *qemu_nbd;		/* NULL: "qemu-nbd" from PATH */
 	const char *qemu_img;		/* NULL: "qemu-img" from PATH */
-	unsigned int parallel;		/* 0: CBT_VERIFY_PARALLEL_DEFAULT */
+	unsigned int parallel;		/* threads; 0: CBT_VERIFY_PARALLEL_DEFAULT */
 	/* Each problem, as found: IMAGE, OFFSET (or NO_OFFSET), what. */
 	void (*problem)(void *arg, const char *image, uint64_t offset, const char *what);
 	void *problem_arg;

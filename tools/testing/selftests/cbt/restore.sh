@@ -200,7 +200,7 @@ host_offset() {
 }
 
 test_verify() {
-	local dir dev loop off
+	local dir dev loop off blank
 	setup
 	qio "$dev" "write -P 0x46 9M 1M"
 	cbtctl backup -q -c --sync=incremental --bitmap=b0 \
@@ -209,6 +209,13 @@ test_verify() {
 		fail "verify of a clean chain: $(cat "$dir/err")"
 	expect_eq "verify's ok" "$(json_field ok <"$dir/out")" true
 	expect_eq "images with digests" "$(grep -o '"digests": true' "$dir/out" | wc -l)" 4
+	# Its compressed clusters come through qemu-nbd, the rest from the files.
+	other blank blank
+	cbtctl restore --json "$dir/inc3.qcow2" "$blank" >"$dir/out" ||
+		fail "restore of a compressed chain: $(cat "$dir/out")"
+	chain_matches "$dir/inc3.qcow2" "$blank"
+	[ "$(json_field connections <"$dir/out")" -ge 1 ] ||
+		fail "no qemu-nbd read the compressed clusters: $(cat "$dir/out")"
 	# A byte of inc1's own data at 6M (0x43) changed.
 	off=$(host_offset "$dir/inc1.qcow2" 6291456)
 	printf 'x' | dd of="$dir/inc1.qcow2" bs=1 seek=$((off + 4097)) conv=notrunc status=none
