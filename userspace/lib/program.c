@@ -29,14 +29,24 @@ static int start(const char *const *argv, int out_fd, int close_fd, pid_t *pid,
 	return r ? cbt_fail(e, r, "cannot run %s", argv[0]) : 0;
 }
 
-static int finish(const char *const *argv, pid_t pid, struct cbt_err *e)
+int cbt_wait_program(const char *name, pid_t pid, struct cbt_err *e)
 {
 	int status;
 
 	while (waitpid(pid, &status, 0) < 0)
 		if (errno != EINTR)
-			return cbt_fail(e, errno, "waiting for %s", argv[0]);
+			return cbt_fail(e, errno, "waiting for %s", name);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int finish(const char *const *argv, pid_t pid, struct cbt_err *e)
+{
+	return cbt_wait_program(argv[0], pid, e);
+}
+
+int cbt_start_program(const char *const *argv, pid_t *pid, struct cbt_err *e)
+{
+	return start(argv, STDERR_FILENO, -1, pid, e);
 }
 
 int cbt_run_program(const char *const *argv, struct cbt_err *e)

@@ -4,6 +4,7 @@
 #define CBT_PROGRAM_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "libcbt.h"
 
@@ -14,6 +15,10 @@
  * could not be run.
  */
 int cbt_run_program(const char *const *argv, struct cbt_err *e);
+
+/* cbt_run_program() in two halves: started (*PID), then waited for. */
+int cbt_start_program(const char *const *argv, pid_t *pid, struct cbt_err *e);
+int cbt_wait_program(const char *name, pid_t pid, struct cbt_err *e);
 
 /*
  * The same, its standard output read into *OUT (malloc()ed, NUL-terminated,

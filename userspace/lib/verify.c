@@ -25,6 +25,8 @@
 #define CHAIN_MAX_DEPTH	1000
 /* Bytes read at once (whole clusters, at least one). */
 #define READ_PIECE	(1u << 20)
+/* What O_DIRECT reads are aligned to (offset, length and buffer). */
+#define DIRECT_ALIGN	4096u
 
 enum bad_kind { BAD_DIFFERS, BAD_NOT_RECORDED, BAD_MISSING, BAD_KINDS };
 
@@ -51,6 +53,8 @@ struct data_check {
 	struct nbd_handle **h;		/* per reader, once it reads over NBD */
 	unsigned int nr_h;
 	int fd;				/* the image's file */
+	int dfd;			/* the same with O_DIRECT (-1: none) */
+	int no_direct;			/* O_DIRECT refused a read: buffered from then on */
 	struct piece *pieces;
 	size_t nr_pieces;
 
@@ -103,31 +107,34 @@ static int nbd_err(struct cbt_err *e, const char *path, const char *what, uint64
 }
 
 /*
- * "qemu-img check" of PATH, without its backing file (the chain's walk
- * reports what is wrong there): its exit status, or -errno with *E.
+ * Starts "qemu-img check" of image VI without its backing file (the
+ * chain's walk reports what is wrong there), into *PID.
  */
-static int qemu_img_check(struct cbt_verify *v, const char *path, struct cbt_err *e)
+static int start_check(struct cbt_verify *v, struct cbt_verify_image *vi, pid_t *pid,
+		       struct cbt_err *e)
 {
 	const char *argv[] = { v->qemu_img ? v->qemu_img : "qemu-img", "check", "-q", NULL,
 			       NULL };
 	char *abs, *name = NULL;
 	int r;
 
-	abs = realpath(path, NULL);
+	abs = realpath(vi->path, NULL);
 	if (abs)
 		name = cbt_qemu_image_name(abs, true);
 	free(abs);
 	if (!name)
-		return cbt_fail(e, errno, "%s", path);
+		return cbt_fail(e, errno, "%s", vi->path);
 	argv[3] = name;
-	r = cbt_run_program(argv, e);
+	r = cbt_start_program(argv, pid, e);
 	free(name);
 	return r;
 }
 
-static int check_structure(struct cbt_verify *v, struct cbt_verify_image *vi, struct cbt_err *e)
+/* Its result, as a problem of VI's. */
+static int end_check(struct cbt_verify *v, struct cbt_verify_image *vi, pid_t pid,
+		     struct cbt_err *e)
 {
-	int r = qemu_img_check(v, vi->path, e);
+	int r = cbt_wait_program(v->qemu_img ? v->qemu_img : "qemu-img", pid, e);
 
 	if (r < 0)
 		return r;
@@ -233,12 +240,28 @@ static void check_piece(struct data_check *dc, const struct piece *p, const char
 	pthread_mutex_unlock(&dc->lock);
 }
 
+/*
+ * Reads piece P from the image's file into BUF (P's length rounded up to
+ * DIRECT_ALIGN, and aligned): with O_DIRECT where the file takes it (no
+ * copy through the page cache, which a verify would only evict others'
+ * data from), else buffered.
+ */
 static int read_file(struct data_check *dc, char *buf, const struct piece *p,
 		     struct cbt_err *e)
 {
-	uint64_t done = 0;
+	uint64_t done = 0, want = (p->len + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN;
 	ssize_t n;
 
+	if (dc->dfd >= 0 && !__atomic_load_n(&dc->no_direct, __ATOMIC_RELAXED) &&
+	    p->host % DIRECT_ALIGN == 0) {
+		do {
+			n = pread(dc->dfd, buf, want, (off_t)p->host);
+		} while (n < 0 && errno == EINTR);
+		if (n >= (ssize_t)p->len)
+			return 0;
+		if (n < 0 && errno == EINVAL)
+			__atomic_store_n(&dc->no_direct, 1, __ATOMIC_RELAXED);
+	}
 	while (done < p->len) {
 		n = pread(dc->fd, buf + done, p->len - done, (off_t)(p->host + done));
 		if (n < 0 && errno == EINTR)
@@ -258,11 +281,12 @@ static void *reader(void *arg)
 	struct data_check *dc = rd->dc;
 	struct cbt_err e = { 0 };
 	struct piece p;
-	char *buf;
+	char *buf = NULL;
 	int r = 0;
 
-	buf = malloc(dc->d->cluster_size > READ_PIECE ? dc->d->cluster_size : READ_PIECE);
-	if (!buf)
+	if (posix_memalign((void **)&buf, DIRECT_ALIGN,
+			   (dc->d->cluster_size > READ_PIECE ? dc->d->cluster_size : READ_PIECE) +
+			   DIRECT_ALIGN))
 		r = cbt_fail(&e, ENOMEM, "%s: no memory", dc->path);
 	for (;;) {
 		pthread_mutex_lock(&dc->lock);
@@ -425,7 +449,7 @@ static void report_bad(struct cbt_verify *v, struct cbt_verify_image *vi, struct
 static int check_data(struct cbt_verify *v, struct cbt_verify_image *vi,
 		      const struct cbt_digests *d, bool has_backing, struct cbt_err *e)
 {
-	struct data_check dc = { .v = v, .path = vi->path, .d = d, .fd = -1 };
+	struct data_check dc = { .v = v, .path = vi->path, .d = d, .fd = -1, .dfd = -1 };
 	struct cbt_extent_list alloc = { 0 };
 	struct cbt_qmap m = { 0 };
 	struct reader *rd = NULL;
@@ -461,6 +485,7 @@ static int check_data(struct cbt_verify *v, struct cbt_verify_image *vi,
 		r = cbt_fail(e, errno, "%s: cannot open it", vi->path);
 		goto out;
 	}
+	dc.dfd = open(vi->path, O_RDONLY | O_CLOEXEC | O_DIRECT);
 	r = match_map(&dc, &alloc, has_backing, e);
 	if (!r)
 		r = cut_pieces(&dc, &m, e);
@@ -500,6 +525,8 @@ out:
 		nbd_close(dc.h[i]);
 	if (dc.fd >= 0)
 		close(dc.fd);
+	if (dc.dfd >= 0)
+		close(dc.dfd);
 	free(dc.h);
 	free(t);
 	free(rd);
@@ -686,12 +713,22 @@ int cbt_verify_run(struct cbt_verify *v, struct cbt_err *e)
 				       v->images[i + 1].path);
 	}
 
-	/* Each image's structure, then its data. */
+	/* Each image's data, and its structure by qemu-img check meanwhile. */
 	for (i = 0; i < v->nr_images && !r; i++) {
+		struct cbt_err err = { 0 };
+		pid_t pid;
+		int rc;
+
 		vi = &v->images[i];
-		r = check_structure(v, vi, e);
-		if (!r)
-			r = check_digests(v, vi, vi->has_backing, e);
+		r = start_check(v, vi, &pid, e);
+		if (r)
+			break;
+		r = check_digests(v, vi, vi->has_backing, e);
+		rc = end_check(v, vi, pid, &err);
+		if (!r && rc) {
+			r = rc;
+			*e = err;
+		}
 		if (!r && v->progress)
 			v->progress(v->progress_arg, vi);
 	}
