@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "program.h"
 #include "prune.h"
 #include "qcow2.h"
+#include "qmap.h"
 #include "recover.h"
 
 #define DIGEST_MAGIC	"DMCBTDIG"
@@ -180,98 +182,153 @@ static char *backing_name_for(const char *next, const char *folded, const char *
 
 /*
  * Puts the digests of the base once folded (TRAILER) past where the
- * commit of IMG will allocate: after a gap of IMG's size and 2 MiB more
- * (its clusters and the tables they need), so that the base's file still
- * ends with them after the commit. A prune killed during the commit finds
- * them there when it runs again.
+ * commit of IMG will allocate: after a gap of IMG's file size or its
+ * clusters uncompressed (NR of CLUSTER bytes), whichever is more, their L2
+ * entries and 2 MiB more, so that the base's file still ends with them
+ * after the commit. A prune killed during the commit finds them there
+ * when it runs again.
  */
-static int place_trailer(const char *base, const char *img, const void *trailer, size_t len,
-			 struct cbt_err *e)
+static int place_trailer(const char *base, const char *img, size_t nr, uint32_t cluster,
+			 const void *trailer, size_t len, struct cbt_err *e)
 {
 	struct stat sb, si;
+	uint64_t gap;
 	int fd, r = 0;
 
 	if (stat(img, &si))
 		return cbt_fail(e, errno, "%s: stat", img);
+	gap = (uint64_t)nr * cluster > (uint64_t)si.st_size ? (uint64_t)nr * cluster :
+							       (uint64_t)si.st_size;
+	gap += (uint64_t)nr * 8 + (2 << 20);
 	fd = open(base, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return cbt_fail(e, errno, "%s: cannot open for writing", base);
+	errno = 0;
 	if (fstat(fd, &sb))
 		r = cbt_fail(e, errno, "%s: stat", base);
-	else if (pwrite(fd, trailer, len, sb.st_size + si.st_size + (2 << 20)) != (ssize_t)len)
-		r = cbt_fail(e, errno ? errno : ENOSPC, "%s: writing its digests", base);
+	else if (pwrite(fd, trailer, len, sb.st_size + gap) != (ssize_t)len)
+		r = cbt_fail(e, errno ? errno : ENOSPC, "%s: writing %zu bytes of digests at "
+			     "offset %llu", base, len, (unsigned long long)(sb.st_size + gap));
 	else if (fdatasync(fd))
 		r = cbt_fail(e, errno, "%s: fsync", base);
 	close(fd);
 	return r;
 }
 
-/* Whether PATH ends with digests of N entries, intact. */
+/* Whether PATH ends with digests of N entries (any number: N SIZE_MAX), intact. */
 static bool digests_hold(const char *path, size_t n)
 {
 	struct cbt_digests d;
-	bool ok = read_digests(path, &d) && d.n == n;
+	bool ok = read_digests(path, &d) && (n == SIZE_MAX || d.n == n);
 
 	cbt_digests_free(&d);
 	return ok;
 }
 
-/* Folds C->path[1] into the base C->path[0] (steps 1-4 of prune.h); DM: the base's digests. */
+/*
+ * IMG's identity as the base's once IMG is folded into it: without
+ * "standalone" (an incremental taken alone and rebased later holds
+ * everything once it is in the full). Into *TEXT, *LEN (malloc()ed).
+ */
+static int base_identity(const char *img, const struct qcow2_peek *pk, char **text, size_t *len,
+			 struct cbt_err *e)
+{
+	struct cbt_identity id;
+	int r = cbt_identity_parse(pk->cbt_ext, pk->cbt_ext_len, img, &id, e);
+
+	if (r)
+		return r;
+	id.standalone = false;
+	return cbt_identity_format(&id, text, len, e);
+}
+
+/* PATH as QEMU must be given it on a command line: absolute, never read as a protocol. */
+static char *qemu_path(const char *path, struct cbt_err *e)
+{
+	char *abs = realpath(path, NULL);
+
+	if (!abs)
+		cbt_fail(e, errno, "%s", path);
+	return abs;
+}
+
+/*
+ * Folds C->path[1] into the base C->path[0] (steps 1-4 of prune.h); DM: the
+ * base's digests (*HAVE: it has them). *STARTED once the base may have
+ * changed: a failure from then on leaves the prune for a recovery.
+ */
 static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm,
-		    bool *have, struct cbt_err *e)
+		    bool *have, bool *started, struct cbt_err *e)
 {
 	const char *base = c->path[0], *img = c->path[1], *next = c->n > 2 ? c->path[2] : NULL;
-	const char *commit[] = { "commit", "-q", "-d", "-f", "qcow2", img, NULL };
+	const char *commit[] = { "commit", "-q", "-d", "-f", "qcow2", NULL, NULL };
 	const char *rebase[] = { "rebase", "-q", "-u", "-f", "qcow2", "-b", NULL, "-F", "qcow2",
-				 next, NULL };
-	struct qcow2_peek pk = { 0 }, bpk = { 0 };
-	struct cbt_digests di;
-	struct cbt_err why;
-	void *trailer = NULL, *before = NULL;
-	size_t tlen = 0, blen = 0;
-	char *name = NULL;
-	int r;
+				 NULL, NULL };
+	struct qcow2_peek pk = { 0 };
+	struct cbt_digests di = { 0 };
+	void *trailer = NULL;
+	size_t tlen = 0, idlen = 0, nr = 0;
+	char *name = NULL, *idtext = NULL, *aimg = NULL, *anext = NULL;
+	bool stale;
+	int fd, r;
 
 	r = qcow2_peek(img, &pk, e);
 	if (!r)
-		r = qcow2_peek(base, &bpk, e);
+		r = base_identity(img, &pk, &idtext, &idlen, e);
+	if (!r && !(aimg = qemu_path(img, e)))
+		r = -e->errnum;
+	if (!r && next && !(anext = qemu_path(next, e)))
+		r = -e->errnum;
 	if (r)
 		goto out;
-	/* The base's digests as they are, put back should the commit fail. */
-	if (*have && cbt_digests_trailer(dm, base, &before, &blen, e))
-		*have = false;
+	commit[5] = aimg;
+	rebase[9] = anext;
+	/* No QEMU at work on either (a VM, an export, a restore): before anything changes. */
+	fd = open(base, O_RDONLY | O_CLOEXEC);
+	r = fd < 0 ? cbt_fail(e, errno, "%s: cannot open it", base) :
+		     cbt_qemu_lock_test(fd, base, e);
+	if (fd >= 0)
+		close(fd);
+	fd = r ? -1 : open(img, O_RDONLY | O_CLOEXEC);
+	if (!r)
+		r = fd < 0 ? cbt_fail(e, errno, "%s: cannot open it", img) :
+			     cbt_qemu_lock_test(fd, img, e);
+	if (fd >= 0)
+		close(fd);
+	if (r)
+		goto out;
 	/* Its digests, read before anything changes; merged into the base's. */
 	if (*have && read_digests(img, &di)) {
+		nr = di.n;
 		*have = di.cluster_size == dm->cluster_size && !merge_digests(dm, &di);
-		cbt_digests_free(&di);
 	} else {
 		*have = false;
 	}
 	if (*have && cbt_digests_trailer(dm, base, &trailer, &tlen, e))
 		*have = false;
 
+	*started = true;
 	if (*have) {
-		r = place_trailer(base, img, trailer, tlen, e);
+		r = place_trailer(base, img, nr, dm->cluster_size, trailer, tlen, e);
 		if (r)
 			goto out;
 	}
 	cbt_test_stop("prune-commit");
 	r = qemu_img(p, commit, "commit", img, e);
-	if (r) {
-		/* Refused (QEMU's lock: a VM, an export) or failed: as it was, if it can. */
-		if (*have && qcow2_retag(base, bpk.cbt_ext, bpk.cbt_ext_len, before, blen, NULL, 0,
-					 &why))
-			*have = false;
+	if (r)
 		goto out;
-	}
 	cbt_test_stop("prune-retag");
-	/* The digests again if the commit allocated past them; a stale footer goes. */
+	/*
+	 * The digests again if the commit allocated past them; without any,
+	 * a trailer of the base's own that still ends the file is stale.
+	 */
 	if (*have && digests_hold(base, dm->n)) {
 		free(trailer);
 		trailer = NULL;
 	}
-	r = qcow2_retag(base, pk.cbt_ext, pk.cbt_ext_len, trailer, tlen,
-			*have ? NULL : DIGEST_MAGIC, *have ? 0 : strlen(DIGEST_MAGIC), e);
+	stale = !*have && digests_hold(base, SIZE_MAX);
+	r = qcow2_retag(base, idtext, idlen, trailer, tlen, stale ? DIGEST_MAGIC : NULL,
+			stale ? strlen(DIGEST_MAGIC) : 0, e);
 	if (r)
 		goto out;
 	if (next) {
@@ -294,11 +351,13 @@ static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm
 	if (!r)
 		step(p, "%s folded into %s", img, base);
 out:
+	cbt_digests_free(&di);
 	free(trailer);
-	free(before);
 	free(name);
+	free(idtext);
+	free(aimg);
+	free(anext);
 	qcow2_peek_free(&pk);
-	qcow2_peek_free(&bpk);
 	return r;
 }
 
@@ -308,7 +367,7 @@ int cbt_prune_run(struct cbt_prune *p, struct cbt_err *e)
 	struct chain c = { 0 };
 	struct cbt_digests dm = { 0 };
 	char token[128], line[4200], *abs = NULL;
-	bool have;
+	bool have, started = false;
 	int fd = -1, r;
 
 	if (!p->keep)
@@ -346,7 +405,7 @@ int cbt_prune_run(struct cbt_prune *p, struct cbt_err *e)
 	if (!r)
 		r = cbt_journal_add(j, CBT_PRUNE_JOURNAL, line, e);
 	while (!r && c.n > p->keep) {
-		r = fold_one(p, &c, &dm, &have, e);
+		r = fold_one(p, &c, &dm, &have, &started, e);
 		if (r)
 			break;
 		p->folded++;
@@ -355,9 +414,12 @@ int cbt_prune_run(struct cbt_prune *p, struct cbt_err *e)
 		c.n--;
 	}
 	p->digests = have;
-	/* Done, or failed with the chain whole: nothing for a recovery to finish. */
+	/*
+	 * Done, or refused before the base changed: nothing to finish. A
+	 * failure after that keeps the journal: recover runs the prune again.
+	 */
 	if (j)
-		cbt_journal_release(j, false);
+		cbt_journal_release(j, r && started);
 out:
 	if (fd >= 0)
 		close(fd);

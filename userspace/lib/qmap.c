@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: LGPL-2.1
 /* A qcow2 chain's map, as QEMU makes it: see qmap.h. */
 #include <errno.h>
+#include <fcntl.h>
 #include <json.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
 
 #include "backup.h"
 #include "program.h"
@@ -93,7 +96,7 @@ static int parse(const char *image, const char *text, struct cbt_qmap *m, struct
 			r = cbt_fail(e, EPROTO, "%s: qemu-img map's extent %zu lacks a field", image, i);
 			break;
 		}
-		if (x->start != pos || !x->length || depth > m->nr_layers) {
+		if (x->start != pos || !x->length || depth >= m->nr_layers) {
 			r = cbt_fail(e, EPROTO, "%s: qemu-img map's extent %zu (at %llu, depth %llu) "
 				     "does not follow the one before", image, i,
 				     (unsigned long long)x->start, (unsigned long long)depth);
@@ -110,6 +113,90 @@ static int parse(const char *image, const char *text, struct cbt_qmap *m, struct
 	return r;
 }
 
+/* QEMU's lock bytes (block/file-posix.c) for the write permission. */
+#define LOCK_PERM_WRITE		101
+#define LOCK_SHARED_WRITE	201
+
+/* Whether another open file holds a lock at byte AT: 1, 0, or -errno. */
+static int lock_held(int fd, off_t at)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = at, .l_len = 1 };
+
+	if (fcntl(fd, F_OFD_GETLK, &fl))
+		return -errno;
+	return fl.l_type != F_UNLCK;
+}
+
+int cbt_qemu_lock_test(int fd, const char *path, struct cbt_err *e)
+{
+	int w = lock_held(fd, LOCK_PERM_WRITE), s = lock_held(fd, LOCK_SHARED_WRITE);
+
+	if (w < 0 || s < 0)
+		return cbt_fail(e, -(w < 0 ? w : s), "%s: cannot test its locks", path);
+	if (w || s)
+		return cbt_fail(e, EBUSY, "%s: in use by QEMU (%s: a VM, an export, a restore or "
+				"verify?)", path, w ? "open for writing" : "open for reading");
+	return 0;
+}
+
+int cbt_qemu_lock(int fd, const char *path, struct cbt_err *e)
+{
+	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+			    .l_start = LOCK_SHARED_WRITE, .l_len = 1 };
+	int w = lock_held(fd, LOCK_PERM_WRITE);
+
+	if (w < 0)
+		return cbt_fail(e, -w, "%s: cannot test its locks", path);
+	if (w)
+		return cbt_fail(e, EBUSY, "%s: QEMU has it open for writing (a VM, a commit?)", path);
+	if (fcntl(fd, F_OFD_SETLK, &fl))
+		return cbt_fail(e, errno == EAGAIN || errno == EACCES ? EBUSY : errno,
+				"%s: cannot lock it", path);
+	return 0;
+}
+
+/* The layers' files opened and locked, in M->fds. */
+static int lock_layers(struct cbt_qmap *m, struct cbt_err *e)
+{
+	unsigned int i;
+
+	m->fds = malloc(m->nr_layers * sizeof(*m->fds));
+	if (!m->fds)
+		return cbt_fail(e, ENOMEM, "%s", m->layers[0]);
+	for (i = 0; i < m->nr_layers; i++)
+		m->fds[i] = -1;
+	for (i = 0; i < m->nr_layers; i++) {
+		m->fds[i] = open(m->layers[i], O_RDONLY | O_CLOEXEC);
+		if (m->fds[i] < 0)
+			return cbt_fail(e, errno, "%s: cannot open it", m->layers[i]);
+		if (cbt_qemu_lock(m->fds[i], m->layers[i], e))
+			return -e->errnum;
+	}
+	return 0;
+}
+
+/* Whether the chain under IMAGE is still the files M has open. */
+static int same_layers(const char *image, bool no_backing, const struct cbt_qmap *m,
+		       struct cbt_err *e)
+{
+	struct cbt_qmap again = { 0 };
+	struct stat a, b;
+	unsigned int i;
+	int r = read_layers(image, no_backing, &again, e);
+
+	if (!r && again.nr_layers != m->nr_layers)
+		r = -EAGAIN;
+	for (i = 0; !r && i < m->nr_layers; i++)
+		if (stat(again.layers[i], &a) || fstat(m->fds[i], &b) || a.st_dev != b.st_dev ||
+		    a.st_ino != b.st_ino)
+			r = -EAGAIN;
+	if (r == -EAGAIN)
+		r = cbt_fail(e, EAGAIN, "%s: its chain changed while QEMU mapped it (a prune?): "
+			     "try again", image);
+	cbt_qmap_free(&again);
+	return r;
+}
+
 int cbt_qemu_map(const char *qemu_img, const char *image, bool no_backing, struct cbt_qmap *m,
 		 struct cbt_err *e)
 {
@@ -121,6 +208,8 @@ int cbt_qemu_map(const char *qemu_img, const char *image, bool no_backing, struc
 
 	memset(m, 0, sizeof(*m));
 	r = read_layers(image, no_backing, m, e);
+	if (!r)
+		r = lock_layers(m, e);
 	if (r)
 		goto out;
 	abs = realpath(image, NULL);
@@ -141,6 +230,8 @@ int cbt_qemu_map(const char *qemu_img, const char *image, bool no_backing, struc
 		r = cbt_fail(e, EIO, "%s: qemu-img map failed (exit status %d)", image, r);
 	if (!r)
 		r = parse(image, out, m, e);
+	if (!r)
+		r = same_layers(image, no_backing, m, e);
 out:
 	free(out);
 	free(name);
@@ -168,8 +259,13 @@ const struct cbt_qmap_extent *cbt_qmap_find(const struct cbt_qmap *m, uint64_t o
 
 void cbt_qmap_free(struct cbt_qmap *m)
 {
-	while (m->nr_layers)
-		free(m->layers[--m->nr_layers]);
+	while (m->nr_layers) {
+		m->nr_layers--;
+		if (m->fds && m->fds[m->nr_layers] >= 0)
+			close(m->fds[m->nr_layers]);
+		free(m->layers[m->nr_layers]);
+	}
+	free(m->fds);
 	free(m->layers);
 	free(m->v);
 	memset(m, 0, sizeof(*m));

@@ -32,6 +32,7 @@ struct cbt_qmap {
 	size_t n;
 	uint64_t size;			/* the disk's */
 	char **layers;			/* the files, top first */
+	int *fds;			/* each open read-only, QEMU's read lock on it */
 	unsigned int nr_layers;
 	/* Offsets may be read from the layers' files (no external data file). */
 	bool direct;
@@ -39,7 +40,11 @@ struct cbt_qmap {
 
 /*
  * The map of qcow2 IMAGE with its backing chain, or (NO_BACKING) of IMAGE
- * alone. QEMU_IMG: NULL for "qemu-img" from PATH. Errors name the image.
+ * alone. QEMU_IMG: NULL for "qemu-img" from PATH. Each layer's file is
+ * opened first and locked as a read-only QEMU locks it (cbt_qemu_lock()),
+ * so that no QEMU writes into the chain (a commit, a VM) while M is in
+ * use; the chain is read again after the map, and a chain that changed
+ * meanwhile is -EAGAIN. Errors name the image.
  */
 int cbt_qemu_map(const char *qemu_img, const char *image, bool no_backing, struct cbt_qmap *m,
 		 struct cbt_err *e);
@@ -47,6 +52,19 @@ int cbt_qemu_map(const char *qemu_img, const char *image, bool no_backing, struc
 /* The extent holding guest offset OFF (M's extents sorted), or NULL. */
 const struct cbt_qmap_extent *cbt_qmap_find(const struct cbt_qmap *m, uint64_t off);
 
+/* Closes the layers' files (their locks go) and frees M. */
 void cbt_qmap_free(struct cbt_qmap *m);
+
+/*
+ * QEMU's image locks (OFD locks on the file: byte 100 + N held by who has
+ * permission N, byte 200 + N by who forbids others N; N 1 is write).
+ * cbt_qemu_lock(): a read-only user's: -EBUSY when a QEMU may write PATH
+ * (open FD), else a lock that forbids QEMU to start writing it, held while
+ * FD stays open. cbt_qemu_lock_test(): -EBUSY when a QEMU may write PATH
+ * or forbids writing it (a VM, an export, a restore or verify), nothing
+ * taken.
+ */
+int cbt_qemu_lock(int fd, const char *path, struct cbt_err *e);
+int cbt_qemu_lock_test(int fd, const char *path, struct cbt_err *e);
 
 #endif /* CBT_QMAP_H */

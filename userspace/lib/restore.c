@@ -29,8 +29,7 @@ struct item {
 struct restore_priv {
 	struct nbd_handle **h;		/* one per worker, connected when it first needs one */
 	unsigned int nr;
-	struct cbt_qmap map;		/* where the chain's data lies */
-	int *layer_fd;			/* each layer's file, read-only */
+	struct cbt_qmap map;		/* where the chain's data lies; its files, locked */
 	struct cbt_extent_list data;	/* the data, widened to whole blocks */
 	struct item *items;
 	size_t nr_items;
@@ -222,7 +221,6 @@ int cbt_restore_layers(const char *qemu_img, const char *image, unsigned int dep
 int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e)
 {
 	struct restore_priv *p;
-	unsigned int i;
 
 	if (!r->parallel)
 		r->parallel = CBT_RESTORE_PARALLEL_DEFAULT;
@@ -241,16 +239,6 @@ int cbt_restore_open(struct cbt_restore *r, struct cbt_err *e)
 	if (cbt_qemu_map(r->qemu_img, r->image, false, &p->map, e))
 		return -e->errnum;
 	r->size = p->map.size;
-	p->layer_fd = calloc(p->map.nr_layers, sizeof(*p->layer_fd));
-	if (!p->layer_fd)
-		return cbt_fail(e, ENOMEM, "%s: no memory", r->image);
-	for (i = 0; i < p->map.nr_layers; i++)
-		p->layer_fd[i] = -1;
-	for (i = 0; p->map.direct && i < p->map.nr_layers; i++) {
-		p->layer_fd[i] = open(p->map.layers[i], O_RDONLY | O_CLOEXEC);
-		if (p->layer_fd[i] < 0)
-			return cbt_fail(e, errno, "%s: cannot open it", p->map.layers[i]);
-	}
 	return 0;
 }
 
@@ -450,7 +438,7 @@ static int copy_item(struct cbt_restore *r, struct nbd_handle *h, char *buf,
 					(unsigned long long)(it->off + it->len - r->block_size));
 	}
 	if (it->layer >= 0) {
-		got = pread_full(r->priv->layer_fd[it->layer], buf, n, it->host);
+		got = pread_full(r->priv->map.fds[it->layer], buf, n, it->host);
 		if (got)
 			return cbt_fail(e, -got, "%s: reading %llu bytes at file offset %llu",
 					r->priv->map.layers[it->layer], (unsigned long long)n,
@@ -640,10 +628,6 @@ void cbt_restore_close(struct cbt_restore *r)
 		return;
 	for (i = 0; i < p->nr; i++)
 		nbd_close(p->h[i]);
-	for (i = 0; p->layer_fd && i < p->map.nr_layers; i++)
-		if (p->layer_fd[i] >= 0)
-			close(p->layer_fd[i]);
-	free(p->layer_fd);
 	cbt_qmap_free(&p->map);
 	pthread_mutex_destroy(&p->lock);
 	cbt_extents_free(&p->data);

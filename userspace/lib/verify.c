@@ -486,11 +486,7 @@ static int check_data(struct cbt_verify *v, struct cbt_verify_image *vi,
 			r = cbt_fail(e, ENOMEM, "%s: no memory", vi->path);
 			goto out;
 		}
-	dc.fd = open(vi->path, O_RDONLY | O_CLOEXEC);
-	if (dc.fd < 0) {
-		r = cbt_fail(e, errno, "%s: cannot open it", vi->path);
-		goto out;
-	}
+	dc.fd = m.fds[0];	/* locked: no QEMU writes into it meanwhile */
 	dc.dfd = open(vi->path, O_RDONLY | O_CLOEXEC | O_DIRECT);
 	cbt_digest_zeros(d->cluster_size, dc.zero_digest);
 	r = match_map(&dc, &alloc, has_backing, e);
@@ -530,8 +526,6 @@ static int check_data(struct cbt_verify *v, struct cbt_verify_image *vi,
 out:
 	for (i = 0; dc.h && i < dc.nr_h; i++)
 		nbd_close(dc.h[i]);
-	if (dc.fd >= 0)
-		close(dc.fd);
 	if (dc.dfd >= 0)
 		close(dc.dfd);
 	free(dc.h);
