@@ -615,10 +615,9 @@ fail:
 /*
  * The digests of the clusters of [OFF, END), a run of one kind: a cluster
  * written in part (never, the copy's runs being whole clusters up to the
- * image's end) makes the digests unusable.
+ * image's end) or no memory makes the digests unusable (d->partial).
  */
-static int record_digests(struct engine *g, struct request *q, uint64_t off, uint64_t end,
-			  struct cbt_err *e)
+static int record_digests(struct engine *g, struct request *q, uint64_t off, uint64_t end)
 {
 	struct cbt_digests *d = g->c->digests;
 	uint64_t whole, len, next;
@@ -626,7 +625,7 @@ static int record_digests(struct engine *g, struct request *q, uint64_t off, uin
 	uint8_t zd[CBT_DIGEST_LEN];
 	bool zero;
 
-	for (; off < end; off = next) {
+	for (; off < end && !d->partial; off = next) {
 		next = cluster_end(g, off, end);
 		len = next - off;
 		whole = g->vsize - off < g->cluster ? g->vsize - off : g->cluster;
@@ -638,11 +637,11 @@ static int record_digests(struct engine *g, struct request *q, uint64_t off, uin
 		zero = q->kind[n] == CL_ZERO;
 		if (zero && len != g->cluster)
 			cbt_digest_zeros(len, zd);
+		/* No memory for them: the image goes without digests, never fails. */
 		if (cbt_digests_add(d, off / g->cluster, zero,
 				    !zero ? q->digest + n * CBT_DIGEST_LEN :
 				    len == g->cluster ? g->zero_digest : zd))
-			return cbt_fail(e, ENOMEM, "%s: digests of %zu clusters", g->c->device,
-					d->n);
+			d->partial = true;
 	}
 	return 0;
 }
@@ -670,7 +669,7 @@ static int write_request(struct engine *g, struct request *q, struct cbt_err *e)
 				while (run < end && q->kind[(run - q->start) / g->cluster] == kind)
 					run = cluster_end(g, run, end);
 			if (c->digests && (kind != CL_ZERO || c->zero_clusters))
-				r = record_digests(g, q, off, run, e);
+				r = record_digests(g, q, off, run);
 			if (r)
 				break;
 			if (kind == CL_COMPRESSED) {

@@ -257,8 +257,8 @@ static char *qemu_path(const char *path, struct cbt_err *e)
  * base's digests (*HAVE: it has them). *STARTED once the base may have
  * changed: a failure from then on leaves the prune for a recovery.
  */
-static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm,
-		    bool *have, bool *started, struct cbt_err *e)
+static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_journal *j,
+		    struct cbt_digests *dm, bool *have, bool *started, struct cbt_err *e)
 {
 	const char *base = c->path[0], *img = c->path[1], *next = c->n > 2 ? c->path[2] : NULL;
 	const char *commit[] = { "commit", "-q", "-d", "-f", "qcow2", NULL, NULL };
@@ -329,6 +329,9 @@ static int fold_one(struct cbt_prune *p, struct chain *c, struct cbt_digests *dm
 	stale = !*have && digests_hold(base, SIZE_MAX);
 	r = qcow2_retag(base, idtext, idlen, trailer, tlen, stale ? DIGEST_MAGIC : NULL,
 			stale ? strlen(DIGEST_MAGIC) : 0, e);
+	/* Once out of the chain, IMG is removed, by a recovery too. */
+	if (!r)
+		r = cbt_journal_add(j, CBT_PRUNE_FOLDED, aimg, e);
 	if (r)
 		goto out;
 	if (next) {
@@ -405,7 +408,7 @@ int cbt_prune_run(struct cbt_prune *p, struct cbt_err *e)
 	if (!r)
 		r = cbt_journal_add(j, CBT_PRUNE_JOURNAL, line, e);
 	while (!r && c.n > p->keep) {
-		r = fold_one(p, &c, &dm, &have, &started, e);
+		r = fold_one(p, &c, j, &dm, &have, &started, e);
 		if (r)
 			break;
 		p->folded++;
@@ -425,6 +428,31 @@ out:
 		close(fd);
 	free(abs);
 	cbt_digests_free(&dm);
+	chain_free(&c);
+	return r;
+}
+
+int cbt_prune_remove_folded(const char *top, const char *path, bool *removed,
+			    struct cbt_err *e)
+{
+	struct chain c = { 0 };
+	struct stat a, b;
+	unsigned int i;
+	int r;
+
+	*removed = false;
+	if (lstat(path, &a))
+		return errno == ENOENT ? 0 : cbt_fail(e, errno, "%s", path);
+	r = read_chain(top, &c, e);
+	for (i = 0; !r && i < c.n; i++)
+		if (!stat(c.path[i], &b) && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+			break;
+	if (!r && i == c.n) {
+		if (unlink(path))
+			r = cbt_fail(e, errno, "%s: cannot remove it", path);
+		else
+			*removed = true;
+	}
 	chain_free(&c);
 	return r;
 }

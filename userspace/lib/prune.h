@@ -54,7 +54,20 @@ struct cbt_prune {
  */
 int cbt_prune_run(struct cbt_prune *p, struct cbt_err *e);
 
-/* The journal line's kind that "cbtctl recover" finishes a prune by. */
+/*
+ * The journal's lines: "prune KEEP TOP", by which "cbtctl recover" runs a
+ * dead prune again, and "prunefold PATH" before an image folded into the
+ * full leaves the chain, which recovery removes if it is still there and
+ * out of TOP's chain.
+ */
 #define CBT_PRUNE_JOURNAL "prune"
+#define CBT_PRUNE_FOLDED "prunefold"
+
+/*
+ * PATH (absolute) once out of TOP's chain: removed, *REMOVED set; left
+ * alone while TOP's chain still holds it (or TOP's chain cannot be read).
+ */
+int cbt_prune_remove_folded(const char *top, const char *path, bool *removed,
+			    struct cbt_err *e);
 
 #endif /* CBT_PRUNE_H */

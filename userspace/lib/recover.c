@@ -366,7 +366,9 @@ int cbt_journal_add(struct cbt_journal *j, const char *kind, const char *what,
 	    (j->sync && !j->held && fdatasync(j->fd)))
 		return cbt_fail(e, errno ? errno : ENOSPC, "%s: cannot write the journal", j->path);
 	j->unsynced |= j->sync && j->held;
-	return strcmp(kind, "temp") ? 0 : record_add(j, line, n, e);
+	/* What must outlive a reboot: temporaries, and prunes to finish. */
+	return strcmp(kind, "temp") && strcmp(kind, CBT_PRUNE_JOURNAL) &&
+	       strcmp(kind, CBT_PRUNE_FOLDED) ? 0 : record_add(j, line, n, e);
 }
 
 int cbt_journal_hold_sync(struct cbt_journal *j, bool hold, struct cbt_err *e)
@@ -763,6 +765,34 @@ static int finish_prune(const char *what, const char *token, struct cbt_recover_
 	return r;
 }
 
+/* A folded image of a dead prune of TOP ("prunefold PATH"): gone once out of the chain. */
+static int remove_folded(const char *top, const char *path, const char *token,
+			 struct cbt_recover_report *rep, struct cbt_err *e)
+{
+	bool removed;
+	int r;
+
+	if (!top || (access(top, F_OK) && errno == ENOENT))
+		return 0;	/* no chain to tell (KEEP 1 folded TOP itself): left alone */
+	r = cbt_prune_remove_folded(top, path, &removed, e);
+	if (!r && removed)
+		note(rep, "%s: removed (folded by the prune of %s)", path, token);
+	return r;
+}
+
+/* TOP of the journal's "prune KEEP TOP" line (LINES, N of them), or NULL. */
+static const char *prune_top(char **lines, size_t n)
+{
+	const char *t;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (!strncmp(lines[i], CBT_PRUNE_JOURNAL " ", sizeof(CBT_PRUNE_JOURNAL)) &&
+		    (t = strchr(lines[i] + sizeof(CBT_PRUNE_JOURNAL), ' ')))
+			return t + 1;
+	return NULL;
+}
+
 /*
  * Undoes what line I of a dead run's journal (LINES, N of them) names, in
  * PASS 0 an NBD server, in 1 a view, in 2 a snapshot, in 3 a device, a
@@ -803,6 +833,8 @@ static int undo_line(int pass, char **lines, size_t n, size_t i, const char *tok
 		return remove_temporary(what, token, "journal", rep, e);
 	if (LINE_IS(CBT_PRUNE_JOURNAL))
 		return finish_prune(what, token, rep, e);
+	if (LINE_IS(CBT_PRUNE_FOLDED))
+		return remove_folded(prune_top(lines, n), what, token, rep, e);
 #undef LINE_IS
 	return 0;
 }
@@ -873,7 +905,7 @@ static int replay_journal(const char *path, const char *token, struct cbt_recove
 static int replay_record(const char *path, const char *token, struct cbt_recover_report *rep,
 			 struct cbt_err *e)
 {
-	char *line = NULL, *what;
+	char *line = NULL, *what, *top = NULL;
 	struct cbt_err err;
 	size_t cap = 0;
 	struct stat st;
@@ -897,15 +929,25 @@ static int replay_record(const char *path, const char *token, struct cbt_recover
 	while ((len = getline(&line, &cap, f)) > 0) {
 		if (line[len - 1] == '\n')
 			line[len - 1] = '\0';
-		if (strncmp(line, "temp ", 5))
+		if (!strncmp(line, CBT_PRUNE_JOURNAL " ", sizeof(CBT_PRUNE_JOURNAL))) {
+			what = strchr(line + sizeof(CBT_PRUNE_JOURNAL), ' ');
+			free(top);
+			top = what ? strdup(what + 1) : NULL;
+			r = finish_prune(line + sizeof(CBT_PRUNE_JOURNAL), token, rep, &err);
+		} else if (!strncmp(line, CBT_PRUNE_FOLDED " ", sizeof(CBT_PRUNE_FOLDED))) {
+			r = remove_folded(top, line + sizeof(CBT_PRUNE_FOLDED), token, rep, &err);
+		} else if (!strncmp(line, "temp ", 5)) {
+			what = line + 5;
+			r = remove_temporary(what, token, "record", rep, &err);
+		} else {
 			continue;
-		what = line + 5;
-		r = remove_temporary(what, token, "record", rep, &err);
+		}
 		if (r && !first) {
 			first = r;
 			*e = err;
 		}
 	}
+	free(top);
 	free(line);
 	fclose(f);
 	if (!first)

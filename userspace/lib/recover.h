@@ -22,8 +22,9 @@ const char *cbt_journal_dir(void);
 /*
  * Where what must outlive a reboot is kept (/var/lib/cbtctl; $CBT_STATE_DIR
  * overrides it): temporaries/TOKEN, the temporary images of the run TOKEN
- * ("temp PATH" lines), synced before each is made and removed with the
- * journal, so that a recovery after a reboot removes what a dead run left.
+ * ("temp PATH" lines) and its prune ("prune KEEP TOP"), synced before each
+ * step and removed with the journal, so that a recovery after a reboot
+ * removes what a dead run left and finishes its prune.
  */
 const char *cbt_state_dir(void);
 

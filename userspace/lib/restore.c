@@ -563,6 +563,30 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+/*
+ * When some data goes over NBD (compressed clusters), the first worker's
+ * server is started now, before anything is written: a qemu-nbd that
+ * cannot serve the chain fails the restore while the device is as it was.
+ */
+static int first_server(struct cbt_restore *r, struct cbt_err *e)
+{
+	struct restore_priv *p = r->priv;
+	size_t i;
+
+	for (i = 0; i < p->nr_items; i++)
+		if (!p->items[i].zero && p->items[i].layer < 0)
+			break;
+	if (i == p->nr_items)
+		return 0;
+	p->h[0] = nbd_create();
+	if (!p->h[0])
+		return nbd_fail(e, r->image, "cannot make an NBD handle");
+	if (connect_one(r, p->h[0], e))
+		return -e->errnum;
+	r->connections++;
+	return 0;
+}
+
 int cbt_restore_prepare(struct cbt_restore *r, struct cbt_err *e)
 {
 	if (r->size > r->device_size)
@@ -572,7 +596,7 @@ int cbt_restore_prepare(struct cbt_restore *r, struct cbt_err *e)
 	if (!r->block_size || r->block_size > CBT_COPY_REQUEST ||
 	    (r->block_size & (r->block_size - 1)))
 		return cbt_fail(e, EINVAL, "%s: bad block size %u", r->device, r->block_size);
-	return build_items(r, e);
+	return build_items(r, e) || first_server(r, e) ? -e->errnum : 0;
 }
 
 int cbt_restore_run(struct cbt_restore *r, struct cbt_err *e)

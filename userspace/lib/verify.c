@@ -350,6 +350,37 @@ static int add_piece(struct data_check *dc, const struct piece *pc, size_t *cap,
 	return 0;
 }
 
+/* The clusters the image holds, whole, each once, all read over NBD. */
+static int nbd_pieces(struct data_check *dc, const struct cbt_qmap *m, size_t *cap,
+		      struct cbt_err *e)
+{
+	uint32_t cs = dc->d->cluster_size;
+	uint64_t most = cs > READ_PIECE ? cs : READ_PIECE, off, end, prev = 0, n;
+	struct piece pc;
+	size_t i;
+
+	for (i = 0; i < m->n; i++) {
+		const struct cbt_qmap_extent *x = &m->v[i];
+
+		if (!x->present || x->depth)
+			continue;
+		off = x->start / cs * cs;
+		if (off < prev)
+			off = prev;	/* a cluster shared with the last extent: read once */
+		end = (x->start + x->length + cs - 1) / cs * cs;
+		if (end > m->size)
+			end = m->size;
+		for (; off < end; off += n) {
+			n = end - off < most ? end - off : most;
+			pc = (struct piece){ off, n, READ_NBD, 0 };
+			if (add_piece(dc, &pc, cap, e))
+				return -e->errnum;
+		}
+		prev = end > prev ? end : prev;
+	}
+	return 0;
+}
+
 /*
  * The readers' pieces: each extent the image holds itself (the map's
  * depth 0), in whole clusters of at most READ_PIECE bytes; read from the
@@ -363,6 +394,17 @@ static int cut_pieces(struct data_check *dc, const struct cbt_qmap *m, struct cb
 	struct piece pc;
 	size_t i, cap = 0;
 
+	/*
+	 * Extents that do not start and end on clusters (subclusters, or a
+	 * map at the granularity of the file's holes): QEMU reads whole
+	 * clusters of what the image holds.
+	 */
+	for (i = 0; i < m->n; i++) {
+		end = m->v[i].start + m->v[i].length;
+		if (m->v[i].present && !m->v[i].depth &&
+		    (m->v[i].start % cs || (end % cs && end < m->size)))
+			return nbd_pieces(dc, m, &cap, e);
+	}
 	for (i = 0; i < m->n; i++) {
 		const struct cbt_qmap_extent *x = &m->v[i];
 

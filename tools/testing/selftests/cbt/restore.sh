@@ -288,6 +288,7 @@ test_prune() {
 		cbtctl recover >"$dir/rec" || fail "recover after $phase: $(cat "$dir/rec")"
 		has "$dir/rec" " 1 prunes finished" || fail "recover after $phase said: $(cat "$dir/rec")"
 		kept "c$n.qcow2" $((n - 2)) $((n - 1)) $n
+		[ ! -e "$dir/c$((n - 2)).qcow2" ] || fail "killed at $phase: the folded image is left"
 		cbtctl verify -q "$dir/c$n.qcow2" || fail "verify after a prune killed at $phase"
 	done
 }
