@@ -12,6 +12,7 @@
  * cbt_prune_run() cuts a chain of six down to three: the kept images read
  * as the device did at their backups (qemu-img compare) and verify, the
  * full with the folded images' digests and the identity of the newest.
+ * An extended-L2 image (a map that does not follow clusters) verifies.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -407,6 +408,48 @@ static void test_prune(void)
 	CHECK(sh("test ! -e %s/prune/c5.qcow2", dir) == 0);
 }
 
+/*
+ * An image whose map does not follow clusters (QEMU's subclusters: a
+ * 4 KiB write into a 64 KiB cluster of an extended-L2 image), with the
+ * digests of its whole clusters: it verifies (read in whole clusters).
+ */
+static void test_subclusters(void)
+{
+	struct cbt_identity id = { .device = "sub", .nr_bitmaps = 1 };
+	struct cbt_digests d;
+	struct cbt_err e = { 0 };
+	char path[128], *buf, *text;
+	uint8_t dg[CBT_DIGEST_LEN];
+	void *blob;
+	size_t len, tlen;
+
+	CHECK(sh("mkdir %s/sub && qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k "
+		 "%s/sub/x.qcow2 1M && qemu-io -f qcow2 -c 'write -P 7 8k 4k' "
+		 "-c 'write -P 8 128k 64k' %s/sub/x.qcow2 >/dev/null", dir, dir, dir) == 0);
+	buf = calloc(1, CLUSTER);
+	cbt_digests_init(&d, CLUSTER, MiB);
+	memset(buf + 8192, 7, 4096);
+	cbt_digest(buf, CLUSTER, dg);
+	CHECK(cbt_digests_add(&d, 0, false, dg) == 0);
+	memset(buf, 8, CLUSTER);
+	cbt_digest(buf, CLUSTER, dg);
+	CHECK(cbt_digests_add(&d, 2, false, dg) == 0);
+	free(buf);
+	strcpy(id.bitmaps[0].name, "b");
+	strcpy(id.bitmaps[0].uuid, "0f5c2a4e-8a51-4c43-9d0b-6b1f3c7e2a11");
+	id.bitmaps[0].generation = 1;
+	snprintf(path, sizeof(path), "%s/sub/x.qcow2", dir);
+	CHECK(cbt_identity_format(&id, &text, &len, &e) == 0);
+	CHECK(cbt_digests_trailer(&d, path, &blob, &tlen, &e) == 0);
+	CHECK(qcow2_retag(path, text, len, blob, tlen, NULL, 0, &e) == 0);
+	free(text);
+	free(blob);
+	cbt_digests_free(&d);
+	CHECK(verify("sub", "x.qcow2", NULL) == 0);
+	if (found[0])
+		fprintf(stderr, "%s", found);
+}
+
 int main(void)
 {
 	if (system("qemu-img --version >/dev/null 2>&1 && qemu-nbd --version >/dev/null 2>&1")) {
@@ -428,6 +471,7 @@ int main(void)
 	test_skipping_backing();
 	test_damaged_digests();
 	test_prune();
+	test_subclusters();
 	sh("rm -rf %s", dir);
 	return unit_done("test-verify");
 }
