@@ -126,7 +126,7 @@ int cbt_digests_trailer(struct cbt_digests *d, const char *path, void **blob, si
 	return 0;
 }
 
-static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+int cbt_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
 	ssize_t n;
 
@@ -157,7 +157,7 @@ int cbt_digests_read(int fd, const char *path, struct cbt_digests *d, struct cbt
 	size = (uint64_t)sb.st_size;
 	if (size < CBT_DIGEST_FOOTER_LEN)
 		return cbt_fail(e, ENODATA, "%s: no digests at the end of the file", path);
-	r = pread_full(fd, f, sizeof(f), size - sizeof(f));
+	r = cbt_pread_full(fd, f, sizeof(f), size - sizeof(f));
 	if (r)
 		return cbt_fail(e, -r, "%s: reading its digests' footer at offset %llu", path,
 				(unsigned long long)(size - sizeof(f)));
@@ -185,7 +185,7 @@ int cbt_digests_read(int fd, const char *path, struct cbt_digests *d, struct cbt
 	XXH3_64bits_reset(st);
 	for (i = 0; i < nr; i += n) {
 		n = nr - i < READ_BATCH ? nr - i : READ_BATCH;
-		r = pread_full(fd, buf, n * CBT_DIGEST_ENTRY_LEN, start + i * CBT_DIGEST_ENTRY_LEN);
+		r = cbt_pread_full(fd, buf, n * CBT_DIGEST_ENTRY_LEN, start + i * CBT_DIGEST_ENTRY_LEN);
 		if (r) {
 			r = cbt_fail(e, -r, "%s: reading its digests at offset %llu", path,
 				     (unsigned long long)(start + i * CBT_DIGEST_ENTRY_LEN));

@@ -92,4 +92,7 @@ const struct cbt_digest_entry *cbt_digests_find(const struct cbt_digests *d, uin
 
 void cbt_digests_free(struct cbt_digests *d);
 
+/* LEN bytes of FD at OFF into BUF, short reads retried: 0, -errno, -EIO at the end. */
+int cbt_pread_full(int fd, void *buf, size_t len, uint64_t off);
+
 #endif /* CBT_DIGEST_H */

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "digest.h"
 #include "qmap.h"
 #include "restore.h"
 
@@ -403,23 +404,6 @@ static int write_all(struct cbt_restore *r, const char *buf, uint64_t len, uint6
 	return 0;
 }
 
-static ssize_t pread_full(int fd, char *buf, uint64_t len, uint64_t off)
-{
-	ssize_t n;
-
-	while (len) {
-		n = pread(fd, buf, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		buf += n;
-		len -= n;
-		off += n;
-	}
-	return 0;
-}
-
 static int copy_item(struct cbt_restore *r, struct nbd_handle *h, char *buf,
 		     const struct item *it, struct cbt_err *e)
 {
@@ -438,7 +422,7 @@ static int copy_item(struct cbt_restore *r, struct nbd_handle *h, char *buf,
 					(unsigned long long)(it->off + it->len - r->block_size));
 	}
 	if (it->layer >= 0) {
-		got = pread_full(r->priv->map.fds[it->layer], buf, n, it->host);
+		got = cbt_pread_full(r->priv->map.fds[it->layer], buf, n, it->host);
 		if (got)
 			return cbt_fail(e, -got, "%s: reading %llu bytes at file offset %llu",
 					r->priv->map.layers[it->layer], (unsigned long long)n,
