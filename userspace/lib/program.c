@@ -39,11 +39,6 @@ int cbt_wait_program(const char *name, pid_t pid, struct cbt_err *e)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static int finish(const char *const *argv, pid_t pid, struct cbt_err *e)
-{
-	return cbt_wait_program(argv[0], pid, e);
-}
-
 int cbt_start_program(const char *const *argv, pid_t *pid, struct cbt_err *e)
 {
 	return start(argv, STDERR_FILENO, -1, pid, e);
@@ -54,7 +49,7 @@ int cbt_run_program(const char *const *argv, struct cbt_err *e)
 	pid_t pid;
 	int r = start(argv, STDERR_FILENO, -1, &pid, e);
 
-	return r ? r : finish(argv, pid, e);
+	return r ? r : cbt_wait_program(argv[0], pid, e);
 }
 
 int cbt_run_program_output(const char *const *argv, char **out, size_t *len,
@@ -98,7 +93,7 @@ int cbt_run_program_output(const char *const *argv, char **out, size_t *len,
 	}
 	/* A reader that stopped early (no memory) makes the program end on SIGPIPE. */
 	close(fd[0]);
-	r = finish(argv, pid, e);
+	r = cbt_wait_program(argv[0], pid, e);
 	if (r || *len + 1 == cap) {
 		free(buf);
 		*len = 0;

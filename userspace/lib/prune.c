@@ -42,8 +42,8 @@ static int read_chain(const char *top, struct chain *c, struct cbt_err *e)
 	struct qcow2_peek pk = { 0 };
 	struct cbt_identity id;
 	bool standalone = false;
-	char *path, *next, **np;
 	unsigned int i;
+	char *path;
 	int r;
 
 	r = cbt_check_chain(top, top, &standalone, e);
@@ -53,31 +53,18 @@ static int read_chain(const char *top, struct chain *c, struct cbt_err *e)
 		return cbt_fail(e, EINVAL, "%s: its chain rests on a standalone incremental, which "
 				"holds only what changed: nothing to fold into", top);
 	/* cbt_check_chain() refused loops and chains too deep for QEMU. */
-	for (path = strdup(top); path; path = next) {
-		np = realloc(c->path, (c->n + 1) * sizeof(*np));
-		if (!np) {
-			free(path);
-			return cbt_fail(e, ENOMEM, "%s", top);
-		}
-		c->path = np;
-		c->path[c->n++] = path;
-		next = NULL;
-		r = qcow2_peek(path, &pk, e);
+	r = cbt_chain_files(top, false, &c->path, &c->n, NULL, e);
+	for (i = 0; !r && i < c->n; i++) {
+		r = qcow2_peek(c->path[i], &pk, e);
 		if (!r && !pk.cbt_ext)
 			r = cbt_fail(e, EINVAL, "%s: no dm-cbt identity: not a cbtctl backup, which "
-				     "prune keeps the identities of", path);
+				     "prune keeps the identities of", c->path[i]);
 		if (!r)
-			r = cbt_identity_parse(pk.cbt_ext, pk.cbt_ext_len, path, &id, e);
-		if (!r && pk.backing_file)
-			r = cbt_backing_path(path, pk.backing_file, true, &next, e);
+			r = cbt_identity_parse(pk.cbt_ext, pk.cbt_ext_len, c->path[i], &id, e);
 		qcow2_peek_free(&pk);
-		if (r)
-			return r;
-		if (!next)
-			break;
 	}
-	if (!c->n)
-		return cbt_fail(e, ENOMEM, "%s", top);
+	if (r)
+		return r;
 	/* Base first. */
 	for (i = 0; i < c->n / 2; i++) {
 		path = c->path[i];

@@ -14,39 +14,50 @@
 #include "qmap.h"
 #include "restore.h"
 
-/* The chain's files, top first, as QEMU opens them; whether any has an external data file. */
-static int read_layers(const char *image, bool no_backing, struct cbt_qmap *m,
-		       struct cbt_err *e)
+int cbt_chain_files(const char *image, bool no_backing, char ***paths, unsigned int *n,
+		    bool *data_file, struct cbt_err *e)
 {
 	struct qcow2_peek pk;
 	char *path = strdup(image), *next, **nl;
 	int r = 0;
 
-	m->direct = true;
+	if (data_file)
+		*data_file = false;
 	while (path) {
-		nl = realloc(m->layers, (m->nr_layers + 1) * sizeof(*nl));
+		nl = realloc(*paths, (*n + 1) * sizeof(*nl));
 		if (!nl) {
 			free(path);
 			return cbt_fail(e, ENOMEM, "%s", image);
 		}
-		m->layers = nl;
-		m->layers[m->nr_layers++] = path;
+		*paths = nl;
+		(*paths)[(*n)++] = path;
 		r = qcow2_peek(path, &pk, e);
 		if (r)
 			return r;
-		if (pk.data_file)
-			m->direct = false;
+		if (pk.data_file && data_file)
+			*data_file = true;
 		next = NULL;
 		if (!no_backing && pk.backing_file)
 			r = cbt_backing_path(path, pk.backing_file, true, &next, e);
 		qcow2_peek_free(&pk);
 		if (r)
 			return r;
-		if (m->nr_layers > 1000)
+		if (*n > 1000)
 			return cbt_fail(e, ELOOP, "%s: its chain is longer than 1000 images", image);
 		path = next;
 	}
-	return m->nr_layers ? 0 : cbt_fail(e, ENOMEM, "%s", image);
+	return *n ? 0 : cbt_fail(e, ENOMEM, "%s", image);
+}
+
+/* The chain's files into M; whether they may be read at QEMU's offsets. */
+static int read_layers(const char *image, bool no_backing, struct cbt_qmap *m,
+		       struct cbt_err *e)
+{
+	bool data_file;
+	int r = cbt_chain_files(image, no_backing, &m->layers, &m->nr_layers, &data_file, e);
+
+	m->direct = !data_file;
+	return r;
 }
 
 static bool get_u64(struct json_object *o, const char *key, uint64_t *v)

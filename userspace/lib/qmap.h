@@ -49,6 +49,16 @@ struct cbt_qmap {
 int cbt_qemu_map(const char *qemu_img, const char *image, bool no_backing, struct cbt_qmap *m,
 		 struct cbt_err *e);
 
+/*
+ * The files of IMAGE's chain, top first, as QEMU opens it (each backing
+ * file name resolved as QEMU does), or IMAGE alone (NO_BACKING), appended
+ * to *PATHS (*N of them, each malloc()ed: freed by the caller, also after
+ * an error). *DATA_FILE (or NULL): one of them keeps its data in an
+ * external data file. A chain of over 1000 images is -ELOOP.
+ */
+int cbt_chain_files(const char *image, bool no_backing, char ***paths, unsigned int *n,
+		    bool *data_file, struct cbt_err *e);
+
 /* The extent holding guest offset OFF (M's extents sorted), or NULL. */
 const struct cbt_qmap_extent *cbt_qmap_find(const struct cbt_qmap *m, uint64_t off);
 

@@ -17,8 +17,6 @@
 
 /* A zero range is done in pieces of at most this, so that the progress moves. */
 #define ZERO_PIECE	(1ull << 30)
-/* Block status asked for at most this much at once (the protocol's lengths are 32-bit). */
-#define STATUS_PIECE	(1ull << 30)
 
 struct item {
 	uint64_t off, len;
@@ -56,7 +54,7 @@ static int nbd_fail(struct cbt_err *e, const char *image, const char *what)
 			nbd_get_error() ? nbd_get_error() : "failed");
 }
 
-static int nbd_fail_at(struct cbt_err *e, const char *image, const char *what, uint64_t off)
+int cbt_nbd_fail_at(struct cbt_err *e, const char *image, const char *what, uint64_t off)
 {
 	int err = nbd_get_errno();
 
@@ -109,7 +107,7 @@ char *cbt_qemu_image_name(const char *abs, bool no_backing)
 	return opts;
 }
 
-int cbt_nbd_connect_image(const char *qemu_nbd, const char *image, bool depth, bool no_backing,
+int cbt_nbd_connect_image(const char *qemu_nbd, const char *image, bool no_backing,
 			  struct nbd_handle *h, struct cbt_err *e)
 {
 	char *opts, *abs;
@@ -127,8 +125,6 @@ int cbt_nbd_connect_image(const char *qemu_nbd, const char *image, bool depth, b
 	}
 	argv[n++] = qemu_nbd ? qemu_nbd : "qemu-nbd";
 	argv[n++] = "--read-only";
-	if (depth)
-		argv[n++] = "--allocation-depth";
 	if (!no_backing)
 		argv[n++] = "--image-opts";
 	argv[n++] = opts;
@@ -145,62 +141,7 @@ int cbt_nbd_connect_image(const char *qemu_nbd, const char *image, bool depth, b
 
 static int connect_one(struct cbt_restore *r, struct nbd_handle *h, struct cbt_err *e)
 {
-	return cbt_nbd_connect_image(r->qemu_nbd, r->image, false, false, h, e);
-}
-
-struct status_walk {
-	const char *context;
-	cbt_status_fn fn;
-	void *arg;
-	uint64_t pos, end;		/* where the next extent starts; the range asked for */
-	int err;
-};
-
-static int status_entries(void *arg, const char *context, uint64_t offset, uint32_t *entries,
-			  size_t nr_entries, int *error)
-{
-	struct status_walk *w = arg;
-	uint64_t len;
-	size_t i;
-
-	(void)error;
-	if (strcmp(context, w->context) || w->err)
-		return 0;
-	w->pos = offset;
-	/* NR_ENTRIES counts the array's values: (length, flags) pairs. */
-	for (i = 0; i + 1 < nr_entries && w->pos < w->end; i += 2) {
-		len = entries[i] < w->end - w->pos ? entries[i] : w->end - w->pos;
-		w->err = w->fn(w->arg, w->pos, len, entries[i + 1]);
-		if (w->err)
-			return 0;
-		w->pos += len;
-	}
-	return 0;
-}
-
-int cbt_nbd_walk_status(struct nbd_handle *h, const char *image, const char *context,
-			const char *what, uint64_t size, cbt_status_fn fn, void *arg,
-			struct cbt_err *e)
-{
-	struct status_walk w = { .context = context, .fn = fn, .arg = arg };
-	nbd_extent_callback cb = { .callback = status_entries, .user_data = &w };
-	char reading[64];
-	uint64_t off;
-
-	for (off = 0; off < size; off = w.pos) {
-		w.pos = off;
-		w.end = size - off > STATUS_PIECE ? off + STATUS_PIECE : size;
-		if (nbd_block_status(h, w.end - off, off, cb, 0) < 0) {
-			snprintf(reading, sizeof(reading), "reading the %s", what);
-			return nbd_fail_at(e, image, reading, off);
-		}
-		if (w.err)
-			return cbt_fail(e, -w.err, "%s: no memory for the %s", image, what);
-		if (w.pos <= off)
-			return cbt_fail(e, EPROTO, "%s: the server's %s stops at %llu", image, what,
-					(unsigned long long)off);
-	}
-	return 0;
+	return cbt_nbd_connect_image(r->qemu_nbd, r->image, false, h, e);
 }
 
 int cbt_restore_layers(const char *qemu_img, const char *image, unsigned int depth,
@@ -428,7 +369,7 @@ static int copy_item(struct cbt_restore *r, struct nbd_handle *h, char *buf,
 					r->priv->map.layers[it->layer], (unsigned long long)n,
 					(unsigned long long)it->host);
 	} else if (nbd_pread(h, buf, n, it->off, 0) < 0) {
-		return nbd_fail_at(e, r->image, "reading", it->off);
+		return cbt_nbd_fail_at(e, r->image, "reading", it->off);
 	}
 	return write_all(r, buf, it->len, it->off, e);
 }

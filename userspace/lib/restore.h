@@ -105,25 +105,15 @@ char *cbt_qemu_image_name(const char *abs, bool no_backing);
 
 /*
  * Connects H to a qemu-nbd of its own, read-only (socket activation: it
- * serves this connection only and exits with it), serving qcow2 IMAGE,
- * with qemu:allocation-depth when DEPTH; NO_BACKING: without its backing
- * file (what the chain below holds reads as unallocated zeros). The image
+ * serves this connection only and exits with it), serving qcow2 IMAGE;
+ * NO_BACKING: without its backing file (what the chain below holds reads as unallocated zeros). The image
  * is named so that no character of its name is read as a protocol or an
  * option.
  */
-int cbt_nbd_connect_image(const char *qemu_nbd, const char *image, bool depth, bool no_backing,
+int cbt_nbd_connect_image(const char *qemu_nbd, const char *image, bool no_backing,
 			  struct nbd_handle *h, struct cbt_err *e);
 
-/* One extent of a block status walk: [OFF, OFF+LEN) with FLAGS; -errno stops the walk. */
-typedef int (*cbt_status_fn)(void *arg, uint64_t off, uint64_t len, uint32_t flags);
-
-/*
- * FN for each extent of meta context CONTEXT over [0, SIZE) of H, in
- * ascending order, asked in pieces the protocol's 32-bit lengths allow
- * (the server may answer less). WHAT names the map in errors, IMAGE too.
- */
-int cbt_nbd_walk_status(struct nbd_handle *h, const char *image, const char *context,
-			const char *what, uint64_t size, cbt_status_fn fn, void *arg,
-			struct cbt_err *e);
+/* libnbd's error at OFF of IMAGE into *E ("IMAGE: WHAT at offset OFF: ..."). */
+int cbt_nbd_fail_at(struct cbt_err *e, const char *image, const char *what, uint64_t off);
 
 #endif /* CBT_RESTORE_H */

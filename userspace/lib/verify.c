@@ -99,14 +99,6 @@ static const char *tail_of(const char *msg, const char *path)
 	return !strncmp(msg, path, n) && !strncmp(msg + n, ": ", 2) ? msg + n + 2 : msg;
 }
 
-static int nbd_err(struct cbt_err *e, const char *path, const char *what, uint64_t off)
-{
-	int err = nbd_get_errno();
-
-	return cbt_fail(e, err ? err : EIO, "%s: %s at offset %llu: %s", path, what,
-			(unsigned long long)off, nbd_get_error() ? nbd_get_error() : "failed");
-}
-
 /*
  * Starts "qemu-img check" of image VI without its backing file (the
  * chain's walk reports what is wrong there), into *PID.
@@ -310,8 +302,8 @@ static void *reader(void *arg)
 		pthread_mutex_unlock(&dc->lock);
 		if (p.how == READ_NBD && !dc->h[rd->i]) {
 			dc->h[rd->i] = nbd_create();
-			r = dc->h[rd->i] ? cbt_nbd_connect_image(dc->v->qemu_nbd, dc->path, false,
-								 true, dc->h[rd->i], &e) :
+			r = dc->h[rd->i] ? cbt_nbd_connect_image(dc->v->qemu_nbd, dc->path, true,
+								 dc->h[rd->i], &e) :
 					   cbt_fail(&e, ENOMEM, "%s: cannot make an NBD handle",
 						    dc->path);
 			if (r)
@@ -321,7 +313,7 @@ static void *reader(void *arg)
 		if (p.how == READ_FILE)
 			r = read_file(dc, buf, &p, &e);
 		else if (p.how == READ_NBD && nbd_pread(dc->h[rd->i], buf, p.len, p.off, 0) < 0)
-			r = nbd_err(&e, dc->path, "reading", p.off);
+			r = cbt_nbd_fail_at(&e, dc->path, "reading", p.off);
 		if (!r)
 			check_piece(dc, &p, buf);
 	}
